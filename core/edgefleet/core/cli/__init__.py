@@ -1,0 +1,1 @@
+"""The `edgefleet` command line: root group, lazy role groups, output and exit codes."""

@@ -1,0 +1,1 @@
+"""edgefleet hub: enrollment, MQTT distribution, rollouts, telemetry and drift."""

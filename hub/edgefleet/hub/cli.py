@@ -1,0 +1,29 @@
+"""``edgefleet hub``: each subcommand lives in its own module under ``commands/``."""
+
+from __future__ import annotations
+
+import click
+
+from edgefleet.core.cli.main import LazyGroup, RoleCommand
+
+
+def _cmd(module: str, attribute: str, summary: str) -> RoleCommand:
+    return RoleCommand(f"edgefleet.hub.commands.{module}", attribute, "hub", summary)
+
+
+HUB_COMMANDS: dict[str, RoleCommand] = {
+    "serve": _cmd("serve_cmd", "serve", "Run the hub service."),
+    "device": _cmd("device_cmd", "device", "Enroll devices."),
+    "devices": _cmd("devices_cmd", "devices", "List the fleet."),
+    "broker-config": _cmd("broker_config_cmd", "broker_config", "Write Mosquitto config + ACL."),
+    "publish": _cmd("publish_cmd", "publish", "Verify and store a bundle."),
+    "bundles": _cmd("publish_cmd", "bundles", "List published bundles."),
+    "rollout": _cmd("rollout_cmd", "rollout", "Staged rollouts with gates."),
+    "drift": _cmd("drift_cmd", "drift", "Fleet drift report."),
+    "alerts": _cmd("alerts_cmd", "alerts", "Open and resolved alerts."),
+}
+
+
+@click.group(cls=LazyGroup, lazy_commands=HUB_COMMANDS)
+def hub() -> None:
+    """The fleet hub: enrollment, distribution, rollouts, drift and alerts."""

@@ -1,0 +1,1 @@
+"""edgefleet packager: registry, conversion, quantization, validation, bundle build."""

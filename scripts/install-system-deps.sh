@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the system packages the test suite uses when they are missing:
+# mosquitto (the broker fixtures start their own on a free loopback port) and
+# chromium (headless rendering check of the HTML drift report).
+# Needs apt-get and root (or passwordless sudo); otherwise says what is missing
+# and leaves it to the tests to report it.
+set -u
+need=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need+=(chromium)
+[ ${#need[@]} -eq 0 ] && exit 0
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-system-deps: apt-get not available; please install: ${need[*]}" >&2
+    exit 0
+fi
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; else
+        echo "install-system-deps: not root; please install: ${need[*]}" >&2
+        exit 0
+    fi
+fi
+echo "install-system-deps: installing ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq >/dev/null
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
