@@ -22,5 +22,5 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "install-system-deps: installing ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq >/dev/null
-$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+$SUDO apt-get update -qq >/dev/null || echo "install-system-deps: apt-get update failed" >&2
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || { echo "install-system-deps: could not install ${need[*]}; the tests that need them will fail" >&2; exit 0; }
