@@ -1,0 +1,11 @@
+"""Test doubles and real-broker helpers shipped with edgefleet, for its own tests and for users'.
+
+- :mod:`edgefleet.core.testing.brokers` — ``MosquittoBroker`` (a real mosquitto
+  subprocess with a generated config), ``AmqttBroker`` (amqtt in a thread),
+  ``free_port``, ``TlsFiles`` and ``make_test_pki`` for TLS tests, and helpers
+  that write mosquitto password files.
+- :mod:`edgefleet.core.testing.clock` — ``FakeClock``, a settable ``now`` source.
+
+Nothing is imported here eagerly: importing this package costs nothing and
+pulls in neither amqtt nor cryptography.
+"""

@@ -1,0 +1,64 @@
+"""Shared fixtures: real brokers on free loopback ports (never the system broker on 1883).
+
+mosquitto is a system package; scripts/install-system-deps.sh installs it and
+`make test` runs that script first. When it is missing the broker fixtures fail
+(they do not skip), so a test run can never pass without its MQTT tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgefleet.core.testing.brokers import AmqttBroker, MosquittoBroker, find_mosquitto
+
+MOSQUITTO_MISSING = (
+    "mosquitto is not installed: run `bash scripts/install-system-deps.sh` "
+    "(`make test` runs it for you)"
+)
+
+
+def _require_mosquitto() -> None:
+    if find_mosquitto() is None:
+        pytest.fail(MOSQUITTO_MISSING, pytrace=False)
+
+
+@pytest.fixture
+def mosquitto_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., MosquittoBroker]]:
+    """Start mosquitto brokers with MosquittoBroker's keyword arguments; all stopped afterwards.
+
+    Pass ``start=False`` to get a configured broker that is not running yet.
+    """
+    _require_mosquitto()
+    brokers: list[MosquittoBroker] = []
+
+    def make(*, start: bool = True, **kwargs: Any) -> MosquittoBroker:
+        workdir = kwargs.pop("workdir", None) or tmp_path_factory.mktemp("mosquitto")
+        broker = MosquittoBroker(Path(workdir), **kwargs)
+        brokers.append(broker)
+        if start:
+            broker.start()
+        return broker
+
+    yield make
+    for broker in brokers:
+        broker.kill()
+
+
+@pytest.fixture
+def mosquitto(mosquitto_factory: Callable[..., MosquittoBroker]) -> MosquittoBroker:
+    """A started anonymous mosquitto on a free loopback port, for one test."""
+    return mosquitto_factory()
+
+
+@pytest.fixture
+def amqtt_broker() -> Iterator[AmqttBroker]:
+    """amqtt's embedded broker, started on a free loopback port, for one test."""
+    broker = AmqttBroker().start()
+    yield broker
+    broker.stop()
