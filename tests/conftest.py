@@ -15,6 +15,8 @@ import pytest
 
 from edgefleet.core.testing.brokers import AmqttBroker, MosquittoBroker, find_mosquitto
 
+pytest_plugins = ["pytester"]
+
 MOSQUITTO_MISSING = (
     "mosquitto is not installed: run `bash scripts/install-system-deps.sh` "
     "(`make test` runs it for you)"

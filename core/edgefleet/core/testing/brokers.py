@@ -55,8 +55,19 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
+MOSQUITTO_ENV = "EDGEFLEET_MOSQUITTO"
+
+
 def find_mosquitto() -> str | None:
-    """Path of the mosquitto binary (``/usr/sbin`` is often not on a user's PATH)."""
+    """Path of the mosquitto binary, or None.
+
+    ``$EDGEFLEET_MOSQUITTO`` names a specific build (and nothing else is tried
+    when it is set); otherwise PATH, then ``/usr/sbin``, which is often not on
+    a non-root user's PATH.
+    """
+    override = os.environ.get(MOSQUITTO_ENV)
+    if override:
+        return override if os.access(override, os.X_OK) else None
     found = shutil.which("mosquitto")
     if found:
         return found
@@ -227,6 +238,9 @@ class MosquittoBroker:
         self.max_queued_messages = max_queued_messages
         self.host = LOOPBACK
         self.port = port if port is not None else free_port()
+        # A port we picked ourselves may be re-picked if someone grabbed it before
+        # the first start; a given port, or one clients already know, may not.
+        self._may_repick_port = port is None
         self.binary = binary or find_mosquitto()
         self._process: subprocess.Popen[bytes] | None = None
         self._log_handle: Any = None
@@ -297,7 +311,15 @@ class MosquittoBroker:
                 "mosquitto not found; run scripts/install-system-deps.sh (make test runs it)"
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # mosquitto may share a port with another listener (seen with 2.0 on Linux)
+        # and our readiness probe would then talk to the squatter: check first.
+        if _port_open(self.host, self.port):
+            if not self._may_repick_port:
+                raise RuntimeError(f"port {self.port} is already in use; mosquitto not started")
+            self.port = free_port()
+        self._may_repick_port = False
         self.config_path.write_text(self.config_text(), encoding="utf-8")
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._log_handle = open(self.log_path, "ab")  # noqa: SIM115 - closed in _reap()
         self._process = subprocess.Popen(
             [self.binary, "-c", str(self.config_path)],
@@ -314,7 +336,8 @@ class MosquittoBroker:
                     f"mosquitto exited with {self._process.returncode} on port {self.port}: "
                     f"{self.log_tail()}"
                 )
-            if _port_open(self.host, self.port):
+            # "running" is logged once every listener is open.
+            if self._logged_since(log_offset, " running") and _port_open(self.host, self.port):
                 return self
             time.sleep(0.02)
         self.kill()
@@ -351,6 +374,14 @@ class MosquittoBroker:
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
+
+    def _logged_since(self, offset: int, needle: str) -> bool:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(offset)
+                return needle.encode() in log.read()
+        except FileNotFoundError:
+            return False
 
     def log_text(self) -> str:
         try:
