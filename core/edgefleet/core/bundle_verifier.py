@@ -1,0 +1,483 @@
+"""Streaming verification (and extraction) of ``.efb`` bundles.
+
+The archive is read with a small, strict ustar reader of our own rather than
+``tarfile``: tarfile silently treats a corrupt header as the end of the
+archive, reads pax/GNU extension headers of any size into memory, and follows
+no budget. Here every byte is read once, in order, with bounded memory.
+
+Verification order (DESIGN §3), each step only after the previous passed:
+
+1. the input fits the byte budget (when one is given);
+2. the first member is a regular file ``manifest.json`` of at most
+   :data:`MAX_MANIFEST_BYTES`, the second a regular ``signatures.json`` of at
+   most :data:`MAX_SIGNATURES_BYTES`;
+3. the signatures over the exact manifest bytes reach the publisher threshold
+   of DISTINCT trusted keys; only then is the manifest parsed (it must be
+   canonical JSON) and its declared sizes checked against the budget;
+4. every other member is a regular file with a safe relative path, listed in
+   the manifest, seen once, of exactly the declared size and sha256;
+5. no listed member is missing, the end-of-archive marker is present and only
+   zero padding follows it.
+
+Invariants: nothing is written by :meth:`BundleVerifier.verify`;
+:meth:`BundleVerifier.verify_and_extract` writes only inside a fresh temporary
+sibling of ``dest`` and renames it to ``dest`` after step 5 — on any failure
+the temporary directory is removed and ``dest`` never exists. Every rejection
+is a ``BundleError`` or ``SignatureError`` with a one-line reason naming what
+failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from edgefleet.core.canonical import canonical_json, parse_json
+from edgefleet.core.errors import BundleError, SignatureError, StorageError
+from edgefleet.core.manifest import (
+    MANIFEST_NAME,
+    SIGNATURES_NAME,
+    Manifest,
+    check_member_path,
+)
+from edgefleet.core.trust import Signature, TrustStore, signatures_from_json, tally_signatures
+
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_SIGNATURES_BYTES = 64 << 10
+#: Tar pads archives to 10 KiB records; more trailing bytes than this is not padding.
+MAX_TRAILING_BYTES = 64 << 10
+BLOCK = 512
+_ZERO_BLOCK = bytes(BLOCK)
+_CHUNK = 1 << 16
+
+_TYPE_NAMES = {
+    b"1": "a hard link",
+    b"2": "a symbolic link",
+    b"3": "a character device",
+    b"4": "a block device",
+    b"5": "a directory",
+    b"6": "a fifo",
+    b"7": "a contiguous file",
+    b"x": "a pax extended header",
+    b"g": "a pax global header",
+    b"L": "a GNU long-name header",
+    b"K": "a GNU long-link header",
+    b"S": "a GNU sparse file",
+}
+
+
+@dataclass(frozen=True)
+class VerifiedBundle:
+    """A bundle that passed every check."""
+
+    manifest: Manifest
+    sha256: str
+    size: int
+    signer_keyids: list[str]
+
+
+@dataclass(frozen=True)
+class BundleSummary:
+    """What ``bundle inspect`` shows: the leading members, NOT verified."""
+
+    manifest: Manifest
+    signatures: list[Signature]
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class _Header:
+    name: str
+    size: int
+    typeflag: bytes
+    linkname: str
+    offset: int
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
+    except OSError as e:
+        raise StorageError(f"cannot read {path}: {e.strerror}") from e
+    return digest.hexdigest()
+
+
+def _octal(field: bytes, what: str, offset: int) -> int:
+    if field[:1] and field[0] & 0x80:
+        raise BundleError(f"corrupt tar header at byte {offset}: binary {what} field")
+    text = field.split(b"\0", 1)[0].strip(b" ")
+    if not text:
+        return 0
+    try:
+        return int(text.decode("ascii"), 8)
+    except (UnicodeDecodeError, ValueError):
+        raise BundleError(f"corrupt tar header at byte {offset}: bad {what} field") from None
+
+
+def _cstring(field: bytes, what: str, offset: int) -> str:
+    try:
+        return field.split(b"\0", 1)[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise BundleError(f"tar header at byte {offset}: {what} is not UTF-8") from None
+
+
+class _TarReader:
+    """Sequential reader of a POSIX ustar stream that hashes what it reads."""
+
+    def __init__(self, f: BinaryIO, budget: int | None) -> None:
+        self._f = f
+        self._budget = budget
+        self.pos = 0
+        self.digest = hashlib.sha256()
+
+    def _read(self, n: int) -> bytes:
+        parts: list[bytes] = []
+        want = n
+        while want > 0:
+            chunk = self._f.read(want)
+            if not chunk:
+                break
+            parts.append(chunk)
+            want -= len(chunk)
+        data = b"".join(parts)
+        self.pos += len(data)
+        self.digest.update(data)
+        if self._budget is not None and self.pos > self._budget:
+            raise BundleError(f"bundle is larger than the budget of {self._budget} bytes")
+        return data
+
+    def next_header(self) -> _Header | None:
+        """The next member header, or None at the end-of-archive marker."""
+        offset = self.pos
+        block = self._read(BLOCK)
+        if offset == 0:
+            _check_tar_start(block)
+        if not block:
+            raise BundleError("truncated archive: no end-of-archive marker")
+        if len(block) < BLOCK:
+            raise BundleError(f"truncated archive: ends inside the header at byte {offset}")
+        if block == _ZERO_BLOCK:
+            second = self._read(BLOCK)
+            if second != _ZERO_BLOCK:
+                raise BundleError("truncated archive: incomplete end-of-archive marker")
+            return None
+        return _parse_header(block, offset)
+
+    def data(self, size: int, what: str) -> Iterator[bytes]:
+        """Yield a member's ``size`` bytes in chunks, then skip its padding."""
+        left = size
+        while left > 0:
+            chunk = self._read(min(left, _CHUNK))
+            if not chunk:
+                raise BundleError(
+                    f"truncated archive: {what} ends after {size - left} of {size} bytes"
+                )
+            left -= len(chunk)
+            yield chunk
+        padding = -size % BLOCK
+        if padding and len(self._read(padding)) < padding:
+            raise BundleError(f"truncated archive: padding after {what} is cut off")
+
+    def read_member(self, header: _Header, limit: int) -> bytes:
+        if header.size > limit:
+            raise BundleError(
+                f"{header.name} is {header.size} bytes, over the limit of {limit} bytes"
+            )
+        return b"".join(self.data(header.size, header.name))
+
+    def finish(self) -> None:
+        """Only zero padding may follow the end-of-archive marker."""
+        trailing = 0
+        while chunk := self._read(_CHUNK):
+            trailing += len(chunk)
+            if chunk.count(0) != len(chunk) or trailing > MAX_TRAILING_BYTES:
+                raise BundleError("unexpected data after the end of the archive")
+
+
+def _check_tar_start(block: bytes) -> None:
+    if not block:
+        raise BundleError("not a tar archive: the file is empty")
+    if block[:2] == b"\x1f\x8b":
+        raise BundleError("not a tar archive: gzip-compressed (bundles are plain tar)")
+    if len(block) < BLOCK:
+        raise BundleError("not a tar archive: shorter than one tar block")
+    if block == _ZERO_BLOCK:
+        raise BundleError("empty tar archive: manifest.json is missing")
+    if block[257:263] != b"ustar\0" and block[257:265] != b"ustar  \0":
+        raise BundleError("not a tar archive: no ustar header at the start")
+
+
+def _parse_header(block: bytes, offset: int) -> _Header:
+    stored = _octal(block[148:156], "checksum", offset)
+    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
+    signed = unsigned - 2 * sum(b for b in block[:148] + block[156:] if b > 127)
+    if stored not in (unsigned, signed):
+        raise BundleError(f"corrupt tar header at byte {offset}: checksum mismatch")
+    if block[257:263] != b"ustar\0" or block[263:265] != b"00":
+        raise BundleError(f"tar header at byte {offset} is not POSIX ustar")
+    name = _cstring(block[0:100], "member name", offset)
+    prefix = _cstring(block[345:500], "member name prefix", offset)
+    if prefix:
+        name = f"{prefix}/{name}"
+    return _Header(
+        name=name,
+        size=_octal(block[124:136], "size", offset),
+        typeflag=block[156:157],
+        linkname=_cstring(block[157:257], "link name", offset),
+        offset=offset,
+    )
+
+
+def _require_regular(header: _Header) -> None:
+    if header.typeflag in (b"0", b"\0"):
+        return
+    kind = _TYPE_NAMES.get(header.typeflag, f"of unknown tar type {header.typeflag!r}")
+    target = f" to {header.linkname!r}" if header.typeflag in (b"1", b"2") else ""
+    raise BundleError(f"member {header.name!r} is {kind}{target}; only regular files are allowed")
+
+
+def _leading_member(reader: _TarReader, expected: str, limit: int, position: str) -> bytes:
+    header = reader.next_header()
+    if header is None:
+        raise BundleError(f"{position} member must be {expected}, but the archive ends")
+    if header.name != expected:
+        raise BundleError(f"{position} member must be {expected}, found {header.name!r}")
+    _require_regular(header)
+    return reader.read_member(header, limit)
+
+
+def _check_member_header(header: _Header) -> None:
+    if header.typeflag in (b"x", b"g", b"L", b"K"):
+        raise BundleError(
+            f"{_TYPE_NAMES[header.typeflag]} at byte {header.offset}; "
+            "bundles use plain ustar headers only"
+        )
+    try:
+        check_member_path(header.name)
+    except BundleError as e:
+        if header.name in (MANIFEST_NAME, SIGNATURES_NAME):
+            raise BundleError(f"member {header.name!r} appears twice") from None
+        raise BundleError(str(e).replace("member path", "member", 1)) from None
+    _require_regular(header)
+
+
+class _Extraction:
+    """A temporary sibling of ``dest`` that becomes ``dest`` only on commit."""
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+        if os.path.lexists(dest):
+            raise StorageError(f"{dest} already exists; extract into a new directory")
+        try:
+            self.tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
+        except OSError as e:
+            raise StorageError(f"cannot create a directory next to {dest}: {e.strerror}") from e
+
+    def write(self, path: str, chunks: Iterator[bytes]) -> None:
+        target = self.tmp / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(target, flags, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def commit(self) -> None:
+        for directory in sorted({p.parent for p in self.tmp.rglob("*")}, reverse=True):
+            directory.chmod(0o755)
+            _fsync_dir(directory)
+        os.rename(self.tmp, self.dest)
+        _fsync_dir(self.dest.parent)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _drain(chunks: Iterator[bytes]) -> None:
+    for _ in chunks:
+        pass
+
+
+def _hashing(chunks: Iterator[bytes], digest: hashlib._Hash) -> Iterator[bytes]:
+    for chunk in chunks:
+        digest.update(chunk)
+        yield chunk
+
+
+@dataclass(frozen=True)
+class BundleVerifier:
+    """Checks bundles against a trust store and an optional byte budget
+    (the device profile's ``max_bundle_bytes``)."""
+
+    trust: TrustStore
+    max_bundle_bytes: int | None = None
+
+    def verify(self, path: Path, *, expected_sha256: str | None = None) -> VerifiedBundle:
+        """Check everything; write nothing."""
+        return self._run(Path(path), None, expected_sha256)
+
+    def verify_and_extract(
+        self, path: Path, dest: Path, *, expected_sha256: str | None = None
+    ) -> VerifiedBundle:
+        """Check everything and leave the members (plus manifest.json and
+        signatures.json) in the new directory ``dest``; nothing on failure."""
+        extraction = _Extraction(Path(dest))
+        try:
+            result = self._run(Path(path), extraction, expected_sha256)
+            extraction.commit()
+        except BaseException:
+            extraction.abort()
+            raise
+        return result
+
+    def _run(
+        self, path: Path, extraction: _Extraction | None, expected_sha256: str | None
+    ) -> VerifiedBundle:
+        try:
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                budget = self.max_bundle_bytes
+                if budget is not None and stat.S_ISREG(st.st_mode) and st.st_size > budget:
+                    raise BundleError(
+                        f"bundle is {st.st_size} bytes, over the budget of {budget} bytes"
+                    )
+                result = self._verify_stream(f, extraction)
+        except OSError as e:
+            raise StorageError(f"cannot read bundle {path}: {e.strerror or e}") from e
+        if expected_sha256 is not None and result.sha256 != expected_sha256.lower():
+            raise BundleError(
+                f"bundle sha256 {result.sha256} is not the expected {expected_sha256}"
+            )
+        return result
+
+    def verify_stream(self, f: BinaryIO) -> VerifiedBundle:
+        """Verify a bundle read sequentially from ``f`` (a file or a pipe);
+        write nothing."""
+        return self._verify_stream(f, None)
+
+    def _verify_stream(self, f: BinaryIO, extraction: _Extraction | None) -> VerifiedBundle:
+        reader = _TarReader(f, self.max_bundle_bytes)
+        manifest_bytes = _leading_member(reader, MANIFEST_NAME, MAX_MANIFEST_BYTES, "first")
+        signatures_bytes = _leading_member(reader, SIGNATURES_NAME, MAX_SIGNATURES_BYTES, "second")
+        try:
+            signatures = signatures_from_json(parse_json(signatures_bytes))
+        except (ValueError, SignatureError) as e:
+            raise BundleError(f"signatures.json is malformed: {e}") from e
+        tally = tally_signatures(manifest_bytes, signatures, self.trust.publisher_keys)
+        if len(tally.valid_keyids) < self.trust.publisher_threshold:
+            raise SignatureError(
+                "manifest.json signature check failed: "
+                + tally.describe(self.trust.publisher_threshold)
+            )
+        manifest = _parse_signed_manifest(manifest_bytes)
+        if self.max_bundle_bytes is not None and manifest.total_size() > self.max_bundle_bytes:
+            raise BundleError(
+                f"manifest declares {manifest.total_size()} bytes of members, over the "
+                f"budget of {self.max_bundle_bytes} bytes"
+            )
+        if extraction is not None:
+            extraction.write(MANIFEST_NAME, iter([manifest_bytes]))
+            extraction.write(SIGNATURES_NAME, iter([signatures_bytes]))
+        self._check_members(reader, manifest, extraction)
+        reader.finish()
+        return VerifiedBundle(
+            manifest=manifest,
+            sha256=reader.digest.hexdigest(),
+            size=reader.pos,
+            signer_keyids=list(tally.valid_keyids),
+        )
+
+    @staticmethod
+    def _check_members(
+        reader: _TarReader, manifest: Manifest, extraction: _Extraction | None
+    ) -> None:
+        declared = {entry.path: entry for entry in manifest.files}
+        seen: set[str] = set()
+        while (header := reader.next_header()) is not None:
+            _check_member_header(header)
+            if header.name in seen:
+                raise BundleError(f"member {header.name!r} appears twice")
+            seen.add(header.name)
+            entry = declared.get(header.name)
+            if entry is None:
+                raise BundleError(f"unknown member {header.name!r} (not listed in the manifest)")
+            if header.size != entry.size:
+                relation = "more" if header.size > entry.size else "less"
+                raise BundleError(
+                    f"member {header.name!r} is {header.size} bytes, {relation} than the "
+                    f"{entry.size} the manifest declares"
+                )
+            digest = hashlib.sha256()
+            chunks = _hashing(reader.data(header.size, repr(header.name)), digest)
+            if extraction is not None:
+                extraction.write(header.name, chunks)
+            else:
+                _drain(chunks)
+            if digest.hexdigest() != entry.sha256:
+                raise BundleError(
+                    f"member {header.name!r} fails its sha256 check: content differs "
+                    "from the manifest"
+                )
+        missing = [entry.path for entry in manifest.files if entry.path not in seen]
+        if missing:
+            raise BundleError(f"missing member {missing[0]!r} (listed in the manifest)")
+
+
+def _parse_signed_manifest(manifest_bytes: bytes) -> Manifest:
+    manifest = Manifest.from_json_bytes(manifest_bytes)
+    # Signed bytes must be the canonical form, so that what was signed is
+    # exactly what every parser sees (no whitespace or key-order malleability).
+    if canonical_json(parse_json(manifest_bytes)) != manifest_bytes:
+        raise BundleError("manifest.json is not in canonical JSON form")
+    required = [p for p in manifest.required_members() if manifest.file(p) is None]
+    if required:
+        raise BundleError(f"manifest lists no {required[0]!r}, which every bundle needs")
+    return manifest
+
+
+def inspect_bundle(path: Path) -> BundleSummary:
+    """Read the manifest and signatures of a bundle WITHOUT checking trust or
+    members (for display); bounded like the verifier."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            reader = _TarReader(f, None)
+            manifest_bytes = _leading_member(reader, MANIFEST_NAME, MAX_MANIFEST_BYTES, "first")
+            signatures_bytes = _leading_member(
+                reader, SIGNATURES_NAME, MAX_SIGNATURES_BYTES, "second"
+            )
+    except OSError as e:
+        raise StorageError(f"cannot read bundle {path}: {e.strerror or e}") from e
+    try:
+        signatures = signatures_from_json(parse_json(signatures_bytes))
+    except (ValueError, SignatureError) as e:
+        raise BundleError(f"signatures.json is malformed: {e}") from e
+    manifest = Manifest.from_json_bytes(manifest_bytes)
+    return BundleSummary(
+        manifest=manifest,
+        signatures=signatures,
+        sha256=sha256_file(path),
+        size=path.stat().st_size,
+    )
