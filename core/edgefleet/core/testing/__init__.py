@@ -1,8 +1,8 @@
-"""Test doubles and real-broker helpers shipped with edgefleet, for its own tests and for users'.
+"""Test doubles and real brokers shipped with edgefleet, for its own tests and for users'.
 
 - :mod:`edgefleet.core.testing.brokers` — ``MosquittoBroker`` (a real mosquitto
   subprocess with a generated config), ``AmqttBroker`` (amqtt in a thread),
-  ``free_port``, ``TlsFiles`` and ``make_test_pki`` for TLS tests, and helpers
+  ``free_port``, ``TlsFiles`` and ``make_test_pki`` for TLS tests, and functions
   that write mosquitto password files.
 - :mod:`edgefleet.core.testing.clock` — ``FakeClock``, a settable ``now`` source.
 

@@ -9,7 +9,7 @@ Invariants:
 - Everything a mosquitto instance writes (config, log, persistence) stays in
   its ``workdir``; the system broker on 1883 is never touched.
 
-The PKI helper makes throwaway certificates for TLS tests; it is test-only and
+``make_test_pki`` makes throwaway certificates for TLS tests; it is test-only and
 uses short-lived EC keys.
 """
 
