@@ -264,13 +264,13 @@ def _check_member_header(header: _Header) -> None:
             f"{_TYPE_NAMES[header.typeflag]} at byte {header.offset}; "
             "bundles use plain ustar headers only"
         )
+    _require_regular(header)
     try:
         check_member_path(header.name)
     except BundleError as e:
         if header.name in (MANIFEST_NAME, SIGNATURES_NAME):
             raise BundleError(f"member {header.name!r} appears twice") from None
         raise BundleError(str(e).replace("member path", "member", 1)) from None
-    _require_regular(header)
 
 
 class _Extraction:
