@@ -277,6 +277,22 @@ def test_a_given_port_in_use_is_refused(tmp_path: Path) -> None:
     assert not broker.running
 
 
+def test_extra_config_reaches_mosquitto(
+    mosquitto_factory: Callable[..., MosquittoBroker],
+) -> None:
+    broker = mosquitto_factory(extra_config=["max_packet_size 1000"])
+    client = Client(broker.host, broker.port)
+    dropped: queue.Queue[Any] = queue.Queue()
+    client.paho.on_disconnect = lambda c, u, flags, rc, props: dropped.put(rc)
+    try:
+        assert client.connect() == 0
+        client.paho.publish("edgefleet/test/big", b"x" * 5000, qos=1)
+        # Over the limit: mosquitto hangs up on the client.
+        assert dropped.get(timeout=WAIT_S) is not None
+    finally:
+        client.paho.loop_stop()
+
+
 def test_free_port_is_bindable() -> None:
     port = free_port()
     with socket.socket() as sock:

@@ -30,6 +30,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -227,6 +228,7 @@ class MosquittoBroker:
         max_queued_messages: int = 100_000,
         port: int | None = None,
         binary: str | None = None,
+        extra_config: Sequence[str] = (),
     ) -> None:
         self.workdir = Path(workdir)
         self.password_file = password_file
@@ -236,6 +238,7 @@ class MosquittoBroker:
         self.allow_anonymous = allow_anonymous
         self.persistence = persistence
         self.max_queued_messages = max_queued_messages
+        self.extra_config = tuple(extra_config)
         self.host = LOOPBACK
         self.port = port if port is not None else free_port()
         # A port we picked ourselves may be re-picked if someone grabbed it before
@@ -293,6 +296,8 @@ class MosquittoBroker:
             lines.append(f"password_file {Path(self.password_file).resolve()}")
         if self.acl_file is not None:
             lines.append(f"acl_file {Path(self.acl_file).resolve()}")
+        # Global options only: everything after "listener" belongs to that listener.
+        lines += self.extra_config
         lines.append(f"listener {self.port} {self.host}")
         if self.tls is not None:
             lines += [
