@@ -262,8 +262,11 @@ def test_tls_requires_a_client_certificate(
 
 def test_start_failure_reports_the_log(tmp_path: Path) -> None:
     broker = MosquittoBroker(tmp_path / "b", password_file=tmp_path / "missing-passwd")
-    with pytest.raises(RuntimeError, match="mosquitto exited.*missing-passwd"):
-        broker.start()
+    try:
+        with pytest.raises(RuntimeError, match="mosquitto exited.*missing-passwd"):
+            broker.start()
+    finally:
+        broker.kill()  # only matters if start() wrongly succeeded
     assert not broker.running
 
 
@@ -272,8 +275,11 @@ def test_a_given_port_in_use_is_refused(tmp_path: Path) -> None:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         broker = MosquittoBroker(tmp_path / "b", port=squatter.getsockname()[1])
-        with pytest.raises(RuntimeError, match="already in use"):
-            broker.start()
+        try:
+            with pytest.raises(RuntimeError, match="already in use"):
+                broker.start()
+        finally:
+            broker.kill()  # only matters if start() wrongly succeeded
     assert not broker.running
 
 
