@@ -1,0 +1,170 @@
+"""Drift scores computed from binned counts (and per-bin sums) alone.
+
+All functions take the reference and the current window on the *same* bins.
+Proportions are ``p_i = r_i / sum(r)`` (reference) and ``q_i = c_i / sum(c)``
+(window); natural logarithms throughout.
+
+PSI (population stability index)::
+
+    PSI = sum_i (p_i - q_i) * ln(p_i / q_i)
+
+Empty bins are filled as Evidently does (``get_binned_data``): in each of
+``p`` and ``q`` separately, zeros become ``min(nonzero) / 1e6`` when that
+minimum is <= 1e-4, else ``1e-4``; the filled vectors are not renormalised.
+(B. Yurdakul, "Statistical properties of population stability index", 2018.)
+
+Jensen-Shannon distance (the square root of the divergence, in nats, so it
+lies in ``[0, sqrt(ln 2)]``)::
+
+    m  = (p + q) / 2
+    JS = sqrt( (KL(p || m) + KL(q || m)) / 2 ),   KL(a || b) = sum_i a_i ln(a_i / b_i)
+
+with ``0 ln 0 = 0`` (no filling needed); identical to
+``scipy.spatial.distance.jensenshannon(p, q)``. (J. Lin, IEEE Trans. Inf.
+Theory 37(1) 1991.)
+
+Wasserstein-1 from bin centroids: each side is the discrete distribution
+putting mass ``p_i`` on its own centroid ``sum_i / count_i`` of bin ``i``;
+``W1 = integral |F_ref(x) - F_cur(x)| dx`` between the two step CDFs, divided
+by ``max(reference std, 0.001)`` as Evidently's ``wasserstein`` test does.
+Binning moves every value to its bin's centroid, so the result approximates the
+raw-data distance (within ~0.02 for 20 quantile bins on normal data).
+
+Binned Kolmogorov-Smirnov: ``D = max_i |P_i - Q_i|`` over the cumulative
+proportions at the interior bin edges. Because the ECDFs are only compared at
+the edges, ``D`` never exceeds the raw two-sample statistic; the p-value uses
+the asymptotic Kolmogorov distribution (:func:`~.distributions.ks_pvalue`),
+which is conservative for binned data.
+
+Chi-square test of homogeneity on the ``2 x B`` table (reference counts,
+window counts) after pooling buckets whose expected window count is below 5
+(Cochran's rule) into one::
+
+    chi2 = sum_{rows, cols} (O - E)**2 / E,  E = row_total * col_total / total,
+    dof  = (#cols - 1)
+
+>>> round(psi([50, 50], [40, 60]), 6)
+0.040547
+>>> import math
+>>> abs(js_distance([1, 0], [0, 1]) ** 2 - math.log(2)) < 1e-12
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from edgefleet.core.drift.distributions import chi2_sf, ks_pvalue
+
+ArrayLike = Sequence[float] | np.ndarray
+
+
+def _proportions(counts: ArrayLike) -> np.ndarray:
+    c = np.asarray(counts, dtype=np.float64)
+    total = c.sum()
+    if total <= 0:
+        raise ValueError("no observations")
+    return c / total
+
+
+def evidently_fill(p: np.ndarray) -> np.ndarray:
+    """Replace zeros like Evidently's ``get_binned_data(feel_zeroes=True)``."""
+    nonzero = p[p != 0]
+    if nonzero.size == 0:
+        return p.copy()
+    smallest = float(nonzero.min())
+    fill = smallest / 1e6 if smallest <= 1e-4 else 1e-4
+    return np.where(p == 0, fill, p)
+
+
+def psi(reference_counts: ArrayLike, window_counts: ArrayLike) -> float:
+    """Population stability index with Evidently's zero handling."""
+    p = evidently_fill(_proportions(reference_counts))
+    q = evidently_fill(_proportions(window_counts))
+    return float(np.sum((p - q) * np.log(p / q)))
+
+
+def _kl_terms(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(a)
+    pos = a > 0
+    out[pos] = a[pos] * np.log(a[pos] / b[pos])
+    return out
+
+
+def js_distance(reference_counts: ArrayLike, window_counts: ArrayLike) -> float:
+    """Jensen-Shannon distance (natural log)."""
+    p = _proportions(reference_counts)
+    q = _proportions(window_counts)
+    m = (p + q) / 2.0
+    js = np.sum(_kl_terms(p, m) + _kl_terms(q, m)) / 2.0
+    return float(np.sqrt(max(js, 0.0)))
+
+
+def _centroids(counts: np.ndarray, sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    keep = counts > 0
+    return sums[keep] / counts[keep], counts[keep] / counts.sum()
+
+
+def wasserstein_centroids(
+    reference_counts: ArrayLike,
+    reference_sums: ArrayLike,
+    window_counts: ArrayLike,
+    window_sums: ArrayLike,
+    reference_std: float,
+) -> float:
+    """W1 between the two centroid distributions, over ``max(reference_std, 0.001)``."""
+    rc = np.asarray(reference_counts, dtype=np.float64)
+    wc = np.asarray(window_counts, dtype=np.float64)
+    if rc.sum() <= 0 or wc.sum() <= 0:
+        raise ValueError("no observations")
+    a, u = _centroids(rc, np.asarray(reference_sums, dtype=np.float64))
+    b, v = _centroids(wc, np.asarray(window_sums, dtype=np.float64))
+    points = np.concatenate([a, b])
+    order = np.argsort(points, kind="stable")
+    points = points[order]
+    mass = np.concatenate([u, -v])[order]
+    cdf_gap = np.cumsum(mass)[:-1]
+    distance = float(np.sum(np.abs(cdf_gap) * np.diff(points)))
+    return distance / max(reference_std, 0.001)
+
+
+def ks_binned(reference_counts: ArrayLike, window_counts: ArrayLike) -> tuple[float, float]:
+    """Binned two-sample KS statistic ``D`` and its asymptotic p-value."""
+    r = np.asarray(reference_counts, dtype=np.float64)
+    c = np.asarray(window_counts, dtype=np.float64)
+    p_cum = np.cumsum(_proportions(r))[:-1]
+    q_cum = np.cumsum(_proportions(c))[:-1]
+    d = float(np.max(np.abs(p_cum - q_cum))) if p_cum.size else 0.0
+    return d, ks_pvalue(d, int(r.sum()), int(c.sum()))
+
+
+def chi2_homogeneity(
+    reference_counts: ArrayLike, window_counts: ArrayLike, min_expected: float = 5.0
+) -> tuple[float, float, int]:
+    """Chi-square homogeneity statistic, p-value and degrees of freedom.
+
+    Buckets whose expected window count ``n * r_i / N`` is below
+    ``min_expected`` are pooled into one column before testing.
+    """
+    r = np.asarray(reference_counts, dtype=np.float64)
+    c = np.asarray(window_counts, dtype=np.float64)
+    n_ref, n_win = r.sum(), c.sum()
+    if n_ref <= 0 or n_win <= 0:
+        raise ValueError("no observations")
+    small = n_win * r / n_ref < min_expected
+    if small.any():
+        r = np.append(r[~small], r[small].sum())
+        c = np.append(c[~small], c[small].sum())
+    used = (r + c) > 0
+    r, c = r[used], c[used]
+    if r.size < 2:
+        return 0.0, 1.0, 0
+    total = n_ref + n_win
+    col = r + c
+    e_ref = col * n_ref / total
+    e_win = col * n_win / total
+    stat = float(np.sum((r - e_ref) ** 2 / e_ref) + np.sum((c - e_win) ** 2 / e_win))
+    dof = int(r.size - 1)
+    return stat, chi2_sf(stat, dof), dof
