@@ -320,6 +320,12 @@ def corrupt_header_checksum(kit: Kit) -> Case:
     return Case(flip(good, header + 3), kit.trust)
 
 
+def non_zero_member_padding(kit: Kit) -> Case:
+    good = kit.good_bundle()
+    after_smoke = data_offset(good, "smoke.npz") + len(SMOKE)  # inside its padding
+    return Case(flip(good, after_smoke + 3), kit.trust)
+
+
 def trailing_garbage(kit: Kit) -> Case:
     return Case(kit.good_bundle() + b"appended payload", kit.trust)
 
@@ -405,6 +411,11 @@ SCENARIOS: dict[str, tuple[Callable[[Kit], Case], type[Exception], tuple[str, ..
     "non-canonical-manifest": (non_canonical_manifest, BundleError, ("manifest.json", "canonical")),
     "manifest-without-model": (manifest_without_model, BundleError, ("model.onnx",)),
     "corrupt-header-checksum": (corrupt_header_checksum, BundleError, ("checksum",)),
+    "non-zero-member-padding": (
+        non_zero_member_padding,
+        BundleError,
+        ("non-zero padding", "smoke.npz"),
+    ),
     "trailing-garbage": (trailing_garbage, BundleError, ("after the end of the archive",)),
     "over-budget": (over_budget, BundleError, ("budget of 4096",)),
     "not-a-tar": (not_a_tar, BundleError, ("not a tar archive",)),

@@ -187,8 +187,13 @@ class _TarReader:
             left -= len(chunk)
             yield chunk
         padding = -size % BLOCK
-        if padding and len(self._read(padding)) < padding:
-            raise BundleError(f"truncated archive: padding after {what} is cut off")
+        if padding:
+            pad = self._read(padding)
+            if len(pad) < padding:
+                raise BundleError(f"truncated archive: padding after {what} is cut off")
+            # Zero padding keeps the archive bytes a function of its contents.
+            if pad.count(0) != padding:
+                raise BundleError(f"non-zero padding after {what}")
 
     def read_member(self, header: _Header, limit: int) -> bytes:
         if header.size > limit:
