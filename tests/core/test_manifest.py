@@ -121,6 +121,10 @@ def test_with_files_replaces_the_file_list() -> None:
         (lambda d: d.update(smoke_path="../smoke.npz"), "'..'"),
         (lambda d: d.update(reference_path="/abs.json"), "absolute"),
         (lambda d: d["validation"].update(score=float("nan")), "canonical JSON"),
+        (
+            lambda d: d["files"].append({"path": "model.onnx/x", "size": 1, "sha256": SHA}),
+            "lies under 'model.onnx'",
+        ),
     ],
 )
 def test_invalid_manifests_name_the_field(mutate, reason: str) -> None:

@@ -291,22 +291,33 @@ class _Extraction:
             raise StorageError(f"cannot create a directory next to {dest}: {e.strerror}") from e
 
     def write(self, path: str, chunks: Iterator[bytes]) -> None:
+        """Write one member; ``chunks`` may raise BundleError mid-way (the
+        caller then aborts the whole directory)."""
         target = self.tmp / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        fd = os.open(target, flags, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(target, flags, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise StorageError(f"cannot extract {path} next to {self.dest}: {e.strerror}") from e
 
     def commit(self) -> None:
-        for directory in sorted({p.parent for p in self.tmp.rglob("*")}, reverse=True):
-            directory.chmod(0o755)
-            _fsync_dir(directory)
-        os.rename(self.tmp, self.dest)
-        _fsync_dir(self.dest.parent)
+        try:
+            directories = {self.tmp} | {p.parent for p in self.tmp.rglob("*")}
+            for directory in sorted(directories, reverse=True):
+                directory.chmod(0o755)
+                _fsync_dir(directory)
+            os.rename(self.tmp, self.dest)
+            _fsync_dir(self.dest.parent)
+        except OSError as e:
+            raise StorageError(
+                f"cannot move the verified bundle to {self.dest}: {e.strerror}"
+            ) from e
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)

@@ -12,7 +12,8 @@ Invariants:
   separated by ``/``, no ``.``/``..``/empty/hidden components, at most 100
   bytes (one ustar name field), and never ``manifest.json`` or
   ``signatures.json``.
-- ``files`` lists distinct paths; ``size`` is a non-negative int and
+- ``files`` lists distinct paths, none inside another (``a`` and ``a/b``
+  cannot both be files); ``size`` is a non-negative int and
   ``sha256`` 64 lowercase hex characters.
 """
 
@@ -194,6 +195,13 @@ class Manifest:
             if entry.path in seen:
                 raise BundleError(f"manifest: files lists {entry.path!r} twice")
             seen.add(entry.path)
+        for path in seen:
+            parts = path.split("/")
+            for i in range(1, len(parts)):
+                if "/".join(parts[:i]) in seen:
+                    raise BundleError(
+                        f"manifest: {path!r} lies under {'/'.join(parts[:i])!r}, which is a file"
+                    )
         if self.reference_path is not None:
             check_member_path(self.reference_path)
         check_member_path(self.smoke_path)
