@@ -1,0 +1,150 @@
+"""The hub's content-addressed bundle store.
+
+``hub publish FILE`` copies the bundle into ``bundles_dir/<sha[:2]>/<sha>.efb``
+and records it in the hub store. Invariants:
+
+- a bundle is verified (publisher signatures to the configured threshold,
+  every member's size and sha256) on the *copy* inside the store, not on the
+  caller's file, so what was verified is exactly what is served;
+- the file lands under its final name only after it verified (temporary name
+  + fsync + rename); a rejected bundle leaves nothing behind;
+- publishing the same bytes twice is a no-op that reports the existing record;
+- a chunk read never goes past the end of the file and never opens a path
+  derived from anything but a stored sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgefleet.core.bundle_verifier import BundleVerifier
+from edgefleet.core.errors import BundleError, SignatureError
+from edgefleet.core.trust import TrustStore
+from edgefleet.hub.errors import HubNotFoundError, HubStoreError, PublishRejectedError
+from edgefleet.hub.store import BundleRecord, HubStore
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_COPY_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    bundle: BundleRecord
+    created: bool  # False when the same bytes were already published
+
+
+class BundleStore:
+    """Bundles on disk under ``root``, indexed by the hub store."""
+
+    def __init__(self, root: Path, store: HubStore) -> None:
+        self.root = Path(root)
+        self.store = store
+
+    def path_for(self, sha256: str) -> Path:
+        if not _SHA256_RE.match(sha256):
+            raise HubNotFoundError(f"not a bundle sha256: {sha256[:80]!r}")
+        return self.root / sha256[:2] / f"{sha256}.efb"
+
+    def publish(self, source: Path, trust: TrustStore, now: float) -> PublishResult:
+        """Verify ``source`` against ``trust``'s publisher keys and store it."""
+        if not trust.publisher_keys:
+            raise PublishRejectedError("no trusted publisher keys configured (keys.publisher_keys)")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".incoming-", suffix=".efb")
+        except OSError as e:
+            raise HubStoreError(f"cannot write to bundle store {self.root}: {e.strerror}") from e
+        tmp = Path(tmp_name)
+        try:
+            digest = _copy_and_hash(source, fd)
+            try:
+                verified = BundleVerifier(trust).verify(tmp, expected_sha256=digest)
+            except (BundleError, SignatureError) as e:
+                raise PublishRejectedError(f"{source}: {e}") from e
+            existing = self.store.get_bundle(verified.sha256)
+            if existing is not None and self.path_for(existing.sha256).exists():
+                return PublishResult(existing, created=False)
+            final = self.path_for(verified.sha256)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+            manifest = verified.manifest
+            record = BundleRecord(
+                sha256=verified.sha256,
+                model=str(manifest.model["name"]),
+                version=int(manifest.model["version"]),
+                profile=_profile_of(manifest.target),
+                size=verified.size,
+                path=str(final.relative_to(self.root)),
+                manifest=manifest.to_dict(),
+                signer_keyids=tuple(verified.signer_keyids),
+                published_at=now,
+            )
+            created = self.store.add_bundle(record)
+            return PublishResult(record if created else self._require(record.sha256), created)
+        except OSError as e:
+            raise HubStoreError(f"cannot store bundle {source}: {e.strerror or e}") from e
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _require(self, sha256: str) -> BundleRecord:
+        record = self.store.get_bundle(sha256)
+        if record is None:
+            raise HubNotFoundError(f"no published bundle {sha256}")
+        return record
+
+    def get(self, sha256: str) -> BundleRecord:
+        return self._require(sha256)
+
+    def read_range(self, sha256: str, offset: int, length: int) -> bytes:
+        """Bytes ``offset .. offset + length`` of a stored bundle (shorter at the end)."""
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must be non-negative")
+        path = self.path_for(sha256)
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(length)
+        except FileNotFoundError as e:
+            raise HubNotFoundError(f"no published bundle {sha256}") from e
+        except OSError as e:
+            raise HubStoreError(f"cannot read bundle {sha256}: {e.strerror}") from e
+
+
+def _profile_of(target: object) -> str | None:
+    if isinstance(target, dict) or hasattr(target, "get"):
+        value = target.get("profile")  # type: ignore[union-attr]
+        return str(value) if value else None
+    return None
+
+
+def _copy_and_hash(source: Path, fd: int) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
+            while block := src.read(_COPY_BLOCK):
+                digest.update(block)
+                dst.write(block)
+            dst.flush()
+            os.fsync(dst.fileno())
+    except FileNotFoundError as e:
+        raise HubNotFoundError(f"{source}: no such bundle file") from e
+    except IsADirectoryError as e:
+        raise HubNotFoundError(f"{source}: is a directory, not a bundle file") from e
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

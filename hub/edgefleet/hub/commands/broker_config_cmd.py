@@ -1,0 +1,74 @@
+"""``edgefleet hub broker-config --out DIR``: Mosquitto config, password file and ACL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgefleet.core.cli.output import emit, json_option
+from edgefleet.hub.broker_config import write_broker_config
+from edgefleet.hub.commands.common import config_option, hub_store
+
+
+@click.command("broker-config")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.option("--port", type=int, default=None, help="Listener port (default 1883, 8883 with TLS).")
+@click.option("--bind", default=None, help="Listener address (default: all interfaces).")
+@click.option(
+    "--tls-host",
+    "tls_hosts",
+    multiple=True,
+    help="Enable TLS with a generated CA; the server certificate names these hosts (repeatable).",
+)
+@click.option("--no-persistence", is_flag=True, help="Do not persist retained messages.")
+@config_option
+@json_option
+def broker_config(
+    out_dir: Path,
+    port: int | None,
+    bind: str | None,
+    tls_hosts: tuple[str, ...],
+    no_persistence: bool,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Write mosquitto.conf, passwd and acl confining every device to its own topics."""
+    with hub_store(config_path) as (config, store):
+        files = write_broker_config(
+            out_dir,
+            config,
+            store.list_devices(),
+            port=port,
+            bind=bind,
+            tls_hosts=list(tls_hosts),
+            persistence=not no_persistence,
+        )
+    result: dict[str, Any] = {
+        "conf": str(files.conf),
+        "password_file": str(files.password_file),
+        "acl_file": str(files.acl_file),
+        "port": files.port,
+        "devices": files.devices,
+        "hub_username": files.hub_username,
+        "hub_password_file": str(files.hub_password_file) if files.hub_password_file else None,
+        "tls": None if files.tls is None else {k: str(v) for k, v in vars(files.tls).items()},
+    }
+    emit(as_json, result, _render)
+
+
+def _render(r: dict[str, Any]) -> str:
+    lines = [
+        f"wrote {r['conf']} (listener port {r['port']}), {r['password_file']} "
+        f"({r['devices']} devices + hub account {r['hub_username']}), {r['acl_file']}",
+    ]
+    if r["tls"]:
+        lines.append(f"TLS: CA {r['tls']['ca_cert']}, server certificate {r['tls']['server_cert']}")
+    if r["hub_password_file"]:
+        lines.append(
+            f"the hub's broker password is in {r['hub_password_file']}; "
+            "set broker.password_file to it in hub.toml"
+        )
+    lines.append(f"run: mosquitto -c {r['conf']}")
+    return "\n".join(lines)

@@ -1,0 +1,195 @@
+"""``edgefleet hub rollout``: create, status, pause, resume, abort, rollback."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgefleet.core.cli.output import emit, json_option
+from edgefleet.core.errors import UsageError
+from edgefleet.hub.commands.common import config_option, hub_store, now, table
+from edgefleet.hub.rollout.engine import RolloutEngine, summary
+from edgefleet.hub.rollout.plan import DEFAULT_PHASES
+
+
+def _model_version(text: str) -> tuple[str, int]:
+    model, sep, version = text.rpartition(":")
+    if not sep or not model:
+        raise UsageError(f"expected MODEL:VERSION, got {text!r}")
+    try:
+        number = int(version.lstrip("v"))
+    except ValueError as e:
+        raise UsageError(f"invalid version in {text!r}: expected an integer") from e
+    return model, number
+
+
+@click.group()
+def rollout() -> None:
+    """Staged rollouts with install and inference gates."""
+
+
+@rollout.command()
+@click.argument("model_version", metavar="MODEL:VERSION")
+@click.option(
+    "--to", "selector", required=True, help="all | group=G | tag=K=V | profile=P | ids=A,B"
+)
+@click.option("--phases", default=DEFAULT_PHASES, show_default=True, help="Percent or counts.")
+@click.option(
+    "--gate",
+    "gates",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Override a gate, e.g. max_error_rate=0.02, bake=10m, min_inferences=500 (repeatable).",
+)
+@click.option("--id", "rollout_id", default=None, help="Rollout id (default: generated).")
+@config_option
+@json_option
+def create(
+    model_version: str,
+    selector: str,
+    phases: str,
+    gates: tuple[str, ...],
+    rollout_id: str | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Plan a rollout; the running hub starts it on its next tick."""
+    model, version = _model_version(model_version)
+    with hub_store(config_path) as (_config, store):
+        record = RolloutEngine(store).create(
+            model,
+            version,
+            selector,
+            now(),
+            phases_text=phases,
+            gate_overrides=gates,
+            rollout_id=rollout_id,
+        )
+        result = {**summary(record), "gates": record.plan.gates.to_dict()}
+    emit(as_json, result, _render_created)
+
+
+def _render_created(r: dict[str, Any]) -> str:
+    sizes = " -> ".join(str(s) for s in r["phase_sizes"])
+    return (
+        f"created rollout {r['rollout']}: {r['model']}:{r['version']} to {r['selector']} "
+        f"({r['devices']} devices; phases {sizes})"
+    )
+
+
+@rollout.command()
+@click.argument("rollout_id", required=False)
+@config_option
+@json_option
+def status(rollout_id: str | None, config_path: Path | None, as_json: bool) -> None:
+    """Show all rollouts, or one rollout per phase and per device."""
+    current = now()
+    with hub_store(config_path) as (_config, store):
+        engine = RolloutEngine(store)
+        if rollout_id is None:
+            result: dict[str, Any] = {"rollouts": [summary(r) for r in store.list_rollouts()]}
+            emit(as_json, result, _render_list)
+            return
+        detail = engine.status(rollout_id, current)
+    emit(as_json, detail, _render_detail)
+
+
+def _when(at: float | None) -> str:
+    if at is None:
+        return "-"
+    return dt.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _render_list(r: dict[str, Any]) -> str:
+    if not r["rollouts"]:
+        return "no rollouts"
+    return table(
+        ["ROLLOUT", "MODEL", "STATE", "PHASE", "DEVICES", "UPDATED", "REASON"],
+        [
+            [
+                x["rollout"],
+                f"{x['model']}:{x['version']}",
+                x["state"],
+                f"{x['phase'] or '-'}/{x['phase_count']}",
+                str(x["devices"]),
+                _when(x["updated_at"]),
+                x["reason"][:60],
+            ]
+            for x in r["rollouts"]
+        ],
+    )
+
+
+def _render_detail(r: dict[str, Any]) -> str:
+    lines = [
+        f"rollout {r['rollout']}: {r['model']}:{r['version']} to {r['selector']}",
+        f"state {r['state']}, phase {r['phase'] or '-'}/{r['phase_count']}"
+        + (f" ({r['reason']})" if r["reason"] else ""),
+        "",
+    ]
+    for p in r["phases"]:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(p["counts"].items()))
+        marker = "*" if p["current"] else " "
+        lines.append(
+            f"{marker} phase {p['phase']}: {p['devices']} devices "
+            f"(cumulative {p['cumulative_devices']}): {counts}"
+        )
+    decision = r.get("decision")
+    if decision:
+        lines += ["", f"gates: {decision['verdict']} ({decision['reason']})"]
+        for g in decision["gates"]:
+            value = "-" if g["value"] is None else f"{g['value']:.4g}"
+            lines.append(f"  {g['status']:>4}  {g['name']:<22} {value:>10}  {g['detail']}")
+    lines += [
+        "",
+        table(
+            ["DEVICE", "PHASE", "ONLINE", "INSTALL", "DETAIL"],
+            [
+                [
+                    d["device"],
+                    str(d["phase"]),
+                    "yes" if d["online"] else "no",
+                    d["install"],
+                    (d["detail"] or "")[:60],
+                ]
+                for d in r["devices"]
+            ],
+        ),
+    ]
+    if r["events"]:
+        lines += ["", "history:"]
+        lines += [f"  {_when(e['at'])}  {e['event']:<9} {e['detail']}" for e in r["events"]]
+    return "\n".join(lines)
+
+
+def _action(name: str, help_text: str) -> click.Command:
+    @click.command(name=name, help=help_text)
+    @click.argument("rollout_id")
+    @click.option("--reason", default=None, help="Recorded in the rollout history.")
+    @config_option
+    @json_option
+    def command(
+        rollout_id: str, reason: str | None, config_path: Path | None, as_json: bool
+    ) -> None:
+        with hub_store(config_path) as (_config, store):
+            engine = RolloutEngine(store)
+            method = getattr(engine, name)
+            kwargs = {"reason": reason} if reason else {}
+            record = method(rollout_id, now(), **kwargs)
+            result = summary(record)
+        emit(as_json, result, lambda r: f"rollout {r['rollout']} is now {r['state']}")
+
+    return command
+
+
+rollout.add_command(_action("pause", "Stop assigning new devices; devices already moved stay."))
+rollout.add_command(_action("resume", "Continue a paused rollout."))
+rollout.add_command(
+    _action("abort", "Halt the rollout; devices already moved stay unless rolled back.")
+)
+rollout.add_command(
+    _action("rollback", "Send every device this rollout moved back to its previous version.")
+)

@@ -1,0 +1,297 @@
+"""Hub configuration from ``hub.toml``.
+
+::
+
+    [store]
+    path = "hub.db"                  # SQLite file
+    bundles_dir = "bundles"          # content-addressed bundle store
+
+    [broker]
+    host = "127.0.0.1"               # where the hub connects
+    port = 1883
+    username = "edgefleet-hub"       # the hub's own broker account
+    password_file = "hub.password"   # or password = "..."
+    client_id = "edgefleet-hub"
+    tls_ca = "tls/ca.crt"            # optional; set to use TLS
+    topic_root = "edgefleet/v1"
+    shared_subscriptions = false     # $share/edgefleet-hub/... (Mosquitto 2, EMQX)
+    device_host = "hub.example.org"  # what devices are told (default: host)
+    device_port = 1883               # default: port
+
+    [directives]
+    expiry_s = 604800                # a directive is valid this long
+    resign_before_s = 86400          # re-signed when it expires sooner than this
+
+    [keys]
+    hub_signing_key = "keys/hub.key"
+    publisher_keys = ["keys/publisher.pub"]
+    publisher_threshold = 1
+
+    [service]
+    tick_s = 1.0                     # rollout engine and directive re-signing period
+    max_payload_bytes = 1048576      # larger device messages are dropped and counted
+    chunk_size = 65536               # bytes per chunk frame
+    max_chunks_per_request = 16      # caps one fetch request's window
+
+Invariants: every relative path is resolved against the directory holding
+``hub.toml``; an unknown section or key is an error naming the file and the
+key (a typo must not silently fall back to a default); every value is
+type-checked in ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from edgefleet.hub.errors import HubConfigError
+
+DEFAULT_CONFIG_NAME = "hub.toml"
+ENV_VAR = "EDGEFLEET_HUB_CONFIG"
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    path: Path = Path("hub.db")
+    bundles_dir: Path = Path("bundles")
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = "edgefleet-hub"
+    password: str | None = None
+    password_file: Path | None = None
+    client_id: str = "edgefleet-hub"
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    topic_root: str = "edgefleet/v1"
+    shared_subscriptions: bool = False
+    device_host: str | None = None
+    device_port: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port {self.port} out of range")
+        if self.device_port is not None and not 0 < self.device_port < 65536:
+            raise ValueError(f"device_port {self.device_port} out of range")
+        if not self.topic_root or self.topic_root.startswith("/") or self.topic_root.endswith("/"):
+            raise ValueError(
+                f"topic_root {self.topic_root!r} must not be empty or start/end with /"
+            )
+        if any(c in self.topic_root for c in "+#"):
+            raise ValueError("topic_root must not contain MQTT wildcards")
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set password or password_file, not both")
+
+    def resolved_password(self) -> str | None:
+        """The hub's broker password (inline or read from ``password_file``)."""
+        if self.password is not None:
+            return self.password
+        if self.password_file is None:
+            return None
+        try:
+            return self.password_file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise HubConfigError(
+                f"broker.password_file {self.password_file}: {e.strerror or e}"
+            ) from e
+
+    @property
+    def public_host(self) -> str:
+        return self.device_host or self.host
+
+    @property
+    def public_port(self) -> int:
+        return self.device_port or self.port
+
+
+@dataclass(frozen=True)
+class DirectiveSettings:
+    expiry_s: float = 7 * 86400.0
+    resign_before_s: float = 86400.0
+
+    def __post_init__(self) -> None:
+        if self.expiry_s <= 0:
+            raise ValueError("expiry_s must be positive")
+        if not 0 <= self.resign_before_s < self.expiry_s:
+            raise ValueError("resign_before_s must be in [0, expiry_s)")
+
+
+@dataclass(frozen=True)
+class KeySettings:
+    hub_signing_key: Path | None = None
+    publisher_keys: tuple[Path, ...] = ()
+    publisher_threshold: int = 1
+
+    def __post_init__(self) -> None:
+        if self.publisher_threshold < 1:
+            raise ValueError("publisher_threshold must be at least 1")
+        if self.publisher_keys and self.publisher_threshold > len(self.publisher_keys):
+            raise ValueError(
+                f"publisher_threshold {self.publisher_threshold} exceeds the "
+                f"{len(self.publisher_keys)} publisher key(s)"
+            )
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    tick_s: float = 1.0
+    max_payload_bytes: int = 1024 * 1024
+    chunk_size: int = 64 * 1024
+    max_chunks_per_request: int = 16
+
+    def __post_init__(self) -> None:
+        if self.tick_s <= 0:
+            raise ValueError("tick_s must be positive")
+        if self.max_payload_bytes < 1024:
+            raise ValueError("max_payload_bytes must be at least 1024")
+        if not 1024 <= self.chunk_size <= 1024 * 1024:
+            raise ValueError("chunk_size must be between 1 KiB and 1 MiB")
+        if self.max_chunks_per_request < 1:
+            raise ValueError("max_chunks_per_request must be at least 1")
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    store: StoreSettings = field(default_factory=StoreSettings)
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    directives: DirectiveSettings = field(default_factory=DirectiveSettings)
+    keys: KeySettings = field(default_factory=KeySettings)
+    service: ServiceSettings = field(default_factory=ServiceSettings)
+    source: Path | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> HubConfig:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise HubConfigError(f"{path}: cannot read hub config: {e.strerror or e}") from e
+        try:
+            document = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise HubConfigError(f"{path}: invalid TOML: {e}") from e
+        return cls.from_mapping(document, base_dir=path.resolve().parent, source=path)
+
+    @classmethod
+    def from_mapping(
+        cls, document: Mapping[str, Any], *, base_dir: Path, source: Path | None = None
+    ) -> HubConfig:
+        where = str(source) if source else "hub config"
+        sections: dict[str, Any] = {}
+        for name, kind in _SECTIONS.items():
+            raw = document.get(name, {})
+            if not isinstance(raw, Mapping):
+                raise HubConfigError(f"{where}: [{name}] must be a table")
+            sections[name] = _build(kind, raw, base_dir, f"{where}: {name}")
+        unknown = set(document) - set(_SECTIONS)
+        if unknown:
+            raise HubConfigError(f"{where}: unknown section [{sorted(unknown)[0]}]")
+        return cls(**sections, source=source)
+
+    def to_toml(self) -> str:
+        """Render as hub.toml (paths as stored; inline passwords are written out)."""
+        lines: list[str] = []
+        for name in _SECTIONS:
+            section = getattr(self, name)
+            lines.append(f"[{name}]")
+            for f in fields(section):
+                value = getattr(section, f.name)
+                if value is None:
+                    continue
+                lines.append(f"{f.name} = {_toml_value(value)}")
+            lines.append("")
+        return "\n".join(lines)
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "store": StoreSettings,
+    "broker": BrokerSettings,
+    "directives": DirectiveSettings,
+    "keys": KeySettings,
+    "service": ServiceSettings,
+}
+
+
+def _build(kind: type[Any], raw: Mapping[str, Any], base_dir: Path, where: str) -> Any:
+    known = {f.name: f for f in fields(kind)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        f = known.get(key)
+        if f is None:
+            raise HubConfigError(f"{where}.{key}: unknown key")
+        values[key] = _convert(str(f.type), value, base_dir, f"{where}.{key}")
+    try:
+        return kind(**values)
+    except (TypeError, ValueError) as e:
+        raise HubConfigError(f"{where}: {e}") from e
+
+
+def _convert(type_name: str, value: Any, base_dir: Path, where: str) -> Any:
+    base = type_name.replace(" | None", "")
+    if base == "Path":
+        if not isinstance(value, str) or not value:
+            raise HubConfigError(f"{where}: expected a path string")
+        return (base_dir / value).resolve() if not Path(value).is_absolute() else Path(value)
+    if base == "tuple[Path, ...]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise HubConfigError(f"{where}: expected a list of path strings")
+        return tuple(_convert("Path", v, base_dir, where) for v in value)
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise HubConfigError(f"{where}: expected true or false")
+        return value
+    if base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise HubConfigError(f"{where}: expected an integer")
+        return value
+    if base == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise HubConfigError(f"{where}: expected a number")
+        return float(value)
+    if base == "str":
+        if not isinstance(value, str):
+            raise HubConfigError(f"{where}: expected a string")
+        return value
+    raise AssertionError(type_name)  # pragma: no cover
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, Path):
+        return _toml_string(str(value))
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return _toml_string(str(value))
+
+
+def _toml_string(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def find_config(explicit: Path | None) -> Path:
+    """``--config`` if given, else ``$EDGEFLEET_HUB_CONFIG``, else ``./hub.toml``."""
+    if explicit is not None:
+        return explicit
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env)
+    return Path(DEFAULT_CONFIG_NAME)
+
+
+def load_config(explicit: Path | None) -> HubConfig:
+    """Load the hub config; a missing default ``hub.toml`` is a usage error naming it."""
+    path = find_config(explicit)
+    if not path.exists():
+        raise HubConfigError(f"{path}: hub config not found (pass --config or set ${ENV_VAR})")
+    return HubConfig.load(path)

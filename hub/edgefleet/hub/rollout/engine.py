@@ -1,0 +1,612 @@
+"""The rollout engine: applies the pure plan, machine and gates to the hub store.
+
+Both ``hub serve`` (every tick) and the ``hub rollout`` commands (in another
+process) drive rollouts through this class; the store is the only shared
+state. Invariants:
+
+- every state change goes through :func:`~edgefleet.hub.rollout.machine.handle`
+  and is written in one store transaction together with its side effects
+  (device assignments, rollout-device rows, the event log); a tick re-reads the
+  rollout inside that transaction and drops its decision if an operator
+  changed the rollout meanwhile;
+- the engine never publishes anything: it changes *desired assignments*, and
+  the directive issuer turns changed assignments into signed directives;
+- a device is "moved" once its phase started (``assigned_at`` set); rollback
+  only touches moved devices whose current assignment still comes from this
+  rollout, so rolling back an old rollout never undoes a newer one;
+- nothing here reads a clock: every entry point takes ``now``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from edgefleet.core.errors import UsageError
+from edgefleet.hub.errors import HubNotFoundError, RolloutStateError
+from edgefleet.hub.rollout.evidence import VersionStats
+from edgefleet.hub.rollout.gates import (
+    UNSETTLED,
+    Decision,
+    DeviceReport,
+    InstallStatus,
+    Verdict,
+    evaluate_phase,
+)
+from edgefleet.hub.rollout.machine import (
+    ACTIVE_STATES,
+    RolloutEvent,
+    RolloutState,
+    RolloutStatus,
+    handle,
+)
+from edgefleet.hub.rollout.plan import DEFAULT_PHASES, Gates, RolloutPlan, parse_phases
+from edgefleet.hub.selectors import Selector
+from edgefleet.hub.store import (
+    BundleRecord,
+    DesiredAssignment,
+    DeviceRecord,
+    HubStore,
+    RolloutDeviceRecord,
+    RolloutRecord,
+)
+
+log = logging.getLogger(__name__)
+
+# Deployment states the agent reports (DESIGN.md §7) -> install status.
+_DEVICE_STATES: Mapping[str, InstallStatus] = {
+    "committed": InstallStatus.COMMITTED,
+    "failed": InstallStatus.FAILED,
+    "rejected": InstallStatus.FAILED,
+    "rolled_back": InstallStatus.FAILED,
+}
+
+
+def install_status_for(device_state: str) -> InstallStatus:
+    """Map an agent deployment state to the rollout's view of the device."""
+    return _DEVICE_STATES.get(device_state, InstallStatus.INSTALLING)
+
+
+@dataclass(frozen=True)
+class TickResult:
+    rollout_id: str
+    event: RolloutEvent | None
+    decision: Decision | None
+
+
+class RolloutEngine:
+    """Creates, advances, pauses, aborts and rolls back rollouts in a :class:`HubStore`."""
+
+    def __init__(self, store: HubStore) -> None:
+        self.store = store
+
+    # -- creation --------------------------------------------------------------
+
+    def create(
+        self,
+        model: str,
+        version: int,
+        selector_text: str,
+        now: float,
+        *,
+        phases_text: str = DEFAULT_PHASES,
+        gate_overrides: Sequence[str] = (),
+        gates: Gates | None = None,
+        rollout_id: str | None = None,
+    ) -> RolloutRecord:
+        """Plan a rollout of ``model:version`` to the selected devices (state ``created``)."""
+        selector = Selector.parse(selector_text)
+        phases = parse_phases(phases_text)
+        gates = (gates or Gates()).with_overrides(gate_overrides)
+        bundles = self.store.find_bundles(model, version)
+        if not bundles:
+            raise HubNotFoundError(f"no published bundle for {model}:{version} (hub publish FILE)")
+        devices = {d.device_id: d for d in self.store.list_devices()}
+        selected = selector.select(devices.values())
+        if not selected:
+            raise UsageError(f"selector {selector} matches no enrolled device")
+        by_profile = _bundles_by_profile(bundles)
+        missing = sorted(
+            {devices[i].profile for i in selected if _pick(by_profile, devices[i]) is None}
+        )
+        if missing:
+            raise UsageError(
+                f"no bundle of {model}:{version} for profile(s) {', '.join(missing)}; "
+                "pack and publish one per profile"
+            )
+        busy = self._busy_devices(model, selected)
+        if busy:
+            rid, devs = next(iter(busy.items()))
+            raise UsageError(
+                f"rollout {rid} of {model} is still active on {len(devs)} of these devices "
+                f"(e.g. {devs[0]}); pause is not enough, abort or finish it first"
+            )
+        rollout_id = rollout_id or f"r-{secrets.token_hex(4)}"
+        if self.store.get_rollout(rollout_id) is not None:
+            raise UsageError(f"rollout {rollout_id} already exists")
+        plan = RolloutPlan.build(
+            rollout_id, model, version, str(selector), selected, phases, gates, phases_text
+        )
+        rows = []
+        for device_id in plan.devices:
+            bundle = _pick(by_profile, devices[device_id])
+            assert bundle is not None
+            prev = self._previous(devices[device_id], model)
+            rows.append(
+                RolloutDeviceRecord(
+                    rollout_id=rollout_id,
+                    device_id=device_id,
+                    phase=plan.phase_of(device_id),
+                    bundle_sha256=bundle.sha256,
+                    size=bundle.size,
+                    previous_version=prev[0],
+                    previous_sha256=prev[1],
+                    previous_size=prev[2],
+                )
+            )
+        record = RolloutRecord(plan, RolloutStatus(updated_at=now), now)
+        with self.store.transaction():
+            self.store.create_rollout(record, rows)
+            self.store.add_rollout_event(
+                rollout_id,
+                now,
+                "created",
+                f"{model}:{version} to {selector} ({len(selected)} devices, phases "
+                f"{'/'.join(str(s) for s in plan.phase_sizes)})",
+            )
+        return record
+
+    def _busy_devices(self, model: str, device_ids: Sequence[str]) -> dict[str, list[str]]:
+        wanted = set(device_ids)
+        busy: dict[str, list[str]] = {}
+        for rollout in self.store.list_rollouts():
+            if rollout.plan.model != model or rollout.status.state not in ACTIVE_STATES:
+                continue
+            overlap = sorted(wanted & set(rollout.plan.devices))
+            if overlap:
+                busy[rollout.rollout_id] = overlap
+        return busy
+
+    def _previous(
+        self, device: DeviceRecord, model: str
+    ) -> tuple[int | None, str | None, int | None]:
+        current = self.store.get_assignments(device.device_id).get(model)
+        if current is not None:
+            return current.version, current.bundle_sha256, current.size
+        # Not assigned by this hub: trust what the device says it runs.
+        for entry in device.state.get("models", []) if isinstance(device.state, Mapping) else []:
+            if isinstance(entry, Mapping) and entry.get("name") == model:
+                active = entry.get("active")
+                if isinstance(active, Mapping) and isinstance(active.get("version"), int):
+                    sha = active.get("bundle_sha256")
+                    known = self.store.get_bundle(sha) if isinstance(sha, str) else None
+                    return (
+                        active["version"],
+                        sha if isinstance(sha, str) else None,
+                        (known.size if known else None),
+                    )
+        return None, None, None
+
+    # -- operator actions ------------------------------------------------------
+
+    def pause(
+        self, rollout_id: str, now: float, reason: str = "paused by operator"
+    ) -> RolloutRecord:
+        return self._operator(rollout_id, RolloutEvent.PAUSE, now, reason)
+
+    def resume(
+        self, rollout_id: str, now: float, reason: str = "resumed by operator"
+    ) -> RolloutRecord:
+        return self._operator(rollout_id, RolloutEvent.RESUME, now, reason)
+
+    def abort(
+        self, rollout_id: str, now: float, reason: str = "aborted by operator"
+    ) -> RolloutRecord:
+        return self._operator(rollout_id, RolloutEvent.ABORT, now, reason)
+
+    def rollback(
+        self, rollout_id: str, now: float, reason: str = "rolled back by operator"
+    ) -> RolloutRecord:
+        return self._operator(rollout_id, RolloutEvent.ROLLBACK, now, reason)
+
+    def _operator(
+        self, rollout_id: str, event: RolloutEvent, now: float, reason: str
+    ) -> RolloutRecord:
+        with self.store.transaction():
+            rollout = self.get(rollout_id)
+            self._apply(rollout, event, now, reason)
+            return self.get(rollout_id)
+
+    def get(self, rollout_id: str) -> RolloutRecord:
+        rollout = self.store.get_rollout(rollout_id)
+        if rollout is None:
+            raise HubNotFoundError(f"no such rollout {rollout_id}")
+        return rollout
+
+    def _apply(
+        self, rollout: RolloutRecord, event: RolloutEvent, now: float, reason: str
+    ) -> RolloutStatus:
+        """Transition + side effects; the caller holds a store transaction."""
+        plan = rollout.plan
+        status = handle(rollout.status, event, now, phase_count=plan.phase_count, reason=reason)
+        self.store.update_rollout_status(plan.rollout_id, status)
+        detail = reason
+        if event in (RolloutEvent.START, RolloutEvent.ADVANCE):
+            moved = self._assign_phase(plan, status.phase, now)
+            detail = f"phase {status.phase + 1}/{plan.phase_count}: {moved} device(s) assigned"
+            if reason:
+                detail = f"{reason}; {detail}"
+        elif event is RolloutEvent.ROLLBACK:
+            moved_back, kept = self._roll_back_devices(plan, now)
+            detail = f"{reason}; {moved_back} device(s) sent back to their previous version"
+            if kept:
+                detail += f", {kept} without a previous version kept"
+        self.store.add_rollout_event(plan.rollout_id, now, event.value, detail)
+        log.info("rollout %s: %s (%s)", plan.rollout_id, event.value, detail)
+        return status
+
+    def _assign_phase(self, plan: RolloutPlan, phase: int, now: float) -> int:
+        rows = {r.device_id: r for r in self.store.list_rollout_devices(plan.rollout_id)}
+        moved = 0
+        for device_id in plan.devices_of(phase):
+            row = rows[device_id]
+            if row.assigned_at is not None:
+                continue
+            downgrade = row.previous_version is not None and plan.version < row.previous_version
+            self.store.set_assignment(
+                device_id,
+                plan.model,
+                DesiredAssignment(
+                    model=plan.model,
+                    bundle_sha256=row.bundle_sha256,
+                    version=plan.version,
+                    size=row.size,
+                    rollout_id=plan.rollout_id,
+                    allow_downgrade=downgrade,
+                ),
+                now,
+            )
+            self.store.update_rollout_device(
+                replace(row, assigned_at=now, install=InstallStatus.PENDING, detail="assigned")
+            )
+            moved += 1
+        return moved
+
+    def _roll_back_devices(self, plan: RolloutPlan, now: float) -> tuple[int, int]:
+        moved_back = kept = 0
+        for row in self.store.list_rollout_devices(plan.rollout_id):
+            if row.assigned_at is None:
+                continue
+            current = self.store.get_assignments(row.device_id).get(plan.model)
+            if current is None or current.rollout_id != plan.rollout_id:
+                continue  # a newer rollout owns this device now
+            if row.previous_sha256 is None or row.previous_version is None or not row.previous_size:
+                # Nothing to go back to (first install); the device keeps the new version.
+                kept += 1
+                self.store.update_rollout_device(replace(row, detail="no previous version"))
+                continue
+            self.store.set_assignment(
+                row.device_id,
+                plan.model,
+                DesiredAssignment(
+                    model=plan.model,
+                    bundle_sha256=row.previous_sha256,
+                    version=row.previous_version,
+                    size=row.previous_size,
+                    rollout_id=plan.rollout_id,
+                    allow_downgrade=True,
+                ),
+                now,
+            )
+            self.store.update_rollout_device(
+                replace(
+                    row,
+                    install=InstallStatus.ROLLED_BACK,
+                    settled_at=now,
+                    detail=f"rolled back to version {row.previous_version}",
+                )
+            )
+            moved_back += 1
+        return moved_back, kept
+
+    # -- device reports ---------------------------------------------------------
+
+    def on_deployment(
+        self,
+        device_id: str,
+        model: str,
+        version: int | None,
+        state: str,
+        at: float,
+        *,
+        reason: str | None = None,
+        rollout_id: str | None = None,
+        bundle_sha256: str | None = None,
+    ) -> list[str]:
+        """A device reported a deployment step; update the rollouts it belongs to.
+
+        Returns the ids of the rollouts whose device row changed.
+        """
+        changed = []
+        new_status = install_status_for(state)
+        with self.store.transaction():
+            for rollout in self.store.list_rollouts():
+                plan = rollout.plan
+                if plan.model != model or device_id not in plan.devices:
+                    continue
+                if rollout.status.state is RolloutState.ROLLED_BACK:
+                    continue
+                if rollout_id is not None and rollout_id != plan.rollout_id:
+                    continue
+                row = next(
+                    r
+                    for r in self.store.list_rollout_devices(plan.rollout_id)
+                    if r.device_id == device_id
+                )
+                if row.assigned_at is None:
+                    continue
+                matches = (
+                    (bundle_sha256 == row.bundle_sha256)
+                    if bundle_sha256
+                    else version == plan.version
+                )
+                if not matches:
+                    continue
+                if row.install not in UNSETTLED and row.install is not InstallStatus.TIMED_OUT:
+                    continue  # committed and failed are final for the rollout
+                if new_status is row.install:
+                    continue
+                settled = (
+                    at if new_status in (InstallStatus.COMMITTED, InstallStatus.FAILED) else None
+                )
+                detail = state if not reason else f"{state}: {reason}"
+                self.store.update_rollout_device(
+                    replace(row, install=new_status, settled_at=settled, detail=detail[:500])
+                )
+                changed.append(plan.rollout_id)
+        return changed
+
+    def on_device_state(self, device_id: str, state: Mapping[str, Any], at: float) -> list[str]:
+        """Derive deployment progress from a retained state report."""
+        changed: list[str] = []
+        models = state.get("models", [])
+        if not isinstance(models, list):
+            return changed
+        for entry in models:
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
+                continue
+            deployment = entry.get("deployment")
+            if isinstance(deployment, Mapping) and isinstance(deployment.get("state"), str):
+                changed += self.on_deployment(
+                    device_id,
+                    entry["name"],
+                    deployment.get("version")
+                    if isinstance(deployment.get("version"), int)
+                    else None,
+                    deployment["state"],
+                    at,
+                    reason=deployment.get("reason")
+                    if isinstance(deployment.get("reason"), str)
+                    else None,
+                    rollout_id=deployment.get("rollout_id")
+                    if isinstance(deployment.get("rollout_id"), str)
+                    else None,
+                    bundle_sha256=deployment.get("bundle_sha256")
+                    if isinstance(deployment.get("bundle_sha256"), str)
+                    else None,
+                )
+            active = entry.get("active")
+            if isinstance(active, Mapping) and isinstance(active.get("bundle_sha256"), str):
+                changed += self.on_deployment(
+                    device_id,
+                    entry["name"],
+                    active.get("version") if isinstance(active.get("version"), int) else None,
+                    "committed",
+                    at,
+                    bundle_sha256=active["bundle_sha256"],
+                )
+        return sorted(set(changed))
+
+    # -- evaluation -------------------------------------------------------------
+
+    def evaluate(self, rollout: RolloutRecord, now: float) -> Decision | None:
+        """The gate decision for the current phase (None unless running)."""
+        if rollout.status.state is not RolloutState.RUNNING or rollout.status.phase < 0:
+            return None
+        plan = rollout.plan
+        rows = self.store.list_rollout_devices(plan.rollout_id)
+        devices = {d.device_id: d for d in self.store.list_devices()}
+        moved = [r for r in rows if r.assigned_at is not None]
+        new_stats = self._stats(
+            plan.model, [plan.version], [r.device_id for r in moved], rollout.created_at
+        )
+        reports = [
+            DeviceReport(
+                device_id=r.device_id,
+                phase=r.phase,
+                online=devices[r.device_id].online if r.device_id in devices else False,
+                install=r.install,
+                assigned_at=r.assigned_at,
+                settled_at=r.settled_at,
+                new=new_stats.get(r.device_id, VersionStats()),
+            )
+            for r in moved
+        ]
+        previous = sorted(
+            {r.previous_version for r in rows if r.previous_version is not None} - {plan.version}
+        )
+        baseline_by_device = self._stats(
+            plan.model,
+            previous,
+            list(plan.devices),
+            rollout.created_at - plan.gates.baseline_lookback_s,
+        )
+        baseline = VersionStats.sum(baseline_by_device.values())
+        started = rollout.status.phase_started_at or rollout.created_at
+        return evaluate_phase(
+            plan,
+            reports,
+            now,
+            phase=rollout.status.phase,
+            phase_started_at=started,
+            baseline=baseline,
+        )
+
+    def _stats(
+        self, model: str, versions: Sequence[int], device_ids: Sequence[str], since: float
+    ) -> dict[str, VersionStats]:
+        out: dict[str, VersionStats] = {}
+        if not versions or not device_ids:
+            return out
+        for window in self.store.telemetry_windows(model, versions, device_ids, since):
+            try:
+                stats = VersionStats.from_window(window.body)
+            except ValueError as e:
+                log.warning("skipping malformed window from %s: %s", window.device_id, e)
+                continue
+            out[window.device_id] = out.get(window.device_id, VersionStats()).merge(stats)
+        return out
+
+    def tick(self, now: float) -> list[TickResult]:
+        """Start created rollouts and evaluate running ones; apply the decisions."""
+        results = []
+        for rollout in self.store.list_rollouts():
+            state = rollout.status.state
+            if state is RolloutState.CREATED:
+                results.append(self._guarded(rollout, RolloutEvent.START, now, "started", None))
+            elif state is RolloutState.RUNNING:
+                decision = self.evaluate(rollout, now)
+                if decision is None:
+                    continue
+                results.append(self._act(rollout, decision, now))
+        return results
+
+    def _act(self, rollout: RolloutRecord, decision: Decision, now: float) -> TickResult:
+        plan = rollout.plan
+        with self.store.transaction():
+            current = self.store.get_rollout(plan.rollout_id)
+            if current is None or current.status != rollout.status:
+                return TickResult(plan.rollout_id, None, None)  # an operator got there first
+            if decision.timed_out:
+                rows = {r.device_id: r for r in self.store.list_rollout_devices(plan.rollout_id)}
+                for device_id in decision.timed_out:
+                    self.store.update_rollout_device(
+                        replace(
+                            rows[device_id],
+                            install=InstallStatus.TIMED_OUT,
+                            settled_at=now,
+                            detail=f"no result within {plan.gates.device_timeout_s:.0f}s",
+                        )
+                    )
+            if decision.verdict is Verdict.WAIT:
+                return TickResult(plan.rollout_id, None, decision)
+            if decision.verdict is Verdict.ABORT:
+                self._apply(current, RolloutEvent.ABORT, now, f"gate failed: {decision.reason}")
+                if plan.gates.auto_rollback:
+                    aborted = self.get(plan.rollout_id)
+                    self._apply(
+                        aborted, RolloutEvent.ROLLBACK, now, "automatic rollback after abort"
+                    )
+                return TickResult(plan.rollout_id, RolloutEvent.ABORT, decision)
+            last = current.status.phase == plan.phase_count - 1
+            event = RolloutEvent.COMPLETE if last else RolloutEvent.ADVANCE
+            self._apply(current, event, now, f"phase {current.status.phase + 1} passed")
+            return TickResult(plan.rollout_id, event, decision)
+
+    def _guarded(
+        self,
+        rollout: RolloutRecord,
+        event: RolloutEvent,
+        now: float,
+        reason: str,
+        decision: Decision | None,
+    ) -> TickResult:
+        with self.store.transaction():
+            current = self.store.get_rollout(rollout.rollout_id)
+            if current is None or current.status != rollout.status:
+                return TickResult(rollout.rollout_id, None, None)
+            try:
+                self._apply(current, event, now, reason)
+            except RolloutStateError:  # pragma: no cover (status re-checked above)
+                return TickResult(rollout.rollout_id, None, None)
+        return TickResult(rollout.rollout_id, event, decision)
+
+    # -- reporting ---------------------------------------------------------------
+
+    def status(self, rollout_id: str, now: float) -> dict[str, Any]:
+        """Everything ``hub rollout status ID`` shows: phases, devices, gates, history."""
+        rollout = self.get(rollout_id)
+        plan = rollout.plan
+        rows = self.store.list_rollout_devices(rollout_id)
+        devices = {d.device_id: d for d in self.store.list_devices()}
+        decision = self.evaluate(rollout, now)
+        phases = []
+        for k in range(plan.phase_count):
+            members = [r for r in rows if r.phase == k]
+            counts: dict[str, int] = {}
+            for r in members:
+                key = r.install.value if r.assigned_at is not None else "not_started"
+                counts[key] = counts.get(key, 0) + 1
+            phases.append(
+                {
+                    "phase": k + 1,
+                    "cumulative_devices": plan.phase_sizes[k],
+                    "devices": len(members),
+                    "counts": counts,
+                    "current": rollout.status.phase == k,
+                }
+            )
+        return {
+            **summary(rollout),
+            "gates": plan.gates.to_dict(),
+            "phases": phases,
+            "devices": [
+                {
+                    **r.to_dict(),
+                    "phase": r.phase + 1,
+                    "online": devices[r.device_id].online if r.device_id in devices else False,
+                    "install": r.install.value if r.assigned_at is not None else "not_started",
+                }
+                for r in rows
+            ],
+            "decision": decision.to_dict() if decision else None,
+            "events": [
+                {"at": e.at, "event": e.event, "detail": e.detail}
+                for e in self.store.rollout_events(rollout_id)
+            ],
+        }
+
+
+def summary(rollout: RolloutRecord) -> dict[str, Any]:
+    plan, status = rollout.plan, rollout.status
+    return {
+        "rollout": plan.rollout_id,
+        "model": plan.model,
+        "version": plan.version,
+        "selector": plan.selector,
+        "state": status.state.value,
+        "phase": status.phase + 1 if status.phase >= 0 else None,
+        "phase_count": plan.phase_count,
+        "phase_sizes": list(plan.phase_sizes),
+        "devices": len(plan.devices),
+        "created_at": rollout.created_at,
+        "updated_at": status.updated_at,
+        "reason": status.reason,
+    }
+
+
+def _bundles_by_profile(bundles: Sequence[BundleRecord]) -> dict[str | None, BundleRecord]:
+    by_profile: dict[str | None, BundleRecord] = {}
+    for bundle in sorted(bundles, key=lambda b: b.published_at):
+        by_profile[bundle.profile] = bundle  # the latest publication per profile wins
+    return by_profile
+
+
+def _pick(
+    by_profile: Mapping[str | None, BundleRecord], device: DeviceRecord
+) -> BundleRecord | None:
+    # A bundle built for the device's profile; a profile-less bundle fits any device.
+    return by_profile.get(device.profile) or by_profile.get(None)

@@ -1,0 +1,111 @@
+"""Shared builders for hub tests: keys, hub.toml, signed bundles, telemetry windows."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgefleet.core.bundle_writer import BundleInfo, write_bundle
+from edgefleet.core.keys import generate_keypair, load_private_key
+from edgefleet.core.manifest import Manifest
+from edgefleet.core.protocol.telemetry import LatencyHistogram, WindowSummary
+from edgefleet.hub.config import HubConfig
+from edgefleet.hub.store import SqliteHubStore
+
+LATENCY_EDGES = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+
+
+@dataclass(frozen=True)
+class HubFixture:
+    root: Path
+    config_path: Path
+    publisher_key: Path
+    hub_key: Path
+
+    def config(self) -> HubConfig:
+        return HubConfig.load(self.config_path)
+
+    def store(self) -> SqliteHubStore:
+        return SqliteHubStore(self.config().store.path)
+
+
+def make_hub(root: Path, *, broker: dict[str, Any] | None = None, extra: str = "") -> HubFixture:
+    """Keys plus a hub.toml whose paths live under ``root``."""
+    keys = root / "keys"
+    publisher = generate_keypair("publisher", keys)
+    hub = generate_keypair("hub", keys)
+    broker_lines = "\n".join(
+        f"{k} = {v!r}".replace("'", '"') if isinstance(v, str) else f"{k} = {str(v).lower()}"
+        for k, v in (broker or {}).items()
+    )
+    text = f"""
+[store]
+path = "hub.db"
+bundles_dir = "bundles"
+
+[broker]
+{broker_lines}
+
+[keys]
+hub_signing_key = "keys/hub.key"
+publisher_keys = ["keys/publisher.pub"]
+{extra}
+"""
+    config_path = root / "hub.toml"
+    config_path.write_text(text)
+    return HubFixture(root, config_path, publisher.private, hub.private)
+
+
+def make_bundle(
+    out: Path,
+    key_path: Path,
+    *,
+    model: str = "digits",
+    version: int = 1,
+    profile: str | None = "rpi4-arm64",
+    payload_bytes: int = 4096,
+) -> BundleInfo:
+    target: dict[str, Any] = {"arch": "aarch64"}
+    if profile is not None:
+        target["profile"] = profile
+    manifest = Manifest(
+        bundle_id=f"{model}-{version}-{profile}",
+        model={"name": model, "version": version, "task": "classification"},
+        target=target,
+    )
+    members: dict[str, bytes | Path] = {
+        "model.onnx": os.urandom(payload_bytes),
+        "smoke.npz": b"smoke",
+        "reference.json": b'{"profile_id":"p"}',
+    }
+    return write_bundle(out, manifest, members, [load_private_key(key_path)])
+
+
+def window(
+    model: str,
+    version: int,
+    *,
+    requests: int,
+    errors: int = 0,
+    latency_bucket: int = 2,
+    predictions: dict[str, int] | None = None,
+    start_s: float = 1000.0,
+) -> dict[str, Any]:
+    """A telemetry window body as the agent sends it (all latencies in one bucket)."""
+    counts = [0] * (len(LATENCY_EDGES) + 1)
+    counts[latency_bucket] = requests
+    summary = WindowSummary(
+        model=model,
+        version=version,
+        start_s=start_s,
+        end_s=start_s + 60,
+        requests=requests,
+        errors={"inference": errors} if errors else {},
+        latency_ms=LatencyHistogram(LATENCY_EDGES, tuple(counts)),
+        predictions=predictions
+        if predictions is not None
+        else {"0": requests // 2, "1": requests - requests // 2},
+    )
+    return summary.to_dict()

@@ -1,0 +1,164 @@
+"""The SQLite hub store: rows, dedupe, seq order, transactions, reopening, concurrency."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.hub.hubkit import window
+
+from edgefleet.hub.errors import HubStoreError
+from edgefleet.hub.rollout import Gates, RolloutPlan, RolloutStatus, parse_phases
+from edgefleet.hub.rollout.machine import RolloutState
+from edgefleet.hub.store import (
+    BundleRecord,
+    DesiredAssignment,
+    DeviceRecord,
+    DirectiveRecord,
+    RolloutDeviceRecord,
+    RolloutRecord,
+    SqliteHubStore,
+    TelemetryRow,
+)
+
+SHA = "ab" * 32
+
+
+def device(device_id: str = "pi-1", **kw: object) -> DeviceRecord:
+    return DeviceRecord(device_id, "rpi4-arm64", "$7$1000$x$y", 1.0, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteHubStore:
+    s = SqliteHubStore(tmp_path / "hub.db")
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+def test_devices_round_trip_and_presence(store: SqliteHubStore) -> None:
+    store.add_device(device(group="lab", tags={"site": "x"}))
+    with pytest.raises(HubStoreError, match="already enrolled"):
+        store.add_device(device())
+    store.set_presence("pi-1", True, 50.0)
+    store.set_device_state("pi-1", {"models": [], "directive_seq": 3}, 60.0)
+    store.set_presence("pi-1", False, 55.0)  # a late LWT does not move last_seen back
+    got = store.get_device("pi-1")
+    assert got is not None
+    assert (got.group, dict(got.tags), got.online, got.last_seen) == (
+        "lab",
+        {"site": "x"},
+        False,
+        60.0,
+    )
+    assert got.state["directive_seq"] == 3
+    assert "password_hash" not in got.to_dict()
+
+
+def test_assignments_bump_the_desired_revision(store: SqliteHubStore) -> None:
+    store.add_device(device())
+    a = DesiredAssignment("digits", SHA, 2, 100, "r1")
+    store.set_assignment("pi-1", "digits", a, 5.0)
+    store.set_assignment("pi-1", "digits", a, 6.0)
+    assert store.get_assignments("pi-1") == {"digits": a}
+    assert store.get_device("pi-1").desired_rev == 2  # type: ignore[union-attr]
+    store.set_assignment("pi-1", "digits", None, 7.0)
+    assert store.get_assignments("pi-1") == {}
+    with pytest.raises(HubStoreError):
+        store.set_assignment("ghost", "digits", a, 8.0)
+
+
+def test_directive_seq_strictly_increases(store: SqliteHubStore) -> None:
+    store.add_device(device())
+    rec = DirectiveRecord("pi-1", 5, 1.0, 2.0, 1, {"directive": {}, "signatures": []})
+    store.record_directive(rec)
+    for seq in (5, 4):
+        with pytest.raises(HubStoreError, match="not above"):
+            store.record_directive(DirectiveRecord("pi-1", seq, 1.0, 2.0, 1, {}))
+    store.mark_directive_published("pi-1", 5, 3.0)
+    latest = store.latest_directive("pi-1")
+    assert latest is not None and latest.seq == 5 and latest.published_at == 3.0
+
+
+def test_telemetry_dedupes_on_device_and_seq(store: SqliteHubStore) -> None:
+    rows = [TelemetryRow(i, "window", window("digits", 2, requests=10)) for i in (1, 2, 3)]
+    assert store.add_telemetry("pi-1", rows, 10.0) == 3
+    assert store.add_telemetry("pi-1", rows[1:], 11.0) == 0  # redelivery
+    assert store.add_telemetry("pi-2", rows, 11.0) == 3  # same seqs, another device
+    assert store.advance_telemetry_cursor("pi-1", 3) == 3
+    assert store.advance_telemetry_cursor("pi-1", 2) == 3  # an old batch never lowers the ack
+    windows = list(store.telemetry_windows("digits", [2], ["pi-1"], 0.0))
+    assert len(windows) == 3 and all(w.device_id == "pi-1" for w in windows)
+    assert list(store.telemetry_windows("digits", [1], None, 0.0)) == []
+    assert list(store.telemetry_windows("digits", [2], None, 10.5)) != []
+
+
+def test_failed_transaction_leaves_nothing(store: SqliteHubStore) -> None:
+    with pytest.raises(RuntimeError), store.transaction():
+        store.add_device(device("pi-1"))
+        store.bump_counter("x")
+        raise RuntimeError("boom")
+    assert store.get_device("pi-1") is None
+    assert store.counters() == {}
+
+
+def test_rollouts_survive_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "hub.db"
+    store = SqliteHubStore(path)
+    for d in ("a", "b"):
+        store.add_device(device(d))
+    plan = RolloutPlan.build("r1", "digits", 2, "all", ["a", "b"], parse_phases("1,100%"), Gates())
+    rows = [RolloutDeviceRecord("r1", d, plan.phase_of(d), SHA, 10) for d in plan.devices]
+    store.create_rollout(RolloutRecord(plan, RolloutStatus(), 1.0), rows)
+    running = RolloutStatus(RolloutState.RUNNING, 0, 2.0, 2.0, "started")
+    store.update_rollout_status("r1", running)
+    store.add_rollout_event("r1", 2.0, "start", "phase 1")
+    store.close()
+    again = SqliteHubStore(path)
+    got = again.get_rollout("r1")
+    assert got is not None and got.plan == plan and got.status == running
+    assert [r.device_id for r in again.list_rollout_devices("r1")] == list(plan.devices)
+    assert [e.event for e in again.rollout_events("r1")] == ["start"]
+    again.close()
+
+
+def test_bundles_are_idempotent(store: SqliteHubStore) -> None:
+    b = BundleRecord(SHA, "digits", 2, "rpi5", 10, "ab/x.efb", {"k": 1}, ("kid",), 1.0)
+    assert store.add_bundle(b) is True
+    assert store.add_bundle(b) is False
+    assert store.find_bundles("digits", 2) == [b]
+    assert store.list_bundles() == [b]
+
+
+def test_another_process_writes_while_we_hold_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "hub.db"
+    store = SqliteHubStore(path)
+    store.add_device(device("a"))
+    code = (
+        "import sys\nfrom pathlib import Path\n"
+        "from edgefleet.hub.store import SqliteHubStore\n"
+        "s = SqliteHubStore(Path(sys.argv[1]))\n"
+        "s.bump_counter('from_cli', 2)\n"
+        "print(len(s.list_devices()))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"
+    assert store.counters() == {"from_cli": 2}
+    store.close()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "hub.db"
+    SqliteHubStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value='99' WHERE key='schema'")
+    db.commit()
+    db.close()
+    with pytest.raises(HubStoreError, match="newer"):
+        SqliteHubStore(path)
