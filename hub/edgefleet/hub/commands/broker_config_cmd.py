@@ -23,6 +23,12 @@ from edgefleet.hub.commands.common import config_option, hub_store
     help="Enable TLS with a generated CA; the server certificate names these hosts (repeatable).",
 )
 @click.option("--no-persistence", is_flag=True, help="Do not persist retained messages.")
+@click.option(
+    "--run-as",
+    default=None,
+    help="Account mosquitto switches to when started as root (writes `user`); it must "
+    "be able to read the generated files.",
+)
 @config_option
 @json_option
 def broker_config(
@@ -31,6 +37,7 @@ def broker_config(
     bind: str | None,
     tls_hosts: tuple[str, ...],
     no_persistence: bool,
+    run_as: str | None,
     config_path: Path | None,
     as_json: bool,
 ) -> None:
@@ -44,6 +51,7 @@ def broker_config(
             bind=bind,
             tls_hosts=list(tls_hosts),
             persistence=not no_persistence,
+            run_as=run_as,
         )
     result: dict[str, Any] = {
         "conf": str(files.conf),
