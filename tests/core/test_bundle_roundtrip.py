@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import stat
@@ -11,13 +12,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgefleet.core.bundle_verifier import BundleVerifier, inspect_bundle, sha256_file
+from edgefleet.core.bundle_verifier import BLOCK, BundleVerifier, inspect_bundle, sha256_file
 from edgefleet.core.bundle_writer import write_bundle
 from edgefleet.core.canonical import canonical_json, is_canonical
 from edgefleet.core.errors import BundleError, SignatureError, StorageError, UsageError
 from edgefleet.core.keys import keyid_of
 from edgefleet.core.manifest import Manifest
-from edgefleet.core.trust import TrustStore
+from edgefleet.core.trust import Signature, TrustStore, sign_payload, tally_signatures
 
 MODEL = os.urandom(200_000)
 MEMBERS: dict[str, bytes | Path] = {
@@ -219,15 +220,20 @@ def test_inspect_reads_without_trust(tmp_path: Path, key: Ed25519PrivateKey) -> 
     assert (summary.sha256, summary.size) == (info.sha256, info.size)
 
 
-def test_verifier_accepts_gnu_tar_padding_records(tmp_path: Path, key: Ed25519PrivateKey) -> None:
-    # Re-packing the same members with tarfile (POSIX format, 10 KiB records)
-    # still verifies: the format is plain tar, not our writer's byte layout.
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_verifier_accepts_other_tar_writers(
+    tmp_path: Path, key: Ed25519PrivateKey, fmt: int
+) -> None:
+    # Re-packing the same members with another tar writer (other header
+    # fields, GNU magic) still verifies: the format is tar, not our byte layout.
     out = tmp_path / "b.efb"
     write_bundle(out, manifest(), MEMBERS, [key])
     with tarfile.open(out, "r:") as src:
         repacked = io.BytesIO()
-        with tarfile.open(fileobj=repacked, mode="w", format=tarfile.PAX_FORMAT) as dst:
+        with tarfile.open(fileobj=repacked, mode="w", format=fmt) as dst:
             for member in src.getmembers():
+                member.mtime = 1_700_000_000
+                member.uname = "builder"
                 dst.addfile(member, src.extractfile(member))
     copy = tmp_path / "copy.efb"
     copy.write_bytes(repacked.getvalue())
@@ -241,3 +247,75 @@ def test_signatures_json_is_canonical_list(tmp_path: Path, key: Ed25519PrivateKe
         raw = tar.extractfile("signatures.json").read()  # type: ignore[union-attr]
     summary = inspect_bundle(out)
     assert raw == canonical_json([s.to_dict() for s in summary.signatures])
+
+
+def test_single_byte_changes_are_rejected(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    # Flipped one at a time: every byte of the first header, of the signatures
+    # member and of each header's size, checksum and type fields, plus every
+    # 11th byte of everything else (headers, padding, contents, end marker,
+    # record tail). Nothing in a bundle is free to change unnoticed.
+    small: dict[str, bytes | Path] = {
+        "model.onnx": b"m" * 700,
+        "smoke.npz": b"s",
+        "reference.json": b"{}",
+    }
+    out = tmp_path / "small.efb"
+    write_bundle(out, manifest(), small, [key])
+    good = out.read_bytes()
+    offsets = set(range(0, len(good), 11)) | set(range(BLOCK))
+    with tarfile.open(out, "r:") as tar:
+        for member in tar.getmembers():
+            header = member.offset
+            offsets |= set(range(header + 124, header + 136)) | set(
+                range(header + 148, header + 157)
+            )
+            if member.name == "signatures.json":
+                offsets |= set(range(member.offset_data, member.offset_data + member.size))
+    verifier = BundleVerifier(trust_for(key))
+    accepted = []
+    for offset in sorted(offsets):
+        data = bytearray(good)
+        data[offset] ^= 0x01
+        try:
+            verifier.verify_stream(io.BytesIO(bytes(data)))
+        except (BundleError, SignatureError):
+            continue
+        accepted.append(offset)
+    assert accepted == []
+
+
+def test_non_canonical_base64_signature_is_not_valid(key: Ed25519PrivateKey) -> None:
+    good = sign_payload(b"payload", key)
+    assert good.sig.endswith("==")
+    last = good.sig[-3]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    # Same decoded bytes, different text: flip an unused low bit of the last character.
+    twin = good.sig[:-3] + alphabet[alphabet.index(last) ^ 1] + "=="
+    assert base64.b64decode(twin) == base64.b64decode(good.sig)
+    keys = {good.keyid: key.public_key()}
+    assert tally_signatures(b"payload", [Signature(good.keyid, twin)], keys).invalid == 1
+    assert tally_signatures(b"payload", [good], keys).valid_keyids == (good.keyid,)
+
+
+def test_signed_checksum_spelling_is_accepted(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    # Old tar writers summed header bytes as signed chars; with a non-ASCII
+    # user name the two sums differ and both must verify.
+    out = tmp_path / "b.efb"
+    write_bundle(out, manifest(), MEMBERS, [key])
+    with tarfile.open(out, "r:") as tar:
+        header_at = tar.getmember("model.onnx").offset
+    data = bytearray(out.read_bytes())
+    header = data[header_at : header_at + BLOCK]
+    header[265:267] = "é".encode()  # uname field
+    header[148:156] = b" " * 8
+    signed = sum(b - 256 if b > 127 else b for b in header)
+    header[148:156] = b"%06o\0 " % signed
+    data[header_at : header_at + BLOCK] = header
+    other = tmp_path / "signed.efb"
+    other.write_bytes(bytes(data))
+    assert BundleVerifier(trust_for(key)).verify(other).manifest.name == "digits"
+    header[148:156] = b"%06o\0 " % (signed + 1)
+    data[header_at : header_at + BLOCK] = header
+    other.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="checksum mismatch"):
+        BundleVerifier(trust_for(key)).verify(other)

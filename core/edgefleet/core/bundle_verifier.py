@@ -117,7 +117,9 @@ def sha256_file(path: Path) -> str:
 def _octal(field: bytes, what: str, offset: int) -> int:
     if field[:1] and field[0] & 0x80:
         raise BundleError(f"corrupt tar header at byte {offset}: binary {what} field")
-    text = field.split(b"\0", 1)[0].strip(b" ")
+    # Digits padded with spaces/NULs only: bytes after the terminator are not
+    # free to vary, so a header is a function of the values it encodes.
+    text = field.strip(b" \0")
     if not text:
         return 0
     try:
@@ -227,13 +229,18 @@ def _check_tar_start(block: bytes) -> None:
 def _parse_header(block: bytes, offset: int) -> _Header:
     stored = _octal(block[148:156], "checksum", offset)
     unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
-    signed = unsigned - 2 * sum(b for b in block[:148] + block[156:] if b > 127)
-    if stored not in (unsigned, signed):
+    # Some old writers summed signed chars; accept that spelling too.
+    if stored != unsigned and stored != unsigned - 256 * sum(
+        1 for b in block[:148] + block[156:] if b > 127
+    ):
         raise BundleError(f"corrupt tar header at byte {offset}: checksum mismatch")
-    if block[257:263] != b"ustar\0" or block[263:265] != b"00":
-        raise BundleError(f"tar header at byte {offset} is not POSIX ustar")
+    posix = block[257:263] == b"ustar\0" and block[263:265] == b"00"
+    gnu = block[257:265] == b"ustar  \0"
+    if not (posix or gnu):
+        raise BundleError(f"tar header at byte {offset} is neither POSIX ustar nor GNU tar")
     name = _cstring(block[0:100], "member name", offset)
-    prefix = _cstring(block[345:500], "member name prefix", offset)
+    # GNU headers keep access/change times where POSIX keeps the name prefix.
+    prefix = _cstring(block[345:500], "member name prefix", offset) if posix else ""
     if prefix:
         name = f"{prefix}/{name}"
     return _Header(
@@ -462,11 +469,15 @@ class BundleVerifier:
 
 
 def _parse_signed_manifest(manifest_bytes: bytes) -> Manifest:
-    manifest = Manifest.from_json_bytes(manifest_bytes)
+    try:
+        value = parse_json(manifest_bytes)
+    except ValueError as e:
+        raise BundleError(f"manifest.json is not valid JSON: {e}") from e
     # Signed bytes must be the canonical form, so that what was signed is
     # exactly what every parser sees (no whitespace or key-order malleability).
-    if canonical_json(parse_json(manifest_bytes)) != manifest_bytes:
+    if canonical_json(value) != manifest_bytes:
         raise BundleError("manifest.json is not in canonical JSON form")
+    manifest = Manifest.from_dict(value)
     required = [p for p in manifest.required_members() if manifest.file(p) is None]
     if required:
         raise BundleError(f"manifest lists no {required[0]!r}, which every bundle needs")

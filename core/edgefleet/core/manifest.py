@@ -170,7 +170,7 @@ class Manifest:
     unrecognized_fields: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        if self.format_version != FORMAT_VERSION:
+        if isinstance(self.format_version, bool) or self.format_version != FORMAT_VERSION:
             raise BundleError(
                 f"manifest: unsupported format_version {self.format_version!r} "
                 f"(this edgefleet reads {FORMAT_VERSION})"
@@ -209,7 +209,7 @@ class Manifest:
         if clash:
             raise BundleError(f"manifest: unrecognized_fields repeats known field {clash[0]!r}")
         try:
-            canonical_json(self.to_dict())
+            canonical_json(self._json_dict(copy_values=False))
         except (ValueError, TypeError) as e:
             raise BundleError(f"manifest cannot be encoded as canonical JSON: {e}") from e
 
@@ -242,18 +242,33 @@ class Manifest:
 
     # --- encoding --------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = copy.deepcopy(dict(self.unrecognized_fields))
+        """A deep copy as plain JSON values (changing it leaves the manifest alone)."""
+        return self._json_dict(copy_values=True)
+
+    def _json_dict(self, *, copy_values: bool) -> dict[str, Any]:
+        def value(v: Mapping[str, Any]) -> dict[str, Any]:
+            return copy.deepcopy(dict(v)) if copy_values else dict(v)
+
+        data = value(self.unrecognized_fields)
         data.update(
             {
                 "format_version": self.format_version,
                 "bundle_id": self.bundle_id,
-                "model": copy.deepcopy(dict(self.model)),
-                "target": copy.deepcopy(dict(self.target)),
-                "files": [entry.to_dict() for entry in self.files],
-                "io_schema": copy.deepcopy(dict(self.io_schema)),
-                "quantization": copy.deepcopy(dict(self.quantization)),
-                "validation": copy.deepcopy(dict(self.validation)),
-                "lineage": copy.deepcopy(dict(self.lineage)),
+                "model": value(self.model),
+                "target": value(self.target),
+                "files": [
+                    {
+                        **value(e.unrecognized_fields),
+                        "path": e.path,
+                        "size": e.size,
+                        "sha256": e.sha256,
+                    }
+                    for e in self.files
+                ],
+                "io_schema": value(self.io_schema),
+                "quantization": value(self.quantization),
+                "validation": value(self.validation),
+                "lineage": value(self.lineage),
                 "reference_path": self.reference_path,
                 "smoke_path": self.smoke_path,
             }

@@ -80,7 +80,11 @@ class Signature:
             raw = base64.b64decode(self.sig.encode("ascii"), validate=True)
         except (binascii.Error, UnicodeEncodeError):
             return None
-        return raw if len(raw) == 64 else None
+        # Canonical base64 only: the unused low bits of the last character
+        # would otherwise let anyone re-encode a valid signature differently.
+        if len(raw) != 64 or base64.b64encode(raw).decode("ascii") != self.sig:
+            return None
+        return raw
 
 
 def sign_payload(payload: bytes, private_key: Ed25519PrivateKey) -> Signature:
