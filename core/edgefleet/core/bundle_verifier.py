@@ -29,6 +29,7 @@ failed.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import shutil
@@ -270,6 +271,17 @@ def _leading_member(reader: _TarReader, expected: str, limit: int, position: str
     return reader.read_member(header, limit)
 
 
+def _read_head(reader: _TarReader) -> tuple[bytes, bytes, list[Signature]]:
+    """The two leading members, bounded, and the parsed (unverified) signatures."""
+    manifest_bytes = _leading_member(reader, MANIFEST_NAME, MAX_MANIFEST_BYTES, "first")
+    signatures_bytes = _leading_member(reader, SIGNATURES_NAME, MAX_SIGNATURES_BYTES, "second")
+    try:
+        signatures = signatures_from_json(parse_json(signatures_bytes))
+    except (ValueError, SignatureError) as e:
+        raise BundleError(f"signatures.json is malformed: {e}") from e
+    return manifest_bytes, signatures_bytes, signatures
+
+
 def _check_member_header(header: _Header) -> None:
     if header.typeflag in (b"x", b"g", b"L", b"K"):
         raise BundleError(
@@ -338,11 +350,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _drain(chunks: Iterator[bytes]) -> None:
-    for _ in chunks:
-        pass
-
-
 def _hashing(chunks: Iterator[bytes], digest: hashlib._Hash) -> Iterator[bytes]:
     for chunk in chunks:
         digest.update(chunk)
@@ -402,12 +409,7 @@ class BundleVerifier:
 
     def _verify_stream(self, f: BinaryIO, extraction: _Extraction | None) -> VerifiedBundle:
         reader = _TarReader(f, self.max_bundle_bytes)
-        manifest_bytes = _leading_member(reader, MANIFEST_NAME, MAX_MANIFEST_BYTES, "first")
-        signatures_bytes = _leading_member(reader, SIGNATURES_NAME, MAX_SIGNATURES_BYTES, "second")
-        try:
-            signatures = signatures_from_json(parse_json(signatures_bytes))
-        except (ValueError, SignatureError) as e:
-            raise BundleError(f"signatures.json is malformed: {e}") from e
+        manifest_bytes, signatures_bytes, signatures = _read_head(reader)
         tally = tally_signatures(manifest_bytes, signatures, self.trust.publisher_keys)
         if len(tally.valid_keyids) < self.trust.publisher_threshold:
             raise SignatureError(
@@ -457,7 +459,7 @@ class BundleVerifier:
             if extraction is not None:
                 extraction.write(header.name, chunks)
             else:
-                _drain(chunks)
+                collections.deque(chunks, maxlen=0)
             if digest.hexdigest() != entry.sha256:
                 raise BundleError(
                     f"member {header.name!r} fails its sha256 check: content differs "
@@ -490,17 +492,9 @@ def inspect_bundle(path: Path) -> BundleSummary:
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            reader = _TarReader(f, None)
-            manifest_bytes = _leading_member(reader, MANIFEST_NAME, MAX_MANIFEST_BYTES, "first")
-            signatures_bytes = _leading_member(
-                reader, SIGNATURES_NAME, MAX_SIGNATURES_BYTES, "second"
-            )
+            manifest_bytes, _, signatures = _read_head(_TarReader(f, None))
     except OSError as e:
         raise StorageError(f"cannot read bundle {path}: {e.strerror or e}") from e
-    try:
-        signatures = signatures_from_json(parse_json(signatures_bytes))
-    except (ValueError, SignatureError) as e:
-        raise BundleError(f"signatures.json is malformed: {e}") from e
     manifest = Manifest.from_json_bytes(manifest_bytes)
     return BundleSummary(
         manifest=manifest,
