@@ -308,6 +308,8 @@ class MqttClient:
                 connected_at = time.monotonic()
                 self._on_connected(session_present)
             if rc != _SUCCESS or self._paho.socket() is None:
+                if connected_at is None and not self._stop.is_set():
+                    self._note_failure(f"connection closed before CONNACK ({rc.name})")
                 break
             if (
                 connected_at is None

@@ -13,10 +13,11 @@ Invariants:
 - :meth:`Topics.parse` is the inverse of the device-topic builders and raises ProtocolError
   for anything it did not build.
 - Shared subscriptions (``$share/edgefleet-hub/...``) are used only for the work topics
-  (fetch, telemetry). Status and state are retained snapshots: brokers do not deliver
-  retained messages to shared subscriptions (MQTT 5 §4.8.2, Mosquitto does the same for
-  3.1.1), so a restarted hub would never learn the fleet's last status from them. Every hub
-  process receives status/state; handling them is idempotent.
+  (fetch, telemetry), which one hub process must handle once. Status and state are
+  retained snapshots every hub process needs: MQTT 5 (§4.8.2) forbids sending retained
+  messages to shared subscriptions and brokers differ (Mosquitto 2.0.11 sends them to one
+  member of the group, EMQX to none), so they stay plain subscriptions. Handling them is
+  idempotent.
 """
 
 from __future__ import annotations
@@ -142,8 +143,8 @@ class Topics:
         """Filters a hub subscribes to: every device-published kind for every device.
 
         With ``shared`` the work topics (fetch, telemetry) go through
-        ``$share/edgefleet-hub/`` so several hub processes split them; see the module
-        docstring for why status and state stay plain subscriptions.
+        ``$share/edgefleet-hub/`` so several hub processes split them; status and state stay
+        plain subscriptions (see the module docstring).
         """
         filters = []
         for kind in DEVICE_PUBLISHES:
