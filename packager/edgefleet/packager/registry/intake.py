@@ -1,0 +1,250 @@
+"""Preparing a registration: read and check every input before anything is written.
+
+:func:`prepare_registration` loads the model (see :mod:`edgefleet.packager.loading`
+about pickles), proves that it converts to ONNX, reads and checks the
+reference data and labels, hashes the dataset and collects who/when/which
+commit. It writes nothing; :meth:`Registry.register` then stores the result
+all-or-nothing. So every bad input (unknown model type, a pickle that is not
+an estimator, reference data with the wrong number of columns or with NaNs,
+labels the model does not know) fails before the registry is touched.
+"""
+
+from __future__ import annotations
+
+import getpass
+import io
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgefleet.packager.errors import DataFileError
+from edgefleet.packager.loading import LoadedModel, describe_estimator, load_model_file
+from edgefleet.packager.registry.records import FeatureSpec
+from edgefleet.packager.registry.refs import check_model_name, parse_versioned_ref
+from edgefleet.packager.registry.store import NewVersion
+from edgefleet.packager.tables import (
+    check_finite,
+    describe_dataset,
+    load_labels,
+    load_table,
+    split_label_column,
+)
+
+
+@dataclass(frozen=True)
+class RegistrationInput:
+    """The ``registry register`` command line, as values."""
+
+    model_path: Path
+    name: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, Any] = field(default_factory=dict)
+    dataset_path: Path | None = None
+    parent: str | None = None
+    reference_path: Path | None = None
+    labels_path: Path | None = None
+    trained_at: float | None = None
+
+
+@dataclass(frozen=True)
+class _Described:
+    kind_framework: str
+    framework_versions: dict[str, str]
+    estimator: str
+    task: str
+    labels: list[Any] | None
+    features: tuple[FeatureSpec, ...]
+
+
+def prepare_registration(req: RegistrationInput) -> NewVersion:
+    """Everything :meth:`Registry.register` needs, validated (see the module docstring)."""
+    check_model_name(req.name)
+    parent = parse_versioned_ref(req.parent) if req.parent else None
+    if req.labels_path is not None and req.reference_path is None:
+        raise DataFileError("--labels needs --reference-data (labels belong to reference rows)")
+    loaded = load_model_file(req.model_path)
+    described = _describe(loaded, str(req.model_path))
+    features = described.features
+    reference_x = reference_y = None
+    rows = 0
+    if req.reference_path is not None:
+        x, y, features = _reference(req, described)
+        rows = int(x.shape[0])
+        reference_x = _npy(x)
+        reference_y = _npy(y) if y is not None else None
+    trained_at = req.trained_at
+    if trained_at is None:
+        # Without --trained-at, the model file's modification time is the best evidence.
+        trained_at = req.model_path.stat().st_mtime
+    return NewVersion(
+        name=req.name,
+        kind=loaded.kind,
+        artifact_format=loaded.artifact_format,
+        artifact=loaded.data,
+        source_path=str(req.model_path.resolve()),
+        framework=described.kind_framework,
+        framework_versions=described.framework_versions,
+        estimator=described.estimator,
+        task=described.task,
+        labels=described.labels,
+        features=features,
+        metrics=dict(req.metrics),
+        params=dict(req.params),
+        tags=dict(req.tags),
+        created_by=_user(),
+        trained_at=trained_at,
+        dataset=describe_dataset(req.dataset_path) if req.dataset_path else None,
+        parent=parent,
+        git_commit=git_commit(Path.cwd()),
+        reference_x=reference_x,
+        reference_y=reference_y,
+        reference_rows=rows,
+        reference_source=str(req.reference_path.resolve()) if req.reference_path else "",
+    )
+
+
+def _describe(loaded: LoadedModel, label: str) -> _Described:
+    from edgefleet.packager.convert import convert_estimator, prepare_onnx
+    from edgefleet.packager.graph import target_for
+
+    # Prove the model converts now, not on the day someone packs it. Newest target:
+    # the profile is chosen at pack time and can only lower the opset.
+    newest = target_for("99.0")
+    if loaded.kind == "sklearn":
+        import sklearn
+
+        info = describe_estimator(loaded.obj)
+        convert_estimator(loaded.obj, info.n_features, newest)
+        versions = {"scikit-learn": loaded.trained_with or sklearn.__version__}
+        return _Described(
+            "scikit-learn", versions, info.estimator, info.task, info.labels, info.features
+        )
+    model = loaded.obj
+    converted = prepare_onnx(model, newest)
+    signature = converted.signature
+    n = signature.input.shape[1]
+    producer = " ".join(p for p in (model.producer_name, model.producer_version) if p)
+    versions = {"producer": producer or "unknown", "ir_version": str(model.ir_version)}
+    labels = (
+        _onnx_labels(converted.model, signature) if signature.task == "classification" else None
+    )
+    features = tuple(FeatureSpec(f"f{i}") for i in range(n))
+    return _Described(
+        "onnx", versions, model.producer_name or "onnx graph", signature.task, labels, features
+    )
+
+
+def _onnx_labels(model: Any, signature: Any) -> list[Any] | None:
+    """Class labels from an ai.onnx.ml classifier node, else 0..k-1 from the probabilities."""
+    from onnx import helper
+
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.name in ("classlabels_int64s", "classlabels_ints"):
+                return [int(v) for v in helper.get_attribute_value(attr)]
+            if attr.name == "classlabels_strings":
+                return [v.decode() for v in helper.get_attribute_value(attr)]
+    probabilities = signature.output("probabilities")
+    if probabilities is not None and probabilities.shape[-1] > 0:
+        return list(range(probabilities.shape[-1]))
+    return None
+
+
+def _reference(
+    req: RegistrationInput, described: _Described
+) -> tuple[np.ndarray, np.ndarray | None, tuple[FeatureSpec, ...]]:
+    assert req.reference_path is not None
+    path = req.reference_path
+    n = len(described.features)
+    table = split_label_column(load_table(path), n, path)
+    if table.x.shape[1] != n:
+        raise DataFileError(
+            f"{path}: reference data has {table.x.shape[1]} columns, the model takes {n}"
+        )
+    check_finite(table.x, path)
+    features = described.features
+    if table.columns is not None:
+        features = _named_features(features, table.columns, path)
+    y = table.y
+    if req.labels_path is not None:
+        y = load_labels(req.labels_path)
+    if y is not None:
+        if len(y) != table.x.shape[0]:
+            raise DataFileError(
+                f"{req.labels_path or path}: {len(y)} labels for {table.x.shape[0]} reference rows"
+            )
+        _check_labels(y, described, req.labels_path or path)
+    return table.x, y, features
+
+
+def _named_features(
+    features: tuple[FeatureSpec, ...], columns: list[str], path: Path
+) -> tuple[FeatureSpec, ...]:
+    generic = all(f.name == f"f{i}" for i, f in enumerate(features))
+    if generic:
+        # The model was trained on a bare array; the CSV header is the best naming we get.
+        return tuple(
+            FeatureSpec(name, f.kind, f.levels) for name, f in zip(columns, features, strict=True)
+        )
+    if [f.name for f in features] != columns:
+        raise DataFileError(
+            f"{path}: columns {columns[:4]}... do not match the model's features "
+            f"{[f.name for f in features][:4]}... (same names in the same order needed)"
+        )
+    return features
+
+
+def _check_labels(y: np.ndarray, described: _Described, path: Path) -> None:
+    if described.task == "regression":
+        if y.dtype.kind not in "iuf":
+            raise DataFileError(f"{path}: regression labels must be numbers")
+        if not np.all(np.isfinite(y.astype(np.float64))):
+            raise DataFileError(f"{path}: labels hold NaN or infinite values")
+        return
+    if described.labels is None:
+        return
+    known = {str(v) for v in described.labels}
+    unknown = sorted({str(v) for v in y} - known)
+    if unknown:
+        raise DataFileError(
+            f"{path}: labels {unknown[:5]} are not classes of the model "
+            f"(classes: {sorted(known)[:10]})"
+        )
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
+
+
+def git_commit(cwd: Path) -> str | None:
+    """The commit checked out in ``cwd`` (``+dirty`` when it has local changes), if any."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = head.stdout.strip()
+    return f"{commit}+dirty" if status.returncode == 0 and status.stdout.strip() else commit
