@@ -1,0 +1,284 @@
+"""The agent daemon: ``edgefleet agent run`` (lifecycle in the shape of uvicorn's Server).
+
+Startup, in order:
+
+1. take the state lock (one daemon per state directory), sweep crash leftovers;
+2. open the telemetry buffer (an unusable database is moved aside, never fatal);
+3. load the active version of every installed model, verifying each against
+   the trust store; if an active version does not load, serve the previous
+   one (the pointers are left alone and the reason is logged and recorded);
+4. resume the persisted deployment (finish or undo the interrupted step);
+5. start the endpoint and the deployment thread, then report ready.
+
+Main loop: flush telemetry every ``flush_interval_s`` (1 s by default) and
+keep the buffer within its budget.
+
+Shutdown on SIGTERM or SIGINT (a second signal forces exit): stop accepting
+requests and finish running ones, stop the deployment thread between steps,
+flush telemetry, release the lock — all within ``shutdown_timeout_s``.
+
+Logging goes to stderr, one line per event; under systemd (``JOURNAL_STREAM``
+set) each line starts with its syslog priority (``<6>``) so journald keeps
+the level.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from edgefleet.agent.deploy.atomic_files import atomic_write_json, remove_path
+from edgefleet.agent.deploy.context import AgentContext
+from edgefleet.agent.deploy.layout import StateLock
+from edgefleet.agent.deploy.machine import State
+from edgefleet.agent.deploy.slots import SlotTable
+from edgefleet.agent.deploy.worker import DeploymentWorker
+from edgefleet.agent.errors import AgentError
+from edgefleet.agent.telemetry.recorder import (
+    ModelRegistration,
+    WindowRecorder,
+    reference_from_json,
+)
+
+log = logging.getLogger("edgefleet.agent")
+
+_PRIORITY = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
+}
+
+
+class _JournalFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record).replace("\n", " | ")
+        return f"<{_PRIORITY.get(record.levelno, 6)}>{line}"
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr; journald-friendly priority prefixes under systemd."""
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("edgefleet")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def registration_for(loaded: Any) -> ModelRegistration:
+    """What the window recorder needs from a loaded model."""
+    manifest = getattr(loaded, "manifest", None)
+    reference = None
+    bundle_dir = getattr(loaded, "bundle_dir", None)
+    reference_path = getattr(manifest, "reference_path", None)
+    if bundle_dir is not None and reference_path:
+        try:
+            reference = reference_from_json((Path(bundle_dir) / reference_path).read_bytes())
+        except OSError:
+            reference = None
+    labels = getattr(loaded, "labels", None)
+    return ModelRegistration(
+        model=loaded.name,
+        version=int(loaded.version),
+        task=str(getattr(loaded, "task", "classification")),
+        labels=None if labels is None else tuple(labels),
+        reference=reference,
+    )
+
+
+class AgentDaemon:
+    """One running agent; :meth:`run` blocks until a shutdown signal."""
+
+    def __init__(self, context: AgentContext) -> None:
+        self.ctx = context
+        self.config = context.config
+        self.stop_event = threading.Event()
+        self._signals = 0
+        self.endpoint: Any | None = None
+        self.worker: DeploymentWorker | None = None
+        self.recorder: WindowRecorder | None = None
+        self.serving: Any | None = None
+
+    # --- signals ---------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(1)
+        log.info("%s received: shutting down", signal.Signals(signum).name)
+        self.stop_event.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    # --- lifecycle -------------------------------------------------------------
+    def run(self) -> int:
+        lock = StateLock(self.ctx.layout)
+        self.ctx.layout.ensure()
+        if not lock.acquire():
+            raise AgentError(
+                f"another agent already runs on {self.ctx.layout.root} (it holds agent.lock)"
+            )
+        try:
+            self._startup()
+            self._main_loop()
+            self._shutdown()
+        finally:
+            remove_path(self.ctx.layout.root / "endpoint.json")
+            lock.release()
+        return 0
+
+    def _startup(self) -> None:
+        from edgefleet.agent.deploy.loader import BundleLoader
+        from edgefleet.agent.endpoint import EndpointConfig, EndpointServer
+        from edgefleet.agent.serving import ServingSet
+
+        started = time.monotonic()
+        ctx = self.ctx
+        trust = ctx.trust()
+        buffer = ctx.open_buffer_or_reset()
+        recorder = WindowRecorder(buffer, ctx.window_s)
+        serving = ServingSet(ready=False)
+
+        def on_swap(name: str, loaded: Any | None) -> None:
+            if loaded is None:
+                recorder.unregister_active(name)
+            else:
+                recorder.register_model(registration_for(loaded))
+
+        serving.on_swap(on_swap)
+        loader = BundleLoader(ctx.layout, trust, ctx.profile)
+        driver = ctx.driver(
+            serving=serving, tap=recorder, events=recorder.record_event, loader=loader
+        )
+        current = driver.resume()
+        if current is not None and current.state is State.ROLLING_BACK:
+            # Restore the pointers before loading anything: the version being
+            # undone may be what killed the previous run.
+            driver.run()
+        self._load_models(loader, serving, recorder)
+        recorder.restore()
+        self.recorder, self.serving = recorder, serving
+        endpoint_cfg = EndpointConfig(
+            host=self.config.endpoint.host,
+            port=self.config.endpoint.port,
+            token=self.config.endpoint.token,
+            max_body_bytes=self.config.endpoint.max_body_bytes,
+        )
+        self.endpoint = EndpointServer(endpoint_cfg, serving, recorder)
+        self.endpoint.start()
+        self.worker = DeploymentWorker(driver, ctx.layout)
+        self.worker.start()
+        serving.ready = True
+        atomic_write_json(
+            ctx.layout.root / "endpoint.json",
+            {"pid": os.getpid(), "url": self.endpoint.url, "port": self.endpoint.port},
+        )
+        log.info(
+            "ready in %.2f s: device %s, profile %s, serving %s on %s",
+            time.monotonic() - started,
+            self.config.device_id,
+            ctx.profile.name,
+            ", ".join(f"{m.name}:{m.version}" for m in serving.snapshot().values()) or "no models",
+            self.endpoint.url,
+        )
+
+    def _load_models(self, loader: Any, serving: Any, recorder: WindowRecorder) -> None:
+        slots = SlotTable(self.ctx.layout)
+        for model, pointers in slots.all().items():
+            if serving.find(model) is not None:
+                continue  # resuming a deployment already loaded it
+            for role, sha in (("active", pointers.active), ("previous", pointers.previous)):
+                if sha is None:
+                    continue
+                try:
+                    serving.swap(model, loader(sha))
+                except Exception as e:
+                    reason = f"cannot load {role} version of {model} ({sha[:12]}): {e}"
+                    log.error("%s", reason)
+                    self._record_event(recorder, model, "load_failed", reason, sha)
+                    continue
+                if role == "previous":
+                    log.warning("serving the previous version of %s", model)
+                break
+
+    @staticmethod
+    def _record_event(
+        recorder: WindowRecorder, model: str, state: str, reason: str, sha: str
+    ) -> None:
+        try:
+            recorder.record_event(
+                {
+                    "model": model,
+                    "version": None,
+                    "state": state,
+                    "reason": reason,
+                    "at": time.time(),
+                    "bundle_sha256": sha,
+                }
+            )
+        except Exception:
+            log.exception("could not record event")
+
+    def _main_loop(self) -> None:
+        assert self.recorder is not None
+        interval = self.config.telemetry.flush_interval_s
+        while not self.stop_event.wait(interval):
+            self._flush()
+
+    def _flush(self) -> None:
+        assert self.recorder is not None
+        try:
+            self.recorder.flush()
+            report = self.recorder.buffer.enforce_budget()
+            if report.dropped_records:
+                log.warning(
+                    "telemetry over budget: dropped %d records (%d requests)",
+                    report.dropped_records,
+                    report.dropped_requests,
+                )
+        except Exception:
+            log.exception("telemetry flush failed; keeping the data in memory")
+
+    def _shutdown(self) -> None:
+        deadline = time.monotonic() + self.config.shutdown_timeout_s
+        if self.serving is not None:
+            self.serving.ready = False
+        if self.endpoint is not None:
+            grace = max(0.1, min(5.0, (deadline - time.monotonic()) / 2))
+            try:
+                self.endpoint.stop(grace_s=grace)
+            except Exception:
+                log.exception("endpoint did not stop cleanly")
+        if self.worker is not None:
+            stopped = self.worker.stop(max(0.1, deadline - time.monotonic() - 0.5))
+            if stopped:
+                self.worker.driver.suspend()
+            else:
+                log.warning("deployment step still running; it resumes at the next start")
+        if self.recorder is not None:
+            self._flush()
+            self.recorder.buffer.close()
+        log.info("stopped")
+
+
+def run_agent(config_path: Path | None) -> int:
+    """Entry point of ``edgefleet agent run``."""
+    context = AgentContext.load(config_path)
+    setup_logging(context.config.log_level)
+    daemon = AgentDaemon(context)
+    daemon.install_signal_handlers()
+    return daemon.run()

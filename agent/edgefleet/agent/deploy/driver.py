@@ -1,0 +1,572 @@
+"""The deployment driver: runs the machine of :mod:`machine` with real side effects.
+
+Shape (mender's client): for each state one step function does that state's
+side effects and ends by firing one event; :meth:`DeploymentDriver._fire`
+asks the transition table for the next state and persists it to
+``deploy.json`` BEFORE the next step starts. A crash therefore always leaves
+a persisted state whose step can be redone from its start; every step is
+idempotent. :meth:`DeploymentDriver.resume` maps the persisted state to the
+recovery step (``machine.recovery_for``), counting resumes after unclean stops
+so a step that keeps killing the agent is eventually given up.
+
+Steps and their side effects:
+
+===============  ==============================================================
+downloading      fetch the bundle into ``downloads/ID.efb`` (rename from the
+                 inbox, or copy a local file); refuse a declared size over budget
+verifying        verify signatures, hashes and budget while extracting into
+                 ``staging/ID``; check profile, arch, onnxruntime, version
+staged           move ``staging/ID`` to ``bundles/SHA`` (content-addressed)
+activating       load (verify again) the new version, switch the slot pointers
+                 (active=new, previous=old active), serve it
+probation        smoke set, then live requests (``evaluate_probation``)
+rolling_back     switch the pointers back to ``restore_slots``, serve that
+terminal         delete downloads, staging, inbox copies and unreferenced bundles
+===============  ==============================================================
+
+Inference never stops: the old version serves until the new one is loaded,
+and a failed new version is replaced by the old one. Every persisted state
+becomes a telemetry event.
+
+A test hook pauses the process (SIGSTOP) right after a state is persisted
+(``EDGEFLEET_TEST_PAUSE_AT=verifying``) or right after that state's side
+effects (``verifying+``), so crash tests can kill the real process there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from edgefleet.agent.config import ProbationSettings
+from edgefleet.agent.deploy.atomic_files import copy_durably, durable_rename, remove_path
+from edgefleet.agent.deploy.compat import check_target, check_version
+from edgefleet.agent.deploy.health import Decision, evaluate_probation, run_smoke
+from edgefleet.agent.deploy.inbox import discard, new_request_id
+from edgefleet.agent.deploy.layout import StateLayout
+from edgefleet.agent.deploy.machine import (
+    TERMINAL_STATES,
+    Event,
+    Resume,
+    State,
+    handle,
+    recovery_for,
+)
+from edgefleet.agent.deploy.record import DeploymentRecord, DeployState, DeployStateFile
+from edgefleet.agent.deploy.slots import SlotPointers, SlotTable
+from edgefleet.agent.deploy.store import BundleStore
+from edgefleet.agent.errors import BundleRejectedError, DeploymentError, ModelNotFoundError
+from edgefleet.agent.telemetry.recorder import LiveStats
+from edgefleet.core.errors import EdgefleetError, StorageError, VerificationError
+from edgefleet.core.profiles import DeviceProfile
+from edgefleet.core.trust import TrustStore
+
+log = logging.getLogger("edgefleet.agent.deploy")
+
+PAUSE_ENV = "EDGEFLEET_TEST_PAUSE_AT"
+
+
+class ServingPort(Protocol):
+    def swap(self, name: str, loaded: Any | None) -> Any: ...
+
+
+class ProbationTap(Protocol):
+    def start_probation(self, model: str, version: int) -> None: ...
+
+    def probation_stats(self, model: str, version: int) -> LiveStats: ...
+
+    def stop_probation(self, model: str, version: int) -> None: ...
+
+
+EventSink = Callable[[dict[str, Any]], Any]
+Loader = Callable[[str], Any]
+
+
+def no_pause(point: str) -> None:
+    return None
+
+
+def pause_hook_from_env() -> Callable[[str], None]:
+    """The crash-test hook: SIGSTOP ourselves at the point named by the environment."""
+    target = os.environ.get(PAUSE_ENV)
+    if not target:
+        return no_pause
+
+    def pause(point: str) -> None:
+        if point == target:
+            sys.stderr.write(f"edgefleet: test pause at {point}\n")
+            sys.stderr.flush()
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    return pause
+
+
+def event_body(record: DeploymentRecord) -> dict[str, Any]:
+    """The telemetry ``event`` body for a persisted deployment state."""
+    body: dict[str, Any] = {
+        "model": record.model or "",
+        "version": record.version,
+        "state": record.state.value,
+        "reason": record.reason,
+        "at": record.updated_at,
+        "deployment_id": record.id,
+        "kind": record.kind,
+    }
+    if record.bundle_sha256 is not None:
+        body["bundle_sha256"] = record.bundle_sha256
+    if record.rollout_id is not None:
+        body["rollout_id"] = record.rollout_id
+    return body
+
+
+class DeploymentDriver:
+    """Drives installs and rollbacks for one state directory (the lock holder only)."""
+
+    def __init__(
+        self,
+        layout: StateLayout,
+        *,
+        profile: DeviceProfile,
+        trust: TrustStore,
+        settings: ProbationSettings,
+        loader: Loader,
+        onnxruntime_version: str,
+        serving: ServingPort | None = None,
+        tap: ProbationTap | None = None,
+        events: EventSink | None = None,
+        clock: Callable[[], float] = time.time,
+        pause: Callable[[str], None] = no_pause,
+    ) -> None:
+        layout.ensure()
+        self.layout = layout
+        self.profile = profile
+        self.trust = trust
+        self.settings = settings
+        self.loader = loader
+        self.onnxruntime_version = onnxruntime_version
+        self.serving = serving
+        self.tap = tap
+        self.events = events
+        self.clock = clock
+        self.pause = pause
+        self.slots = SlotTable(layout)
+        self.store = BundleStore(layout)
+        self._file = DeployStateFile(layout.deploy_file)
+        self._state = self._file.load()
+        self._loaded: dict[str, Any] = {}  # what this process activated, by model
+        self._probation_running = False
+
+    # --- state ------------------------------------------------------------------
+    @property
+    def state(self) -> DeployState:
+        return self._state
+
+    @property
+    def current(self) -> DeploymentRecord | None:
+        return self._state.current
+
+    @property
+    def live(self) -> bool:
+        """Live probation needs traffic: only a serving daemon can finish it."""
+        return self.serving is not None and self.tap is not None
+
+    def _save(self, state: DeployState) -> None:
+        self._file.save(state)
+        self._state = state
+
+    def _emit(self, record: DeploymentRecord) -> None:
+        if self.events is None:
+            return
+        try:
+            self.events(event_body(record))
+        except Exception:  # telemetry trouble never blocks a deployment
+            log.exception("could not record deployment event")
+
+    def _fire(self, event: Event, reason: str | None = None, **changes: Any) -> DeploymentRecord:
+        record = self._state.current
+        if record is None:
+            raise DeploymentError(f"deployment event {event.value} with nothing in progress")
+        nxt = handle(record.state, event)
+        if (
+            nxt is State.ROLLING_BACK
+            and "restore_slots" not in changes
+            and record.restore_slots is None
+        ):
+            changes["restore_slots"] = record.from_slots or SlotPointers()
+        moved = record.moved(nxt, self.clock(), reason, **changes)
+        self._save(self._state.with_current(moved))
+        log.info(
+            "deployment %s: %s -> %s%s",
+            moved.id,
+            record.state.value,
+            nxt.value,
+            f" ({reason})" if reason else "",
+        )
+        self._emit(moved)
+        self.pause(nxt.value)
+        return moved
+
+    # --- starting work --------------------------------------------------------
+    def _require_idle(self) -> None:
+        current = self._state.current
+        if current is not None:
+            raise DeploymentError(
+                f"deployment {current.id} is in progress ({current.state.value}); try again later"
+            )
+
+    def submit_install(
+        self,
+        source: Path,
+        *,
+        size: int | None = None,
+        source_is_inbox: bool = False,
+        allow_downgrade: bool = False,
+        rollout_id: str | None = None,
+        deployment_id: str | None = None,
+    ) -> DeploymentRecord:
+        self._require_idle()
+        now = self.clock()
+        state = handle(State.IDLE, Event.INSTALL_REQUESTED)
+        record = DeploymentRecord(
+            id=deployment_id or new_request_id(now),
+            kind="install",
+            state=state,
+            started_at=now,
+            updated_at=now,
+            source=str(source),
+            source_is_inbox=source_is_inbox,
+            size=size,
+            allow_downgrade=allow_downgrade,
+            rollout_id=rollout_id,
+            transitions=({"state": state.value, "at": now},),
+        )
+        self._save(self._state.with_current(record))
+        self._emit(record)
+        self.pause(state.value)
+        return record
+
+    def submit_rollback(self, model: str, *, deployment_id: str | None = None) -> DeploymentRecord:
+        self._require_idle()
+        pointers = self.slots.get(model)
+        if pointers.active is None:
+            raise ModelNotFoundError(f"model {model!r} is not installed")
+        if pointers.previous is None or not self.store.has(pointers.previous):
+            raise DeploymentError(f"model {model!r} has no previous version to go back to")
+        now = self.clock()
+        state = handle(State.IDLE, Event.ROLLBACK_REQUESTED)
+        previous = pointers.previous
+        record = DeploymentRecord(
+            id=deployment_id or new_request_id(now),
+            kind="rollback",
+            state=state,
+            started_at=now,
+            updated_at=now,
+            model=model,
+            version=self.store.version_of(previous),
+            bundle_sha256=previous,
+            from_slots=pointers,
+            restore_slots=SlotPointers(previous, None),
+            reason=f"rollback of {model} requested",
+            transitions=({"state": state.value, "at": now},),
+        )
+        self._save(self._state.with_current(record))
+        self._emit(record)
+        self.pause(state.value)
+        return record
+
+    def refuse(self, deployment_id: str, kind: str, reason: str, model: str | None = None) -> None:
+        """Remember a request that could not even start (shown by ``status``)."""
+        now = self.clock()
+        record = DeploymentRecord(
+            id=deployment_id,
+            kind=kind,
+            state=State.FAILED,
+            started_at=now,
+            updated_at=now,
+            model=model,
+            reason=reason,
+            transitions=({"state": State.FAILED.value, "at": now, "reason": reason},),
+        )
+        self._emit(record)
+        self._save(self._state.finished(record))
+
+    # --- recovery --------------------------------------------------------------
+    def resume(self) -> DeploymentRecord | None:
+        """After a start: sweep crash leftovers and pick up the persisted deployment."""
+        record = self._state.current
+        if record is None:
+            self._sweep(None)
+            return None
+        attempts = record.attempts if record.clean_stop else record.attempts + 1
+        record = replace(record, attempts=attempts, clean_stop=False, probation_started_at=None)
+        self._save(self._state.with_current(record))
+        decision = recovery_for(record.state, attempts, self.settings.max_attempts)
+        log.warning(
+            "resuming deployment %s in state %s (restart %d): %s",
+            record.id,
+            record.state.value,
+            attempts,
+            decision.reason,
+        )
+        self._sweep(record)
+        if decision.event is not None:
+            self._fire(decision.event, reason=decision.reason)
+        elif decision.action is Resume.NOTHING:
+            pass
+        return self._state.current
+
+    def suspend(self) -> None:
+        """A graceful stop: the next start resumes without counting a crash."""
+        record = self._state.current
+        if record is not None and not record.terminal:
+            self._save(self._state.with_current(replace(record, clean_stop=True)))
+        if (
+            record is not None
+            and record.model is not None
+            and record.version is not None
+            and self.tap is not None
+        ):
+            self.tap.stop_probation(record.model, record.version)
+
+    def _sweep(self, record: DeploymentRecord | None) -> None:
+        keep_id = None if record is None else record.id
+        removed = self.store.sweep(keep_staging=keep_id, keep_download=keep_id)
+        keep = self.slots.referenced()
+        if record is not None and record.bundle_sha256 is not None:
+            keep.add(record.bundle_sha256)
+        removed_bundles = self.store.collect(keep)
+        if removed or removed_bundles:
+            log.info("removed %d crash leftovers", len(removed) + len(removed_bundles))
+
+    # --- running ---------------------------------------------------------------
+    def run(self) -> State:
+        """Step until the deployment ends or waits for probation traffic or time."""
+        while (record := self._state.current) is not None:
+            self._step(record)
+            if self._state.current is record:
+                break  # waiting: nothing changed
+        current = self._state.current
+        return State.IDLE if current is None else current.state
+
+    def _step(self, record: DeploymentRecord) -> None:
+        steps: dict[State, Callable[[DeploymentRecord], None]] = {
+            State.DOWNLOADING: self._download,
+            State.VERIFYING: self._verify,
+            State.STAGED: self._stage,
+            State.ACTIVATING: self._activate,
+            State.PROBATION: self._probation,
+            State.ROLLING_BACK: self._roll_back,
+        }
+        if record.state in TERMINAL_STATES:
+            self._finish(record)
+        else:
+            steps[record.state](record)
+
+    def _download(self, record: DeploymentRecord) -> None:
+        budget = self.profile.max_bundle_bytes
+        if record.size is not None and record.size > budget:
+            self._fire(
+                Event.DOWNLOAD_REJECTED,
+                reason=f"bundle is {record.size} bytes, over the budget of {budget} bytes",
+            )
+            return
+        dest = self.layout.download_path(record.id)
+        if not dest.exists():
+            source = Path(record.source) if record.source else None
+            if source is None or not source.is_file():
+                self._fire(Event.DOWNLOAD_FAILED, reason=f"bundle file {source} is gone")
+                return
+            size = source.stat().st_size
+            if size > budget:
+                self._fire(
+                    Event.DOWNLOAD_REJECTED,
+                    reason=f"bundle is {size} bytes, over the budget of {budget} bytes",
+                )
+                return
+            try:
+                if record.source_is_inbox:
+                    durable_rename(source, dest)
+                else:
+                    copy_durably(source, dest)
+            except OSError as e:
+                remove_path(dest)
+                self._fire(Event.DOWNLOAD_FAILED, reason=f"cannot fetch {source}: {e}")
+                return
+        self.pause("downloading+")
+        self._fire(Event.DOWNLOADED)
+
+    def _verify(self, record: DeploymentRecord) -> None:
+        from edgefleet.core.bundle_verifier import BundleVerifier
+
+        download = self.layout.download_path(record.id)
+        if not download.is_file():
+            self._fire(Event.VERIFY_FAILED, reason="the downloaded bundle is gone")
+            return
+        self.store.clear_staging(record.id)
+        verifier = BundleVerifier(self.trust, max_bundle_bytes=self.profile.max_bundle_bytes)
+        try:
+            verified = verifier.verify_and_extract(download, self.layout.staging_path(record.id))
+        except VerificationError as e:
+            self._fire(Event.VERIFY_REJECTED, reason=str(e))
+            return
+        except (StorageError, OSError) as e:
+            self._fire(Event.VERIFY_FAILED, reason=str(e))
+            return
+        manifest = verified.manifest
+        found: dict[str, Any] = {
+            "model": manifest.name,
+            "version": manifest.version,
+            "bundle_sha256": verified.sha256,
+        }
+        try:
+            check_target(
+                manifest.model,
+                manifest.target,
+                profile_name=self.profile.name,
+                arch=self.profile.arch,
+                onnxruntime_version=self.onnxruntime_version,
+            )
+            installed = self.slots.get(manifest.name).active
+            check_version(
+                manifest.name,
+                manifest.version,
+                verified.sha256,
+                None if installed is None else self.store.version_of(installed),
+                installed,
+                allow_downgrade=record.allow_downgrade,
+            )
+        except BundleRejectedError as e:
+            self._fire(Event.VERIFY_REJECTED, reason=str(e), **found)
+            return
+        self.pause("verifying+")
+        self._fire(Event.VERIFIED, **found)
+
+    def _stage(self, record: DeploymentRecord) -> None:
+        assert record.model is not None and record.bundle_sha256 is not None
+        try:
+            self.store.commit_staged(record.id, record.bundle_sha256)
+        except (DeploymentError, OSError) as e:
+            self._fire(Event.ABANDONED, reason=str(e))
+            return
+        remove_path(self.layout.download_path(record.id))
+        self.pause("staged+")
+        self._fire(Event.ACTIVATE, from_slots=self.slots.get(record.model))
+
+    def _activate(self, record: DeploymentRecord) -> None:
+        assert record.model is not None and record.bundle_sha256 is not None
+        before = record.from_slots or SlotPointers()
+        try:
+            loaded = self.loader(record.bundle_sha256)
+        except Exception as e:  # any load failure means: keep the old version
+            self._fire(Event.ACTIVATION_FAILED, reason=f"cannot load the new version: {e}")
+            return
+        self.slots.switch(record.model, SlotPointers(record.bundle_sha256, before.active))
+        self.pause("activating+")
+        self._serve(record.model, loaded)
+        self._probation_running = False
+        self._fire(Event.ACTIVATED, probation_started_at=None)
+
+    def _probation(self, record: DeploymentRecord) -> None:
+        assert record.model is not None and record.bundle_sha256 is not None
+        model = record.model
+        version = record.version or 0
+        if not self._probation_running:
+            loaded = self._loaded.get(record.model)
+            if loaded is None and self.serving is not None and hasattr(self.serving, "find"):
+                loaded = self.serving.find(record.model)  # loaded at start-up already
+            if loaded is None or getattr(loaded, "bundle_sha256", None) != record.bundle_sha256:
+                try:
+                    loaded = self.loader(record.bundle_sha256)
+                except Exception as e:
+                    self._fire(Event.PROBATION_FAILED, reason=f"cannot load the new version: {e}")
+                    return
+                self._serve(record.model, loaded)
+            if self.settings.smoke:
+                smoke_path = getattr(getattr(loaded, "manifest", None), "smoke_path", "smoke.npz")
+                failure = run_smoke(
+                    loaded, self.layout.bundle_dir(record.bundle_sha256), smoke_path
+                )
+                if failure is not None:
+                    self._fire(Event.PROBATION_FAILED, reason=failure)
+                    return
+            self.pause("probation+")
+            if not self.live:
+                # Without a serving daemon there is no traffic: pass now only when
+                # no live phase is configured, else the daemon finishes probation.
+                now = self.clock()
+                verdict = evaluate_probation(self.settings, now, now, LiveStats())
+                if verdict.decision is Decision.PASS:
+                    self._fire(
+                        Event.PROBATION_PASSED,
+                        reason="smoke set passed; no live probation configured",
+                    )
+                return
+            assert self.tap is not None
+            self.tap.start_probation(record.model, version)
+            self._probation_running = True
+            record = replace(record, probation_started_at=self.clock())
+            self._save(self._state.with_current(record))
+        assert self.tap is not None
+        stats = self.tap.probation_stats(model, version)
+        started = record.probation_started_at or self.clock()
+        verdict = evaluate_probation(self.settings, started, self.clock(), stats)
+        if verdict.decision is Decision.WAIT:
+            return
+        self.tap.stop_probation(model, version)
+        self._probation_running = False
+        if verdict.decision is Decision.PASS:
+            self._fire(Event.PROBATION_PASSED, reason=verdict.reason)
+        else:
+            self._fire(Event.PROBATION_FAILED, reason=verdict.reason)
+
+    def _roll_back(self, record: DeploymentRecord) -> None:
+        assert record.model is not None
+        restore = record.restore_slots or SlotPointers()
+        self.slots.switch(record.model, restore)
+        self.pause("rolling_back+")
+        if self.serving is not None:
+            if restore.active is None:
+                self._serve(record.model, None)
+            else:
+                try:
+                    self._serve(record.model, self.loader(restore.active))
+                except Exception as e:
+                    # Double fault: the version we go back to does not load either.
+                    # Keep serving whatever is loaded rather than nothing.
+                    log.error("cannot load %s after rollback: %s", record.model, e)
+        self._fire(Event.RESTORED)
+
+    def _finish(self, record: DeploymentRecord) -> None:
+        remove_path(self.layout.download_path(record.id))
+        self.store.clear_staging(record.id)
+        discard(self.layout, record.id)
+        self._save(self._state.finished(record))
+        self.store.collect(self.slots.referenced())
+        log.info(
+            "deployment %s finished: %s%s",
+            record.id,
+            record.state.value,
+            f" ({record.reason})" if record.reason else "",
+        )
+
+    def _serve(self, model: str, loaded: Any | None) -> None:
+        if loaded is None:
+            self._loaded.pop(model, None)
+        else:
+            self._loaded[model] = loaded
+        if self.serving is not None:
+            self.serving.swap(model, loaded)
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for a reason field."""
+    if isinstance(error, EdgefleetError):
+        return " ".join(str(error).split())
+    return f"{type(error).__name__}: {error}"

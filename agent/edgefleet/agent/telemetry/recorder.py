@@ -1,0 +1,351 @@
+"""The window recorder: the daemon's :class:`TelemetrySink`.
+
+It aggregates the serving path's accounting in memory, per model version and
+tumbling window (aligned to multiples of ``window_s`` since the epoch so every
+device's windows line up at the hub), and :meth:`WindowRecorder.flush` writes
+it to the :class:`TelemetryBuffer` — the daemon calls it every
+``flush_interval_s`` (1 s by default).
+
+Invariants:
+
+- Sink methods never raise and never touch the disk, except
+  :meth:`record_feedback`, which may look a prediction id up in the ring.
+- After a flush, everything recorded before it is durable: closed windows
+  as records, open windows in ``open_windows``, new prediction ids in the
+  ring. A kill -9 loses at most what came after the last flush.
+- :meth:`restore` (at start) closes persisted open windows whose time is
+  over and resumes the others, so a restart inside a window neither loses
+  nor double counts its accounting.
+- A failed flush keeps everything in memory for the next one.
+- Errors whose version is unknown (``version=None``) are counted against the
+  version currently registered as active for that model; errors for models
+  that were never registered only go to an in-memory counter (a client
+  sending random model names must not create unbounded windows).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgefleet.agent.telemetry.buffer import RingEntry, TelemetryBuffer
+from edgefleet.agent.telemetry.window_body import WindowAccumulator, label_key
+
+log = logging.getLogger("edgefleet.agent.telemetry")
+
+try:  # the schema kinds are the serving side's vocabulary
+    from edgefleet.agent.telemetry_sink import SCHEMA_ERROR_KINDS
+except ImportError:  # pragma: no cover - only without the serving module
+    SCHEMA_ERROR_KINDS = frozenset({"name", "dtype", "shape", "features", "non_finite"})
+
+# Latencies kept per model version on probation (for an exact p95).
+PROBATION_SAMPLE_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
+class LiveStats:
+    """What a version on probation did since probation started."""
+
+    requests: int = 0
+    errors: int = 0
+    p95_latency_ms: float | None = None
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+
+@dataclass
+class _ProbationCounter:
+    requests: int = 0
+    errors: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+    def stats(self) -> LiveStats:
+        p95 = None
+        if self.latencies:
+            ordered = sorted(self.latencies)
+            p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+        return LiveStats(self.requests, self.errors, p95)
+
+
+@dataclass(frozen=True)
+class ModelRegistration:
+    """What the recorder needs to know about a served model version."""
+
+    model: str
+    version: int
+    task: str = "classification"
+    labels: tuple[Any, ...] | None = None
+    reference: Any | None = None  # a drift ReferenceProfile, or None (no drift stats)
+
+
+def reference_from_json(text: str | bytes | None) -> Any | None:
+    """A ReferenceProfile from ``reference.json``; None when absent or unreadable."""
+    if not text:
+        return None
+    try:
+        from edgefleet.core.drift import ReferenceProfile
+
+        return ReferenceProfile.from_json(text)
+    except Exception as e:  # a bundle without a usable reference still serves
+        log.warning("no drift statistics: reference.json unusable (%s)", e)
+        return None
+
+
+class WindowRecorder:
+    """Aggregates per model version and window; implements ``TelemetrySink``."""
+
+    def __init__(
+        self,
+        buffer: TelemetryBuffer,
+        window_s: int,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.buffer = buffer
+        self.window_s = int(window_s)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._windows: dict[tuple[str, int], WindowAccumulator] = {}
+        self._closed: list[dict[str, Any]] = []
+        self._ring: list[RingEntry] = []
+        self._pending_ids: dict[str, RingEntry] = {}
+        self._forget: list[str] = []
+        self._labelled: set[str] = set()
+        self._registrations: dict[tuple[str, int], ModelRegistration] = {}
+        self._active: dict[str, int] = {}
+        self._probation: dict[tuple[str, int], _ProbationCounter] = {}
+        self.unattributed_errors: Counter[str] = Counter()
+        self.sink_failures = 0
+
+    # --- registration ----------------------------------------------------------
+    def register_model(self, registration: ModelRegistration, *, active: bool = True) -> None:
+        with self._lock:
+            self._registrations[(registration.model, registration.version)] = registration
+            if active:
+                self._active[registration.model] = registration.version
+
+    def unregister_active(self, model: str) -> None:
+        with self._lock:
+            self._active.pop(model, None)
+
+    # --- windows -----------------------------------------------------------------
+    def _bounds(self, now: float) -> tuple[float, float]:
+        start = math.floor(now / self.window_s) * self.window_s
+        return float(start), float(start + self.window_s)
+
+    def _window_for(self, model: str, version: int, now: float) -> WindowAccumulator:
+        key = (model, version)
+        acc = self._windows.get(key)
+        if acc is not None and now >= acc.end_s:
+            self._closed.append(acc.to_body())
+            acc = None
+        if acc is None:
+            start, end = self._bounds(now)
+            acc = WindowAccumulator(model, version, start, end)
+            reg = self._registrations.get(key)
+            if reg is not None and reg.reference is not None:
+                try:
+                    from edgefleet.core.drift import WindowStats
+
+                    acc.drift = WindowStats.empty(reg.reference, start, end)
+                except Exception as e:  # drift statistics are best effort
+                    log.warning("no drift statistics for %s:%s (%s)", model, version, e)
+            self._windows[key] = acc
+        return acc
+
+    # --- TelemetrySink -------------------------------------------------------------
+    def record_inference(
+        self,
+        model: str,
+        version: int,
+        X: np.ndarray,
+        predictions: np.ndarray,
+        latency_ms: float,
+        prediction_ids: Sequence[str],
+    ) -> None:
+        try:
+            now = self._clock()
+            with self._lock:
+                reg = self._registrations.get((model, version))
+                classifier = reg is None or reg.task == "classification"
+                acc = self._window_for(model, version, now)
+                preds = np.asarray(predictions).reshape(-1)
+                acc.add_inference(float(latency_ms), preds if classifier else None)
+                if acc.drift is not None:
+                    acc.drift.update(np.asarray(X))
+                    if acc.drift.has_outputs:
+                        acc.drift.update_outputs(preds)
+                for pid, value in zip(prediction_ids, preds.tolist(), strict=False):
+                    entry = RingEntry(pid, model, version, label_key(value) if classifier else None)
+                    self._ring.append(entry)
+                    self._pending_ids[pid] = entry
+                counter = self._probation.get((model, version))
+                if counter is not None:
+                    counter.requests += 1
+                    if len(counter.latencies) < PROBATION_SAMPLE_LIMIT:
+                        counter.latencies.append(float(latency_ms))
+        except Exception:  # a failing sink never turns a good answer into an error
+            self.sink_failures += 1
+            log.exception("telemetry: record_inference failed")
+
+    def record_error(self, model: str, version: int | None, kind: str) -> None:
+        try:
+            now = self._clock()
+            with self._lock:
+                if version is None:
+                    version = self._active.get(model)
+                counter = None if version is None else self._probation.get((model, version))
+                if counter is not None:
+                    counter.requests += 1
+                    counter.errors += 1
+                if version is None or (
+                    (model, version) not in self._registrations
+                    and (model, version) not in self._windows
+                ):
+                    self.unattributed_errors[kind] += 1
+                    return
+                acc = self._window_for(model, version, now)
+                acc.add_error(kind, kind in SCHEMA_ERROR_KINDS)
+        except Exception:
+            self.sink_failures += 1
+            log.exception("telemetry: record_error failed")
+
+    def record_feedback(self, model: str, prediction_id: str, label: Any) -> bool:
+        try:
+            with self._lock:
+                if prediction_id in self._labelled:
+                    return False
+                entry = self._pending_ids.get(prediction_id)
+            if entry is None:
+                entry = self.buffer.lookup_prediction(prediction_id)
+            if entry is None or entry.model != model:
+                return False
+            now = self._clock()
+            with self._lock:
+                if prediction_id in self._labelled:
+                    return False
+                reg = self._registrations.get((model, entry.version))
+                if reg is not None and reg.labels and entry.predicted is not None:
+                    acc = self._window_for(model, entry.version, now)
+                    if acc.confusion is None:
+                        from edgefleet.core.drift import ConfusionCounts
+
+                        acc.confusion = ConfusionCounts(list(reg.labels))
+                    by_key = {label_key(v): v for v in reg.labels}
+                    truth = by_key.get(label_key(label), label)
+                    predicted = by_key.get(entry.predicted, entry.predicted)
+                    acc.confusion.update([truth], [predicted])
+                    acc.dirty = True
+                self._labelled.add(prediction_id)
+                self._forget.append(prediction_id)
+            return True
+        except Exception:
+            self.sink_failures += 1
+            log.exception("telemetry: record_feedback failed")
+            return False
+
+    # --- events -----------------------------------------------------------------------
+    def record_event(self, body: dict[str, Any]) -> int:
+        """A deployment event, stored durably right away (they are rare and matter)."""
+        return self.buffer.append("event", body)
+
+    # --- probation ------------------------------------------------------------------
+    def start_probation(self, model: str, version: int) -> None:
+        with self._lock:
+            self._probation[(model, version)] = _ProbationCounter()
+
+    def probation_stats(self, model: str, version: int) -> LiveStats:
+        with self._lock:
+            counter = self._probation.get((model, version))
+            return LiveStats() if counter is None else counter.stats()
+
+    def stop_probation(self, model: str, version: int) -> None:
+        with self._lock:
+            self._probation.pop((model, version), None)
+
+    # --- persistence --------------------------------------------------------------
+    def restore(self) -> int:
+        """Close or resume the windows persisted as open; returns how many resumed.
+
+        Call it after the served models are registered: a window's drift
+        statistics can only take more updates with its reference profile.
+        """
+        now = self._clock()
+        resumed = 0
+        for body in self.buffer.open_windows():
+            try:
+                acc = self._resumable(body, now)
+            except Exception as e:
+                log.info(
+                    "closing persisted window %s:%s (%s)", body.get("model"), body.get("version"), e
+                )
+                acc = None
+            if acc is None:
+                with self._lock:
+                    self._closed.append(body)
+                continue
+            with self._lock:
+                self._windows[(acc.model, acc.version)] = acc
+            resumed += 1
+        return resumed
+
+    def _resumable(self, body: dict[str, Any], now: float) -> WindowAccumulator | None:
+        if float(body["end_s"]) <= now:
+            return None
+        reg = self._registrations.get((str(body["model"]), int(body["version"])))
+        if reg is None:
+            return None  # not served any more: nothing will be added to it
+        acc = WindowAccumulator.from_body(body, self.buffer.codec)
+        if acc.drift is not None:
+            if reg.reference is None:
+                return None
+            acc.drift.attach(reg.reference)
+        return acc
+
+    def flush(self) -> list[int]:
+        """Write what was recorded since the last flush; returns the seqs of closed windows.
+
+        Open windows are persisted as open (not cut short), so a restart inside
+        the window resumes it instead of producing two records for one window.
+        """
+        now = self._clock()
+        with self._lock:
+            for key, acc in list(self._windows.items()):
+                if now >= acc.end_s:
+                    self._closed.append(acc.to_body())
+                    del self._windows[key]
+            closed = self._closed
+            opened = [acc.to_body() for acc in self._windows.values() if acc.dirty]
+            ring, forget = self._ring, self._forget
+            self._closed, self._ring, self._forget = [], [], []
+            for acc in self._windows.values():
+                acc.dirty = False
+        if not closed and not opened and not ring and not forget:
+            return []
+        try:
+            seqs = self.buffer.commit_flush(closed, opened, ring, forget)
+        except Exception:
+            with self._lock:  # keep everything for the next attempt
+                self._closed = closed + self._closed
+                self._ring = ring + self._ring
+                self._forget = forget + self._forget
+                for body in opened:
+                    still_open = self._windows.get((body["model"], body["version"]))
+                    if still_open is not None:
+                        still_open.dirty = True
+            raise
+        with self._lock:
+            for entry in ring:
+                self._pending_ids.pop(entry.prediction_id, None)
+            self._labelled.difference_update(forget)
+        return seqs
