@@ -25,6 +25,7 @@ class ProbeClient:
         client_id: str = "",
         ca_file: Path | None = None,
         host: str = "127.0.0.1",
+        will: tuple[str, bytes] | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.client = mqtt.Client(
@@ -34,6 +35,8 @@ class ProbeClient:
         )
         if username is not None:
             self.client.username_pw_set(username, password)
+        if will is not None:
+            self.client.will_set(will[0], will[1], qos=1, retain=True)
         if ca_file is not None:
             self.client.tls_set(ca_certs=str(ca_file), tls_version=ssl.PROTOCOL_TLS_CLIENT)
         self.messages: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
@@ -85,6 +88,13 @@ class ProbeClient:
             seen.append((topic, payload))
             if predicate(topic, payload):
                 return seen
+
+    def drop(self) -> None:
+        """Vanish without DISCONNECT (the broker then publishes the will)."""
+        self.client.loop_stop()
+        sock = self.client.socket()
+        if sock is not None:
+            sock.close()
 
     def close(self) -> None:
         self.client.disconnect()

@@ -30,8 +30,6 @@
     [service]
     tick_s = 1.0                     # rollout engine and directive re-signing period
     max_payload_bytes = 1048576      # larger device messages are dropped and counted
-    chunk_size = 65536               # bytes per chunk frame
-    max_chunks_per_request = 16      # caps one fetch request's window
 
 Invariants: every relative path is resolved against the directory holding
 ``hub.toml``; an unknown section or key is an error naming the file and the
@@ -144,18 +142,12 @@ class KeySettings:
 class ServiceSettings:
     tick_s: float = 1.0
     max_payload_bytes: int = 1024 * 1024
-    chunk_size: int = 64 * 1024
-    max_chunks_per_request: int = 16
 
     def __post_init__(self) -> None:
         if self.tick_s <= 0:
             raise ValueError("tick_s must be positive")
         if self.max_payload_bytes < 1024:
             raise ValueError("max_payload_bytes must be at least 1024")
-        if not 1024 <= self.chunk_size <= 1024 * 1024:
-            raise ValueError("chunk_size must be between 1 KiB and 1 MiB")
-        if self.max_chunks_per_request < 1:
-            raise ValueError("max_chunks_per_request must be at least 1")
 
 
 @dataclass(frozen=True)

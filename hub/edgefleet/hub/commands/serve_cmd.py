@@ -1,0 +1,121 @@
+"""``edgefleet hub serve``: run the hub service until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from edgefleet.core.keys import load_private_key
+from edgefleet.core.mqtt import MqttSettings, TlsSettings
+from edgefleet.hub.commands.common import config_option
+from edgefleet.hub.config import HubConfig, load_config
+from edgefleet.hub.credentials import generate_password, mosquitto_hash
+from edgefleet.hub.embedded_broker import EmbeddedBroker
+from edgefleet.hub.errors import HubConfigError
+from edgefleet.hub.store import HubStore, open_store
+
+log = logging.getLogger("edgefleet.hub")
+
+
+def mqtt_settings(config: HubConfig, password: str | None) -> MqttSettings:
+    broker = config.broker
+    tls = None
+    if broker.tls_ca is not None:
+        tls = TlsSettings(ca_file=broker.tls_ca, cert_file=broker.tls_cert, key_file=broker.tls_key)
+    return MqttSettings(
+        host=broker.host,
+        port=broker.port,
+        client_id=broker.client_id,
+        username=broker.username,
+        password=password,
+        tls=tls,
+        # A persistent session: the broker keeps fetches and telemetry for us while we restart.
+        clean_session=False,
+        # Chunk frames are paced by the service (back pressure); this is headroom.
+        max_queued=4096,
+        max_inflight=64,
+    )
+
+
+def start_embedded(config: HubConfig, store: HubStore, password: str) -> EmbeddedBroker:
+    broker = config.broker
+    if broker.shared_subscriptions:
+        raise HubConfigError(
+            "broker.shared_subscriptions must be false with --embedded-broker (amqtt)"
+        )
+    if not broker.username:
+        raise HubConfigError("broker.username must be set with --embedded-broker")
+    hub_user, hub_hash = broker.username, mosquitto_hash(password)
+
+    def users() -> dict[str, str]:
+        table = {d.device_id: d.password_hash for d in store.list_devices()}
+        table[hub_user] = hub_hash
+        return table
+
+    return EmbeddedBroker(
+        broker.host, broker.port, users, topic_root=broker.topic_root, hub_username=hub_user
+    ).start()
+
+
+@click.command()
+@click.option(
+    "--embedded-broker",
+    is_flag=True,
+    help="Run an amqtt broker in-process on broker.host:broker.port (single machine).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@config_option
+def serve(embedded_broker: bool, log_level: str, config_path: Path | None) -> None:
+    """Run the hub: device tracking, chunk server, telemetry, rollouts, directives."""
+    from edgefleet.core.mqtt.client import MqttClient
+    from edgefleet.hub.service import HubService
+
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = load_config(config_path)
+    if config.keys.hub_signing_key is None:
+        raise HubConfigError("keys.hub_signing_key must be set to sign directives")
+    key = load_private_key(config.keys.hub_signing_key)
+    password = config.broker.resolved_password()
+    store = open_store(config.store.path)
+    broker = None
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("hub: signal %d, shutting down", signum)
+        stop.set()
+
+    try:
+        if embedded_broker:
+            # The embedded broker only needs to know the hub's password, not keep it.
+            password = password or generate_password()
+            broker = start_embedded(config, store, password)
+        service = HubService(config, store, MqttClient(mqtt_settings(config, password)), key)
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        service.start()
+        log.info(
+            "hub: serving %s on %s:%s (store %s)",
+            config.broker.topic_root,
+            config.broker.host,
+            config.broker.port,
+            config.store.path,
+        )
+        stop.wait()
+        service.stop()
+    finally:
+        if broker is not None:
+            broker.stop()
+        store.close()

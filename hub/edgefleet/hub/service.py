@@ -1,0 +1,341 @@
+"""``hub serve``: the MQTT side of the hub.
+
+Three threads share one :class:`HubStore` (its own lock serialises them):
+
+- the MQTT network thread runs the handlers: status and state update the
+  device (presence from the LWT, last seen, deployment progress for the
+  rollout engine); telemetry batches are stored deduplicated on
+  ``(device, seq)`` in one transaction with the ack cursor, then acked;
+  fetch requests are handed to the chunk worker;
+- the chunk worker answers fetch requests from the bundle store, waiting for
+  room in the client's outgoing queue (back pressure instead of dropping
+  frames);
+- the tick thread runs the rollout engine, issues and re-signs directives and
+  publishes them retained, and saves the counters.
+
+Invariants: nothing a device sends can stop the service — every failure in a
+handler is logged and counted (``malformed.<kind>``, ``oversized.<kind>``,
+``unknown_device``, ``fetch_denied``...); a device is only served bundles its
+current assignments name; a directive is marked published only after the
+broker acknowledged it, so after a crash it is published again.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edgefleet.core.canonical import canonical_json
+from edgefleet.core.errors import EdgefleetError, ProtocolError
+from edgefleet.core.mqtt.interface import InboundMessage, MqttTransport
+from edgefleet.core.protocol import (
+    Ack,
+    ChunkPlan,
+    FetchRequest,
+    TopicKind,
+    Topics,
+    decode_fetch,
+    decode_state,
+    decode_status,
+    decode_telemetry,
+    encode_chunk,
+    encode_json,
+)
+from edgefleet.core.protocol.limits import MAX_WINDOW_BYTES
+from edgefleet.core.protocol.telemetry import EVENT
+from edgefleet.hub.bundles import BundleStore
+from edgefleet.hub.config import HubConfig
+from edgefleet.hub.directives import DirectiveIssuer
+from edgefleet.hub.rollout.engine import RolloutEngine
+from edgefleet.hub.store import HubStore, TelemetryRow
+
+log = logging.getLogger("edgefleet.hub")
+
+# Chunk frames wait while the client's outgoing queue holds more than this.
+QUEUE_HIGH_WATER = 256
+FETCH_BACKLOG = 1024
+FLUSH_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class _Fetch:
+    device_id: str
+    request: FetchRequest
+
+
+class HubService:
+    """The running hub: handlers, chunk worker and tick loop around one MQTT client."""
+
+    def __init__(
+        self,
+        config: HubConfig,
+        store: HubStore,
+        transport: MqttTransport,
+        signing_key: Ed25519PrivateKey,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.transport = transport
+        self.clock = clock
+        self.topics = Topics(config.broker.topic_root)
+        self.bundles = BundleStore(config.store.bundles_dir, store)
+        self.engine = RolloutEngine(store)
+        self.issuer = DirectiveIssuer(store, signing_key, config.directives)
+        self._counts: Counter[str] = Counter()
+        self._unsaved: Counter[str] = Counter()
+        self._count_lock = threading.Lock()
+        self._fetches: queue.Queue[_Fetch] = queue.Queue(maxsize=FETCH_BACKLOG)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._handlers = {
+            TopicKind.STATUS: self._on_status,
+            TopicKind.STATE: self._on_state,
+            TopicKind.FETCH: self._on_fetch,
+            TopicKind.TELEMETRY: self._on_telemetry,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        for topic_filter in self.topics.hub_subscriptions(self.config.broker.shared_subscriptions):
+            self.transport.subscribe(topic_filter, self.handle)
+        self.transport.start()
+        for name, target in (("chunks", self._chunk_loop), ("tick", self._tick_loop)):
+            thread = threading.Thread(target=target, name=f"hub-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout_s)
+        self._threads.clear()
+        self.transport.stop()
+        self._save_counters()
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        return self.transport.wait_subscribed(timeout_s)
+
+    # -- counters ------------------------------------------------------------------
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Count a problem (malformed payload, refused request...) and log it."""
+        total = self.tally(name, n)
+        # Log the first few and then every power of two: a flood stays readable.
+        if total <= 5 or total & (total - 1) == 0:
+            log.warning("hub: %s (%d so far)", name, total)
+
+    def tally(self, name: str, n: int = 1) -> int:
+        """Count normal traffic (records stored, chunks sent) without logging."""
+        with self._count_lock:
+            self._counts[name] += n
+            self._unsaved[name] += n
+            return self._counts[name]
+
+    @property
+    def counters(self) -> dict[str, int]:
+        with self._count_lock:
+            return dict(self._counts)
+
+    def _save_counters(self) -> None:
+        with self._count_lock:
+            pending, self._unsaved = self._unsaved, Counter()
+        try:
+            with self.store.transaction():
+                for name, n in pending.items():
+                    self.store.bump_counter(name, n)
+        except EdgefleetError:
+            log.exception("hub: cannot save counters")
+            with self._count_lock:
+                self._unsaved.update(pending)
+
+    # -- inbound -----------------------------------------------------------------
+
+    def handle(self, message: InboundMessage) -> None:
+        """Dispatch one inbound message; never raises."""
+        try:
+            device_id, kind = self.topics.parse(message.topic, side="device")
+        except ProtocolError as e:
+            self.count("malformed.topic")
+            log.debug("hub: %s", e)
+            return
+        handler = self._handlers.get(kind)
+        if handler is None:
+            self.count(f"unexpected.{kind.value}")
+            return
+        if len(message.payload) > self.config.service.max_payload_bytes:
+            self.count(f"oversized.{kind.value}")
+            return
+        try:
+            if self.store.get_device(device_id) is None:
+                self.count("unknown_device")
+                return
+            handler(device_id, message.payload)
+        except ProtocolError as e:
+            self.count(f"malformed.{kind.value}")
+            log.info("hub: from %s on %s: %s", device_id, kind.value, e)
+        except EdgefleetError as e:
+            self.count(f"failed.{kind.value}")
+            log.error("hub: handling %s from %s: %s", kind.value, device_id, e)
+        except Exception:
+            self.count(f"failed.{kind.value}")
+            log.exception("hub: handling %s from %s", kind.value, device_id)
+
+    def _on_status(self, device_id: str, payload: bytes) -> None:
+        if payload == b"":
+            return  # a cleared retained message says nothing
+        status = decode_status(payload)
+        self.store.set_presence(device_id, status.online, self.clock())
+
+    def _on_state(self, device_id: str, payload: bytes) -> None:
+        if payload == b"":
+            return
+        state = decode_state(payload)
+        if state.device != device_id:
+            raise ProtocolError(f"state names device {state.device!r} on {device_id}'s topic")
+        now = self.clock()
+        report = state.to_dict()
+        self.store.set_device_state(device_id, report, now)
+        self.engine.on_device_state(device_id, report, now)
+
+    def _on_telemetry(self, device_id: str, payload: bytes) -> None:
+        batch = decode_telemetry(payload)
+        if batch.device != device_id:
+            raise ProtocolError(f"telemetry names device {batch.device!r} on {device_id}'s topic")
+        now = self.clock()
+        rows = [TelemetryRow(r.seq, r.kind, r.body) for r in batch.records]
+        with self.store.transaction():
+            inserted = self.store.add_telemetry(device_id, rows, now)
+            acked = self.store.advance_telemetry_cursor(device_id, batch.last_seq)
+            self.store.touch_device(device_id, now)
+        self.tally("telemetry.records", inserted)
+        if inserted < len(rows):
+            self.tally("telemetry.duplicates", len(rows) - inserted)
+        for record in batch.records:
+            if record.kind != EVENT:
+                continue
+            try:
+                event = record.event()
+            except ProtocolError:
+                self.count("malformed.telemetry_record")
+                continue
+            self.engine.on_deployment(
+                device_id,
+                event.model,
+                event.version,
+                event.state,
+                now,
+                reason=event.reason,
+                rollout_id=event.rollout_id,
+                bundle_sha256=event.bundle_sha256,
+            )
+        self.transport.publish(self.topics.ack(device_id), encode_json(Ack(acked)))
+
+    def _on_fetch(self, device_id: str, payload: bytes) -> None:
+        request = decode_fetch(payload)
+        try:
+            self._fetches.put_nowait(_Fetch(device_id, request))
+        except queue.Full:
+            self.count("fetch_overload")  # the device asks again after its timeout
+
+    # -- chunk serving -------------------------------------------------------------
+
+    def _chunk_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                fetch = self._fetches.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self.serve_fetch(fetch.device_id, fetch.request)
+            except ProtocolError as e:
+                self.count("malformed.fetch")
+                log.info("hub: fetch from %s: %s", fetch.device_id, e)
+            except EdgefleetError as e:
+                self.count("failed.fetch")
+                log.error("hub: fetch from %s: %s", fetch.device_id, e)
+            except Exception:
+                self.count("failed.fetch")
+                log.exception("hub: fetch from %s", fetch.device_id)
+
+    def serve_fetch(self, device_id: str, request: FetchRequest) -> int:
+        """Publish the requested chunks; returns how many frames were queued."""
+        sha = request.bundle_sha256
+        assigned = {a.bundle_sha256 for a in self.store.get_assignments(device_id).values()}
+        if sha not in assigned:
+            self.count("fetch_denied")
+            log.info("hub: %s asked for bundle %s it is not assigned", device_id, sha[:12])
+            return 0
+        bundle = self.store.get_bundle(sha)
+        if bundle is None:
+            self.count("fetch_unknown_bundle")
+            return 0
+        try:
+            plan = ChunkPlan(bundle.size, request.chunk_size, MAX_WINDOW_BYTES)
+        except ValueError as e:
+            raise ProtocolError(f"fetch: {e}", side="device") from e
+        indexes = plan.check_request(request)
+        topic = self.topics.chunk(device_id)
+        sent = 0
+        for index in indexes:
+            while self.transport.stats.queued > QUEUE_HIGH_WATER and not self._stop.is_set():
+                time.sleep(0.005)
+            if self._stop.is_set():
+                break
+            data = self.bundles.read_range(sha, plan.offset(index), plan.length(index))
+            self.transport.publish(topic, encode_chunk(plan.frame(sha, index, data)))
+            sent += 1
+        self.tally("chunks.sent", sent)
+        return sent
+
+    # -- tick ------------------------------------------------------------------------
+
+    def _tick_loop(self) -> None:
+        interval = self.config.service.tick_s
+        while not self._stop.is_set():
+            self.tick()
+            self._stop.wait(interval)
+
+    def tick(self) -> None:
+        """One round of rollouts, directives and counter saving; never raises."""
+        now = self.clock()
+        try:
+            self.engine.tick(now)
+        except Exception:
+            self.count("failed.rollout_tick")
+            log.exception("hub: rollout tick failed")
+        try:
+            self.issuer.due(now)
+            self.publish_directives()
+        except Exception:
+            self.count("failed.directives")
+            log.exception("hub: directive publication failed")
+        self._save_counters()
+
+    def publish_directives(self) -> int:
+        """Publish every recorded, unpublished directive retained; mark them once acked."""
+        if not self.transport.connected:
+            return 0
+        pending = self.issuer.unpublished()
+        for record in pending:
+            self.transport.publish(
+                self.topics.desired(record.device_id),
+                canonical_json(dict(record.envelope)),
+                retain=True,
+            )
+        if pending and self.transport.flush(FLUSH_TIMEOUT_S):
+            at = self.clock()
+            for record in pending:
+                self.store.mark_directive_published(record.device_id, record.seq, at)
+            self.tally("directives.published", len(pending))
+            return len(pending)
+        return 0

@@ -1,0 +1,345 @@
+"""The hub service over a real mosquitto with the generated password file and ACL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pytest
+from tests.hub.hubkit import HubFixture, make_bundle, make_hub, window
+from tests.hub.mqttkit import ProbeClient
+
+from edgefleet.core.directive import check_directive
+from edgefleet.core.keys import load_private_key
+from edgefleet.core.mqtt.client import MqttClient
+from edgefleet.core.protocol import (
+    Ack,
+    DeviceState,
+    FetchRequest,
+    Status,
+    TelemetryBatch,
+    TelemetryRecord,
+    Topics,
+    decode_chunk,
+    encode_json,
+)
+from edgefleet.core.protocol.messages import ModelState, SlotInfo
+from edgefleet.core.protocol.telemetry import DeploymentEvent, WindowSummary
+from edgefleet.core.testing.brokers import MosquittoBroker
+from edgefleet.core.trust import TrustStore
+from edgefleet.hub.broker_config import write_broker_config
+from edgefleet.hub.bundles import BundleStore
+from edgefleet.hub.commands.serve_cmd import mqtt_settings, start_embedded
+from edgefleet.hub.config import HubConfig
+from edgefleet.hub.enrollment import build_trust_store, enroll_device, publisher_trust
+from edgefleet.hub.rollout.engine import RolloutEngine
+from edgefleet.hub.rollout.machine import RolloutState
+from edgefleet.hub.service import HubService
+from edgefleet.hub.store import SqliteHubStore
+
+T = Topics()
+HUB_PASSWORD = "hub-secret-for-tests"
+DEVICES = ("pi-a", "pi-b", "pi-c")
+GATES = ["min_devices=1", "min_inferences=10", "bake=0"]
+WAIT_S = 20.0
+
+
+def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@dataclass
+class Hub:
+    fx: HubFixture
+    config: HubConfig
+    store: SqliteHubStore
+    passwords: dict[str, str]
+    trust: TrustStore
+    port: int
+    service: HubService | None = None
+    clients: list[ProbeClient] = field(default_factory=list)
+
+    def start(self) -> HubService:
+        client = MqttClient(mqtt_settings(self.config, HUB_PASSWORD))
+        self.service = HubService(
+            self.config, self.store, client, load_private_key(self.fx.hub_key)
+        )
+        self.service.start()
+        assert self.service.wait_ready(WAIT_S)
+        return self.service
+
+    def restart(self) -> HubService:
+        """A new hub process: new store connection, new service, new MQTT session."""
+        assert self.service is not None
+        self.service.stop()
+        self.store.close()
+        self.store = SqliteHubStore(self.config.store.path)
+        return self.start()
+
+    def device(self, device_id: str, **kw: object) -> ProbeClient:
+        client = ProbeClient(self.port, device_id, self.passwords[device_id], **kw)  # type: ignore[arg-type]
+        assert client.connect() == 0
+        for topic in T.device_subscriptions(device_id):
+            client.subscribe(topic)
+        self.clients.append(client)
+        return client
+
+    def publish_bundle(self, version: int, size: int = 4096) -> str:
+        info = make_bundle(
+            self.fx.root / f"v{version}.efb",
+            self.fx.publisher_key,
+            version=version,
+            payload_bytes=size,
+        )
+        BundleStore(self.config.store.bundles_dir, self.store).publish(
+            info.path, publisher_trust(self.config), time.time()
+        )
+        return info.sha256
+
+
+@pytest.fixture
+def hub(tmp_path: Path, mosquitto_factory: Callable[..., MosquittoBroker]) -> Iterator[Hub]:
+    fx = make_hub(
+        tmp_path,
+        broker={"password": HUB_PASSWORD},
+        extra="[service]\ntick_s = 3600\nmax_payload_bytes = 16384\n",
+    )
+    config = fx.config()
+    store = SqliteHubStore(config.store.path)
+    passwords = {d: enroll_device(store, config, d, "rpi4-arm64", 1.0).password for d in DEVICES}
+    files = write_broker_config(
+        tmp_path / "broker", config, store.list_devices(), persistence=False
+    )
+    broker = mosquitto_factory(
+        password_file=files.password_file, acl_file=files.acl_file, allow_anonymous=False
+    )
+    config = replace(config, broker=replace(config.broker, port=broker.port))
+    h = Hub(fx, config, store, passwords, build_trust_store(config), broker.port)
+    yield h
+    for c in h.clients:
+        c.close()
+    if h.service is not None:
+        h.service.stop()
+    h.store.close()
+
+
+def directive_from(client: ProbeClient, device_id: str, trust: TrustStore) -> dict:  # type: ignore[type-arg]
+    [*_, (topic, payload)] = client.wait_for(lambda t, p: t == T.desired(device_id))
+    envelope = json.loads(payload)
+    check_directive(envelope, trust, device_id, None, time.time())
+    return envelope["directive"]  # type: ignore[no-any-return]
+
+
+def test_state_tracking_from_status_state_and_lwt(hub: Hub) -> None:
+    hub.start()
+    offline = encode_json(Status(online=False))
+    device = hub.device("pi-a", will=(T.status("pi-a"), offline))
+    device.publish(T.status("pi-a"), encode_json(Status(online=True, at=time.time())), retain=True)
+    wait_until(lambda: hub.store.get_device("pi-a").online, "online")  # type: ignore[union-attr]
+    state = DeviceState(
+        device="pi-a",
+        agent_version="0.1.0",
+        profile="rpi4-arm64",
+        at=time.time(),
+        models=(ModelState("digits", active=SlotInfo(1, "ab" * 32)),),
+        directive_error="expired directive: seq 3",
+    )
+    device.publish(T.state("pi-a"), encode_json(state), retain=True)
+    wait_until(lambda: hub.store.get_device("pi-a").state.get("models"), "state")  # type: ignore[union-attr]
+    stored = hub.store.get_device("pi-a")
+    assert stored is not None and stored.state["directive_error"] == "expired directive: seq 3"
+    device.drop()  # no DISCONNECT: the broker publishes the will
+    wait_until(lambda: not hub.store.get_device("pi-a").online, "offline from LWT")  # type: ignore[union-attr]
+    assert hub.store.get_device("pi-a").last_seen is not None  # type: ignore[union-attr]
+
+
+def test_chunks_are_served_for_assigned_bundles_only(hub: Hub) -> None:
+    sha1 = hub.publish_bundle(1, size=200_000)
+    sha2 = hub.publish_bundle(2)
+    service = hub.start()
+    RolloutEngine(hub.store).create(
+        "digits", 1, "ids=pi-a", time.time(), phases_text="100%", gate_overrides=GATES
+    )
+    service.tick()  # starts the rollout and publishes the directive
+    device = hub.device("pi-a")
+    directive = directive_from(device, "pi-a", hub.trust)
+    [assignment] = directive["assignments"]
+    assert (assignment["bundle_sha256"], assignment["version"]) == (sha1, 1)
+    size, chunk = assignment["size"], 65536
+    total = -(-size // chunk)
+
+    device.publish(T.fetch("pi-a"), encode_json(FetchRequest.for_indexes(sha2, chunk, [0])))
+    device.publish(
+        T.fetch("pi-a"), encode_json(FetchRequest.for_indexes(sha1, chunk, range(total)))
+    )
+    frames = {}
+    for topic, payload in device.wait_for(
+        lambda t, p: t == T.chunk("pi-a") and decode_chunk(p).index == total - 1
+    ):
+        if topic == T.chunk("pi-a"):
+            frame = decode_chunk(payload)
+            assert frame.bundle_sha256 == sha1  # nothing of the unassigned bundle
+            frames[frame.index] = frame.payload
+    data = b"".join(frames[i] for i in range(total))
+    assert len(data) == size and hashlib.sha256(data).hexdigest() == sha1
+    assert service.counters["fetch_denied"] == 1
+    assert service.counters["chunks.sent"] == total
+
+
+def test_telemetry_is_stored_once_and_acked(hub: Hub) -> None:
+    service = hub.start()
+    device = hub.device("pi-a")
+
+    def batch(seqs: range) -> bytes:
+        records = [
+            TelemetryRecord.of_window(s, WindowSummary.from_dict(window("digits", 1, requests=10)))
+            for s in seqs
+        ]
+        return encode_json(TelemetryBatch.of("pi-a", records))
+
+    acks = []
+    for seqs in (range(1, 4), range(1, 4), range(4, 6)):
+        device.publish(T.telemetry("pi-a"), batch(seqs))
+        [*_, (_t, payload)] = device.wait_for(lambda t, p: t == T.ack("pi-a"))
+        acks.append(Ack.from_dict(json.loads(payload)).highest_seq)
+    assert acks == [3, 3, 5]
+    assert len(list(hub.store.telemetry_windows("digits", [1], ["pi-a"], 0.0))) == 5
+    assert service.counters["telemetry.duplicates"] == 3
+
+
+def test_malformed_and_oversized_payloads_are_counted_not_fatal(hub: Hub) -> None:
+    service = hub.start()
+    device = hub.device("pi-a")
+    garbage = [b"not json", b"{}", b"\xff\xfe", b"[1,2]", b'{"v": 99}', b'{"v":1,"online":"yes"}']
+    kinds = {"status": T.status, "state": T.state, "fetch": T.fetch, "telemetry": T.telemetry}
+    for topic_of in kinds.values():
+        for payload in garbage:
+            device.publish(topic_of("pi-a"), payload)
+        device.publish(topic_of("pi-a"), b"{" + b" " * 20_000 + b"}")
+    # Another device's telemetry inside pi-a's batch is refused too.
+    other = TelemetryBatch.of(
+        "pi-b",
+        [TelemetryRecord.of_window(1, WindowSummary.from_dict(window("digits", 1, requests=1)))],
+    )
+    device.publish(T.telemetry("pi-a"), encode_json(other))
+    # The hub account may write anywhere: an unenrolled device id is ignored.
+    hub_probe = ProbeClient(hub.port, "edgefleet-hub", HUB_PASSWORD)
+    assert hub_probe.connect() == 0
+    hub.clients.append(hub_probe)
+    hub_probe.publish(T.status("ghost"), encode_json(Status(online=True)))
+    # Still alive: a valid message afterwards is handled.
+    device.publish(T.status("pi-a"), encode_json(Status(online=True)))
+    wait_until(lambda: hub.store.get_device("pi-a").online, "valid status after garbage")  # type: ignore[union-attr]
+    counts = service.counters
+    for kind in kinds:
+        assert counts[f"oversized.{kind}"] == 1, counts
+        extra = 1 if kind == "telemetry" else 0  # the batch naming another device
+        assert counts[f"malformed.{kind}"] == len(garbage) + extra, counts
+    assert counts["unknown_device"] == 1
+    service.tick()  # saves the counters
+    assert hub.store.counters()["oversized.state"] == 1
+
+
+def test_rollout_state_survives_a_hub_restart_mid_phase(hub: Hub) -> None:
+    sha = hub.publish_bundle(1)
+    service = hub.start()
+    rollout = RolloutEngine(hub.store).create(
+        "digits", 1, "all", time.time(), phases_text="1,100%", gate_overrides=GATES
+    )
+    service.tick()
+    [first] = rollout.plan.devices_of(0)
+    rest = rollout.plan.devices_of(1)
+    first_client = hub.device(first)
+    assert directive_from(first_client, first, hub.trust)["assignments"][0]["bundle_sha256"] == sha
+
+    service = hub.restart()  # the hub goes down in the middle of phase 1
+    assert hub.store.get_rollout(rollout.rollout_id).status.phase == 0  # type: ignore[union-attr]
+    event = DeploymentEvent(
+        "digits", 1, "committed", time.time(), rollout_id=rollout.rollout_id, bundle_sha256=sha
+    )
+    records = [
+        TelemetryRecord.of_event(1, event),
+        TelemetryRecord.of_window(2, WindowSummary.from_dict(window("digits", 1, requests=50))),
+    ]
+    first_client.publish(T.telemetry(first), encode_json(TelemetryBatch.of(first, records)))
+    first_client.wait_for(lambda t, p: t == T.ack(first))
+    service.tick()
+    status = hub.store.get_rollout(rollout.rollout_id).status  # type: ignore[union-attr]
+    assert (status.state, status.phase) == (RolloutState.RUNNING, 1)
+    for device_id in rest:
+        client = hub.device(device_id)
+        assert directive_from(client, device_id, hub.trust)["assignments"][0]["version"] == 1
+
+
+def test_embedded_amqtt_broker_smoke(hub: Hub) -> None:
+    from edgefleet.core.testing.brokers import free_port
+
+    port = free_port()
+    hub.config = replace(hub.config, broker=replace(hub.config.broker, port=port))
+    hub.port = port
+    broker = start_embedded(hub.config, hub.store, HUB_PASSWORD)
+    try:
+        service = hub.start()
+        assert ProbeClient(port).connect() != 0  # anonymous refused
+        assert ProbeClient(port, "pi-a", "wrong").connect() != 0
+        a = hub.device("pi-a")
+        a.publish(T.status("pi-b"), encode_json(Status(online=True)))  # not pi-a's topic
+        a.publish(T.status("pi-a"), encode_json(Status(online=True)))
+        wait_until(lambda: hub.store.get_device("pi-a").online, "status via amqtt")  # type: ignore[union-attr]
+        assert hub.store.get_device("pi-b").online is False  # type: ignore[union-attr]
+        a.subscribe(T.desired("pi-b"))
+        a.subscribe(f"{T.root}/#")
+        hub_probe = ProbeClient(port, "edgefleet-hub", HUB_PASSWORD)
+        assert hub_probe.connect() == 0
+        hub.clients.append(hub_probe)
+        hub_probe.publish(T.desired("pi-b"), b"for-b")
+        hub_probe.publish(T.desired("pi-a"), b"for-a")
+        seen = a.wait_for(lambda t, p: p == b"for-a")
+        assert all(t.startswith(T.root + "/dev/pi-a/") for t, _ in seen), seen
+        assert service.counters.get("malformed.status", 0) == 0
+        service.stop()
+        hub.service = None
+    finally:
+        broker.stop()
+
+
+def test_hub_serve_command_runs_and_stops_on_sigterm(hub: Hub, tmp_path: Path) -> None:
+    text = hub.fx.config_path.read_text().replace("[broker]\n", f"[broker]\nport = {hub.port}\n", 1)
+    hub.fx.config_path.write_text(text)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgefleet.core.cli.main",
+            "hub",
+            "serve",
+            "--config",
+            str(hub.fx.config_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        device = hub.device("pi-c")
+        device.publish(T.status("pi-c"), encode_json(Status(online=True)), retain=True)
+        wait_until(lambda: hub.store.get_device("pi-c").online, "status via hub serve")  # type: ignore[union-attr]
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err.decode()
+        assert b"serving edgefleet/v1" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
