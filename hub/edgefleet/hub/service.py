@@ -10,7 +10,7 @@ Three threads share one :class:`HubStore` (its own lock serialises them):
 - the chunk worker answers fetch requests from the bundle store, waiting for
   room in the client's outgoing queue (back pressure instead of dropping
   frames);
-- the tick thread runs the rollout engine, issues and re-signs directives and
+- the tick thread runs the rollout engine, signs and re-signs directives and
   publishes them retained, and saves the counters.
 
 Invariants: nothing a device sends can stop the service — every failure in a
