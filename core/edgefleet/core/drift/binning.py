@@ -94,8 +94,9 @@ class NumericBinner:
         step >>= 1
         while step:
             np.add(idx, step - 1, out=probe)
-            np.take(self.table, probe, out=edge)
+            np.take(self.table, probe, out=edge, mode="clip")  # indexes are always in range
             np.greater_equal(x, edge, out=hit)
+            # int8 multiply then add: several times faster than a masked add (where=).
             np.add(idx, hit.view(np.int8) * np.int8(step), out=idx, casting="unsafe")
             step >>= 1
         idx += self.slot_shift

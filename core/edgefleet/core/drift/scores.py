@@ -36,6 +36,11 @@ the edges, ``D`` never exceeds the raw two-sample statistic; the p-value uses
 the asymptotic Kolmogorov distribution (:func:`~.distributions.ks_pvalue`),
 which is conservative for binned data.
 
+Mean shift: Welch's two-sample z statistic on the means,
+``z = (mean_w - mean_r) / sqrt(var_w / n_w + var_r / n_r)``, two-sided normal
+p-value ``erfc(|z| / sqrt 2)`` (large-sample form of Welch's t test; B. L.
+Welch, Biometrika 34 (1947)).
+
 Chi-square test of homogeneity on the ``2 x B`` table (reference counts,
 window counts) after pooling buckets whose expected window count is below 5
 (Cochran's rule) into one::
@@ -45,13 +50,13 @@ window counts) after pooling buckets whose expected window count is below 5
 
 >>> round(psi([50, 50], [40, 60]), 6)
 0.040547
->>> import math
 >>> abs(js_distance([1, 0], [0, 1]) ** 2 - math.log(2)) < 1e-12
 True
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -138,6 +143,19 @@ def ks_binned(reference_counts: ArrayLike, window_counts: ArrayLike) -> tuple[fl
     q_cum = np.cumsum(_proportions(c))[:-1]
     d = float(np.max(np.abs(p_cum - q_cum))) if p_cum.size else 0.0
     return d, ks_pvalue(d, int(r.sum()), int(c.sum()))
+
+
+def mean_shift_pvalue(
+    n_ref: int, mean_ref: float, std_ref: float, n_win: int, mean_win: float, std_win: float
+) -> float:
+    """Two-sided large-sample p-value for ``mean_win != mean_ref`` (Welch z)."""
+    if n_ref <= 0 or n_win <= 0:
+        return 1.0
+    se = math.sqrt(std_win * std_win / n_win + std_ref * std_ref / n_ref)
+    gap = abs(mean_win - mean_ref)
+    if se == 0.0:
+        return 1.0 if gap == 0.0 else 0.0
+    return math.erfc(gap / se / math.sqrt(2.0))
 
 
 def chi2_homogeneity(

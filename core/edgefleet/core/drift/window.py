@@ -5,16 +5,16 @@ model outputs) binned against a :class:`ReferenceProfile`. It is a mergeable
 summary in the sense of river's ``stats``: ``update`` folds in data,
 ``merge`` combines two summaries of disjoint data into the summary of their
 union. Merging is exact: counts and per-bin sums add, M2 combines with the
-parallel formula (see :mod:`edgefleet.core.drift.moments`), min/max take the
+parallel formula (:mod:`edgefleet.core.drift.moments`), min/max take the
 extremes, ``start_s``/``end_s`` take the earliest start and the latest end.
+The statistics live in flat arrays described in :mod:`.layout`.
 
 Invariants
 ----------
 - Only windows with the same ``profile_id`` merge; anything else raises
   :class:`~edgefleet.core.errors.ProfileMismatchError`.
-- ``n`` counts rows given to :meth:`update`; each feature also counts its own
-  finite values, NaNs and infinities, so ``n == finite + nan + inf`` for every
-  numeric feature.
+- ``n`` counts rows given to :meth:`update`; every numeric feature satisfies
+  ``n == finite + nan + inf``, every categorical one ``n == buckets + nan``.
 - ``update`` needs the profile (it holds the bin edges). A window decoded from
   bytes has none unless one is passed to :meth:`from_bytes`; merging, scoring
   and serialising never need it.
@@ -25,28 +25,70 @@ Invariants
 >>> w1, w2 = WindowStats.empty(profile), WindowStats.empty(profile)
 >>> w1.update(rng.normal(size=(100, 3))); w2.update(rng.normal(size=(50, 3)))
 >>> both = w1.merge(w2)
->>> both.n, int(both.numeric.n()[0])
+>>> both.n, both.numeric_column(0).n
 (150, 150)
->>> WindowStats.from_bytes(both.to_bytes()).n
-150
+>>> WindowStats.from_bytes(both.to_bytes()).numeric_column(0).m2 == both.numeric_column(0).m2
+True
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from edgefleet.core.drift.binning import CategoricalEncoder, NumericBinner
-from edgefleet.core.drift.blocks import CategoricalBlock, NumericBlock
-from edgefleet.core.drift.moments import safe_mean
+from edgefleet.core.drift.layout import (
+    OUTPUT_CATEGORICAL,
+    OUTPUT_NONE,
+    OUTPUT_NUMERIC,
+    WindowLayout,
+)
+from edgefleet.core.drift.moments import merge_m2, merge_m2_many
 from edgefleet.core.drift.reference import (
     CategoricalReference,
     NumericReference,
     ReferenceProfile,
 )
 from edgefleet.core.errors import DriftError, ProfileMismatchError
+
+
+@dataclass(frozen=True)
+class NumericColumn:
+    """Read-only view of one numeric column of a window."""
+
+    counts: np.ndarray
+    sums: np.ndarray
+    n: int
+    nan: int
+    inf: int
+    below: int
+    above: int
+    total: float
+    m2: float
+    min: float
+    max: float
+
+    @property
+    def mean(self) -> float | None:
+        return self.total / self.n if self.n else None
+
+    @property
+    def std(self) -> float | None:
+        """Population standard deviation ``sqrt(M2 / n)``."""
+        return math.sqrt(self.m2 / self.n) if self.n else None
+
+
+@dataclass(frozen=True)
+class CategoricalColumn:
+    """Read-only view of one categorical column: vocabulary..., other, unseen."""
+
+    counts: np.ndarray
+    n: int
+    nan: int
 
 
 class CompiledProfile:
@@ -57,23 +99,26 @@ class CompiledProfile:
         self.n_features = len(profile.features)
         numeric = [f for f in profile.features if isinstance(f, NumericReference)]
         categorical = [f for f in profile.features if isinstance(f, CategoricalReference)]
-        self.numeric_cols = np.array(
-            [j for j, f in enumerate(profile.features) if isinstance(f, NumericReference)],
-            dtype=np.intp,
-        )
-        self.categorical_cols = np.array(
-            [j for j, f in enumerate(profile.features) if isinstance(f, CategoricalReference)],
-            dtype=np.intp,
-        )
+        kinds = [isinstance(f, NumericReference) for f in profile.features]
+        self.numeric_cols = np.array([j for j, k in enumerate(kinds) if k], dtype=np.intp)
+        self.categorical_cols = np.array([j for j, k in enumerate(kinds) if not k], dtype=np.intp)
         self.all_numeric = not categorical
         self.binner = NumericBinner(numeric)
         self.encoders = [CategoricalEncoder(f) for f in categorical]
         self.out_binner: NumericBinner | None = None
         self.out_encoder: CategoricalEncoder | None = None
+        bins = [f.n_bins for f in numeric]
+        sizes = [f.n_buckets for f in categorical]
+        output = OUTPUT_NONE
         if isinstance(profile.outputs, NumericReference):
             self.out_binner = NumericBinner([profile.outputs])
+            bins.append(profile.outputs.n_bins)
+            output = OUTPUT_NUMERIC
         elif isinstance(profile.outputs, CategoricalReference):
             self.out_encoder = CategoricalEncoder(profile.outputs)
+            sizes.append(profile.outputs.n_buckets)
+            output = OUTPUT_CATEGORICAL
+        self.layout = WindowLayout(tuple(bins), tuple(sizes), output)
 
 
 _COMPILED: OrderedDict[str, CompiledProfile] = OrderedDict()
@@ -90,15 +135,30 @@ def compile_profile(profile: ReferenceProfile) -> CompiledProfile:
     return compiled
 
 
-def _numeric_batch(binner: NumericBinner, x: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Statistics of one batch ``x`` of shape ``(rows, k)`` as NumericBlock.add arguments."""
+@dataclass
+class _NumericBatch:
+    counts: np.ndarray
+    sums: np.ndarray
+    nan: np.ndarray
+    inf: np.ndarray
+    below: np.ndarray
+    above: np.ndarray
+    n: np.ndarray
+    totals: np.ndarray
+    m2: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+def _numeric_batch(binner: NumericBinner, x: np.ndarray) -> _NumericBatch:
+    """Statistics of one batch ``x`` (float64, shape ``(rows, k)``)."""
     finite = np.isfinite(x)
     all_finite = bool(finite.all())
     slots = binner.slots(x)
     if all_finite:
         weights = x
-        nan = inf = np.zeros(binner.k, dtype=np.int64)
         n = np.full(binner.k, x.shape[0], dtype=np.int64)
+        nan = inf = np.zeros(binner.k, dtype=np.int64)
     else:
         slots = np.where(finite, slots, binner.trash)
         weights = np.where(finite, x, 0.0)
@@ -106,35 +166,18 @@ def _numeric_batch(binner: NumericBinner, x: np.ndarray) -> tuple[np.ndarray, ..
         nan = np.isnan(x).sum(axis=0)
         inf = x.shape[0] - n - nan
     flat = slots.ravel()
-    slot_counts = np.bincount(flat, minlength=binner.n_slots)
-    slot_sums = np.bincount(flat, weights=weights.ravel(), minlength=binner.n_slots)
-    counts, below, above = binner.fold(slot_counts)
-    sums, _, _ = binner.fold(slot_sums)
+    counts, below, above = binner.fold(np.bincount(flat, minlength=binner.n_slots))
+    sums, _, _ = binner.fold(np.bincount(flat, weights=weights.ravel(), minlength=binner.n_slots))
     totals = np.add.reduceat(sums, binner.bin_start)
-    mean = safe_mean(totals, n)
-    dev = weights - mean
-    if not all_finite:
+    dev = weights - np.divide(totals, n, out=np.zeros(binner.k), where=n > 0)
+    if all_finite:
+        lo, hi = x.min(axis=0), x.max(axis=0)
+    else:
         dev[~finite] = 0.0
         lo = np.where(finite, x, np.inf).min(axis=0)
         hi = np.where(finite, x, -np.inf).max(axis=0)
-    else:
-        lo, hi = x.min(axis=0), x.max(axis=0)
     m2 = np.einsum("ij,ij->j", dev, dev)
-    return counts, sums, nan, inf, below, above, m2, lo, hi
-
-
-def _categorical_batch(
-    encoders: Sequence[CategoricalEncoder], columns: Sequence[np.ndarray], block: CategoricalBlock
-) -> tuple[np.ndarray, np.ndarray]:
-    counts = np.zeros_like(block.counts)
-    nan = np.zeros_like(block.nan)
-    for j, (enc, col) in enumerate(zip(encoders, columns, strict=True)):
-        buckets = enc.buckets(col)
-        valid = buckets >= 0
-        nan[j] = buckets.size - int(valid.sum())
-        s = int(block.starts[j])
-        counts[s : s + enc.n_buckets] = np.bincount(buckets[valid], minlength=enc.n_buckets)
-    return counts, nan
+    return _NumericBatch(counts, sums, nan, inf, below, above, n, totals, m2, lo, hi)
 
 
 class WindowStats:
@@ -143,10 +186,12 @@ class WindowStats:
     def __init__(
         self,
         profile_id: str,
-        numeric: NumericBlock,
-        categorical: CategoricalBlock,
-        output_numeric: NumericBlock,
-        output_categorical: CategoricalBlock,
+        layout: WindowLayout,
+        ints: np.ndarray,
+        adds: np.ndarray,
+        m2: np.ndarray,
+        mins: np.ndarray,
+        maxs: np.ndarray,
         *,
         rows: int = 0,
         output_rows: int = 0,
@@ -154,13 +199,22 @@ class WindowStats:
         end_s: float | None = None,
         compiled: CompiledProfile | None = None,
     ) -> None:
-        if output_numeric.k + output_categorical.k > 1:
-            raise DriftError("a window has at most one output column")
+        k = layout.k_num
+        if (
+            ints.shape != (layout.n_ints,)
+            or adds.shape != (layout.n_adds,)
+            or m2.shape != (k,)
+            or mins.shape != (k,)
+            or maxs.shape != (k,)
+        ):
+            raise DriftError("window arrays do not match the layout")
         self.profile_id = profile_id
-        self.numeric = numeric
-        self.categorical = categorical
-        self.output_numeric = output_numeric
-        self.output_categorical = output_categorical
+        self.layout = layout
+        self.ints = ints
+        self.adds = adds
+        self.m2 = m2
+        self.mins = mins
+        self.maxs = maxs
         self.rows = rows
         self.output_rows = output_rows
         self.start_s = start_s
@@ -169,23 +223,35 @@ class WindowStats:
 
     # construction -----------------------------------------------------------------
     @classmethod
+    def zeros(
+        cls,
+        profile_id: str,
+        layout: WindowLayout,
+        start_s: float | None = None,
+        end_s: float | None = None,
+    ) -> WindowStats:
+        k = layout.k_num
+        return cls(
+            profile_id,
+            layout,
+            np.zeros(layout.n_ints, dtype=np.int64),
+            np.zeros(layout.n_adds, dtype=np.float64),
+            np.zeros(k, dtype=np.float64),
+            np.full(k, np.inf),
+            np.full(k, -np.inf),
+            start_s=start_s,
+            end_s=end_s,
+        )
+
+    @classmethod
     def empty(
         cls, profile: ReferenceProfile, start_s: float | None = None, end_s: float | None = None
     ) -> WindowStats:
+        """A window with nothing in it, ready for :meth:`update`."""
         compiled = compile_profile(profile)
-        out = profile.outputs
-        return cls(
-            profile.profile_id,
-            NumericBlock.empty(compiled.binner.bins),
-            CategoricalBlock.empty([e.n_buckets for e in compiled.encoders]),
-            NumericBlock.empty([out.n_bins] if isinstance(out, NumericReference) else []),
-            CategoricalBlock.empty(
-                [out.n_buckets] if isinstance(out, CategoricalReference) else []
-            ),
-            start_s=start_s,
-            end_s=end_s,
-            compiled=compiled,
-        )
+        window = cls.zeros(profile.profile_id, compiled.layout, start_s, end_s)
+        window._compiled = compiled
+        return window
 
     def attach(self, profile: ReferenceProfile) -> WindowStats:
         """Attach ``profile`` so a decoded window can take more updates."""
@@ -194,7 +260,10 @@ class WindowStats:
                 f"window was built for profile {self.profile_id[:12]}, "
                 f"not {profile.profile_id[:12]}"
             )
-        self._compiled = compile_profile(profile)
+        compiled = compile_profile(profile)
+        if compiled.layout != self.layout:
+            raise DriftError("window layout does not match its profile")
+        self._compiled = compiled
         return self
 
     @property
@@ -204,32 +273,103 @@ class WindowStats:
 
     @property
     def has_outputs(self) -> bool:
-        return self.output_numeric.k + self.output_categorical.k == 1
+        return self.layout.output != OUTPUT_NONE
 
+    # column views -----------------------------------------------------------------
+    def numeric_column(self, column: int) -> NumericColumn:
+        """Numeric column ``column`` (numeric features in order, then a score output)."""
+        lay = self.layout
+        ints = self.ints
+
+        def at(s: slice) -> int:
+            return int(ints[s.start + column])
+
+        return NumericColumn(
+            counts=ints[lay.bin_range(column)],
+            sums=self.adds[lay.bin_range(column)],
+            n=at(lay.n),
+            nan=at(lay.nan),
+            inf=at(lay.inf),
+            below=at(lay.below),
+            above=at(lay.above),
+            total=float(self.adds[lay.totals.start + column]),
+            m2=float(self.m2[column]),
+            min=float(self.mins[column]),
+            max=float(self.maxs[column]),
+        )
+
+    def categorical_column(self, column: int) -> CategoricalColumn:
+        """Categorical column ``column`` (categorical features, then a class output)."""
+        counts = self.ints[self.layout.bucket_range(column)]
+        return CategoricalColumn(
+            counts=counts,
+            n=int(counts.sum()),
+            nan=int(self.ints[self.layout.cat_nan.start + column]),
+        )
+
+    def output_column(self) -> NumericColumn | CategoricalColumn | None:
+        if self.layout.output == OUTPUT_NUMERIC:
+            return self.numeric_column(self.layout.k_num - 1)
+        if self.layout.output == OUTPUT_CATEGORICAL:
+            return self.categorical_column(self.layout.k_cat - 1)
+        return None
+
+    # updates ----------------------------------------------------------------------
     def _require_compiled(self) -> CompiledProfile:
         if self._compiled is None:
             raise DriftError("this window has no profile attached; call attach(profile) first")
         return self._compiled
 
-    # updates ----------------------------------------------------------------------
+    def _fold_numeric(self, first: int, b: _NumericBatch) -> None:
+        lay = self.layout
+        k = b.n.size
+        start = int(lay.bin_starts[first])
+        bins = slice(start, start + b.counts.size)
+
+        def cols(s: slice) -> slice:
+            return slice(s.start + first, s.start + first + k)
+
+        n_a = self.ints[cols(lay.n)].astype(np.float64)
+        t_a = self.adds[cols(lay.totals)]
+        self.m2[first : first + k] = merge_m2(
+            n_a, t_a, self.m2[first : first + k], b.n.astype(np.float64), b.totals, b.m2
+        )
+        self.ints[bins] += b.counts
+        self.ints[cols(lay.nan)] += b.nan
+        self.ints[cols(lay.inf)] += b.inf
+        self.ints[cols(lay.below)] += b.below
+        self.ints[cols(lay.above)] += b.above
+        self.ints[cols(lay.n)] += b.n
+        self.adds[bins] += b.sums
+        _refresh_totals(lay, self.adds)
+        np.minimum(self.mins[first : first + k], b.lo, out=self.mins[first : first + k])
+        np.maximum(self.maxs[first : first + k], b.hi, out=self.maxs[first : first + k])
+
+    def _fold_categorical(
+        self, column: int, encoder: CategoricalEncoder, values: np.ndarray
+    ) -> None:
+        buckets = encoder.buckets(values)
+        valid = buckets >= 0
+        self.ints[self.layout.bucket_range(column)] += np.bincount(
+            buckets[valid], minlength=encoder.n_buckets
+        )
+        self.ints[self.layout.cat_nan.start + column] += buckets.size - int(valid.sum())
+
     def update(self, X: np.ndarray) -> None:
         """Fold a batch of inputs (2-D, one row per request, profile column order)."""
         c = self._require_compiled()
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != c.n_features:
             raise DriftError(f"expected a batch of shape (rows, {c.n_features}), got {X.shape}")
-        if X.shape[0] == 0:
-            return
         if X.dtype.kind not in "fiub":
             raise DriftError(f"inputs must be numeric, got dtype {X.dtype}")
+        if X.shape[0] == 0:
+            return
         if c.binner.k:
             xn = X if c.all_numeric else X[:, c.numeric_cols]
-            self.numeric.add(*_numeric_batch(c.binner, np.asarray(xn, dtype=np.float64)))
-        if c.encoders:
-            cols = [X[:, j] for j in c.categorical_cols]
-            counts, nan = _categorical_batch(c.encoders, cols, self.categorical)
-            self.categorical.counts += counts
-            self.categorical.nan += nan
+            self._fold_numeric(0, _numeric_batch(c.binner, np.asarray(xn, dtype=np.float64)))
+        for j, (col, encoder) in enumerate(zip(c.categorical_cols, c.encoders, strict=True)):
+            self._fold_categorical(j, encoder, X[:, col])
         self.rows += int(X.shape[0])
 
     def update_outputs(self, y: np.ndarray) -> None:
@@ -241,16 +381,14 @@ class WindowStats:
         if c.out_binner is not None:
             if y.dtype.kind not in "fiub":
                 raise DriftError(f"score outputs must be numeric, got dtype {y.dtype}")
-            x = np.asarray(y, dtype=np.float64).reshape(-1, 1)
-            if x.shape[0]:
-                self.output_numeric.add(*_numeric_batch(c.out_binner, x))
+            if y.size:
+                x = np.asarray(y, dtype=np.float64).reshape(-1, 1)
+                self._fold_numeric(self.layout.k_num - 1, _numeric_batch(c.out_binner, x))
         elif c.out_encoder is not None:
-            counts, nan = _categorical_batch([c.out_encoder], [y], self.output_categorical)
-            self.output_categorical.counts += counts
-            self.output_categorical.nan += nan
+            self._fold_categorical(self.layout.k_cat - 1, c.out_encoder, y)
         else:
             raise DriftError("the reference profile has no output profile")
-        self.output_rows += int(y.shape[0])
+        self.output_rows += int(y.size)
 
     # merging ----------------------------------------------------------------------
     def _check_mergeable(self, other: WindowStats) -> None:
@@ -259,16 +397,32 @@ class WindowStats:
                 f"cannot merge windows of profiles {self.profile_id[:12]} "
                 f"and {other.profile_id[:12]}"
             )
+        if other.layout is not self.layout and other.layout != self.layout:
+            raise DriftError("windows of the same profile have different layouts (corrupt?)")
 
     def merge(self, other: WindowStats) -> WindowStats:
         """A new window summarising both (neither input changes)."""
         self._check_mergeable(other)
+        lay = self.layout
+        n_slice, t_slice = lay.n, lay.totals
+        m2 = merge_m2(
+            self.ints[n_slice].astype(np.float64),
+            self.adds[t_slice],
+            self.m2,
+            other.ints[n_slice].astype(np.float64),
+            other.adds[t_slice],
+            other.m2,
+        )
+        adds = self.adds + other.adds
+        _refresh_totals(lay, adds)
         return WindowStats(
             self.profile_id,
-            self.numeric.merged(other.numeric),
-            self.categorical.merged(other.categorical),
-            self.output_numeric.merged(other.output_numeric),
-            self.output_categorical.merged(other.output_categorical),
+            lay,
+            self.ints + other.ints,
+            adds,
+            m2,
+            np.minimum(self.mins, other.mins),
+            np.maximum(self.maxs, other.maxs),
             rows=self.rows + other.rows,
             output_rows=self.output_rows + other.output_rows,
             start_s=_earliest(self.start_s, other.start_s),
@@ -278,20 +432,32 @@ class WindowStats:
 
     @classmethod
     def merge_all(cls, windows: Sequence[WindowStats]) -> WindowStats:
-        """Merge many windows at once (vectorised; same result as chained ``merge``)."""
+        """Merge many windows at once (vectorised; equals chained :meth:`merge`)."""
         if not windows:
             raise DriftError("nothing to merge")
         first = windows[0]
         for w in windows[1:]:
             first._check_mergeable(w)
+        lay = first.layout
+        ints = np.stack([w.ints for w in windows])
+        adds = np.stack([w.adds for w in windows])
+        m2 = merge_m2_many(
+            ints[:, lay.n].astype(np.float64),
+            adds[:, lay.totals],
+            np.stack([w.m2 for w in windows]),
+        )
         starts = [w.start_s for w in windows if w.start_s is not None]
         ends = [w.end_s for w in windows if w.end_s is not None]
+        total_adds = adds.sum(axis=0)
+        _refresh_totals(lay, total_adds)
         return cls(
             first.profile_id,
-            NumericBlock.merge_all([w.numeric for w in windows]),
-            CategoricalBlock.merge_all([w.categorical for w in windows]),
-            NumericBlock.merge_all([w.output_numeric for w in windows]),
-            CategoricalBlock.merge_all([w.output_categorical for w in windows]),
+            lay,
+            ints.sum(axis=0),
+            total_adds,
+            m2,
+            np.stack([w.mins for w in windows]).min(axis=0),
+            np.stack([w.maxs for w in windows]).max(axis=0),
             rows=sum(w.rows for w in windows),
             output_rows=sum(w.output_rows for w in windows),
             start_s=min(starts) if starts else None,
@@ -302,15 +468,34 @@ class WindowStats:
     def copy(self) -> WindowStats:
         return WindowStats(
             self.profile_id,
-            self.numeric.copy(),
-            self.categorical.copy(),
-            self.output_numeric.copy(),
-            self.output_categorical.copy(),
+            self.layout,
+            self.ints.copy(),
+            self.adds.copy(),
+            self.m2.copy(),
+            self.mins.copy(),
+            self.maxs.copy(),
             rows=self.rows,
             output_rows=self.output_rows,
             start_s=self.start_s,
             end_s=self.end_s,
             compiled=self._compiled,
+        )
+
+    def same_as(self, other: WindowStats) -> bool:
+        """Bit-for-bit equality of every statistic (used by tests and the codec)."""
+        return (
+            self.profile_id == other.profile_id
+            and self.layout == other.layout
+            and (self.rows, self.output_rows) == (other.rows, other.output_rows)
+            and (self.start_s, self.end_s) == (other.start_s, other.end_s)
+            and all(
+                np.array_equal(a, b)
+                for a, b in zip(
+                    (self.ints, self.adds, self.m2, self.mins, self.maxs),
+                    (other.ints, other.adds, other.m2, other.mins, other.maxs),
+                    strict=True,
+                )
+            )
         )
 
     # wire -------------------------------------------------------------------------
@@ -333,9 +518,15 @@ class WindowStats:
     def __repr__(self) -> str:
         return (
             f"WindowStats(profile_id={self.profile_id[:12]!r}, n={self.rows}, "
-            f"numeric={self.numeric.k}, categorical={self.categorical.k}, "
-            f"outputs={self.output_rows}, start_s={self.start_s}, end_s={self.end_s})"
+            f"numeric={self.layout.k_num}, categorical={self.layout.k_cat}, "
+            f"output={self.layout.output}, start_s={self.start_s}, end_s={self.end_s})"
         )
+
+
+def _refresh_totals(layout: WindowLayout, adds: np.ndarray) -> None:
+    """Keep the invariant ``totals == per-column sum of bin sums`` bit for bit."""
+    if layout.k_num:
+        adds[layout.totals] = np.add.reduceat(adds[layout.sums], layout.bin_starts)
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:
@@ -354,7 +545,5 @@ def coarsen(windows: Sequence[WindowStats], factor: int) -> list[WindowStats]:
     """
     if factor < 1:
         raise DriftError("factor must be at least 1")
-    ordered = sorted(
-        windows, key=lambda w: (w.start_s is not None, w.start_s if w.start_s is not None else 0.0)
-    )
+    ordered = sorted(windows, key=lambda w: (w.start_s is not None, w.start_s or 0.0))
     return [WindowStats.merge_all(ordered[i : i + factor]) for i in range(0, len(ordered), factor)]

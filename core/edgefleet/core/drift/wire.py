@@ -3,83 +3,84 @@
 Layout (all little-endian)::
 
     magic "EFDW" | version u8 (=1) | flags u8 (bit 0: start_s, bit 1: end_s)
+    output u8 (0 none, 1 score/numeric, 2 class/categorical)
     profile_id   32 raw bytes (the SHA-256 behind the hex id)
     [start_s f64] [end_s f64]
-    U(6)         rows, output_rows, k_numeric, k_categorical, k_out_numeric, k_out_categorical
-    U(k_num)     bins per numeric feature        U(k_cat) buckets per categorical feature
-    U(k_on)      bins of a score output          U(k_oc)  buckets of a class output
-    numeric block (features), categorical block (features), numeric block (output),
-    categorical block (output)
-
-    numeric block:      U(sum bins) counts | U(4k) nan, inf, below, above | F(...) floats
-    categorical block:  U(sum buckets) counts | U(k) nan
+    U(4)          rows, output_rows, k_num, k_cat
+    U(k_num)      bins per numeric column        U(k_cat)  buckets per categorical column
+    U(sum bins)   bin counts                     U(sum buckets)  bucket counts
+    U(4 k_num)    nan, inf, below, above per numeric column
+    U(k_cat)      NaN/None per categorical column
+    F(...)        sums of non-empty bins, then m2, min, max of non-empty numeric columns
 
 ``U(m)`` is an unsigned-integer section: one width byte ``w`` in {0, 1, 2, 4, 8}
-then ``m`` integers of ``w`` bytes, ``w`` being the smallest width holding the
-largest value (``w = 0`` means all zero and costs nothing). ``F`` is a float
-section over ``sums`` of non-empty bins, then ``m2``, ``min``, ``max`` of
-non-empty columns: a bitmap (1 bit per value) marks values that are exactly
-representable as float32; those take 4 bytes, the rest 8. Empty bins and empty
-columns cost no float bytes (their sums are 0, min/max are ±inf).
+then ``m`` integers of ``w`` bytes, ``w`` being the smallest width that holds
+the largest value (``w = 0``: all zero, no bytes). ``F`` is a float section: a
+bitmap with one bit per value marking those exactly representable as float32
+(they take 4 bytes), the others take 8. Empty bins and empty columns cost no
+float bytes (their sums are 0, min/max are +-inf). Per-column finite counts
+and totals are recomputed from the bins on decode.
 
-Decoding reproduces every count and float bit for bit, so merging decoded
-windows equals merging the originals. For a numeric feature with 20 bins and
-float32 inputs this is about 200 bytes (20 one-byte counts while bins hold
-< 256 values, 20 sums × 8, M2 × 8, min and max × 4, 3 bytes of bitmap, one
-layout byte); docs/drift.md has measured figures.
+Decoding reproduces every count and every float bit for bit, so merging
+decoded windows equals merging the originals. A numeric feature with 20 bins
+and float32 inputs costs about 204 bytes in a 1,000-row window (one-byte
+counts) and 224 bytes at 10,000 rows (two-byte counts); see docs/drift.md.
 """
 
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 
-from edgefleet.core.drift.blocks import CategoricalBlock, NumericBlock
+from edgefleet.core.drift.layout import (
+    OUTPUT_CATEGORICAL,
+    OUTPUT_NONE,
+    OUTPUT_NUMERIC,
+    WindowLayout,
+)
 from edgefleet.core.drift.window import WindowStats
 from edgefleet.core.errors import DriftError
 
 MAGIC = b"EFDW"
 VERSION = 1
-_WIDTHS = {0: None, 1: "<u1", 2: "<u2", 4: "<u4", 8: "<u8"}
+_HEAD = struct.Struct("<4sBBB32s")
+_F64 = struct.Struct("<d")
+_DTYPES: dict[int, np.dtype[Any]] = {
+    1: np.dtype("<u1"),
+    2: np.dtype("<u2"),
+    4: np.dtype("<u4"),
+    8: np.dtype("<u8"),
+}
+_OUTPUT_CODES = {OUTPUT_NONE: 0, OUTPUT_NUMERIC: 1, OUTPUT_CATEGORICAL: 2}
+_OUTPUT_NAMES = {v: k for k, v in _OUTPUT_CODES.items()}
+# Bounds from ReferenceProfile.build (n_bins <= 255, max_categories <= 1024): a
+# forged layout cannot make the decoder allocate much more than the message.
+_MAX_BINS, _MAX_BUCKETS = 256, 1026
+_LAYOUTS: OrderedDict[tuple[bytes, bytes, str], WindowLayout] = OrderedDict()
 
 
 def _put_uints(out: bytearray, values: np.ndarray) -> None:
     top = int(values.max()) if values.size else 0
     if values.size and int(values.min()) < 0:
         raise DriftError("negative count in window statistics")
-    width = (
-        0 if top == 0 else 1 if top < 1 << 8 else 2 if top < 1 << 16 else 4 if top < 1 << 32 else 8
-    )
+    if top == 0:
+        out.append(0)
+        return
+    width = 1 if top < 1 << 8 else 2 if top < 1 << 16 else 4 if top < 1 << 32 else 8
     out.append(width)
-    dtype = _WIDTHS[width]
-    if dtype is not None:
-        out += values.astype(dtype).tobytes()
+    out += values.astype(_DTYPES[width]).tobytes()
 
 
 def _put_floats(out: bytearray, values: np.ndarray) -> None:
-    as32 = values.astype(np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 range simply stay float64
+        as32 = values.astype(np.float32)
     exact = as32.astype(np.float64) == values
     out += np.packbits(exact, bitorder="little").tobytes()
     out += as32[exact].astype("<f4").tobytes()
     out += values[~exact].astype("<f8").tobytes()
-
-
-def _put_numeric(out: bytearray, block: NumericBlock) -> None:
-    _put_uints(out, block.counts)
-    _put_uints(out, np.concatenate([block.nan, block.inf, block.below, block.above]))
-    filled = block.n() > 0
-    _put_floats(
-        out,
-        np.concatenate(
-            [block.sums[block.counts > 0], block.m2[filled], block.min[filled], block.max[filled]]
-        ),
-    )
-
-
-def _put_categorical(out: bytearray, block: CategoricalBlock) -> None:
-    _put_uints(out, block.counts)
-    _put_uints(out, block.nan)
 
 
 def encode_window(w: WindowStats) -> bytes:
@@ -89,127 +90,185 @@ def encode_window(w: WindowStats) -> bytes:
         raise DriftError("profile_id is not a hex SHA-256") from e
     if len(pid) != 32:
         raise DriftError("profile_id is not a hex SHA-256")
+    lay = w.layout
     flags = (w.start_s is not None) | (w.end_s is not None) << 1
-    out = bytearray(MAGIC)
-    out += bytes((VERSION, flags))
-    out += pid
+    out = bytearray(_HEAD.pack(MAGIC, VERSION, flags, _OUTPUT_CODES[lay.output], pid))
     if w.start_s is not None:
-        out += struct.pack("<d", w.start_s)
+        out += _F64.pack(w.start_s)
     if w.end_s is not None:
-        out += struct.pack("<d", w.end_s)
-    header = [w.rows, w.output_rows, w.numeric.k, w.categorical.k]
-    header += [w.output_numeric.k, w.output_categorical.k]
-    _put_uints(out, np.array(header, dtype=np.int64))
-    for layout in (w.numeric.bins, w.categorical.sizes, w.output_numeric.bins):
-        _put_uints(out, layout)
-    _put_uints(out, w.output_categorical.sizes)
-    _put_numeric(out, w.numeric)
-    _put_categorical(out, w.categorical)
-    _put_numeric(out, w.output_numeric)
-    _put_categorical(out, w.output_categorical)
+        out += _F64.pack(w.end_s)
+    _put_uints(out, np.array([w.rows, w.output_rows, lay.k_num, lay.k_cat], dtype=np.int64))
+    _put_uints(out, np.array(lay.bins, dtype=np.int64))
+    _put_uints(out, np.array(lay.sizes, dtype=np.int64))
+    ints = w.ints
+    counts = ints[lay.counts]
+    _put_uints(out, counts)
+    _put_uints(out, ints[lay.buckets])
+    _put_uints(out, ints[lay.nan.start : lay.above.stop])
+    _put_uints(out, ints[lay.cat_nan])
+    filled = ints[lay.n] > 0
+    floats = (w.adds[lay.sums][counts > 0], w.m2[filled], w.mins[filled], w.maxs[filled])
+    _put_floats(out, np.concatenate(floats))
     return bytes(out)
 
 
 class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data = memoryview(data)
-        self.pos = 0
+    """Cursor over the message; numpy reads straight from it (no slicing copies)."""
 
-    def take(self, n: int) -> memoryview:
-        if n < 0 or self.pos + n > len(self.data):
+    def __init__(self, data: bytes, pos: int) -> None:
+        self.data = data
+        self.pos = pos
+
+    def skip(self, n: int) -> int:
+        start, end = self.pos, self.pos + n
+        if n < 0 or end > len(self.data):
             raise DriftError("malformed window: truncated")
-        chunk = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return chunk
+        self.pos = end
+        return start
+
+    def array(self, dtype: np.dtype[Any] | str, count: int) -> np.ndarray:
+        dt = np.dtype(dtype)
+        start = self.skip(count * dt.itemsize)
+        return np.frombuffer(self.data, dtype=dt, count=count, offset=start)
+
+    def raw_uints(self, count: int) -> tuple[int, bytes]:
+        width = self.data[self.skip(1)]
+        if width == 0:
+            return 0, b""
+        if width not in _DTYPES:
+            raise DriftError(f"malformed window: bad integer width {width}")
+        start = self.skip(count * width)
+        return width, self.data[start : self.pos]
 
     def uints(self, count: int) -> np.ndarray:
-        width = self.take(1)[0]
-        if width not in _WIDTHS:
-            raise DriftError(f"malformed window: bad integer width {width}")
-        dtype = _WIDTHS[width]
-        if dtype is None:
+        width = self.data[self.skip(1)]
+        if width == 0:
             return np.zeros(count, dtype=np.int64)
-        raw = np.frombuffer(self.take(count * width), dtype=dtype)
-        if width == 8 and raw.size and int(raw.max()) >= 1 << 62:
+        if width not in _DTYPES:
+            raise DriftError(f"malformed window: bad integer width {width}")
+        values = self.array(_DTYPES[width], count)
+        if width == 8 and count and int(values.max()) >= 1 << 62:
             raise DriftError("malformed window: count out of range")
-        return raw.astype(np.int64)
+        return values.astype(np.int64)
 
     def floats(self, count: int) -> np.ndarray:
-        nbytes = (count + 7) // 8
-        packed = np.frombuffer(self.take(nbytes), dtype=np.uint8)
+        packed = self.array("u1", (count + 7) // 8).astype(np.uint8, copy=False)
         bits = np.unpackbits(packed, bitorder="little")
         if bits[count:].any():
-            raise DriftError("malformed window: stray bits in float bitmap")
-        exact = bits[:count].astype(bool)
-        n32 = int(exact.sum())
+            raise DriftError("malformed window: stray bits in the float bitmap")
+        exact = bits[:count].view(bool)
+        n32 = int(np.count_nonzero(exact))
         values = np.empty(count, dtype=np.float64)
-        values[exact] = np.frombuffer(self.take(4 * n32), dtype="<f4")
-        values[~exact] = np.frombuffer(self.take(8 * (count - n32)), dtype="<f8")
+        values[exact] = self.array("<f4", n32)
+        values[~exact] = self.array("<f8", count - n32)
         if np.isnan(values).any():
             raise DriftError("malformed window: NaN statistic")
         return values
 
 
-def _read_numeric(r: _Reader, bins: np.ndarray) -> NumericBlock:
-    block = NumericBlock.empty(bins)
-    k = block.k
-    block.counts = r.uints(int(bins.sum()))
-    small = r.uints(4 * k)
-    block.nan, block.inf, block.below, block.above = (small[i * k : (i + 1) * k] for i in range(4))
-    filled = block.n() > 0
-    nonempty = block.counts > 0
-    m = int(filled.sum())
-    values = r.floats(int(nonempty.sum()) + 3 * m)
-    s = int(nonempty.sum())
-    block.sums[nonempty] = values[:s]
-    block.m2[filled] = values[s : s + m]
-    block.min[filled] = values[s + m : s + 2 * m]
-    block.max[filled] = values[s + 2 * m :]
-    if (block.m2 < 0).any() or (block.min[filled] > block.max[filled]).any():
-        raise DriftError("malformed window: inconsistent moments")
-    return block
+def _layout(r: _Reader, k_num: int, k_cat: int, output: str) -> WindowLayout:
+    bin_width, bin_raw = r.raw_uints(k_num)
+    size_width, size_raw = r.raw_uints(k_cat)
+    key = (bytes((bin_width,)) + bin_raw, bytes((size_width,)) + size_raw, output)
+    layout = _LAYOUTS.get(key)
+    if layout is not None:
+        return layout
+    bins = np.frombuffer(bin_raw, dtype=_DTYPES[bin_width]) if bin_width else np.zeros(k_num)
+    sizes = np.frombuffer(size_raw, dtype=_DTYPES[size_width]) if size_width else np.zeros(k_cat)
+    if ((bins < 1) | (bins > _MAX_BINS)).any() or ((sizes < 2) | (sizes > _MAX_BUCKETS)).any():
+        raise DriftError("malformed window: bad layout")
+    layout = WindowLayout(tuple(int(b) for b in bins), tuple(int(s) for s in sizes), output)
+    _LAYOUTS[key] = layout
+    while len(_LAYOUTS) > 64:
+        _LAYOUTS.popitem(last=False)
+    return layout
 
 
-def _read_categorical(r: _Reader, sizes: np.ndarray) -> CategoricalBlock:
-    counts = r.uints(int(sizes.sum()))
-    return CategoricalBlock(sizes, counts, r.uints(sizes.size))
+def _check_totals(
+    lay: WindowLayout,
+    rows: int,
+    output_rows: int,
+    counts: np.ndarray,
+    buckets: np.ndarray,
+    small: np.ndarray,
+    n: np.ndarray,
+    cat_nan: np.ndarray,
+) -> None:
+    """Every row is counted exactly once per column; below/above sit inside the outer bins."""
+    k = lay.k_num
+    nan, inf, below, above = small[:k], small[k : 2 * k], small[2 * k : 3 * k], small[3 * k :]
+    seen = n + nan + inf
+    expected = np.full(k, rows, dtype=np.int64)
+    if lay.output == OUTPUT_NUMERIC:
+        expected[-1] = output_rows
+    if k and (
+        not np.array_equal(seen, expected)
+        or (below > counts[lay.bin_starts]).any()
+        or (above > counts[lay.bin_starts + np.array(lay.bins) - 1]).any()
+    ):
+        raise DriftError("malformed window: numeric counts do not add up")
+    if lay.k_cat:
+        seen = np.add.reduceat(buckets, lay.bucket_starts) + cat_nan
+        expected = np.full(lay.k_cat, rows, dtype=np.int64)
+        if lay.output == OUTPUT_CATEGORICAL:
+            expected[-1] = output_rows
+        if not np.array_equal(seen, expected):
+            raise DriftError("malformed window: categorical counts do not add up")
 
 
-def decode_window(data: bytes) -> WindowStats:
+def decode_window(data: bytes | bytearray | memoryview) -> WindowStats:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise DriftError("window bytes expected")
-    r = _Reader(bytes(data))
-    if bytes(r.take(4)) != MAGIC:
+    data = bytes(data)
+    if len(data) < _HEAD.size:
+        raise DriftError("malformed window: truncated")
+    magic, version, flags, output_code, pid = _HEAD.unpack_from(data)
+    if magic != MAGIC:
         raise DriftError("not a drift window (bad magic)")
-    version, flags = r.take(2)
     if version != VERSION:
         raise DriftError(f"unsupported drift window version {version}")
-    if flags & ~0b11:
+    if flags & ~0b11 or output_code not in _OUTPUT_NAMES:
         raise DriftError("malformed window: unknown flags")
-    profile_id = bytes(r.take(32)).hex()
-    start_s = struct.unpack("<d", r.take(8))[0] if flags & 1 else None
-    end_s = struct.unpack("<d", r.take(8))[0] if flags & 2 else None
-    rows, output_rows, k_num, k_cat, k_on, k_oc = (int(v) for v in r.uints(6))
-    if k_num + k_cat > len(data) or k_on + k_oc > 1:
-        raise DriftError("malformed window: bad layout")
-    bins, sizes, out_bins, out_sizes = r.uints(k_num), r.uints(k_cat), r.uints(k_on), r.uints(k_oc)
-    # Bounds from ReferenceProfile.build (n_bins <= 255, max_categories <= 1024) keep a
-    # forged layout from allocating more than ~1000 counts per byte received.
-    if ((bins < 1) | (bins > 256)).any() or ((out_bins < 1) | (out_bins > 256)).any():
-        raise DriftError("malformed window: bad bin layout")
-    if ((sizes < 2) | (sizes > 1026)).any() or ((out_sizes < 2) | (out_sizes > 1026)).any():
-        raise DriftError("malformed window: bad bucket layout")
-    window = WindowStats(
-        profile_id,
-        _read_numeric(r, bins),
-        _read_categorical(r, sizes),
-        _read_numeric(r, out_bins),
-        _read_categorical(r, out_sizes),
+    r = _Reader(data, _HEAD.size)
+    start_s = _F64.unpack_from(data, r.skip(8))[0] if flags & 1 else None
+    end_s = _F64.unpack_from(data, r.skip(8))[0] if flags & 2 else None
+    rows, output_rows, k_num, k_cat = (int(v) for v in r.uints(4))
+    if k_num + k_cat > len(data):
+        raise DriftError("malformed window: more columns than bytes")
+    lay = _layout(r, k_num, k_cat, _OUTPUT_NAMES[output_code])
+    counts = r.uints(lay.n_bins)
+    buckets = r.uints(lay.n_buckets)
+    small = r.uints(4 * k_num)
+    cat_nan = r.uints(k_cat)
+    n = np.add.reduceat(counts, lay.bin_starts) if k_num else np.zeros(0, dtype=np.int64)
+    nonempty = counts > 0
+    filled = n > 0
+    s, m = int(np.count_nonzero(nonempty)), int(np.count_nonzero(filled))
+    floats = r.floats(s + 3 * m)
+    if r.pos != len(data):
+        raise DriftError("malformed window: trailing bytes")
+    sums = np.zeros(lay.n_bins)
+    sums[nonempty] = floats[:s]
+    m2 = np.zeros(k_num)
+    mins = np.full(k_num, np.inf)
+    maxs = np.full(k_num, -np.inf)
+    m2[filled] = floats[s : s + m]
+    mins[filled] = floats[s + m : s + 2 * m]
+    maxs[filled] = floats[s + 2 * m :]
+    if (m2 < 0).any() or (mins[filled] > maxs[filled]).any():
+        raise DriftError("malformed window: inconsistent moments")
+    _check_totals(lay, rows, output_rows, counts, buckets, small, n, cat_nan)
+    totals = np.add.reduceat(sums, lay.bin_starts) if k_num else np.zeros(0)
+    return WindowStats(
+        pid.hex(),
+        lay,
+        np.concatenate((counts, buckets, small, n, cat_nan)),
+        np.concatenate((sums, totals)),
+        m2,
+        mins,
+        maxs,
         rows=rows,
         output_rows=output_rows,
         start_s=start_s,
         end_s=end_s,
     )
-    if r.pos != len(r.data):
-        raise DriftError("malformed window: trailing bytes")
-    return window
