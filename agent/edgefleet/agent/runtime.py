@@ -16,17 +16,18 @@ Invariants:
 - Input problems raise :class:`InputSchemaError` (``kind`` says which rule);
   a model onnxruntime cannot load or whose graph disagrees with the io schema
   raises :class:`ModelLoadError`. onnxruntime's own exceptions never escape.
-- Prediction ids are unique per process with overwhelming probability: a random
-  8-character prefix per loaded model plus a counter, e.g. ``k3j9x2qa1f``.
+- Prediction ids are unique with overwhelming probability: a random
+  8-character prefix per loaded model, a per-call counter, and for batches a
+  row suffix: ``k3j9x2qa1f`` (one row), ``k3j9x2qa20_0``, ``k3j9x2qa20_1``...
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,13 @@ import numpy as np
 import onnxruntime as ort
 
 from edgefleet.agent.errors import InputSchemaError, ModelLoadError
-from edgefleet.agent.runtime_schema import ORT_TYPES, ModelSchema, coerce_input
+from edgefleet.agent.runtime_schema import (
+    ORT_TYPES,
+    ModelSchema,
+    all_finite,
+    coerce_input,
+    non_finite_error,
+)
 from edgefleet.core.errors import BundleError
 
 if TYPE_CHECKING:
@@ -206,26 +213,42 @@ class LoadedModel:
         # public method if a future onnxruntime renames it.
         inner = getattr(session, "_sess", None)
         self._run = inner.run if inner is not None else session.run
+        # Fast-path facts: an array of exactly this dtype, rank 2 and width
+        # needs no conversion, only the finiteness check.
+        self._input_name = self._input.name
+        self._dtype = self._input.dtype
+        self._fast_width = (
+            self._input.n_features if self._input.rank == 2 and self._single_input else None
+        )
+        self._float_input = self._dtype.kind == "f"
         self._id_prefix = _id_prefix()
-        self._id_next = 0
-        self._id_lock = threading.Lock()
+        # next() on itertools.count is atomic under the GIL: ids need no lock.
+        self._id_counter = itertools.count()
 
     @property
     def n_features(self) -> int | None:
         return self._input.n_features
 
     def next_ids(self, n: int) -> list[str]:
-        """``n`` fresh prediction ids."""
-        with self._id_lock:
-            start = self._id_next
-            self._id_next = start + n
-        p = self._id_prefix
+        """``n`` fresh prediction ids: ``<prefix><call>`` for one row, ``..._<row>`` for more."""
+        base = f"{self._id_prefix}{next(self._id_counter):x}"
         if n == 1:
-            return [f"{p}{start:x}"]
-        return [f"{p}{i:x}" for i in range(start, start + n)]
+            return [base]
+        return [f"{base}_{i:x}" for i in range(n)]
 
     def validate(self, X: Any) -> np.ndarray:
         """``X`` checked and converted for the model's single input."""
+        if (
+            type(X) is np.ndarray
+            and X.dtype is self._dtype
+            and X.ndim == 2
+            and X.shape[1] == self._fast_width
+            and X.shape[0]
+            and X.flags.c_contiguous
+        ):
+            if self._check_finite and self._float_input and not all_finite(X):
+                raise non_finite_error(self._input, X)
+            return X
         if not self._single_input:
             raise InputSchemaError(
                 f"model {self.name!r} has inputs {self.input_names}; pass a mapping",
@@ -235,17 +258,16 @@ class LoadedModel:
 
     def predict(self, X: Any) -> Prediction:
         """Run a batch (2-D, or 1-D for one row) through the model's single input."""
-        if not self._single_input:
-            raise InputSchemaError(
-                f"model {self.name!r} has inputs {self.input_names}; pass a mapping",
-                kind="name",
-            )
-        arr = coerce_input(self._input, X, check_finite=self._check_finite)
-        return self._execute({self._input.name: arr}, arr.shape[0])
+        X = self.validate(X)
+        return self.predict_validated(X)
 
     def predict_validated(self, X: np.ndarray) -> Prediction:
         """Like :meth:`predict` for an array that :meth:`validate` already returned."""
-        return self._execute({self._input.name: X}, X.shape[0])
+        try:
+            outputs = self._run(self.output_names, {self._input_name: X}, None)
+        except Exception as e:  # onnxruntime raises its own pybind11 exception types
+            raise self._run_error(e) from e
+        return Prediction(self.name, self.version, outputs, self.next_ids(len(X)), self._roles)
 
     def predict_inputs(self, feeds: Mapping[str, Any]) -> Prediction:
         """Run a batch given as ``{input name: array}`` (models with several inputs)."""
@@ -278,11 +300,14 @@ class LoadedModel:
         try:
             outputs = self._run(self.output_names, feed, None)
         except Exception as e:  # onnxruntime raises its own pybind11 exception types
-            raise ModelLoadError(
-                f"onnxruntime failed to run model {self.name!r} version {self.version}: "
-                f"{_first_line(e)}"
-            ) from e
+            raise self._run_error(e) from e
         return Prediction(self.name, self.version, outputs, self.next_ids(rows), self._roles)
+
+    def _run_error(self, e: BaseException) -> ModelLoadError:
+        return ModelLoadError(
+            f"onnxruntime failed to run model {self.name!r} version {self.version}: "
+            f"{_first_line(e)}"
+        )
 
     def __repr__(self) -> str:
         return f"LoadedModel(name={self.name!r}, version={self.version}, task={self.task!r})"
@@ -326,6 +351,11 @@ def _check_graph_matches_schema(
             raise ModelLoadError(
                 f"model {name!r}: output {out.name!r} is {graph_outputs[out.name]}, not a tensor "
                 "(convert classifiers with zipmap disabled)"
+            )
+        if graph_outputs[out.name] != ORT_TYPES[out.dtype_name]:
+            raise ModelLoadError(
+                f"model {name!r}: output {out.name!r} is {graph_outputs[out.name]} in the graph "
+                f"but {out.dtype_name} in io_schema"
             )
 
 

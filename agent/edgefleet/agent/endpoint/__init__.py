@@ -1,0 +1,15 @@
+"""The local Open Inference Protocol v2 endpoint (DESIGN.md §7).
+
+``EndpointServer(EndpointConfig(...), serving_set, telemetry_sink).start()``
+serves every model of a :class:`~edgefleet.agent.serving.ServingSet` over
+HTTP/1.1 on 127.0.0.1 by default. Layers, outermost first: ``server`` (asyncio
+sockets), ``http11`` (sans-IO framing), ``app`` (routes, auth, jobs), ``oip``
+(JSON <-> numpy), ``metrics`` (Prometheus text).
+"""
+
+from __future__ import annotations
+
+from edgefleet.agent.endpoint.config import EndpointConfig, is_loopback_host
+from edgefleet.agent.endpoint.server import EndpointServer
+
+__all__ = ["EndpointConfig", "EndpointServer", "is_loopback_host"]

@@ -1,0 +1,278 @@
+"""Routing and request handling of the endpoint, independent of sockets.
+
+:meth:`EndpointApp.route` maps a parsed :class:`Request` to either an
+:class:`Outcome` (cheap routes and refusals) or a :class:`Job` (inference and
+feedback: JSON decoding plus model work), which the server runs inline or on a
+worker thread. Routes (DESIGN.md §7, OIP v2 REST)::
+
+    GET  /v2/health/live | /v2/health/ready | /v2
+    GET  /v2/models/{m}[/versions/{v}]            model metadata
+    GET  /v2/models/{m}[/versions/{v}]/ready
+    POST /v2/models/{m}[/versions/{v}]/infer
+    POST /v2/models/{m}[/versions/{v}]/feedback   late labels by prediction id
+    GET  /metrics                                 Prometheus text
+
+Invariants:
+
+- Every refusal is a 4xx with a JSON body ``{"error": "..."}``; a 5xx only
+  means the agent itself failed (onnxruntime failing on validated input, a
+  bug), never a client's input. A job never raises: whatever happens becomes
+  an :class:`Outcome`.
+- With a token configured every route needs ``Authorization: Bearer <token>``
+  (compared in constant time); without one (loopback only) none does.
+- ``Outcome.after`` (metrics and telemetry) runs on the event-loop thread after
+  the response has been written, so accounting never delays an answer.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from edgefleet.agent.endpoint.http11 import Request
+from edgefleet.agent.endpoint.metrics import EndpointMetrics
+from edgefleet.agent.endpoint.oip import (
+    BINARY_REFUSAL,
+    ResponseEncoder,
+    decode_feedback,
+    decode_infer_request,
+    encode_json,
+    model_metadata,
+    run_infer,
+)
+from edgefleet.agent.errors import InputSchemaError, ModelLoadError, ModelNotFoundError
+from edgefleet.agent.runtime import LoadedModel
+from edgefleet.agent.serving import ServingSet
+from edgefleet.agent.telemetry_sink import TelemetrySink
+
+log = logging.getLogger("edgefleet.agent.endpoint")
+
+JSON = b"application/json"
+PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
+SERVER_NAME = "edgefleet-agent"
+EXTENSIONS = ["edgefleet_feedback", "edgefleet_metrics"]
+_MODELS_PREFIX = "/v2/models/"
+_BINARY_MEDIA_TYPES = ("application/octet-stream", "multipart/")
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: int
+    body: bytes
+    content_type: bytes = JSON
+    close: bool = False
+    extra_headers: bytes = b""
+    after: Callable[[], None] | None = None
+
+
+Job = Callable[[], Outcome]
+
+
+def error_body(message: str) -> bytes:
+    return encode_json({"error": message})
+
+
+def error_outcome(status: int, message: str, **kwargs: object) -> Outcome:
+    return Outcome(status, error_body(message), **kwargs)  # type: ignore[arg-type]
+
+
+class EndpointApp:
+    def __init__(
+        self,
+        serving: ServingSet,
+        sink: TelemetrySink,
+        metrics: EndpointMetrics,
+        *,
+        token: str | None,
+        agent_version: str,
+    ) -> None:
+        self.serving = serving
+        self.sink = sink
+        self.metrics = metrics
+        self._auth = f"Bearer {token}".encode() if token else None
+        # One encoder per served model object; dropped with the model after a swap.
+        self._encoders: weakref.WeakKeyDictionary[LoadedModel, ResponseEncoder] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._server_doc = encode_json(
+            {"name": SERVER_NAME, "version": agent_version, "extensions": EXTENSIONS}
+        )
+
+    # --- routing -------------------------------------------------------------
+    def route(self, req: Request) -> Outcome | Job:
+        if self._auth is not None:
+            given = req.headers.get("authorization")
+            if given is None or not hmac.compare_digest(given.encode("latin-1"), self._auth):
+                return error_outcome(
+                    401,
+                    "missing or wrong bearer token",
+                    extra_headers=b'WWW-Authenticate: Bearer realm="edgefleet-agent"\r\n',
+                )
+        target = req.target
+        q = target.find("?")
+        path = target if q < 0 else target[:q]
+        if path.startswith(_MODELS_PREFIX):
+            return self._model_route(req, path[len(_MODELS_PREFIX) :])
+        if path == "/v2/health/live":
+            return self._get_only(req) or Outcome(200, b'{"live":true}')
+        if path == "/v2/health/ready":
+            return self._get_only(req) or self._ready()
+        if path in ("/v2", "/v2/"):
+            return self._get_only(req) or Outcome(200, self._server_doc)
+        if path == "/metrics":
+            return self._get_only(req) or self._metrics()
+        return error_outcome(404, f"no route for {path[:200]}")
+
+    def _get_only(self, req: Request) -> Outcome | None:
+        if req.method == "GET":
+            return None
+        return error_outcome(
+            405, f"{req.method} is not allowed here", extra_headers=b"Allow: GET\r\n"
+        )
+
+    def _ready(self) -> Outcome:
+        if self.serving.ready and len(self.serving):
+            return Outcome(200, b'{"ready":true}')
+        reason = "the agent is starting" if not self.serving.ready else "no model is loaded"
+        return Outcome(503, encode_json({"ready": False, "error": reason}))
+
+    def _metrics(self) -> Outcome:
+        served = [(m.name, m.version) for m in self.serving.snapshot().values()]
+        return Outcome(
+            200, self.metrics.render(served, self.serving.ready), content_type=PROMETHEUS
+        )
+
+    def _model_route(self, req: Request, rest: str) -> Outcome | Job:
+        parts = rest.split("/")
+        name = unquote(parts[0]) if "%" in parts[0] else parts[0]
+        version: str | None = None
+        action = ""
+        if len(parts) >= 3 and parts[1] == "versions":
+            version = parts[2]
+            tail = parts[3:]
+        else:
+            tail = parts[1:]
+        if len(tail) == 1:
+            action = tail[0]
+        elif tail:
+            return error_outcome(404, f"no route for {req.target[:200]}")
+        if not name or (version is not None and not version):
+            return error_outcome(404, f"no route for {req.target[:200]}")
+        if action in ("infer", "feedback"):
+            if req.method != "POST":
+                return error_outcome(
+                    405, f"{req.method} is not allowed here", extra_headers=b"Allow: POST\r\n"
+                )
+        elif action in ("", "ready"):
+            refused = self._get_only(req)
+            if refused is not None:
+                return refused
+        else:
+            return error_outcome(404, f"no route for {req.target[:200]}")
+        try:
+            model = self.serving.get(name, version)
+        except ModelNotFoundError as e:
+            self.metrics.unknown_model_requests += 1
+            return error_outcome(404, str(e))
+        if action == "":
+            return Outcome(200, encode_json(model_metadata(model)))
+        if action == "ready":
+            return Outcome(200, encode_json({"name": model.name, "ready": True}))
+        refusal = _refuse_binary(req)
+        if refusal is not None:
+            return self._refused(model, refusal, "binary")
+        if action == "infer":
+            return lambda: self._infer(model, req.body)
+        return lambda: self._feedback(model, req.body)
+
+    # --- jobs (may run on a worker thread) ----------------------------------------
+    def _infer(self, model: LoadedModel, body: bytes) -> Outcome:
+        try:
+            call = decode_infer_request(body, model)
+            start = time.perf_counter()
+            X, prediction = run_infer(model, call)
+            latency = time.perf_counter() - start
+            encoder = self._encoders.get(model)
+            if encoder is None:
+                encoder = self._encoders[model] = ResponseEncoder(model)
+            payload = encoder.encode(prediction, call)
+        except InputSchemaError as e:
+            return self._refused(model, error_outcome(400, str(e)), e.kind)
+        except ModelLoadError as e:
+            log.error("inference failed: %s", e)
+            return self._refused(model, error_outcome(500, str(e)), "runtime")
+        except Exception as e:  # a bug must cost one request, not the endpoint
+            log.exception("unexpected error while serving model %s", model.name)
+            return self._refused(
+                model, error_outcome(500, f"internal error: {type(e).__name__}"), "runtime"
+            )
+
+        def after() -> None:
+            stats = self.metrics.model(model.name, model.version)
+            stats.requests += 1
+            stats.rows += len(prediction.ids)
+            stats.latency.observe(latency)
+            self.sink.record_inference(
+                model.name, model.version, X, prediction.primary, latency * 1000.0, prediction.ids
+            )
+
+        return Outcome(200, payload, after=after)
+
+    def _feedback(self, model: LoadedModel, body: bytes) -> Outcome:
+        try:
+            items = decode_feedback(body, model)
+        except InputSchemaError as e:
+            return self._refused(model, error_outcome(400, str(e)), e.kind)
+        matched = 0
+        unknown: list[str] = []
+        try:
+            for item in items:
+                if self.sink.record_feedback(model.name, item.prediction_id, item.label):
+                    matched += 1
+                else:
+                    unknown.append(item.prediction_id)
+        except Exception:
+            log.exception("telemetry sink failed on feedback for model %s", model.name)
+            return error_outcome(500, "the telemetry buffer could not store the feedback")
+
+        def after() -> None:
+            stats = self.metrics.model(model.name, model.version)
+            stats.feedback_matched += matched
+            stats.feedback_unknown += len(unknown)
+
+        return Outcome(200, encode_json({"accepted": matched, "unknown": unknown}), after=after)
+
+    def _refused(self, model: LoadedModel, outcome: Outcome, kind: str) -> Outcome:
+        def after() -> None:
+            self.metrics.error(self.metrics.model(model.name, model.version), kind)
+            self.sink.record_error(model.name, model.version, kind)
+
+        outcome.after = after
+        return outcome
+
+
+def _refuse_binary(req: Request) -> Outcome | None:
+    headers = req.headers
+    if "inference-header-content-length" in headers:
+        return error_outcome(415, BINARY_REFUSAL)
+    encoding = headers.get("content-encoding")
+    if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+        return error_outcome(415, f"Content-Encoding {encoding[:40]!r} is not supported")
+    content_type = headers.get("content-type", "").lower()
+    if content_type.startswith(_BINARY_MEDIA_TYPES):
+        return error_outcome(415, BINARY_REFUSAL)
+    return None
+
+
+def run_job(job: Job) -> Outcome:
+    """Run ``job``; an exception escaping it (a bug) becomes a 500 instead of a dead worker."""
+    try:
+        return job()
+    except Exception as e:
+        log.exception("request handler failed")
+        return error_outcome(500, f"internal error: {type(e).__name__}")

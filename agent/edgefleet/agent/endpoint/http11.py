@@ -1,0 +1,245 @@
+"""A small sans-IO HTTP/1.1 request parser and response writer (no sockets here).
+
+:class:`RequestParser` turns bytes into :class:`Request` objects; the asyncio
+protocol in ``server.py`` feeds it and writes what :func:`render_response`
+returns. Only what a local inference endpoint needs is accepted:
+
+- request line ``METHOD SP origin-form SP HTTP/1.0|HTTP/1.1`` and CRLF-separated
+  header fields; bodies only with ``Content-Length`` (``Transfer-Encoding`` is
+  answered with 411 Length Required);
+- keep-alive by default on HTTP/1.1 (``Connection: close`` ends it), off on
+  HTTP/1.0 unless ``Connection: keep-alive``; pipelined requests are parsed in
+  order;
+- ``Expect: 100-continue`` is honoured (the protocol sends the interim
+  response when :attr:`RequestParser.continue_needed` is set).
+
+Invariants: the parser never buffers more than ``max_header_bytes`` of head
+nor more than ``max_body_bytes`` of body for one request: a larger declared
+body raises :class:`HttpError` 413 as soon as the head is read, before any of
+the body is buffered. Every :class:`HttpError` closes the connection, because
+after a framing error the byte stream cannot be trusted.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from dataclasses import dataclass
+
+REASONS: dict[int, bytes] = {
+    100: b"Continue",
+    200: b"OK",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    411: b"Length Required",
+    413: b"Content Too Large",
+    415: b"Unsupported Media Type",
+    422: b"Unprocessable Content",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    503: b"Service Unavailable",
+    505: b"HTTP Version Not Supported",
+}
+
+CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_TOKEN_CHARS = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+_MAX_HEADERS = 100
+
+
+class HttpError(Exception):
+    """A request that cannot be framed or accepted; answered with ``status`` and closed."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    target: str
+    http11: bool
+    headers: dict[str, str]  # lower-case names; repeated fields joined with ", "
+    body: bytes
+    keep_alive: bool
+
+
+class RequestParser:
+    """Incremental parser for one connection; call :meth:`feed`, then :meth:`next_request`."""
+
+    def __init__(self, *, max_header_bytes: int, max_body_bytes: int) -> None:
+        self.max_header_bytes = max_header_bytes
+        self.max_body_bytes = max_body_bytes
+        self._buf = bytearray()
+        self._head: tuple[str, str, bool, dict[str, str], int, bool] | None = None
+        self._head_len = 0
+        self.continue_needed = False
+        self._continue_sent = False
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    @property
+    def idle(self) -> bool:
+        """No partial request is buffered."""
+        return not self._buf and self._head is None
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def continue_sent(self) -> None:
+        self.continue_needed = False
+        self._continue_sent = True
+
+    def next_request(self) -> Request | None:
+        """The next complete request, or None until more bytes arrive. Raises HttpError."""
+        if self._head is None:
+            end = self._buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buf) > self.max_header_bytes:
+                    raise HttpError(
+                        431, f"request head is larger than {self.max_header_bytes} bytes"
+                    )
+                return None
+            if end > self.max_header_bytes:
+                raise HttpError(431, f"request head is larger than {self.max_header_bytes} bytes")
+            self._head = _parse_head(bytes(self._buf[:end]), self.max_body_bytes)
+            self._head_len = end + 4
+            self._continue_sent = False
+        method, target, http11, headers, length, keep_alive = self._head
+        total = self._head_len + length
+        if len(self._buf) < total:
+            if not self._continue_sent and headers.get("expect", "").lower() == "100-continue":
+                self.continue_needed = True
+            return None
+        body = bytes(self._buf[self._head_len : total])
+        del self._buf[:total]
+        self._head = None
+        self.continue_needed = False
+        return Request(method, target, http11, headers, body, keep_alive)
+
+
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") (/[\x21-\x7e]*) HTTP/(\d)\.(\d)")
+# Field values: visible ASCII, obs-text, space and tab; never CR, LF, NUL or other controls.
+_FIELDS = re.compile(rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*")
+_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*\r\n")
+
+
+def _parse_head(
+    head: bytes, max_body_bytes: int
+) -> tuple[str, str, bool, dict[str, str], int, bool]:
+    # RFC 9112 2.2: a server should ignore empty lines received before the request line.
+    if head.startswith(b"\r\n"):
+        head = head.lstrip(b"\r\n")
+    eol = head.find(b"\r\n")
+    line = head if eol < 0 else head[:eol]
+    m = _REQUEST_LINE.fullmatch(line)
+    if m is None:
+        raise HttpError(400, "malformed request line")
+    raw_method, raw_target, major, minor = m.groups()
+    if major != b"1" or minor not in (b"0", b"1"):
+        raise HttpError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
+    http11 = minor == b"1"
+    headers: dict[str, str] = {}
+    if eol >= 0:
+        block = head[eol + 2 :] + b"\r\n"
+        if _FIELDS.fullmatch(block) is None:
+            raise HttpError(400, "malformed header field")
+        fields = _FIELD.findall(block)
+        if len(fields) > _MAX_HEADERS:
+            raise HttpError(431, f"more than {_MAX_HEADERS} header fields")
+        for raw_name, raw_value in fields:
+            name = raw_name.lower().decode("ascii")
+            value = raw_value.decode("latin-1")
+            if name in headers:
+                if name == "content-length":
+                    if headers[name] != value:
+                        raise HttpError(400, "conflicting Content-Length fields")
+                    continue
+                value = headers[name] + ", " + value
+            headers[name] = value
+    if "transfer-encoding" in headers:
+        raise HttpError(411, "Transfer-Encoding is not supported; send a Content-Length")
+    raw_length = headers.get("content-length", "0")
+    if not raw_length.isdigit() or not raw_length.isascii() or len(raw_length) > 18:
+        raise HttpError(400, "Content-Length must be a non-negative integer")
+    length = int(raw_length)
+    if length > max_body_bytes:
+        raise HttpError(
+            413, f"request body of {length} bytes exceeds the limit of {max_body_bytes}"
+        )
+    connection = headers.get("connection", "").lower()
+    keep_alive = "close" not in connection if http11 else "keep-alive" in connection
+    return (
+        raw_method.decode("ascii"),
+        raw_target.decode("ascii"),
+        http11,
+        headers,
+        length,
+        keep_alive,
+    )
+
+
+class DateHeader:
+    """The ``Date`` header line, formatted at most once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._line = b""
+
+    def line(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._line = b"Date: " + email.utils.formatdate(now, usegmt=True).encode() + b"\r\n"
+        return self._line
+
+
+_STATUS_LINES: dict[int, bytes] = {
+    code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in REASONS.items()
+}
+
+
+def render_response(
+    status: int,
+    body: bytes,
+    *,
+    content_type: bytes = b"application/json",
+    keep_alive: bool = True,
+    http11: bool = True,
+    date_line: bytes = b"",
+    extra_headers: bytes = b"",
+) -> bytes:
+    """One complete response (head + body) ready for ``transport.write``."""
+    status_line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
+    return b"".join(
+        (
+            status_line,
+            date_line,
+            b"Content-Type: ",
+            content_type,
+            b"\r\nContent-Length: ",
+            str(len(body)).encode(),
+            _connection_line(keep_alive, http11),
+            extra_headers,
+            b"\r\n",
+            body,
+        )
+    )
+
+
+def _connection_line(keep_alive: bool, http11: bool) -> bytes:
+    if not keep_alive:
+        return b"\r\nConnection: close\r\n"
+    # An HTTP/1.0 client keeps the connection only if the response says so.
+    return b"\r\n" if http11 else b"\r\nConnection: keep-alive\r\n"
