@@ -131,7 +131,7 @@ events = st.builds(
 
 @st.composite
 def telemetry_batches(draw: st.DrawFn) -> TelemetryBatch:
-    seqs = sorted(draw(st.lists(st.integers(0, 2**40), min_size=1, max_size=6, unique=True)))
+    seqs = sorted(draw(st.lists(st.integers(0, 2**40), min_size=1, max_size=4, unique=True)))
     records = []
     for seq in seqs:
         if draw(st.booleans()):

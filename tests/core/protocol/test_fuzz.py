@@ -47,7 +47,7 @@ json_values = st.recursive(
 
 
 @pytest.mark.parametrize(("kind", "decoder"), ALL, ids=[k.value for k, _ in ALL])
-@settings(max_examples=150)
+@settings(max_examples=80)
 @given(value=json_values)
 def test_random_json(kind: TopicKind, decoder: Callable[[bytes], object], value: object) -> None:
     _only_protocol_errors(decoder, json.dumps(value).encode())
@@ -64,7 +64,7 @@ VALID = {
 
 
 @pytest.mark.parametrize("kind", sorted(VALID), ids=[k.value for k in sorted(VALID)])
-@settings(max_examples=100)
+@settings(max_examples=50)
 @given(data=st.data())
 def test_mutated_valid_payloads(kind: TopicKind, data: st.DataObject) -> None:
     payload = bytearray(data.draw(VALID[kind]))
@@ -80,6 +80,7 @@ def test_mutated_valid_payloads(kind: TopicKind, data: st.DataObject) -> None:
     _only_protocol_errors(lambda p: decode(kind, p), bytes(payload))
 
 
+@settings(max_examples=50)
 @given(value=json_values)
 def test_mutated_fields_of_valid_messages(value: object) -> None:
     for kind, strategy_payload in (

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.core.protocol.strategies import (
     acks,
@@ -45,6 +45,7 @@ def test_status_round_trip(msg: Status) -> None:
     assert decode_status(encode_json(msg)) == msg
 
 
+@settings(max_examples=40)
 @given(device_states)
 def test_state_round_trip(msg: DeviceState) -> None:
     assert decode_state(encode_json(msg)) == msg
@@ -62,6 +63,7 @@ def test_ack_round_trip(msg: Ack) -> None:
     assert decode_ack(encode_json(msg)) == msg
 
 
+@settings(max_examples=40)
 @given(telemetry_batches())
 def test_telemetry_round_trip_including_typed_bodies(batch: TelemetryBatch) -> None:
     decoded = decode_telemetry(encode_json(batch))
@@ -73,6 +75,7 @@ def test_telemetry_round_trip_including_typed_bodies(batch: TelemetryBatch) -> N
             assert record.event() == original.event()
 
 
+@settings(max_examples=40)
 @given(window_summaries(), events)
 def test_bodies_round_trip_through_records(summary: WindowSummary, event: object) -> None:
     assert TelemetryRecord.of_window(1, summary).window() == summary

@@ -102,3 +102,8 @@ def test_parse_refuses_foreign_topics(case: str, topic: str) -> None:
     with pytest.raises(ProtocolError) as info:
         Topics().parse(topic, side="device")
     assert info.value.side == "device"
+
+
+def test_unknown_kind_in_a_builder() -> None:
+    with pytest.raises(UsageError, match="unknown topic kind"):
+        Topics().device("pi", "reboot")

@@ -61,6 +61,13 @@ DEVICE_SUBSCRIBES: tuple[TopicKind, ...] = (TopicKind.DESIRED, TopicKind.CHUNK, 
 _SHAREABLE: frozenset[TopicKind] = frozenset({TopicKind.FETCH, TopicKind.TELEMETRY})
 
 
+def _kind(kind: TopicKind | str) -> TopicKind:
+    try:
+        return TopicKind(kind)
+    except ValueError as e:
+        raise UsageError(f"unknown topic kind {kind!r}") from e
+
+
 def device_id_problem(device_id: object) -> str | None:
     """Why ``device_id`` is not a valid device id, or None when it is."""
     if not isinstance(device_id, str):
@@ -109,7 +116,7 @@ class Topics:
                 )
 
     def device(self, device_id: str, kind: TopicKind | str) -> str:
-        return f"{self.root}/dev/{validate_device_id(device_id)}/{TopicKind(kind).value}"
+        return f"{self.root}/dev/{validate_device_id(device_id)}/{_kind(kind).value}"
 
     def status(self, device_id: str) -> str:
         return self.device(device_id, TopicKind.STATUS)
@@ -137,7 +144,7 @@ class Topics:
 
     def all_devices(self, kind: TopicKind | str) -> str:
         """The filter matching ``kind`` for every device (``{root}/dev/+/{kind}``)."""
-        return f"{self.root}/dev/+/{TopicKind(kind).value}"
+        return f"{self.root}/dev/+/{_kind(kind).value}"
 
     def hub_subscriptions(self, shared: bool) -> list[str]:
         """Filters a hub subscribes to: every device-published kind for every device.
