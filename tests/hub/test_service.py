@@ -67,6 +67,7 @@ class Hub:
     passwords: dict[str, str]
     trust: TrustStore
     port: int
+    broker: MosquittoBroker
     service: HubService | None = None
     clients: list[ProbeClient] = field(default_factory=list)
 
@@ -125,7 +126,7 @@ def hub(tmp_path: Path, mosquitto_factory: Callable[..., MosquittoBroker]) -> It
         password_file=files.password_file, acl_file=files.acl_file, allow_anonymous=False
     )
     config = replace(config, broker=replace(config.broker, port=broker.port))
-    h = Hub(fx, config, store, passwords, build_trust_store(config), broker.port)
+    h = Hub(fx, config, store, passwords, build_trust_store(config), broker.port, broker)
     yield h
     for c in h.clients:
         c.close()
@@ -280,6 +281,21 @@ def test_rollout_state_survives_a_hub_restart_mid_phase(hub: Hub) -> None:
     for device_id in rest:
         client = hub.device(device_id)
         assert directive_from(client, device_id, hub.trust)["assignments"][0]["version"] == 1
+
+
+def test_directives_are_restored_after_a_broker_lost_them(hub: Hub) -> None:
+    sha = hub.publish_bundle(1)
+    service = hub.start()
+    RolloutEngine(hub.store).create(
+        "digits", 1, "ids=pi-b", time.time(), phases_text="100%", gate_overrides=GATES
+    )
+    service.tick()
+    assert hub.store.latest_directive("pi-b").published_at is not None  # type: ignore[union-attr]
+    hub.broker.restart()  # no persistence: the retained directive is gone
+    wait_until(lambda: service.transport.stats.connects >= 2, "hub reconnect")
+    service.tick()
+    device = hub.device("pi-b")
+    assert directive_from(device, "pi-b", hub.trust)["assignments"][0]["bundle_sha256"] == sha
 
 
 def test_embedded_amqtt_broker_smoke(hub: Hub) -> None:

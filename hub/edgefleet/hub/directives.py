@@ -94,6 +94,15 @@ class DirectiveIssuer:
                 issued.append(self.issue(device, now))
         return issued
 
+    def latest(self) -> list[DirectiveRecord]:
+        """Every device's latest directive (to restore retained messages a broker lost)."""
+        out = []
+        for device in self.store.list_devices():
+            last = self.store.latest_directive(device.device_id)
+            if last is not None:
+                out.append(last)
+        return out
+
     def unpublished(self) -> list[DirectiveRecord]:
         """Latest directives recorded but not yet published (e.g. after a crash)."""
         out = []

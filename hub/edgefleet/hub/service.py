@@ -96,6 +96,9 @@ class HubService:
         self._fetches: queue.Queue[_Fetch] = queue.Queue(maxsize=FETCH_BACKLOG)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        # Set when the broker had no session for us (first start, or a broker restarted
+        # without persistence): its retained directives may be gone, so publish them all.
+        self._republish = threading.Event()
         self._handlers = {
             TopicKind.STATUS: self._on_status,
             TopicKind.STATE: self._on_state,
@@ -108,6 +111,7 @@ class HubService:
     def start(self) -> None:
         for topic_filter in self.topics.hub_subscriptions(self.config.broker.shared_subscriptions):
             self.transport.subscribe(topic_filter, self.handle)
+        self.transport.on_connect(self._on_connect)
         self.transport.start()
         for name, target in (("chunks", self._chunk_loop), ("tick", self._tick_loop)):
             thread = threading.Thread(target=target, name=f"hub-{name}", daemon=True)
@@ -121,6 +125,10 @@ class HubService:
         self._threads.clear()
         self.transport.stop()
         self._save_counters()
+
+    def _on_connect(self, session_present: bool) -> None:
+        if not session_present:
+            self._republish.set()
 
     def wait_ready(self, timeout_s: float) -> bool:
         return self.transport.wait_subscribed(timeout_s)
@@ -322,10 +330,16 @@ class HubService:
         self._save_counters()
 
     def publish_directives(self) -> int:
-        """Publish every recorded, unpublished directive retained; mark them once acked."""
+        """Publish every recorded, unpublished directive retained; mark them once acked.
+
+        After a connect without a session every device's latest directive is
+        published again (agents ignore a directive they already accepted).
+        """
         if not self.transport.connected:
             return 0
-        pending = self.issuer.unpublished()
+        republish = self._republish.is_set()
+        self._republish.clear()
+        pending = self.issuer.latest() if republish else self.issuer.unpublished()
         for record in pending:
             self.transport.publish(
                 self.topics.desired(record.device_id),
@@ -338,4 +352,6 @@ class HubService:
                 self.store.mark_directive_published(record.device_id, record.seq, at)
             self.tally("directives.published", len(pending))
             return len(pending)
+        if republish:
+            self._republish.set()  # not acknowledged: try the whole set again
         return 0
