@@ -19,8 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# Evidently's zero handling: an empty bin gets this share instead of 0.
-PSI_EPSILON = 0.0001
+from edgefleet.core.drift.scores import psi
 
 
 @dataclass(frozen=True)
@@ -107,21 +106,16 @@ class VersionStats:
 
 
 def prediction_psi(expected: Mapping[str, int], actual: Mapping[str, int]) -> float | None:
-    """Population stability index of two label-count distributions.
+    """Population stability index of two label-count distributions (None if one is empty).
 
-    Empty shares are replaced by :data:`PSI_EPSILON` as Evidently does, so a
-    label seen on one side only gives a large but finite value.
+    Computed by the core drift scores over the union of labels, so empty
+    shares are filled the way Evidently does: a label seen on one side only
+    gives a large but finite value.
     """
-    n_expected = sum(expected.values())
-    n_actual = sum(actual.values())
-    if n_expected == 0 or n_actual == 0:
+    if sum(expected.values()) == 0 or sum(actual.values()) == 0:
         return None
-    psi = 0.0
-    for label in set(expected) | set(actual):
-        e = expected.get(label, 0) / n_expected or PSI_EPSILON
-        a = actual.get(label, 0) / n_actual or PSI_EPSILON
-        psi += (a - e) * math.log(a / e)
-    return psi
+    labels = sorted(set(expected) | set(actual))
+    return psi([expected.get(k, 0) for k in labels], [actual.get(k, 0) for k in labels])
 
 
 def _count(value: object, name: str) -> int:
