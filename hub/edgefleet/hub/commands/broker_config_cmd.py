@@ -75,8 +75,8 @@ def _render(r: dict[str, Any]) -> str:
         lines.append(f"TLS: CA {r['tls']['ca_cert']}, server certificate {r['tls']['server_cert']}")
     if r["hub_password_file"]:
         lines.append(
-            f"the hub's broker password is in {r['hub_password_file']}; "
-            "set broker.password_file to it in hub.toml"
+            f"wrote the hub's broker password to {r['hub_password_file']}; "
+            "broker.password_file in hub.toml must point at it"
         )
     lines.append(f"run: mosquitto -c {r['conf']}")
     return "\n".join(lines)
