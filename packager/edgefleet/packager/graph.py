@@ -48,7 +48,7 @@ _ORT_TABLE: dict[tuple[int, int], tuple[int, int, int]] = {
     (1, 23): (23, 5, 11),
 }
 
-_DTYPES = {
+_DTYPES: dict[int, str] = {
     TensorProto.FLOAT: "float32",
     TensorProto.DOUBLE: "float64",
     TensorProto.FLOAT16: "float16",
@@ -290,6 +290,8 @@ def gemm_to_matmul(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             new_nodes.append(node)
             continue
         rewritten += 1
+        # Unnamed nodes are legal, but the quantizer derives node names from ours.
+        base = node.name or f"gemm_{rewritten}"
         b_name = node.input[1]
         if attrs.get("transB", 0):
             transposed.add(b_name)
@@ -299,12 +301,12 @@ def gemm_to_matmul(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         has_bias = len(node.input) >= 3 and node.input[2] != ""
         mm_out = f"{node.output[0]}_matmul" if has_bias else node.output[0]
         new_nodes.append(
-            helper.make_node("MatMul", [node.input[0], b_name], [mm_out], name=f"{node.name}_mm")
+            helper.make_node("MatMul", [node.input[0], b_name], [mm_out], name=f"{base}_mm")
         )
         if has_bias:
             new_nodes.append(
                 helper.make_node(
-                    "Add", [mm_out, node.input[2]], [node.output[0]], name=f"{node.name}_add"
+                    "Add", [mm_out, node.input[2]], [node.output[0]], name=f"{base}_add"
                 )
             )
     del graph.node[:]

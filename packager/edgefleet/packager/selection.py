@@ -217,6 +217,7 @@ def evaluate_variants(
             continue
         out = outputs[name]
         metric = score(task, out, truth)
+        agreement, prob_diff, value_diff = _differences(base, out)
         rows.append(
             VariantRow(
                 name=name,
@@ -225,7 +226,9 @@ def evaluate_variants(
                 size_bytes=len(built[name].model),
                 metric=metric,
                 metric_drop=max(0.0, base_metric - metric) if name != "float32" else 0.0,
-                **_differences(base, out),
+                label_agreement=agreement,
+                max_probability_diff=prob_diff,
+                max_value_diff=value_diff,
                 p50_ms=latency[name].p50_ms,
                 p95_ms=latency[name].p95_ms,
                 settings=built[name].settings,
@@ -258,7 +261,7 @@ def evaluate_variants(
     )
 
 
-def _differences(base: Outputs, other: Outputs) -> dict[str, float | None]:
+def _differences(base: Outputs, other: Outputs) -> tuple[float | None, ...]:
     agreement = prob = value = None
     if base.labels is not None and other.labels is not None:
         agreement = float(np.mean(same_labels(base.labels, other.labels)))
@@ -266,4 +269,4 @@ def _differences(base: Outputs, other: Outputs) -> dict[str, float | None]:
         prob = float(np.max(np.abs(base.probabilities - other.probabilities)))
     if base.values is not None and other.values is not None:
         value = float(np.max(np.abs(base.values - other.values)))
-    return {"label_agreement": agreement, "max_probability_diff": prob, "max_value_diff": value}
+    return agreement, prob, value

@@ -56,8 +56,9 @@ def choose_rows(outputs: Outputs, atol: float, limit: int = SMOKE_ROWS) -> np.nd
     return order[:limit]
 
 
-def build_smoke(x32: np.ndarray, outputs: Outputs, task: str, variant: str,
-                observed_diff: float | None) -> tuple[bytes, dict[str, Any]]:  # fmt: skip
+def build_smoke(
+    x32: np.ndarray, outputs: Outputs, task: str, variant: str, observed_diff: float | None
+) -> tuple[bytes, dict[str, Any]]:
     """The ``smoke.npz`` bytes and a summary for the report."""
     scale = 1.0
     if task == "regression" and outputs.values is not None and outputs.values.size:

@@ -47,7 +47,8 @@ def _rows(a: dict[str, Any], b: dict[str, Any], *, deltas: bool) -> list[dict[st
         va, vb = a.get(key), b.get(key)
         row: dict[str, Any] = {"key": key, "a": va, "b": vb, "changed": va != vb}
         if deltas:
-            row["delta"] = vb - va if _is_number(va) and _is_number(vb) else None
+            both = _is_number(va) and _is_number(vb)
+            row["delta"] = float(vb) - float(va) if both else None
         rows.append(row)
     return rows
 

@@ -160,13 +160,13 @@ class Registry:
             raise NotARegistryError(f"{root} is not a registry: it is a file, not a folder")
         fresh = not db_path.exists()
         if fresh:
-            if not create:
-                raise NotARegistryError(
-                    f"no registry at {root} (register a model to create one, or pass --registry)"
-                )
             if root.is_dir() and any(root.iterdir()):
                 raise NotARegistryError(
                     f"{root} is not a registry: the folder has files but no {DB_NAME}"
+                )
+            if not create:
+                raise NotARegistryError(
+                    f"no registry at {root} (register a model to create one, or pass --registry)"
                 )
             try:
                 root.mkdir(parents=True, exist_ok=True)

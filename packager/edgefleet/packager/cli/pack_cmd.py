@@ -1,0 +1,145 @@
+"""``edgefleet pack N[:V|@ALIAS] --profile P --key KEY``: a signed bundle plus a report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgefleet.core.cli.output import emit, json_option, show_progress
+from edgefleet.packager.cli.registry_cmd import open_registry, registry_option
+from edgefleet.packager.quantize import QUANTIZE_CHOICES
+from edgefleet.packager.registry.refs import parse_ref
+
+
+@click.command(name="pack")
+@click.argument("ref", metavar="N[:V|@ALIAS]")
+@click.option("--profile", required=True, help="Device profile name or .toml path.")
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Private signing key (from 'edgefleet keys generate').",
+)
+@click.option(
+    "--quantize",
+    type=click.Choice(QUANTIZE_CHOICES),
+    default="auto",
+    show_default=True,
+    help="auto measures every applicable variant and keeps the smallest that qualifies.",
+)
+@click.option(
+    "--max-accuracy-drop",
+    type=float,
+    default=0.01,
+    show_default=True,
+    help="Largest absolute metric drop a quantized variant may have against float32.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Folder for the bundle (created if missing).",
+)
+@click.option(
+    "--profiles",
+    "profiles_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Extra folder of device profiles (searched first).",
+)
+@registry_option
+@json_option
+def pack(
+    ref: str,
+    profile: str,
+    key_path: Path,
+    quantize: str,
+    max_accuracy_drop: float,
+    out_dir: Path,
+    profiles_dir: Path | None,
+    registry_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Convert, quantize, validate and sign a registered model for one device profile."""
+    from edgefleet.packager.build import PackRequest
+    from edgefleet.packager.build import pack as build_pack
+
+    request = PackRequest(
+        ref=parse_ref(ref),
+        profile=profile,
+        key_path=key_path,
+        out_dir=out_dir,
+        quantize=quantize,
+        max_accuracy_drop=max_accuracy_drop,
+        profiles_dir=profiles_dir,
+    )
+    verbose = show_progress(as_json)
+
+    def progress(message: str) -> None:
+        if verbose:
+            click.echo(f"... {message}", err=True)
+
+    with open_registry(registry_dir) as reg:
+        result = build_pack(
+            reg, request, now=time.time(), clock=time.perf_counter, progress=progress
+        )
+    emit(as_json, result.to_dict(), render_report)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1024:.1f} KiB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.2f} MiB"
+
+
+def _num(value: float | None, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def render_report(result: dict[str, Any]) -> str:
+    """The readable pack report (the same facts as ``--json``)."""
+    model, target = result["model"], result["target"]
+    q, v = result["quantization"], result["validation"]
+    metric = v["metric"]
+    lines = [
+        f"packed {model['name']}:{model['version']} for {target['profile']} -> {result['bundle']}",
+        f"  bundle        {_size(result['size'])}, sha256 {result['sha256']}",
+        f"  signed by     {', '.join(k[:16] for k in result.get('signer_keyids', []))}",
+        f"  quantization  {q['method']} ({q['format']}): {q['reason']}",
+        "  variants",
+    ]
+    header = f"    {'VARIANT':<9} {'STATUS':<9} {'SIZE':>10} {metric.upper()[:12]:>12} "
+    header += f"{'DROP':>7} {'AGREE':>7} {'P50 ms':>8} {'P95 ms':>8}  NOTE"
+    lines.append(header)
+    for row in q["variants"]:
+        agree = "-" if row["label_agreement"] is None else f"{row['label_agreement']:.1%}"
+        lines.append(
+            f"    {row['variant']:<9} {row['status']:<9} {_size(row['size_bytes']):>10} "
+            f"{_num(row['metric']):>12} {_num(row['metric_drop']):>7} {agree:>7} "
+            f"{_num(row['p50_ms'], '.3f'):>8} {_num(row['p95_ms'], '.3f'):>8}  {row['reason']}"
+        )
+    for name, why in sorted(q["not_applicable"].items()):
+        lines.append(f"    {name:<9} n/a       {why}")
+    fidelity = v["fidelity"]
+    lines += [
+        f"  validation    {metric} original {_num(v['original'][metric])}, packaged "
+        f"{_num(v['packaged'][metric])} on {v['dataset']['rows']} held-out rows; "
+        f"label agreement {_num(v['label_agreement'], '.2%')}; "
+        f"max probability diff {_num(v['max_probability_diff'], '.3g')}",
+        f"  fidelity      float32 ONNX vs {fidelity['compared_with']} on {fidelity['rows']} "
+        f"rows: label agreement {_num(fidelity['label_agreement'], '.2%')}, "
+        f"max probability diff {_num(fidelity['max_probability_diff'], '.3g')}, "
+        f"max value diff {_num(fidelity['max_value_diff'], '.3g')}",
+        f"  latency       p50 {_num(v['latency_ms']['p50'], '.3f')} ms, p95 "
+        f"{_num(v['latency_ms']['p95'], '.3f')} ms (1 row, {v['latency_ms']['intra_op_threads']} "
+        f"intra-op threads, measured on {v['latency_ms']['measured_on']})",
+        f"  smoke set     {v['smoke']['rows']} rows, atol {v['smoke']['atol']:.3g}",
+        f"  took          {result['seconds']:.1f} s",
+    ]
+    return "\n".join(lines)
