@@ -7,12 +7,12 @@ only appear with ``None`` on the other, so nothing silently drops out.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 from edgefleet.packager.registry.records import ModelVersion, iso_utc
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -47,8 +47,7 @@ def _rows(a: dict[str, Any], b: dict[str, Any], *, deltas: bool) -> list[dict[st
         va, vb = a.get(key), b.get(key)
         row: dict[str, Any] = {"key": key, "a": va, "b": vb, "changed": va != vb}
         if deltas:
-            both = _is_number(va) and _is_number(vb)
-            row["delta"] = float(vb) - float(va) if both else None
+            row["delta"] = vb - va if _is_number(va) and _is_number(vb) else None
         rows.append(row)
     return rows
 
