@@ -79,6 +79,7 @@ class _Connection(asyncio.Protocol):
         self.read_paused = False
         self.last_active = 0.0
         self.partial_since: float | None = None
+        self.eof = False
 
     # --- asyncio callbacks ----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -117,6 +118,13 @@ class _Connection(asyncio.Protocol):
             return
         self._drain()
 
+    def eof_received(self) -> bool:
+        # Half-close: answer what was fully received, then close (keep the transport open).
+        self.eof = True
+        if not self.busy:
+            self._drain()
+        return True
+
     def pause_writing(self) -> None:
         self.write_paused = True
 
@@ -145,7 +153,10 @@ class _Connection(asyncio.Protocol):
                 break
             self.partial_since = None
             self._dispatch(req)
-        if self.read_paused and not self.busy and self.transport is not None:
+        if self.eof and not (self.busy or self.closing) and self.transport is not None:
+            self.closing = True
+            self.transport.close()
+        elif self.read_paused and not self.busy and self.transport is not None:
             self.read_paused = False
             self.transport.resume_reading()
 
