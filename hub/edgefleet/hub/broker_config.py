@@ -25,12 +25,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefleet.core.errors import UsageError
 from edgefleet.core.protocol.topics import DEVICE_PUBLISHES, DEVICE_SUBSCRIBES, Topics
 from edgefleet.hub.broker_tls import TlsFiles, write_tls_files
 from edgefleet.hub.config import HubConfig
 from edgefleet.hub.credentials import generate_password, mosquitto_hash
-from edgefleet.hub.errors import HubConfigError, HubStoreError
+from edgefleet.hub.errors import HubConfigError, HubStoreError, HubUsageError
 from edgefleet.hub.store import DeviceRecord
 
 # Chunk frames (<= 1 MiB of data + header) and telemetry batches (<= 1 MiB)
@@ -189,7 +188,7 @@ def write_broker_config(
     username, password, written = hub_credentials(config, out_dir)
     clash = [d.device_id for d in devices if d.device_id == username]
     if clash:
-        raise UsageError(f"device id {clash[0]!r} equals the hub's broker username; rename one")
+        raise HubUsageError(f"device id {clash[0]!r} equals the hub's broker username; rename one")
     entries = [(username, mosquitto_hash(password))]
     entries += [(d.device_id, d.password_hash) for d in sorted(devices, key=lambda d: d.device_id)]
     password_file = out_dir / "passwd"

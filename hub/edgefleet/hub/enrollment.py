@@ -28,14 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgefleet.core.errors import UsageError
 from edgefleet.core.keys import load_private_key, load_public_key
 from edgefleet.core.profiles import load_profile
 from edgefleet.core.protocol.topics import validate_device_id
 from edgefleet.core.trust import TrustStore
 from edgefleet.hub.config import HubConfig
 from edgefleet.hub.credentials import generate_password, mosquitto_hash
-from edgefleet.hub.errors import HubConfigError, HubStoreError
+from edgefleet.hub.errors import HubConfigError, HubStoreError, HubUsageError
 from edgefleet.hub.selectors import check_word, parse_tag
 from edgefleet.hub.store import DeviceRecord, HubStore
 
@@ -151,7 +150,7 @@ def enroll_device(
     """Enroll a device and return (and optionally write) its configuration."""
     validate_device_id(device_id)
     if device_id == config.broker.username:
-        raise UsageError(f"device id {device_id!r} is the hub's broker username")
+        raise HubUsageError(f"device id {device_id!r} is the hub's broker username")
     loaded = load_profile(profile, profiles_dir)
     if group is not None:
         check_word("group", group)
@@ -160,9 +159,9 @@ def enroll_device(
         key, value = parse_tag(text)
         tag_map[key] = value
     if not 0 <= endpoint_port <= 65535:
-        raise UsageError(f"endpoint port {endpoint_port} out of range")
+        raise HubUsageError(f"endpoint port {endpoint_port} out of range")
     if store.get_device(device_id) is not None:
-        raise UsageError(f"device {device_id} is already enrolled")
+        raise HubUsageError(f"device {device_id} is already enrolled")
     trust = build_trust_store(config)
     ca_pem = _read_ca(config)
     password = generate_password()
@@ -210,7 +209,7 @@ def _write_files(enrollment: Enrollment, out_dir: Path, commit: Any) -> tuple[Pa
     targets = [out_dir / name for name in contents]
     existing = [p for p in targets if p.exists()]
     if existing:
-        raise UsageError(f"{existing[0]} already exists; choose another --out directory")
+        raise HubUsageError(f"{existing[0]} already exists; choose another --out directory")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".enroll-"))

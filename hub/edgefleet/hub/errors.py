@@ -4,6 +4,7 @@ The tree::
 
     HubError (EdgefleetError)
     ├── HubConfigError (ConfigError)              hub.toml invalid; names file and field     -> 2
+    ├── HubUsageError (UsageError)                bad selector, phases, gate or enrollment input -> 2
     ├── HubNotFoundError (NotFoundError)          no such device, bundle, rollout            -> 2
     ├── RolloutStateError (UsageError)            illegal rollout transition (e.g. resume a completed one) -> 2
     ├── HubStoreError (StorageError)              the hub store failed                       -> 1
@@ -28,6 +29,10 @@ class HubError(EdgefleetError):
 
 class HubConfigError(HubError, ConfigError):
     """hub.toml is invalid; the message names the file and the field."""
+
+
+class HubUsageError(HubError, UsageError):
+    """A selector, phase list, gate or enrollment argument is malformed."""
 
 
 class HubNotFoundError(HubError, NotFoundError):

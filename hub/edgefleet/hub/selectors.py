@@ -8,7 +8,7 @@ Grammar (one selector per rollout)::
     profile=NAME        devices of that device profile
     ids=A,B,C           exactly these devices (``A,B,C`` alone means the same)
 
-Invariants: parsing is pure and total (a bad selector is a ``UsageError`` with
+Invariants: parsing is pure and total (a bad selector is a ``HubUsageError`` with
 the text that failed); matching looks only at the enrolled attributes, never at
 whether a device is online, so a selection is stable while devices come and go.
 """
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from edgefleet.core.errors import UsageError
+from edgefleet.hub.errors import HubUsageError
 
 # Device ids are MQTT topic levels and broker usernames: no wildcards, no '/'.
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -29,9 +29,9 @@ _WORD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
 def check_device_id(device_id: str) -> str:
-    """Return ``device_id`` or raise ``UsageError`` when it cannot be a topic level."""
+    """Return ``device_id`` or raise ``HubUsageError`` when it cannot be a topic level."""
     if not DEVICE_ID_RE.match(device_id):
-        raise UsageError(
+        raise HubUsageError(
             f"invalid device id {device_id!r}: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
@@ -41,7 +41,7 @@ def check_device_id(device_id: str) -> str:
 def check_word(kind: str, value: str) -> str:
     """Validate a group name, tag key or tag value (same alphabet as ids, plus ':')."""
     if not _WORD_RE.match(value):
-        raise UsageError(
+        raise HubUsageError(
             f"invalid {kind} {value!r}: use 1-64 letters, digits, '.', '_', ':' or '-'"
         )
     return value
@@ -51,7 +51,7 @@ def parse_tag(text: str) -> tuple[str, str]:
     """``"k=v"`` -> ``("k", "v")``; both sides validated."""
     key, sep, value = text.partition("=")
     if not sep:
-        raise UsageError(f"invalid tag {text!r}: expected KEY=VALUE")
+        raise HubUsageError(f"invalid tag {text!r}: expected KEY=VALUE")
     return check_word("tag key", key), check_word("tag value", value)
 
 
@@ -87,7 +87,7 @@ class Selector:
 
     def __post_init__(self) -> None:
         if self.kind is SelectorKind.IDS and not self.ids:
-            raise UsageError("selector ids= needs at least one device id")
+            raise HubUsageError("selector ids= needs at least one device id")
 
     @classmethod
     def parse(cls, text: str) -> Selector:
@@ -105,7 +105,7 @@ class Selector:
         if sep and key in ("ids", "id", "device", "devices"):
             return cls(SelectorKind.IDS, ids=_parse_ids(rest))
         if sep:
-            raise UsageError(
+            raise HubUsageError(
                 f"invalid selector {text!r}: use all, group=G, tag=K=V, profile=P or ids=A,B"
             )
         return cls(SelectorKind.IDS, ids=_parse_ids(text))
@@ -130,7 +130,7 @@ class Selector:
         if self.kind is SelectorKind.IDS:
             missing = [i for i in self.ids if i not in known]
             if missing:
-                raise UsageError(f"unknown device(s) in selector: {', '.join(missing)}")
+                raise HubUsageError(f"unknown device(s) in selector: {', '.join(missing)}")
         return sorted(i for i, d in known.items() if self.matches(d))
 
     def __str__(self) -> str:
@@ -148,6 +148,6 @@ class Selector:
 def _parse_ids(text: str) -> tuple[str, ...]:
     parts: Sequence[str] = [p.strip() for p in text.split(",") if p.strip()]
     if not parts:
-        raise UsageError(f"invalid selector {text!r}: no device ids")
+        raise HubUsageError(f"invalid selector {text!r}: no device ids")
     ids = tuple(dict.fromkeys(check_device_id(p) for p in parts))
     return ids

@@ -9,8 +9,8 @@ from typing import Any
 import click
 
 from edgefleet.core.cli.output import emit, json_option
-from edgefleet.core.errors import UsageError
 from edgefleet.hub.commands.common import config_option, hub_store, now, table
+from edgefleet.hub.errors import HubUsageError
 from edgefleet.hub.rollout.engine import RolloutEngine, summary
 from edgefleet.hub.rollout.plan import DEFAULT_PHASES
 
@@ -18,11 +18,11 @@ from edgefleet.hub.rollout.plan import DEFAULT_PHASES
 def _model_version(text: str) -> tuple[str, int]:
     model, sep, version = text.rpartition(":")
     if not sep or not model:
-        raise UsageError(f"expected MODEL:VERSION, got {text!r}")
+        raise HubUsageError(f"expected MODEL:VERSION, got {text!r}")
     try:
         number = int(version.lstrip("v"))
     except ValueError as e:
-        raise UsageError(f"invalid version in {text!r}: expected an integer") from e
+        raise HubUsageError(f"invalid version in {text!r}: expected an integer") from e
     return model, number
 
 

@@ -25,8 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from edgefleet.core.errors import UsageError
-from edgefleet.hub.errors import HubNotFoundError, RolloutStateError
+from edgefleet.hub.errors import HubNotFoundError, HubUsageError, RolloutStateError
 from edgefleet.hub.rollout.evidence import VersionStats
 from edgefleet.hub.rollout.gates import (
     UNSETTLED,
@@ -107,26 +106,26 @@ class RolloutEngine:
         devices = {d.device_id: d for d in self.store.list_devices()}
         selected = selector.select(devices.values())
         if not selected:
-            raise UsageError(f"selector {selector} matches no enrolled device")
+            raise HubUsageError(f"selector {selector} matches no enrolled device")
         by_profile = _bundles_by_profile(bundles)
         missing = sorted(
             {devices[i].profile for i in selected if _pick(by_profile, devices[i]) is None}
         )
         if missing:
-            raise UsageError(
+            raise HubUsageError(
                 f"no bundle of {model}:{version} for profile(s) {', '.join(missing)}; "
                 "pack and publish one per profile"
             )
         busy = self._busy_devices(model, selected)
         if busy:
             rid, devs = next(iter(busy.items()))
-            raise UsageError(
+            raise HubUsageError(
                 f"rollout {rid} of {model} is still active on {len(devs)} of these devices "
                 f"(e.g. {devs[0]}); pause is not enough, abort or finish it first"
             )
         rollout_id = rollout_id or f"r-{secrets.token_hex(4)}"
         if self.store.get_rollout(rollout_id) is not None:
-            raise UsageError(f"rollout {rollout_id} already exists")
+            raise HubUsageError(f"rollout {rollout_id} already exists")
         plan = RolloutPlan.build(
             rollout_id, model, version, str(selector), selected, phases, gates, phases_text
         )

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from edgefleet.core.errors import UsageError
+from edgefleet.hub.errors import HubUsageError
 
 DEFAULT_PHASES = "5%,25%,100%"
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
@@ -40,11 +40,11 @@ class Phase:
 
     def __post_init__(self) -> None:
         if (self.percent is None) == (self.count is None):
-            raise UsageError("a phase is either a percentage or a device count")
+            raise HubUsageError("a phase is either a percentage or a device count")
         if self.percent is not None and not 0 < self.percent <= 100:
-            raise UsageError(f"phase percentage must be in (0, 100], got {self.percent}")
+            raise HubUsageError(f"phase percentage must be in (0, 100], got {self.percent}")
         if self.count is not None and self.count < 1:
-            raise UsageError(f"phase device count must be at least 1, got {self.count}")
+            raise HubUsageError(f"phase device count must be at least 1, got {self.count}")
 
     def target(self, total: int) -> int:
         """Cumulative number of devices this phase covers out of ``total``."""
@@ -70,14 +70,14 @@ def parse_phases(text: str) -> tuple[Phase, ...]:
     for raw in text.split(","):
         part = raw.strip()
         if not part:
-            raise UsageError(f"invalid phases {text!r}: empty phase")
+            raise HubUsageError(f"invalid phases {text!r}: empty phase")
         try:
             if part.endswith("%"):
                 phases.append(Phase(percent=float(part[:-1])))
             else:
                 phases.append(Phase(count=int(part)))
         except ValueError as e:
-            raise UsageError(f"invalid phase {part!r}: expected N% or a device count") from e
+            raise HubUsageError(f"invalid phase {part!r}: expected N% or a device count") from e
     return tuple(phases)
 
 
@@ -88,10 +88,10 @@ def parse_duration_s(text: str | float | int) -> float:
     else:
         m = _DURATION_RE.match(str(text).strip())
         if not m:
-            raise UsageError(f"invalid duration {text!r}: expected e.g. 30s, 5m, 2h")
+            raise HubUsageError(f"invalid duration {text!r}: expected e.g. 30s, 5m, 2h")
         value = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     if value < 0 or not math.isfinite(value):
-        raise UsageError(f"invalid duration {text!r}")
+        raise HubUsageError(f"invalid duration {text!r}")
     return value
 
 
@@ -118,19 +118,19 @@ class Gates:
         for name in ("max_failure_share", "max_error_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise UsageError(f"gate {name} must be in [0, 1], got {value}")
+                raise HubUsageError(f"gate {name} must be in [0, 1], got {value}")
         for name in ("max_latency_p95_ratio", "max_prediction_psi"):
             if getattr(self, name) <= 0:
-                raise UsageError(f"gate {name} must be positive")
+                raise HubUsageError(f"gate {name} must be positive")
         if self.min_devices < 1:
-            raise UsageError("gate min_devices must be at least 1")
+            raise HubUsageError("gate min_devices must be at least 1")
         if self.min_inferences < 0:
-            raise UsageError("gate min_inferences must not be negative")
+            raise HubUsageError("gate min_inferences must not be negative")
         for name in ("bake_s", "device_timeout_s", "baseline_lookback_s"):
             if getattr(self, name) < 0:
-                raise UsageError(f"gate {name} must not be negative")
+                raise HubUsageError(f"gate {name} must not be negative")
         if self.device_timeout_s == 0:
-            raise UsageError("gate device_timeout_s must be positive")
+            raise HubUsageError("gate device_timeout_s must be positive")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -154,7 +154,7 @@ class Gates:
             name = key.strip().replace("-", "_")
             name = aliases.get(name, name)
             if not sep or name not in types:
-                raise UsageError(
+                raise HubUsageError(
                     f"invalid gate {pair!r}: expected NAME=VALUE with NAME one of "
                     + ", ".join(sorted(types))
                 )
@@ -178,7 +178,7 @@ def _coerce(name: str, type_name: str, raw: str) -> Any:
             return float(raw[:-1]) / 100.0
         return float(raw)
     except ValueError as e:
-        raise UsageError(f"invalid value for gate {name}: {raw!r}") from e
+        raise HubUsageError(f"invalid value for gate {name}: {raw!r}") from e
 
 
 def device_order(rollout_id: str, device_ids: Sequence[str]) -> tuple[str, ...]:
@@ -209,13 +209,13 @@ class RolloutPlan:
 
     def __post_init__(self) -> None:
         if not self.devices:
-            raise UsageError(f"rollout {self.rollout_id}: the selector matches no device")
+            raise HubUsageError(f"rollout {self.rollout_id}: the selector matches no device")
         if not self.phase_sizes or self.phase_sizes[-1] != len(self.devices):
-            raise UsageError("the last phase must cover every selected device")
+            raise HubUsageError("the last phase must cover every selected device")
         if any(b <= a for a, b in zip(self.phase_sizes, self.phase_sizes[1:], strict=False)):
-            raise UsageError("phase sizes must strictly increase")
+            raise HubUsageError("phase sizes must strictly increase")
         if self.phase_sizes[0] < 1:
-            raise UsageError("the first phase must move at least one device")
+            raise HubUsageError("the first phase must move at least one device")
 
     @classmethod
     def build(
@@ -231,18 +231,18 @@ class RolloutPlan:
     ) -> RolloutPlan:
         ordered = device_order(rollout_id, device_ids)
         if not ordered:
-            raise UsageError(f"selector {selector!r} matches no enrolled device")
+            raise HubUsageError(f"selector {selector!r} matches no enrolled device")
         sizes: list[int] = []
         raw = [phase.raw_target(len(ordered)) for phase in phases]
         if any(b < a for a, b in zip(raw, raw[1:], strict=False)):
-            raise UsageError(f"phases {phases_text!r} must not shrink")
+            raise HubUsageError(f"phases {phases_text!r} must not shrink")
         for phase in phases:
             size = phase.target(len(ordered))
             if size and (not sizes or size > sizes[-1]):
                 sizes.append(size)
         if not sizes or sizes[-1] != len(ordered):
             # The design asks for a rollout to reach its whole selection.
-            raise UsageError(
+            raise HubUsageError(
                 f"phases {phases_text!r} stop at {sizes[-1] if sizes else 0} of "
                 f"{len(ordered)} devices; end with 100%"
             )
