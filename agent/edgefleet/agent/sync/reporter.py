@@ -1,0 +1,260 @@
+"""What the device tells the hub: status (online/offline), state, and events.
+
+- Status is retained; the MQTT last will publishes ``Status(online=False)`` retained
+  when the device vanishes, and a clean stop publishes it itself (a clean DISCONNECT
+  does not fire the will).
+- State is retained and rebuilt from the files every tick by :func:`build_state`
+  (pure); :class:`StateReporter` publishes it when it differs from the last one
+  published (the ``at`` field aside) and again after every connect, because a broker
+  restarted without persistence has forgotten retained messages.
+- Events (a refused assignment, a refused directive, a finished download) go into
+  the telemetry buffer as ``event`` records, so they survive restarts and reach the
+  hub at least once through the uploader, like the deployment driver's own events.
+
+Deployment info per model, first match wins: the deployment the driver is running;
+the sync's own download; a request waiting for the driver (``queued``); the sync's
+refusal or failure of an assignment the directive still names; the driver's last
+outcome for the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from edgefleet.agent.sync.deployer import Progress
+from edgefleet.agent.sync.reconcile import (
+    DOWNLOADING,
+    FAILED,
+    HANDED,
+    REFUSED,
+    InstalledModel,
+    LedgerEntry,
+)
+from edgefleet.core.mqtt import MqttTransport, Will
+from edgefleet.core.protocol import (
+    DeploymentInfo,
+    DeviceState,
+    ModelState,
+    SlotInfo,
+    Status,
+    Topics,
+    encode_json,
+)
+
+log = logging.getLogger("edgefleet.agent.sync")
+
+
+class EventSink(Protocol):
+    def append(self, kind: str, body: Mapping[str, Any]) -> int: ...
+
+
+def last_will(topics: Topics, device_id: str) -> Will:
+    return Will(topics.status(device_id), encode_json(Status(online=False)), retain=True)
+
+
+@dataclass(frozen=True)
+class DownloadView:
+    bundle_sha256: str
+    fraction: float
+
+
+def _slot(sha: str | None, version: int | None) -> SlotInfo | None:
+    if sha is None:
+        return None
+    return SlotInfo(version=version if version is not None else 0, bundle_sha256=sha)
+
+
+def _deployment(
+    model: str,
+    progress: Progress | None,
+    ledger: Iterable[LedgerEntry],
+    download: DownloadView | None,
+    last: Mapping[str, Any] | None,
+) -> DeploymentInfo | None:
+    entries = sorted((e for e in ledger if e.model == model), key=lambda e: e.updated_at)
+    if progress is not None:
+        mine = next((e for e in entries if e.request_id == progress.request_id), None)
+        if progress.model == model or (mine is not None and progress.model is None):
+            sha = progress.bundle_sha256 or (mine.bundle_sha256 if mine else None)
+            version = progress.version if progress.version is not None else mine and mine.version
+            if sha is not None and isinstance(version, int):
+                return DeploymentInfo(
+                    state=progress.state,
+                    version=version,
+                    bundle_sha256=sha,
+                    rollout_id=mine.rollout_id if mine else None,
+                    reason=progress.reason,
+                    at=progress.at,
+                )
+    for entry in reversed(entries):
+        if (
+            entry.state == DOWNLOADING
+            and download is not None
+            and download.bundle_sha256 == entry.bundle_sha256
+        ):
+            return DeploymentInfo(
+                state="downloading",
+                version=entry.version,
+                bundle_sha256=entry.bundle_sha256,
+                rollout_id=entry.rollout_id,
+                at=entry.updated_at,
+                progress=round(download.fraction, 4),
+            )
+    for entry in reversed(entries):
+        if entry.state == HANDED:
+            # With the driver but not started yet (or a driver that reports no progress).
+            return DeploymentInfo(
+                state="queued",
+                version=entry.version,
+                bundle_sha256=entry.bundle_sha256,
+                rollout_id=entry.rollout_id,
+                at=entry.updated_at,
+            )
+        if entry.state in (FAILED, REFUSED):
+            return DeploymentInfo(
+                state=entry.result or ("rejected" if entry.state == REFUSED else "failed"),
+                version=entry.version,
+                bundle_sha256=entry.bundle_sha256,
+                rollout_id=entry.rollout_id,
+                reason=(entry.reason or "")[:1024] or None,
+                at=entry.updated_at,
+            )
+    if last is not None:
+        sha, version = last.get("bundle_sha256"), last.get("version")
+        if isinstance(sha, str) and isinstance(version, int) and isinstance(last.get("state"), str):
+            at = last.get("finished_at")
+            reason = last.get("reason")
+            return DeploymentInfo(
+                state=str(last["state"]),
+                version=version,
+                bundle_sha256=sha,
+                rollout_id=last.get("rollout_id")
+                if isinstance(last.get("rollout_id"), str)
+                else None,
+                reason=reason[:1024] if isinstance(reason, str) else None,
+                at=float(at) if isinstance(at, int | float) else None,
+            )
+    return None
+
+
+def build_state(
+    *,
+    device_id: str,
+    agent_version: str,
+    profile: str,
+    now: float,
+    installed: Mapping[str, InstalledModel],
+    progress: Progress | None,
+    ledger: Iterable[LedgerEntry],
+    download: DownloadView | None,
+    last_outcomes: Mapping[str, Mapping[str, Any]],
+    directive_models: Iterable[str] = (),
+    directive_seq: int | None = None,
+    directive_error: str | None = None,
+) -> DeviceState:
+    """The state report from everything the sync knows (pure)."""
+    entries = list(ledger)
+    names = set(installed) | set(last_outcomes) | set(directive_models)
+    names |= {e.model for e in entries}
+    if progress is not None and progress.model is not None:
+        names.add(progress.model)
+    models = []
+    for name in sorted(names):
+        current = installed.get(name, InstalledModel())
+        try:
+            models.append(
+                ModelState(
+                    name=name,
+                    active=_slot(current.active_sha, current.active_version),
+                    previous=_slot(current.previous_sha, current.previous_version),
+                    deployment=_deployment(
+                        name, progress, entries, download, last_outcomes.get(name)
+                    ),
+                )
+            )
+        except ValueError as e:  # a name the protocol cannot carry: leave it out, say so
+            log.warning("state report leaves out model %r: %s", name, e)
+    return DeviceState(
+        device=device_id,
+        agent_version=agent_version,
+        profile=profile,
+        at=now,
+        models=tuple(models[:64]),
+        directive_seq=directive_seq,
+        directive_error=None if directive_error is None else directive_error[:1024],
+    )
+
+
+class StateReporter:
+    """Publishes status and state (retained) and remembers what it last sent."""
+
+    def __init__(self, transport: MqttTransport, topics: Topics, device_id: str) -> None:
+        self.transport = transport
+        self.topics = topics
+        self.device_id = device_id
+        self._last: dict[str, Any] | None = None
+        self.published = 0
+
+    def online(self, now: float, agent_version: str) -> None:
+        status = Status(online=True, at=now, agent_version=agent_version)
+        self.transport.publish(self.topics.status(self.device_id), encode_json(status), True)
+
+    def offline(self, now: float) -> None:
+        status = Status(online=False, at=now)
+        self.transport.publish(self.topics.status(self.device_id), encode_json(status), True)
+
+    def forget(self) -> None:
+        """Publish the next state whatever it is (after a reconnect)."""
+        self._last = None
+
+    def report(self, state: DeviceState) -> bool:
+        """Publish ``state`` if it says something new; True when it was published."""
+        comparable = state.to_dict()
+        comparable.pop("at", None)
+        if comparable == self._last:
+            return False
+        self.transport.publish(self.topics.state(self.device_id), encode_json(state), True)
+        self._last = comparable
+        self.published += 1
+        return True
+
+
+def event_body(
+    model: str,
+    state: str,
+    now: float,
+    *,
+    version: int | None = None,
+    reason: str | None = None,
+    rollout_id: str | None = None,
+    bundle_sha256: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A telemetry ``event`` body (the DeploymentEvent shape, plus ``source``)."""
+    body: dict[str, Any] = {
+        "model": model,
+        "version": version,
+        "state": state,
+        "reason": None if reason is None else reason[:4096],
+        "at": now,
+        "source": "sync",
+    }
+    if rollout_id is not None:
+        body["rollout_id"] = rollout_id
+    if bundle_sha256 is not None:
+        body["bundle_sha256"] = bundle_sha256
+    body.update(extra or {})
+    return body
+
+
+def record_event(sink: EventSink | None, body: Mapping[str, Any]) -> None:
+    """Store an event for the uploader; a failing buffer is logged, never raised."""
+    if sink is None:
+        return
+    try:
+        sink.append("event", body)
+    except Exception:
+        log.exception("could not record sync event %s", body.get("state"))
