@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader
 
 from edgefleet.packager.errors import QuantizationError, QuantizationNotApplicableError
 from edgefleet.packager.graph import ML_DOMAIN, gemm_to_matmul, op_counts
@@ -183,19 +182,23 @@ def build_dynamic(model: onnx.ModelProto) -> BuiltVariant:
     return BuiltVariant("dynamic", data, "U8S8", settings)
 
 
-class _Calibration(CalibrationDataReader):
-    """Reference rows handed to the calibrator in small batches."""
+def _calibration_reader(input_name: str, x32: np.ndarray) -> Any:
+    """Reference rows handed to onnxruntime's calibrator in small batches."""
+    from onnxruntime.quantization import CalibrationDataReader
 
-    def __init__(self, input_name: str, x32: np.ndarray) -> None:
-        self._batches = iter(
-            [
-                {input_name: x32[i : i + CALIBRATION_BATCH]}
-                for i in range(0, len(x32), CALIBRATION_BATCH)
-            ]
-        )
+    class Batches(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._batches = iter(
+                [
+                    {input_name: x32[i : i + CALIBRATION_BATCH]}
+                    for i in range(0, len(x32), CALIBRATION_BATCH)
+                ]
+            )
 
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._batches, None)
+
+    return Batches()
 
 
 def calibration_rows(x32: np.ndarray) -> np.ndarray:
@@ -212,7 +215,7 @@ def build_static(
     if not np.all(np.isfinite(calibration)):
         raise QuantizationError("calibration data holds NaN or infinite values")
     activation = QuantType.QInt8 if int8_format == "S8S8" else QuantType.QUInt8
-    reader = _Calibration(input_name, calibration.astype(np.float32))
+    reader = _calibration_reader(input_name, calibration.astype(np.float32))
     with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
         out = Path(tmp) / "static.onnx"
         try:
