@@ -18,7 +18,9 @@ from typing import Any
 
 import joblib
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from edgefleet.core.cli.main import main
 from edgefleet.core.keys import generate_keypair
@@ -112,6 +114,37 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TrainedFiles]:
         ridge = Ridge(alpha=0.5).fit(x_tr, y_tr)
         out["diabetes_ridge"] = _save(folder, "diabetes_ridge", ridge, x_te, y_te)
     return out
+
+
+@pytest.fixture(scope="session")
+def conv_model() -> onnx.ModelProto:
+    """A tiny CNN on 8x8 digits-like images, flattened input [N, 64] (made with onnx.helper)."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(np.array([-1, 1, 8, 8], dtype=np.int64), "shape"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (4, 1, 3, 3)).astype(np.float32), "conv_w"),
+        numpy_helper.from_array(np.zeros(4, np.float32), "conv_b"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (144, 10)).astype(np.float32), "fc_w"),
+        numpy_helper.from_array(np.zeros(10, np.float32), "fc_b"),
+    ]
+    nodes = [
+        helper.make_node("Reshape", ["input", "shape"], ["img"]),
+        helper.make_node("Conv", ["img", "conv_w", "conv_b"], ["conv"], kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["conv"], ["act"]),
+        helper.make_node("Flatten", ["act"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 10])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
 
 
 @pytest.fixture(scope="session")

@@ -439,3 +439,28 @@ def test_registry_commands_render_and_emit_json(
     assert "[RETIRED]" in shown_text and "superseded" in shown_text
     assert "[RETIRED]" in cli("registry", "lineage", "iris:2", "--registry", registry_dir).out
     json.loads(cli("registry", "show", "iris", "--registry", registry_dir, "--json").out)
+
+
+def test_conv_graph_measures_static_and_dynamic(
+    cli: Any,
+    conv_model: Any,
+    models: dict[str, Any],
+    registry_dir: Path,
+    signing_key: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "cnn.onnx"
+    path.write_bytes(conv_model.SerializeToString())
+    digits = models["digits_mlp"]
+    _register(cli, registry_dir, path, "cnn", "--reference-data", digits.reference)
+    result = _pack(cli, registry_dir, "cnn", signing_key[0], tmp_path / "out", "x86_64-gateway")
+    q = result["quantization"]
+    rows = {row["variant"]: row for row in q["variants"]}
+    assert set(rows) == {"float32", "dynamic", "static"} and q["not_applicable"] == {}
+    static = rows["static"]
+    assert static["status"] != "failed" and static["format"] == "U8S8"  # the profile's format
+    assert static["settings"]["calibration_rows"] == len(digits.x_test[::4])
+    assert rows["dynamic"]["settings"]["gemm_rewritten_as_matmul"] == 1
+    assert q["variant"] in rows and rows[q["variant"]]["status"] == "chosen"
+    # Labels are known (digits), so every variant is scored by accuracy.
+    assert result["validation"]["metric"] == "accuracy"

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
 from edgefleet.packager.convert import convert_estimator
 from edgefleet.packager.errors import QuantizationNotApplicableError
@@ -16,7 +16,7 @@ from edgefleet.packager.graph import describe_io, op_counts, target_for
 from edgefleet.packager.quantize import (
     build_dynamic,
     build_fp16,
-    build_static,
+    build_variant,
     plan_variants,
 )
 from edgefleet.packager.selection import VariantRow, choose_variant
@@ -162,43 +162,19 @@ def test_preferred_variant_wins_when_eligible() -> None:
 # -- builders on real graphs ---------------------------------------------------------------
 
 
-def _conv_model() -> onnx.ModelProto:
-    """A tiny CNN on 8x8 digits-like images, flattened input [N, 64] (made with onnx.helper)."""
-    rng = np.random.default_rng(0)
-    inits = [
-        numpy_helper.from_array(np.array([-1, 1, 8, 8], dtype=np.int64), "shape"),
-        numpy_helper.from_array(rng.normal(0, 0.3, (4, 1, 3, 3)).astype(np.float32), "conv_w"),
-        numpy_helper.from_array(np.zeros(4, np.float32), "conv_b"),
-        numpy_helper.from_array(rng.normal(0, 0.1, (144, 10)).astype(np.float32), "fc_w"),
-        numpy_helper.from_array(np.zeros(10, np.float32), "fc_b"),
-    ]
-    nodes = [
-        helper.make_node("Reshape", ["input", "shape"], ["img"]),
-        helper.make_node("Conv", ["img", "conv_w", "conv_b"], ["conv"], kernel_shape=[3, 3]),
-        helper.make_node("Relu", ["conv"], ["act"]),
-        helper.make_node("Flatten", ["act"], ["flat"], axis=1),
-        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "cnn",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 10])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model
-
-
 @pytest.mark.parametrize(
     ("fmt", "zero_point_type"), [("S8S8", TensorProto.INT8), ("U8S8", TensorProto.UINT8)]
 )
-def test_static_qdq_follows_the_int8_format(fmt: str, zero_point_type: int) -> None:
-    model = _conv_model()
+def test_static_qdq_follows_the_int8_format(
+    fmt: str, zero_point_type: int, conv_model: onnx.ModelProto
+) -> None:
+    model = conv_model
     calibration = np.random.default_rng(3).uniform(0, 1, (64, 64)).astype(np.float32)
-    built = build_static(model, "input", calibration, fmt)
+    before = model.SerializeToString()
+    built = build_variant(
+        "static", model, input_name="input", calibration=calibration, int8_format=fmt
+    )
+    assert model.SerializeToString() == before  # the caller's graph is untouched
     quantized = onnx.load_model_from_string(built.model)
     ops = {op for _, op in op_counts(quantized)}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -223,9 +199,10 @@ def test_dynamic_quantizes_an_mlp_to_about_a_quarter(models: dict[str, Any]) -> 
     assert "MatMulInteger" in {op for _, op in op_counts(onnx.load_model_from_string(built.model))}
 
 
-def test_dynamic_on_gemm_graph_quantizes_after_the_rewrite() -> None:
-    model = _conv_model()
-    built = build_dynamic(model)
+def test_dynamic_on_gemm_graph_quantizes_after_the_rewrite(conv_model: onnx.ModelProto) -> None:
+    built = build_variant(
+        "dynamic", conv_model, input_name="input", calibration=np.zeros((1, 64)), int8_format="S8S8"
+    )
     assert built.settings["gemm_rewritten_as_matmul"] == 1
 
 

@@ -266,6 +266,11 @@ def build_variant(
 ) -> BuiltVariant:
     if name == "float32":
         return BuiltVariant("float32", model.SerializeToString(), "float32", {})
+    # onnxruntime's quantizers may rewrite the ModelProto they are given (large
+    # initializers moved to external data); they only ever see a private copy.
+    private = onnx.ModelProto()
+    private.CopyFrom(model)
+    model = private
     if name == "dynamic":
         return build_dynamic(model)
     if name == "static":
