@@ -194,13 +194,18 @@ def _features_text(mv: ModelVersion) -> str:
     return f"{mv.n_features} ({shown}; {kinds})"
 
 
+def _framework_text(mv: ModelVersion) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(mv.framework_versions.items()))
+    if mv.framework in mv.framework_versions:
+        return versions
+    return f"{mv.framework}: {versions}" if versions else mv.framework
+
+
 def _version_text(mv: ModelVersion) -> str:
     d = mv.to_dict()
     lines = [
         f"{mv.ref}  [{mv.status.upper()}]" if mv.retired else mv.ref,
-        f"  estimator     {mv.estimator} ({mv.framework} "
-        + ", ".join(f"{k} {v}" for k, v in sorted(mv.framework_versions.items()))
-        + ")",
+        f"  estimator     {mv.estimator} ({_framework_text(mv)})",
         f"  task          {mv.task}" + (f", labels {_fmt(mv.labels)}" if mv.labels else ""),
         f"  features      {_features_text(mv)}",
         f"  artifact      {mv.artifact_format}, {mv.artifact_size} bytes, sha256 {mv.artifact_sha256[:16]}",
@@ -281,7 +286,10 @@ def compare(ref_a: str, ref_b: str, registry_dir: Path | None, as_json: bool) ->
             body = []
             for row in rows:
                 last = _delta(row.get("delta")) if with_delta else ("*" if row["changed"] else "")
-                body.append([row["key"], _fmt(row["a"]), _fmt(row["b"]), last])
+                a_text, b_text = _fmt(row["a"]), _fmt(row["b"])
+                if row["key"].endswith("sha256"):
+                    a_text, b_text = a_text[:16], b_text[:16]
+                body.append([row["key"], a_text, b_text, last])
             out.append(_table(header, body))
         return "\n\n".join(out)
 
