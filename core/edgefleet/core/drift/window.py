@@ -34,13 +34,18 @@ True
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from edgefleet.core.drift.binning import CategoricalEncoder, NumericBinner
+from edgefleet.core.drift.binning import (
+    CategoricalEncoder,
+    CompiledProfile,
+    NumericBatch,
+    compile_profile,
+    numeric_batch,
+)
 from edgefleet.core.drift.layout import (
     OUTPUT_CATEGORICAL,
     OUTPUT_NONE,
@@ -49,8 +54,6 @@ from edgefleet.core.drift.layout import (
 )
 from edgefleet.core.drift.moments import merge_m2, merge_m2_many
 from edgefleet.core.drift.reference import (
-    CategoricalReference,
-    NumericReference,
     ReferenceProfile,
 )
 from edgefleet.core.errors import DriftError, ProfileMismatchError
@@ -89,95 +92,6 @@ class CategoricalColumn:
     counts: np.ndarray
     n: int
     nan: int
-
-
-class CompiledProfile:
-    """Everything ``update`` needs from a profile, precomputed once."""
-
-    def __init__(self, profile: ReferenceProfile) -> None:
-        self.profile_id = profile.profile_id
-        self.n_features = len(profile.features)
-        numeric = [f for f in profile.features if isinstance(f, NumericReference)]
-        categorical = [f for f in profile.features if isinstance(f, CategoricalReference)]
-        kinds = [isinstance(f, NumericReference) for f in profile.features]
-        self.numeric_cols = np.array([j for j, k in enumerate(kinds) if k], dtype=np.intp)
-        self.categorical_cols = np.array([j for j, k in enumerate(kinds) if not k], dtype=np.intp)
-        self.all_numeric = not categorical
-        self.binner = NumericBinner(numeric)
-        self.encoders = [CategoricalEncoder(f) for f in categorical]
-        self.out_binner: NumericBinner | None = None
-        self.out_encoder: CategoricalEncoder | None = None
-        bins = [f.n_bins for f in numeric]
-        sizes = [f.n_buckets for f in categorical]
-        output = OUTPUT_NONE
-        if isinstance(profile.outputs, NumericReference):
-            self.out_binner = NumericBinner([profile.outputs])
-            bins.append(profile.outputs.n_bins)
-            output = OUTPUT_NUMERIC
-        elif isinstance(profile.outputs, CategoricalReference):
-            self.out_encoder = CategoricalEncoder(profile.outputs)
-            sizes.append(profile.outputs.n_buckets)
-            output = OUTPUT_CATEGORICAL
-        self.layout = WindowLayout(tuple(bins), tuple(sizes), output)
-
-
-_COMPILED: OrderedDict[str, CompiledProfile] = OrderedDict()
-
-
-def compile_profile(profile: ReferenceProfile) -> CompiledProfile:
-    """Cached by ``profile_id`` (same id means same content, hence same tables)."""
-    compiled = _COMPILED.get(profile.profile_id)
-    if compiled is None:
-        compiled = CompiledProfile(profile)
-        _COMPILED[profile.profile_id] = compiled
-        while len(_COMPILED) > 16:
-            _COMPILED.popitem(last=False)
-    return compiled
-
-
-@dataclass
-class _NumericBatch:
-    counts: np.ndarray
-    sums: np.ndarray
-    nan: np.ndarray
-    inf: np.ndarray
-    below: np.ndarray
-    above: np.ndarray
-    n: np.ndarray
-    totals: np.ndarray
-    m2: np.ndarray
-    lo: np.ndarray
-    hi: np.ndarray
-
-
-def _numeric_batch(binner: NumericBinner, x: np.ndarray) -> _NumericBatch:
-    """Statistics of one batch ``x`` (float64, shape ``(rows, k)``)."""
-    finite = np.isfinite(x)
-    all_finite = bool(finite.all())
-    slots = binner.slots(x)
-    if all_finite:
-        weights = x
-        n = np.full(binner.k, x.shape[0], dtype=np.int64)
-        nan = inf = np.zeros(binner.k, dtype=np.int64)
-    else:
-        slots = np.where(finite, slots, binner.trash)
-        weights = np.where(finite, x, 0.0)
-        n = finite.sum(axis=0)
-        nan = np.isnan(x).sum(axis=0)
-        inf = x.shape[0] - n - nan
-    flat = slots.ravel()
-    counts, below, above = binner.fold(np.bincount(flat, minlength=binner.n_slots))
-    sums, _, _ = binner.fold(np.bincount(flat, weights=weights.ravel(), minlength=binner.n_slots))
-    totals = np.add.reduceat(sums, binner.bin_start)
-    dev = weights - np.divide(totals, n, out=np.zeros(binner.k), where=n > 0)
-    if all_finite:
-        lo, hi = x.min(axis=0), x.max(axis=0)
-    else:
-        dev[~finite] = 0.0
-        lo = np.where(finite, x, np.inf).min(axis=0)
-        hi = np.where(finite, x, -np.inf).max(axis=0)
-    m2 = np.einsum("ij,ij->j", dev, dev)
-    return _NumericBatch(counts, sums, nan, inf, below, above, n, totals, m2, lo, hi)
 
 
 class WindowStats:
@@ -320,7 +234,7 @@ class WindowStats:
             raise DriftError("this window has no profile attached; call attach(profile) first")
         return self._compiled
 
-    def _fold_numeric(self, first: int, b: _NumericBatch) -> None:
+    def _fold_numeric(self, first: int, b: NumericBatch) -> None:
         lay = self.layout
         k = b.n.size
         start = int(lay.bin_starts[first])
@@ -367,7 +281,7 @@ class WindowStats:
             return
         if c.binner.k:
             xn = X if c.all_numeric else X[:, c.numeric_cols]
-            self._fold_numeric(0, _numeric_batch(c.binner, np.asarray(xn, dtype=np.float64)))
+            self._fold_numeric(0, numeric_batch(c.binner, np.asarray(xn, dtype=np.float64)))
         for j, (col, encoder) in enumerate(zip(c.categorical_cols, c.encoders, strict=True)):
             self._fold_categorical(j, encoder, X[:, col])
         self.rows += int(X.shape[0])
@@ -383,7 +297,7 @@ class WindowStats:
                 raise DriftError(f"score outputs must be numeric, got dtype {y.dtype}")
             if y.size:
                 x = np.asarray(y, dtype=np.float64).reshape(-1, 1)
-                self._fold_numeric(self.layout.k_num - 1, _numeric_batch(c.out_binner, x))
+                self._fold_numeric(self.layout.k_num - 1, numeric_batch(c.out_binner, x))
         elif c.out_encoder is not None:
             self._fold_categorical(self.layout.k_cat - 1, c.out_encoder, y)
         else:
