@@ -148,7 +148,7 @@ def describe_dataset(path: Path) -> DatasetInfo:
     return DatasetInfo(str(path), sha, rows, columns)
 
 
-# -- helpers ------------------------------------------------------------------
+# -- reading and tidying ----------------------------------------------------
 
 
 def _load_npy(path: Path, *, numeric: bool = True) -> np.ndarray:
