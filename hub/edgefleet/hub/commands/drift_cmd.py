@@ -1,0 +1,167 @@
+"""``edgefleet hub drift MODEL[:VERSION]``: fleet drift, data quality and performance.
+
+Reads the fleet database (``--db FILE``, or the one next to the hub store named in
+``hub.toml``) without writing to it; reference profiles and validation metrics come from the
+hub's bundle store when a config is available, else from the copy the hub service cached
+in the fleet database.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from edgefleet.core.cli.output import emit, json_option
+from edgefleet.hub.commands.common import config_option, now
+from edgefleet.hub.config import load_config
+from edgefleet.hub.errors import HubNotFoundError, HubStoreError
+from edgefleet.hub.fleet.aggregate import BY_CHOICES, DriftQuery, FleetAggregator
+from edgefleet.hub.fleet.database import FleetDatabase
+from edgefleet.hub.fleet.references import (
+    ReferenceLoader,
+    References,
+    ValidationLoader,
+    bundle_loaders,
+)
+from edgefleet.hub.fleet.report_html import render_html
+from edgefleet.hub.fleet.report_text import render_drift
+from edgefleet.hub.fleet.settings import FleetSettings, fleet_db_path
+from edgefleet.hub.fleet.window_store import FleetWindowStore
+from edgefleet.hub.store import open_store
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_TARGET = re.compile(r"^([^:\s]+)(?::(\d+))?$")
+
+
+def parse_since(text: str, current: float) -> float | None:
+    """``30m``, ``24h``, ``7d``, ``2w`` before ``current``; ``all`` means no limit."""
+    if text.strip().lower() == "all":
+        return None
+    match = _DURATION.match(text.strip().lower())
+    if not match:
+        raise click.BadParameter(f"{text!r} is not a duration like 30m, 24h, 7d or 'all'")
+    return current - float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_target(text: str) -> tuple[str, int | None]:
+    match = _TARGET.match(text.strip())
+    if not match:
+        raise click.BadParameter(f"{text!r} is not MODEL or MODEL:VERSION")
+    version = match.group(2)
+    return match.group(1), None if version is None else int(version)
+
+
+@dataclass
+class FleetView:
+    """What a read-only fleet command needs."""
+
+    store: FleetWindowStore
+    references: References
+    db: FleetDatabase
+
+
+@contextmanager
+def open_fleet(config_path: Path | None, db_path: Path | None) -> Iterator[FleetView]:
+    """The fleet database from ``--db`` or from the hub config; never creates one."""
+    hub_store = None
+    loaders: tuple[ReferenceLoader | None, ValidationLoader | None] = (None, None)
+    if db_path is None or config_path is not None:
+        config = load_config(config_path)
+        if db_path is None:
+            db_path = fleet_db_path(config.store.path)
+        if config.store.path.exists():
+            hub_store = open_store(config.store.path)
+            loaders = bundle_loaders(hub_store, config.store.bundles_dir)
+    if not db_path.exists():
+        if hub_store is not None:
+            hub_store.close()
+        raise HubNotFoundError(f"no fleet database at {db_path} (has the hub received telemetry?)")
+    db = FleetDatabase(db_path)
+    store = FleetWindowStore(db, FleetSettings())
+    try:
+        yield FleetView(store, References(*loaders, cache=store, write_cache=False), db)
+    finally:
+        db.close()
+        if hub_store is not None:
+            hub_store.close()
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary sibling and a rename (nothing half-written)."""
+    path = path.resolve()
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise HubStoreError(f"cannot write {path}: {e.strerror or e}") from e
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise HubStoreError(f"cannot write {path}: {e.strerror or e}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@click.command()
+@click.argument("target", metavar="MODEL[:VERSION]")
+@click.option("--by", type=click.Choice(BY_CHOICES), default=None, help="Break down the fleet.")
+@click.option(
+    "--since",
+    default="24h",
+    show_default=True,
+    help="Window of time: 30m, 24h, 7d, 2w or 'all' (rounded down to whole hours).",
+)
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Also write a self-contained HTML report here.",
+)
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="The fleet database (default: next to the hub store of hub.toml).",
+)
+@config_option
+@json_option
+def drift(
+    target: str,
+    by: str | None,
+    since: str,
+    html_path: Path | None,
+    db_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Per-feature drift, dataset drift share, prediction drift, data quality and
+    performance of MODEL (newest version with telemetry unless :VERSION is given)."""
+    model, version = parse_target(target)
+    current = now()
+    since_s = parse_since(since, current)
+    with open_fleet(config_path, db_path) as view:
+        aggregator = FleetAggregator(view.store, view.references)
+        result = aggregator.query(DriftQuery(model, version, by, since_s), current)
+    if html_path is not None:
+        write_atomically(html_path, render_html(result, current))
+    out = result.to_dict()
+    out["html"] = None if html_path is None else str(html_path)
+    emit(as_json, out, lambda _r: render_drift(result) + _html_note(html_path))
+
+
+def _html_note(path: Path | None) -> str:
+    return "" if path is None else f"\nHTML report written to {path}"

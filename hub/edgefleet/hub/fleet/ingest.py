@@ -1,0 +1,345 @@
+"""Telemetry ingest: records in, windows stored exactly once, never in the MQTT thread.
+
+:class:`FleetTelemetry` turns telemetry records into stored rows (one transaction per call,
+however many batches it is given). :class:`IngestWorker` is what the hub service uses: the
+MQTT network thread only calls :meth:`IngestWorker.submit`, which puts the batch on a
+bounded queue and returns at once; a worker thread drains the queue, commits many batches
+per transaction and then runs each batch's ``on_done`` callback (where the service publishes
+the ack). Between batches the worker rolls up, coarsens and prunes in small steps.
+
+Invariants:
+
+- Exactly once: a record is stored at most once per (device, seq) (the store's unique key)
+  and acked only after its transaction committed; a record whose batch could not be queued
+  or stored is not acked, so the agent sends it again.
+- A record whose body is malformed is stored as kind ``malformed`` (so it is acked and
+  counted, not resent forever) and never reaches the statistics.
+- The ack cursor is the highest seq received from the device. The agent's lease hands out
+  the oldest unacked records first, so every seq below it is stored or was merged or dropped
+  on the device on purpose (seqs have gaps by design).
+- ``submit`` never blocks and never touches the database.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from edgefleet.core.errors import EdgefleetError, ProtocolError
+from edgefleet.core.protocol import TelemetryRecord
+from edgefleet.hub.fleet.database import FleetDatabase
+from edgefleet.hub.fleet.settings import FleetSettings
+from edgefleet.hub.fleet.totals import WindowTotals
+from edgefleet.hub.fleet.window_store import (
+    DeviceBatch,
+    FleetWindowStore,
+    MaintenanceResult,
+    RecordRow,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What the hub knows about a device when its telemetry arrives."""
+
+    id: str
+    group: str | None = None
+    profile: str = ""
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    stored: int  # records newly stored (windows, events, malformed)
+    duplicates: int  # records already stored before (retransmissions)
+    highest_contiguous_seq: int | None  # what to ack
+    malformed: int = 0
+
+
+def record_row(record: TelemetryRecord) -> RecordRow:
+    """A record as a storable row; never raises for a bad body (it becomes ``malformed``)."""
+    if record.kind != "window":
+        model = record.body.get("model")
+        version = record.body.get("version")
+        return RecordRow(
+            record.seq,
+            record.kind,
+            model if isinstance(model, str) else None,
+            version if isinstance(version, int) and not isinstance(version, bool) else None,
+        )
+    try:
+        summary = record.window()
+        drift = None
+        if summary.drift is not None:
+            drift = base64.b64decode(summary.drift, validate=True)
+    except (ProtocolError, ValueError, binascii.Error) as e:
+        log.debug("malformed telemetry window seq %s: %s", record.seq, e)
+        return RecordRow(record.seq, "malformed")
+    totals = WindowTotals.of_window(summary)
+    return RecordRow(
+        seq=record.seq,
+        kind="window",
+        model=summary.model,
+        version=summary.version,
+        start_s=summary.start_s,
+        end_s=summary.end_s,
+        requests=summary.requests,
+        errors=summary.error_count,
+        summary=totals.to_json(),
+        drift=drift,
+    )
+
+
+class FleetTelemetry:
+    """The fleet telemetry store behind one database file."""
+
+    def __init__(self, db_path: Path, settings: FleetSettings | None = None) -> None:
+        self.settings = settings or FleetSettings()
+        self.db = FleetDatabase(Path(db_path))
+        self.store = FleetWindowStore(self.db, self.settings)
+
+    def ingest(
+        self, device: DeviceInfo, records: Sequence[TelemetryRecord], now: float
+    ) -> IngestResult:
+        """Store one batch of one device (one transaction)."""
+        return self.ingest_many([(device, records)], now)[0]
+
+    def ingest_many(
+        self, items: Sequence[tuple[DeviceInfo, Sequence[TelemetryRecord]]], now: float
+    ) -> list[IngestResult]:
+        """Store several batches in ONE transaction (the worker's group commit)."""
+        batches = [
+            DeviceBatch(
+                device.id,
+                device.group or "",
+                device.profile,
+                [record_row(r) for r in records],
+            )
+            for device, records in items
+        ]
+        outcomes = self.store.add(batches, now)
+        return [
+            IngestResult(
+                o.stored,
+                o.duplicates,
+                o.highest_seq,
+                sum(1 for r in b.rows if r.kind == "malformed"),
+            )
+            for o, b in zip(outcomes, batches, strict=True)
+        ]
+
+    def maintain(self, now: float) -> MaintenanceResult:
+        return self.store.maintain(now)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class DeviceLookup(Protocol):
+    def __call__(self, device_id: str) -> DeviceInfo | None: ...
+
+
+DoneCallback = Callable[[IngestResult], None]
+
+
+@dataclass(frozen=True)
+class _Item:
+    device: DeviceInfo | str
+    records: Sequence[TelemetryRecord]
+    on_done: DoneCallback | None
+
+
+@dataclass
+class IngestStats:
+    """Counters of one worker since it started (Prometheus reads them)."""
+
+    submitted: int = 0
+    rejected_full: int = 0
+    stored_records: int = 0
+    duplicates: int = 0
+    malformed: int = 0
+    failed_batches: int = 0
+    commits: int = 0
+    rate_records_per_s: float = 0.0  # exponentially smoothed over ~a minute
+
+
+class IngestWorker:
+    """A bounded queue drained by one thread into :class:`FleetTelemetry`.
+
+    ``device_lookup`` resolves device ids passed to :meth:`submit` (e.g. from the hub
+    store) in the worker thread, cached for ``lookup_ttl_s``; unknown devices are stored
+    with no group and an empty profile. Maintenance (roll-up, coarsening, retention) runs in
+    this thread only while no batch waits, in steps of ``maintenance_budget`` windows.
+    """
+
+    def __init__(
+        self,
+        telemetry: FleetTelemetry,
+        *,
+        device_lookup: DeviceLookup | None = None,
+        queue_size: int = 2000,
+        max_batches_per_commit: int = 256,
+        maintenance_interval_s: float = 30.0,
+        lookup_ttl_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if queue_size < 1 or max_batches_per_commit < 1:
+            raise ValueError("queue_size and max_batches_per_commit must be positive")
+        self.telemetry = telemetry
+        self.device_lookup = device_lookup
+        self.max_batches = max_batches_per_commit
+        self.maintenance_interval_s = maintenance_interval_s
+        self.lookup_ttl_s = lookup_ttl_s
+        self.clock = clock
+        self.stats = IngestStats()
+        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=queue_size)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._busy = 0
+        self._idle = threading.Condition()
+        self._devices: dict[str, tuple[float, DeviceInfo]] = {}
+        self._last_maintenance = 0.0
+        self._maintenance_more = False
+        self._last_rate_at: float | None = None
+
+    # -- called from any thread ------------------------------------------------------
+    def submit(
+        self,
+        device: DeviceInfo | str,
+        records: Sequence[TelemetryRecord],
+        on_done: DoneCallback | None = None,
+    ) -> bool:
+        """Queue a batch; False (and nothing queued) when the queue is full."""
+        try:
+            with self._idle:
+                self._queue.put_nowait(_Item(device, tuple(records), on_done))
+                self.stats.submitted += 1
+        except queue.Full:
+            self.stats.rejected_full += 1
+            return False
+        return True
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> IngestWorker:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="fleet-ingest", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Store what is queued (up to ``timeout_s``), then stop the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """True once the queue is empty and no batch is being stored."""
+        deadline = time.monotonic() + timeout_s
+        with self._idle:
+            while self._queue.qsize() or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(min(left, 0.1))
+        return True
+
+    # -- the worker thread -----------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                self._idle_work()
+                continue
+            items = [first]
+            while len(items) < self.max_batches:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            with self._idle:
+                self._busy = len(items)
+            try:
+                self._store(items)
+            finally:
+                with self._idle:
+                    self._busy = 0
+                    self._idle.notify_all()
+            if self._stop.is_set() and self._queue.empty():
+                return
+
+    def _store(self, items: list[_Item]) -> None:
+        now = self.clock()
+        try:
+            resolved = [(self._resolve(item.device, now), item.records) for item in items]
+            results = self.telemetry.ingest_many(resolved, now)
+        except EdgefleetError as e:
+            # Nothing acked: the agents send these batches again.
+            self.stats.failed_batches += len(items)
+            log.error("fleet ingest of %d batches failed: %s", len(items), e)
+            return
+        self.stats.commits += 1
+        stored = 0
+        for item, result in zip(items, results, strict=True):
+            self.stats.stored_records += result.stored
+            self.stats.duplicates += result.duplicates
+            self.stats.malformed += result.malformed
+            stored += result.stored
+            if item.on_done is not None:
+                try:
+                    item.on_done(result)
+                except Exception:  # a broken callback must not stop ingest
+                    log.exception("fleet ingest callback failed")
+        self._note_rate(stored, now)
+
+    def _note_rate(self, stored: int, now: float) -> None:
+        last, self._last_rate_at = self._last_rate_at, now
+        if last is None:
+            return
+        dt = max(now - last, 1e-3)
+        alpha = min(1.0, dt / 60.0)
+        self.stats.rate_records_per_s += alpha * (stored / dt - self.stats.rate_records_per_s)
+
+    def _resolve(self, device: DeviceInfo | str, now: float) -> DeviceInfo:
+        if isinstance(device, DeviceInfo):
+            return device
+        cached = self._devices.get(device)
+        if cached is not None and now - cached[0] < self.lookup_ttl_s:
+            return cached[1]
+        info = None
+        if self.device_lookup is not None:
+            try:
+                info = self.device_lookup(device)
+            except EdgefleetError as e:
+                log.warning("device lookup for %s failed: %s", device, e)
+        info = info or DeviceInfo(device)
+        self._devices[device] = (now, info)
+        return info
+
+    def _idle_work(self) -> None:
+        now = self.clock()
+        due = now - self._last_maintenance >= self.maintenance_interval_s
+        if due or self._maintenance_more:
+            self._last_maintenance = now
+            try:
+                self._maintenance_more = self.telemetry.maintain(now).more
+            except EdgefleetError as e:
+                self._maintenance_more = False
+                log.error("fleet maintenance failed: %s", e)

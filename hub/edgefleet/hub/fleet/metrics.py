@@ -1,0 +1,190 @@
+"""Prometheus metrics of the hub: fleet presence, telemetry ingest and open alerts.
+
+``render_metrics`` is a pure function from a :class:`HubMetrics` snapshot to the text
+exposition format (version 0.0.4); ``collect`` takes the snapshot from the running parts;
+:class:`MetricsServer` serves ``GET /metrics`` from a small stdlib HTTP server in a thread
+of its own (loopback by default; any other path is 404, any other method 405).
+
+Invariant: a scrape never writes and never waits for the ingest worker — it reads counters
+the worker keeps in memory, the queue length, and one small SELECT on the alerts table.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from edgefleet.hub.fleet.alert_store import AlertStore
+from edgefleet.hub.fleet.ingest import IngestWorker
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+SEVERITIES = ("warning", "critical")
+
+
+@dataclass(frozen=True)
+class HubMetrics:
+    devices_total: int | None = None
+    devices_online: int | None = None
+    ingest_records_total: int = 0
+    ingest_duplicates_total: int = 0
+    ingest_malformed_total: int = 0
+    ingest_rejected_total: int = 0  # batches refused because the queue was full
+    ingest_failed_total: int = 0  # batches whose transaction failed (not acked)
+    ingest_rate_per_s: float = 0.0
+    ingest_backlog: int = 0
+    open_alerts: Mapping[str, int] = field(default_factory=dict)  # by severity
+
+
+def _line(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> list[str]:
+    out = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    for labels, value in samples:
+        shown = repr(float(value)) if isinstance(value, float) else str(value)
+        out.append(f"{name}{labels} {shown}")
+    return out
+
+
+def render_metrics(m: HubMetrics) -> str:
+    lines: list[str] = []
+    if m.devices_total is not None:
+        lines += _line(
+            "edgefleet_hub_devices", "gauge", "Enrolled devices.", [("", m.devices_total)]
+        )
+    if m.devices_online is not None:
+        lines += _line(
+            "edgefleet_hub_devices_online",
+            "gauge",
+            "Devices whose last status was online.",
+            [("", m.devices_online)],
+        )
+    lines += _line(
+        "edgefleet_hub_telemetry_records_total",
+        "counter",
+        "Telemetry records stored (first receipt only).",
+        [("", m.ingest_records_total)],
+    )
+    lines += _line(
+        "edgefleet_hub_telemetry_duplicates_total",
+        "counter",
+        "Telemetry records received again and ignored.",
+        [("", m.ingest_duplicates_total)],
+    )
+    lines += _line(
+        "edgefleet_hub_telemetry_malformed_total",
+        "counter",
+        "Telemetry records with a malformed body (stored, acked, not aggregated).",
+        [("", m.ingest_malformed_total)],
+    )
+    lines += _line(
+        "edgefleet_hub_telemetry_rejected_batches_total",
+        "counter",
+        "Telemetry batches refused because the ingest queue was full (not acked).",
+        [("", m.ingest_rejected_total)],
+    )
+    lines += _line(
+        "edgefleet_hub_telemetry_failed_batches_total",
+        "counter",
+        "Telemetry batches whose store transaction failed (not acked).",
+        [("", m.ingest_failed_total)],
+    )
+    lines += _line(
+        "edgefleet_hub_telemetry_ingest_rate",
+        "gauge",
+        "Telemetry records stored per second, smoothed over about a minute.",
+        [("", m.ingest_rate_per_s)],
+    )
+    lines += _line(
+        "edgefleet_hub_telemetry_backlog",
+        "gauge",
+        "Telemetry batches queued for storing.",
+        [("", m.ingest_backlog)],
+    )
+    severities = sorted(set(SEVERITIES) | set(m.open_alerts))
+    lines += _line(
+        "edgefleet_hub_alerts_open",
+        "gauge",
+        "Open fleet alerts by severity.",
+        [(f'{{severity="{s}"}}', m.open_alerts.get(s, 0)) for s in severities],
+    )
+    return "\n".join(lines) + "\n"
+
+
+def collect(
+    worker: IngestWorker | None = None,
+    alerts: AlertStore | None = None,
+    devices: Callable[[], tuple[int, int]] | None = None,
+) -> HubMetrics:
+    """A snapshot; ``devices`` returns (enrolled, online), e.g. from the hub store."""
+    total = online = None
+    if devices is not None:
+        total, online = devices()
+    s = worker.stats if worker is not None else None
+    return HubMetrics(
+        devices_total=total,
+        devices_online=online,
+        ingest_records_total=0 if s is None else s.stored_records,
+        ingest_duplicates_total=0 if s is None else s.duplicates,
+        ingest_malformed_total=0 if s is None else s.malformed,
+        ingest_rejected_total=0 if s is None else s.rejected_full,
+        ingest_failed_total=0 if s is None else s.failed_batches,
+        ingest_rate_per_s=0.0 if s is None else s.rate_records_per_s,
+        ingest_backlog=0 if worker is None else worker.backlog,
+        open_alerts={} if alerts is None else alerts.open_counts(),
+    )
+
+
+class MetricsServer:
+    """``GET /metrics`` on ``host:port`` (port 0 picks a free one; see ``.port``)."""
+
+    def __init__(self, provider: Callable[[], str], host: str = "127.0.0.1", port: int = 0):
+        self.provider = provider
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+                if self.path.split("?", 1)[0] != "/metrics":
+                    self._reply(404, b"not found\n", "text/plain")
+                    return
+                try:
+                    body = outer.provider().encode("utf-8")
+                except Exception as e:  # a failing collector must still answer the scrape
+                    self._reply(500, f"error: {e}\n".encode(), "text/plain")
+                    return
+                self._reply(200, body, CONTENT_TYPE)
+
+            def do_POST(self) -> None:  # noqa: N802
+                self._reply(405, b"method not allowed\n", "text/plain")
+
+            def _reply(self, code: int, body: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return  # scrapes every few seconds would flood the hub log
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> MetricsServer:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, name="hub-metrics", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None

@@ -1,0 +1,287 @@
+"""The alert monitor: reads newly received windows, scores each scope, runs the rules.
+
+Each run (``run_once(now)``), per model version with windows received since its cursor:
+
+1. the new windows are decoded once and folded into the *carry* of every scope they belong
+   to (the fleet, their group/profile/device as the policy's ``scopes`` say);
+2. a carry that reached the minimum size (``DriftThresholds.min_n`` rows of drift
+   statistics, or ``min_requests`` requests when the model has no drift data) becomes an
+   observation: scored against the reference, evaluated by every rule, stepped through the
+   alert state machine (:mod:`~edgefleet.hub.fleet.alerts`), and emptied; a smaller carry
+   waits for more windows — small windows merge over time — but never longer than
+   ``FleetSettings.monitor_lookback_s``;
+3. trackers, carries, cursors and alert rows are written in one transaction; only then do
+   the sinks see the events.
+
+Observations follow arrival order, not the windows' own time: a device that was offline for
+hours contributes its backlog when it arrives, once. Reports (``hub drift``) use the
+windows' own time buckets instead.
+
+An open alert whose scope sent nothing for ``stale_after_s`` resolves with reason "no data".
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from edgefleet.core.drift import ReferenceProfile, WindowStats, score_window
+from edgefleet.core.errors import DriftError, EdgefleetError
+from edgefleet.hub.fleet.alert_sinks import AlertEvent, AlertSink
+from edgefleet.hub.fleet.alert_store import AlertStore, NewAlert, ScopeCarry
+from edgefleet.hub.fleet.alerts import (
+    FIRED,
+    FLEET_SCOPE,
+    AlertPolicy,
+    Observation,
+    Tracker,
+    alert_key,
+    evaluate,
+    severity_of,
+    step,
+)
+from edgefleet.hub.fleet.ingest import FleetTelemetry
+from edgefleet.hub.fleet.references import References
+from edgefleet.hub.fleet.totals import WindowTotals
+from edgefleet.hub.fleet.window_store import StoredStats
+
+log = logging.getLogger(__name__)
+
+
+def scope_value(row: StoredStats, kind: str) -> str:
+    if kind == "fleet":
+        return FLEET_SCOPE
+    if kind == "group":
+        return row.group or "(none)"
+    if kind == "profile":
+        return row.profile or "(none)"
+    return row.device
+
+
+@dataclass
+class _Carry:
+    key: str
+    kind: str
+    scope: str
+    stats: WindowStats | None
+    totals: WindowTotals
+    since: float | None
+    last_data_at: float | None
+
+    def add(self, stats: WindowStats | None, totals: WindowTotals, at: float) -> None:
+        if stats is not None:
+            self.stats = stats if self.stats is None else self.stats.merge(stats)
+        self.totals.add(totals)
+        self.since = at if self.since is None else min(self.since, at)
+        self.last_data_at = at if self.last_data_at is None else max(self.last_data_at, at)
+
+    def to_record(self) -> ScopeCarry:
+        empty = self.totals.windows == 0
+        return ScopeCarry(
+            self.last_data_at,
+            None if self.stats is None else self.stats.to_bytes(),
+            None if empty else self.totals.to_json(),
+            None if empty else self.since,
+        )
+
+
+class FleetMonitor:
+    def __init__(
+        self,
+        telemetry: FleetTelemetry,
+        references: References,
+        policy: AlertPolicy | None = None,
+        sinks: Sequence[AlertSink] = (),
+    ) -> None:
+        self.telemetry = telemetry
+        self.store = telemetry.store
+        self.settings = telemetry.settings
+        self.alerts = AlertStore(telemetry.db)
+        self.references = references
+        self.policy = policy or AlertPolicy()
+        self.sinks = list(sinks)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    # -- one evaluation --------------------------------------------------------------
+    def run_once(self, now: float) -> list[AlertEvent]:
+        with self._lock:
+            events = self._evaluate(now)
+        for event in events:
+            for sink in self.sinks:
+                try:
+                    sink.send(event)
+                except Exception:  # sinks promise not to raise; belt and braces
+                    log.exception("alert sink failed")
+        return events
+
+    def _evaluate(self, now: float) -> list[AlertEvent]:
+        lookback_from = now - self.settings.monitor_lookback_s
+        trackers = self.alerts.trackers()
+        changed: dict[str, Tracker] = {}
+        carries: dict[str, _Carry] = {}
+        cursors: dict[tuple[str, int], int] = {}
+        pending: list[tuple[str, NewAlert | None, str]] = []  # (key, alert to open, event)
+        for model, version in self._pairs(lookback_from):
+            cursor = self.alerts.cursor(model, version)
+            rows = self.store.received_after(model, version, cursor, lookback_from)
+            if not rows:
+                continue
+            cursors[(model, version)] = max(r.rid for r in rows)
+            profile = self.references.profile(model, version)
+            validation = self.references.validation(model, version)
+            touched: dict[str, _Carry] = {}
+            for row in rows:
+                stats = _decode(row, profile)
+                totals = row.totals()
+                at = row.received_at if row.received_at is not None else now
+                for kind in self.policy.scopes:
+                    scope = scope_value(row, kind)
+                    scope_key = f"{model}|{version}|{kind}|{scope}"
+                    carry = touched.get(scope_key)
+                    if carry is None:
+                        carry = self._load_carry(scope_key, kind, scope, lookback_from)
+                        touched[scope_key] = carry
+                    carry.add(stats, totals, at)
+            for scope_key, carry in touched.items():
+                carries[scope_key] = carry
+                if not self._ready(carry):
+                    continue
+                report = None
+                if profile is not None and carry.stats is not None:
+                    report = score_window(profile, carry.stats, self.policy.thresholds)
+                outcomes = evaluate(Observation(report, carry.totals, validation), self.policy)
+                for rule, outcome in outcomes.items():
+                    key = alert_key(rule, model, version, carry.kind, carry.scope)
+                    before = changed.get(key, trackers.get(key, Tracker()))
+                    after, event = step(before, outcome.signal, self.policy)
+                    if after != before:
+                        changed[key] = after
+                    if event == FIRED:
+                        alert = NewAlert(
+                            key,
+                            rule,
+                            model,
+                            version,
+                            carry.kind,
+                            carry.scope,
+                            severity_of(rule),
+                            outcome.summary or f"{rule} in {carry.kind} {carry.scope}",
+                            {
+                                "value": outcome.value,
+                                "rows": 0 if report is None else report.n,
+                                "windows": carry.totals.windows,
+                                **dict(outcome.details),
+                            },
+                        )
+                        pending.append((key, alert, FIRED))
+                    elif event is not None:
+                        pending.append((key, None, "signal cleared"))
+                carry.stats, carry.totals, carry.since = None, WindowTotals(), None
+        return self._commit(now, trackers, changed, carries, cursors, pending)
+
+    def _commit(
+        self,
+        now: float,
+        trackers: dict[str, Tracker],
+        changed: dict[str, Tracker],
+        carries: dict[str, _Carry],
+        cursors: dict[tuple[str, int], int],
+        pending: list[tuple[str, NewAlert | None, str]],
+    ) -> list[AlertEvent]:
+        events: list[AlertEvent] = []
+        last_data = self.alerts.last_data()
+        for carry in carries.values():
+            last_data[carry.key] = carry.last_data_at
+        with self.telemetry.db.write() as conn:
+            for key, alert, what in pending:
+                if alert is not None:
+                    record = self.alerts.open_alert(conn, alert, now)
+                    if record is not None:
+                        events.append(AlertEvent("fired", record, now))
+                else:
+                    record = self.alerts.resolve_alert(conn, key, now, what)
+                    if record is not None:
+                        events.append(AlertEvent("resolved", record, now))
+            for key, record in self.alerts.open_alerts().items():
+                scope_key = f"{record.model}|{record.version}|{record.scope_kind}|{record.scope}"
+                seen = last_data.get(scope_key)
+                if seen is not None and now - seen >= self.policy.stale_after_s:
+                    resolved = self.alerts.resolve_alert(conn, key, now, "no data")
+                    if resolved is not None:
+                        events.append(AlertEvent("resolved", resolved, now))
+                    changed[key] = Tracker()
+            for key, tracker in changed.items():
+                self.alerts.save_tracker(conn, key, tracker, now)
+            for carry in carries.values():
+                self.alerts.save_scope(conn, carry.key, carry.to_record())
+            for (model, version), rid in cursors.items():
+                self.alerts.save_cursor(conn, model, version, rid)
+        return events
+
+    def _pairs(self, since_received: float) -> list[tuple[str, int]]:
+        with self.telemetry.db.read() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT model, version FROM fleet_records WHERE kind = 'window'"
+                " AND received_at >= ? AND model IS NOT NULL",
+                (since_received,),
+            ).fetchall()
+        return [(str(m), int(v)) for m, v in rows]
+
+    def _load_carry(self, scope_key: str, kind: str, scope: str, lookback_from: float) -> _Carry:
+        record = self.alerts.scope(scope_key)
+        carry = _Carry(scope_key, kind, scope, None, WindowTotals(), None, record.last_data_at)
+        fresh = record.since is not None and record.since >= lookback_from
+        if fresh and record.totals is not None:
+            carry.totals = WindowTotals.from_json(record.totals)
+            carry.since = record.since
+            if record.stats is not None:
+                try:
+                    carry.stats = WindowStats.from_bytes(record.stats)
+                except DriftError:
+                    carry.stats = None
+        return carry
+
+    def _ready(self, carry: _Carry) -> bool:
+        if carry.stats is not None:
+            return carry.stats.n >= self.policy.thresholds.min_n
+        return carry.totals.requests >= self.policy.min_requests
+
+    # -- background thread -----------------------------------------------------------
+    def start(self, interval_s: float = 60.0, clock: Callable[[], float] = time.time) -> None:
+        """Run ``run_once`` every ``interval_s`` in a thread of its own (not the ingest one)."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.run_once(clock())
+                except EdgefleetError as e:
+                    log.error("alert evaluation failed: %s", e)
+                except Exception:
+                    log.exception("alert evaluation failed")
+
+        self._thread = threading.Thread(target=loop, name="fleet-monitor", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+
+def _decode(row: StoredStats, profile: ReferenceProfile | None) -> WindowStats | None:
+    if row.drift is None or profile is None:
+        return None
+    try:
+        stats = WindowStats.from_bytes(bytes(row.drift))
+    except DriftError:
+        return None
+    return stats if stats.profile_id == profile.profile_id else None

@@ -1,0 +1,531 @@
+"""Stored telemetry windows and their rollups, in the fleet database.
+
+Tables (see :mod:`~edgefleet.hub.fleet.database`):
+
+``fleet_records``
+    one row per received record, unique on ``(device, seq)``: inserting a retransmitted
+    record is a no-op. Window rows carry model, version, the device's group and profile
+    *at ingest*, ``start_s``/``end_s``, the fine time bucket of ``start_s``, the operational
+    totals (JSON) and the ``WindowStats`` blob. ``rid`` grows with every insert, in commit
+    order, so the alert monitor reads "everything received since rid N" without relying on
+    clocks.
+``fleet_rollups``
+    merged windows per (level, model, version, bucket, device, group, profile, profile_id);
+    level is the bucket length (fine = an hour, coarse = a day by default).
+``fleet_cursor``
+    per device: the highest seq received (what the hub acks) and ``pruned_through``, the
+    highest seq whose row retention deleted (anything at or below it counts as a duplicate).
+
+Invariants:
+
+- A window is counted exactly once by a query: either as a raw row with ``rolled = 0`` or
+  inside exactly one rollup. ``roll_up`` merges raw rows into their rollup and sets
+  ``rolled = 1`` in the same transaction; a *late* window (its bucket already rolled up)
+  arrives with ``rolled = 0`` and the next ``roll_up`` merges it into the existing rollup —
+  aggregates re-open rather than miss it.
+- Coarsening (fine -> coarse rollups) and retention only move or delete whole rows inside
+  one transaction, so totals stay exact; what retention drops is counted.
+- Raw rows keep their blob after being rolled up until ``raw_retention_s`` so the alert
+  monitor can read recently received windows whatever their bucket.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from edgefleet.core.drift import WindowStats
+from edgefleet.core.errors import DriftError
+from edgefleet.hub.fleet.database import FleetDatabase
+from edgefleet.hub.fleet.settings import FleetSettings
+from edgefleet.hub.fleet.totals import WindowTotals
+
+RAW_LEVEL = 0
+
+
+@dataclass(frozen=True)
+class RecordRow:
+    """One record ready to store (built from a TelemetryRecord by the ingest layer)."""
+
+    seq: int
+    kind: str  # "window", "event", another kind, or "malformed"
+    model: str | None = None
+    version: int | None = None
+    start_s: float | None = None
+    end_s: float | None = None
+    requests: int = 0
+    errors: int = 0
+    summary: str | None = None  # WindowTotals JSON
+    drift: bytes | None = None  # WindowStats.to_bytes()
+
+
+@dataclass(frozen=True)
+class DeviceBatch:
+    device: str
+    group: str  # "" when the device has none
+    profile: str
+    rows: Sequence[RecordRow]
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    stored: int
+    duplicates: int
+    windows_stored: int
+    highest_seq: int | None
+
+
+@dataclass(frozen=True)
+class StoredStats:
+    """A raw window (``level == 0``) or a rollup, as read back for aggregation."""
+
+    level: int
+    device: str
+    group: str
+    profile: str
+    version: int
+    bucket_s: int
+    windows: int
+    start_s: float | None
+    end_s: float | None
+    summary: str
+    drift: bytes | None
+    rid: int = 0
+    received_at: float | None = None
+
+    def totals(self) -> WindowTotals:
+        return WindowTotals.from_json(self.summary)
+
+
+@dataclass(frozen=True)
+class MaintenanceResult:
+    rolled_up: int = 0
+    coarsened: int = 0
+    pruned_records: int = 0
+    dropped_rollups: int = 0
+    more: bool = False  # a step used its whole budget; call again soon
+
+
+_STATS_COLUMNS = "device, grp, profile, version, bucket_s, start_s, end_s, summary, drift"
+
+
+class FleetWindowStore:
+    def __init__(self, db: FleetDatabase, settings: FleetSettings | None = None) -> None:
+        self.db = db
+        self.settings = settings or FleetSettings()
+
+    # -- ingest ----------------------------------------------------------------------
+    def add(self, batches: Sequence[DeviceBatch], now: float) -> list[BatchOutcome]:
+        """Store every batch in ONE transaction; duplicates (device, seq) are ignored."""
+        outcomes: list[BatchOutcome] = []
+        totals = {"records_stored": 0, "windows_stored": 0, "duplicates": 0, "malformed": 0}
+        with self.db.write() as conn:
+            for batch in batches:
+                outcome = self._add_one(conn, batch, now)
+                outcomes.append(outcome)
+                totals["records_stored"] += outcome.stored
+                totals["windows_stored"] += outcome.windows_stored
+                totals["duplicates"] += outcome.duplicates
+            totals["malformed"] = sum(
+                1 for b in batches for r in b.rows if r.kind == "malformed"
+            )  # counted per receipt: a resent malformed record counts again
+            self.db.bump(conn, totals)
+        return outcomes
+
+    def _add_one(self, conn: sqlite3.Connection, batch: DeviceBatch, now: float) -> BatchOutcome:
+        row = conn.execute(
+            "SELECT contiguous, pruned_through FROM fleet_cursor WHERE device = ?",
+            (batch.device,),
+        ).fetchone()
+        contiguous, pruned = (int(row[0]), int(row[1])) if row else (None, -1)
+        fresh = [r for r in batch.rows if r.seq > pruned]
+        windows = [r for r in fresh if r.kind == "window"]
+        others = [r for r in fresh if r.kind != "window"]
+        bucket = self.settings.bucket_of
+        before = conn.total_changes
+        conn.executemany(
+            "INSERT OR IGNORE INTO fleet_records (device, seq, kind, received_at, model, version,"
+            " grp, profile, start_s, end_s, bucket_s, requests, errors, summary, drift)"
+            " VALUES (?,?,'window',?,?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    batch.device,
+                    r.seq,
+                    now,
+                    r.model,
+                    r.version,
+                    batch.group,
+                    batch.profile,
+                    r.start_s,
+                    r.end_s,
+                    bucket(r.start_s or 0.0),
+                    r.requests,
+                    r.errors,
+                    r.summary,
+                    r.drift,
+                )
+                for r in windows
+            ],
+        )
+        windows_stored = conn.total_changes - before
+        conn.executemany(
+            "INSERT OR IGNORE INTO fleet_records (device, seq, kind, received_at, model, version)"
+            " VALUES (?,?,?,?,?,?)",
+            [(batch.device, r.seq, r.kind, now, r.model, r.version) for r in others],
+        )
+        stored = conn.total_changes - before
+        highest = max((r.seq for r in batch.rows), default=None)
+        if highest is not None:
+            new = highest if contiguous is None else max(contiguous, highest)
+            conn.execute(
+                "INSERT INTO fleet_cursor VALUES (?, ?, ?) ON CONFLICT (device)"
+                " DO UPDATE SET contiguous = excluded.contiguous",
+                (batch.device, new, pruned),
+            )
+            contiguous = new
+        return BatchOutcome(stored, len(batch.rows) - stored, windows_stored, contiguous)
+
+    def cursor(self, device: str) -> int | None:
+        row = (
+            self.db.connection()
+            .execute("SELECT contiguous FROM fleet_cursor WHERE device = ?", (device,))
+            .fetchone()
+        )
+        return None if row is None else int(row[0])
+
+    # -- queries ---------------------------------------------------------------------
+    def versions(self, model: str) -> list[int]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT version FROM fleet_records WHERE kind = 'window' AND model = ?"
+                " UNION SELECT DISTINCT version FROM fleet_rollups WHERE model = ?",
+                (model, model),
+            ).fetchall()
+        return sorted(int(r[0]) for r in rows if r[0] is not None)
+
+    def models(self) -> list[str]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT model FROM fleet_records WHERE kind = 'window'"
+                " UNION SELECT DISTINCT model FROM fleet_rollups"
+            ).fetchall()
+        return sorted(str(r[0]) for r in rows if r[0] is not None)
+
+    def stats(self, model: str, version: int, since_s: float | None = None) -> list[StoredStats]:
+        """Everything stored for ``model:version`` from ``since_s`` on, each window once.
+
+        ``since_s`` is rounded down to the bucket of each level (an hour for fine rollups
+        and raw windows, a day for coarse rollups).
+        """
+        s = self.settings
+        fine = s.bucket_of(since_s) if since_s is not None else None
+        coarse = s.coarse_bucket_of(since_s) if since_s is not None else None
+        with self.db.read() as conn:
+            out = self._rollups(conn, model, version, fine, coarse, None)
+            out += self._raw(conn, model, version, fine, None)
+        return out
+
+    def stats_before(
+        self, model: str, version: int, before_bucket: int, column: str, value: str
+    ) -> list[StoredStats]:
+        """Windows of one group/profile/device in buckets before ``before_bucket``."""
+        if column not in ("grp", "profile", "device"):
+            raise ValueError(column)
+        with self.db.read() as conn:
+            out = self._rollups(conn, model, version, None, None, (column, value, before_bucket))
+            out += self._raw(conn, model, version, None, (column, value, before_bucket))
+        return sorted(out, key=lambda r: r.bucket_s, reverse=True)
+
+    def _rollups(
+        self,
+        conn: sqlite3.Connection,
+        model: str,
+        version: int,
+        fine: int | None,
+        coarse: int | None,
+        before: tuple[str, str, int] | None,
+    ) -> list[StoredStats]:
+        sql = (
+            f"SELECT level, windows, {_STATS_COLUMNS} FROM fleet_rollups"
+            " WHERE model = ? AND version = ?"
+        )
+        params: list[Any] = [model, version]
+        if fine is not None and coarse is not None:
+            sql += " AND ((level = ? AND bucket_s >= ?) OR (level = ? AND bucket_s >= ?))"
+            params += [self.settings.bucket_s, fine, self.settings.coarse_bucket_s, coarse]
+        if before is not None:
+            sql += f" AND {before[0]} = ? AND bucket_s < ?"
+            params += [before[1], before[2]]
+        return [
+            StoredStats(int(r[0]), r[2], r[3], r[4], int(r[5]), int(r[6]), int(r[1]), *r[7:11])
+            for r in conn.execute(sql, params)
+        ]
+
+    def _raw(
+        self,
+        conn: sqlite3.Connection,
+        model: str,
+        version: int,
+        fine: int | None,
+        before: tuple[str, str, int] | None,
+    ) -> list[StoredStats]:
+        sql = (
+            f"SELECT rid, received_at, {_STATS_COLUMNS} FROM fleet_records"
+            " WHERE kind = 'window' AND rolled = 0 AND model = ? AND version = ?"
+        )
+        params: list[Any] = [model, version]
+        if fine is not None:
+            sql += " AND bucket_s >= ?"
+            params.append(fine)
+        if before is not None:
+            sql += f" AND {before[0]} = ? AND bucket_s < ?"
+            params += [before[1], before[2]]
+        return [_raw_stats(r) for r in conn.execute(sql, params)]
+
+    def received_after(
+        self, model: str, version: int, anchor_rid: int, since_received: float
+    ) -> list[StoredStats]:
+        """Raw windows of ``model:version`` with ``rid > anchor_rid``, received at or after
+        ``since_received`` (rolled up or not: the blob stays until raw retention)."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                f"SELECT rid, received_at, {_STATS_COLUMNS} FROM fleet_records"
+                " WHERE kind = 'window' AND model = ? AND version = ? AND rid > ?"
+                " AND received_at >= ? ORDER BY rid",
+                (model, version, anchor_rid, since_received),
+            ).fetchall()
+        return [_raw_stats(r) for r in rows]
+
+    def received_models(self, anchor_rid: int) -> list[tuple[str, int, int]]:
+        """(model, version, max rid) of windows received after ``anchor_rid``."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT model, version, MAX(rid) FROM fleet_records WHERE kind = 'window'"
+                " AND rid > ? AND model IS NOT NULL GROUP BY model, version",
+                (anchor_rid,),
+            ).fetchall()
+        return [(str(m), int(v), int(r)) for m, v, r in rows]
+
+    def max_rid(self) -> int:
+        row = self.db.connection().execute("SELECT MAX(rid) FROM fleet_records").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def count_windows(self) -> dict[str, int]:
+        """Raw rows unrolled / rolled and windows inside rollups (diagnostics, tests)."""
+        with self.db.read() as conn:
+            raw = conn.execute(
+                "SELECT rolled, COUNT(*) FROM fleet_records WHERE kind = 'window' GROUP BY rolled"
+            ).fetchall()
+            rolled = conn.execute("SELECT COALESCE(SUM(windows), 0) FROM fleet_rollups").fetchone()
+        counts = {int(k): int(v) for k, v in raw}
+        return {
+            "raw_unrolled": counts.get(0, 0),
+            "raw_rolled": counts.get(1, 0),
+            "in_rollups": int(rolled[0]),
+        }
+
+    # -- maintenance -----------------------------------------------------------------
+    def maintain(self, now: float) -> MaintenanceResult:
+        """One bounded step of roll-up, coarsening and retention."""
+        budget = self.settings.maintenance_budget
+        rolled = self.roll_up(now, budget)
+        coarsened = self.coarsen(now, budget)
+        pruned, dropped = self.prune(now)
+        return MaintenanceResult(
+            rolled, coarsened, pruned, dropped, more=rolled >= budget or coarsened >= budget
+        )
+
+    def roll_up(self, now: float, budget: int) -> int:
+        """Merge settled raw windows into their rollups; returns how many were merged."""
+        s = self.settings
+        cutoff = now - s.settle_s - s.bucket_s
+        coarse_cutoff = now - s.fine_retention_s - s.bucket_s
+        with self.db.write() as conn:
+            rows = conn.execute(
+                "SELECT rid, model, "
+                + _STATS_COLUMNS
+                + " FROM fleet_records WHERE kind = 'window' AND rolled = 0 AND bucket_s <= ?"
+                " ORDER BY bucket_s LIMIT ?",
+                (cutoff, budget),
+            ).fetchall()
+            if not rows:
+                return 0
+            groups: dict[tuple[Any, ...], list[tuple[WindowTotals, WindowStats | None]]] = {}
+            undecodable = 0
+            for _rid, model, device, grp, profile, version, bucket_s, *_, summary, drift in rows:
+                stats, bad = _decode(drift)
+                undecodable += bad
+                if bucket_s <= coarse_cutoff:
+                    level, bucket = s.coarse_bucket_s, s.coarse_bucket_of(bucket_s)
+                else:
+                    level, bucket = s.bucket_s, int(bucket_s)
+                key = (level, model, version, bucket, device, grp, profile, _pid(stats))
+                groups.setdefault(key, []).append((WindowTotals.from_json(summary), stats))
+            for key, parts in groups.items():
+                _merge_into_rollup(conn, key, parts, now)
+            conn.executemany(
+                "UPDATE fleet_records SET rolled = 1 WHERE rid = ?", [(r[0],) for r in rows]
+            )
+            self.db.bump(conn, {"rolled_up": len(rows), "undecodable_windows": undecodable})
+        return len(rows)
+
+    def coarsen(self, now: float, budget: int) -> int:
+        """Merge fine rollups older than the fine retention into coarse ones."""
+        s = self.settings
+        cutoff = now - s.fine_retention_s - s.bucket_s
+        with self.db.write() as conn:
+            rows = conn.execute(
+                "SELECT model, version, bucket_s, device, grp, profile, profile_id, windows,"
+                " summary, drift FROM fleet_rollups WHERE level = ? AND bucket_s <= ?"
+                " ORDER BY bucket_s LIMIT ?",
+                (s.bucket_s, cutoff, budget),
+            ).fetchall()
+            groups: dict[tuple[Any, ...], list[tuple[WindowTotals, WindowStats | None]]] = {}
+            for model, version, bucket_s, device, grp, profile, pid, _w, summary, drift in rows:
+                stats, _bad = _decode(drift)
+                key = (
+                    s.coarse_bucket_s,
+                    model,
+                    version,
+                    s.coarse_bucket_of(bucket_s),
+                    device,
+                    grp,
+                    profile,
+                    pid,
+                )
+                groups.setdefault(key, []).append((WindowTotals.from_json(summary), stats))
+            for key, parts in groups.items():
+                _merge_into_rollup(conn, key, parts, now)
+            conn.executemany(
+                "DELETE FROM fleet_rollups WHERE level = ? AND model = ? AND version = ?"
+                " AND bucket_s = ? AND device = ? AND grp = ? AND profile = ? AND profile_id = ?",
+                [(s.bucket_s, *r[:7]) for r in rows],
+            )
+        return len(rows)
+
+    def prune(self, now: float) -> tuple[int, int]:
+        """Delete raw rows past retention (already rolled up) and expired coarse rollups."""
+        s = self.settings
+        cutoff = now - s.raw_retention_s
+        dropped = 0
+        with self.db.write() as conn:
+            where = "received_at < ? AND (rolled = 1 OR kind != 'window')"
+            highest = conn.execute(
+                f"SELECT device, MAX(seq) FROM fleet_records WHERE {where} GROUP BY device",
+                (cutoff,),
+            ).fetchall()
+            conn.executemany(
+                "INSERT INTO fleet_cursor VALUES (?, ?, ?) ON CONFLICT (device) DO UPDATE"
+                " SET pruned_through = MAX(pruned_through, excluded.pruned_through)",
+                [(d, seq, seq) for d, seq in highest],
+            )
+            pruned = conn.execute(f"DELETE FROM fleet_records WHERE {where}", (cutoff,)).rowcount
+            if s.coarse_retention_s is not None:
+                old = now - s.coarse_retention_s - s.coarse_bucket_s
+                row = conn.execute(
+                    "SELECT COALESCE(SUM(windows), 0) FROM fleet_rollups"
+                    " WHERE level = ? AND bucket_s <= ?",
+                    (s.coarse_bucket_s, old),
+                ).fetchone()
+                dropped = int(row[0])
+                conn.execute(
+                    "DELETE FROM fleet_rollups WHERE level = ? AND bucket_s <= ?",
+                    (s.coarse_bucket_s, old),
+                )
+            self.db.bump(conn, {"pruned_records": pruned, "dropped_windows": dropped})
+        return pruned, dropped
+
+    # -- reference cache -------------------------------------------------------------
+    def put_reference(
+        self, model: str, version: int, profile_json: str, validation: dict[str, Any], now: float
+    ) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                "INSERT INTO fleet_references VALUES (?, ?, ?, ?, ?) ON CONFLICT (model, version)"
+                " DO UPDATE SET profile = excluded.profile, validation = excluded.validation,"
+                " updated_at = excluded.updated_at",
+                (model, version, profile_json, json.dumps(validation, sort_keys=True), now),
+            )
+
+    def get_reference(self, model: str, version: int) -> tuple[str, dict[str, Any]] | None:
+        row = (
+            self.db.connection()
+            .execute(
+                "SELECT profile, validation FROM fleet_references WHERE model = ? AND version = ?",
+                (model, version),
+            )
+            .fetchone()
+        )
+        return None if row is None else (str(row[0]), json.loads(row[1]))
+
+
+def _raw_stats(r: Sequence[Any]) -> StoredStats:
+    rid, received_at, device, grp, profile, version, bucket_s, start_s, end_s, summary, drift = r
+    return StoredStats(
+        RAW_LEVEL,
+        device,
+        grp,
+        profile,
+        int(version),
+        int(bucket_s),
+        1,
+        start_s,
+        end_s,
+        summary,
+        drift,
+        rid=int(rid),
+        received_at=received_at,
+    )
+
+
+def _decode(blob: bytes | None) -> tuple[WindowStats | None, int]:
+    if blob is None:
+        return None, 0
+    try:
+        return WindowStats.from_bytes(bytes(blob)), 0
+    except DriftError:
+        return None, 1
+
+
+def _pid(stats: WindowStats | None) -> str:
+    return "" if stats is None else stats.profile_id
+
+
+def _merge_into_rollup(
+    conn: sqlite3.Connection,
+    key: tuple[Any, ...],
+    parts: Iterable[tuple[WindowTotals, WindowStats | None]],
+    now: float,
+) -> None:
+    existing = conn.execute(
+        "SELECT summary, drift FROM fleet_rollups WHERE level = ? AND model = ? AND version = ?"
+        " AND bucket_s = ? AND device = ? AND grp = ? AND profile = ? AND profile_id = ?",
+        key,
+    ).fetchone()
+    totals = WindowTotals()
+    windows: list[WindowStats] = []
+    if existing is not None:
+        totals.add(WindowTotals.from_json(existing[0]))
+        stats, _bad = _decode(existing[1])
+        if stats is not None:
+            windows.append(stats)
+    for part_totals, stats in parts:
+        totals.add(part_totals)
+        if stats is not None:
+            windows.append(stats)
+    merged = WindowStats.merge_all(windows) if windows else None
+    conn.execute(
+        "INSERT OR REPLACE INTO fleet_rollups VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            *key,
+            totals.windows,
+            totals.start_s,
+            totals.end_s,
+            totals.to_json(),
+            None if merged is None else merged.to_bytes(),
+            now,
+        ),
+    )
