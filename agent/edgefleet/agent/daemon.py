@@ -8,7 +8,8 @@ Startup, in order:
    the trust store; if an active version does not load, serve the previous
    one (the pointers are left alone and the reason is logged and recorded);
 4. resume the persisted deployment (finish or undo the interrupted step);
-5. start the endpoint and the deployment thread, then report ready.
+5. start the endpoint, the deployment thread and (with ``[mqtt]``) the hub
+   sync, then report ready.
 
 Main loop: flush telemetry every ``flush_interval_s`` (1 s by default) and
 keep the buffer within its budget.
@@ -110,6 +111,7 @@ class AgentDaemon:
         self.worker: DeploymentWorker | None = None
         self.recorder: WindowRecorder | None = None
         self.serving: Any | None = None
+        self.sync: Any | None = None
 
     # --- signals ---------------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -182,6 +184,7 @@ class AgentDaemon:
         self.endpoint.start()
         self.worker = DeploymentWorker(driver, ctx.layout)
         self.worker.start()
+        self._start_hub_sync(buffer)
         serving.ready = True
         atomic_write_json(
             ctx.layout.root / "endpoint.json",
@@ -195,6 +198,20 @@ class AgentDaemon:
             ", ".join(f"{m.name}:{m.version}" for m in serving.snapshot().values()) or "no models",
             self.endpoint.url,
         )
+
+    def _start_hub_sync(self, buffer: Any) -> None:
+        """Talk to the hub when agent.toml has [mqtt]; offline, the agent just serves."""
+        if self.config.mqtt is None:
+            return
+        try:
+            from edgefleet.agent.sync.wiring import hub_sync_for
+
+            self.sync = hub_sync_for(self.ctx, buffer)
+            if self.sync is not None:
+                self.sync.start()
+        except Exception:  # the hub link never takes inference down
+            log.exception("hub sync did not start; serving offline")
+            self.sync = None
 
     def _load_models(self, loader: Any, serving: Any, recorder: WindowRecorder) -> None:
         slots = SlotTable(self.ctx.layout)
@@ -263,6 +280,11 @@ class AgentDaemon:
                 self.endpoint.stop(grace_s=grace)
             except Exception:
                 log.exception("endpoint did not stop cleanly")
+        if self.sync is not None:
+            try:
+                self.sync.stop(timeout_s=max(0.1, min(5.0, deadline - time.monotonic())))
+            except Exception:
+                log.exception("hub sync did not stop cleanly")
         if self.worker is not None:
             stopped = self.worker.stop(max(0.1, deadline - time.monotonic() - 0.5))
             if stopped:

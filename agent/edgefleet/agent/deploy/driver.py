@@ -162,6 +162,7 @@ class DeploymentDriver:
         self._state = self._file.load()
         self._loaded: dict[str, Any] = {}  # what this process activated, by model
         self._probation_running = False
+        self._counting: tuple[str, int] | None = None  # probation counter started at activation
 
     # --- state ------------------------------------------------------------------
     @property
@@ -248,6 +249,7 @@ class DeploymentDriver:
             transitions=({"state": state.value, "at": now},),
         )
         self._save(self._state.with_current(record))
+        log.info("deployment %s: install of %s requested", record.id, source)
         self._emit(record)
         self.pause(state.value)
         return record
@@ -277,6 +279,7 @@ class DeploymentDriver:
             transitions=({"state": state.value, "at": now},),
         )
         self._save(self._state.with_current(record))
+        log.info("deployment %s: rollback of %s requested", record.id, model)
         self._emit(record)
         self.pause(state.value)
         return record
@@ -469,6 +472,11 @@ class DeploymentDriver:
             return
         self.slots.switch(record.model, SlotPointers(record.bundle_sha256, before.active))
         self.pause("activating+")
+        if self.live and self.tap is not None:
+            # Count from the first request the new version answers, not from
+            # the end of the smoke set.
+            self.tap.start_probation(record.model, record.version or 0)
+            self._counting = (record.model, record.version or 0)
         self._serve(record.model, loaded)
         self._probation_running = False
         self._fire(Event.ACTIVATED, probation_started_at=None)
@@ -485,6 +493,7 @@ class DeploymentDriver:
                 try:
                     loaded = self.loader(record.bundle_sha256)
                 except Exception as e:
+                    self._stop_counting(model, version)
                     self._fire(Event.PROBATION_FAILED, reason=f"cannot load the new version: {e}")
                     return
                 self._serve(record.model, loaded)
@@ -494,6 +503,7 @@ class DeploymentDriver:
                     loaded, self.layout.bundle_dir(record.bundle_sha256), smoke_path
                 )
                 if failure is not None:
+                    self._stop_counting(model, version)
                     self._fire(Event.PROBATION_FAILED, reason=failure)
                     return
             self.pause("probation+")
@@ -509,7 +519,9 @@ class DeploymentDriver:
                     )
                 return
             assert self.tap is not None
-            self.tap.start_probation(record.model, version)
+            if self._counting != (model, version):
+                self.tap.start_probation(model, version)
+            self._counting = None
             self._probation_running = True
             record = replace(record, probation_started_at=self.clock())
             self._save(self._state.with_current(record))
@@ -525,6 +537,11 @@ class DeploymentDriver:
             self._fire(Event.PROBATION_PASSED, reason=verdict.reason)
         else:
             self._fire(Event.PROBATION_FAILED, reason=verdict.reason)
+
+    def _stop_counting(self, model: str, version: int) -> None:
+        self._counting = None
+        if self.tap is not None:
+            self.tap.stop_probation(model, version)
 
     def _roll_back(self, record: DeploymentRecord) -> None:
         assert record.model is not None

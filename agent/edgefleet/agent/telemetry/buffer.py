@@ -50,6 +50,8 @@ from edgefleet.core.canonical import canonical_json
 KINDS = ("window", "event")
 # Bytes one ring row takes on disk, with its unique index (measured, rounded up).
 RING_ROW_BYTES = 160
+# After passing its share of the budget the store is brought down to this fraction.
+LOW_WATERMARK = 0.8
 _META_KEYS = (
     "next_seq",
     "acked_seq",
@@ -294,9 +296,11 @@ class TelemetryBuffer:
         """Store one record durably; returns its seq."""
         try:
             with self._tx() as conn:
-                return self._insert(conn, kind, body)
+                seq = self._insert(conn, kind, body)
         except sqlite3.Error as e:
             raise TelemetryBufferError(f"{self.path}: cannot append: {e}") from e
+        self._bound_wal()
+        return seq
 
     def commit_flush(
         self,
@@ -309,34 +313,59 @@ class TelemetryBuffer:
         the open ones, remember new prediction ids and forget labelled ones.
         Returns the new seqs."""
         try:
-            with self._tx() as conn:
-                seqs = []
-                for body in closed_windows:
-                    conn.execute(
-                        "DELETE FROM open_windows WHERE model = ? AND version = ? AND start_s = ?",
-                        (body["model"], body["version"], body["start_s"]),
-                    )
-                    seqs.append(self._insert(conn, "window", body))
-                for body in open_windows:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO open_windows(model, version, start_s, body) "
-                        "VALUES (?, ?, ?, ?)",
-                        (
-                            body["model"],
-                            body["version"],
-                            body["start_s"],
-                            canonical_json(dict(body)),
-                        ),
-                    )
-                if ring and self.ring_size:
-                    self._remember(conn, ring)
-                if forget:
-                    conn.executemany(
-                        "DELETE FROM ring WHERE prediction_id = ?", [(pid,) for pid in forget]
-                    )
-                return seqs
+            seqs = self._commit_flush(closed_windows, open_windows, ring, forget)
         except sqlite3.Error as e:
             raise TelemetryBufferError(f"{self.path}: flush failed: {e}") from e
+        self._bound_wal()
+        return seqs
+
+    def _commit_flush(
+        self,
+        closed_windows: Sequence[Mapping[str, Any]],
+        open_windows: Sequence[Mapping[str, Any]],
+        ring: Sequence[RingEntry],
+        forget: Sequence[str],
+    ) -> list[int]:
+        with self._tx() as conn:
+            seqs = []
+            for body in closed_windows:
+                conn.execute(
+                    "DELETE FROM open_windows WHERE model = ? AND version = ? AND start_s = ?",
+                    (body["model"], body["version"], body["start_s"]),
+                )
+                seqs.append(self._insert(conn, "window", body))
+            for body in open_windows:
+                conn.execute(
+                    "INSERT OR REPLACE INTO open_windows(model, version, start_s, body) "
+                    "VALUES (?, ?, ?, ?)",
+                    (
+                        body["model"],
+                        body["version"],
+                        body["start_s"],
+                        canonical_json(dict(body)),
+                    ),
+                )
+            if ring and self.ring_size:
+                self._remember(conn, ring)
+            if forget:
+                conn.executemany(
+                    "DELETE FROM ring WHERE prediction_id = ?", [(pid,) for pid in forget]
+                )
+            return seqs
+
+    def _bound_wal(self) -> None:
+        """Keep the WAL file well inside its share of the budget.
+
+        SQLite's automatic checkpoint neither runs at a byte limit nor
+        truncates the file; an explicit TRUNCATE checkpoint once the WAL holds
+        half its share does both.
+        """
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            if wal.stat().st_size > self.wal_limit // 2:
+                self.checkpoint()
+        except FileNotFoundError:
+            pass
 
     def open_windows(self) -> list[dict[str, Any]]:
         """Bodies of the windows that were still open at the last flush."""
@@ -461,14 +490,21 @@ class TelemetryBuffer:
 
     def _logical_size(self) -> int:
         with self._lock:
-            self._conn.execute("PRAGMA incremental_vacuum")
+            self._vacuum()
             page_size, page_count = self._pages(self._conn)
         return page_size * page_count
 
     def enforce_budget(self, max_rounds: int = 64) -> BudgetReport:
-        """Coarsen (then drop) until the database fits its share of the budget."""
+        """Coarsen (then drop) until the database fits its share of the budget.
+
+        Runs only once the database passes its share, and then frees down to
+        80% of it, so a full store is not rewritten on every flush (an SD card
+        wears with every rewrite).
+        """
         merges = dropped = dropped_requests = 0
-        target = self.data_target_bytes
+        if self._logical_size() <= self.data_target_bytes:
+            return BudgetReport()
+        target = int(self.data_target_bytes * LOW_WATERMARK)
         for _ in range(max_rounds):
             excess = self._logical_size() - target
             if excess <= 0:
@@ -488,10 +524,15 @@ class TelemetryBuffer:
             self.checkpoint()
         return BudgetReport(merges, dropped, dropped_requests)
 
+    def _vacuum(self) -> None:
+        # Through sqlite3_exec: a stepped statement frees only one page per step
+        # and the sqlite3 module steps a row-less PRAGMA once.
+        self._conn.executescript("PRAGMA incremental_vacuum;")
+
     def checkpoint(self) -> None:
         with self._lock:
             try:
-                self._conn.execute("PRAGMA incremental_vacuum")
+                self._vacuum()
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error:
                 pass  # a reader holds the WAL; the next checkpoint gets it
