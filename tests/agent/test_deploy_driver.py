@@ -1,6 +1,6 @@
 """The deployment driver in-process: real bundles, real verification, real onnxruntime.
 
-Every bad bundle of the issue is rejected or rolled back, the old version
+Every kind of bad bundle is rejected or rolled back, the old version
 stays active, and the reason shows in the deployment state and in telemetry.
 """
 

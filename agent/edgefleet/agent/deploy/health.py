@@ -2,7 +2,7 @@
 
 Two stages:
 
-1. the smoke set: ``smoke.npz`` from the bundle (CONTRACTS "smoke set") run
+1. the smoke set: ``smoke.npz`` from the bundle (docs/bundle-format.md) run
    through the loaded model; labels must match exactly, probabilities and
    regression values within ``atol``;
 2. live probation: the first ``min_requests`` requests or ``max_seconds``

@@ -1,6 +1,6 @@
 """Window accounting: the in-memory accumulator and the record body it becomes.
 
-A window body follows CONTRACTS "Telemetry record bodies"::
+A window body follows the telemetry record bodies of docs/protocol.md::
 
     {model, version, start_s, end_s, requests, errors: {kind: n}, schema_violations,
      latency_ms: {edges, counts}, predictions: {label: n},
