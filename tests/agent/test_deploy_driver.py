@@ -242,3 +242,38 @@ def test_first_install_failing_smoke_leaves_nothing_installed(env: AgentEnv) -> 
     assert h.active() is None
     assert h.driver.store.stored() == []
     assert SlotTable(h.ctx.layout).models() == []
+
+
+def test_worker_takes_inbox_requests_in_order(env: AgentEnv) -> None:
+    import time
+
+    from edgefleet.agent.deploy import inbox
+    from edgefleet.agent.deploy.worker import DeploymentWorker
+
+    h = Harness(env)
+    layout = h.ctx.layout
+    budget = h.ctx.profile.max_bundle_bytes
+    now = time.time()
+    first = inbox.submit_install(
+        layout, env.bundle(1), now=now, max_bundle_bytes=budget, rollout_id="r-1"
+    )
+    refused = inbox.submit_rollback(layout, "unknown-model", now=now + 0.001)
+    big = env.bundle(2, extra_members={"card.md": b"x" * (MAX_BUNDLE_BYTES + 1)})
+    oversize = inbox.submit_install(layout, big, now=now + 0.002, max_bundle_bytes=budget)
+    assert oversize.bundle is None  # not even copied
+    worker = DeploymentWorker(h.driver, layout)
+    for _ in range(6):
+        worker.tick()
+    assert worker.errors == 0
+    state = h.driver.state
+    assert state.current is None
+    outcomes = {o["id"]: o for o in state.history}
+    assert outcomes[first.id]["state"] == "committed"
+    assert outcomes[first.id]["rollout_id"] == "r-1"
+    assert outcomes[refused.id]["state"] == "failed"
+    assert "not installed" in outcomes[refused.id]["reason"]
+    assert outcomes[oversize.id]["state"] == "rejected"
+    assert "over the budget" in outcomes[oversize.id]["reason"]
+    assert list(layout.inbox.iterdir()) == []
+    events = [e for e in h.events() if e["deployment_id"] == first.id]
+    assert events and all(e["rollout_id"] == "r-1" for e in events)

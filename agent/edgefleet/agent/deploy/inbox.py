@@ -38,6 +38,7 @@ class InboxRequest:
     size: int | None = None
     model: str | None = None
     allow_downgrade: bool = False
+    rollout_id: str | None = None  # set by the hub sync; travels into deployment events
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +49,7 @@ class InboxRequest:
             "size": self.size,
             "model": self.model,
             "allow_downgrade": self.allow_downgrade,
+            "rollout_id": self.rollout_id,
         }
 
 
@@ -62,6 +64,7 @@ def submit_install(
     now: float,
     max_bundle_bytes: int,
     allow_downgrade: bool = False,
+    rollout_id: str | None = None,
 ) -> InboxRequest:
     try:
         size = Path(file).stat().st_size
@@ -78,7 +81,13 @@ def submit_install(
             remove_path(bundle)
             raise DeploymentError(f"cannot copy {file} into {layout.inbox}: {e}") from e
     request = InboxRequest(
-        request_id, "install", now, bundle=bundle, size=size, allow_downgrade=allow_downgrade
+        request_id,
+        "install",
+        now,
+        bundle=bundle,
+        size=size,
+        allow_downgrade=allow_downgrade,
+        rollout_id=rollout_id,
     )
     atomic_write_json(layout.inbox / f"{request_id}.json", request.to_dict())
     return request
@@ -111,6 +120,7 @@ def pending(layout: StateLayout) -> list[InboxRequest]:
                     size=data.get("size"),
                     model=data.get("model"),
                     allow_downgrade=bool(data.get("allow_downgrade", False)),
+                    rollout_id=data.get("rollout_id"),
                 )
             )
         except (OSError, ValueError, KeyError, TypeError):

@@ -79,6 +79,7 @@ class DeploymentWorker:
                         size=request.size,
                         source_is_inbox=True,
                         allow_downgrade=request.allow_downgrade,
+                        rollout_id=request.rollout_id,
                         deployment_id=request.id,
                     )
                 elif request.kind == "rollback" and request.model:

@@ -182,9 +182,7 @@ class WindowRecorder:
                 preds = np.asarray(predictions).reshape(-1)
                 acc.add_inference(float(latency_ms), preds if classifier else None)
                 if acc.drift is not None:
-                    acc.drift.update(np.asarray(X))
-                    if acc.drift.has_outputs:
-                        acc.drift.update_outputs(preds)
+                    acc.add_rows(np.asarray(X), preds)
                 for pid, value in zip(prediction_ids, preds.tolist(), strict=False):
                     entry = RingEntry(pid, model, version, label_key(value) if classifier else None)
                     self._ring.append(entry)

@@ -38,6 +38,9 @@ import numpy as np
 
 from edgefleet.agent.errors import TelemetryBufferError
 
+#: Rows queued per model version before they are folded into the drift statistics.
+FOLD_ROWS = 256
+
 #: Upper bucket edges in milliseconds (the last bucket holds everything slower).
 LATENCY_EDGES_MS: tuple[float, ...] = (
     0.25,
@@ -142,15 +145,43 @@ class WindowAccumulator:
     confusion: Any | None = None  # a ConfusionCounts, created on the first joined label
     merged: int = 1
     dirty: bool = False
+    # Inputs waiting to be folded into ``drift``: binning one row at a time costs
+    # far more than the inference itself, so rows are folded in vectorised batches.
+    pending: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    pending_rows: int = 0
 
     def add_inference(self, latency_ms: float, labels: np.ndarray | None) -> None:
         self.requests += 1
         self.latency_counts[latency_bucket(latency_ms)] += 1
         if labels is not None and labels.size:
-            values, counts = np.unique(labels, return_counts=True)
-            for value, count in zip(values.tolist(), counts.tolist(), strict=True):
-                self.predictions[label_key(value)] += int(count)
+            if labels.size <= 8:
+                for value in labels.tolist():
+                    self.predictions[label_key(value)] += 1
+            else:
+                values, counts = np.unique(labels, return_counts=True)
+                for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+                    self.predictions[label_key(value)] += int(count)
         self.dirty = True
+
+    def add_rows(self, X: np.ndarray, outputs: np.ndarray) -> None:
+        """Queue a batch for the drift statistics (folded every FOLD_ROWS rows)."""
+        if self.drift is None:
+            return
+        self.pending.append((X, outputs))
+        self.pending_rows += len(X)
+        if self.pending_rows >= FOLD_ROWS:
+            self.fold()
+
+    def fold(self) -> None:
+        """Fold the queued rows into the drift statistics."""
+        pending, self.pending, self.pending_rows = self.pending, [], 0
+        if self.drift is None or not pending:
+            return
+        X = pending[0][0] if len(pending) == 1 else np.concatenate([x for x, _ in pending])
+        self.drift.update(X)
+        if self.drift.has_outputs:
+            y = pending[0][1] if len(pending) == 1 else np.concatenate([y for _, y in pending])
+            self.drift.update_outputs(y)
 
     def add_error(self, kind: str, schema: bool) -> None:
         self.requests += 1
@@ -183,6 +214,7 @@ class WindowAccumulator:
         )
 
     def to_body(self) -> dict[str, Any]:
+        self.fold()
         drift = None
         if self.drift is not None:
             drift = base64.b64encode(bytes(self.drift.to_bytes())).decode("ascii")
