@@ -191,6 +191,7 @@ def test_service_unit(tmp_path: Path) -> None:
     ):
         assert line in unit
     assert "WatchdogSec" not in unit
+    assert "StateDirectory=" not in unit  # systemd manages /var/lib/NAME only
     default = subprocess.run(
         [
             sys.executable,
