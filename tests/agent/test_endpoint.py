@@ -720,3 +720,43 @@ def test_stop_closes_the_port(models: dict[str, LoadedModel]) -> None:
     assert c.is_closed_by_peer()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_requests_answered_together_reach_a_batch_sink_together(
+    models: dict[str, LoadedModel],
+) -> None:
+    class BatchSink(RecordingTelemetrySink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.batches: list[tuple[str, int, np.ndarray, np.ndarray, list[float], list[str]]] = []
+
+        def record_inferences(self, model, version, X, predictions, latencies_ms, prediction_ids):  # type: ignore[no-untyped-def]
+            self.batches.append(
+                (model, version, X, predictions, list(latencies_ms), list(prediction_ids))
+            )
+
+    sink = BatchSink()
+    x = trained_model("iris").X_test
+    with EndpointServer(EndpointConfig(port=0), ServingSet(models), sink) as srv:
+        c = RawClient(srv.port)
+        bodies = [infer_body(x[i : i + 1 + i % 2]) for i in range(6)]  # 1 or 2 rows each
+        c.send(
+            b"".join(
+                b"POST /v2/models/iris/infer HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(b), b)
+                for b in bodies
+            )
+        )
+        ids = []
+        for _ in bodies:
+            outputs = json.loads(c.read_response()[2])["outputs"]
+            ids += next(o for o in outputs if o["name"] == "prediction_id")["data"]
+        wait_for(lambda: sum(len(b[4]) for b in sink.batches) + len(sink.inferences) == len(bodies))
+        c.close()
+    # Pipelined requests are answered in one loop pass: at least one batched call.
+    assert sink.batches and max(len(b[4]) for b in sink.batches) > 1
+    batched_ids = [pid for b in sink.batches for pid in b[5]]
+    single_ids = [pid for r in sink.inferences for pid in r.prediction_ids]
+    assert sorted(batched_ids + single_ids) == sorted(ids)
+    for _, version, X, predictions, latencies, batch_ids in sink.batches:
+        assert version == 3 and len(X) == len(predictions) == len(batch_ids)
+        assert all(latency > 0 for latency in latencies)

@@ -27,7 +27,6 @@ import base64
 import hashlib
 import itertools
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -454,6 +453,8 @@ def load_bundle(path_or_dir: Path, trust: TrustStore, profile: SessionProfile) -
     if path.is_dir():
         manifest = verify_bundle_dir(path, trust, skip=(MODEL_MEMBER,))
         return load_model_dir(path, manifest, profile)
+    import tempfile
+
     from edgefleet.core.bundle_verifier import BundleVerifier
 
     max_bytes = getattr(profile, "max_bundle_bytes", None)

@@ -7,11 +7,15 @@ anything that only serves uses :class:`NullTelemetrySink`.
 
 Invariants every implementation keeps:
 
-- The methods are called on the serving thread (the endpoint's event loop),
-  right after the response was written, so they must be cheap (aggregate in
-  memory, flush elsewhere) and must not raise: a failing sink never turns a
+- The methods are called after the response was written, from the endpoint's
+  event-loop thread (inference and errors) or a worker thread (feedback of
+  large requests), so implementations are thread-safe, cheap (aggregate in
+  memory, flush elsewhere) and do not raise: a failing sink never turns a
   good answer into an error. The endpoint still guards each call and counts
   failures in ``/metrics``.
+- A sink may also implement :class:`BatchTelemetrySink.record_inferences`;
+  the endpoint then reports the requests answered in one event-loop pass
+  together (one drift update for several single-row requests).
 - ``X`` is the validated 2-D input batch exactly as the model saw it, and
   ``predictions`` is 1-D with one entry per row: the label for classifiers,
   the value for regressors (what drift windows count as model outputs).
@@ -56,6 +60,28 @@ class TelemetrySink(Protocol):
 
     def record_feedback(self, model: str, prediction_id: str, label: Any) -> bool:
         """A late label for an earlier prediction; False when the id is unknown or expired."""
+
+
+@runtime_checkable
+class BatchTelemetrySink(TelemetrySink, Protocol):
+    """A sink that can take several answered requests of one model version at once.
+
+    The endpoint calls this (when present) with the requests it answered in one
+    event-loop pass: ``X``, ``predictions`` and ``prediction_ids`` are the rows
+    of all of them concatenated in order, ``latencies_ms`` has one entry per
+    request. Equivalent to one :meth:`record_inference` per request, but lets
+    the sink update its statistics once.
+    """
+
+    def record_inferences(
+        self,
+        model: str,
+        version: int,
+        X: np.ndarray,
+        predictions: np.ndarray,
+        latencies_ms: Sequence[float],
+        prediction_ids: Sequence[str],
+    ) -> None: ...
 
 
 class NullTelemetrySink:

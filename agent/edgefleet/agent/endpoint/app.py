@@ -21,7 +21,9 @@ Invariants:
 - With a token configured every route needs ``Authorization: Bearer <token>``
   (compared in constant time); without one (loopback only) none does.
 - ``Outcome.after`` (metrics and telemetry) runs on the event-loop thread after
-  the response has been written, so accounting never delays an answer.
+  the response has been written, so accounting never delays an answer;
+  inference accounting is then batched per event-loop pass
+  (:meth:`EndpointApp.flush_telemetry`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import unquote
+
+import numpy as np
 
 from edgefleet.agent.endpoint.http11 import Request
 from edgefleet.agent.endpoint.metrics import EndpointMetrics
@@ -71,6 +74,8 @@ class Outcome:
 
 
 Job = Callable[[], Outcome]
+# (model, version, X, predictions, latency_ms, prediction_ids) of one answered request.
+PendingInference = tuple[str, int, np.ndarray, np.ndarray, float, list[str]]
 
 
 def error_body(message: str) -> bytes:
@@ -94,6 +99,13 @@ class EndpointApp:
         self.serving = serving
         self.sink = sink
         self.metrics = metrics
+        # Inference accounting waiting for the next flush (loop thread only).
+        self._pending: list[PendingInference] = []
+        self._flush_scheduled = False
+        # How to run flush_telemetry soon; the server sets loop.call_soon. Without
+        # a loop, accounting is flushed at once.
+        self.schedule: Callable[[Callable[[], None]], object] | None = None
+        self._batch_sink = getattr(sink, "record_inferences", None)
         self._auth = f"Bearer {token}".encode() if token else None
         # One encoder per served model object; dropped with the model after a swap.
         self._encoders: weakref.WeakKeyDictionary[LoadedModel, ResponseEncoder] = (
@@ -149,7 +161,11 @@ class EndpointApp:
 
     def _model_route(self, req: Request, rest: str) -> Outcome | Job:
         parts = rest.split("/")
-        name = unquote(parts[0]) if "%" in parts[0] else parts[0]
+        name = parts[0]
+        if "%" in name:
+            from urllib.parse import unquote  # rare: keep urllib off the serving imports
+
+            name = unquote(name)
         version: str | None = None
         action = ""
         if len(parts) >= 3 and parts[1] == "versions":
@@ -217,11 +233,54 @@ class EndpointApp:
             stats.requests += 1
             stats.rows += len(prediction.ids)
             stats.latency.observe(latency)
-            self.sink.record_inference(
-                model.name, model.version, X, prediction.primary, latency * 1000.0, prediction.ids
+            self._pending.append(
+                (model.name, model.version, X, prediction.primary, latency * 1000.0, prediction.ids)
             )
+            if not self._flush_scheduled:
+                if self.schedule is None:
+                    self.flush_telemetry()
+                else:
+                    self._flush_scheduled = True
+                    self.schedule(self.flush_telemetry)
 
         return Outcome(200, payload, after=after)
+
+    def flush_telemetry(self) -> None:
+        """Hand the pending inference accounting to the sink.
+
+        Requests answered in the same event-loop pass are flushed together: a
+        sink with ``record_inferences`` gets one call per run of the same model
+        version (one drift-statistics update instead of one per request);
+        others get one ``record_inference`` per request. A failing sink is
+        counted, never raised.
+        """
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, []
+        batch = self._batch_sink
+        i = 0
+        while i < len(pending):
+            name, version = pending[i][0], pending[i][1]
+            j = i + 1
+            if batch is not None:
+                while j < len(pending) and pending[j][0] == name and pending[j][1] == version:
+                    j += 1
+            try:
+                if batch is None or j == i + 1:
+                    self.sink.record_inference(*pending[i])
+                else:
+                    run = pending[i:j]
+                    batch(
+                        name,
+                        version,
+                        np.concatenate([r[2] for r in run]),
+                        np.concatenate([r[3] for r in run]),
+                        [r[4] for r in run],
+                        [pid for r in run for pid in r[5]],
+                    )
+            except Exception:
+                self.metrics.sink_failures += 1
+                log.exception("telemetry sink failed")
+            i = j
 
     def _feedback(self, model: LoadedModel, body: bytes) -> Outcome:
         try:

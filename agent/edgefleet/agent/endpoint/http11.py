@@ -22,7 +22,6 @@ after a framing error the byte stream cannot be trusted.
 
 from __future__ import annotations
 
-import email.utils
 import re
 import time
 from dataclasses import dataclass
@@ -190,6 +189,23 @@ def _parse_head(
     )
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(epoch_s: int) -> str:
+    """IMF-fixdate (RFC 9110 5.6.7), independent of the locale.
+
+    >>> http_date(0)
+    'Thu, 01 Jan 1970 00:00:00 GMT'
+    """
+    t = time.gmtime(epoch_s)
+    return (
+        f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
+    )
+
+
 class DateHeader:
     """The ``Date`` header line, formatted at most once per second."""
 
@@ -201,7 +217,7 @@ class DateHeader:
         now = int(time.time())
         if now != self._second:
             self._second = now
-            self._line = b"Date: " + email.utils.formatdate(now, usegmt=True).encode() + b"\r\n"
+            self._line = b"Date: " + http_date(now).encode() + b"\r\n"
         return self._line
 
 

@@ -293,6 +293,7 @@ class EndpointServer:
             raise AgentError(
                 f"cannot listen on {self.config.host}:{self.config.port}: {e.strerror or e}"
             ) from e
+        self.app.schedule = self.loop.call_soon
         sock = self._server.sockets[0]
         self._port = int(sock.getsockname()[1])
         self._sweeper = self.loop.create_task(self._sweep())
@@ -316,6 +317,7 @@ class EndpointServer:
             await self._server.wait_closed()
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
+        self.app.flush_telemetry()
 
     async def _sweep(self) -> None:
         while True:
