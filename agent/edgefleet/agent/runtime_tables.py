@@ -200,8 +200,11 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+def _finite_or_none(value: Any) -> float | None:
+    """A plain float (None for NaN/inf), written with the shortest digits of its own
+    precision: a float32 0.91377759 stays ``0.9137776``, not ``0.9137775897979736``."""
+    number = float(str(value)) if isinstance(value, np.floating) else float(value)
+    return number if math.isfinite(number) else None
 
 
 def prediction_rows(
@@ -216,9 +219,9 @@ def prediction_rows(
         if labels is not None:
             row["label"] = _plain(labels[i])
         if probabilities is not None:
-            row["probabilities"] = [_finite_or_none(float(p)) for p in probabilities[i]]
+            row["probabilities"] = [_finite_or_none(p) for p in probabilities[i]]
         if values is not None:
-            row["value"] = _finite_or_none(float(values[i]))
+            row["value"] = _finite_or_none(values[i])
         if labels is None and values is None and probabilities is None:
             row["output"] = np.asarray(prediction.outputs[0])[i].tolist()
         yield row
