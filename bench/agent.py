@@ -1,0 +1,609 @@
+"""Agent benchmark: in-process predict overhead, endpoint throughput, memory, start-up.
+
+Everything is measured side by side in one run, with the digits MLP (hidden
+layers 256 and 128, converted with skl2onnx, zipmap off) in a real signed
+bundle and the device profile's session settings (threads, no spinning):
+
+- ``predict_ratio_p50/p99``: ``LoadedModel.predict`` (schema checks, run,
+  prediction ids) vs ``onnxruntime.InferenceSession.run`` on an identically
+  configured session, batch 1, calls interleaved so both see the same noise.
+- ``http_rps``/``http_p99_ms``: single-row OIP v2 infer requests over
+  keep-alive against the real daemon (``edgefleet agent run``, telemetry
+  recording on), vs ``fastapi_rps``/``fastapi_p99_ms``: a plain FastAPI app
+  (``async def`` route, ``request.json()``, the same session, JSONResponse) on
+  uvicorn with its defaults in this environment. Same load generator for
+  both: a separate process driving several keep-alive connections, closed
+  loop. Rounds alternate between the two servers; the median round counts.
+- ``rss_mb``: resident memory of the daemon after the load test, vs
+  ``bare_rss_mb``: a bare Python process holding the same session after a
+  few runs.
+- ``startup_s``: from spawning ``edgefleet agent run`` to the first 200 on
+  ``/v2/health/ready`` (median of 3 starts; the bundle is re-verified and
+  loaded each time).
+- ``endpoint_only_*``: the same measurements for a process that only
+  verifies and loads the bundle and serves it with ``EndpointServer`` (no
+  CLI, no telemetry buffer, no deployment machine), to separate the cost of
+  the HTTP layer from the rest of the daemon; ``rss_import_breakdown_mb``
+  shows what each dependency adds to a process's resident memory.
+
+Prints one JSON object. ``python bench/agent.py [--quick] [--profile NAME]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the signed test bundles are built by tests/agent/bundles.py
+
+from tests.agent.bundles import make_signer, trained_model, write_signed_bundle  # noqa: E402
+
+TARGETS = {"predict_ratio": 1.25, "http_rps_ratio": 1.0, "rss_ratio": 1.25, "startup_s": 1.0}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError("no VmRSS")
+
+
+def http_status(port: int, path: str, timeout: float = 1.0) -> int | None:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n".encode())
+            head = s.recv(64)
+        return int(head.split(b" ")[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> float:
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if http_status(port, "/v2/health/ready") == 200:
+            return time.perf_counter() - start
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        time.sleep(0.005)
+    raise RuntimeError("server not ready in time")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- 1. in-process predict vs raw onnxruntime ----------------------------------------------
+def bench_predict(bundle: Path, trust: Any, profile: Any, iterations: int) -> dict[str, float]:
+    import onnxruntime as ort
+
+    from edgefleet.agent.runtime import load_bundle, select_providers, session_options
+
+    model = load_bundle(bundle, trust, profile)
+    m = trained_model("digits_mlp")
+    raw = ort.InferenceSession(
+        m.onnx_bytes,
+        sess_options=session_options(profile),
+        providers=select_providers(profile.execution_providers),
+    )
+    name = raw.get_inputs()[0].name
+    rows = [m.X_test[i : i + 1].copy() for i in range(len(m.X_test))]
+    for x in rows[:200]:
+        raw.run(None, {name: x})
+        model.predict(x)
+    clock = time.perf_counter_ns
+    raw_ns: list[int] = []
+    ours_ns: list[int] = []
+    for i in range(iterations):
+        x = rows[i % len(rows)]
+        if i & 1:
+            t = clock()
+            raw.run(None, {name: x})
+            raw_ns.append(clock() - t)
+            t = clock()
+            model.predict(x)
+            ours_ns.append(clock() - t)
+        else:
+            t = clock()
+            model.predict(x)
+            ours_ns.append(clock() - t)
+            t = clock()
+            raw.run(None, {name: x})
+            raw_ns.append(clock() - t)
+    raw_ns.sort()
+    ours_ns.sort()
+
+    def q(v: list[int], p: float) -> float:
+        return v[min(len(v) - 1, int(len(v) * p))] / 1000.0
+
+    return {
+        "predict_p50_us": q(ours_ns, 0.5),
+        "predict_p99_us": q(ours_ns, 0.99),
+        "raw_run_p50_us": q(raw_ns, 0.5),
+        "raw_run_p99_us": q(raw_ns, 0.99),
+        "predict_ratio_p50": q(ours_ns, 0.5) / q(raw_ns, 0.5),
+        "predict_ratio_p99": q(ours_ns, 0.99) / q(raw_ns, 0.99),
+    }
+
+
+# --- 2. servers -------------------------------------------------------------------------------
+AGENT_TOML = """\
+[agent]
+device_id = "bench-device"
+state_dir = "{state}"
+profile = "{profile}"
+trust_store = "{trust}"
+log_level = "warning"
+[endpoint]
+host = "127.0.0.1"
+port = {port}
+[probation]
+smoke = true
+min_requests = 0
+max_seconds = 0
+"""
+
+FASTAPI_APP = """\
+import sys
+import numpy as np
+import onnxruntime as ort
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from edgefleet.agent.runtime import select_providers, session_options
+from edgefleet.core.profiles import load_profile
+
+profile = load_profile(sys.argv[2])
+session = ort.InferenceSession(
+    open(sys.argv[1], "rb").read(),
+    sess_options=session_options(profile),
+    providers=select_providers(profile.execution_providers),
+)
+app = FastAPI()
+
+
+@app.post("/v2/models/{model}/infer")
+async def infer(model: str, request: Request) -> JSONResponse:
+    body = await request.json()
+    tensor = body["inputs"][0]
+    x = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+    label, probabilities = session.run(None, {tensor["name"]: x})
+    return JSONResponse({
+        "model_name": model,
+        "outputs": [
+            {"name": "label", "datatype": "INT64", "shape": list(label.shape),
+             "data": label.tolist()},
+            {"name": "probabilities", "datatype": "FP32", "shape": list(probabilities.shape),
+             "data": probabilities.ravel().tolist()},
+        ],
+    })
+
+
+@app.get("/v2/health/ready")
+async def ready() -> dict:
+    return {"ready": True}
+
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[3]), log_level="warning", access_log=False)
+"""
+
+BARE_HOLDER = """\
+import sys, time
+import numpy as np
+import onnxruntime as ort
+
+# The same session as the agent's (profile threads, no spinning), without edgefleet.
+so = ort.SessionOptions()
+so.intra_op_num_threads, so.inter_op_num_threads = map(int, sys.argv[3:5])
+so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+so.log_severity_level = 3
+so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+session = ort.InferenceSession(open(sys.argv[1], "rb").read(), so, providers=sys.argv[5].split(","))
+x = np.zeros((1, 64), dtype=np.float32)
+name = session.get_inputs()[0].name
+for _ in range(2000):
+    session.run(None, {name: x})
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+LEAN_SERVER = """\
+import signal, sys, threading
+from pathlib import Path
+from edgefleet.agent.endpoint import EndpointConfig, EndpointServer
+from edgefleet.agent.runtime import load_bundle
+from edgefleet.agent.serving import ServingSet
+from edgefleet.core.profiles import load_profile
+from edgefleet.core.trust import TrustStore
+
+model = load_bundle(Path(sys.argv[1]), TrustStore.load(Path(sys.argv[2])), load_profile(sys.argv[3]))
+server = EndpointServer(EndpointConfig(port=int(sys.argv[4])), ServingSet({"digits": model}))
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+server.start()
+stop.wait()
+server.stop()
+"""
+
+IMPORT_BREAKDOWN = """\
+import importlib, json
+
+def rss():
+    with open("/proc/self/status") as f:
+        return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
+
+groups = [
+    ("python", []),
+    ("numpy+onnxruntime", ["numpy", "onnxruntime"]),
+    ("hashlib (OpenSSL libcrypto)", ["hashlib"]),
+    ("cryptography (Ed25519)", ["cryptography.hazmat.primitives.asymmetric.ed25519"]),
+    ("click + CLI root", ["click", "edgefleet.core.cli.main"]),
+    ("sqlite3", ["sqlite3"]),
+    ("drift statistics", ["edgefleet.core.drift"]),
+    ("bundle verifier (tarfile, shutil)", ["edgefleet.core.bundle_verifier"]),
+    ("daemon, deploy, telemetry", ["edgefleet.agent.daemon", "edgefleet.agent.deploy.loader"]),
+    ("runtime", ["edgefleet.agent.runtime", "edgefleet.agent.runtime_verify"]),
+    ("asyncio (+ssl)", ["asyncio"]),
+    ("endpoint", ["edgefleet.agent.endpoint"]),
+]
+out = {}
+previous = rss()
+for name, modules in groups:
+    for module in modules:
+        importlib.import_module(module)
+    now = rss()
+    out[name] = round(now - previous if modules else now, 1)
+    previous = now
+print(json.dumps(out))
+"""
+
+LOADGEN = """\
+import json, selectors, socket, sys, time
+
+host, port, path, body_file, conns, duration, warmup = sys.argv[1:8]
+port, conns, duration, warmup = int(port), int(conns), float(duration), float(warmup)
+body = open(body_file, "rb").read()
+request = (
+    f"POST {path} HTTP/1.1\\r\\nHost: {host}:{port}\\r\\nContent-Type: application/json\\r\\n"
+    f"Content-Length: {len(body)}\\r\\n\\r\\n"
+).encode() + body
+sel = selectors.DefaultSelector()
+states = []
+for _ in range(conns):
+    s = socket.create_connection((host, port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.setblocking(False)
+    st = [s, bytearray(), 0.0]
+    states.append(st)
+    sel.register(s, selectors.EVENT_READ, st)
+latencies, codes = [], {}
+t_measure = time.perf_counter() + warmup
+t_end = t_measure + duration
+for st in states:
+    st[2] = time.perf_counter()
+    st[0].sendall(request)
+while time.perf_counter() < t_end:
+    for key, _ in sel.select(timeout=1.0):
+        st = key.data
+        data = st[0].recv(65536)
+        if not data:
+            raise SystemExit("server closed a keep-alive connection")
+        buf = st[1]
+        buf += data
+        while True:
+            end = buf.find(b"\\r\\n\\r\\n")
+            if end < 0:
+                break
+            head = bytes(buf[:end]).lower()
+            i = head.find(b"content-length:")
+            j = head.find(b"\\r\\n", i)
+            length = int(head[i + 15 : j if j >= 0 else len(head)])
+            if len(buf) < end + 4 + length:
+                break
+            code = int(head[9:12])
+            del buf[: end + 4 + length]
+            now = time.perf_counter()
+            if now >= t_measure:
+                latencies.append(now - st[2])
+                codes[code] = codes.get(code, 0) + 1
+            st[2] = now
+            st[0].sendall(request)
+elapsed = time.perf_counter() - t_measure
+latencies.sort()
+print(json.dumps({
+    "rps": len(latencies) / elapsed,
+    "p50_ms": latencies[len(latencies) // 2] * 1000,
+    "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+    "n": len(latencies),
+    "codes": codes,
+}))
+"""
+
+
+def load(
+    port: int, body_file: Path, connections: int, duration: float, work: Path
+) -> dict[str, Any]:
+    script = work / "loadgen.py"
+    if not script.exists():
+        script.write_text(LOADGEN)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "127.0.0.1",
+            str(port),
+            "/v2/models/digits/infer",
+            str(body_file),
+            str(connections),
+            str(duration),
+            "1.0",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=duration + 60,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    bad = {c: n for c, n in result["codes"].items() if c != "200"}
+    if bad:
+        raise RuntimeError(f"non-200 answers during the load test: {bad}")
+    return result
+
+
+def start_measured(
+    cmd: list[str], port: int, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], float]:
+    """Spawn a server and return it with the seconds from spawn to ready."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(port, proc)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, time.perf_counter() - t0
+
+
+def median_round(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs")
+    parser.add_argument(
+        "--profile", default="rpi4-arm64" if platform.machine() == "aarch64" else "x86_64-gateway"
+    )
+    parser.add_argument("--connections", type=int, default=4)
+    args = parser.parse_args()
+
+    from edgefleet.agent.runtime import select_providers
+    from edgefleet.core.profiles import load_profile
+
+    profile = load_profile(args.profile)
+    duration = 2.0 if args.quick else 4.0
+    rounds = 2 if args.quick else 3
+    iterations = 6000 if args.quick else 30000
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+
+    with tempfile.TemporaryDirectory(prefix="edgefleet-bench-agent-") as tmp:
+        work = Path(tmp)
+        signer = make_signer(work / "keys")
+        assert signer.trust_path is not None
+        model = trained_model("digits_mlp")
+        bundle = write_signed_bundle(
+            work / "digits.efb",
+            "digits_mlp",
+            signer,
+            name="digits",
+            version=1,
+            profile=args.profile,
+            arch=profile.arch,
+        ).path
+        onnx_file = work / "model.onnx"
+        onnx_file.write_bytes(model.onnx_bytes)
+        body_file = work / "request.json"
+        row = model.X_test[0].tolist()
+        body_file.write_text(
+            json.dumps(
+                {"inputs": [{"name": "X", "shape": [1, 64], "datatype": "FP32", "data": row}]}
+            )
+        )
+        for name, text in (
+            ("fastapi_app.py", FASTAPI_APP),
+            ("lean_server.py", LEAN_SERVER),
+            ("bare.py", BARE_HOLDER),
+            ("imports.py", IMPORT_BREAKDOWN),
+        ):
+            (work / name).write_text(text)
+
+        result: dict[str, Any] = {}
+        result.update(bench_predict(bundle, signer.trust, profile, iterations))
+
+        # The daemon, with the bundle installed through the real command.
+        agent_port, lean_port, fastapi_port = free_port(), free_port(), free_port()
+        config = work / "agent.toml"
+        config.write_text(
+            AGENT_TOML.format(
+                state=work / "state", profile=args.profile, trust=signer.trust_path, port=agent_port
+            )
+        )
+        cli = [sys.executable, "-m", "edgefleet.core.cli.main", "agent"]
+        subprocess.run(
+            [*cli, "install", str(bundle), "--config", str(config), "--wait", "final"],
+            check=True,
+            capture_output=True,
+            env=env,
+            timeout=300,
+        )
+        daemon_cmd = [*cli, "run", "--config", str(config)]
+        lean_cmd = [
+            sys.executable,
+            str(work / "lean_server.py"),
+            str(bundle),
+            str(signer.trust_path),
+            args.profile,
+            str(lean_port),
+        ]
+        fastapi_cmd = [
+            sys.executable,
+            str(work / "fastapi_app.py"),
+            str(onnx_file),
+            args.profile,
+            str(fastapi_port),
+        ]
+        startups: dict[str, list[float]] = {"daemon": [], "lean": [], "fastapi": []}
+        for _ in range(3):
+            for key, cmd, port in (
+                ("daemon", daemon_cmd, agent_port),
+                ("lean", lean_cmd, lean_port),
+                ("fastapi", fastapi_cmd, fastapi_port),
+            ):
+                proc, seconds = start_measured(cmd, port, env)
+                startups[key].append(seconds)
+                stop(proc)
+
+        servers = {
+            "daemon": (daemon_cmd, agent_port),
+            "lean": (lean_cmd, lean_port),
+            "fastapi": (fastapi_cmd, fastapi_port),
+        }
+        procs = {key: start_measured(cmd, port, env)[0] for key, (cmd, port) in servers.items()}
+        try:
+            runs: dict[str, list[dict[str, Any]]] = {key: [] for key in servers}
+            for _ in range(rounds):
+                for key, (_, port) in servers.items():
+                    runs[key].append(load(port, body_file, args.connections, duration, work))
+            rss = {key: rss_mb(proc.pid) for key, proc in procs.items()}
+        finally:
+            for proc in procs.values():
+                stop(proc)
+
+        bare = subprocess.Popen(
+            [
+                sys.executable,
+                str(work / "bare.py"),
+                str(onnx_file),
+                args.profile,
+                str(profile.intra_op_threads),
+                str(profile.inter_op_threads),
+                ",".join(select_providers(profile.execution_providers)),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert bare.stdout is not None
+            bare.stdout.readline()
+            bare_rss = rss_mb(bare.pid)
+        finally:
+            bare.kill()
+            bare.wait()
+        breakdown = json.loads(
+            subprocess.run(
+                [sys.executable, str(work / "imports.py")],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+
+    mine, lean, base = (median_round(runs[k]) for k in ("daemon", "lean", "fastapi"))
+    result.update(
+        {
+            "http_rps": mine["rps"],
+            "http_p50_ms": mine["p50_ms"],
+            "http_p99_ms": mine["p99_ms"],
+            "fastapi_rps": base["rps"],
+            "fastapi_p50_ms": base["p50_ms"],
+            "fastapi_p99_ms": base["p99_ms"],
+            "http_rps_ratio": mine["rps"] / base["rps"],
+            "rss_mb": rss["daemon"],
+            "bare_rss_mb": bare_rss,
+            "rss_ratio": rss["daemon"] / bare_rss,
+            "startup_s": statistics.median(startups["daemon"]),
+            # The endpoint alone (verified load, EndpointServer, no telemetry, no CLI):
+            "endpoint_only_rps": lean["rps"],
+            "endpoint_only_p99_ms": lean["p99_ms"],
+            "endpoint_only_rps_ratio": lean["rps"] / base["rps"],
+            "endpoint_only_rss_mb": rss["lean"],
+            "endpoint_only_rss_ratio": rss["lean"] / bare_rss,
+            "endpoint_only_startup_s": statistics.median(startups["lean"]),
+            "fastapi_rss_mb": rss["fastapi"],
+            "fastapi_startup_s": statistics.median(startups["fastapi"]),
+            "rounds_rps": {k: [round(r["rps"]) for r in v] for k, v in runs.items()},
+            "startup_runs_s": {k: [round(x, 3) for x in v] for k, v in startups.items()},
+            "rss_import_breakdown_mb": breakdown,
+        }
+    )
+    import onnxruntime
+    import uvicorn
+
+    result = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
+    result["setup"] = {
+        "model": "digits MLP (256, 128), skl2onnx, float32",
+        "profile": args.profile,
+        "intra_op_threads": profile.intra_op_threads,
+        "inter_op_threads": profile.inter_op_threads,
+        "connections": args.connections,
+        "duration_s": duration,
+        "rounds": rounds,
+        "predict_iterations": iterations,
+        "onnxruntime": onnxruntime.__version__,
+        "uvicorn": uvicorn.__version__,
+        "uvicorn_http": "httptools" if _has("httptools") else "h11",
+        "uvicorn_loop": "uvloop" if _has("uvloop") else "asyncio",
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+    result["targets"] = TARGETS
+    result["pass"] = {
+        "predict_ratio": result["predict_ratio_p50"] <= TARGETS["predict_ratio"]
+        and result["predict_ratio_p99"] <= TARGETS["predict_ratio"],
+        "http_rps_ratio": result["http_rps_ratio"] >= TARGETS["http_rps_ratio"],
+        "rss_ratio": result["rss_ratio"] <= TARGETS["rss_ratio"],
+        "startup_s": result["startup_s"] <= TARGETS["startup_s"],
+    }
+    print(json.dumps(result))
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+if __name__ == "__main__":
+    main()
