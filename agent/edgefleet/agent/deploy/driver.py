@@ -36,19 +36,27 @@ effects (``verifying+``), so crash tests can kill the real process there.
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from edgefleet.agent.config import ProbationSettings
 from edgefleet.agent.deploy.atomic_files import copy_durably, durable_rename, remove_path
 from edgefleet.agent.deploy.compat import check_target, check_version
 from edgefleet.agent.deploy.health import Decision, evaluate_probation, run_smoke
+from edgefleet.agent.deploy.hooks import (
+    PAUSE_ENV,
+    EventSink,
+    Loader,
+    ProbationTap,
+    ServingPort,
+    describe_error,
+    event_body,
+    no_pause,
+    pause_hook_from_env,
+)
 from edgefleet.agent.deploy.inbox import discard, new_request_id
 from edgefleet.agent.deploy.layout import StateLayout
 from edgefleet.agent.deploy.machine import (
@@ -64,66 +72,11 @@ from edgefleet.agent.deploy.slots import SlotPointers, SlotTable
 from edgefleet.agent.deploy.store import BundleStore
 from edgefleet.agent.errors import BundleRejectedError, DeploymentError, ModelNotFoundError
 from edgefleet.agent.telemetry.recorder import LiveStats
-from edgefleet.core.errors import EdgefleetError, StorageError, VerificationError
+from edgefleet.core.errors import StorageError, VerificationError
 from edgefleet.core.profiles import DeviceProfile
 from edgefleet.core.trust import TrustStore
 
 log = logging.getLogger("edgefleet.agent.deploy")
-
-PAUSE_ENV = "EDGEFLEET_TEST_PAUSE_AT"
-
-
-class ServingPort(Protocol):
-    def swap(self, name: str, loaded: Any | None) -> Any: ...
-
-
-class ProbationTap(Protocol):
-    def start_probation(self, model: str, version: int) -> None: ...
-
-    def probation_stats(self, model: str, version: int) -> LiveStats: ...
-
-    def stop_probation(self, model: str, version: int) -> None: ...
-
-
-EventSink = Callable[[dict[str, Any]], Any]
-Loader = Callable[[str], Any]
-
-
-def no_pause(point: str) -> None:
-    return None
-
-
-def pause_hook_from_env() -> Callable[[str], None]:
-    """The crash-test hook: SIGSTOP ourselves at the point named by the environment."""
-    target = os.environ.get(PAUSE_ENV)
-    if not target:
-        return no_pause
-
-    def pause(point: str) -> None:
-        if point == target:
-            sys.stderr.write(f"edgefleet: test pause at {point}\n")
-            sys.stderr.flush()
-            os.kill(os.getpid(), signal.SIGSTOP)
-
-    return pause
-
-
-def event_body(record: DeploymentRecord) -> dict[str, Any]:
-    """The telemetry ``event`` body for a persisted deployment state."""
-    body: dict[str, Any] = {
-        "model": record.model or "",
-        "version": record.version,
-        "state": record.state.value,
-        "reason": record.reason,
-        "at": record.updated_at,
-        "deployment_id": record.id,
-        "kind": record.kind,
-    }
-    if record.bundle_sha256 is not None:
-        body["bundle_sha256"] = record.bundle_sha256
-    if record.rollout_id is not None:
-        body["rollout_id"] = record.rollout_id
-    return body
 
 
 class DeploymentDriver:
@@ -582,8 +535,15 @@ class DeploymentDriver:
             self.serving.swap(model, loaded)
 
 
-def describe_error(error: BaseException) -> str:
-    """One line for a reason field."""
-    if isinstance(error, EdgefleetError):
-        return " ".join(str(error).split())
-    return f"{type(error).__name__}: {error}"
+__all__ = [
+    "PAUSE_ENV",
+    "DeploymentDriver",
+    "EventSink",
+    "Loader",
+    "ProbationTap",
+    "ServingPort",
+    "describe_error",
+    "event_body",
+    "no_pause",
+    "pause_hook_from_env",
+]
