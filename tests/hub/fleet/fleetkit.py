@@ -122,10 +122,11 @@ def build_fleet(
     rng: np.random.Generator,
     groups: Sequence[str] = ("north", "south", "east", "west"),
 ) -> float:
-    """20 devices in 4 groups, the last two hours; DRIFTED see shifted features."""
+    """20 devices in 4 groups, an hour of windows two hours ago; DRIFTED see shifted features."""
     telemetry = FleetTelemetry(db)
     telemetry.store.put_reference(MODEL, 1, profile.to_json(), {"accuracy": 0.95}, time.time())
-    start = time.time() - 2 * 3600
+    # Half an hour either side of an hour boundary: two time buckets, whatever the clock says.
+    start = (time.time() // 3600) * 3600 - 2 * 3600 + 1800
     for dev in fleet(groups, 5):
         for k in range(WINDOWS):
             X = rng.normal(size=(ROWS, N_FEATURES))

@@ -69,7 +69,7 @@ def assert_same_scores(a: DriftReport, b: DriftReport) -> None:
 def simulate(
     tmp_path: Path, rng: np.random.Generator, profile: ReferenceProfile
 ) -> tuple[FleetTelemetry, list[SimDevice], float]:
-    telemetry = FleetTelemetry(tmp_path / "fleet.db", FleetSettings(settle_s=60.0))
+    telemetry = FleetTelemetry(tmp_path / "fleet.db", FleetSettings())
     devices = fleet(["north", "south", "east", "west"], 5)
     shift = np.array([0.0, 0.0, 0.0, 0.3, 0.0, 0.0, 0.0, 0.0])
     now = T0
@@ -107,6 +107,7 @@ def test_fleet_statistics_equal_pooled_raw_data(tmp_path: Path) -> None:
     telemetry.maintain(now + 2 * 3600)  # the last hour rolls up too
     counts = telemetry.store.count_windows()
     assert counts["raw_unrolled"] + counts["in_rollups"] == 20 * STEPS
+    assert counts["raw_unrolled"] + counts["in_group_rollups"] == 20 * STEPS
 
     aggregator = FleetAggregator(telemetry.store, References(lambda m, v: profile))
     result = aggregator.query(DriftQuery(MODEL, by="device"), now + 2 * 3600)
@@ -122,11 +123,25 @@ def test_fleet_statistics_equal_pooled_raw_data(tmp_path: Path) -> None:
         assert mine.merged is not None
         assert_same_counts(profile, mine.merged, pooled_window(profile, dev.rows))
 
+    # The fleet and group breakdowns read the group rollups: the same numbers again.
+    by_group = aggregator.query(DriftQuery(MODEL, by="group"), now + 2 * 3600)
+    assert by_group.fleet.windows == 20 * STEPS and by_group.fleet.devices == 20
+    assert by_group.fleet.merged is not None and by_group.fleet.report is not None
+    assert_same_counts(profile, by_group.fleet.merged, pooled)
+    assert_same_scores(by_group.fleet.report, score_window(profile, pooled))
+    for name, group in by_group.groups.items():
+        members = [d for d in devices if d.info.group == name]
+        assert (group.windows, group.devices) == (STEPS * len(members), len(members))
+        assert group.merged is not None
+        assert_same_counts(
+            profile, group.merged, pooled_window(profile, [x for d in members for x in d.rows])
+        )
+
 
 def test_windows_late_for_a_rolled_up_hour_reopen_it(tmp_path: Path) -> None:
     rng = np.random.default_rng(8)
     profile = reference(rng)
-    telemetry = FleetTelemetry(tmp_path / "fleet.db", FleetSettings(settle_s=60.0))
+    telemetry = FleetTelemetry(tmp_path / "fleet.db", FleetSettings())
     (dev,) = fleet(["a"], 1)
     X1, X2 = rng.normal(size=(200, 8)), rng.normal(size=(150, 8)) + 1.0
     dev.record(profile, X1, T0, T0 + 300)
@@ -136,7 +151,12 @@ def test_windows_late_for_a_rolled_up_hour_reopen_it(tmp_path: Path) -> None:
     telemetry.ingest(dev.info, dev.unacked, T0 + 5 * 3600)
     assert telemetry.maintain(T0 + 5 * 3600 + 10).rolled_up == 1
     counts = telemetry.store.count_windows()
-    assert counts == {"raw_unrolled": 0, "raw_rolled": 2, "in_rollups": 2}
+    assert counts == {
+        "raw_unrolled": 0,
+        "raw_rolled": 2,
+        "in_rollups": 2,
+        "in_group_rollups": 2,
+    }
     rows = telemetry.store.stats(MODEL, 1)
     assert len(rows) == 1 and rows[0].windows == 2  # one hour rollup holding both
     merged = WindowStats.from_bytes(rows[0].drift or b"")
@@ -147,7 +167,6 @@ def test_coarsening_and_retention_keep_totals_exact(tmp_path: Path) -> None:
     rng = np.random.default_rng(9)
     profile = reference(rng)
     settings = FleetSettings(
-        settle_s=60.0,
         raw_retention_s=3600.0,
         fine_retention_s=2 * 3600.0,
         coarse_retention_s=None,

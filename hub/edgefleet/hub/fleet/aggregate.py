@@ -67,7 +67,8 @@ class _Accumulator:
 
     def add(self, row: StoredStats, stats: WindowStats | None, totals: WindowTotals) -> None:
         self.totals.add(totals)
-        self.devices.add(row.device)
+        # A group rollup names its devices; a raw window or a device rollup is one device.
+        self.devices |= totals.devices or {row.device}
         if stats is not None:
             self.parts.append(stats)
             if len(self.parts) >= _COMPACT_AT:
@@ -303,7 +304,7 @@ class FleetAggregator:
     def query(self, q: DriftQuery, now: float) -> FleetDriftResult:
         version, versions = self.resolve_version(q.model, q.version)
         profile = self.references.profile(q.model, version)
-        rows = self.store.stats(q.model, version, q.since_s)
+        rows = self.store.stats(q.model, version, q.since_s, per_device=q.by == "device")
         scopes: dict[str, _Accumulator] = {}
         buckets: dict[int, _Accumulator] = {}
         for row, stats, totals in self._decoded(rows, profile, scopes, q.by):
@@ -378,7 +379,7 @@ class FleetAggregator:
             acc.extended_from_s = float(reached)
 
     def _older_all(self, model: str, version: int, before: int) -> list[StoredStats]:
-        rows = [r for r in self.store.stats(model, version, None) if r.bucket_s < before]
+        rows = [r for r in self.store.stats(model, version) if r.bucket_s < before]
         return sorted(rows, key=lambda r: r.bucket_s, reverse=True)
 
     def _result(

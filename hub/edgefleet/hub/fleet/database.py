@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS fleet_records (
 CREATE INDEX IF NOT EXISTS fleet_records_query
     ON fleet_records (model, version, bucket_s) WHERE kind = 'window' AND rolled = 0;
 CREATE INDEX IF NOT EXISTS fleet_records_unrolled
-    ON fleet_records (bucket_s) WHERE kind = 'window' AND rolled = 0;
+    ON fleet_records (received_at) WHERE kind = 'window' AND rolled = 0;
 CREATE INDEX IF NOT EXISTS fleet_records_received ON fleet_records (received_at);
 CREATE TABLE IF NOT EXISTS fleet_rollups (
     level INTEGER NOT NULL, model TEXT NOT NULL, version INTEGER NOT NULL,

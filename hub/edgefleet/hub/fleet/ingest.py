@@ -179,7 +179,9 @@ class IngestWorker:
     ``device_lookup`` resolves device ids passed to :meth:`submit` (e.g. from the hub
     store) in the worker thread, cached for ``lookup_ttl_s``; unknown devices are stored
     with no group and an empty profile. Maintenance (roll-up, coarsening, retention) runs in
-    this thread only while no batch waits, in steps of ``maintenance_budget`` windows.
+    this thread in steps of ``maintenance_budget`` windows: one every
+    ``maintenance_interval_s`` (between commits if the queue never runs dry), and back to
+    back while no batch waits and work is left.
     """
 
     def __init__(
@@ -266,7 +268,7 @@ class IngestWorker:
             except queue.Empty:
                 if self._stop.is_set():
                     return
-                self._idle_work()
+                self._maintain(idle=True)
                 continue
             items = [first]
             while len(items) < self.max_batches:
@@ -284,6 +286,7 @@ class IngestWorker:
                     self._idle.notify_all()
             if self._stop.is_set() and self._queue.empty():
                 return
+            self._maintain(idle=False)
 
     def _store(self, items: list[_Item]) -> None:
         now = self.clock()
@@ -333,10 +336,15 @@ class IngestWorker:
         self._devices[device] = (now, info)
         return info
 
-    def _idle_work(self) -> None:
+    def _maintain(self, idle: bool) -> None:
+        """One maintenance step when due; back to back while idle and work is left.
+
+        Under steady load the queue may never run dry, so a step also runs between
+        commits once ``maintenance_interval_s`` has passed.
+        """
         now = self.clock()
         due = now - self._last_maintenance >= self.maintenance_interval_s
-        if due or self._maintenance_more:
+        if due or (idle and self._maintenance_more):
             self._last_maintenance = now
             try:
                 self._maintenance_more = self.telemetry.maintain(now).more

@@ -32,7 +32,10 @@ def fleet_db_path(store_path: Path) -> Path:
 class FleetSettings:
     bucket_s: int = HOUR_S  # fine time bucket of reports and rollups
     coarse_bucket_s: int = DAY_S  # what fine buckets are coarsened into
-    settle_s: float = 300.0  # a bucket is rolled up once it ended this long ago
+    # Raw windows are merged into their (possibly still open) rollup this long after they
+    # arrive; 0 = at the next maintenance step. Queries read rollups, so this bounds how many
+    # raw windows a query decodes.
+    rollup_delay_s: float = 0.0
     raw_retention_s: float = 2 * DAY_S  # raw window bodies (per device and seq)
     fine_retention_s: float = 30 * DAY_S  # hourly rollups, then coarsened to daily
     coarse_retention_s: float | None = 400 * DAY_S  # daily rollups; None = forever
@@ -44,8 +47,8 @@ class FleetSettings:
             raise ValueError("bucket_s must be at least 60 seconds")
         if self.coarse_bucket_s < self.bucket_s or self.coarse_bucket_s % self.bucket_s:
             raise ValueError("coarse_bucket_s must be a whole multiple of bucket_s")
-        if self.settle_s < 0:
-            raise ValueError("settle_s must not be negative")
+        if self.rollup_delay_s < 0:
+            raise ValueError("rollup_delay_s must not be negative")
         if self.raw_retention_s < self.monitor_lookback_s:
             raise ValueError("raw_retention_s must be at least monitor_lookback_s")
         if self.fine_retention_s < self.raw_retention_s:

@@ -11,7 +11,9 @@ Invariants:
 - latency histograms only add when their edges are identical; windows with other edges are
   kept in their own histogram (``latency`` maps edges -> counts) rather than re-binned;
 - confusion counts only merge over the same label list; a window with a different list is
-  counted in ``confusion_conflicts`` and left out (it would need a different matrix).
+  counted in ``confusion_conflicts`` and left out (it would need a different matrix);
+- ``devices`` is the set of devices whose windows were added (filled in when windows are
+  rolled up; a set union, so it stays exact across merges).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class WindowTotals:
         self.confusion_conflicts = 0
         self.start_s: float | None = None
         self.end_s: float | None = None
+        self.devices: set[str] = set()
 
     # construction -------------------------------------------------------------------
     @classmethod
@@ -89,6 +92,7 @@ class WindowTotals:
                 self.confusion_conflicts += 1
         self.start_s = _pick(min, self.start_s, other.start_s)
         self.end_s = _pick(max, self.end_s, other.end_s)
+        self.devices |= other.devices
         return self
 
     # derived ------------------------------------------------------------------------
@@ -142,6 +146,7 @@ class WindowTotals:
             "confusion_conflicts": self.confusion_conflicts,
             "start_s": self.start_s,
             "end_s": self.end_s,
+            "devices": sorted(self.devices),
         }
 
     def to_json(self) -> str:
@@ -164,6 +169,7 @@ class WindowTotals:
         t.confusion_conflicts = int(d.get("confusion_conflicts", 0))
         t.start_s = d.get("start_s")
         t.end_s = d.get("end_s")
+        t.devices = {str(x) for x in d.get("devices", ())}
         return t
 
     @classmethod

@@ -11,7 +11,10 @@ Tables (see :mod:`~edgefleet.hub.fleet.database`):
     clocks.
 ``fleet_rollups``
     merged windows per (level, model, version, bucket, device, group, profile, profile_id);
-    level is the bucket length (fine = an hour, coarse = a day by default).
+    level is the bucket length (fine = an hour, coarse = a day by default). Every window is
+    rolled up twice: into its device's rollup (for ``--by device``) and into a rollup of its
+    group and profile with ``device = ''`` (for the fleet, ``--by group`` and ``--by
+    profile``), so those queries read a number of rows that does not grow with the fleet.
 ``fleet_cursor``
     per device: the highest seq received (what the hub acks) and ``pruned_through``, the
     highest seq whose row retention deleted (anything at or below it counts as a duplicate).
@@ -19,8 +22,9 @@ Tables (see :mod:`~edgefleet.hub.fleet.database`):
 Invariants:
 
 - A window is counted exactly once by a query: either as a raw row with ``rolled = 0`` or
-  inside exactly one rollup. ``roll_up`` merges raw rows into their rollup and sets
-  ``rolled = 1`` in the same transaction; a *late* window (its bucket already rolled up)
+  inside exactly one rollup of the granularity the query reads (device or group).
+  ``roll_up`` merges raw rows into both their rollups and sets ``rolled = 1`` in the same
+  transaction; a *late* window (its bucket already rolled up)
   arrives with ``rolled = 0`` and the next ``roll_up`` merges it into the existing rollup —
   aggregates re-open rather than miss it.
 - Coarsening (fine -> coarse rollups) and retention only move or delete whole rows inside
@@ -214,17 +218,25 @@ class FleetWindowStore:
             ).fetchall()
         return sorted(str(r[0]) for r in rows if r[0] is not None)
 
-    def stats(self, model: str, version: int, since_s: float | None = None) -> list[StoredStats]:
+    def stats(
+        self,
+        model: str,
+        version: int,
+        since_s: float | None = None,
+        *,
+        per_device: bool = False,
+    ) -> list[StoredStats]:
         """Everything stored for ``model:version`` from ``since_s`` on, each window once.
 
         ``since_s`` is rounded down to the bucket of each level (an hour for fine rollups
-        and raw windows, a day for coarse rollups).
+        and raw windows, a day for coarse rollups). With ``per_device`` rollups are read at
+        device granularity, else at group/profile granularity (``device == ''``).
         """
         s = self.settings
         fine = s.bucket_of(since_s) if since_s is not None else None
         coarse = s.coarse_bucket_of(since_s) if since_s is not None else None
         with self.db.read() as conn:
-            out = self._rollups(conn, model, version, fine, coarse, None)
+            out = self._rollups(conn, model, version, fine, coarse, None, per_device)
             out += self._raw(conn, model, version, fine, None)
         return out
 
@@ -234,9 +246,10 @@ class FleetWindowStore:
         """Windows of one group/profile/device in buckets before ``before_bucket``."""
         if column not in ("grp", "profile", "device"):
             raise ValueError(column)
+        before = (column, value, before_bucket)
         with self.db.read() as conn:
-            out = self._rollups(conn, model, version, None, None, (column, value, before_bucket))
-            out += self._raw(conn, model, version, None, (column, value, before_bucket))
+            out = self._rollups(conn, model, version, None, None, before, column == "device")
+            out += self._raw(conn, model, version, None, before)
         return sorted(out, key=lambda r: r.bucket_s, reverse=True)
 
     def _rollups(
@@ -247,10 +260,11 @@ class FleetWindowStore:
         fine: int | None,
         coarse: int | None,
         before: tuple[str, str, int] | None,
+        per_device: bool,
     ) -> list[StoredStats]:
         sql = (
             f"SELECT level, windows, {_STATS_COLUMNS} FROM fleet_rollups"
-            " WHERE model = ? AND version = ?"
+            " WHERE model = ? AND version = ? AND device " + ("!= ''" if per_device else "= ''")
         )
         params: list[Any] = [model, version]
         if fine is not None and coarse is not None:
@@ -299,16 +313,6 @@ class FleetWindowStore:
             ).fetchall()
         return [_raw_stats(r) for r in rows]
 
-    def received_models(self, anchor_rid: int) -> list[tuple[str, int, int]]:
-        """(model, version, max rid) of windows received after ``anchor_rid``."""
-        with self.db.read() as conn:
-            rows = conn.execute(
-                "SELECT model, version, MAX(rid) FROM fleet_records WHERE kind = 'window'"
-                " AND rid > ? AND model IS NOT NULL GROUP BY model, version",
-                (anchor_rid,),
-            ).fetchall()
-        return [(str(m), int(v), int(r)) for m, v, r in rows]
-
     def max_rid(self) -> int:
         row = self.db.connection().execute("SELECT MAX(rid) FROM fleet_records").fetchone()
         return int(row[0]) if row and row[0] is not None else 0
@@ -319,12 +323,17 @@ class FleetWindowStore:
             raw = conn.execute(
                 "SELECT rolled, COUNT(*) FROM fleet_records WHERE kind = 'window' GROUP BY rolled"
             ).fetchall()
-            rolled = conn.execute("SELECT COALESCE(SUM(windows), 0) FROM fleet_rollups").fetchone()
+            levels = conn.execute(
+                "SELECT device = '', COALESCE(SUM(windows), 0) FROM fleet_rollups"
+                " GROUP BY device = ''"
+            ).fetchall()
         counts = {int(k): int(v) for k, v in raw}
+        rolled = {bool(k): int(v) for k, v in levels}
         return {
             "raw_unrolled": counts.get(0, 0),
             "raw_rolled": counts.get(1, 0),
-            "in_rollups": int(rolled[0]),
+            "in_rollups": rolled.get(False, 0),  # device granularity
+            "in_group_rollups": rolled.get(True, 0),
         }
 
     # -- maintenance -----------------------------------------------------------------
@@ -339,17 +348,17 @@ class FleetWindowStore:
         )
 
     def roll_up(self, now: float, budget: int) -> int:
-        """Merge settled raw windows into their rollups; returns how many were merged."""
+        """Merge raw windows received ``rollup_delay_s`` ago or earlier into their rollups
+        (the current hour's too: a rollup keeps absorbing windows); returns how many."""
         s = self.settings
-        cutoff = now - s.settle_s - s.bucket_s
         coarse_cutoff = now - s.fine_retention_s - s.bucket_s
         with self.db.write() as conn:
             rows = conn.execute(
                 "SELECT rid, model, "
                 + _STATS_COLUMNS
-                + " FROM fleet_records WHERE kind = 'window' AND rolled = 0 AND bucket_s <= ?"
-                " ORDER BY bucket_s LIMIT ?",
-                (cutoff, budget),
+                + " FROM fleet_records WHERE kind = 'window' AND rolled = 0 AND received_at <= ?"
+                " ORDER BY rid LIMIT ?",
+                (now - s.rollup_delay_s, budget),
             ).fetchall()
             if not rows:
                 return 0
@@ -362,8 +371,11 @@ class FleetWindowStore:
                     level, bucket = s.coarse_bucket_s, s.coarse_bucket_of(bucket_s)
                 else:
                     level, bucket = s.bucket_s, int(bucket_s)
-                key = (level, model, version, bucket, device, grp, profile, _pid(stats))
-                groups.setdefault(key, []).append((WindowTotals.from_json(summary), stats))
+                totals = WindowTotals.from_json(summary)
+                totals.devices.add(device)
+                for who in (device, ""):  # the device's rollup and its group's
+                    key = (level, model, version, bucket, who, grp, profile, _pid(stats))
+                    groups.setdefault(key, []).append((totals, stats))
             for key, parts in groups.items():
                 _merge_into_rollup(conn, key, parts, now)
             conn.executemany(
@@ -427,7 +439,7 @@ class FleetWindowStore:
                 old = now - s.coarse_retention_s - s.coarse_bucket_s
                 row = conn.execute(
                     "SELECT COALESCE(SUM(windows), 0) FROM fleet_rollups"
-                    " WHERE level = ? AND bucket_s <= ?",
+                    " WHERE level = ? AND bucket_s <= ? AND device != ''",
                     (s.coarse_bucket_s, old),
                 ).fetchone()
                 dropped = int(row[0])
