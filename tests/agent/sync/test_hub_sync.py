@@ -206,6 +206,8 @@ def test_a_restart_mid_download_fetches_no_held_chunk_again(rig: Rig) -> None:
     fetched_before = len(rig.hub.fetches)
     rig.hub.serve_limit = None
     sync = rig.restart()
+    assert len(rig.hub.fetches) == fetched_before  # a resumed session: chunks queued come first
+    rig.advance(2.0)
     asked_after = [i for f in rig.hub.fetches[fetched_before:] for i in f.indexes()]
     held_before = set(range(8))  # persisted every 2 chunks: 0..7 of the 9 received
     assert not held_before & set(asked_after)
@@ -321,3 +323,22 @@ def test_going_offline_publishes_the_will_and_coming_back_republishes_state(rig:
     raw = rig.broker.retained(status_topic)
     assert raw is not None and decode_status(raw).online is True
     assert rig.hub.state() is not None
+
+
+def test_a_broker_that_lost_the_session_gets_the_requests_again_at_once(rig: Rig) -> None:
+    v1 = bundle(size=8000)
+    rig.catalogue(v1)
+    rig.hub.serving = False
+    sync = rig.start(request_timeout_s=60.0)
+    rig.hub.publish_directive(rig.hub.directive(v1.assignment()))
+    rig.settle()
+    first = [i for f in rig.hub.fetches for i in f.indexes()]
+    assert first == [0, 1, 2, 3]
+    rig.hub.serving = True
+    # A restarted broker without persistence: the connection comes back without a session.
+    sync.on_disconnected()
+    sync.on_connected(False, rig.clock[0])
+    rig.settle()
+    again = [i for f in rig.hub.fetches[1:] for i in f.indexes()]
+    assert again[:4] == [0, 1, 2, 3]  # long before the 60 s request timeout
+    assert rig.deployer.received["req-1"] == v1.data

@@ -176,6 +176,8 @@ class HubSync:
         self._stopping = threading.Event()
         self._new_chunks = 0
         self._started = False
+        self._link_up = False  # set by the worker when it handled the connect
+        self._quiet_until: float | None = None  # no chunk requests before this
         self.idle = threading.Event()  # set while nothing is left to do (tests, bench)
 
     # --- lifecycle --------------------------------------------------------------
@@ -273,19 +275,30 @@ class HubSync:
             self.on_ack(item.payload, now)
         elif item.kind == "connected":
             self.on_connected(item.session_present, now)
-        elif item.kind == "disconnected" and self.uploader is not None:
-            self.uploader.on_disconnect()
+        elif item.kind == "disconnected":
+            self.on_disconnected()
 
     # --- inbound ------------------------------------------------------------------
     def on_connected(self, session_present: bool, now: float) -> None:
+        self._link_up = True
         self.reporter.online(now, self.settings.agent_version)
         self.reporter.forget()
-        if self.download is not None and not session_present:
+        if session_present:
+            # The broker kept our session: chunks the hub sent while we were away (or
+            # dead) are on their way. Take those first and ask for more only once they
+            # stop coming, or they would be fetched twice.
+            self._quiet_until = now + self.settings.resume_quiet_s
+        elif self.download is not None:
             # Requests sent before the broker lost our session will never be answered.
             self.download.forget_outstanding()
         if self.uploader is not None:
             self.uploader.on_disconnect()
         self.tick(now)
+
+    def on_disconnected(self) -> None:
+        self._link_up = False
+        if self.uploader is not None:
+            self.uploader.on_disconnect()
 
     def on_desired(self, payload: bytes, now: float) -> None:
         verdict = judge(payload, self.trust, self.device_id, self.accepted, now)
@@ -331,6 +344,8 @@ class HubSync:
             self.counts["chunks_malformed"] += 1
             log.info("hub sync: %s", e)
             return
+        if self._quiet_until is not None:
+            self._quiet_until = max(self._quiet_until, now + self.settings.resume_quiet_s)
         if not new:
             return
         self._new_chunks += 1
@@ -532,8 +547,12 @@ class HubSync:
 
     def _request_chunks(self, now: float) -> None:
         download = self.download
-        if download is None or not self.transport.connected:
+        if download is None or not self._link_up:
             return
+        if self._quiet_until is not None:
+            if now < self._quiet_until:
+                return
+            self._quiet_until = None
         while (request := download.next_request(now)) is not None:
             self.transport.publish(self.topics.fetch(self.device_id), encode_json(request))
             self.counts["fetches"] += 1

@@ -39,6 +39,9 @@ class SyncSettings:
     ack_timeout_s: float = 15.0
     #: How often the worker looks at deployments, downloads, telemetry and the state report.
     tick_s: float = 0.5
+    #: After reconnecting to a session the broker kept, wait for this long without a
+    #: chunk before asking for more (chunks queued for us arrive first).
+    resume_quiet_s: float = 1.0
     #: Whole-bundle fetches per assignment before a hash mismatch is final.
     max_download_attempts: int = 2
     #: Largest telemetry lease per batch (the protocol allows 1 MiB per message).
@@ -53,6 +56,8 @@ class SyncSettings:
             raise AgentConfigError(
                 f"sync window_bytes must be within chunk_size..{MAX_WINDOW_BYTES}"
             )
+        if self.resume_quiet_s < 0:
+            raise AgentConfigError("sync resume_quiet_s must not be negative")
         for name in ("request_timeout_s", "ack_timeout_s", "tick_s"):
             if getattr(self, name) <= 0:
                 raise AgentConfigError(f"sync {name} must be positive")

@@ -1,0 +1,410 @@
+"""A small fleet on one machine: the real hub service, real agent daemons, a real broker.
+
+- The hub runs in the test process (``HubService`` with the real MQTT client, SQLite
+  store, bundle store, rollout engine and directive issuer), so tests read its store
+  and counters directly.
+- Each device is enrolled through the hub's enrollment (``agent.toml`` and
+  ``trust.json`` as ``hub device add`` writes them, plus test settings: a one-thread
+  profile, one-second telemetry windows, smoke-only probation so that the hub's gates,
+  not the device, judge live traffic) and runs as its own
+  ``python -m tests.integration.agent_process`` subprocess.
+- :class:`Traffic` keeps sending inference requests to every running device, so
+  rollout gates get evidence from the new version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from tests.agent.bundles import write_signed_bundle
+
+from edgefleet.core.bundle_writer import BundleInfo
+from edgefleet.core.keys import generate_keypair, load_private_key
+from edgefleet.core.mqtt.client import MqttClient
+from edgefleet.hub.bundles import BundleStore
+from edgefleet.hub.commands.serve_cmd import mqtt_settings
+from edgefleet.hub.config import HubConfig
+from edgefleet.hub.enrollment import enroll_device, publisher_trust
+from edgefleet.hub.rollout.engine import RolloutEngine
+from edgefleet.hub.service import HubService
+from edgefleet.hub.store import SqliteHubStore
+
+REPO = Path(__file__).resolve().parents[2]
+PROFILE = "x86_64-gateway"
+PROFILE_TOML = f"""\
+name = "{PROFILE}"
+description = "test gateway: one thread, small budgets"
+
+[hardware]
+arch = "x86_64"
+cores = 2
+memory_mb = 1024
+storage_budget_mb = 64
+
+[onnxruntime]
+min_onnxruntime = "1.17"
+execution_providers = ["CPUExecutionProvider"]
+intra_op_threads = 1
+inter_op_threads = 1
+
+[model]
+quantization = "none"
+int8_format = "U8S8"
+max_bundle_bytes = 8388608
+
+[telemetry]
+telemetry_budget_bytes = 4194304
+window_s = 1
+"""
+# Loose gates except the error rate: these tests are about distribution, and latency
+# on a shared CI machine is noise. Phases pass once every moved device committed and
+# reported 20 inferences of the new version, after one second of bake time.
+GATES = (
+    "min_inferences=20",
+    "bake_s=1",
+    "max_latency_p95_ratio=1000",
+    "max_prediction_psi=1000",
+    "device_timeout_s=180",
+)
+WAIT_S = 90.0
+IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout_s: float = WAIT_S) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def http_json(url: str, body: Any | None = None, timeout: float = 10) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def infer(url: str, rows: Sequence[Sequence[float]] = IRIS_ROWS) -> tuple[int, Any]:
+    body = {
+        "inputs": [
+            {"name": "X", "shape": [len(rows), len(rows[0])], "datatype": "FP32", "data": rows}
+        ]
+    }
+    return http_json(f"{url}/v2/models/iris/infer", body)
+
+
+@dataclass
+class Device:
+    id: str
+    root: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config(self) -> Path:
+        return self.root / "agent.toml"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "agent.log"
+
+    def start(self, extra_env: Mapping[str, str] | None = None) -> None:
+        env = {**os.environ, **self.env, **(extra_env or {})}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.integration.agent_process",
+                    "--config",
+                    str(self.config),
+                ],
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=env,
+            )
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def url(self, timeout_s: float = 60.0) -> str:
+        def ready() -> str | None:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"{self.id} exited {self.proc.returncode}: {self.log_tail()}")
+            try:
+                info = json.loads((self.state_dir / "endpoint.json").read_text())
+            except (OSError, ValueError):
+                return None
+            if self.proc is None or info.get("pid") != self.proc.pid:
+                return None
+            return str(info["url"])
+
+        return str(wait_for(f"{self.id} to serve", ready, timeout_s))
+
+    def stop(self) -> None:
+        if self.running:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def wait_paused(self, timeout_s: float = WAIT_S) -> None:
+        """Wait for the SIGSTOP of the test pause hook."""
+
+        def stopped() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.id} exited before pausing: {self.log_tail()}")
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+            return stat.rsplit(")", 1)[1].split()[0] == "T"
+
+        wait_for(f"{self.id} to pause", stopped, timeout_s)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def log_tail(self) -> str:
+        try:
+            return self.log.read_text()[-4000:]
+        except OSError:
+            return ""
+
+
+class Fleet:
+    """Hub + devices under ``root``, talking through the broker at ``host:port``."""
+
+    def __init__(
+        self,
+        root: Path,
+        host: str,
+        port: int,
+        *,
+        chunk_size: int = 16 * 1024,
+        window_bytes: int = 64 * 1024,
+    ) -> None:
+        self.root = root
+        self.chunk_size = chunk_size
+        self.window_bytes = window_bytes
+        keys = root / "keys"
+        generate_keypair("publisher", keys)
+        generate_keypair("hub", keys)
+        self.publisher_key: Ed25519PrivateKey = load_private_key(keys / "publisher.key")
+        self.hub_key: Ed25519PrivateKey = load_private_key(keys / "hub.key")
+        self.profiles = root / "profiles"
+        self.profiles.mkdir()
+        (self.profiles / f"{PROFILE}.toml").write_text(PROFILE_TOML)
+        self.config = HubConfig.from_mapping(
+            {
+                "store": {"path": "hub.db", "bundles_dir": "hub-bundles"},
+                "broker": {"host": host, "port": port, "client_id": "edgefleet-hub"},
+                "keys": {
+                    "hub_signing_key": "keys/hub.key",
+                    "publisher_keys": ["keys/publisher.pub"],
+                },
+                "service": {"tick_s": 0.2},
+            },
+            base_dir=root,
+        )
+        self.store = SqliteHubStore(self.config.store.path)
+        self.bundles = BundleStore(self.config.store.bundles_dir, self.store)
+        self.engine = RolloutEngine(self.store)
+        self.service: HubService | None = None
+        self.devices: list[Device] = []
+
+    # --- hub -------------------------------------------------------------------------
+    def start_hub(self) -> HubService:
+        client = MqttClient(mqtt_settings(self.config, None))
+        self.service = HubService(self.config, self.store, client, self.hub_key)
+        self.service.start()
+        assert self.service.wait_ready(30), "hub did not subscribe"
+        return self.service
+
+    def hub_issue(self, device: Any) -> None:
+        """Make the hub sign a fresh directive for ``device`` now (published on its next tick)."""
+        assert self.service is not None
+        self.service.issuer.issue(device, time.time())
+
+    def counter(self, name: str) -> int:
+        assert self.service is not None
+        return self.service.counters.get(name, 0)
+
+    def close(self) -> None:
+        for device in self.devices:
+            device.stop()
+        if self.service is not None:
+            self.service.stop()
+        self.store.close()
+
+    # --- devices -----------------------------------------------------------------------
+    def enroll(self, count: int, prefix: str = "pi") -> list[Device]:
+        made = []
+        for i in range(count):
+            device_id = f"{prefix}-{len(self.devices) + 1:02d}"
+            root = self.root / "devices" / device_id
+            enroll_device(
+                self.store,
+                self.config,
+                device_id,
+                PROFILE,
+                time.time(),
+                state_dir=str(root / "state"),
+                endpoint_port=0,
+                profiles_dir=self.profiles,
+                out_dir=root,
+            )
+            toml = (root / "agent.toml").read_text()
+            toml = toml.replace(
+                'trust_store = "trust.json"',
+                f'trust_store = "trust.json"\nprofiles_dir = "{self.profiles}"\n'
+                "shutdown_timeout_s = 5",
+            )
+            toml += (
+                # Smoke set only: the hub's gates judge live traffic in these tests.
+                "\n[probation]\nsmoke = true\nmin_requests = 0\nmax_seconds = 0\n"
+                "max_error_rate = 1.0\n"
+                "\n[telemetry]\nwindow_s = 1\nflush_interval_s = 0.2\n"
+            )
+            (root / "agent.toml").write_text(toml)
+            device = Device(
+                device_id,
+                root,
+                env={
+                    "EDGEFLEET_SYNC_CHUNK_SIZE": str(self.chunk_size),
+                    "EDGEFLEET_SYNC_WINDOW_BYTES": str(self.window_bytes),
+                },
+            )
+            self.devices.append(device)
+            made.append(device)
+            del i
+        return made
+
+    def device_state(self, device: Device) -> dict[str, Any]:
+        record = self.store.get_device(device.id)
+        return {} if record is None else dict(record.state)
+
+    def active(self, device: Device, model: str = "iris") -> dict[str, Any] | None:
+        for entry in self.device_state(device).get("models", []):
+            if entry.get("name") == model:
+                return entry.get("active")
+        return None
+
+    def runs(self, device: Device, bundle: BundleInfo) -> bool:
+        active = self.active(device)
+        return active is not None and active.get("bundle_sha256") == bundle.sha256
+
+    def events(self, device: Device) -> list[dict[str, Any]]:
+        """Telemetry events the hub stored for ``device``, in seq order."""
+        with contextlib.closing(sqlite3.connect(self.config.store.path, timeout=10)) as db:
+            rows = db.execute(
+                "SELECT body FROM telemetry WHERE device = ? AND kind = 'event' ORDER BY seq",
+                (device.id,),
+            ).fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+    # --- bundles and rollouts ------------------------------------------------------------
+    def bundle(
+        self, version: int, *, kind: str = "iris", pad_bytes: int = 0, publish: bool = True
+    ) -> BundleInfo:
+        out = self.root / "bundles-out" / f"iris-{version}-{kind}.efb"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        extra = {"card.md": os.urandom(pad_bytes)} if pad_bytes else None
+        info = write_signed_bundle(
+            out, kind, self.publisher_key, name="iris", version=version, extra_members=extra
+        )
+        if publish:
+            self.bundles.publish(out, publisher_trust(self.config), time.time())
+        return info
+
+    def rollout(
+        self, version: int, phases: str = "100%", gates: Sequence[str] = GATES, to: str = "all"
+    ) -> str:
+        record = self.engine.create(
+            "iris", version, to, time.time(), phases_text=phases, gate_overrides=list(gates)
+        )
+        return record.rollout_id
+
+    def rollout_state(self, rollout_id: str) -> str:
+        return self.engine.get(rollout_id).status.state.value
+
+    def wait_rollout(self, rollout_id: str, *states: str, timeout_s: float = WAIT_S) -> str:
+        def reached() -> str | None:
+            state = self.rollout_state(rollout_id)
+            return state if state in states else None
+
+        try:
+            return str(wait_for(f"rollout {rollout_id} to reach {states}", reached, timeout_s))
+        except AssertionError as e:
+            status = self.engine.status(rollout_id, time.time())
+            raise AssertionError(f"{e}: {json.dumps(status, default=str)[:3000]}") from None
+
+
+class Traffic:
+    """Inference requests to every running device, until stopped."""
+
+    def __init__(self, devices: Sequence[Device], interval_s: float = 0.05) -> None:
+        self.devices = devices
+        self.interval_s = interval_s
+        self.urls: dict[str, str] = {}
+        self.codes: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for device in self.devices:
+                if not device.running:
+                    continue
+                try:
+                    info = json.loads((device.state_dir / "endpoint.json").read_text())
+                    code, _ = infer(str(info["url"]))
+                except (OSError, ValueError, KeyError):
+                    continue
+                self.codes[code] = self.codes.get(code, 0) + 1
+            self._stop.wait(self.interval_s)
