@@ -4,7 +4,8 @@ Parts (docs/drift-monitoring.md tells the whole story)::
 
     ingest.py        FleetTelemetry (store batches exactly once), IngestWorker (bounded
                      queue + worker thread, so the MQTT thread never waits on SQLite)
-    window_store.py  per-device windows, rollups by hour then day, retention
+    window_store.py  per-device windows and rollups: insert exactly once, read back
+    retention.py     roll-up (per device and per group/profile), hour -> day, retention
     aggregate.py     FleetAggregator: merge by model/version/group/profile/device/time, score
     alerts.py        pure rules and the persistence/hysteresis state machine
     monitor.py       FleetMonitor: evaluates newly received windows, stores alerts, notifies

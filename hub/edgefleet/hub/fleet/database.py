@@ -26,6 +26,9 @@ from edgefleet.hub.errors import HubStoreError
 
 SCHEMA_VERSION = 1
 
+#: The columns aggregation reads from raw windows and rollups alike.
+STATS_COLUMNS = "device, grp, profile, version, bucket_s, start_s, end_s, summary, drift"
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS fleet_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS fleet_records (

@@ -36,14 +36,10 @@ from typing import Protocol
 from edgefleet.core.errors import EdgefleetError, ProtocolError
 from edgefleet.core.protocol import TelemetryRecord
 from edgefleet.hub.fleet.database import FleetDatabase
+from edgefleet.hub.fleet.retention import MaintenanceResult
 from edgefleet.hub.fleet.settings import FleetSettings
 from edgefleet.hub.fleet.totals import WindowTotals
-from edgefleet.hub.fleet.window_store import (
-    DeviceBatch,
-    FleetWindowStore,
-    MaintenanceResult,
-    RecordRow,
-)
+from edgefleet.hub.fleet.window_store import DeviceBatch, FleetWindowStore, RecordRow
 
 log = logging.getLogger(__name__)
 

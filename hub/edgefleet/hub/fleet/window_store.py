@@ -37,13 +37,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edgefleet.core.drift import WindowStats
-from edgefleet.core.errors import DriftError
-from edgefleet.hub.fleet.database import FleetDatabase
+from edgefleet.hub.fleet.database import STATS_COLUMNS, FleetDatabase
+from edgefleet.hub.fleet.retention import MaintenanceResult, maintain
 from edgefleet.hub.fleet.settings import FleetSettings
 from edgefleet.hub.fleet.totals import WindowTotals
 
@@ -102,18 +101,6 @@ class StoredStats:
 
     def totals(self) -> WindowTotals:
         return WindowTotals.from_json(self.summary)
-
-
-@dataclass(frozen=True)
-class MaintenanceResult:
-    rolled_up: int = 0
-    coarsened: int = 0
-    pruned_records: int = 0
-    dropped_rollups: int = 0
-    more: bool = False  # a step used its whole budget; call again soon
-
-
-_STATS_COLUMNS = "device, grp, profile, version, bucket_s, start_s, end_s, summary, drift"
 
 
 class FleetWindowStore:
@@ -263,7 +250,7 @@ class FleetWindowStore:
         per_device: bool,
     ) -> list[StoredStats]:
         sql = (
-            f"SELECT level, windows, {_STATS_COLUMNS} FROM fleet_rollups"
+            f"SELECT level, windows, {STATS_COLUMNS} FROM fleet_rollups"
             " WHERE model = ? AND version = ? AND device " + ("!= ''" if per_device else "= ''")
         )
         params: list[Any] = [model, version]
@@ -287,7 +274,7 @@ class FleetWindowStore:
         before: tuple[str, str, int] | None,
     ) -> list[StoredStats]:
         sql = (
-            f"SELECT rid, received_at, {_STATS_COLUMNS} FROM fleet_records"
+            f"SELECT rid, received_at, {STATS_COLUMNS} FROM fleet_records"
             " WHERE kind = 'window' AND rolled = 0 AND model = ? AND version = ?"
         )
         params: list[Any] = [model, version]
@@ -306,7 +293,7 @@ class FleetWindowStore:
         ``since_received`` (rolled up or not: the blob stays until raw retention)."""
         with self.db.read() as conn:
             rows = conn.execute(
-                f"SELECT rid, received_at, {_STATS_COLUMNS} FROM fleet_records"
+                f"SELECT rid, received_at, {STATS_COLUMNS} FROM fleet_records"
                 " WHERE kind = 'window' AND model = ? AND version = ? AND rid > ?"
                 " AND received_at >= ? ORDER BY rid",
                 (model, version, anchor_rid, since_received),
@@ -338,117 +325,8 @@ class FleetWindowStore:
 
     # -- maintenance -----------------------------------------------------------------
     def maintain(self, now: float) -> MaintenanceResult:
-        """One bounded step of roll-up, coarsening and retention."""
-        budget = self.settings.maintenance_budget
-        rolled = self.roll_up(now, budget)
-        coarsened = self.coarsen(now, budget)
-        pruned, dropped = self.prune(now)
-        return MaintenanceResult(
-            rolled, coarsened, pruned, dropped, more=rolled >= budget or coarsened >= budget
-        )
-
-    def roll_up(self, now: float, budget: int) -> int:
-        """Merge raw windows received ``rollup_delay_s`` ago or earlier into their rollups
-        (the current hour's too: a rollup keeps absorbing windows); returns how many."""
-        s = self.settings
-        coarse_cutoff = now - s.fine_retention_s - s.bucket_s
-        with self.db.write() as conn:
-            rows = conn.execute(
-                "SELECT rid, model, "
-                + _STATS_COLUMNS
-                + " FROM fleet_records WHERE kind = 'window' AND rolled = 0 AND received_at <= ?"
-                " ORDER BY rid LIMIT ?",
-                (now - s.rollup_delay_s, budget),
-            ).fetchall()
-            if not rows:
-                return 0
-            groups: dict[tuple[Any, ...], list[tuple[WindowTotals, WindowStats | None]]] = {}
-            undecodable = 0
-            for _rid, model, device, grp, profile, version, bucket_s, *_, summary, drift in rows:
-                stats, bad = _decode(drift)
-                undecodable += bad
-                if bucket_s <= coarse_cutoff:
-                    level, bucket = s.coarse_bucket_s, s.coarse_bucket_of(bucket_s)
-                else:
-                    level, bucket = s.bucket_s, int(bucket_s)
-                totals = WindowTotals.from_json(summary)
-                totals.devices.add(device)
-                for who in (device, ""):  # the device's rollup and its group's
-                    key = (level, model, version, bucket, who, grp, profile, _pid(stats))
-                    groups.setdefault(key, []).append((totals, stats))
-            for key, parts in groups.items():
-                _merge_into_rollup(conn, key, parts, now)
-            conn.executemany(
-                "UPDATE fleet_records SET rolled = 1 WHERE rid = ?", [(r[0],) for r in rows]
-            )
-            self.db.bump(conn, {"rolled_up": len(rows), "undecodable_windows": undecodable})
-        return len(rows)
-
-    def coarsen(self, now: float, budget: int) -> int:
-        """Merge fine rollups older than the fine retention into coarse ones."""
-        s = self.settings
-        cutoff = now - s.fine_retention_s - s.bucket_s
-        with self.db.write() as conn:
-            rows = conn.execute(
-                "SELECT model, version, bucket_s, device, grp, profile, profile_id, windows,"
-                " summary, drift FROM fleet_rollups WHERE level = ? AND bucket_s <= ?"
-                " ORDER BY bucket_s LIMIT ?",
-                (s.bucket_s, cutoff, budget),
-            ).fetchall()
-            groups: dict[tuple[Any, ...], list[tuple[WindowTotals, WindowStats | None]]] = {}
-            for model, version, bucket_s, device, grp, profile, pid, _w, summary, drift in rows:
-                stats, _bad = _decode(drift)
-                key = (
-                    s.coarse_bucket_s,
-                    model,
-                    version,
-                    s.coarse_bucket_of(bucket_s),
-                    device,
-                    grp,
-                    profile,
-                    pid,
-                )
-                groups.setdefault(key, []).append((WindowTotals.from_json(summary), stats))
-            for key, parts in groups.items():
-                _merge_into_rollup(conn, key, parts, now)
-            conn.executemany(
-                "DELETE FROM fleet_rollups WHERE level = ? AND model = ? AND version = ?"
-                " AND bucket_s = ? AND device = ? AND grp = ? AND profile = ? AND profile_id = ?",
-                [(s.bucket_s, *r[:7]) for r in rows],
-            )
-        return len(rows)
-
-    def prune(self, now: float) -> tuple[int, int]:
-        """Delete raw rows past retention (already rolled up) and expired coarse rollups."""
-        s = self.settings
-        cutoff = now - s.raw_retention_s
-        dropped = 0
-        with self.db.write() as conn:
-            where = "received_at < ? AND (rolled = 1 OR kind != 'window')"
-            highest = conn.execute(
-                f"SELECT device, MAX(seq) FROM fleet_records WHERE {where} GROUP BY device",
-                (cutoff,),
-            ).fetchall()
-            conn.executemany(
-                "INSERT INTO fleet_cursor VALUES (?, ?, ?) ON CONFLICT (device) DO UPDATE"
-                " SET pruned_through = MAX(pruned_through, excluded.pruned_through)",
-                [(d, seq, seq) for d, seq in highest],
-            )
-            pruned = conn.execute(f"DELETE FROM fleet_records WHERE {where}", (cutoff,)).rowcount
-            if s.coarse_retention_s is not None:
-                old = now - s.coarse_retention_s - s.coarse_bucket_s
-                row = conn.execute(
-                    "SELECT COALESCE(SUM(windows), 0) FROM fleet_rollups"
-                    " WHERE level = ? AND bucket_s <= ? AND device != ''",
-                    (s.coarse_bucket_s, old),
-                ).fetchone()
-                dropped = int(row[0])
-                conn.execute(
-                    "DELETE FROM fleet_rollups WHERE level = ? AND bucket_s <= ?",
-                    (s.coarse_bucket_s, old),
-                )
-            self.db.bump(conn, {"pruned_records": pruned, "dropped_windows": dropped})
-        return pruned, dropped
+        """One bounded step of roll-up, coarsening and retention (see ``retention``)."""
+        return maintain(self.db, self.settings, now)
 
     # -- reference cache -------------------------------------------------------------
     def put_reference(
@@ -490,54 +368,4 @@ def _raw_stats(r: Sequence[Any]) -> StoredStats:
         drift,
         rid=int(rid),
         received_at=received_at,
-    )
-
-
-def _decode(blob: bytes | None) -> tuple[WindowStats | None, int]:
-    if blob is None:
-        return None, 0
-    try:
-        return WindowStats.from_bytes(bytes(blob)), 0
-    except DriftError:
-        return None, 1
-
-
-def _pid(stats: WindowStats | None) -> str:
-    return "" if stats is None else stats.profile_id
-
-
-def _merge_into_rollup(
-    conn: sqlite3.Connection,
-    key: tuple[Any, ...],
-    parts: Iterable[tuple[WindowTotals, WindowStats | None]],
-    now: float,
-) -> None:
-    existing = conn.execute(
-        "SELECT summary, drift FROM fleet_rollups WHERE level = ? AND model = ? AND version = ?"
-        " AND bucket_s = ? AND device = ? AND grp = ? AND profile = ? AND profile_id = ?",
-        key,
-    ).fetchone()
-    totals = WindowTotals()
-    windows: list[WindowStats] = []
-    if existing is not None:
-        totals.add(WindowTotals.from_json(existing[0]))
-        stats, _bad = _decode(existing[1])
-        if stats is not None:
-            windows.append(stats)
-    for part_totals, stats in parts:
-        totals.add(part_totals)
-        if stats is not None:
-            windows.append(stats)
-    merged = WindowStats.merge_all(windows) if windows else None
-    conn.execute(
-        "INSERT OR REPLACE INTO fleet_rollups VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (
-            *key,
-            totals.windows,
-            totals.start_s,
-            totals.end_s,
-            totals.to_json(),
-            None if merged is None else merged.to_bytes(),
-            now,
-        ),
     )
