@@ -181,14 +181,14 @@ class _Connection(asyncio.Protocol):
             outcome = Outcome(503, error_body("the agent is shutting down"), close=True)
         else:
             outcome = future.result()  # run_job never raises
-        if self.transport is None:
-            return
         self._write(outcome, req)
         self._drain()
 
     def _write(self, outcome: Outcome, req: Request | None) -> None:
         transport = self.transport
         if transport is None:
+            # The client left before its answer: the work was still done, account for it.
+            self._account(outcome)
             return
         keep_alive = (
             req is not None and req.keep_alive and not outcome.close and not self.server.stopping
@@ -205,15 +205,18 @@ class _Connection(asyncio.Protocol):
             )
         )
         self.metrics.response(outcome.status)
+        self._account(outcome)
+        if not keep_alive:
+            self.closing = True
+            transport.close()
+
+    def _account(self, outcome: Outcome) -> None:
         if outcome.after is not None:
             try:
                 outcome.after()
             except Exception:
                 self.metrics.sink_failures += 1
                 log.exception("telemetry sink failed")
-        if not keep_alive:
-            self.closing = True
-            transport.close()
 
     # --- housekeeping (called by the sweeper) -------------------------------------
     def expire(self, now: float) -> None:
