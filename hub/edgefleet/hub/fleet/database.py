@@ -11,7 +11,9 @@ Invariants:
 - ``synchronous=FULL``: a device deletes what the hub acked, so a committed (and acked)
   window must survive a power cut; the ingest worker commits many batches at once to keep
   the fsync count low;
-- ``sqlite3`` errors surface as :class:`~edgefleet.hub.errors.HubStoreError` (exit 1).
+- ``sqlite3`` errors surface as :class:`~edgefleet.hub.errors.HubStoreError` (exit 1);
+- the bucket lengths rows were written with are recorded in ``fleet_meta`` by the first
+  writer: rollup levels *are* bucket lengths, so a reader must use the same ones.
 """
 
 from __future__ import annotations
@@ -184,6 +186,29 @@ class FleetDatabase:
                 conn.execute("COMMIT")
             except sqlite3.Error:
                 pass
+
+    def buckets(self) -> tuple[int, int] | None:
+        """(bucket_s, coarse_bucket_s) the stored rows were bucketed with, if recorded."""
+        try:
+            rows = dict(
+                self.connection()
+                .execute(
+                    "SELECT key, value FROM fleet_meta WHERE key IN ('bucket_s', 'coarse_bucket_s')"
+                )
+                .fetchall()
+            )
+        except sqlite3.Error as e:
+            raise HubStoreError(f"{self.path}: cannot read fleet settings: {e}") from e
+        if len(rows) != 2:
+            return None
+        return int(rows["bucket_s"]), int(rows["coarse_bucket_s"])
+
+    def record_buckets(self, bucket_s: int, coarse_bucket_s: int) -> None:
+        with self.write() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO fleet_meta VALUES (?, ?)",
+                [("bucket_s", str(bucket_s)), ("coarse_bucket_s", str(coarse_bucket_s))],
+            )
 
     def bump(self, conn: sqlite3.Connection, counts: Mapping[str, int]) -> None:
         """Add to persistent counters inside the caller's write transaction."""

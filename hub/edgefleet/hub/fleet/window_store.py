@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from edgefleet.hub.fleet.database import STATS_COLUMNS, FleetDatabase
@@ -106,7 +106,12 @@ class StoredStats:
 class FleetWindowStore:
     def __init__(self, db: FleetDatabase, settings: FleetSettings | None = None) -> None:
         self.db = db
-        self.settings = settings or FleetSettings()
+        settings = settings or FleetSettings()
+        # Rollup levels are bucket lengths: read with the ones the rows were written with.
+        stored = db.buckets()
+        if stored is not None and stored != (settings.bucket_s, settings.coarse_bucket_s):
+            settings = replace(settings, bucket_s=stored[0], coarse_bucket_s=stored[1])
+        self.settings = settings
 
     # -- ingest ----------------------------------------------------------------------
     def add(self, batches: Sequence[DeviceBatch], now: float) -> list[BatchOutcome]:

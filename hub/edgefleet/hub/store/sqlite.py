@@ -196,6 +196,11 @@ class SqliteHubStore:
     def list_devices(self) -> list[DeviceRecord]:
         return [_device(r) for r in self._all("SELECT * FROM devices ORDER BY id")]
 
+    def count_devices(self) -> tuple[int, int]:
+        """(enrolled, online) without reading every device's row into a record."""
+        row = self._one("SELECT COUNT(*), COALESCE(SUM(online), 0) FROM devices")
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
     def set_presence(self, device_id: str, online: bool, at: float) -> None:
         with self.transaction():
             self._exec(
