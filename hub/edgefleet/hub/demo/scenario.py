@@ -61,6 +61,8 @@ from edgefleet.hub.demo.workspace import (
 )
 
 POLL_S = 0.5
+# Deployment states a device rests in (the agent's deployment machine's final states).
+SETTLED_STATES = frozenset({None, "idle", "committed", "rolled_back", "failed", "rejected"})
 PARALLEL_JOBS = 2
 HUB_TICK_S = 0.5
 
@@ -231,12 +233,14 @@ class DemoRun:
         self.step_publish(bundles, (1, 2))
         self.step_wait_fleet_online()
         self.step_start_traffic(data)
-        self.step_rollout(1, "all", "100%", self.options.v1_gates, "v1 to every device")
-        self.step_rollout(2, "all", self.options.v2_phases, self.options.v2_gates, "v2 in phases")
+        self.step_rollout(1, "all", "100%", self.options.v1_gates, "v1 to every device", 90.0)
+        self.step_rollout(
+            2, "all", self.options.v2_phases, self.options.v2_gates, "v2 in phases", 120.0
+        )
         self.step_drift()
         self.step_publish(bundles, (3,))
         self.step_rollout(
-            3, "all", self.options.v3_phases, self.options.v3_gates, "the broken v3", broken=True
+            3, "all", self.options.v3_phases, self.options.v3_gates, "the broken v3", 60.0, True
         )
         self.step_final_state()
         return self.summary
@@ -444,7 +448,7 @@ class DemoRun:
         phases: str,
         gates: Sequence[str],
         title: str,
-        *,
+        timeout_s: float,
         broken: bool = False,
     ) -> RolloutFacts:
         self.say.step(f"Roll out {title}")
@@ -461,8 +465,11 @@ class DemoRun:
             args += ["--gate", gate]
         created = self.edgefleet(f"rollout-v{version}", *args)
         rollout_id = str(created["rollout"])
-        sizes = " → ".join(str(s) for s in created.get("phase_sizes", []))
-        self.say.say(f"rollout {rollout_id}: {created.get('devices')} devices, phases {sizes}")
+        sizes = [str(s) for s in created.get("phase_sizes", [])]
+        self.say.say(
+            f"rollout {rollout_id}: {created.get('devices')} devices in {len(sizes)} phase(s), "
+            f"cumulative {' → '.join(sizes)}"
+        )
         seen_events = 0
         facts = self._view().rollout(rollout_id)
 
@@ -484,7 +491,7 @@ class DemoRun:
             verdict = f", gates: {facts.verdict}" if facts.verdict else ""
             return f"{facts.state} {phase}: {counts}{verdict}"
 
-        self.wait_for(f"rollout {rollout_id}", done, 120.0, progress)
+        self.wait_for(f"rollout {rollout_id}", done, timeout_s, progress)
         self.summary.rollouts.append(RolloutOutcome.of(facts))
         if broken:
             self._narrate_device_failures(facts)
@@ -502,9 +509,9 @@ class DemoRun:
     def _narrate_device_failures(self, facts: RolloutFacts) -> None:
         devices = self._view().devices(MODEL_NAME)
         for device, install in sorted(facts.installs.items()):
-            if install == "failed":
-                reason = facts.details.get(device) or devices[device].deployment_reason or ""
-                self.say.say(f"{device}: {reason}")
+            if install in ("failed", "rolled_back", "timed_out"):
+                reason = devices[device].deployment_reason or facts.details.get(device) or ""
+                self.say.say(f"{device} (agent): {reason}")
 
     def _wait_versions(self, version: int, device_ids: list[str]) -> None:
         def on_version() -> int:
@@ -578,8 +585,17 @@ class DemoRun:
 
     def step_final_state(self) -> None:
         self.say.step("Final state")
-        devices = self._view().devices(MODEL_NAME)
-        self.summary.device_facts = devices
+
+        def settled() -> bool:
+            devices = self._view().devices(MODEL_NAME).values()
+            return all(d.online and d.deployment_state in SETTLED_STATES for d in devices)
+
+        # The last rollback may still be on its way through a device's deployment queue.
+        try:
+            self.wait_for("the devices to settle", settled, 20.0)
+        except OperationalError as e:
+            self.say.warn(str(e))
+        self.summary.device_facts = self._view().devices(MODEL_NAME)
         if self.pump is not None:
             self.summary.traffic = {d: t.to_dict() for d, t in self.pump.snapshot().items()}
         try:
