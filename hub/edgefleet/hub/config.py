@@ -31,6 +31,20 @@
     tick_s = 1.0                     # rollout engine and directive re-signing period
     max_payload_bytes = 1048576      # larger device messages are dropped and counted
 
+    [fleet]                          # telemetry ingest, drift monitoring, alerts, metrics
+    monitor_interval_s = 60.0        # alert evaluation period
+    webhook_url = "https://ops.example.org/hooks/edgefleet"   # optional alert webhook
+    metrics_host = "127.0.0.1"       # Prometheus GET /metrics ...
+    metrics_port = 9464              # ... 0 = off (the default)
+    ingest_queue_size = 2000         # telemetry batches waiting to be stored
+    raw_retention_s = 172800         # any FleetSettings field (fleet/settings.py)
+    coarse_retention_s = "forever"   # a number of seconds, or "forever"
+    k_fire = 2                       # any AlertPolicy field (fleet/alerts.py)
+    scopes = ["fleet", "group"]
+
+    [fleet.thresholds]               # DriftThresholds fields (drift scores and verdicts)
+    psi_drift = 0.2
+
 Invariants: every relative path is resolved against the directory holding
 ``hub.toml``; an unknown section or key is an error naming the file and the
 key (a typo must not silently fall back to a default); every value is
@@ -45,8 +59,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from edgefleet.core.drift import DriftThresholds
+from edgefleet.core.errors import DriftError
 from edgefleet.hub.errors import HubConfigError
+from edgefleet.hub.fleet.alerts import AlertPolicy
+from edgefleet.hub.fleet.settings import FleetSettings
 
 DEFAULT_CONFIG_NAME = "hub.toml"
 ENV_VAR = "EDGEFLEET_HUB_CONFIG"
@@ -151,12 +170,45 @@ class ServiceSettings:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """``[fleet]``: the fleet settings, the alert policy and how the service runs them.
+
+    In ``hub.toml`` the section is flat: a key names a field of :class:`FleetSettings`, of
+    :class:`AlertPolicy` or of this class; ``[fleet.thresholds]`` holds the
+    :class:`DriftThresholds` the alert policy scores with.
+    """
+
+    settings: FleetSettings = field(default_factory=FleetSettings)
+    policy: AlertPolicy = field(default_factory=AlertPolicy)
+    monitor_interval_s: float = 60.0
+    webhook_url: str | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0  # 0 = no metrics endpoint
+    ingest_queue_size: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.monitor_interval_s <= 0:
+            raise ValueError("monitor_interval_s must be positive")
+        if not 0 <= self.metrics_port < 65536:
+            raise ValueError(f"metrics_port {self.metrics_port} out of range (0 = off)")
+        if not self.metrics_host:
+            raise ValueError("metrics_host must not be empty")
+        if self.ingest_queue_size < 1:
+            raise ValueError("ingest_queue_size must be at least 1")
+        if self.webhook_url is not None:
+            parts = urlsplit(self.webhook_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"webhook_url must be http(s)://host/...: {self.webhook_url!r}")
+
+
+@dataclass(frozen=True)
 class HubConfig:
     store: StoreSettings = field(default_factory=StoreSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     directives: DirectiveSettings = field(default_factory=DirectiveSettings)
     keys: KeySettings = field(default_factory=KeySettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
     source: Path | None = None
 
     @classmethod
@@ -182,7 +234,11 @@ class HubConfig:
             if not isinstance(raw, Mapping):
                 raise HubConfigError(f"{where}: [{name}] must be a table")
             sections[name] = _build(kind, raw, base_dir, f"{where}: {name}")
-        unknown = set(document) - set(_SECTIONS)
+        raw_fleet = document.get("fleet", {})
+        if not isinstance(raw_fleet, Mapping):
+            raise HubConfigError(f"{where}: [fleet] must be a table")
+        sections["fleet"] = _build_fleet(raw_fleet, base_dir, f"{where}: fleet")
+        unknown = set(document) - set(_SECTIONS) - {"fleet"}
         if unknown:
             raise HubConfigError(f"{where}: unknown section [{sorted(unknown)[0]}]")
         return cls(**sections, source=source)
@@ -199,6 +255,7 @@ class HubConfig:
                     continue
                 lines.append(f"{f.name} = {_toml_value(value)}")
             lines.append("")
+        lines += _fleet_toml(self.fleet)
         return "\n".join(lines)
 
 
@@ -221,8 +278,67 @@ def _build(kind: type[Any], raw: Mapping[str, Any], base_dir: Path, where: str) 
         values[key] = _convert(str(f.type), value, base_dir, f"{where}.{key}")
     try:
         return kind(**values)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, DriftError) as e:
         raise HubConfigError(f"{where}: {e}") from e
+
+
+def _build_fleet(raw: Mapping[str, Any], base_dir: Path, where: str) -> FleetConfig:
+    """``[fleet]``: each key goes to the one dataclass that has a field of that name."""
+    targets: list[tuple[type[Any], dict[str, Any]]] = [
+        (FleetSettings, {}),
+        (AlertPolicy, {}),
+        (FleetConfig, {}),
+    ]
+    thresholds: DriftThresholds | None = None
+    for key, value in raw.items():
+        if key == "thresholds":
+            if not isinstance(value, Mapping):
+                raise HubConfigError(f"{where}.thresholds: must be a table [fleet.thresholds]")
+            thresholds = _build(DriftThresholds, value, base_dir, f"{where}.thresholds")
+            continue
+        for kind, values in targets:
+            f = {f.name: f for f in fields(kind)}.get(key)
+            if f is None or key in _FLEET_NESTED:
+                continue
+            if key == "coarse_retention_s" and isinstance(value, str):
+                if value != "forever":
+                    raise HubConfigError(f'{where}.{key}: expected seconds or "forever"')
+                values[key] = None
+            else:
+                values[key] = _convert(str(f.type), value, base_dir, f"{where}.{key}")
+            break
+        else:
+            raise HubConfigError(f"{where}.{key}: unknown key")
+    (_, settings), (_, policy), (_, own) = targets
+    try:
+        if thresholds is not None:
+            policy["thresholds"] = thresholds
+        return FleetConfig(settings=FleetSettings(**settings), policy=AlertPolicy(**policy), **own)
+    except (TypeError, ValueError, DriftError) as e:
+        raise HubConfigError(f"{where}: {e}") from e
+
+
+# FleetConfig fields that are whole objects, never keys of [fleet].
+_FLEET_NESTED = frozenset({"settings", "policy", "thresholds"})
+
+
+def _fleet_toml(fleet: FleetConfig) -> list[str]:
+    lines = ["[fleet]"]
+    for section in (fleet.settings, fleet.policy, fleet):
+        for f in fields(section):
+            if f.name in _FLEET_NESTED:
+                continue
+            value = getattr(section, f.name)
+            if value is None:
+                if f.name == "coarse_retention_s":
+                    lines.append('coarse_retention_s = "forever"')
+                continue
+            lines.append(f"{f.name} = {_toml_value(value)}")
+    lines += ["", "[fleet.thresholds]"]
+    for f in fields(fleet.policy.thresholds):
+        lines.append(f"{f.name} = {_toml_value(getattr(fleet.policy.thresholds, f.name))}")
+    lines.append("")
+    return lines
 
 
 def _convert(type_name: str, value: Any, base_dir: Path, where: str) -> Any:
@@ -235,6 +351,10 @@ def _convert(type_name: str, value: Any, base_dir: Path, where: str) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise HubConfigError(f"{where}: expected a list of path strings")
         return tuple(_convert("Path", v, base_dir, where) for v in value)
+    if base == "tuple[str, ...]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise HubConfigError(f"{where}: expected a list of strings")
+        return tuple(value)
     if base == "bool":
         if not isinstance(value, bool):
             raise HubConfigError(f"{where}: expected true or false")

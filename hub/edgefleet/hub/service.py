@@ -1,17 +1,29 @@
 """``hub serve``: the MQTT side of the hub.
 
-Three threads share one :class:`HubStore` (its own lock serialises them):
+Threads share one :class:`HubStore` (its own lock serialises them):
 
 - the MQTT network thread runs the handlers: status and state update the
   device (presence from the LWT, last seen, deployment progress for the
-  rollout engine); telemetry batches are stored deduplicated on
-  ``(device, seq)`` in one transaction with the ack cursor, then acked;
-  fetch requests are handed to the chunk worker;
+  rollout engine); telemetry batches are stored in the hub store (what the
+  rollout gates read) and handed to the fleet ingest worker; fetch requests
+  are handed to the chunk worker;
+- the fleet ingest worker (:mod:`edgefleet.hub.fleet.runtime`) stores
+  telemetry in the fleet database, many batches per transaction, and only
+  then publishes each batch's ack; the fleet monitor evaluates alerts in a
+  thread of its own;
 - the chunk worker answers fetch requests from the bundle store, waiting for
   room in the client's outgoing queue (back pressure instead of dropping
   frames);
 - the tick thread runs the rollout engine, signs and re-signs directives and
   publishes them retained, and saves the counters.
+
+Telemetry is exactly once in both stores, each deduplicating on
+``(device, seq)``. The order is: hub store commit (window bodies without the
+drift blob: the gates never read it), then the fleet database commit (full
+windows), then the ack. A crash or a full ingest queue anywhere before the
+ack means no ack: the agent resends the batch, the store that already holds
+it ignores the copy, the other stores it. Nothing is acked that either store
+lacks, and nothing is counted twice.
 
 Invariants: nothing a device sends can stop the service — every failure in a
 handler is logged and counted (``malformed.<kind>``, ``oversized.<kind>``,
@@ -27,8 +39,9 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -49,12 +62,14 @@ from edgefleet.core.protocol import (
     encode_json,
 )
 from edgefleet.core.protocol.limits import MAX_WINDOW_BYTES
-from edgefleet.core.protocol.telemetry import EVENT
+from edgefleet.core.protocol.telemetry import EVENT, WINDOW
 from edgefleet.hub.bundles import BundleStore
 from edgefleet.hub.config import HubConfig
 from edgefleet.hub.directives import DirectiveIssuer
+from edgefleet.hub.fleet.ingest import DeviceInfo, IngestResult
+from edgefleet.hub.fleet.runtime import FleetRuntime
 from edgefleet.hub.rollout.engine import RolloutEngine
-from edgefleet.hub.store import HubStore, TelemetryRow
+from edgefleet.hub.store import DeviceRecord, HubStore, TelemetryRow
 
 log = logging.getLogger("edgefleet.hub")
 
@@ -62,6 +77,9 @@ log = logging.getLogger("edgefleet.hub")
 QUEUE_HIGH_WATER = 256
 FETCH_BACKLOG = 1024
 FLUSH_TIMEOUT_S = 5.0
+# On stop: how long queued telemetry may take to be stored and acked before the MQTT
+# client goes (later batches are still stored, but their acks are lost: agents resend).
+DRAIN_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +108,15 @@ class HubService:
         self.bundles = BundleStore(config.store.bundles_dir, store)
         self.engine = RolloutEngine(store)
         self.issuer = DirectiveIssuer(store, signing_key, config.directives)
+        self.fleet = FleetRuntime(
+            config.fleet,
+            config.store.path,
+            config.store.bundles_dir,
+            store,
+            transport.publish,
+            self.topics.alerts(),
+            clock=clock,
+        )
         self._counts: Counter[str] = Counter()
         self._unsaved: Counter[str] = Counter()
         self._count_lock = threading.Lock()
@@ -109,6 +136,7 @@ class HubService:
     # -- lifecycle ---------------------------------------------------------------
 
     def start(self) -> None:
+        self.fleet.start()
         for topic_filter in self.topics.hub_subscriptions(self.config.broker.shared_subscriptions):
             self.transport.subscribe(topic_filter, self.handle)
         self.transport.on_connect(self._on_connect)
@@ -123,7 +151,11 @@ class HubService:
         for thread in self._threads:
             thread.join(timeout_s)
         self._threads.clear()
+        # Store and ack what is queued while the client can still send the acks.
+        if self.fleet.drain(min(timeout_s, DRAIN_TIMEOUT_S)):
+            self.transport.flush(min(timeout_s, FLUSH_TIMEOUT_S))
         self.transport.stop()
+        self.fleet.stop(timeout_s)
         self._save_counters()
 
     def _on_connect(self, session_present: bool) -> None:
@@ -184,10 +216,11 @@ class HubService:
             self.count(f"oversized.{kind.value}")
             return
         try:
-            if self.store.get_device(device_id) is None:
+            device = self.store.get_device(device_id)
+            if device is None:
                 self.count("unknown_device")
                 return
-            handler(device_id, message.payload)
+            handler(device, message.payload)
         except ProtocolError as e:
             self.count(f"malformed.{kind.value}")
             log.info("hub: from %s on %s: %s", device_id, kind.value, e)
@@ -198,15 +231,16 @@ class HubService:
             self.count(f"failed.{kind.value}")
             log.exception("hub: handling %s from %s", kind.value, device_id)
 
-    def _on_status(self, device_id: str, payload: bytes) -> None:
+    def _on_status(self, device: DeviceRecord, payload: bytes) -> None:
         if payload == b"":
             return  # a cleared retained message says nothing
         status = decode_status(payload)
-        self.store.set_presence(device_id, status.online, self.clock())
+        self.store.set_presence(device.device_id, status.online, self.clock())
 
-    def _on_state(self, device_id: str, payload: bytes) -> None:
+    def _on_state(self, device: DeviceRecord, payload: bytes) -> None:
         if payload == b"":
             return
+        device_id = device.device_id
         state = decode_state(payload)
         if state.device != device_id:
             raise ProtocolError(f"state names device {state.device!r} on {device_id}'s topic")
@@ -215,19 +249,17 @@ class HubService:
         self.store.set_device_state(device_id, report, now)
         self.engine.on_device_state(device_id, report, now)
 
-    def _on_telemetry(self, device_id: str, payload: bytes) -> None:
+    def _on_telemetry(self, device: DeviceRecord, payload: bytes) -> None:
+        device_id = device.device_id
         batch = decode_telemetry(payload)
         if batch.device != device_id:
             raise ProtocolError(f"telemetry names device {batch.device!r} on {device_id}'s topic")
         now = self.clock()
-        rows = [TelemetryRow(r.seq, r.kind, r.body) for r in batch.records]
+        rows = [TelemetryRow(r.seq, r.kind, gate_body(r.kind, r.body)) for r in batch.records]
         with self.store.transaction():
-            inserted = self.store.add_telemetry(device_id, rows, now)
-            acked = self.store.advance_telemetry_cursor(device_id, batch.last_seq)
+            self.store.add_telemetry(device_id, rows, now)
+            self.store.advance_telemetry_cursor(device_id, batch.last_seq)
             self.store.touch_device(device_id, now)
-        self.tally("telemetry.records", inserted)
-        if inserted < len(rows):
-            self.tally("telemetry.duplicates", len(rows) - inserted)
         for record in batch.records:
             if record.kind != EVENT:
                 continue
@@ -246,12 +278,26 @@ class HubService:
                 rollout_id=event.rollout_id,
                 bundle_sha256=event.bundle_sha256,
             )
-        self.transport.publish(self.topics.ack(device_id), encode_json(Ack(acked)))
+        info = DeviceInfo(device_id, device.group, device.profile, device.tags)
+        ack_topic = self.topics.ack(device_id)
 
-    def _on_fetch(self, device_id: str, payload: bytes) -> None:
+        def on_done(result: IngestResult) -> None:  # the ingest worker, after its commit
+            self.tally("telemetry.records", result.stored)
+            if result.duplicates:
+                self.tally("telemetry.duplicates", result.duplicates)
+            if result.malformed:
+                self.count("telemetry.malformed_windows", result.malformed)
+            if result.highest_contiguous_seq is not None:
+                self.transport.publish(ack_topic, encode_json(Ack(result.highest_contiguous_seq)))
+
+        if not self.fleet.submit(info, batch.records, on_done):
+            # Not acked: the agent sends the batch again and the hub store ignores the copy.
+            self.count("telemetry.fleet_backlog_full")
+
+    def _on_fetch(self, device: DeviceRecord, payload: bytes) -> None:
         request = decode_fetch(payload)
         try:
-            self._fetches.put_nowait(_Fetch(device_id, request))
+            self._fetches.put_nowait(_Fetch(device.device_id, request))
         except queue.Full:
             self.count("fetch_overload")  # the device asks again after its timeout
 
@@ -355,3 +401,14 @@ class HubService:
         if republish:
             self._republish.set()  # not acknowledged: try the whole set again
         return 0
+
+
+def gate_body(kind: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
+    """What the hub store keeps of a record: a window without its drift blob.
+
+    The rollout gates read requests, errors, latency and predictions; the drift statistics
+    (the bulk of a window) live in the fleet database only.
+    """
+    if kind != WINDOW or "drift" not in body:
+        return body
+    return {k: v for k, v in body.items() if k != "drift"}

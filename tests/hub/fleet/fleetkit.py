@@ -7,9 +7,12 @@ the rows the device saw, encoded with ``to_bytes`` and base64, inside a ``Window
 from __future__ import annotations
 
 import base64
+import json
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +147,33 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
         main(list(argv))
     out, err = capsys.readouterr()
     return int(exit_info.value.code or 0), out, err
+
+
+class Receiver:
+    """A local HTTP endpoint answering with scripted status codes."""
+
+    def __init__(self, codes: list[int]) -> None:
+        self.codes = codes
+        self.bodies: list[dict[str, object]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers["Content-Length"])
+                outer.bodies.append(json.loads(self.rfile.read(length)))
+                code = outer.codes.pop(0) if outer.codes else 200
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

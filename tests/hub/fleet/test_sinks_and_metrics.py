@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from tests.hub.fleet.fleetkit import Receiver
 
 from edgefleet.core.mqtt import BackoffPolicy
 from edgefleet.hub.fleet.alert_sinks import AlertEvent, WebhookSink
@@ -28,36 +26,6 @@ def event(alert_id: int = 1) -> AlertEvent:
         100.0, None, "3 feature(s) drifted", {"features": {}},
     )  # fmt: skip
     return AlertEvent("fired", record, 100.0)
-
-
-class Receiver:
-    """A local HTTP endpoint answering with scripted status codes."""
-
-    def __init__(self, codes: list[int]) -> None:
-        self.codes = codes
-        self.bodies: list[dict[str, object]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                length = int(self.headers["Content-Length"])
-                outer.bodies.append(json.loads(self.rfile.read(length)))
-                code = outer.codes.pop(0) if outer.codes else 200
-                self.send_response(code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

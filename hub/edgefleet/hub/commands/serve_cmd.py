@@ -17,6 +17,7 @@ from edgefleet.hub.config import HubConfig, load_config
 from edgefleet.hub.credentials import generate_password, mosquitto_hash
 from edgefleet.hub.embedded_broker import EmbeddedBroker
 from edgefleet.hub.errors import HubConfigError
+from edgefleet.hub.fleet.settings import fleet_db_path
 from edgefleet.hub.store import HubStore, open_store
 
 log = logging.getLogger("edgefleet.hub")
@@ -76,7 +77,8 @@ def start_embedded(config: HubConfig, store: HubStore, password: str) -> Embedde
 )
 @config_option
 def serve(embedded_broker: bool, log_level: str, config_path: Path | None) -> None:
-    """Run the hub: device tracking, chunk server, telemetry, rollouts, directives."""
+    """Run the hub: device tracking, chunk server, telemetry, rollouts, directives,
+    drift alerts and (with fleet.metrics_port) Prometheus metrics."""
     from edgefleet.core.mqtt.client import MqttClient
     from edgefleet.hub.service import HubService
 
@@ -107,11 +109,12 @@ def serve(embedded_broker: bool, log_level: str, config_path: Path | None) -> No
         signal.signal(signal.SIGINT, on_signal)
         service.start()
         log.info(
-            "hub: serving %s on %s:%s (store %s)",
+            "hub: serving %s on %s:%s (store %s, fleet telemetry %s)",
             config.broker.topic_root,
             config.broker.host,
             config.broker.port,
             config.store.path,
+            fleet_db_path(config.store.path),
         )
         stop.wait()
         service.stop()

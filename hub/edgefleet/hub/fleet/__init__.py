@@ -12,25 +12,44 @@ Parts (docs/drift-monitoring.md tells the whole story)::
     alert_sinks.py   log, MQTT ``{root}/alerts``, webhook (background retries)
     report_html.py   the self-contained HTML report; report_text.py the terminal one
     metrics.py       Prometheus text and a tiny /metrics server
+    runtime.py       FleetRuntime: the parts above as ``hub serve`` runs them
+
+The names below are imported on first use, so ``import edgefleet.hub.fleet.settings``
+(hub.toml parsing, every hub command) does not load aggregation, HTTP and report code.
 """
 
 from __future__ import annotations
 
-from edgefleet.hub.fleet.aggregate import DriftQuery, FleetAggregator, FleetDriftResult
-from edgefleet.hub.fleet.alert_sinks import (
-    AlertEvent,
-    AlertSink,
-    LogSink,
-    MqttAlertSink,
-    WebhookSink,
-)
-from edgefleet.hub.fleet.alert_store import AlertRecord, AlertStore
-from edgefleet.hub.fleet.alerts import AlertPolicy
-from edgefleet.hub.fleet.ingest import DeviceInfo, FleetTelemetry, IngestResult, IngestWorker
-from edgefleet.hub.fleet.metrics import HubMetrics, MetricsServer, collect, render_metrics
-from edgefleet.hub.fleet.monitor import FleetMonitor
-from edgefleet.hub.fleet.references import References, bundle_loaders
-from edgefleet.hub.fleet.settings import FleetSettings, fleet_db_path
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "DriftQuery": "aggregate",
+    "FleetAggregator": "aggregate",
+    "FleetDriftResult": "aggregate",
+    "AlertEvent": "alert_sinks",
+    "AlertSink": "alert_sinks",
+    "LogSink": "alert_sinks",
+    "MqttAlertSink": "alert_sinks",
+    "WebhookSink": "alert_sinks",
+    "AlertRecord": "alert_store",
+    "AlertStore": "alert_store",
+    "AlertPolicy": "alerts",
+    "DeviceInfo": "ingest",
+    "FleetTelemetry": "ingest",
+    "IngestResult": "ingest",
+    "IngestWorker": "ingest",
+    "HubMetrics": "metrics",
+    "MetricsServer": "metrics",
+    "collect": "metrics",
+    "render_metrics": "metrics",
+    "FleetMonitor": "monitor",
+    "References": "references",
+    "bundle_loaders": "references",
+    "FleetRuntime": "runtime",
+    "FleetSettings": "settings",
+    "fleet_db_path": "settings",
+}
 
 __all__ = [
     "AlertEvent",
@@ -43,6 +62,7 @@ __all__ = [
     "FleetAggregator",
     "FleetDriftResult",
     "FleetMonitor",
+    "FleetRuntime",
     "FleetSettings",
     "FleetTelemetry",
     "HubMetrics",
@@ -58,3 +78,31 @@ __all__ = [
     "fleet_db_path",
     "render_metrics",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from edgefleet.hub.fleet.aggregate import DriftQuery, FleetAggregator, FleetDriftResult
+    from edgefleet.hub.fleet.alert_sinks import (
+        AlertEvent,
+        AlertSink,
+        LogSink,
+        MqttAlertSink,
+        WebhookSink,
+    )
+    from edgefleet.hub.fleet.alert_store import AlertRecord, AlertStore
+    from edgefleet.hub.fleet.alerts import AlertPolicy
+    from edgefleet.hub.fleet.ingest import DeviceInfo, FleetTelemetry, IngestResult, IngestWorker
+    from edgefleet.hub.fleet.metrics import HubMetrics, MetricsServer, collect, render_metrics
+    from edgefleet.hub.fleet.monitor import FleetMonitor
+    from edgefleet.hub.fleet.references import References, bundle_loaders
+    from edgefleet.hub.fleet.runtime import FleetRuntime
+    from edgefleet.hub.fleet.settings import FleetSettings, fleet_db_path

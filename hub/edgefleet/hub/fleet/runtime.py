@@ -1,0 +1,114 @@
+"""Fleet telemetry inside ``hub serve``: ingest worker, alert monitor, alert sinks, /metrics.
+
+:class:`FleetRuntime` builds the running parts from the ``[fleet]`` section of hub.toml and
+the hub store, and starts and stops them in an order that loses nothing:
+
+- ``start``: the ingest worker first (so batches submitted as soon as MQTT delivers them
+  are stored), then the webhook sender, the alert monitor and the metrics endpoint;
+- ``stop``: the metrics endpoint, the monitor (an evaluation in progress finishes and
+  commits), the ingest worker (stores what is queued; those acks may no longer reach the
+  broker, the agents then resend and the duplicates are ignored), the webhook sender, and
+  finally the fleet database.
+
+Invariants: nothing here runs in the MQTT network thread except :meth:`submit`, which only
+queues; alert sinks never block evaluation (see ``alert_sinks``); a scrape of ``/metrics``
+never waits for the ingest worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from edgefleet.core.protocol import TelemetryRecord
+from edgefleet.hub.errors import HubConfigError
+from edgefleet.hub.fleet.alert_sinks import AlertSink, LogSink, MqttAlertSink, WebhookSink
+from edgefleet.hub.fleet.ingest import DeviceInfo, DoneCallback, FleetTelemetry, IngestWorker
+from edgefleet.hub.fleet.metrics import MetricsServer, collect, render_metrics
+from edgefleet.hub.fleet.monitor import FleetMonitor
+from edgefleet.hub.fleet.references import References, bundle_loaders
+from edgefleet.hub.fleet.settings import fleet_db_path
+
+if TYPE_CHECKING:  # config imports the fleet package: no import cycle at run time
+    from edgefleet.hub.config import FleetConfig
+
+log = logging.getLogger("edgefleet.hub")
+
+
+class FleetHubStore(Protocol):
+    """What the fleet parts need from the hub store."""
+
+    def find_bundles(self, model: str, version: int) -> list[Any]: ...
+    def count_devices(self) -> tuple[int, int]: ...
+
+
+class FleetRuntime:
+    def __init__(
+        self,
+        config: FleetConfig,
+        store_path: Path,
+        bundles_dir: Path,
+        store: FleetHubStore,
+        publish: Callable[[str, bytes], None],
+        alerts_topic: str,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.telemetry = FleetTelemetry(fleet_db_path(store_path), config.settings)
+        self.worker = IngestWorker(self.telemetry, queue_size=config.ingest_queue_size, clock=clock)
+        self.references = References(
+            *bundle_loaders(store, bundles_dir), cache=self.telemetry.store, clock=clock
+        )
+        self.webhook = WebhookSink(config.webhook_url) if config.webhook_url else None
+        sinks: list[AlertSink] = [LogSink(), MqttAlertSink(publish, alerts_topic)]
+        if self.webhook is not None:
+            sinks.append(self.webhook)
+        self.monitor = FleetMonitor(self.telemetry, self.references, config.policy, sinks)
+        self.metrics: MetricsServer | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        self.worker.start()
+        if self.webhook is not None:
+            self.webhook.start()
+        self.monitor.start(self.config.monitor_interval_s, self.clock)
+        if self.config.metrics_port:
+            host, port = self.config.metrics_host, self.config.metrics_port
+            try:
+                self.metrics = MetricsServer(self.metrics_text, host, port).start()
+            except OSError as e:
+                self.stop()
+                raise HubConfigError(
+                    f"fleet.metrics_port: cannot listen on {host}:{port}: {e.strerror or e}"
+                ) from e
+            log.info("hub: Prometheus metrics on http://%s:%d/metrics", host, self.metrics.port)
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until every queued batch is stored (and acked); False on timeout."""
+        return self.worker.wait_idle(timeout_s)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
+        self.monitor.stop(timeout_s)
+        self.worker.stop(timeout_s)
+        if self.webhook is not None:
+            self.webhook.stop()
+        self.telemetry.close()
+
+    # -- used by the service -----------------------------------------------------------
+    def submit(
+        self, device: DeviceInfo, records: Sequence[TelemetryRecord], on_done: DoneCallback
+    ) -> bool:
+        """Queue a batch for storing; ``on_done`` runs after its commit (False: queue full)."""
+        return self.worker.submit(device, records, on_done=on_done)
+
+    def metrics_text(self) -> str:
+        return render_metrics(collect(self.worker, self.monitor.alerts, self.store.count_devices))

@@ -1,0 +1,136 @@
+"""A hub service over a real mosquitto with the generated password file and ACL.
+
+``make_service_hub`` enrolls three devices, writes the broker config from the store and
+starts mosquitto with it; :class:`Hub` then starts (and restarts) the service in-process
+and connects device clients with their own credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tests.hub.hubkit import HubFixture, make_bundle, make_hub
+from tests.hub.mqttkit import ProbeClient
+
+from edgefleet.core.directive import check_directive
+from edgefleet.core.keys import load_private_key
+from edgefleet.core.mqtt.client import MqttClient
+from edgefleet.core.protocol import Topics
+from edgefleet.core.testing.brokers import MosquittoBroker
+from edgefleet.core.trust import TrustStore
+from edgefleet.hub.broker_config import write_broker_config
+from edgefleet.hub.bundles import BundleStore
+from edgefleet.hub.commands.serve_cmd import mqtt_settings
+from edgefleet.hub.config import HubConfig
+from edgefleet.hub.enrollment import build_trust_store, enroll_device, publisher_trust
+from edgefleet.hub.service import HubService
+from edgefleet.hub.store import SqliteHubStore
+
+T = Topics()
+HUB_PASSWORD = "hub-secret-for-tests"
+DEVICES = ("pi-a", "pi-b", "pi-c")
+WAIT_S = 20.0
+
+
+def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@dataclass
+class Hub:
+    fx: HubFixture
+    config: HubConfig
+    store: SqliteHubStore
+    passwords: dict[str, str]
+    trust: TrustStore
+    port: int
+    broker: MosquittoBroker
+    service: HubService | None = None
+    clients: list[ProbeClient] = field(default_factory=list)
+
+    def start(self) -> HubService:
+        client = MqttClient(mqtt_settings(self.config, HUB_PASSWORD))
+        self.service = HubService(
+            self.config, self.store, client, load_private_key(self.fx.hub_key)
+        )
+        self.service.start()
+        assert self.service.wait_ready(WAIT_S)
+        return self.service
+
+    def restart(self) -> HubService:
+        """A new hub process: new store connection, new service, new MQTT session."""
+        assert self.service is not None
+        self.service.stop()
+        self.store.close()
+        self.store = SqliteHubStore(self.config.store.path)
+        return self.start()
+
+    def device(self, device_id: str, **kw: object) -> ProbeClient:
+        client = ProbeClient(self.port, device_id, self.passwords[device_id], **kw)  # type: ignore[arg-type]
+        assert client.connect() == 0
+        for topic in T.device_subscriptions(device_id):
+            client.subscribe(topic)
+        self.clients.append(client)
+        return client
+
+    def observer(self) -> ProbeClient:
+        """A client with the hub's own account (it may read every topic)."""
+        client = ProbeClient(self.port, "edgefleet-hub", HUB_PASSWORD, client_id="observer")
+        assert client.connect() == 0
+        self.clients.append(client)
+        return client
+
+    def publish_bundle(self, version: int, size: int = 4096) -> str:
+        info = make_bundle(
+            self.fx.root / f"v{version}.efb",
+            self.fx.publisher_key,
+            version=version,
+            payload_bytes=size,
+        )
+        BundleStore(self.config.store.bundles_dir, self.store).publish(
+            info.path, publisher_trust(self.config), time.time()
+        )
+        return info.sha256
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+        if self.service is not None:
+            self.service.stop()
+        self.store.close()
+
+
+def make_service_hub(
+    tmp_path: Path, mosquitto_factory: Callable[..., MosquittoBroker], extra: str = ""
+) -> Hub:
+    """Config (``extra`` appended to hub.toml), three enrolled devices, their broker."""
+    fx = make_hub(
+        tmp_path,
+        broker={"password": HUB_PASSWORD},
+        extra="[service]\ntick_s = 3600\nmax_payload_bytes = 16384\n" + extra,
+    )
+    config = fx.config()
+    store = SqliteHubStore(config.store.path)
+    passwords = {d: enroll_device(store, config, d, "rpi4-arm64", 1.0).password for d in DEVICES}
+    files = write_broker_config(
+        tmp_path / "broker", config, store.list_devices(), persistence=False
+    )
+    broker = mosquitto_factory(
+        password_file=files.password_file, acl_file=files.acl_file, allow_anonymous=False
+    )
+    config = replace(config, broker=replace(config.broker, port=broker.port))
+    return Hub(fx, config, store, passwords, build_trust_store(config), broker.port, broker)
+
+
+def directive_from(client: ProbeClient, device_id: str, trust: TrustStore) -> dict:  # type: ignore[type-arg]
+    [*_, (topic, payload)] = client.wait_for(lambda t, p: t == T.desired(device_id))
+    envelope = json.loads(payload)
+    check_directive(envelope, trust, device_id, None, time.time())
+    return envelope["directive"]  # type: ignore[no-any-return]
