@@ -265,6 +265,8 @@ def test_a_failed_deployment_is_not_retried_for_the_same_rollout(rig: Rig) -> No
     rig.hub.publish_directive(rig.hub.directive(v2.assignment()))
     rig.settle()
     assert rig.deployer.running is not None
+    # Work in progress is reported at most every 5 s (finished work at once).
+    rig.advance(5.0)
     assert rig.hub.state().model("iris").deployment.state == "queued"
     rig.deployer.finish("rolled_back", "probation failed: error rate 0.5")
     rig.advance(1.0)

@@ -80,6 +80,7 @@ class BundleDownload:
         self._unpersisted = 0
         self._fd: int | None = None
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._finished = self.final_path.is_file()
         self.progress = self._restore(chunk_size, window_bytes, request_timeout_s)
 
     # --- paths ------------------------------------------------------------------
@@ -108,7 +109,7 @@ class BundleDownload:
         )
 
     def _restore(self, chunk_size: int, window_bytes: int, timeout_s: float) -> DownloadProgress:
-        if self.final_path.is_file():
+        if self._finished:
             remove_path(self.part_path)
             remove_path(self.record_path)
             total = (self.size + chunk_size - 1) // chunk_size
@@ -191,7 +192,8 @@ class BundleDownload:
 
     @property
     def finished(self) -> bool:
-        return self.final_path.is_file()
+        """The checked file ``SHA.efb`` is there (known without touching the disk)."""
+        return self._finished
 
     def next_request(self, now: float) -> FetchRequest | None:
         if self.complete:
@@ -226,7 +228,8 @@ class BundleDownload:
             return self.final_path
         if not self.complete:
             raise ValueError("download is not complete")
-        self.persist()
+        if self._unpersisted:
+            self.persist()  # the bytes must be durable before the rename publishes them
         self.close()
         actual_size = self.part_path.stat().st_size
         actual_sha = sha256_of(self.part_path) if actual_size == self.size else None
@@ -239,11 +242,13 @@ class BundleDownload:
             )
         durable_rename(self.part_path, self.final_path)
         remove_path(self.record_path)
+        self._finished = True
         return self.final_path
 
     def discard(self) -> None:
         """Forget this download entirely (files included)."""
         self.close()
+        self._finished = False
         for path in (self.part_path, self.record_path, self.final_path):
             remove_path(path)
 

@@ -309,16 +309,17 @@ class HubSync:
             self.directive_error = None
             self._expiry_reported = None
             keep = [key_of(a) for a in wanted(self.accepted.directive)]
-            self.ledger = prune(self.ledger, keep)
-            self._save_ledger()
+            pruned = prune(self.ledger, keep)
+            if pruned != self.ledger:
+                self.ledger = pruned
+                self._save_ledger()
             log.info(
                 "directive seq %d accepted: %s",
                 self.accepted.seq,
                 ", ".join(f"{a.model}:{a.version}" for a in self.accepted.directive.assignments)
                 or "no assignments",
             )
-            self._advance(now)
-            self._report(now)
+            self._advance(now)  # the next tick reports the new state
         elif verdict.kind == "rejected":
             self.counts["directives_rejected"] += 1
             self.directive_error = verdict.reason
@@ -527,6 +528,10 @@ class HubSync:
             persist_every=s.persist_every_chunks,
         )
         resumed = self.download.resumed_chunks > 0 or self.download.finished
+        if not self.download.complete:
+            # Ask first, write the ledger while the chunks travel: on a slow SD card the
+            # fsyncs would otherwise delay every download start.
+            self._request_chunks(now)
         if entry is None or entry.state != DOWNLOADING:
             attempts = (entry.attempts if entry else 0) + (0 if resumed else 1)
             self._settle(a, DOWNLOADING, now, attempts=max(1, attempts))
@@ -542,8 +547,6 @@ class HubSync:
             self._advance(now)
         elif self.download.complete:
             self._finish_download(self.download, now)
-        else:
-            self._request_chunks(now)
 
     def _request_chunks(self, now: float) -> None:
         download = self.download

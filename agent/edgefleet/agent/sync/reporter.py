@@ -188,14 +188,52 @@ def build_state(
     )
 
 
-class StateReporter:
-    """Publishes status and state (retained) and remembers what it last sent."""
+#: Deployment states after which nothing more happens (the hub settles rollouts on these).
+TERMINAL_DEPLOYMENT_STATES = frozenset({"committed", "rolled_back", "failed", "rejected"})
 
-    def __init__(self, transport: MqttTransport, topics: Topics, device_id: str) -> None:
+
+def _urgent(state: DeviceState) -> tuple[Any, ...]:
+    """What the hub must learn at once: slots, finished deployments, directive refusals.
+
+    Everything else (the directive seq, a deployment in progress, download progress)
+    may wait for the next periodic report.
+    """
+    models = []
+    for m in state.models:
+        d = m.deployment
+        finished = None
+        if d is not None and d.state in TERMINAL_DEPLOYMENT_STATES:
+            finished = (d.state, d.version, d.bundle_sha256, d.reason)
+        if m.active is not None or m.previous is not None or finished is not None:
+            models.append((m.name, m.active, m.previous, finished))
+    return (tuple(models), state.directive_error)
+
+
+class StateReporter:
+    """Publishes status and state (retained) and remembers what it last sent.
+
+    A state whose slots, finished deployments or directive refusal differ from the last
+    one published goes out at once; other changes (a deployment in progress, download
+    progress, the directive seq) at most every ``progress_interval_s``: thousands of
+    devices working through a rollout must not flood the hub with retained states that
+    only say "still busy".
+    """
+
+    def __init__(
+        self,
+        transport: MqttTransport,
+        topics: Topics,
+        device_id: str,
+        *,
+        progress_interval_s: float = 5.0,
+    ) -> None:
         self.transport = transport
         self.topics = topics
         self.device_id = device_id
-        self._last: dict[str, Any] | None = None
+        self.progress_interval_s = progress_interval_s
+        self._last_urgent: tuple[Any, ...] | None = None
+        self._last_full: dict[str, Any] | None = None
+        self._last_at = float("-inf")
         self.published = 0
 
     def online(self, now: float, agent_version: str) -> None:
@@ -208,16 +246,21 @@ class StateReporter:
 
     def forget(self) -> None:
         """Publish the next state whatever it is (after a reconnect)."""
-        self._last = None
+        self._last_urgent = None
+        self._last_full = None
+        self._last_at = float("-inf")
 
     def report(self, state: DeviceState) -> bool:
         """Publish ``state`` if it says something new; True when it was published."""
-        comparable = state.to_dict()
-        comparable.pop("at", None)
-        if comparable == self._last:
+        full = state.to_dict()
+        full.pop("at", None)
+        if full == self._last_full:
+            return False
+        urgent = _urgent(state)
+        if urgent == self._last_urgent and state.at - self._last_at < self.progress_interval_s:
             return False
         self.transport.publish(self.topics.state(self.device_id), encode_json(state), True)
-        self._last = comparable
+        self._last_urgent, self._last_full, self._last_at = urgent, full, state.at
         self.published += 1
         return True
 
