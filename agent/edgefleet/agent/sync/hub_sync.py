@@ -206,15 +206,19 @@ class HubSync:
         """Stop the worker, say offline (a clean disconnect fires no will), disconnect."""
         self._stopping.set()
         self._queue.put(_STOP)
+        worker_gone = True
         if self._thread is not None:
             self._thread.join(timeout_s)
+            worker_gone = not self._thread.is_alive()
             self._thread = None
-        if self.download is not None:
+        download = self.download
+        if download is not None and worker_gone and not download.finished:
+            # Chunks received since the last persist would otherwise be fetched again.
             try:
-                self.download.persist()
+                download.persist()
             except OSError as e:
                 log.warning("download progress not saved at stop: %s", e)
-            self.download.close()
+            download.close()
         try:
             if self.transport.connected:
                 self.reporter.offline(self.clock())
