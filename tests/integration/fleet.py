@@ -7,7 +7,7 @@
   ``trust.json`` as ``hub device add`` writes them, plus test settings: a one-thread
   profile, one-second telemetry windows, smoke-only probation so that the hub's gates,
   not the device, judge live traffic) and runs as its own
-  ``python -m tests.integration.agent_process`` subprocess.
+  ``edgefleet agent run`` subprocess.
 - :class:`Traffic` keeps sending inference requests to every running device, so
   rollout gates get evidence from the new version.
 """
@@ -142,7 +142,9 @@ class Device:
                 [
                     sys.executable,
                     "-m",
-                    "tests.integration.agent_process",
+                    "edgefleet.core.cli.main",
+                    "agent",
+                    "run",
                     "--config",
                     str(self.config),
                 ],
