@@ -51,8 +51,12 @@ def start_paused_download(fleet: Fleet):  # type: ignore[no-untyped-def]
 
 def finished_download(fleet: Fleet, device, bundle) -> dict:  # type: ignore[no-untyped-def]
     wait_for(f"{device.id} to run the bundle", lambda: fleet.runs(device, bundle))
-    code, body = infer(device.url())
-    assert code == 200 and body["model_version"] == "1"
+
+    def serves_v1() -> bool:
+        code, body = infer(device.url())
+        return code == 200 and body["model_version"] == "1"
+
+    wait_for(f"{device.id} to serve it", serves_v1)
 
     def downloaded() -> dict | None:
         for event in fleet.events(device):

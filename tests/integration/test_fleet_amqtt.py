@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.integration.fleet import Fleet, Traffic, infer, wait_for
+from tests.integration.fleet import Device, Fleet, Traffic, infer, wait_for
 
 from edgefleet.core.testing.brokers import AmqttBroker
 
@@ -36,7 +36,11 @@ def test_enroll_roll_out_and_upgrade_over_amqtt(fleet: Fleet) -> None:
         assert fleet.wait_rollout(r2, "completed", "aborted") == "completed"
     wait_for("both devices on v2", lambda: all(fleet.runs(d, v2) for d in devices))
     for device in devices:
-        code, body = infer(device.url())
-        assert code == 200 and body["model_version"] == "2"
+
+        def serves_v2(d: Device = device) -> bool:
+            code, body = infer(d.url())
+            return code == 200 and body["model_version"] == "2"
+
+        wait_for(f"{device.id} to serve v2", serves_v2)
         states = [e["state"] for e in fleet.events(device)]
         assert "downloaded" in states and "committed" in states

@@ -9,9 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.integration.fleet import Fleet, Traffic, infer, wait_for
+from tests.integration.fleet import Device, Fleet, Traffic, infer, wait_for
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
+
+
+def serves(device: Device, version: str) -> bool:
+    code, body = infer(device.url())
+    return code == 200 and body["model_version"] == version
 
 
 @pytest.fixture
@@ -46,8 +51,7 @@ def test_five_devices_v1_then_v2_in_phases_then_a_bad_v3_rolled_back(fleet: Flee
         assert fleet.wait_rollout(r2, "completed", "aborted", "rolled_back") == "completed"
         wait_for("every device on v2", lambda: all(fleet.runs(d, v2) for d in devices))
         for device in devices:
-            code, body = infer(device.url())
-            assert code == 200 and body["model_version"] == "2"
+            wait_for(f"{device.id} to serve v2", lambda d=device: serves(d, "2"))
 
         # v3 expects 64 features: every request the fleet sends it fails its schema check,
         # so its error rate breaks the gate in the first phase.
@@ -61,8 +65,8 @@ def test_five_devices_v1_then_v2_in_phases_then_a_bad_v3_rolled_back(fleet: Flee
         assert any("gate failed" in e["detail"] for e in status["events"])
         wait_for("every device back on v2", lambda: all(fleet.runs(d, v2) for d in devices))
         for device in devices:
-            code, body = infer(device.url())
-            assert code == 200 and body["model_version"] == "2"
+            # The slot pointer moves first, then the loaded model is swapped in.
+            wait_for(f"{device.id} to serve v2 again", lambda d=device: serves(d, "2"))
         mover = next(d for d in devices if d.id == moved[0])
         states = [e["state"] for e in fleet.events(mover) if e.get("bundle_sha256") == v3.sha256]
         assert "committed" in states  # it did run v3 before the hub pulled it back

@@ -1,8 +1,7 @@
 """``HubSync``: the agent's side of the hub protocol, on one worker thread.
 
-Threads: the MQTT client's network thread only decodes nothing and enqueues every
-inbound message and connection change; one worker thread does everything else in
-order — directives, chunks, acks, and a tick every ``tick_s`` that looks at the
+Threads: the MQTT client's network thread only puts every inbound message and
+connection change on a queue; one worker thread does everything else in order — directives, chunks, acks, and a tick every ``tick_s`` that looks at the
 deployment driver, the download, the telemetry buffer and the state report. The
 serving path shares nothing with it but the telemetry buffer (which has its own
 lock), so inference never waits on the hub, the broker or a download.
@@ -29,7 +28,6 @@ takes the agent down.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import logging
 import os
 import queue
@@ -38,33 +36,18 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from edgefleet.agent.deploy.atomic_files import atomic_write_json, remove_path
 from edgefleet.agent.errors import AgentError
+from edgefleet.agent.sync.convergence import Convergence
 from edgefleet.agent.sync.deployer import Deployer
 from edgefleet.agent.sync.directives import AcceptedDirective, DirectiveFile, judge
-from edgefleet.agent.sync.download import BundleDownload, DownloadMismatchError
-from edgefleet.agent.sync.reconcile import (
-    DONE,
-    DOWNLOADING,
-    FAILED,
-    HANDED,
-    REFUSED,
-    Action,
-    Key,
-    LedgerEntry,
-    Step,
-    key_of,
-    next_action,
-    prune,
-    wanted,
-)
+from edgefleet.agent.sync.download import BundleDownload
+from edgefleet.agent.sync.reconcile import Key, LedgerEntry, wanted
 from edgefleet.agent.sync.reporter import (
-    DownloadView,
     EventSink,
     StateReporter,
     build_state,
@@ -73,10 +56,17 @@ from edgefleet.agent.sync.reporter import (
 )
 from edgefleet.agent.sync.settings import SyncSettings
 from edgefleet.agent.sync.uploader import LeasingBuffer, TelemetryUploader
-from edgefleet.core.directive import Assignment
 from edgefleet.core.errors import ProtocolError
 from edgefleet.core.mqtt import InboundMessage, MqttTransport
-from edgefleet.core.protocol import TopicKind, Topics, decode_ack, decode_chunk, encode_json
+from edgefleet.core.protocol import (
+    DeviceState,
+    FetchRequest,
+    TopicKind,
+    Topics,
+    decode_ack,
+    decode_chunk,
+    encode_json,
+)
 from edgefleet.core.trust import TrustStore
 
 log = logging.getLogger("edgefleet.agent.sync")
@@ -150,10 +140,17 @@ class HubSync:
         self.device_id = settings.device_id
         self.sync_dir.mkdir(parents=True, exist_ok=True)
         self._directive_file = DirectiveFile(self.sync_dir / "directive.json")
-        self._ledger_path = self.sync_dir / "ledger.json"
         self.accepted: AcceptedDirective | None = self._directive_file.load()
-        self.ledger: dict[Key, LedgerEntry] = self._load_ledger()
-        self.download: BundleDownload | None = None
+        self.convergence = Convergence(
+            settings,
+            deployer,
+            buffer,
+            self.sync_dir,
+            send_fetch=self._send_fetch,
+            may_request=self._may_request,
+        )
+        if self.accepted is not None:
+            self.convergence.directive = self.accepted.directive
         self.directive_error: str | None = None
         self._rejected_digests: set[str] = set()
         self._expiry_reported: int | None = None
@@ -211,14 +208,8 @@ class HubSync:
             self._thread.join(timeout_s)
             worker_gone = not self._thread.is_alive()
             self._thread = None
-        download = self.download
-        if download is not None and worker_gone and not download.finished:
-            # Chunks received since the last persist would otherwise be fetched again.
-            try:
-                download.persist()
-            except OSError as e:
-                log.warning("download progress not saved at stop: %s", e)
-            download.close()
+        if worker_gone:
+            self.convergence.close()
         try:
             if self.transport.connected:
                 self.reporter.offline(self.clock())
@@ -292,9 +283,9 @@ class HubSync:
             # dead) are on their way. Take those first and ask for more only once they
             # stop coming, or they would be fetched twice.
             self._quiet_until = now + self.settings.resume_quiet_s
-        elif self.download is not None:
+        else:
             # Requests sent before the broker lost our session will never be answered.
-            self.download.forget_outstanding()
+            self.convergence.forget_outstanding()
         if self.uploader is not None:
             self.uploader.on_disconnect()
         self.tick(now)
@@ -312,18 +303,14 @@ class HubSync:
             self.accepted = verdict.accepted
             self.directive_error = None
             self._expiry_reported = None
-            keep = [key_of(a) for a in wanted(self.accepted.directive)]
-            pruned = prune(self.ledger, keep)
-            if pruned != self.ledger:
-                self.ledger = pruned
-                self._save_ledger()
+            self.convergence.adopt(verdict.accepted.directive)
             log.info(
                 "directive seq %d accepted: %s",
-                self.accepted.seq,
-                ", ".join(f"{a.model}:{a.version}" for a in self.accepted.directive.assignments)
+                verdict.accepted.seq,
+                ", ".join(f"{a.model}:{a.version}" for a in verdict.accepted.directive.assignments)
                 or "no assignments",
             )
-            self._advance(now)  # the next tick reports the new state
+            self.convergence.advance(now, in_force=True)  # the next tick reports it
         elif verdict.kind == "rejected":
             self.counts["directives_rejected"] += 1
             self.directive_error = verdict.reason
@@ -338,27 +325,17 @@ class HubSync:
             self._report(now)
 
     def on_chunk(self, payload: bytes, now: float) -> None:
-        download = self.download
         try:
-            frame = decode_chunk(payload)
-            if download is None or download.finished:
-                self.counts["chunks_unexpected"] += 1
-                return
-            new = download.accept(frame)
+            new = self.convergence.accept(decode_chunk(payload), now)
         except ProtocolError as e:
             self.counts["chunks_malformed"] += 1
             log.info("hub sync: %s", e)
             return
         if self._quiet_until is not None:
             self._quiet_until = max(self._quiet_until, now + self.settings.resume_quiet_s)
-        if not new:
-            return
-        self._new_chunks += 1
-        self.pause(f"chunks:{self._new_chunks}")
-        if download.complete:
-            self._finish_download(download, now)
-        else:
-            self._request_chunks(now)
+        if new:
+            self._new_chunks += 1
+            self.pause(f"chunks:{self._new_chunks}")
 
     def on_ack(self, payload: bytes, now: float) -> None:
         try:
@@ -373,251 +350,52 @@ class HubSync:
     # --- periodic -------------------------------------------------------------------
     def tick(self, now: float | None = None) -> None:
         now = self.clock() if now is None else now
-        self._settle_handed(now)
-        self._advance(now)
-        if self.download is not None and not self.download.finished:
-            self._request_chunks(now)
+        self.convergence.settle_handed(now)
+        self.convergence.advance(now, in_force=self._in_force(now))
+        self.convergence.request_chunks(now)
         if self.uploader is not None:
             self.uploader.pump(now)
         self._report(now)
-
-    def _settle_handed(self, now: float) -> None:
-        changed = False
-        for key, entry in list(self.ledger.items()):
-            if entry.state != HANDED or entry.request_id is None:
-                continue
-            outcome = self.deployer.outcome(entry.request_id)
-            if outcome is None:
-                continue
-            state = DONE if outcome.succeeded else FAILED
-            self.ledger[key] = entry.moved(state, now, result=outcome.state, reason=outcome.reason)
-            changed = True
-            log.info(
-                "deployment %s of %s:%d ended %s",
-                entry.request_id,
-                entry.model,
-                entry.version,
-                outcome.state,
-            )
-        if changed:
-            self._save_ledger()
-
-    def _directive_in_force(self, now: float) -> AcceptedDirective | None:
-        accepted = self.accepted
-        if accepted is None:
-            return None
-        if accepted.expired(now):
-            # Freeze protection: an expired directive starts nothing new; say so.
-            self.directive_error = (
-                f"directive seq {accepted.seq} expired at {accepted.directive.expires_at:.0f}; "
-                "waiting for a fresh one"
-            )
-            if self._expiry_reported != accepted.seq:
-                self._expiry_reported = accepted.seq
-                log.warning("%s", self.directive_error)
-                record_event(
-                    self.buffer,
-                    event_body("", "directive_expired", now, reason=self.directive_error),
-                )
-            return None
-        return accepted
-
-    def _advance(self, now: float) -> None:
-        """Take steps toward the directive until one has to wait."""
-        accepted = self._directive_in_force(now)
-        directive = None if accepted is None else accepted.directive
-        for _ in range(16):  # each REFUSE settles one assignment; bound the loop anyway
-            downloaded = {self.download.sha} if self.download and self.download.finished else set()
-            action = next_action(
-                directive,
-                self.deployer.installed(),
-                self.ledger,
-                deployer_idle=self.deployer.idle(),
-                downloaded=downloaded,
-                max_bundle_bytes=self.settings.max_bundle_bytes,
-            )
-            self._drop_unwanted_download(action)
-            if action is None or action.step is Step.WAIT:
-                break
-            if not self._perform(action, now):
-                break
-        if self._busy():
+        busy = self.convergence.busy or (
+            self.uploader is not None and self.uploader.in_flight is not None
+        )
+        if busy:
             self.idle.clear()
         else:
             self.idle.set()
 
-    def _busy(self) -> bool:
-        if any(e.state in (DOWNLOADING, HANDED) for e in self.ledger.values()):
+    def _in_force(self, now: float) -> bool:
+        """False once the accepted directive expired (freeze protection: say so, start nothing)."""
+        accepted = self.accepted
+        if accepted is None or not accepted.expired(now):
             return True
-        return self.uploader is not None and self.uploader.in_flight is not None
-
-    def _drop_unwanted_download(self, action: Action | None) -> None:
-        download = self.download
-        if download is None:
-            return
-        if action is not None and action.assignment.bundle_sha256 == download.sha:
-            return
-        log.info("dropping the download of %s: no longer wanted", download.sha[:12])
-        download.discard()
-        self.download = None
-
-    def _perform(self, action: Action, now: float) -> bool:
-        """Do one step; True when the next step may be looked at right away."""
-        a = action.assignment
-        key = key_of(a)
-        entry = self.ledger.get(key)
-        if action.step is Step.REFUSE:
-            self._settle(a, REFUSED, now, result="rejected", reason=action.reason)
-            log.warning("assignment %s:%d refused: %s", a.model, a.version, action.reason)
-            record_event(self.buffer, self._event(a, "rejected", now, action.reason))
-            return True
-        if action.step is Step.DOWNLOAD:
-            self._start_download(a, entry, now)
-            return False
-        if action.step is Step.ROLLBACK:
-            request_id = self.deployer.submit_rollback(a.model, now=now)
-            self._settle(a, HANDED, now, request_id=request_id)
-            log.info(
-                "%s:%d is the previous slot: rollback requested (%s)",
-                a.model,
-                a.version,
-                request_id,
+        self.directive_error = (
+            f"directive seq {accepted.seq} expired at {accepted.directive.expires_at:.0f}; "
+            "waiting for a fresh one"
+        )
+        if self._expiry_reported != accepted.seq:
+            self._expiry_reported = accepted.seq
+            log.warning("%s", self.directive_error)
+            record_event(
+                self.buffer, event_body("", "directive_expired", now, reason=self.directive_error)
             )
-            return False
-        if action.step is Step.INSTALL:
-            download = self.download
-            assert download is not None and download.finished
-            request_id = self.deployer.submit_install(
-                download.final_path, allow_downgrade=a.allow_downgrade, now=now
-            )
-            self._settle(a, HANDED, now, request_id=request_id)
-            download.discard()  # the inbox holds its own copy now
-            self.download = None
-            log.info("%s:%d handed to the deployment driver (%s)", a.model, a.version, request_id)
-            return False
         return False
 
-    def _settle(self, a: Assignment, state: str, now: float, **changes: Any) -> None:
-        entry = self.ledger.get(key_of(a))
-        if entry is None:
-            entry = LedgerEntry.start(a, state, now, **changes)
-        else:
-            entry = entry.moved(state, now, **changes)
-        self.ledger[key_of(a)] = entry
-        self._save_ledger()
-
-    def _event(self, a: Assignment, state: str, now: float, reason: str | None) -> dict[str, Any]:
-        return event_body(
-            a.model,
-            state,
-            now,
-            version=a.version,
-            reason=reason,
-            rollout_id=a.rollout_id,
-            bundle_sha256=a.bundle_sha256,
-        )
-
-    # --- downloads ----------------------------------------------------------------------
-    def _start_download(self, a: Assignment, entry: LedgerEntry | None, now: float) -> None:
-        if self.download is not None and self.download.sha == a.bundle_sha256:
-            return
-        s = self.settings
-        self.download = BundleDownload(
-            self.sync_dir / "downloads",
-            a.bundle_sha256,
-            a.size,
-            chunk_size=s.chunk_size,
-            window_bytes=s.window_bytes,
-            request_timeout_s=s.request_timeout_s,
-            persist_every=s.persist_every_chunks,
-        )
-        resumed = self.download.resumed_chunks > 0 or self.download.finished
-        if not self.download.complete:
-            # Ask first, write the ledger while the chunks travel: on a slow SD card the
-            # fsyncs would otherwise delay every download start.
-            self._request_chunks(now)
-        if entry is None or entry.state != DOWNLOADING:
-            attempts = (entry.attempts if entry else 0) + (0 if resumed else 1)
-            self._settle(a, DOWNLOADING, now, attempts=max(1, attempts))
-        log.info(
-            "downloading %s:%d (%s, %d bytes)%s",
-            a.model,
-            a.version,
-            a.bundle_sha256[:12],
-            a.size,
-            f", resuming with {self.download.resumed_chunks} chunks held" if resumed else "",
-        )
-        if self.download.finished:
-            self._advance(now)
-        elif self.download.complete:
-            self._finish_download(self.download, now)
-
-    def _request_chunks(self, now: float) -> None:
-        download = self.download
-        if download is None or not self._link_up:
-            return
+    def _may_request(self, now: float) -> bool:
+        if not self._link_up:
+            return False
         if self._quiet_until is not None:
             if now < self._quiet_until:
-                return
+                return False
             self._quiet_until = None
-        while (request := download.next_request(now)) is not None:
-            self.transport.publish(self.topics.fetch(self.device_id), encode_json(request))
-            self.counts["fetches"] += 1
+        return True
 
-    def _finish_download(self, download: BundleDownload, now: float) -> None:
-        entry = next(
-            (
-                e
-                for e in self.ledger.values()
-                if e.bundle_sha256 == download.sha and e.state == DOWNLOADING
-            ),
-            None,
-        )
-        assignment = self._assignment_for(download.sha)
-        try:
-            download.finish()
-        except DownloadMismatchError as e:
-            self.download = None
-            attempts = entry.attempts if entry else 1
-            if assignment is None:
-                return
-            if attempts < self.settings.max_download_attempts:
-                log.warning("%s; fetching it again (attempt %d)", e, attempts + 1)
-                record_event(self.buffer, self._event(assignment, "download_failed", now, str(e)))
-                self._settle(assignment, DOWNLOADING, now, attempts=attempts + 1)
-                self._start_download(assignment, self.ledger[key_of(assignment)], now)
-                return
-            log.error("%s; giving up on this bundle", e)
-            self._settle(assignment, FAILED, now, result="rejected", reason=str(e))
-            record_event(self.buffer, self._event(assignment, "rejected", now, str(e)))
-            self._report(now)
-            return
-        summary = download.summary()
-        log.info(
-            "downloaded %s: %d bytes received for %d (%d duplicate)",
-            download.sha[:12],
-            summary["received_bytes"],
-            summary["size"],
-            summary["duplicate_bytes"],
-        )
-        if assignment is not None:
-            record_event(
-                self.buffer,
-                self._event(assignment, "downloaded", now, None) | {"transfer": summary},
-            )
-        self._advance(now)
-
-    def _assignment_for(self, sha: str) -> Assignment | None:
-        if self.accepted is None:
-            return None
-        return next(
-            (a for a in self.accepted.directive.assignments if a.bundle_sha256 == sha), None
-        )
+    def _send_fetch(self, request: FetchRequest) -> None:
+        self.transport.publish(self.topics.fetch(self.device_id), encode_json(request))
 
     # --- reporting ----------------------------------------------------------------------
-    def state_report(self, now: float) -> Any:
+    def state_report(self, now: float) -> DeviceState:
         accepted = self.accepted
-        download = self.download
         return build_state(
             device_id=self.device_id,
             agent_version=self.settings.agent_version,
@@ -625,8 +403,8 @@ class HubSync:
             now=now,
             installed=self.deployer.installed(),
             progress=self.deployer.in_progress(),
-            ledger=self.ledger.values(),
-            download=None if download is None else DownloadView(download.sha, download.fraction),
+            ledger=self.convergence.ledger.values(),
+            download=self.convergence.download_view(),
             last_outcomes=self.deployer.last_outcomes(),
             directive_models=[a.model for a in wanted(accepted.directive)] if accepted else [],
             directive_seq=None if accepted is None else accepted.seq,
@@ -634,34 +412,14 @@ class HubSync:
         )
 
     def _report(self, now: float) -> None:
-        if not self.transport.connected:
-            return
-        self.reporter.report(self.state_report(now))
+        if self.transport.connected:
+            self.reporter.report(self.state_report(now))
 
-    # --- ledger file ----------------------------------------------------------------------
-    def _load_ledger(self) -> dict[Key, LedgerEntry]:
-        try:
-            data = json.loads(self._ledger_path.read_text(encoding="utf-8"))
-            entries = [LedgerEntry.from_dict(d) for d in data.get("entries", [])]
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            log.error("%s unreadable (%s); starting with an empty ledger", self._ledger_path, e)
-            remove_path(self._ledger_path)
-            return {}
-        return {e.key: e for e in entries}
+    # --- views (tests, status) ---------------------------------------------------------
+    @property
+    def ledger(self) -> dict[Key, LedgerEntry]:
+        return self.convergence.ledger
 
-    def _save_ledger(self) -> None:
-        atomic_write_json(
-            self._ledger_path, {"entries": [e.to_dict() for e in self.ledger.values()]}
-        )
-
-
-def sync_summary(sync: HubSync) -> Mapping[str, Any]:
-    """Counters and where things stand (``agent status`` may show this)."""
-    return {
-        "directive_seq": None if sync.accepted is None else sync.accepted.seq,
-        "directive_error": sync.directive_error,
-        "download": None if sync.download is None else sync.download.summary(),
-        "counts": dict(sync.counts),
-    }
+    @property
+    def download(self) -> BundleDownload | None:
+        return self.convergence.download
