@@ -261,7 +261,28 @@ def wait_until(what: str, predicate: Any, timeout_s: float, log: Path | None = N
 
 
 def run(devices: int, size: int, root: Path, device_root: Path, processes: int) -> dict[str, Any]:
+    """The MQTT rollout, then the HTTP baseline; every process started here ends here."""
     broker = MosquittoBroker(root / "mosquitto").start()
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        return _run(devices, size, root, device_root, processes, broker, children)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait(10)
+        broker.stop()
+
+
+def _run(
+    devices: int,
+    size: int,
+    root: Path,
+    device_root: Path,
+    processes: int,
+    broker: MosquittoBroker,
+    children: list[subprocess.Popen[bytes]],
+) -> dict[str, Any]:
     keys = root / "keys"
     generate_keypair("publisher", keys)
     generate_keypair("hub", keys)
@@ -305,6 +326,7 @@ tick_s = 1.0
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
+    children.append(hub)
     workers = []
     for w in range(processes):
         spec = {
@@ -325,6 +347,7 @@ tick_s = 1.0
                     stderr=log,
                 )
             )
+            children.append(workers[-1])
     wait_until(
         "the device processes",
         lambda: all((root / f"w{w}.ready").exists() for w in range(processes)),
@@ -364,7 +387,6 @@ tick_s = 1.0
     hub.wait(30)
     chunks_sent = store.counters().get("chunks.sent", 0)
     store.close()
-    broker.stop()
 
     http_s = http_baseline(bundle_path, devices, root, device_root)
     byte_ratio = delivered / (bundle.size * devices)
