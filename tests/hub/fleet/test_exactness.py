@@ -138,18 +138,21 @@ def test_fleet_statistics_equal_pooled_raw_data(tmp_path: Path) -> None:
         )
 
 
-def test_windows_late_for_a_rolled_up_hour_reopen_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("delay_s", [0.0, 60.0])
+def test_windows_late_for_a_rolled_up_hour_reopen_it(tmp_path: Path, delay_s: float) -> None:
+    """Rolled up as they are stored (delay 0) or by maintenance later: the same rollups."""
     rng = np.random.default_rng(8)
     profile = reference(rng)
-    telemetry = FleetTelemetry(tmp_path / "fleet.db", FleetSettings())
+    telemetry = FleetTelemetry(tmp_path / "fleet.db", FleetSettings(rollup_delay_s=delay_s))
+    by_maintenance = 1 if delay_s else 0
     (dev,) = fleet(["a"], 1)
     X1, X2 = rng.normal(size=(200, 8)), rng.normal(size=(150, 8)) + 1.0
     dev.record(profile, X1, T0, T0 + 300)
     dev.ack(telemetry.ingest(dev.info, dev.unacked, T0 + 310).highest_contiguous_seq)
-    assert telemetry.maintain(T0 + 2 * 3600).rolled_up == 1
+    assert telemetry.maintain(T0 + 2 * 3600).rolled_up == by_maintenance
     dev.record(profile, X2, T0 + 300, T0 + 600)  # same hour, arrives hours later
     telemetry.ingest(dev.info, dev.unacked, T0 + 5 * 3600)
-    assert telemetry.maintain(T0 + 5 * 3600 + 10).rolled_up == 1
+    assert telemetry.maintain(T0 + 5 * 3600 + 100).rolled_up == by_maintenance
     counts = telemetry.store.count_windows()
     assert counts == {
         "raw_unrolled": 0,
@@ -161,6 +164,48 @@ def test_windows_late_for_a_rolled_up_hour_reopen_it(tmp_path: Path) -> None:
     assert len(rows) == 1 and rows[0].windows == 2  # one hour rollup holding both
     merged = WindowStats.from_bytes(rows[0].drift or b"")
     assert_same_counts(profile, merged, pooled_window(profile, [X1, X2]))
+
+
+def test_a_batch_twice_in_one_commit_is_stored_and_rolled_up_once(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    profile = reference(rng)
+    telemetry = FleetTelemetry(tmp_path / "fleet.db")
+    (dev,) = fleet(["a"], 1)
+    for k in range(3):
+        dev.record(profile, rng.normal(size=(50, 8)), T0 + k * 60, T0 + (k + 1) * 60)
+    first, second = telemetry.ingest_many([(dev.info, dev.unacked), (dev.info, dev.unacked)], T0)
+    assert (first.stored, first.duplicates, second.stored, second.duplicates) == (3, 0, 0, 3)
+    assert second.highest_contiguous_seq == 3
+    assert telemetry.store.count_windows() == {
+        "raw_unrolled": 0,
+        "raw_rolled": 3,
+        "in_rollups": 3,
+        "in_group_rollups": 3,
+    }
+    [row] = telemetry.store.stats(MODEL, 1)
+    merged = WindowStats.from_bytes(row.drift or b"")
+    assert_same_counts(profile, merged, pooled_window(profile, dev.rows))
+
+
+def test_decoded_rollups_kept_by_a_writer_never_hide_another_writers_windows(
+    tmp_path: Path,
+) -> None:
+    """Each writer keeps the rollups it wrote decoded; a row changed since is read again."""
+    rng = np.random.default_rng(12)
+    profile = reference(rng)
+    a = FleetTelemetry(tmp_path / "fleet.db")
+    b = FleetTelemetry(tmp_path / "fleet.db")  # a second hub process on the same file
+    (dev,) = fleet(["a"], 1)
+    for k, writer in enumerate((a, b, a, a)):
+        dev.record(profile, rng.normal(size=(40, 8)), T0 + k * 60, T0 + (k + 1) * 60)
+        writer.ingest(dev.info, dev.unacked[-1:], T0 + 3600)  # same hour, same second
+    assert a.store.cache.hits >= 1  # the last window reused a's own, unchanged rollup
+    [row] = a.store.stats(MODEL, 1)
+    assert row.windows == 4
+    merged = WindowStats.from_bytes(row.drift or b"")
+    assert_same_counts(profile, merged, pooled_window(profile, dev.rows))
+    a.close()
+    b.close()
 
 
 def test_coarsening_and_retention_keep_totals_exact(tmp_path: Path) -> None:
@@ -214,4 +259,5 @@ def test_restarted_store_still_dedupes(tmp_path: Path) -> None:
     second = FleetTelemetry(tmp_path / "fleet.db")
     result = second.ingest(dev.info, dev.unacked, T0 + 300)
     assert (result.stored, result.duplicates, result.highest_contiguous_seq) == (0, 3, 3)
-    assert second.store.count_windows()["raw_unrolled"] == 3
+    counts = second.store.count_windows()  # stored once and rolled up once
+    assert (counts["raw_rolled"], counts["in_rollups"], counts["in_group_rollups"]) == (3, 3, 3)

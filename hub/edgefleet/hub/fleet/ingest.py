@@ -4,10 +4,9 @@
 however many batches it is given). :class:`IngestWorker` is what the hub service uses: the
 MQTT network thread only calls :meth:`IngestWorker.submit`, which puts the batch on a
 bounded queue and returns at once; a worker thread drains the queue, commits many batches
-per transaction and then runs each batch's ``on_done`` callback (where the service publishes
-the ack). After each commit the worker folds the new windows into their rollups (so a query
-never has to decode more than one commit's worth of raw windows); between batches it
-coarsens and prunes in small steps.
+per transaction — folding every new window into its rollups in that same transaction — and
+then runs each batch's ``on_done`` callback (where the service publishes the ack). Between
+batches the worker coarsens and prunes in small steps.
 
 Invariants:
 
@@ -39,7 +38,7 @@ from edgefleet.core.errors import EdgefleetError, ProtocolError
 from edgefleet.core.protocol import TelemetryRecord
 from edgefleet.hub.errors import HubConfigError
 from edgefleet.hub.fleet.database import FleetDatabase
-from edgefleet.hub.fleet.retention import MaintenanceResult, roll_up
+from edgefleet.hub.fleet.retention import MaintenanceResult
 from edgefleet.hub.fleet.settings import FleetSettings
 from edgefleet.hub.fleet.totals import WindowTotals
 from edgefleet.hub.fleet.window_store import DeviceBatch, FleetWindowStore, RecordRow
@@ -96,6 +95,7 @@ def record_row(record: TelemetryRecord) -> RecordRow:
         errors=summary.error_count,
         summary=totals.to_json(),
         drift=drift,
+        totals=totals,
     )
 
 
@@ -127,33 +127,20 @@ class FleetTelemetry:
     def ingest_many(
         self, items: Sequence[tuple[DeviceInfo, Sequence[TelemetryRecord]]], now: float
     ) -> list[IngestResult]:
-        """Store several batches in ONE transaction (the worker's group commit)."""
+        """Store several batches in ONE transaction (the worker's group commit).
+
+        Records already stored are recognised before their bodies are validated and
+        decoded, so a retransmitted backlog costs an index lookup, not a second ingest.
+        """
         batches = [
-            DeviceBatch(
-                device.id,
-                device.group or "",
-                device.profile,
-                [record_row(r) for r in records],
-            )
+            DeviceBatch(device.id, device.group or "", device.profile, records)
             for device, records in items
         ]
-        outcomes = self.store.add(batches, now)
-        return [
-            IngestResult(
-                o.stored,
-                o.duplicates,
-                o.highest_seq,
-                sum(1 for r in b.rows if r.kind == "malformed"),
-            )
-            for o, b in zip(outcomes, batches, strict=True)
-        ]
+        outcomes = self.store.add(batches, now, record_row)
+        return [IngestResult(o.stored, o.duplicates, o.highest_seq, o.malformed) for o in outcomes]
 
     def maintain(self, now: float) -> MaintenanceResult:
         return self.store.maintain(now)
-
-    def roll_up(self, now: float, budget: int) -> int:
-        """Fold up to ``budget`` unrolled windows (oldest first) into their rollups."""
-        return roll_up(self.db, self.settings, now, budget)
 
     def close(self) -> None:
         self.db.close()
@@ -184,7 +171,6 @@ class IngestStats:
     malformed: int = 0
     failed_batches: int = 0
     commits: int = 0
-    rolled_up: int = 0  # windows folded into rollups right after their commit
     rate_records_per_s: float = 0.0  # exponentially smoothed over ~a minute
 
 
@@ -228,7 +214,6 @@ class IngestWorker:
         self._last_maintenance = 0.0
         self._maintenance_more = False
         self._last_rate_at: float | None = None
-        self._fresh = 0  # records committed since the last roll-up
 
     # -- called from any thread ------------------------------------------------------
     def submit(
@@ -302,25 +287,7 @@ class IngestWorker:
                     self._idle.notify_all()
             if self._stop.is_set() and self._queue.empty():
                 return
-            self._roll_up_fresh()
             self._maintain(idle=False)
-
-    def _roll_up_fresh(self) -> None:
-        """Fold what was just committed (and older leftovers) into rollups right away.
-
-        Runs after the acks went out, so it adds nothing to their latency; it keeps the
-        raw windows a query must decode one by one down to at most one commit's worth,
-        whatever the load, instead of waiting for the next maintenance step.
-        """
-        fresh, self._fresh = self._fresh, 0
-        if fresh == 0 or self.telemetry.settings.rollup_delay_s > 0:
-            return
-        budget = max(fresh, self.telemetry.settings.maintenance_budget)
-        try:
-            self.stats.rolled_up += self.telemetry.roll_up(self.clock(), budget)
-        except EdgefleetError as e:
-            # The windows stay raw (counted once, as raw rows) until maintenance retries.
-            log.error("fleet roll-up after ingest failed: %s", e)
 
     def _store(self, items: list[_Item]) -> None:
         now = self.clock()
@@ -333,7 +300,6 @@ class IngestWorker:
             log.error("fleet ingest of %d batches failed: %s", len(items), e)
             return
         self.stats.commits += 1
-        self._fresh += sum(r.stored for r in results)
         stored = 0
         for item, result in zip(items, results, strict=True):
             self.stats.stored_records += result.stored

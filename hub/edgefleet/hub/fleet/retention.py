@@ -4,7 +4,8 @@
   hourly rollups each — their device's and their group+profile's (``device = ''``) — and
   flagged ``rolled`` in the same transaction. A rollup keeps absorbing windows, so a window
   that arrives late re-opens its hour; one older than the fine retention goes straight into
-  its day.
+  its day. (With ``rollup_delay_s = 0``, the default, the ingest transaction already does
+  this for every window it stores; see ``window_store``.)
 - ``coarsen``: hourly rollups older than ``fine_retention_s`` are merged into daily ones and
   deleted, in one transaction.
 - ``prune``: rolled-up raw rows older than ``raw_retention_s`` (and non-window records) are
@@ -18,14 +19,12 @@ Invariant: every step moves whole windows between rows inside one transaction; m
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from edgefleet.core.drift import WindowStats
-from edgefleet.core.errors import DriftError
 from edgefleet.hub.fleet.database import STATS_COLUMNS, FleetDatabase
+from edgefleet.hub.fleet.rollups import FoldItem, RollupCache, decode, fold, merge_into
 from edgefleet.hub.fleet.settings import FleetSettings
 from edgefleet.hub.fleet.totals import WindowTotals
 
@@ -39,22 +38,32 @@ class MaintenanceResult:
     more: bool = False  # a step used its whole budget; call again soon
 
 
-def maintain(db: FleetDatabase, settings: FleetSettings, now: float) -> MaintenanceResult:
+def maintain(
+    db: FleetDatabase, settings: FleetSettings, now: float, cache: RollupCache | None = None
+) -> MaintenanceResult:
     """One bounded step of roll-up, coarsening and retention."""
     budget = settings.maintenance_budget
-    rolled = roll_up(db, settings, now, budget)
-    coarsened = coarsen(db, settings, now, budget)
+    rolled = roll_up(db, settings, now, budget, cache)
+    coarsened = coarsen(db, settings, now, budget, cache)
     pruned, dropped = prune(db, settings, now)
     return MaintenanceResult(
         rolled, coarsened, pruned, dropped, more=rolled >= budget or coarsened >= budget
     )
 
 
-def roll_up(db: FleetDatabase, settings: FleetSettings, now: float, budget: int) -> int:
+def roll_up(
+    db: FleetDatabase,
+    settings: FleetSettings,
+    now: float,
+    budget: int,
+    cache: RollupCache | None = None,
+) -> int:
     """Merge raw windows received ``rollup_delay_s`` ago or earlier into their rollups
-    (the current hour's too: a rollup keeps absorbing windows); returns how many."""
+    (the current hour's too: a rollup keeps absorbing windows); returns how many.
+
+    With ``rollup_delay_s = 0`` the ingest path folds windows as it stores them; this then
+    only meets windows a failed fold left behind, or rows from an older hub."""
     s = settings
-    coarse_cutoff = now - s.fine_retention_s - s.bucket_s
     with db.write() as conn:
         rows = conn.execute(
             "SELECT rid, model, "
@@ -65,22 +74,14 @@ def roll_up(db: FleetDatabase, settings: FleetSettings, now: float, budget: int)
         ).fetchall()
         if not rows:
             return 0
-        groups: dict[tuple[Any, ...], list[tuple[WindowTotals, WindowStats | None]]] = {}
+        items: list[FoldItem] = []
         undecodable = 0
         for _rid, model, device, grp, profile, version, bucket_s, *_, summary, drift in rows:
-            stats, bad = _decode(drift)
+            stats, bad = decode(drift)
             undecodable += bad
-            if bucket_s <= coarse_cutoff:
-                level, bucket = s.coarse_bucket_s, s.coarse_bucket_of(bucket_s)
-            else:
-                level, bucket = s.bucket_s, int(bucket_s)
             totals = WindowTotals.from_json(summary)
-            totals.devices.add(device)
-            for who in (device, ""):  # the device's rollup and its group's
-                key = (level, model, version, bucket, who, grp, profile, _pid(stats))
-                groups.setdefault(key, []).append((totals, stats))
-        for key, parts in groups.items():
-            _merge_into_rollup(conn, key, parts, now)
+            items.append(FoldItem(model, version, device, grp, profile, bucket_s, totals, stats))
+        fold(conn, s, items, now, cache)
         conn.executemany(
             "UPDATE fleet_records SET rolled = 1 WHERE rid = ?", [(r[0],) for r in rows]
         )
@@ -88,7 +89,13 @@ def roll_up(db: FleetDatabase, settings: FleetSettings, now: float, budget: int)
     return len(rows)
 
 
-def coarsen(db: FleetDatabase, settings: FleetSettings, now: float, budget: int) -> int:
+def coarsen(
+    db: FleetDatabase,
+    settings: FleetSettings,
+    now: float,
+    budget: int,
+    cache: RollupCache | None = None,
+) -> int:
     """Merge fine rollups older than the fine retention into coarse ones."""
     s = settings
     cutoff = now - s.fine_retention_s - s.bucket_s
@@ -101,7 +108,7 @@ def coarsen(db: FleetDatabase, settings: FleetSettings, now: float, budget: int)
         ).fetchall()
         groups: dict[tuple[Any, ...], list[tuple[WindowTotals, WindowStats | None]]] = {}
         for model, version, bucket_s, device, grp, profile, pid, _w, summary, drift in rows:
-            stats, _bad = _decode(drift)
+            stats, _bad = decode(drift)
             key = (
                 s.coarse_bucket_s,
                 model,
@@ -114,7 +121,7 @@ def coarsen(db: FleetDatabase, settings: FleetSettings, now: float, budget: int)
             )
             groups.setdefault(key, []).append((WindowTotals.from_json(summary), stats))
         for key, parts in groups.items():
-            _merge_into_rollup(conn, key, parts, now)
+            merge_into(conn, key, parts, now, cache)
         conn.executemany(
             "DELETE FROM fleet_rollups WHERE level = ? AND model = ? AND version = ?"
             " AND bucket_s = ? AND device = ? AND grp = ? AND profile = ? AND profile_id = ?",
@@ -154,53 +161,3 @@ def prune(db: FleetDatabase, settings: FleetSettings, now: float) -> tuple[int, 
             )
         db.bump(conn, {"pruned_records": pruned, "dropped_windows": dropped})
     return pruned, dropped
-
-
-def _decode(blob: bytes | None) -> tuple[WindowStats | None, int]:
-    if blob is None:
-        return None, 0
-    try:
-        return WindowStats.from_bytes(bytes(blob)), 0
-    except DriftError:
-        return None, 1
-
-
-def _pid(stats: WindowStats | None) -> str:
-    return "" if stats is None else stats.profile_id
-
-
-def _merge_into_rollup(
-    conn: sqlite3.Connection,
-    key: tuple[Any, ...],
-    parts: Iterable[tuple[WindowTotals, WindowStats | None]],
-    now: float,
-) -> None:
-    existing = conn.execute(
-        "SELECT summary, drift FROM fleet_rollups WHERE level = ? AND model = ? AND version = ?"
-        " AND bucket_s = ? AND device = ? AND grp = ? AND profile = ? AND profile_id = ?",
-        key,
-    ).fetchone()
-    totals = WindowTotals()
-    windows: list[WindowStats] = []
-    if existing is not None:
-        totals.add(WindowTotals.from_json(existing[0]))
-        stats, _bad = _decode(existing[1])
-        if stats is not None:
-            windows.append(stats)
-    for part_totals, stats in parts:
-        totals.add(part_totals)
-        if stats is not None:
-            windows.append(stats)
-    merged = WindowStats.merge_all(windows) if windows else None
-    conn.execute(
-        "INSERT OR REPLACE INTO fleet_rollups VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (
-            *key,
-            totals.windows,
-            totals.start_s,
-            totals.end_s,
-            totals.to_json(),
-            None if merged is None else merged.to_bytes(),
-            now,
-        ),
-    )

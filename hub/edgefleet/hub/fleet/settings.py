@@ -33,8 +33,8 @@ class FleetSettings:
     bucket_s: int = HOUR_S  # fine time bucket of reports and rollups
     coarse_bucket_s: int = DAY_S  # what fine buckets are coarsened into
     # Raw windows are merged into their (possibly still open) rollup this long after they
-    # arrive; 0 = at the next maintenance step. Queries read rollups, so this bounds how many
-    # raw windows a query decodes.
+    # arrive, by maintenance; 0 = in the ingest transaction itself. Queries read rollups and
+    # decode raw windows one by one, so 0 keeps queries fast right after a burst.
     rollup_delay_s: float = 0.0
     raw_retention_s: float = 2 * DAY_S  # raw window bodies (per device and seq)
     fine_retention_s: float = 30 * DAY_S  # hourly rollups, then coarsened to daily

@@ -37,12 +37,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgefleet.hub.fleet.database import STATS_COLUMNS, FleetDatabase
 from edgefleet.hub.fleet.retention import MaintenanceResult, maintain
+from edgefleet.hub.fleet.rollups import FoldItem, RollupCache, decode, fold
 from edgefleet.hub.fleet.settings import FleetSettings
 from edgefleet.hub.fleet.totals import WindowTotals
 
@@ -63,14 +64,18 @@ class RecordRow:
     errors: int = 0
     summary: str | None = None  # WindowTotals JSON
     drift: bytes | None = None  # WindowStats.to_bytes()
+    totals: WindowTotals | None = field(default=None, compare=False)  # ``summary`` parsed
 
 
 @dataclass(frozen=True)
 class DeviceBatch:
+    """Rows of one device's batch, as received."""
+
     device: str
     group: str  # "" when the device has none
     profile: str
-    rows: Sequence[RecordRow]
+    rows: Sequence[Any]  # RecordRow, or records with a ``seq`` when ``add`` gets ``build``
+    highest_seq: int | None = None  # default: the highest seq in rows
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ class BatchOutcome:
     duplicates: int
     windows_stored: int
     highest_seq: int | None
+    malformed: int = 0  # stored as kind "malformed" (first receipt only)
 
 
 @dataclass(frozen=True)
@@ -112,40 +118,85 @@ class FleetWindowStore:
         if stored is not None and stored != (settings.bucket_s, settings.coarse_bucket_s):
             settings = replace(settings, bucket_s=stored[0], coarse_bucket_s=stored[1])
         self.settings = settings
+        # Rollups this store wrote last, decoded (see ``rollups``); only writers use it.
+        self.cache = RollupCache()
 
     # -- ingest ----------------------------------------------------------------------
-    def add(self, batches: Sequence[DeviceBatch], now: float) -> list[BatchOutcome]:
-        """Store every batch in ONE transaction; duplicates (device, seq) are ignored."""
+    def add(
+        self,
+        batches: Sequence[DeviceBatch],
+        now: float,
+        build: Callable[[Any], RecordRow] | None = None,
+    ) -> list[BatchOutcome]:
+        """Store every batch in ONE transaction; records stored before are left alone.
+
+        With ``build``, a batch's ``rows`` are the records as received (anything with a
+        ``seq``) and ``build`` turns a record into a :class:`RecordRow` — called only for
+        records not stored yet, so a retransmitted backlog costs an index lookup instead of
+        a second validation and decode.
+
+        With ``rollup_delay_s == 0`` every window stored is folded into its rollups in the
+        same transaction and stored already flagged ``rolled``: a query never has to decode
+        windows one by one, whatever the ingest load.
+        """
         outcomes: list[BatchOutcome] = []
-        totals = {"records_stored": 0, "windows_stored": 0, "duplicates": 0, "malformed": 0}
-        with self.db.write() as conn:
-            for batch in batches:
-                outcome = self._add_one(conn, batch, now)
-                outcomes.append(outcome)
-                totals["records_stored"] += outcome.stored
-                totals["windows_stored"] += outcome.windows_stored
-                totals["duplicates"] += outcome.duplicates
-            totals["malformed"] = sum(
-                1 for b in batches for r in b.rows if r.kind == "malformed"
-            )  # counted per receipt: a resent malformed record counts again
-            self.db.bump(conn, totals)
+        items: list[FoldItem] = []
+        counts = {"records_stored": 0, "windows_stored": 0, "duplicates": 0, "malformed": 0}
+        seen: dict[str, set[int]] = {}  # stored by this transaction, per device
+        try:
+            with self.db.write() as conn:
+                for batch in batches:
+                    outcome = self._add_one(conn, batch, now, build, seen, items, counts)
+                    outcomes.append(outcome)
+                    counts["records_stored"] += outcome.stored
+                    counts["windows_stored"] += outcome.windows_stored
+                    counts["duplicates"] += outcome.duplicates
+                if items:
+                    fold(conn, self.settings, items, now, self.cache)
+                    counts["rolled_up"] = len(items)
+                self.db.bump(conn, counts)
+        except BaseException:
+            self.cache.clear()  # it may hold rollups this transaction did not commit
+            raise
         return outcomes
 
-    def _add_one(self, conn: sqlite3.Connection, batch: DeviceBatch, now: float) -> BatchOutcome:
+    def _add_one(
+        self,
+        conn: sqlite3.Connection,
+        batch: DeviceBatch,
+        now: float,
+        build: Callable[[Any], RecordRow] | None,
+        seen: dict[str, set[int]],
+        items: list[FoldItem],
+        counts: dict[str, int],
+    ) -> BatchOutcome:
         row = conn.execute(
             "SELECT contiguous, pruned_through FROM fleet_cursor WHERE device = ?",
             (batch.device,),
         ).fetchone()
         contiguous, pruned = (int(row[0]), int(row[1])) if row else (None, -1)
-        fresh = [r for r in batch.rows if r.seq > pruned]
-        windows = [r for r in fresh if r.kind == "window"]
-        others = [r for r in fresh if r.kind != "window"]
-        bucket = self.settings.bucket_of
-        before = conn.total_changes
+        received = [r for r in batch.rows if r.seq > pruned]
+        # Inside the write transaction nobody else inserts: what is not stored now is new.
+        known = seen.setdefault(batch.device, set())
+        if received:
+            known |= {
+                int(r[0])
+                for r in conn.execute(
+                    "SELECT seq FROM fleet_records WHERE device = ? AND seq BETWEEN ? AND ?",
+                    (batch.device, min(r.seq for r in received), max(r.seq for r in received)),
+                )
+            }
+        fresh = [r for r in received if r.seq not in known]
+        rows: list[RecordRow] = [build(r) for r in fresh] if build is not None else list(fresh)
+        known.update(r.seq for r in rows)
+        windows = [r for r in rows if r.kind == "window"]
+        others = [r for r in rows if r.kind != "window"]
+        fold_now = self.settings.rollup_delay_s <= 0
+        buckets = [self.settings.bucket_of(r.start_s or 0.0) for r in windows]
         conn.executemany(
-            "INSERT OR IGNORE INTO fleet_records (device, seq, kind, received_at, model, version,"
-            " grp, profile, start_s, end_s, bucket_s, requests, errors, summary, drift)"
-            " VALUES (?,?,'window',?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO fleet_records (device, seq, kind, received_at, model, version, grp,"
+            " profile, start_s, end_s, bucket_s, requests, errors, summary, drift, rolled)"
+            " VALUES (?,?,'window',?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [
                 (
                     batch.device,
@@ -157,23 +208,39 @@ class FleetWindowStore:
                     batch.profile,
                     r.start_s,
                     r.end_s,
-                    bucket(r.start_s or 0.0),
+                    bucket,
                     r.requests,
                     r.errors,
                     r.summary,
                     r.drift,
+                    int(fold_now),
                 )
-                for r in windows
+                for r, bucket in zip(windows, buckets, strict=True)
             ],
         )
-        windows_stored = conn.total_changes - before
         conn.executemany(
-            "INSERT OR IGNORE INTO fleet_records (device, seq, kind, received_at, model, version)"
+            "INSERT INTO fleet_records (device, seq, kind, received_at, model, version)"
             " VALUES (?,?,?,?,?,?)",
             [(batch.device, r.seq, r.kind, now, r.model, r.version) for r in others],
         )
-        stored = conn.total_changes - before
-        highest = max((r.seq for r in batch.rows), default=None)
+        malformed = sum(1 for r in others if r.kind == "malformed")
+        counts["malformed"] += malformed
+        if fold_now:
+            for r, bucket in zip(windows, buckets, strict=True):
+                if r.model is None or r.version is None:
+                    continue
+                stats, bad = decode(r.drift)
+                counts["undecodable_windows"] = counts.get("undecodable_windows", 0) + bad
+                totals = r.totals or WindowTotals.from_json(r.summary or "{}")
+                items.append(
+                    FoldItem(
+                        r.model, r.version, batch.device, batch.group, batch.profile, bucket,
+                        totals, stats,
+                    )
+                )  # fmt: skip
+        highest = batch.highest_seq
+        if highest is None:
+            highest = max((r.seq for r in batch.rows), default=None)
         if highest is not None:
             new = highest if contiguous is None else max(contiguous, highest)
             conn.execute(
@@ -182,7 +249,8 @@ class FleetWindowStore:
                 (batch.device, new, pruned),
             )
             contiguous = new
-        return BatchOutcome(stored, len(batch.rows) - stored, windows_stored, contiguous)
+        stored = len(rows)
+        return BatchOutcome(stored, len(batch.rows) - stored, len(windows), contiguous, malformed)
 
     def cursor(self, device: str) -> int | None:
         row = (
@@ -331,7 +399,11 @@ class FleetWindowStore:
     # -- maintenance -----------------------------------------------------------------
     def maintain(self, now: float) -> MaintenanceResult:
         """One bounded step of roll-up, coarsening and retention (see ``retention``)."""
-        return maintain(self.db, self.settings, now)
+        try:
+            return maintain(self.db, self.settings, now, self.cache)
+        except BaseException:
+            self.cache.clear()
+            raise
 
     # -- reference cache -------------------------------------------------------------
     def put_reference(

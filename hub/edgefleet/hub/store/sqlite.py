@@ -411,11 +411,10 @@ class SqliteHubStore:
     def add_telemetry(
         self, device_id: str, rows: Sequence[TelemetryRow], received_at: float
     ) -> int:
-        inserted = 0
         with self.transaction():
-            for row in rows:
-                cur = self._exec(
-                    "INSERT OR IGNORE INTO telemetry VALUES (?,?,?,?,?,?,?)",
+            cur = self._db.executemany(
+                "INSERT OR IGNORE INTO telemetry VALUES (?,?,?,?,?,?,?)",
+                [
                     (
                         device_id,
                         row.seq,
@@ -424,10 +423,11 @@ class SqliteHubStore:
                         row.version,
                         received_at,
                         _dumps(dict(row.body)),
-                    ),
-                )
-                inserted += cur.rowcount
-        return inserted
+                    )
+                    for row in rows
+                ],
+            )
+            return max(cur.rowcount, 0)
 
     def telemetry_cursor(self, device_id: str) -> int | None:
         row = self._one("SELECT contiguous FROM telemetry_cursor WHERE device=?", (device_id,))

@@ -1,0 +1,171 @@
+"""Folding windows into rollup rows: exact merges, with the rollups being written kept decoded.
+
+A rollup row is the merge of whole windows for one key ``(level, model, version, bucket,
+device, group, profile, profile_id)``: drift statistics merged with ``WindowStats.merge_all``
+(exact), operational totals added (counts). :func:`fold` takes windows that are already in
+memory (the ingest path: they were just decoded from the wire) or read back from the raw
+table (maintenance), groups them by key, and merges each group into its row with one read
+and one write per key.
+
+Decoding a 64-feature window costs far more than merging it, so :class:`RollupCache` keeps
+the rollups the writer touched last in decoded form. An entry is used only while the row
+still has the ``windows`` count and ``updated_at`` the entry was written with — any other
+writer, a rolled-back transaction, coarsening or retention changes or removes the row, and
+the next fold reads it from the database again. The cache is therefore an optimisation that
+cannot change a result.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from edgefleet.core.drift import WindowStats
+from edgefleet.core.errors import DriftError
+from edgefleet.hub.fleet.settings import FleetSettings
+from edgefleet.hub.fleet.totals import WindowTotals
+
+RollupKey = tuple[Any, ...]  # (level, model, version, bucket_s, device, grp, profile, profile_id)
+
+_KEY_WHERE = (
+    "level = ? AND model = ? AND version = ? AND bucket_s = ? AND device = ? AND grp = ?"
+    " AND profile = ? AND profile_id = ?"
+)
+
+
+@dataclass
+class FoldItem:
+    """One window to fold: where it belongs and what it holds."""
+
+    model: str
+    version: int
+    device: str
+    group: str
+    profile: str
+    bucket_s: int
+    totals: WindowTotals
+    stats: WindowStats | None
+
+
+@dataclass
+class _Entry:
+    windows: int
+    updated_at: float
+    totals: WindowTotals
+    stats: WindowStats | None
+
+
+class RollupCache:
+    """Decoded rollups by key, least recently used dropped first (bounded memory)."""
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[RollupKey, _Entry] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: RollupKey, windows: int, updated_at: float) -> _Entry | None:
+        entry = self._entries.get(key)
+        if entry is None or entry.windows != windows or entry.updated_at != updated_at:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return entry
+
+    def put(self, key: RollupKey, entry: _Entry) -> None:
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def decode(blob: bytes | None) -> tuple[WindowStats | None, int]:
+    """A stored or received blob as statistics; (None, 1) when it does not decode."""
+    if blob is None:
+        return None, 0
+    try:
+        return WindowStats.from_bytes(bytes(blob)), 0
+    except DriftError:
+        return None, 1
+
+
+def rollup_keys(item: FoldItem, settings: FleetSettings, now: float) -> list[RollupKey]:
+    """The device's rollup and its group+profile's (``device = ''``) for one window.
+
+    A window older than the fine retention goes straight into its coarse (day) bucket.
+    """
+    if item.bucket_s <= now - settings.fine_retention_s - settings.bucket_s:
+        level, bucket = settings.coarse_bucket_s, settings.coarse_bucket_of(item.bucket_s)
+    else:
+        level, bucket = settings.bucket_s, item.bucket_s
+    pid = "" if item.stats is None else item.stats.profile_id
+    base = (level, item.model, item.version, bucket)
+    return [(*base, who, item.group, item.profile, pid) for who in (item.device, "")]
+
+
+def fold(
+    conn: sqlite3.Connection,
+    settings: FleetSettings,
+    items: Iterable[FoldItem],
+    now: float,
+    cache: RollupCache | None = None,
+) -> None:
+    """Merge ``items`` into their device and group rollups (inside the caller's write)."""
+    groups: dict[RollupKey, list[tuple[WindowTotals, WindowStats | None]]] = {}
+    for item in items:
+        item.totals.devices.add(item.device)
+        for key in rollup_keys(item, settings, now):
+            groups.setdefault(key, []).append((item.totals, item.stats))
+    for key, parts in groups.items():
+        merge_into(conn, key, parts, now, cache)
+
+
+def merge_into(
+    conn: sqlite3.Connection,
+    key: RollupKey,
+    parts: Sequence[tuple[WindowTotals, WindowStats | None]],
+    now: float,
+    cache: RollupCache | None = None,
+) -> None:
+    """Add ``parts`` to the rollup row ``key`` (created when missing)."""
+    totals = WindowTotals()
+    windows: list[WindowStats] = []
+    head = conn.execute(
+        f"SELECT windows, updated_at FROM fleet_rollups WHERE {_KEY_WHERE}", key
+    ).fetchone()
+    if head is not None:
+        entry = None if cache is None else cache.get(key, int(head[0]), float(head[1]))
+        if entry is None:
+            summary, blob = conn.execute(
+                f"SELECT summary, drift FROM fleet_rollups WHERE {_KEY_WHERE}", key
+            ).fetchone()
+            entry = _Entry(0, 0.0, WindowTotals.from_json(summary), decode(blob)[0])
+        totals.add(entry.totals)
+        if entry.stats is not None:
+            windows.append(entry.stats)
+    for part_totals, stats in parts:
+        totals.add(part_totals)
+        if stats is not None:
+            windows.append(stats)
+    merged = WindowStats.merge_all(windows) if len(windows) > 1 else next(iter(windows), None)
+    conn.execute(
+        "INSERT OR REPLACE INTO fleet_rollups VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            *key,
+            totals.windows,
+            totals.start_s,
+            totals.end_s,
+            totals.to_json(),
+            None if merged is None else merged.to_bytes(),
+            now,
+        ),
+    )
+    if cache is not None:
+        cache.put(key, _Entry(totals.windows, now, totals, merged))
