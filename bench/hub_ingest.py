@@ -1,28 +1,32 @@
 """Hub telemetry ingest benchmark: throughput, a reconnect storm, a fleet drift query.
 
-Everything runs against a real mosquitto on a free loopback port. The hub side is one
-process (this one): an ``MqttClient`` subscribed to every device's telemetry topic decodes
-each batch on its network thread and hands it to an ``IngestWorker``, which stores it in
-the fleet database and publishes the ack from ``on_done`` — the path the hub service uses
-for telemetry (the service's own telemetry handler does not call the fleet store yet, so
-the numbers are for this path). Devices are simulated in a separate process. Windows carry
-64-feature ``WindowStats`` (100 rows each) built with the drift module.
+Everything runs through the real ``hub serve`` path against a real mosquitto on a free
+loopback port: a :class:`HubService` (its own ``MqttClient``, hub store, fleet database,
+ingest worker, alert monitor) in this process, with every simulated device enrolled in its
+hub store. Each telemetry batch is decoded on the MQTT thread, stored in the hub store
+(without the drift blob) and queued for the ingest worker, which commits it to the fleet
+database, publishes the ack and then folds the new windows into their rollups. Devices are
+simulated in a separate process with real MQTT connections. Windows carry 64-feature
+``WindowStats`` (100 rows each) built with the drift module.
 
 - ``windows_per_s``: 10,000 windows from 200 devices (batches of 10) published as fast as
-  one paho client can; from the first publish to the last window stored.
+  one paho client can; from the first publish to the last window committed to the fleet
+  database (already folded into its rollups: that happens in the ingest transaction).
 - ``storm_*``: 1,000 devices, each with 12 buffered windows, connect at once (one MQTT
   connection each), subscribe to their ack topic and publish their backlog as one batch; a
   device whose ack does not come within 20 s publishes the batch again.
   ``storm_drain_s`` runs from the first connect to the moment every window is stored and
-  every device holds its ack; ``storm_duplicates`` counts windows stored more than once
-  (windows in the fleet aggregate minus distinct windows); ``storm_losses`` counts windows
-  published but not stored; ``storm_retransmits``/``storm_redundant_receipts`` say how
-  often the at-least-once path was exercised.
-- ``drift_query_s``: ``hub drift``'s query (fleet level, with the timeline) over the
-  10,000 windows after the worker's maintenance rolled them up, as the running hub
-  keeps them; ``drift_query_raw_s`` is the same query before any roll-up (every window
-  decoded), ``drift_query_by_group_s`` the query broken down by group, and
-  ``rollup_catchup_s`` how long maintenance took to roll the 10,000 windows up.
+  every device holds its ack; ``storm_duplicates`` counts windows counted more than once
+  by a fleet drift query (windows in the aggregate minus distinct stored windows);
+  ``storm_losses`` counts windows published but not stored; ``storm_hub_store_windows`` is
+  what the rollout gates' store holds; ``storm_retransmits``/``storm_redundant_receipts``
+  say how often the at-least-once path was exercised.
+- ``drift_query_s``: ``hub drift``'s query (fleet level, with the timeline, its own
+  database connection as the command has) over the 10,000 windows, started the moment the
+  last window was committed — nothing waits for roll-up or maintenance;
+  ``drift_query_raw_windows`` says how many windows it still had to decode one by one.
+  ``drift_query_settled_s`` is the same query once the worker is idle and
+  ``drift_query_by_group_s`` the query broken down by group.
 
 Prints one JSON object. ``python bench/hub_ingest.py [--quick]``.
 """
@@ -32,7 +36,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import selectors
 import subprocess
 import sys
@@ -43,31 +46,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgefleet.core.drift import ReferenceProfile, WindowStats
-from edgefleet.core.mqtt import InboundMessage, MqttSettings
 from edgefleet.core.mqtt.client import MqttClient
 from edgefleet.core.protocol import (
-    Ack,
     LatencyHistogram,
     TelemetryBatch,
     TelemetryRecord,
-    TopicKind,
     Topics,
     WindowSummary,
-    decode_telemetry,
     encode_json,
 )
 from edgefleet.core.testing.brokers import MosquittoBroker
-from edgefleet.hub.fleet import (
-    DeviceInfo,
-    DriftQuery,
-    FleetAggregator,
-    FleetTelemetry,
-    IngestResult,
-    IngestWorker,
-    References,
-)
+from edgefleet.hub.commands.serve_cmd import mqtt_settings
+from edgefleet.hub.config import BrokerSettings, HubConfig, ServiceSettings, StoreSettings
+from edgefleet.hub.fleet import DriftQuery, FleetAggregator, FleetSettings, References
+from edgefleet.hub.fleet.database import FleetDatabase
+from edgefleet.hub.fleet.settings import fleet_db_path
+from edgefleet.hub.fleet.window_store import FleetWindowStore
+from edgefleet.hub.service import HubService
+from edgefleet.hub.store import DeviceRecord, SqliteHubStore
 
 MODEL = "bench"
 N_FEATURES = 64
@@ -131,48 +130,30 @@ def device_batches(
 
 # -- the hub side (this process) ------------------------------------------------------
 class Hub:
-    def __init__(self, port: int, db: Path, groups: int = 10) -> None:
-        self.topics = Topics()
-        self.telemetry = FleetTelemetry(db)
-        self.groups = groups
-        # Maintenance is driven explicitly below so the phases are measured separately.
-        self.worker = IngestWorker(
-            self.telemetry, device_lookup=self._lookup, maintenance_interval_s=float("inf")
+    """``hub serve`` in-process: a HubService over the bench's mosquitto."""
+
+    def __init__(self, port: int, work: Path, name: str, devices: list[str], groups: int = 10):
+        self.config = HubConfig(
+            store=StoreSettings(path=work / f"{name}.db", bundles_dir=work / "bundles"),
+            broker=BrokerSettings(port=port, username=None, client_id=f"hub-{name}"),
+            service=ServiceSettings(tick_s=3600.0),
         )
-        self.client = MqttClient(
-            MqttSettings(
-                host="127.0.0.1",
-                port=port,
-                client_id=f"hub-{os.getpid()}-{db.stem}",
-                max_queued=20000,
-                max_inflight=200,
-            )
-        )
-        self.refused = 0
-        self.first_received: float | None = None
-        self.client.subscribe(self.topics.all_devices(TopicKind.TELEMETRY), self._on_telemetry)
+        self.store = SqliteHubStore(self.config.store.path)
+        with self.store.transaction():
+            for device_id in devices:
+                group = f"g{int(device_id.rsplit('-', 1)[1]) % groups}"
+                self.store.add_device(DeviceRecord(device_id, "rpi4-arm64", "-", 0.0, group))
+        client = MqttClient(mqtt_settings(self.config, None))
+        self.service = HubService(self.config, self.store, client, Ed25519PrivateKey.generate())
+        self.worker = self.service.fleet.worker
 
-    def _lookup(self, device_id: str) -> DeviceInfo:
-        return DeviceInfo(device_id, f"g{int(device_id.rsplit('-', 1)[1]) % self.groups}", "rpi4")
-
-    def _on_telemetry(self, message: InboundMessage) -> None:
-        if self.first_received is None:
-            self.first_received = time.time()
-        device_id, _ = self.topics.parse(message.topic)
-        batch = decode_telemetry(message.payload)
-        topic = self.topics.ack(device_id)
-
-        def ack(result: IngestResult) -> None:
-            if result.highest_contiguous_seq is not None:
-                self.client.publish(topic, encode_json(Ack(result.highest_contiguous_seq)))
-
-        if not self.worker.submit(device_id, batch.records, on_done=ack):
-            self.refused += 1  # not acked: the device sends it again
+    @property
+    def fleet_db(self) -> Path:
+        return fleet_db_path(self.config.store.path)
 
     def start(self) -> None:
-        self.worker.start()
-        self.client.start()
-        if not self.client.wait_subscribed(20):
+        self.service.start()
+        if not self.service.wait_ready(20):
             raise RuntimeError("hub did not subscribe")
 
     def wait_stored(self, n: int, timeout_s: float) -> float | None:
@@ -180,12 +161,12 @@ class Hub:
         while time.monotonic() < deadline:
             if self.worker.stats.stored_records >= n:
                 return time.time()
-            time.sleep(0.01)
+            time.sleep(0.002)
         return None
 
     def stop(self) -> None:
-        self.client.stop()
-        self.worker.stop()
+        self.service.stop()
+        self.store.close()
 
 
 # -- device side (a separate process) -------------------------------------------------
@@ -274,7 +255,9 @@ def run_storm_devices(args: argparse.Namespace) -> None:
             on_message,
         )
         client.connect("127.0.0.1", args.port, keepalive=300)
-        selector.register(client.socket(), selectors.EVENT_READ, (client, dev))
+        sock = client.socket()
+        assert sock is not None
+        selector.register(sock, selectors.EVENT_READ, (client, dev))
         clients.append((client, dev))
     connected = time.time()
     deadline = started + args.timeout
@@ -337,45 +320,79 @@ def finish(proc: subprocess.Popen[str], timeout_s: float) -> dict[str, Any]:
 
 
 # -- phases -----------------------------------------------------------------------------
-def throughput(
-    broker: MosquittoBroker, work: Path, reference: Path, quick: bool
-) -> tuple[dict[str, Any], Hub]:
+def open_query(db: Path, reference: Path) -> tuple[FleetAggregator, FleetDatabase]:
+    """What ``hub drift --db`` opens: its own connection, read only."""
+    profile = ReferenceProfile.from_json(reference.read_text())
+    database = FleetDatabase(db)
+    store = FleetWindowStore(database, FleetSettings())
+    return FleetAggregator(store, References(lambda m, v: profile)), database
+
+
+def timed_query(aggregator: FleetAggregator, q: DriftQuery) -> tuple[float, int]:
+    t = time.perf_counter()
+    result = aggregator.query(q, time.time())
+    return time.perf_counter() - t, result.fleet.windows
+
+
+def throughput(broker: MosquittoBroker, work: Path, reference: Path, quick: bool) -> dict[str, Any]:
     devices, windows = (50, 40) if quick else (200, 50)
     total = devices * windows
-    hub = Hub(broker.port, work / "throughput.db")
+    hub = Hub(broker.port, work, "throughput", [f"tp-{d}" for d in range(devices)])
     hub.start()
-    proc = spawn("throughput", broker.port, reference, devices=devices, windows=windows, batch=10)
-    report = finish(proc, 600)
-    stored_at = hub.wait_stored(total, 600)
-    assert hub.worker.wait_idle(60)
-    hub.stop()
-    if stored_at is None:
-        raise RuntimeError(f"only {hub.worker.stats.stored_records} of {total} windows stored")
+    try:
+        proc = spawn("throughput", broker.port, reference, devices=devices, windows=windows)
+        stored_at = hub.wait_stored(total, 900)
+        if stored_at is None:
+            raise RuntimeError(f"only {hub.worker.stats.stored_records} of {total} windows stored")
+        # The query `hub drift` would run right now: nothing waited for roll-up.
+        aggregator, database = open_query(hub.fleet_db, reference)
+        unrolled = aggregator.store.count_windows()["raw_unrolled"]
+        since = time.time() - 86400
+        query_s, counted = timed_query(aggregator, DriftQuery(MODEL, since_s=since))
+        report = finish(proc, 600)
+        assert hub.worker.wait_idle(60)
+        settled_s, settled_count = timed_query(aggregator, DriftQuery(MODEL, since_s=since))
+        by_group_s, _ = timed_query(aggregator, DriftQuery(MODEL, by="group", since_s=since))
+        database.close()
+    finally:
+        hub.stop()
+    if counted != total or settled_count != total:
+        raise RuntimeError(f"query counted {counted}/{settled_count} of {total} windows")
     elapsed = stored_at - report["started"]
     return {
         "throughput_windows": total,
         "windows_per_s": round(total / elapsed, 1),
         "publish_s": round(report["published"] - report["started"], 3),
         "ingest_commits": hub.worker.stats.commits,
-    }, hub
+        "drift_query_windows": counted,
+        "drift_query_s": round(query_s, 3),
+        "drift_query_raw_windows": unrolled,
+        "drift_query_settled_s": round(settled_s, 3),
+        "drift_query_by_group_s": round(by_group_s, 3),
+    }
 
 
 def storm(broker: MosquittoBroker, work: Path, reference: Path, quick: bool) -> dict[str, Any]:
     devices, windows = (200, 12) if quick else (1000, 12)
     total = devices * windows
-    hub = Hub(broker.port, work / "storm.db")
+    hub = Hub(broker.port, work, "storm", [f"st-{d}" for d in range(devices)])
     hub.start()
-    proc = spawn("storm", broker.port, reference, devices=devices, windows=windows, timeout=300)
-    report = finish(proc, 900)
-    stored_at = hub.wait_stored(total, 60) or time.time()
-    hub.worker.wait_idle(60)
-    hub.stop()
-    counts = hub.telemetry.store.count_windows()
+    try:
+        proc = spawn("storm", broker.port, reference, devices=devices, windows=windows, timeout=300)
+        report = finish(proc, 900)
+        stored_at = hub.wait_stored(total, 60) or time.time()
+        hub.worker.wait_idle(60)
+        refused = hub.service.counters.get("telemetry.fleet_backlog_full", 0)
+        hub_store_windows = sum(1 for _ in hub.store.telemetry_windows(MODEL, [1], None, 0.0))
+    finally:
+        hub.stop()
+    aggregator, database = open_query(hub.fleet_db, reference)
+    try:
+        counts = aggregator.store.count_windows()
+        aggregated = aggregator.query(DriftQuery(MODEL, timeline=False), time.time())
+    finally:
+        database.close()
     distinct = counts["raw_unrolled"] + counts["raw_rolled"]
-    profile = ReferenceProfile.from_json(reference.read_text())
-    aggregated = FleetAggregator(hub.telemetry.store, References(lambda m, v: profile)).query(
-        DriftQuery(MODEL, timeline=False), time.time()
-    )
     last_ack = report["last_ack"] or float("inf")
     return {
         "storm_devices": devices,
@@ -384,38 +401,11 @@ def storm(broker: MosquittoBroker, work: Path, reference: Path, quick: bool) -> 
         "storm_connect_s": round(report["connected"] - report["started"], 3),
         "storm_duplicates": aggregated.fleet.windows - distinct,
         "storm_losses": total - distinct,
+        "storm_hub_store_windows": hub_store_windows,
         "storm_acked_devices": report["acked_devices"],
         "storm_retransmits": report["retransmits"],
         "storm_redundant_receipts": hub.worker.stats.duplicates,
-        "storm_refused_batches": hub.refused + hub.worker.stats.rejected_full,
-    }
-
-
-def query(hub: Hub, reference: Path) -> dict[str, Any]:
-    profile = ReferenceProfile.from_json(reference.read_text())
-    telemetry = hub.telemetry
-    aggregator = FleetAggregator(telemetry.store, References(lambda m, v: profile))
-    now = time.time()
-
-    def timed(q: DriftQuery) -> tuple[float, int]:
-        t = time.perf_counter()
-        result = aggregator.query(q, now)
-        return time.perf_counter() - t, result.fleet.windows
-
-    raw_s, windows = timed(DriftQuery(MODEL, since_s=now - 86400))
-    t = time.perf_counter()
-    while telemetry.maintain(time.time()).more:
-        pass
-    rollup_s = time.perf_counter() - t
-    query_s, rolled_windows = timed(DriftQuery(MODEL, since_s=now - 86400))
-    by_group_s, _ = timed(DriftQuery(MODEL, by="group", since_s=now - 86400))
-    assert windows == rolled_windows, (windows, rolled_windows)
-    return {
-        "drift_query_windows": windows,
-        "drift_query_s": round(query_s, 3),
-        "drift_query_raw_s": round(raw_s, 3),
-        "drift_query_by_group_s": round(by_group_s, 3),
-        "rollup_catchup_s": round(rollup_s, 3),
+        "storm_refused_batches": refused,
     }
 
 
@@ -445,13 +435,11 @@ def main() -> None:
         broker.start()
         try:
             result: dict[str, Any] = {
-                "path": "MqttClient subscriber -> IngestWorker -> fleet db (ack on commit)",
+                "path": "hub serve (HubService): hub store + fleet db, ack after the fleet commit",
                 "features": N_FEATURES,
                 "rows_per_window": ROWS,
             }
-            tp, tp_hub = throughput(broker, work, reference, args.quick)
-            result.update(tp)
-            result.update(query(tp_hub, reference))
+            result.update(throughput(broker, work, reference, args.quick))
             result.update(storm(broker, work, reference, args.quick))
         finally:
             broker.kill()
@@ -461,6 +449,8 @@ def main() -> None:
         and result["storm_drain_s"] <= TARGETS["storm_drain_s"]
         and result["storm_duplicates"] == 0
         and result["storm_losses"] == 0
+        and result["storm_acked_devices"] == result["storm_devices"]
+        and result["storm_hub_store_windows"] == result["storm_windows"]
         and result["drift_query_s"] <= TARGETS["drift_query_s"]
     )
     print(json.dumps(result))
