@@ -22,6 +22,7 @@ from edgefleet.core.cli.main import main
 from edgefleet.core.drift import ConfusionCounts, ReferenceProfile, WindowStats
 from edgefleet.core.protocol import LatencyHistogram, TelemetryRecord, WindowSummary
 from edgefleet.hub.fleet.ingest import DeviceInfo, FleetTelemetry
+from edgefleet.hub.fleet.settings import FleetSettings
 
 MODEL = "sensor"
 LATENCY_EDGES = (1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 1000.0)
@@ -124,19 +125,29 @@ def build_fleet(
     drifted_features: int,
     rng: np.random.Generator,
     groups: Sequence[str] = ("north", "south", "east", "west"),
+    *,
+    now: float | None = None,
 ) -> float:
-    """20 devices in 4 groups, an hour of windows two hours ago; DRIFTED see shifted features."""
-    telemetry = FleetTelemetry(db)
-    telemetry.store.put_reference(MODEL, 1, profile.to_json(), {"accuracy": 0.95}, time.time())
-    # Half an hour either side of an hour boundary: two time buckets, whatever the clock says.
-    start = (time.time() // 3600) * 3600 - 2 * 3600 + 1800
+    """20 devices in 4 groups, an hour of windows two hours ago; DRIFTED see shifted features.
+
+    The windows straddle a bucket boundary (half an hour either side), so reports always
+    have two time buckets. Taking "two hours ago" from the raw clock instead put all six
+    windows in one bucket whenever the clock read less than ten minutes past the hour: the
+    report then had a one-point timeline and no timeline charts.
+    """
+    settings = FleetSettings()
+    current = time.time() if now is None else now
+    telemetry = FleetTelemetry(db, settings)
+    telemetry.store.put_reference(MODEL, 1, profile.to_json(), {"accuracy": 0.95}, current)
+    start = settings.bucket_of(current) - 2 * settings.bucket_s + settings.bucket_s // 2
+    step = settings.bucket_s // WINDOWS
     for dev in fleet(groups, 5):
         for k in range(WINDOWS):
             X = rng.normal(size=(ROWS, N_FEATURES))
             if dev.info.id in DRIFTED:
                 X[:, :drifted_features] += 1.5
-            dev.record(profile, X, start + k * 600, start + (k + 1) * 600)
-        telemetry.ingest(dev.info, dev.unacked, start + WINDOWS * 600 + 1)
+            dev.record(profile, X, start + k * step, start + (k + 1) * step)
+        telemetry.ingest(dev.info, dev.unacked, start + WINDOWS * step + 1)
     telemetry.close()
     return start
 

@@ -13,11 +13,14 @@ import re
 import shutil
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from tests.hub.fleet.fleetkit import MODEL, build_fleet, reference, run_cli
+
+from edgefleet.hub.fleet import DriftQuery, FleetAggregator, FleetTelemetry, References
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser")
 WIDTH, HEIGHT = 1280, 2200
@@ -125,3 +128,22 @@ def test_report_is_self_contained_and_renders_cleanly(
     assert any("Content Security Policy" in line for line in control_console)
     # A page of charts and tables compresses far worse than a blank one.
     assert shot.stat().st_size > 10 * control_shot.stat().st_size
+
+
+@pytest.mark.parametrize("minute", [0, 5, 30, 59])
+def test_the_report_fleet_has_two_time_buckets_at_any_minute_of_the_hour(
+    tmp_path: Path, minute: int
+) -> None:
+    """The timeline charts need two buckets; the fixture fleet must give them at any time."""
+    profile = reference(np.random.default_rng(31))
+    now = (time.time() // 3600) * 3600 + minute * 60 + 1
+    build_fleet(tmp_path / "fleet.db", profile, 5, np.random.default_rng(32), now=now)
+    telemetry = FleetTelemetry(tmp_path / "fleet.db")
+    try:
+        result = FleetAggregator(telemetry.store, References(cache=telemetry.store)).query(
+            DriftQuery(MODEL, by="group", since_s=now - 86400), now
+        )
+    finally:
+        telemetry.close()
+    points = [p for p in result.timeline if p.report is not None]
+    assert [p.windows for p in points] == [60, 60]
