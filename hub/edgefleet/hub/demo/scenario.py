@@ -164,7 +164,7 @@ class DemoRun:
             out.write(self.ws.report.read_bytes())
         self.summary.report = name
 
-    # -- helpers ---------------------------------------------------------------------
+    # -- running commands and waiting ---------------------------------------------------
 
     def _show(self, argv: Sequence[str]) -> list[str]:
         prefix = f"{self.ws.root}/"
@@ -492,26 +492,34 @@ class DemoRun:
             return f"{facts.state} {phase}: {counts}{verdict}"
 
         self.wait_for(f"rollout {rollout_id}", done, timeout_s, progress)
-        self.summary.rollouts.append(RolloutOutcome.of(facts))
-        if broken:
-            self._narrate_device_failures(facts)
+        outcome = RolloutOutcome.of(facts)
+        self.summary.rollouts.append(outcome)
         if facts.state == "completed":
             self.say.ok(f"v{version} rollout completed on {len(facts.installs)} devices")
         else:
-            self.say.warn(f"v{version} rollout {facts.state}: {facts.reason}")
+            self.say.warn(
+                f"v{version} rollout {facts.state}: {outcome.abort_reason or facts.reason}"
+            )
         if facts.state in ("completed", "rolled_back"):
             target = version if facts.state == "completed" else version - 1
             self._wait_versions(
                 target, [d for d, s in facts.installs.items() if s != "not_started"]
             )
+        if broken:
+            self._narrate_device_failures(facts)
         return facts
 
     def _narrate_device_failures(self, facts: RolloutFacts) -> None:
+        """What each device that did not keep the new version says about it."""
         devices = self._view().devices(MODEL_NAME)
         for device, install in sorted(facts.installs.items()):
-            if install in ("failed", "rolled_back", "timed_out"):
-                reason = devices[device].deployment_reason or facts.details.get(device) or ""
-                self.say.say(f"{device} (agent): {reason}")
+            if install not in ("failed", "rolled_back", "timed_out"):
+                continue
+            d = devices[device]
+            if d.deployment_version == facts.version and d.deployment_reason:
+                self.say.say(f"{device} (agent): {d.deployment_state}: {d.deployment_reason}")
+            else:
+                self.say.say(f"{device} (hub): {install}: {facts.details.get(device) or '-'}")
 
     def _wait_versions(self, version: int, device_ids: list[str]) -> None:
         def on_version() -> int:

@@ -34,6 +34,7 @@ class RolloutOutcome:
     phase_sizes: tuple[int, ...]
     reason: str
     devices: Mapping[str, str]  # device -> install status at the end
+    history: tuple[tuple[str, str], ...] = ()  # (event, detail), oldest first
 
     @classmethod
     def of(cls, facts: RolloutFacts) -> RolloutOutcome:
@@ -44,7 +45,14 @@ class RolloutOutcome:
             facts.phase_sizes,
             facts.reason,
             dict(facts.installs),
+            tuple((event, detail) for _at, event, detail in facts.events),
         )
+
+    @property
+    def abort_reason(self) -> str | None:
+        """Why the hub aborted (the failed gate), if it did."""
+        reasons = [detail for event, detail in self.history if event == "abort"]
+        return reasons[-1] if reasons else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,7 +62,9 @@ class RolloutOutcome:
             "outcome": self.outcome,
             "phase_sizes": list(self.phase_sizes),
             "reason": self.reason,
+            "abort_reason": self.abort_reason,
             "devices": dict(sorted(self.devices.items())),
+            "history": [{"event": e, "detail": d} for e, d in self.history],
         }
 
 
@@ -207,7 +217,7 @@ def render_summary(summary: Mapping[str, Any]) -> str:
                     f"v{r['version']}",
                     " → ".join(str(s) for s in r["phase_sizes"]),
                     r["outcome"],
-                    (r["reason"] or "")[:70],
+                    (r["abort_reason"] or r["reason"] or "")[:70],
                 ]
                 for r in summary["rollouts"]
             ],

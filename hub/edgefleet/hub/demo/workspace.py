@@ -139,7 +139,7 @@ def prepare_root(root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
 
 
-def hub_toml(broker_port: int, tick_s: float) -> str:
+def hub_toml(broker_port: int, tick_s: float, monitor_interval_s: float = 2.0) -> str:
     """The demo hub's configuration (paths relative to hub.toml's directory)."""
     return f"""\
 # Written by `edgefleet demo`: one hub with an embedded broker on loopback.
@@ -159,6 +159,12 @@ publisher_keys = ["../keys/publisher.pub"]
 
 [service]
 tick_s = {tick_s}
+
+[fleet]
+# Alerts are evaluated every few seconds (production: a minute) and per device too,
+# so the drift injected on two devices shows up as alerts while the demo runs.
+monitor_interval_s = {monitor_interval_s}
+scopes = ["fleet", "group", "device"]
 """
 
 
