@@ -44,21 +44,19 @@ def demo(devices: int, workdir: Path | None, keep: bool, as_json: bool) -> None:
     options = DemoOptions(devices=devices, workdir=workdir, keep=keep)
     with interrupts_raise():
         run = DemoRun(options, narrator)
-        failed = True
         try:
             run.run()
-            failed = False
         except KeyboardInterrupt:
             narrator.warn("interrupted: stopping every process the demo started")
             raise
-        except Exception:
+        except Exception as e:
             run.keep_on_failure()
+            # The one error line must say where to look, also with --json (no narration).
+            e.args = (f"{e}; logs kept in {run.ws.logs}",)
             raise
         finally:
             with signals_ignored():
                 run.close()
-            if failed and run.summary.workdir:
-                narrator.warn(f"logs kept in {run.ws.logs}")
     result = run.summary.to_dict()
     emit(as_json, result, render_summary)
     if not result["ok"]:
