@@ -71,3 +71,16 @@ def test_exit_code_families(error: BaseException, code: int) -> None:
 
 def test_protocol_error_names_the_side() -> None:
     assert str(ProtocolError("bad frame", side="device")) == "device broke the protocol: bad frame"
+
+
+def test_ctrl_c_exits_130() -> None:
+    code = (
+        "import click\n"
+        "from edgefleet.core.cli import main as m\n"
+        "@m.cli.command('sleepy')\n"
+        "def sleepy():\n    raise KeyboardInterrupt\n"
+        "m.main(['sleepy'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 130, result.stderr
+    assert "interrupted" in result.stderr
