@@ -27,6 +27,8 @@ simulated in a separate process with real MQTT connections. Windows carry 64-fea
   ``drift_query_raw_windows`` says how many windows it still had to decode one by one.
   ``drift_query_settled_s`` is the same query once the worker is idle and
   ``drift_query_by_group_s`` the query broken down by group.
+- ``deferred_rollup``: the throughput run again with ``rollup_delay_s`` set (roll-up left
+  to maintenance): the ingest rate and the query over raw windows that trade-off gives.
 
 Prints one JSON object. ``python bench/hub_ingest.py [--quick]``.
 """
@@ -60,7 +62,13 @@ from edgefleet.core.protocol import (
 )
 from edgefleet.core.testing.brokers import MosquittoBroker
 from edgefleet.hub.commands.serve_cmd import mqtt_settings
-from edgefleet.hub.config import BrokerSettings, HubConfig, ServiceSettings, StoreSettings
+from edgefleet.hub.config import (
+    BrokerSettings,
+    FleetConfig,
+    HubConfig,
+    ServiceSettings,
+    StoreSettings,
+)
 from edgefleet.hub.fleet import DriftQuery, FleetAggregator, FleetSettings, References
 from edgefleet.hub.fleet.database import FleetDatabase
 from edgefleet.hub.fleet.settings import fleet_db_path
@@ -132,11 +140,20 @@ def device_batches(
 class Hub:
     """``hub serve`` in-process: a HubService over the bench's mosquitto."""
 
-    def __init__(self, port: int, work: Path, name: str, devices: list[str], groups: int = 10):
+    def __init__(
+        self,
+        port: int,
+        work: Path,
+        name: str,
+        devices: list[str],
+        groups: int = 10,
+        fleet: FleetConfig | None = None,
+    ):
         self.config = HubConfig(
             store=StoreSettings(path=work / f"{name}.db", bundles_dir=work / "bundles"),
             broker=BrokerSettings(port=port, username=None, client_id=f"hub-{name}"),
             service=ServiceSettings(tick_s=3600.0),
+            fleet=fleet or FleetConfig(),
         )
         self.store = SqliteHubStore(self.config.store.path)
         with self.store.transaction():
@@ -334,10 +351,16 @@ def timed_query(aggregator: FleetAggregator, q: DriftQuery) -> tuple[float, int]
     return time.perf_counter() - t, result.fleet.windows
 
 
-def throughput(broker: MosquittoBroker, work: Path, reference: Path, quick: bool) -> dict[str, Any]:
+def throughput(
+    broker: MosquittoBroker, work: Path, reference: Path, quick: bool, deferred: bool = False
+) -> dict[str, Any]:
     devices, windows = (50, 40) if quick else (200, 50)
     total = devices * windows
-    hub = Hub(broker.port, work, "throughput", [f"tp-{d}" for d in range(devices)])
+    name = "deferred" if deferred else "throughput"
+    # Deferred: roll-up left to maintenance (none due during the run), the trade-off
+    # `rollup_delay_s > 0` makes: cheaper ingest, queries decode windows one by one.
+    fleet = FleetConfig(settings=FleetSettings(rollup_delay_s=3600.0)) if deferred else None
+    hub = Hub(broker.port, work, name, [f"tp-{d}" for d in range(devices)], fleet=fleet)
     hub.start()
     try:
         proc = spawn("throughput", broker.port, reference, devices=devices, windows=windows)
@@ -440,6 +463,11 @@ def main() -> None:
                 "rows_per_window": ROWS,
             }
             result.update(throughput(broker, work, reference, args.quick))
+            deferred = throughput(broker, work, reference, args.quick, deferred=True)
+            result["deferred_rollup"] = {
+                k: deferred[k]
+                for k in ("windows_per_s", "drift_query_s", "drift_query_raw_windows")
+            }
             result.update(storm(broker, work, reference, args.quick))
         finally:
             broker.kill()

@@ -4,6 +4,7 @@ bucket lengths a fleet database was written with are kept by every later reader.
 from __future__ import annotations
 
 import json
+import socket
 import time
 import tomllib
 from pathlib import Path
@@ -140,4 +141,28 @@ def test_bucket_lengths_are_fixed_by_the_first_writer(
                 "edgefleet/v1/alerts",
             )
     finally:
+        store.close()
+
+
+def test_a_metrics_port_in_use_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    hub = make_hub(tmp_path)
+    config = hub.config()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    store = SqliteHubStore(config.store.path)
+    runtime = FleetRuntime(
+        FleetConfig(metrics_port=taken.getsockname()[1]),
+        config.store.path,
+        config.store.bundles_dir,
+        store,
+        lambda topic, payload: None,
+        "edgefleet/v1/alerts",
+    )
+    try:
+        with pytest.raises(HubConfigError, match="fleet.metrics_port: cannot listen"):
+            runtime.start()
+        assert runtime.worker._thread is None  # nothing left running
+    finally:
+        taken.close()
         store.close()
