@@ -1,6 +1,6 @@
 """Staged rollouts: the pure plan, state machine and gates, and the engine that applies them.
 
-``plan``, ``machine``, ``evidence`` and ``gates`` do no I/O and take ``now`` as an
+``plan``, ``machine``, ``evidence``, ``gates`` and ``progress`` do no I/O and take ``now`` as an
 argument; ``engine`` reads and writes the hub store around them.
 """
 

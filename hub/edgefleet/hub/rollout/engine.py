@@ -14,6 +14,10 @@ state. Invariants:
 - a device is "moved" once its phase started (``assigned_at`` set); rollback
   only touches moved devices whose current assignment still comes from this
   rollout, so rolling back an old rollout never undoes a newer one;
+- a moved device's install status changes only through
+  :func:`~edgefleet.hub.rollout.progress.next_install`, from what the device's
+  events and state reports say about the rollout's bundle; a device whose slot
+  points at the new bundle while its probation runs is installing, not committed;
 - nothing here reads a clock: every entry point takes ``now``.
 """
 
@@ -21,14 +25,14 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from edgefleet.hub.errors import HubNotFoundError, HubUsageError, RolloutStateError
 from edgefleet.hub.rollout.evidence import VersionStats
 from edgefleet.hub.rollout.gates import (
-    UNSETTLED,
     Decision,
     DeviceReport,
     InstallStatus,
@@ -43,6 +47,15 @@ from edgefleet.hub.rollout.machine import (
     handle,
 )
 from edgefleet.hub.rollout.plan import DEFAULT_PHASES, Gates, RolloutPlan, parse_phases
+from edgefleet.hub.rollout.progress import (
+    SETTLING,
+    BundleRef,
+    ModelReport,
+    Observation,
+    next_install,
+    observe_event,
+    observe_state,
+)
 from edgefleet.hub.selectors import Selector
 from edgefleet.hub.store import (
     BundleRecord,
@@ -54,19 +67,6 @@ from edgefleet.hub.store import (
 )
 
 log = logging.getLogger(__name__)
-
-# Deployment states the agent reports (DESIGN.md §7) -> install status.
-_DEVICE_STATES: Mapping[str, InstallStatus] = {
-    "committed": InstallStatus.COMMITTED,
-    "failed": InstallStatus.FAILED,
-    "rejected": InstallStatus.FAILED,
-    "rolled_back": InstallStatus.FAILED,
-}
-
-
-def install_status_for(device_state: str) -> InstallStatus:
-    """Map an agent deployment state to the rollout's view of the device."""
-    return _DEVICE_STATES.get(device_state, InstallStatus.INSTALLING)
 
 
 @dataclass(frozen=True)
@@ -324,21 +324,58 @@ class RolloutEngine:
         reason: str | None = None,
         rollout_id: str | None = None,
         bundle_sha256: str | None = None,
+        kind: str | None = None,
     ) -> list[str]:
-        """A device reported a deployment step; update the rollouts it belongs to.
+        """A device reported a deployment step (an ``event`` record); update its rollouts.
 
+        ``kind`` is the driver's deployment kind ("install" or "rollback") when the
+        event carries one: a finished rollback *to* a rollout's bundle is a success.
         Returns the ids of the rollouts whose device row changed.
         """
+        return self._observe(
+            device_id,
+            model,
+            at,
+            lambda ref: observe_event(
+                ref,
+                state=state,
+                version=version,
+                bundle_sha256=bundle_sha256,
+                rollout_id=rollout_id,
+                reason=reason,
+                kind=kind,
+            ),
+        )
+
+    def on_device_state(self, device_id: str, state: Mapping[str, Any], at: float) -> list[str]:
+        """Derive deployment progress from a retained state report (see ``progress``)."""
+        changed: list[str] = []
+        models = state.get("models", [])
+        if not isinstance(models, list):
+            return changed
+        for entry in models:
+            report = ModelReport.from_entry(entry)
+            if report is not None:
+                changed += self._observe(
+                    device_id, report.name, at, partial(observe_state, model=report)
+                )
+        return sorted(set(changed))
+
+    def _observe(
+        self,
+        device_id: str,
+        model: str,
+        at: float,
+        observe: Callable[[BundleRef], Observation | None],
+    ) -> list[str]:
+        """Apply one report to the device's row in every rollout of ``model`` it was moved by."""
         changed = []
-        new_status = install_status_for(state)
         with self.store.transaction():
             for rollout in self.store.list_rollouts():
                 plan = rollout.plan
                 if plan.model != model or device_id not in plan.devices:
                     continue
                 if rollout.status.state is RolloutState.ROLLED_BACK:
-                    continue
-                if rollout_id is not None and rollout_id != plan.rollout_id:
                     continue
                 row = next(
                     r
@@ -347,67 +384,18 @@ class RolloutEngine:
                 )
                 if row.assigned_at is None:
                     continue
-                matches = (
-                    (bundle_sha256 == row.bundle_sha256)
-                    if bundle_sha256
-                    else version == plan.version
-                )
-                if not matches:
+                seen = observe(BundleRef(plan.rollout_id, row.bundle_sha256, plan.version))
+                if seen is None:
                     continue
-                if row.install not in UNSETTLED and row.install is not InstallStatus.TIMED_OUT:
-                    continue  # committed and failed are final for the rollout
-                if new_status is row.install:
+                status = next_install(row.install, seen.status)
+                if status is None or (status is row.install and seen.detail == row.detail):
                     continue
-                settled = (
-                    at if new_status in (InstallStatus.COMMITTED, InstallStatus.FAILED) else None
-                )
-                detail = state if not reason else f"{state}: {reason}"
+                settled = at if status in SETTLING else None
                 self.store.update_rollout_device(
-                    replace(row, install=new_status, settled_at=settled, detail=detail[:500])
+                    replace(row, install=status, settled_at=settled, detail=seen.detail)
                 )
                 changed.append(plan.rollout_id)
         return changed
-
-    def on_device_state(self, device_id: str, state: Mapping[str, Any], at: float) -> list[str]:
-        """Derive deployment progress from a retained state report."""
-        changed: list[str] = []
-        models = state.get("models", [])
-        if not isinstance(models, list):
-            return changed
-        for entry in models:
-            if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
-                continue
-            deployment = entry.get("deployment")
-            if isinstance(deployment, Mapping) and isinstance(deployment.get("state"), str):
-                changed += self.on_deployment(
-                    device_id,
-                    entry["name"],
-                    deployment.get("version")
-                    if isinstance(deployment.get("version"), int)
-                    else None,
-                    deployment["state"],
-                    at,
-                    reason=deployment.get("reason")
-                    if isinstance(deployment.get("reason"), str)
-                    else None,
-                    rollout_id=deployment.get("rollout_id")
-                    if isinstance(deployment.get("rollout_id"), str)
-                    else None,
-                    bundle_sha256=deployment.get("bundle_sha256")
-                    if isinstance(deployment.get("bundle_sha256"), str)
-                    else None,
-                )
-            active = entry.get("active")
-            if isinstance(active, Mapping) and isinstance(active.get("bundle_sha256"), str):
-                changed += self.on_deployment(
-                    device_id,
-                    entry["name"],
-                    active.get("version") if isinstance(active.get("version"), int) else None,
-                    "committed",
-                    at,
-                    bundle_sha256=active["bundle_sha256"],
-                )
-        return sorted(set(changed))
 
     # -- evaluation -------------------------------------------------------------
 
