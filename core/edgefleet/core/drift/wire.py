@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -59,7 +60,7 @@ _OUTPUT_NAMES = {v: k for k, v in _OUTPUT_CODES.items()}
 # Bounds from ReferenceProfile.build (n_bins <= 255, max_categories <= 1024): a
 # forged layout cannot make the decoder allocate much more than the message.
 _MAX_BINS, _MAX_BUCKETS = 256, 1026
-_LAYOUTS: OrderedDict[tuple[bytes, bytes, str], WindowLayout] = OrderedDict()
+_LAYOUTS: OrderedDict[tuple[bytes, bytes, str], _Plan] = OrderedDict()
 
 
 def _put_uints(out: bytearray, values: np.ndarray) -> None:
@@ -112,114 +113,151 @@ def encode_window(w: WindowStats) -> bytes:
     return bytes(out)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What decoding a layout needs besides the layout, computed once per layout."""
+
+    layout: WindowLayout
+    first_bins: np.ndarray  # index of each numeric column's first bin
+    last_bins: np.ndarray  # ... and of its last bin
+    rows_columns: int  # numeric columns that count every row (the score output does not)
+    rows_cat_columns: int  # categorical columns that count every row (likewise)
+
+
+def _plan(layout: WindowLayout) -> _Plan:
+    starts = layout.bin_starts
+    return _Plan(
+        layout,
+        starts.copy(),
+        starts + np.asarray(layout.bins, dtype=np.intp) - 1,
+        layout.k_num - (layout.output == OUTPUT_NUMERIC),
+        layout.k_cat - (layout.output == OUTPUT_CATEGORICAL),
+    )
+
+
 class _Reader:
     """Cursor over the message; numpy reads straight from it (no slicing copies)."""
+
+    __slots__ = ("data", "pos", "end")
 
     def __init__(self, data: bytes, pos: int) -> None:
         self.data = data
         self.pos = pos
+        self.end = len(data)
 
     def skip(self, n: int) -> int:
-        start, end = self.pos, self.pos + n
-        if n < 0 or end > len(self.data):
+        start = self.pos
+        end = start + n
+        if n < 0 or end > self.end:
             raise DriftError("malformed window: truncated")
         self.pos = end
         return start
 
-    def array(self, dtype: np.dtype[Any] | str, count: int) -> np.ndarray:
-        dt = np.dtype(dtype)
-        start = self.skip(count * dt.itemsize)
-        return np.frombuffer(self.data, dtype=dt, count=count, offset=start)
+    def width(self) -> int:
+        pos = self.pos
+        if pos >= self.end:
+            raise DriftError("malformed window: truncated")
+        self.pos = pos + 1
+        width = self.data[pos]
+        if width and width not in _DTYPES:
+            raise DriftError(f"malformed window: bad integer width {width}")
+        return width
 
     def raw_uints(self, count: int) -> tuple[int, bytes]:
-        width = self.data[self.skip(1)]
+        width = self.width()
         if width == 0:
             return 0, b""
-        if width not in _DTYPES:
-            raise DriftError(f"malformed window: bad integer width {width}")
         start = self.skip(count * width)
         return width, self.data[start : self.pos]
 
-    def uints(self, count: int) -> np.ndarray:
-        width = self.data[self.skip(1)]
+    def uints_into(self, out: np.ndarray) -> None:
+        """Read ``out.size`` integers of the section into ``out`` (int64, widened in place)."""
+        width = self.width()
+        count = out.size
         if width == 0:
-            return np.zeros(count, dtype=np.int64)
-        if width not in _DTYPES:
-            raise DriftError(f"malformed window: bad integer width {width}")
-        values = self.array(_DTYPES[width], count)
+            out[:] = 0
+            return
+        start = self.skip(count * width)
+        values = np.frombuffer(self.data, dtype=_DTYPES[width], count=count, offset=start)
         if width == 8 and count and int(values.max()) >= 1 << 62:
             raise DriftError("malformed window: count out of range")
-        return values.astype(np.int64)
+        out[:] = values
+
+    def small_uints(self, count: int) -> list[int]:
+        width = self.width()
+        if width == 0:
+            return [0] * count
+        start = self.skip(count * width)
+        values = [int(v) for v in np.frombuffer(self.data, _DTYPES[width], count, start)]
+        if max(values, default=0) >= 1 << 62:
+            raise DriftError("malformed window: count out of range")
+        return values
 
     def floats(self, count: int) -> np.ndarray:
-        packed = self.array("u1", (count + 7) // 8).astype(np.uint8, copy=False)
-        bits = np.unpackbits(packed, bitorder="little")
-        if bits[count:].any():
+        n_bytes = (count + 7) // 8
+        start = self.skip(n_bytes)
+        if count % 8 and self.data[start + n_bytes - 1] >> (count % 8):
             raise DriftError("malformed window: stray bits in the float bitmap")
-        exact = bits[:count].view(bool)
+        packed = np.frombuffer(self.data, dtype=np.uint8, count=n_bytes, offset=start)
+        exact = np.unpackbits(packed, count=count, bitorder="little").view(bool)
         n32 = int(np.count_nonzero(exact))
-        values = np.empty(count, dtype=np.float64)
-        values[exact] = self.array("<f4", n32)
-        values[~exact] = self.array("<f8", count - n32)
+        at32 = self.skip(4 * n32)
+        at64 = self.skip(8 * (count - n32))
+        if n32 == count:
+            values = np.frombuffer(self.data, "<f4", n32, at32).astype(np.float64)
+        else:
+            values = np.empty(count, dtype=np.float64)
+            values[exact] = np.frombuffer(self.data, "<f4", n32, at32)
+            values[~exact] = np.frombuffer(self.data, "<f8", count - n32, at64)
         if np.isnan(values).any():
             raise DriftError("malformed window: NaN statistic")
         return values
 
 
-def _layout(r: _Reader, k_num: int, k_cat: int, output: str) -> WindowLayout:
+def _layout(r: _Reader, k_num: int, k_cat: int, output: str) -> _Plan:
     bin_width, bin_raw = r.raw_uints(k_num)
     size_width, size_raw = r.raw_uints(k_cat)
     key = (bytes((bin_width,)) + bin_raw, bytes((size_width,)) + size_raw, output)
-    layout = _LAYOUTS.get(key)
-    if layout is not None:
-        return layout
+    plan = _LAYOUTS.get(key)
+    if plan is not None:
+        return plan
     bins = np.frombuffer(bin_raw, dtype=_DTYPES[bin_width]) if bin_width else np.zeros(k_num)
     sizes = np.frombuffer(size_raw, dtype=_DTYPES[size_width]) if size_width else np.zeros(k_cat)
     if ((bins < 1) | (bins > _MAX_BINS)).any() or ((sizes < 2) | (sizes > _MAX_BUCKETS)).any():
         raise DriftError("malformed window: bad layout")
-    layout = WindowLayout(tuple(int(b) for b in bins), tuple(int(s) for s in sizes), output)
-    _LAYOUTS[key] = layout
+    plan = _plan(WindowLayout(tuple(int(b) for b in bins), tuple(int(s) for s in sizes), output))
+    _LAYOUTS[key] = plan
     while len(_LAYOUTS) > 64:
         _LAYOUTS.popitem(last=False)
-    return layout
+    return plan
 
 
-def _check_totals(
-    lay: WindowLayout,
-    rows: int,
-    output_rows: int,
-    counts: np.ndarray,
-    buckets: np.ndarray,
-    small: np.ndarray,
-    n: np.ndarray,
-    cat_nan: np.ndarray,
-) -> None:
+def _check_totals(plan: _Plan, rows: int, output_rows: int, ints: np.ndarray) -> None:
     """Every row is counted exactly once per column; below/above sit inside the outer bins."""
-    k = lay.k_num
-    nan, inf, below, above = small[:k], small[k : 2 * k], small[2 * k : 3 * k], small[3 * k :]
-    seen = n + nan + inf
-    expected = np.full(k, rows, dtype=np.int64)
-    if lay.output == OUTPUT_NUMERIC:
-        expected[-1] = output_rows
-    if k and (
-        not np.array_equal(seen, expected)
-        or (below > counts[lay.bin_starts]).any()
-        or (above > counts[lay.bin_starts + np.array(lay.bins) - 1]).any()
-    ):
-        raise DriftError("malformed window: numeric counts do not add up")
+    lay = plan.layout
+    if lay.k_num:
+        seen = ints[lay.n] + ints[lay.nan] + ints[lay.inf]
+        k = plan.rows_columns
+        if (
+            (seen[:k] != rows).any()
+            or (k < lay.k_num and int(seen[k]) != output_rows)
+            or (ints[lay.below] > ints[plan.first_bins]).any()
+            or (ints[lay.above] > ints[plan.last_bins]).any()
+        ):
+            raise DriftError("malformed window: numeric counts do not add up")
     if lay.k_cat:
-        seen = np.add.reduceat(buckets, lay.bucket_starts) + cat_nan
-        expected = np.full(lay.k_cat, rows, dtype=np.int64)
-        if lay.output == OUTPUT_CATEGORICAL:
-            expected[-1] = output_rows
-        if not np.array_equal(seen, expected):
+        buckets = ints[lay.buckets]
+        seen = np.add.reduceat(buckets, lay.bucket_starts) + ints[lay.cat_nan]
+        k = plan.rows_cat_columns
+        if (seen[:k] != rows).any() or (k < lay.k_cat and int(seen[k]) != output_rows):
             raise DriftError("malformed window: categorical counts do not add up")
 
 
 def decode_window(data: bytes | bytearray | memoryview) -> WindowStats:
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise DriftError("window bytes expected")
-    data = bytes(data)
+    if not isinstance(data, bytes):
+        if not isinstance(data, bytearray | memoryview):
+            raise DriftError("window bytes expected")
+        data = bytes(data)
     if len(data) < _HEAD.size:
         raise DriftError("malformed window: truncated")
     magic, version, flags, output_code, pid = _HEAD.unpack_from(data)
@@ -232,38 +270,57 @@ def decode_window(data: bytes | bytearray | memoryview) -> WindowStats:
     r = _Reader(data, _HEAD.size)
     start_s = _F64.unpack_from(data, r.skip(8))[0] if flags & 1 else None
     end_s = _F64.unpack_from(data, r.skip(8))[0] if flags & 2 else None
-    rows, output_rows, k_num, k_cat = (int(v) for v in r.uints(4))
+    rows, output_rows, k_num, k_cat = r.small_uints(4)
     if k_num + k_cat > len(data):
         raise DriftError("malformed window: more columns than bytes")
-    lay = _layout(r, k_num, k_cat, _OUTPUT_NAMES[output_code])
-    counts = r.uints(lay.n_bins)
-    buckets = r.uints(lay.n_buckets)
-    small = r.uints(4 * k_num)
-    cat_nan = r.uints(k_cat)
-    n = np.add.reduceat(counts, lay.bin_starts) if k_num else np.zeros(0, dtype=np.int64)
+    plan = _layout(r, k_num, k_cat, _OUTPUT_NAMES[output_code])
+    lay = plan.layout
+    # Sections go straight into their place in the window's flat int array.
+    ints = np.empty(lay.n_ints, dtype=np.int64)
+    r.uints_into(ints[lay.counts])
+    r.uints_into(ints[lay.buckets])
+    r.uints_into(ints[lay.nan.start : lay.above.stop])
+    r.uints_into(ints[lay.cat_nan])
+    counts = ints[lay.counts]
+    if k_num:
+        ints[lay.n] = np.add.reduceat(counts, lay.bin_starts)
+    n = ints[lay.n]
     nonempty = counts > 0
-    filled = n > 0
-    s, m = int(np.count_nonzero(nonempty)), int(np.count_nonzero(filled))
+    s = int(np.count_nonzero(nonempty))
+    m = int(np.count_nonzero(n))
     floats = r.floats(s + 3 * m)
     if r.pos != len(data):
         raise DriftError("malformed window: trailing bytes")
-    sums = np.zeros(lay.n_bins)
-    sums[nonempty] = floats[:s]
-    m2 = np.zeros(k_num)
-    mins = np.full(k_num, np.inf)
-    maxs = np.full(k_num, -np.inf)
-    m2[filled] = floats[s : s + m]
-    mins[filled] = floats[s + m : s + 2 * m]
-    maxs[filled] = floats[s + 2 * m :]
-    if (m2 < 0).any() or (mins[filled] > maxs[filled]).any():
+    adds = np.zeros(lay.n_adds)
+    sums = adds[lay.sums]
+    if s == lay.n_bins:
+        sums[:] = floats[:s]
+    else:
+        sums[nonempty] = floats[:s]
+    if m == k_num:  # every column saw a value: no scatter
+        m2 = floats[s : s + m]
+        mins = floats[s + m : s + 2 * m]
+        maxs = floats[s + 2 * m :]
+        bad = (m2 < 0).any() or (mins > maxs).any()
+    else:
+        filled = n > 0
+        m2 = np.zeros(k_num)
+        mins = np.full(k_num, np.inf)
+        maxs = np.full(k_num, -np.inf)
+        m2[filled] = floats[s : s + m]
+        mins[filled] = floats[s + m : s + 2 * m]
+        maxs[filled] = floats[s + 2 * m :]
+        bad = (m2 < 0).any() or (mins[filled] > maxs[filled]).any()
+    if bad:
         raise DriftError("malformed window: inconsistent moments")
-    _check_totals(lay, rows, output_rows, counts, buckets, small, n, cat_nan)
-    totals = np.add.reduceat(sums, lay.bin_starts) if k_num else np.zeros(0)
+    _check_totals(plan, rows, output_rows, ints)
+    if k_num:
+        adds[lay.totals] = np.add.reduceat(sums, lay.bin_starts)
     return WindowStats(
         pid.hex(),
         lay,
-        np.concatenate((counts, buckets, small, n, cat_nan)),
-        np.concatenate((sums, totals)),
+        ints,
+        adds,
         m2,
         mins,
         maxs,
