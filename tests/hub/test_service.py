@@ -41,6 +41,7 @@ from edgefleet.core.testing.brokers import MosquittoBroker
 from edgefleet.hub.commands.serve_cmd import start_embedded
 from edgefleet.hub.rollout.engine import RolloutEngine
 from edgefleet.hub.rollout.machine import RolloutState
+from edgefleet.hub.store import DesiredAssignment
 
 GATES = ["min_devices=1", "min_inferences=10", "bake=0"]
 
@@ -106,6 +107,28 @@ def test_chunks_are_served_for_assigned_bundles_only(hub: Hub) -> None:
     assert len(data) == size and hashlib.sha256(data).hexdigest() == sha1
     assert service.counters["fetch_denied"] == 1
     assert service.counters["chunks.sent"] == total
+
+
+def test_the_chunk_server_follows_assignment_changes(hub: Hub) -> None:
+    sha1 = hub.publish_bundle(1)
+    sha2 = hub.publish_bundle(2)
+    service = hub.start()
+    store = hub.store
+    size1 = store.get_bundle(sha1).size  # type: ignore[union-attr]
+    size2 = store.get_bundle(sha2).size  # type: ignore[union-attr]
+    at = time.time()
+    store.set_assignment("pi-a", "digits", DesiredAssignment("digits", sha1, 1, size1, "r1"), at)
+    assert service.serve_fetch("pi-a", FetchRequest.for_indexes(sha1, 65536, [0])) == 1
+    # Assigned after the device's bundles were cached: served at once, no tick needed.
+    store.set_assignment("pi-a", "other", DesiredAssignment("other", sha2, 2, size2, "r2"), at)
+    assert service.serve_fetch("pi-a", FetchRequest.for_indexes(sha2, 65536, [0])) == 1
+    # Unassigned: refused once a tick has seen the change.
+    store.set_assignment("pi-a", "digits", None, at)
+    service.tick()
+    assert service.serve_fetch("pi-a", FetchRequest.for_indexes(sha1, 65536, [0])) == 0
+    assert service.serve_fetch("ghost", FetchRequest.for_indexes(sha1, 65536, [0])) == 0
+    assert service.counters["fetch_denied"] == 1
+    assert service.counters["unknown_device"] == 1
 
 
 def test_telemetry_is_stored_once_and_acked(hub: Hub) -> None:
@@ -206,6 +229,24 @@ def test_directives_are_restored_after_a_broker_lost_them(hub: Hub) -> None:
     service.tick()
     device = hub.device("pi-b")
     assert directive_from(device, "pi-b", hub.trust)["assignments"][0]["bundle_sha256"] == sha
+
+
+def test_directives_are_restored_without_waiting_for_a_tick(hub: Hub) -> None:
+    sha = hub.publish_bundle(1)
+    service = hub.start()
+    RolloutEngine(hub.store).create(
+        "digits", 1, "ids=pi-c", time.time(), phases_text="100%", gate_overrides=GATES
+    )
+    service.tick()
+    published = hub.store.latest_directive("pi-c").published_at  # type: ignore[union-attr]
+    assert published is not None
+    hub.broker.restart()  # no persistence; tick_s is an hour, so only the reconnect can act
+    wait_until(
+        lambda: hub.store.latest_directive("pi-c").published_at != published,  # type: ignore[union-attr]
+        "directive published again after the reconnect",
+    )
+    device = hub.device("pi-c")
+    assert directive_from(device, "pi-c", hub.trust)["assignments"][0]["bundle_sha256"] == sha
 
 
 def test_embedded_amqtt_broker_smoke(hub: Hub) -> None:

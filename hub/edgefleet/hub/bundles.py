@@ -10,7 +10,11 @@ and records it in the hub store. Invariants:
   + fsync + rename); a rejected bundle leaves nothing behind;
 - publishing the same bytes twice is a no-op that reports the existing record;
 - a chunk read never goes past the end of the file and never opens a path
-  derived from anything but a stored sha256.
+  derived from anything but a stored sha256;
+- a bundle file is immutable once stored (its name is its sha256), so an open
+  file handle stays valid for as long as it is kept: the chunk server keeps a
+  few open (:meth:`BundleStore.read_range`) instead of opening the file for
+  every chunk.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import hashlib
 import os
 import re
 import tempfile
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +36,8 @@ from edgefleet.hub.store import BundleRecord, HubStore
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _COPY_BLOCK = 1 << 20
+# Bundle files kept open for chunk reads (least recently used closed first).
+OPEN_FILES = 16
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,8 @@ class BundleStore:
     def __init__(self, root: Path, store: HubStore) -> None:
         self.root = Path(root)
         self.store = store
+        self._fds: OrderedDict[str, int] = OrderedDict()
+        self._fd_lock = threading.Lock()
 
     def path_for(self, sha256: str) -> Path:
         if not _SHA256_RE.match(sha256):
@@ -102,18 +112,45 @@ class BundleStore:
         return self._require(sha256)
 
     def read_range(self, sha256: str, offset: int, length: int) -> bytes:
-        """Bytes ``offset .. offset + length`` of a stored bundle (shorter at the end)."""
+        """Bytes ``offset .. offset + length`` of a stored bundle (shorter at the end).
+
+        The file stays open for later reads. The read happens under the lock that
+        closes files, so an fd is never closed (and its number reused) mid-read.
+        """
         if offset < 0 or length < 0:
             raise ValueError("offset and length must be non-negative")
+        with self._fd_lock:
+            fd = self._open(sha256)
+            try:
+                return os.pread(fd, length, offset)
+            except OSError as e:
+                raise HubStoreError(f"cannot read bundle {sha256}: {e.strerror}") from e
+
+    def close(self) -> None:
+        """Close the bundle files kept open for chunk reads."""
+        with self._fd_lock:
+            fds, self._fds = list(self._fds.values()), OrderedDict()
+        for fd in fds:
+            os.close(fd)
+
+    def _open(self, sha256: str) -> int:
+        """The open fd of a bundle; the caller holds ``_fd_lock``."""
+        fd = self._fds.get(sha256)
+        if fd is not None:
+            self._fds.move_to_end(sha256)
+            return fd
         path = self.path_for(sha256)
         try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                return f.read(length)
+            fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError as e:
             raise HubNotFoundError(f"no published bundle {sha256}") from e
         except OSError as e:
             raise HubStoreError(f"cannot read bundle {sha256}: {e.strerror}") from e
+        self._fds[sha256] = fd
+        while len(self._fds) > OPEN_FILES:
+            _, oldest = self._fds.popitem(last=False)
+            os.close(oldest)
+        return fd
 
 
 def _profile_of(target: object) -> str | None:

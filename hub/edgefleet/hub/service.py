@@ -2,18 +2,24 @@
 
 Threads share one :class:`HubStore` (its own lock serialises them):
 
-- the MQTT network thread runs the handlers: status and state update the
-  device (presence from the LWT, last seen, deployment progress for the
-  rollout engine); telemetry batches are stored in the hub store (what the
-  rollout gates read) and handed to the fleet ingest worker; fetch requests
-  are handed to the chunk worker;
+- the MQTT network thread only sorts messages: it checks topic and size,
+  decodes fetch requests and queues them for the chunk worker, and queues
+  status, state and telemetry for the inbound worker. It never waits on
+  SQLite, so chunk frames keep flowing while devices report;
+- the inbound worker handles status, state and telemetry in arrival order
+  (one thread, one FIFO queue: a device's messages are handled in the order
+  it sent them): status and state update the device (presence from the LWT,
+  last seen, deployment progress for the rollout engine); telemetry batches
+  are stored in the hub store (what the rollout gates read) and handed to the
+  fleet ingest worker;
 - the fleet ingest worker (:mod:`edgefleet.hub.fleet.runtime`) stores
   telemetry in the fleet database, many batches per transaction, and only
   then publishes each batch's ack; the fleet monitor evaluates alerts in a
   thread of its own;
-- the chunk worker answers fetch requests from the bundle store, waiting for
-  room in the client's outgoing queue (back pressure instead of dropping
-  frames);
+- the chunk worker answers fetch requests from the bundle store (files kept
+  open, each device's assigned bundles cached until its assignments change),
+  waiting for room in the client's outgoing queue (back pressure instead of
+  dropping frames);
 - the tick thread runs the rollout engine, signs and re-signs directives and
   publishes them retained, and saves the counters.
 
@@ -76,6 +82,11 @@ log = logging.getLogger("edgefleet.hub")
 # Chunk frames wait while the client's outgoing queue holds more than this.
 QUEUE_HIGH_WATER = 256
 FETCH_BACKLOG = 1024
+# Status, state and telemetry waiting for the inbound worker. When full the network
+# thread waits up to INBOUND_PUT_TIMEOUT_S (back pressure on the broker), then drops
+# the message and counts it: telemetry is resent (no ack), status/state come again.
+INBOUND_BACKLOG = 10_000
+INBOUND_PUT_TIMEOUT_S = 5.0
 FLUSH_TIMEOUT_S = 5.0
 # On stop: how long queued telemetry may take to be stored and acked before the MQTT
 # client goes (later batches are still stored, but their acks are lost: agents resend).
@@ -86,6 +97,21 @@ DRAIN_TIMEOUT_S = 5.0
 class _Fetch:
     device_id: str
     request: FetchRequest
+
+
+@dataclass(frozen=True)
+class _Inbound:
+    device_id: str
+    kind: TopicKind
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class _Allowed:
+    """The bundles a device may fetch, as of its ``desired_rev``."""
+
+    desired_rev: int
+    bundles: frozenset[str]
 
 
 class HubService:
@@ -121,15 +147,24 @@ class HubService:
         self._unsaved: Counter[str] = Counter()
         self._count_lock = threading.Lock()
         self._fetches: queue.Queue[_Fetch] = queue.Queue(maxsize=FETCH_BACKLOG)
+        self._inbound: queue.Queue[_Inbound] = queue.Queue(maxsize=INBOUND_BACKLOG)
+        self._inbound_stop = threading.Event()
+        self._inbound_thread: threading.Thread | None = None
+        self._inbound_deadline = 0.0
+        # Per device, the bundles its assignments name; dropped by the tick when the
+        # device's desired_rev moved, refreshed from the store on a miss.
+        self._allowed: dict[str, _Allowed] = {}
+        self._allowed_lock = threading.Lock()
+        self._bundle_sizes: dict[str, int] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         # Set when the broker had no session for us (first start, or a broker restarted
         # without persistence): its retained directives may be gone, so publish them all.
         self._republish = threading.Event()
-        self._handlers = {
+        self._wake_tick = threading.Event()  # set by stop() and by a connect without session
+        self._handlers: dict[TopicKind, Callable[[DeviceRecord, bytes], None]] = {
             TopicKind.STATUS: self._on_status,
             TopicKind.STATE: self._on_state,
-            TopicKind.FETCH: self._on_fetch,
             TopicKind.TELEMETRY: self._on_telemetry,
         }
 
@@ -140,6 +175,11 @@ class HubService:
         for topic_filter in self.topics.hub_subscriptions(self.config.broker.shared_subscriptions):
             self.transport.subscribe(topic_filter, self.handle)
         self.transport.on_connect(self._on_connect)
+        self._inbound_stop.clear()
+        self._inbound_thread = threading.Thread(
+            target=self._inbound_loop, name="hub-inbound", daemon=True
+        )
+        self._inbound_thread.start()
         self.transport.start()
         for name, target in (("chunks", self._chunk_loop), ("tick", self._tick_loop)):
             thread = threading.Thread(target=target, name=f"hub-{name}", daemon=True)
@@ -148,19 +188,29 @@ class HubService:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()
+        self._wake_tick.set()
         for thread in self._threads:
             thread.join(timeout_s)
         self._threads.clear()
+        # Handle what is queued (telemetry reaches the ingest worker, state the store)
+        # while the client is still up; the worker ends once the queue is empty.
+        self._inbound_deadline = time.monotonic() + min(timeout_s, DRAIN_TIMEOUT_S)
+        self._inbound_stop.set()
+        if self._inbound_thread is not None:
+            self._inbound_thread.join(min(timeout_s, DRAIN_TIMEOUT_S))
+            self._inbound_thread = None
         # Store and ack what is queued while the client can still send the acks.
         if self.fleet.drain(min(timeout_s, DRAIN_TIMEOUT_S)):
             self.transport.flush(min(timeout_s, FLUSH_TIMEOUT_S))
         self.transport.stop()
         self.fleet.stop(timeout_s)
+        self.bundles.close()
         self._save_counters()
 
     def _on_connect(self, session_present: bool) -> None:
         if not session_present:
             self._republish.set()
+            self._wake_tick.set()  # restore the retained directives now, not a tick later
 
     def wait_ready(self, timeout_s: float) -> bool:
         return self.transport.wait_subscribed(timeout_s)
@@ -201,26 +251,50 @@ class HubService:
     # -- inbound -----------------------------------------------------------------
 
     def handle(self, message: InboundMessage) -> None:
-        """Dispatch one inbound message; never raises."""
+        """Sort one inbound message onto a worker's queue (the MQTT thread); never raises."""
         try:
             device_id, kind = self.topics.parse(message.topic, side="device")
         except ProtocolError as e:
             self.count("malformed.topic")
             log.debug("hub: %s", e)
             return
-        handler = self._handlers.get(kind)
-        if handler is None:
+        if kind is not TopicKind.FETCH and kind not in self._handlers:
             self.count(f"unexpected.{kind.value}")
             return
         if len(message.payload) > self.config.service.max_payload_bytes:
             self.count(f"oversized.{kind.value}")
             return
+        if kind is TopicKind.FETCH:
+            self._on_fetch(device_id, message.payload)
+            return
+        try:
+            self._inbound.put(
+                _Inbound(device_id, kind, message.payload), timeout=INBOUND_PUT_TIMEOUT_S
+            )
+        except queue.Full:
+            self.count(f"inbound_overload.{kind.value}")
+
+    def _inbound_loop(self) -> None:
+        while True:
+            try:
+                item = self._inbound.get(timeout=0.1)
+            except queue.Empty:
+                if self._inbound_stop.is_set():
+                    return
+                continue
+            self.dispatch(item.device_id, item.kind, item.payload)
+            if self._inbound_stop.is_set() and time.monotonic() > self._inbound_deadline:
+                return  # still flooded when stopping: the rest is resent or superseded
+
+    def dispatch(self, device_id: str, kind: TopicKind, payload: bytes) -> None:
+        """Handle one status, state or telemetry message (the inbound worker); never raises."""
+        handler = self._handlers[kind]
         try:
             device = self.store.get_device(device_id)
             if device is None:
                 self.count("unknown_device")
                 return
-            handler(device, message.payload)
+            handler(device, payload)
         except ProtocolError as e:
             self.count(f"malformed.{kind.value}")
             log.info("hub: from %s on %s: %s", device_id, kind.value, e)
@@ -277,6 +351,7 @@ class HubService:
                 reason=event.reason,
                 rollout_id=event.rollout_id,
                 bundle_sha256=event.bundle_sha256,
+                kind=_event_kind(record.body),
             )
         info = DeviceInfo(device_id, device.group, device.profile, device.tags)
         ack_topic = self.topics.ack(device_id)
@@ -294,10 +369,15 @@ class HubService:
             # Not acked: the agent sends the batch again and the hub store ignores the copy.
             self.count("telemetry.fleet_backlog_full")
 
-    def _on_fetch(self, device: DeviceRecord, payload: bytes) -> None:
-        request = decode_fetch(payload)
+    def _on_fetch(self, device_id: str, payload: bytes) -> None:
         try:
-            self._fetches.put_nowait(_Fetch(device.device_id, request))
+            request = decode_fetch(payload)
+        except ProtocolError as e:
+            self.count("malformed.fetch")
+            log.info("hub: from %s on fetch: %s", device_id, e)
+            return
+        try:
+            self._fetches.put_nowait(_Fetch(device_id, request))
         except queue.Full:
             self.count("fetch_overload")  # the device asks again after its timeout
 
@@ -324,17 +404,20 @@ class HubService:
     def serve_fetch(self, device_id: str, request: FetchRequest) -> int:
         """Publish the requested chunks; returns how many frames were queued."""
         sha = request.bundle_sha256
-        assigned = {a.bundle_sha256 for a in self.store.get_assignments(device_id).values()}
-        if sha not in assigned:
+        allowed = self._allowed_bundles(device_id, sha)
+        if allowed is None:
+            self.count("unknown_device")
+            return 0
+        if sha not in allowed:
             self.count("fetch_denied")
             log.info("hub: %s asked for bundle %s it is not assigned", device_id, sha[:12])
             return 0
-        bundle = self.store.get_bundle(sha)
-        if bundle is None:
+        size = self._bundle_size(sha)
+        if size is None:
             self.count("fetch_unknown_bundle")
             return 0
         try:
-            plan = ChunkPlan(bundle.size, request.chunk_size, MAX_WINDOW_BYTES)
+            plan = ChunkPlan(size, request.chunk_size, MAX_WINDOW_BYTES)
         except ValueError as e:
             raise ProtocolError(f"fetch: {e}", side="device") from e
         indexes = plan.check_request(request)
@@ -351,13 +434,53 @@ class HubService:
         self.tally("chunks.sent", sent)
         return sent
 
+    def _allowed_bundles(self, device_id: str, sha: str) -> frozenset[str] | None:
+        """The bundles ``device_id`` may fetch (None: no such device).
+
+        Served from the cache; a bundle the cache does not list is looked up in the store
+        before it is refused, so a new assignment is served at once. A removed assignment
+        is forgotten by the next tick (it compares each device's ``desired_rev``).
+        """
+        with self._allowed_lock:
+            cached = self._allowed.get(device_id)
+        if cached is not None and sha in cached.bundles:
+            return cached.bundles
+        device = self.store.get_device(device_id)
+        if device is None:
+            return None
+        bundles = frozenset(a.bundle_sha256 for a in self.store.get_assignments(device_id).values())
+        with self._allowed_lock:
+            self._allowed[device_id] = _Allowed(device.desired_rev, bundles)
+        return bundles
+
+    def _bundle_size(self, sha: str) -> int | None:
+        # A bundle record never changes: its name is the hash of its bytes.
+        size = self._bundle_sizes.get(sha)
+        if size is None:
+            bundle = self.store.get_bundle(sha)
+            if bundle is None:
+                return None
+            size = self._bundle_sizes[sha] = bundle.size
+        return size
+
+    def _forget_changed_assignments(self) -> None:
+        with self._allowed_lock:
+            if not self._allowed:
+                return
+        revs = {d.device_id: d.desired_rev for d in self.store.list_devices()}
+        with self._allowed_lock:
+            for device_id, cached in list(self._allowed.items()):
+                if revs.get(device_id) != cached.desired_rev:
+                    del self._allowed[device_id]
+
     # -- tick ------------------------------------------------------------------------
 
     def _tick_loop(self) -> None:
         interval = self.config.service.tick_s
         while not self._stop.is_set():
+            self._wake_tick.clear()
             self.tick()
-            self._stop.wait(interval)
+            self._wake_tick.wait(interval)
 
     def tick(self) -> None:
         """One round of rollouts, directives and counter saving; never raises."""
@@ -367,6 +490,11 @@ class HubService:
         except Exception:
             self.count("failed.rollout_tick")
             log.exception("hub: rollout tick failed")
+        try:
+            self._forget_changed_assignments()
+        except Exception:
+            self.count("failed.fetch_cache")
+            log.exception("hub: checking assignments for the chunk server failed")
         try:
             self.issuer.due(now)
             self.publish_directives()
@@ -392,7 +520,7 @@ class HubService:
                 canonical_json(dict(record.envelope)),
                 retain=True,
             )
-        if pending and self.transport.flush(FLUSH_TIMEOUT_S):
+        if pending and self._wait_acked(FLUSH_TIMEOUT_S):
             at = self.clock()
             for record in pending:
                 self.store.mark_directive_published(record.device_id, record.seq, at)
@@ -401,6 +529,37 @@ class HubService:
         if republish:
             self._republish.set()  # not acknowledged: try the whole set again
         return 0
+
+    def _wait_acked(self, timeout_s: float) -> bool:
+        """Wait until every message queued so far is acknowledged by the broker.
+
+        Unlike ``transport.flush`` this does not wait for what is queued later: chunk
+        frames keep coming while directives are published, and the outgoing queue is FIFO,
+        so the messages queued up to now are acknowledged once the broker acknowledged
+        that many more messages.
+        """
+        first = self.transport.stats
+        target = first.published + first.queued + first.inflight
+        # The client moves a message from its queue to the in-flight set outside the
+        # snapshot's lock: with an empty queue the message in between may be ours, so
+        # then one more ack, or an idle client, is needed.
+        in_transit = 1 if first.queued == 0 else 0
+        deadline = time.monotonic() + timeout_s
+        while True:
+            time.sleep(0.005)
+            now = self.transport.stats
+            if now.published >= target + in_transit:
+                return True
+            if now.published >= target and now.queued == 0 and now.inflight == 0:
+                return True
+            if time.monotonic() > deadline or self._stop.is_set():
+                return False
+
+
+def _event_kind(body: Mapping[str, Any]) -> str | None:
+    """The driver's deployment kind ("install", "rollback") of a raw event body."""
+    kind = body.get("kind")
+    return kind if isinstance(kind, str) else None
 
 
 def gate_body(kind: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
