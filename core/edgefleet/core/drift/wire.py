@@ -55,6 +55,7 @@ _DTYPES: dict[int, np.dtype[Any]] = {
     4: np.dtype("<u4"),
     8: np.dtype("<u8"),
 }
+_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}  # struct codes of the widths
 _OUTPUT_CODES = {OUTPUT_NONE: 0, OUTPUT_NUMERIC: 1, OUTPUT_CATEGORICAL: 2}
 _OUTPUT_NAMES = {v: k for k, v in _OUTPUT_CODES.items()}
 # Bounds from ReferenceProfile.build (n_bins <= 255, max_categories <= 1024): a
@@ -188,7 +189,7 @@ class _Reader:
         if width == 0:
             return [0] * count
         start = self.skip(count * width)
-        values = [int(v) for v in np.frombuffer(self.data, _DTYPES[width], count, start)]
+        values = list(struct.unpack_from(f"<{count}{_CODES[width]}", self.data, start))
         if max(values, default=0) >= 1 << 62:
             raise DriftError("malformed window: count out of range")
         return values
