@@ -24,7 +24,14 @@ from typing import Any
 
 from edgefleet.core.drift import WindowStats
 from edgefleet.hub.fleet.database import STATS_COLUMNS, FleetDatabase
-from edgefleet.hub.fleet.rollups import FoldItem, RollupCache, decode, fold, merge_into
+from edgefleet.hub.fleet.rollups import (
+    FoldItem,
+    RollupCache,
+    decode,
+    decode_items,
+    fold,
+    merge_into,
+)
 from edgefleet.hub.fleet.settings import FleetSettings
 from edgefleet.hub.fleet.totals import WindowTotals
 
@@ -75,12 +82,12 @@ def roll_up(
         if not rows:
             return 0
         items: list[FoldItem] = []
-        undecodable = 0
         for _rid, model, device, grp, profile, version, bucket_s, *_, summary, drift in rows:
-            stats, bad = decode(drift)
-            undecodable += bad
             totals = WindowTotals.from_json(summary)
-            items.append(FoldItem(model, version, device, grp, profile, bucket_s, totals, stats))
+            items.append(
+                FoldItem(model, version, device, grp, profile, bucket_s, totals, None, drift)
+            )
+        undecodable = decode_items(items)
         fold(conn, s, items, now, cache)
         conn.executemany(
             "UPDATE fleet_records SET rolled = 1 WHERE rid = ?", [(r[0],) for r in rows]

@@ -5,7 +5,9 @@ device, group, profile, profile_id)``: drift statistics merged with ``WindowStat
 (exact), operational totals added (counts). :func:`fold` takes windows that are already in
 memory (the ingest path: they were just decoded from the wire) or read back from the raw
 table (maintenance), groups them by key, and merges each group into its row with one read
-and one write per key.
+and one write per key. :func:`decode_items` decodes the blobs of a whole transaction with
+``decode_many`` (one batch per layout: exactly the single-message decoder's result, several
+times cheaper per window than decoding them one by one).
 
 Decoding a 64-feature window costs far more than merging it, so :class:`RollupCache` keeps
 the rollups the writer touched last in decoded form. An entry is used only while the row
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgefleet.core.drift import WindowStats
+from edgefleet.core.drift.wire_batch import decode_many
 from edgefleet.core.errors import DriftError
 from edgefleet.hub.fleet.settings import FleetSettings
 from edgefleet.hub.fleet.totals import WindowTotals
@@ -48,6 +51,7 @@ class FoldItem:
     bucket_s: int
     totals: WindowTotals
     stats: WindowStats | None
+    blob: bytes | None = None  # the encoded stats, when ``decode_items`` is to decode them
 
 
 @dataclass
@@ -94,6 +98,17 @@ def decode(blob: bytes | None) -> tuple[WindowStats | None, int]:
         return WindowStats.from_bytes(bytes(blob)), 0
     except DriftError:
         return None, 1
+
+
+def decode_items(items: Sequence[FoldItem]) -> int:
+    """Decode the blobs of ``items`` into their ``stats``, all at once (one batch per
+    layout); returns how many blobs did not decode (their items fold without stats)."""
+    todo = [item for item in items if item.stats is None and item.blob is not None]
+    bad = 0
+    for item, stats in zip(todo, decode_many([bytes(i.blob or b"") for i in todo]), strict=True):
+        item.stats, item.blob = stats, None
+        bad += stats is None
+    return bad
 
 
 def rollup_keys(item: FoldItem, settings: FleetSettings, now: float) -> list[RollupKey]:

@@ -43,7 +43,7 @@ from typing import Any
 
 from edgefleet.hub.fleet.database import STATS_COLUMNS, FleetDatabase
 from edgefleet.hub.fleet.retention import MaintenanceResult, maintain
-from edgefleet.hub.fleet.rollups import FoldItem, RollupCache, decode, fold
+from edgefleet.hub.fleet.rollups import FoldItem, RollupCache, decode_items, fold
 from edgefleet.hub.fleet.settings import FleetSettings
 from edgefleet.hub.fleet.totals import WindowTotals
 
@@ -152,6 +152,7 @@ class FleetWindowStore:
                     counts["windows_stored"] += outcome.windows_stored
                     counts["duplicates"] += outcome.duplicates
                 if items:
+                    counts["undecodable_windows"] = decode_items(items)
                     fold(conn, self.settings, items, now, self.cache)
                     counts["rolled_up"] = len(items)
                 self.db.bump(conn, counts)
@@ -229,13 +230,11 @@ class FleetWindowStore:
             for r, bucket in zip(windows, buckets, strict=True):
                 if r.model is None or r.version is None:
                     continue
-                stats, bad = decode(r.drift)
-                counts["undecodable_windows"] = counts.get("undecodable_windows", 0) + bad
                 totals = r.totals or WindowTotals.from_json(r.summary or "{}")
                 items.append(
                     FoldItem(
                         r.model, r.version, batch.device, batch.group, batch.profile, bucket,
-                        totals, stats,
+                        totals, None, r.drift,
                     )
                 )  # fmt: skip
         highest = batch.highest_seq
