@@ -26,6 +26,11 @@ Prints one JSON object:
 - ``http_s``: the same 100 downloads from a local ``http.server`` (100 concurrent
   clients, each writing the file, fsync, sha256 check), the baseline.
 - ``mqtt_http_time_ratio``: ``mqtt_download_s / http_s``.
+- ``download_milestones_s``: seconds after the first device accepted its directive
+  until the last one did, the first chunk frame arrived anywhere, the last device
+  got its first frame, the last frame arrived, the last device handed its file over.
+- ``cpu_s_until_committed``: CPU seconds the hub, the broker and the device processes
+  used from ``rollout create`` until every device committed (where the time goes).
 
 Targets: byte_ratio <= 1.05, all_committed_s <= 60, mqtt_http_time_ratio <= 3.
 Run: ``python bench/distribution.py`` (``--devices N``, ``--size-bytes B``,
@@ -127,11 +132,17 @@ class VerifyingDeployer:
 class FrameCounter:
     def __init__(self) -> None:
         self.bytes = 0
+        self.first_at: float | None = None
+        self.last_at: float | None = None
         self._lock = threading.Lock()
 
     def __call__(self, message: InboundMessage) -> None:
+        now = time.time()
         with self._lock:
             self.bytes += len(message.payload)
+            if self.first_at is None:
+                self.first_at = now
+            self.last_at = now
 
 
 def make_bundle(root: Path, key_path: Path, size: int) -> Path:
@@ -244,11 +255,25 @@ def device_worker(spec_path: Path) -> None:
         "accepted": [s.accepted.accepted_at for s in syncs if s.accepted is not None],
         "handed": [d.handed_at for d in deployers if d.handed_at is not None],
         "frame_bytes": sum(c.bytes for c in counters),
+        "first_frame": [c.first_at for c in counters if c.first_at is not None],
+        "last_frame": [c.last_at for c in counters if c.last_at is not None],
         "state_reports": sum(s.reporter.published for s in syncs),
     }
     for sync in syncs:
         sync.stop(timeout_s=2.0)
     Path(spec["result"]).write_text(json.dumps(result))
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process so far (0 where /proc is not available)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # Fields after the command name: state is [0], utime [11], stime [12] (clock ticks).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_until(what: str, predicate: Any, timeout_s: float, log: Path | None = None) -> None:
@@ -357,6 +382,8 @@ tick_s = 1.0
     # The hub is up once it has seen every device's retained "online" status.
     wait_until("the hub", lambda: all(d.online for d in store.list_devices()), 60, hub_log)
 
+    roles = {"hub": [hub.pid], "broker": [broker.pid], "devices": [w.pid for w in workers]}
+    cpu_before = {role: sum(cpu_seconds(p) for p in pids) for role, pids in roles.items()}
     engine = RolloutEngine(store)
     started = time.monotonic()
     rollout = engine.create(
@@ -372,6 +399,10 @@ tick_s = 1.0
         time.sleep(0.05)
     all_committed_s = time.monotonic() - started
     done = committed()
+    cpu_s = {
+        role: round(sum(cpu_seconds(p) for p in pids) - cpu_before[role], 2)
+        for role, pids in roles.items()
+    }
 
     for worker in workers:
         worker.send_signal(signal.SIGTERM)
@@ -381,6 +412,20 @@ tick_s = 1.0
     accepted = [t for r in results for t in r["accepted"]]
     handed = [t for r in results for t in r["handed"]]
     mqtt_download_s = max(handed) - min(accepted) if handed and accepted else float("nan")
+    first_frames = [t for r in results for t in r["first_frame"]]
+    last_frames = [t for r in results for t in r["last_frame"]]
+    # Milestones after the first directive was accepted: where the download time goes.
+    milestones = (
+        {
+            "last_accepted": round(max(accepted) - min(accepted), 3),
+            "first_frame": round(min(first_frames) - min(accepted), 3),
+            "last_first_frame": round(max(first_frames) - min(accepted), 3),
+            "last_frame": round(max(last_frames) - min(accepted), 3),
+            "last_handed": round(max(handed) - min(accepted), 3),
+        }
+        if handed and accepted and first_frames
+        else {}
+    )
     delivered = sum(r["frame_bytes"] for r in results)
     state_reports = sum(r["state_reports"] for r in results) / devices
     hub.send_signal(signal.SIGTERM)
@@ -403,6 +448,8 @@ tick_s = 1.0
         "byte_ratio": round(byte_ratio, 4),
         "chunk_frames_sent": chunks_sent,
         "state_reports_per_device": round(state_reports, 2),
+        "cpu_s_until_committed": cpu_s,
+        "download_milestones_s": milestones,
         "chunk_size": SyncSettings.__dataclass_fields__["chunk_size"].default,
         "window_bytes": SyncSettings.__dataclass_fields__["window_bytes"].default,
         "targets": {

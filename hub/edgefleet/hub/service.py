@@ -44,7 +44,7 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -75,7 +75,7 @@ from edgefleet.hub.directives import DirectiveIssuer
 from edgefleet.hub.fleet.ingest import DeviceInfo, IngestResult
 from edgefleet.hub.fleet.runtime import FleetRuntime
 from edgefleet.hub.rollout.engine import RolloutEngine
-from edgefleet.hub.store import DeviceRecord, HubStore, TelemetryRow
+from edgefleet.hub.store import DeviceRecord, DirectiveRecord, HubStore, TelemetryRow
 
 log = logging.getLogger("edgefleet.hub")
 
@@ -86,6 +86,8 @@ FETCH_BACKLOG = 1024
 # thread waits up to INBOUND_PUT_TIMEOUT_S (back pressure on the broker), then drops
 # the message and counts it: telemetry is resent (no ack), status/state come again.
 INBOUND_BACKLOG = 10_000
+# Encoded chunk frames kept for the next device fetching the same bundle.
+FRAME_CACHE_BYTES = 32 << 20
 INBOUND_PUT_TIMEOUT_S = 5.0
 FLUSH_TIMEOUT_S = 5.0
 # On stop: how long queued telemetry may take to be stored and acked before the MQTT
@@ -156,6 +158,13 @@ class HubService:
         self._allowed: dict[str, _Allowed] = {}
         self._allowed_lock = threading.Lock()
         self._bundle_sizes: dict[str, int] = {}
+        # Encoded chunk frames, least recently used dropped first (the chunk worker only).
+        self._frames: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        self._frame_bytes = 0
+        # Devices seen by the inbound worker (its thread only). A device's id, group,
+        # profile and tags are fixed at enrollment and devices are never removed, so the
+        # handlers' view of a known device cannot go stale; unknown ids are asked again.
+        self._devices: dict[str, DeviceRecord] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         # Set when the broker had no session for us (first start, or a broker restarted
@@ -290,10 +299,13 @@ class HubService:
         """Handle one status, state or telemetry message (the inbound worker); never raises."""
         handler = self._handlers[kind]
         try:
-            device = self.store.get_device(device_id)
+            device = self._devices.get(device_id)
             if device is None:
-                self.count("unknown_device")
-                return
+                device = self.store.get_device(device_id)
+                if device is None:
+                    self.count("unknown_device")
+                    return
+                self._devices[device_id] = device
             handler(device, payload)
         except ProtocolError as e:
             self.count(f"malformed.{kind.value}")
@@ -423,16 +435,35 @@ class HubService:
         indexes = plan.check_request(request)
         topic = self.topics.chunk(device_id)
         sent = 0
+        room = 0  # frames that may be queued before the outgoing queue is looked at again
         for index in indexes:
-            while self.transport.stats.queued > QUEUE_HIGH_WATER and not self._stop.is_set():
-                time.sleep(0.005)
+            while room <= 0 and not self._stop.is_set():
+                room = QUEUE_HIGH_WATER - self.transport.stats.queued
+                if room <= 0:
+                    time.sleep(0.005)
             if self._stop.is_set():
                 break
-            data = self.bundles.read_range(sha, plan.offset(index), plan.length(index))
-            self.transport.publish(topic, encode_chunk(plan.frame(sha, index, data)))
+            self.transport.publish(topic, self._frame(plan, sha, index))
+            room -= 1
             sent += 1
         self.tally("chunks.sent", sent)
         return sent
+
+    def _frame(self, plan: ChunkPlan, sha: str, index: int) -> bytes:
+        """The encoded frame of one chunk; every device fetching a bundle gets the same bytes."""
+        key = (sha, plan.chunk_size, index)
+        frame = self._frames.get(key)
+        if frame is not None:
+            self._frames.move_to_end(key)
+            return frame
+        data = self.bundles.read_range(sha, plan.offset(index), plan.length(index))
+        frame = encode_chunk(plan.frame(sha, index, data))
+        self._frames[key] = frame
+        self._frame_bytes += len(frame)
+        while self._frame_bytes > FRAME_CACHE_BYTES:
+            _, old = self._frames.popitem(last=False)
+            self._frame_bytes -= len(old)
+        return frame
 
     def _allowed_bundles(self, device_id: str, sha: str) -> frozenset[str] | None:
         """The bundles ``device_id`` may fetch (None: no such device).
@@ -462,6 +493,20 @@ class HubService:
                 return None
             size = self._bundle_sizes[sha] = bundle.size
         return size
+
+    def _remember_assigned(self, record: DirectiveRecord) -> None:
+        """Prime the chunk server with what a directive assigns, before devices ask.
+
+        A rollout start sends a fetch from every device within moments; without this
+        each first fetch would query the store while state reports hold it.
+        """
+        try:
+            body = record.envelope["directive"]
+            bundles = frozenset(str(a["bundle_sha256"]) for a in body["assignments"])
+        except (KeyError, TypeError):
+            return  # the store will be asked on the first fetch
+        with self._allowed_lock:
+            self._allowed[record.device_id] = _Allowed(record.desired_rev, bundles)
 
     def _forget_changed_assignments(self) -> None:
         with self._allowed_lock:
@@ -515,6 +560,7 @@ class HubService:
         self._republish.clear()
         pending = self.issuer.latest() if republish else self.issuer.unpublished()
         for record in pending:
+            self._remember_assigned(record)
             self.transport.publish(
                 self.topics.desired(record.device_id),
                 canonical_json(dict(record.envelope)),
