@@ -38,6 +38,8 @@ from edgefleet.core.drift.wire import (
 )
 from edgefleet.core.errors import DriftError
 
+_CHUNK = 64  # messages decoded together (arrays of ~1 MB at 64 features)
+
 
 class _Head:
     """What the header of one message says, and where its sections start."""
@@ -93,16 +95,29 @@ def decode_many(blobs: Sequence[bytes]) -> list[WindowStats | None]:
         group = groups.setdefault(id(head.plan), (head.plan, [], []))
         group[1].append(i)
         group[2].append(head)
-    for plan, indexes, heads in groups.values():
-        data = [blobs[i] for i in indexes]
-        windows: Sequence[WindowStats | None]
-        try:
-            windows = _decode_group(plan, data, heads)
-        except DriftError:
-            windows = [_decode_one(d) for d in data]
-        for i, w in zip(indexes, windows, strict=True):
-            out[i] = w
+    for plan, all_indexes, all_heads in groups.values():
+        # Chunks keep the 2-D arrays small enough to stay in cache.
+        for at in range(0, len(all_indexes), _CHUNK):
+            indexes = all_indexes[at : at + _CHUNK]
+            _decode_chunk(plan, blobs, indexes, all_heads[at : at + _CHUNK], out)
     return out
+
+
+def _decode_chunk(
+    plan: _Plan,
+    blobs: Sequence[bytes],
+    indexes: Sequence[int],
+    heads: Sequence[_Head],
+    out: list[WindowStats | None],
+) -> None:
+    data = [blobs[i] for i in indexes]
+    windows: Sequence[WindowStats | None]
+    try:
+        windows = _decode_group(plan, data, heads)
+    except DriftError:
+        windows = [_decode_one(d) for d in data]
+    for i, w in zip(indexes, windows, strict=True):
+        out[i] = w
 
 
 def _as_bytes(blob: Any) -> bytes:
