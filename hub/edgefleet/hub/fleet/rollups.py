@@ -132,14 +132,30 @@ def fold(
     now: float,
     cache: RollupCache | None = None,
 ) -> None:
-    """Merge ``items`` into their device and group rollups (inside the caller's write)."""
-    groups: dict[RollupKey, list[tuple[WindowTotals, WindowStats | None]]] = {}
+    """Merge ``items`` into their device and group rollups (inside the caller's write).
+
+    A device's new windows are summed once and that sum is added to the group rollup, so
+    the totals of a window are added once per window plus once per device, not twice per
+    window (``WindowTotals.add`` is associative and commutative: same result).
+    """
+    by_device: dict[RollupKey, tuple[WindowTotals, list[WindowStats], RollupKey]] = {}
     for item in items:
         item.totals.devices.add(item.device)
-        for key in rollup_keys(item, settings, now):
-            groups.setdefault(key, []).append((item.totals, item.stats))
-    for key, parts in groups.items():
-        merge_into(conn, key, parts, now, cache)
+        device_key, group_key = rollup_keys(item, settings, now)
+        entry = by_device.get(device_key)
+        if entry is None:
+            entry = by_device[device_key] = (WindowTotals(), [], group_key)
+        entry[0].add(item.totals)
+        if item.stats is not None:
+            entry[1].append(item.stats)
+    by_group: dict[RollupKey, tuple[WindowTotals, list[WindowStats]]] = {}
+    for device_key, (totals, stats, group_key) in by_device.items():
+        _merge_row(conn, device_key, totals, stats, now, cache)
+        group = by_group.setdefault(group_key, (WindowTotals(), []))
+        group[0].add(totals)
+        group[1].extend(stats)
+    for group_key, (totals, stats) in by_group.items():
+        _merge_row(conn, group_key, totals, stats, now, cache)
 
 
 def merge_into(
@@ -150,6 +166,21 @@ def merge_into(
     cache: RollupCache | None = None,
 ) -> None:
     """Add ``parts`` to the rollup row ``key`` (created when missing)."""
+    totals = WindowTotals()
+    for part_totals, _ in parts:
+        totals.add(part_totals)
+    stats = [s for _, s in parts if s is not None]
+    _merge_row(conn, key, totals, stats, now, cache)
+
+
+def _merge_row(
+    conn: sqlite3.Connection,
+    key: RollupKey,
+    new_totals: WindowTotals,
+    new_stats: Sequence[WindowStats],
+    now: float,
+    cache: RollupCache | None,
+) -> None:
     totals = WindowTotals()
     windows: list[WindowStats] = []
     head = conn.execute(
@@ -165,10 +196,8 @@ def merge_into(
         totals.add(entry.totals)
         if entry.stats is not None:
             windows.append(entry.stats)
-    for part_totals, stats in parts:
-        totals.add(part_totals)
-        if stats is not None:
-            windows.append(stats)
+    totals.add(new_totals)
+    windows.extend(new_stats)
     merged = WindowStats.merge_all(windows) if len(windows) > 1 else next(iter(windows), None)
     values = (
         totals.windows,
