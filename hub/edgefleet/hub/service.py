@@ -35,7 +35,10 @@ Invariants: nothing a device sends can stop the service — every failure in a
 handler is logged and counted (``malformed.<kind>``, ``oversized.<kind>``,
 ``unknown_device``, ``fetch_denied``...); a device is only served bundles its
 current assignments name; a directive is marked published only after the
-broker acknowledged it, so after a crash it is published again.
+broker acknowledged it, so after a crash it is published again. A message is
+acknowledged to the broker once it is queued for the inbound worker: a hub
+killed with messages queued loses them (telemetry is resent for want of an
+ack; a state or status report is superseded by the device's next one).
 """
 
 from __future__ import annotations
@@ -117,7 +120,7 @@ class _Allowed:
 
 
 class HubService:
-    """The running hub: handlers, chunk worker and tick loop around one MQTT client."""
+    """The running hub: inbound worker, chunk worker and tick loop around one MQTT client."""
 
     def __init__(
         self,
