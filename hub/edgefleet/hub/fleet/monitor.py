@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from edgefleet.core.drift import ReferenceProfile, WindowStats, score_window
+from edgefleet.core.drift.wire_batch import decode_many
 from edgefleet.core.errors import DriftError, EdgefleetError
 from edgefleet.hub.fleet.alert_sinks import AlertEvent, AlertSink
 from edgefleet.hub.fleet.alert_store import AlertStore, NewAlert, ScopeCarry
@@ -135,8 +136,7 @@ class FleetMonitor:
             profile = self.references.profile(model, version)
             validation = self.references.validation(model, version)
             touched: dict[str, _Carry] = {}
-            for row in rows:
-                stats = _decode(row, profile)
+            for row, stats in zip(rows, _decode_all(rows, profile), strict=True):
                 totals = row.totals()
                 at = row.received_at if row.received_at is not None else now
                 for kind in self.policy.scopes:
@@ -277,11 +277,12 @@ class FleetMonitor:
             self._thread = None
 
 
-def _decode(row: StoredStats, profile: ReferenceProfile | None) -> WindowStats | None:
-    if row.drift is None or profile is None:
-        return None
-    try:
-        stats = WindowStats.from_bytes(bytes(row.drift))
-    except DriftError:
-        return None
-    return stats if stats.profile_id == profile.profile_id else None
+def _decode_all(
+    rows: Sequence[StoredStats], profile: ReferenceProfile | None
+) -> list[WindowStats | None]:
+    """Each row's statistics (decoded together), None where absent, undecodable or built
+    for another profile."""
+    if profile is None:
+        return [None] * len(rows)
+    decoded = decode_many([b"" if r.drift is None else bytes(r.drift) for r in rows])
+    return [s if s is not None and s.profile_id == profile.profile_id else None for s in decoded]
