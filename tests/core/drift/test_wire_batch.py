@@ -88,3 +88,11 @@ def test_corrupted_batches_decode_like_single_messages(mixed_profile, edits) -> 
         at %= len(data) + 1
         blobs[which] = data[:at] + junk + data[at + len(junk) :]
     _assert_same(decode_many(blobs), blobs)
+
+
+def test_long_batches_go_in_chunks_and_a_bad_message_spoils_only_itself(plain_profile) -> None:
+    blobs = _windows(plain_profile, 7, 8) * 20  # 160 messages: three chunks
+    blobs[100] = blobs[100][:-3]
+    result = decode_many(blobs)
+    assert [i for i, w in enumerate(result) if w is None] == [100]
+    _assert_same(result, blobs)

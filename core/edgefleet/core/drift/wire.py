@@ -25,6 +25,7 @@ Decoding reproduces every count and every float bit for bit, so merging
 decoded windows equals merging the originals. A numeric feature with 20 bins
 and float32 inputs costs about 204 bytes in a 1,000-row window (one-byte
 counts) and 224 bytes at 10,000 rows (two-byte counts); see docs/drift.md.
+:mod:`.wire_batch` decodes many messages at once with exactly this decoder's results.
 """
 
 from __future__ import annotations
