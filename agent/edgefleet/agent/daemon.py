@@ -3,12 +3,15 @@
 Startup, in order:
 
 1. take the state lock (one daemon per state directory), sweep crash leftovers;
-2. open the telemetry buffer (an unusable database is moved aside, never fatal);
-3. load the active version of every installed model, verifying each against
+2. start verifying the installed bundles in a child process
+   (:mod:`edgefleet.agent.verify_process`: this process never loads the
+   signature code), check the trust store is readable;
+3. open the telemetry buffer (an unusable database is moved aside, never fatal);
+4. load the active version of every installed model, verifying each against
    the trust store; if an active version does not load, serve the previous
    one (the pointers are left alone and the reason is logged and recorded);
-4. resume the persisted deployment (finish or undo the interrupted step);
-5. start the endpoint, the deployment thread and (with ``[mqtt]``) the hub
+5. resume the persisted deployment (finish or undo the interrupted step);
+6. start the endpoint, the deployment thread and (with ``[mqtt]``) the hub
    sync, then report ready.
 
 Main loop: flush telemetry every ``flush_interval_s`` (1 s by default) and
@@ -33,20 +36,18 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.agent.deploy.atomic_files import atomic_write_json, remove_path
-from edgefleet.agent.deploy.context import AgentContext
 from edgefleet.agent.deploy.layout import StateLock
-from edgefleet.agent.deploy.machine import State
 from edgefleet.agent.deploy.slots import SlotTable
-from edgefleet.agent.deploy.worker import DeploymentWorker
 from edgefleet.agent.errors import AgentError
-from edgefleet.agent.telemetry.recorder import (
-    ModelRegistration,
-    WindowRecorder,
-    reference_from_json,
-)
+
+if TYPE_CHECKING:
+    from edgefleet.agent.deploy.context import AgentContext
+    from edgefleet.agent.deploy.driver import DeploymentDriver
+    from edgefleet.agent.deploy.worker import DeploymentWorker
+    from edgefleet.agent.telemetry.recorder import ModelRegistration, WindowRecorder
 
 log = logging.getLogger("edgefleet.agent")
 
@@ -80,6 +81,8 @@ def setup_logging(level: str) -> None:
 
 def registration_for(loaded: Any) -> ModelRegistration:
     """What the window recorder needs from a loaded model."""
+    from edgefleet.agent.telemetry.recorder import ModelRegistration, reference_from_json
+
     manifest = getattr(loaded, "manifest", None)
     reference = None
     bundle_dir = getattr(loaded, "bundle_dir", None)
@@ -144,16 +147,37 @@ class AgentDaemon:
         return 0
 
     def _startup(self) -> None:
-        from edgefleet.agent.deploy.loader import BundleLoader
-        from edgefleet.agent.endpoint import EndpointConfig, EndpointServer
-        from edgefleet.agent.serving import ServingSet
-
         started = time.monotonic()
         ctx = self.ctx
-        trust = ctx.trust()
+        # Bundles are verified in a child process (this one never loads the
+        # signature code); it starts on the installed bundles right away, while
+        # this process imports onnxruntime and opens the telemetry buffer.
+        loader = ctx.loader(isolated=True)
+        loader.prefetch(self._active_bundles())
+        try:
+            self._start_serving(loader, started)
+        finally:
+            loader.end_prefetch()
+
+    def _active_bundles(self) -> list[str]:
+        try:
+            return [p.active for p in SlotTable(self.ctx.layout).all().values() if p.active]
+        except Exception:  # the loads report unreadable slots properly
+            return []
+
+    def _start_serving(self, loader: Any, started: float) -> None:
+        from edgefleet.agent.deploy.record import DeployStateFile
+        from edgefleet.agent.deploy.store import sweep_leftovers
+        from edgefleet.agent.deploy.worker import DeploymentWorker
+        from edgefleet.agent.endpoint import EndpointConfig, EndpointServer
+        from edgefleet.agent.serving import ServingSet
+        from edgefleet.agent.telemetry.recorder import WindowRecorder
+
+        ctx = self.ctx
+        serving = ServingSet(ready=False)
+        loader.check_trust()
         buffer = ctx.open_buffer_or_reset()
         recorder = WindowRecorder(buffer, ctx.window_s)
-        serving = ServingSet(ready=False)
 
         def on_swap(name: str, loaded: Any | None) -> None:
             if loaded is None:
@@ -162,16 +186,35 @@ class AgentDaemon:
                 recorder.register_model(registration_for(loaded))
 
         serving.on_swap(on_swap)
-        loader = BundleLoader(ctx.layout, trust, ctx.profile)
-        driver = ctx.driver(
-            serving=serving, tap=recorder, events=recorder.record_event, loader=loader
-        )
-        current = driver.resume()
-        if current is not None and current.state is State.ROLLING_BACK:
-            # Restore the pointers before loading anything: the version being
-            # undone may be what killed the previous run.
-            driver.run()
+
+        def make_driver() -> DeploymentDriver:
+            return ctx.driver(
+                serving=serving,
+                tap=recorder,
+                events=recorder.record_event,
+                loader=loader,
+                isolated=True,
+            )
+
+        # The deployment code is loaded only when there is a deployment to
+        # resume or, later, a request in the inbox: a daemon that only serves
+        # never needs it.
+        driver: DeploymentDriver | None = None
+        if DeployStateFile(ctx.layout.deploy_file).load().current is None:
+            removed = sweep_leftovers(ctx.layout)
+            if removed:
+                log.info("removed %d crash leftovers", removed)
+        else:
+            from edgefleet.agent.deploy.machine import State
+
+            driver = make_driver()
+            current = driver.resume()
+            if current is not None and current.state is State.ROLLING_BACK:
+                # Restore the pointers before loading anything: the version being
+                # undone may be what killed the previous run.
+                driver.run()
         self._load_models(loader, serving, recorder)
+        loader.end_prefetch()
         recorder.restore()
         self.recorder, self.serving = recorder, serving
         endpoint_cfg = EndpointConfig(
@@ -182,7 +225,7 @@ class AgentDaemon:
         )
         self.endpoint = EndpointServer(endpoint_cfg, serving, recorder)
         self.endpoint.start()
-        self.worker = DeploymentWorker(driver, ctx.layout)
+        self.worker = DeploymentWorker(driver, ctx.layout, factory=make_driver)
         self.worker.start()
         self._start_hub_sync(buffer)
         serving.ready = True
@@ -288,7 +331,8 @@ class AgentDaemon:
         if self.worker is not None:
             stopped = self.worker.stop(max(0.1, deadline - time.monotonic() - 0.5))
             if stopped:
-                self.worker.driver.suspend()
+                if self.worker.driver is not None:
+                    self.worker.driver.suspend()
             else:
                 log.warning("deployment step still running; it resumes at the next start")
         if self.recorder is not None:
@@ -299,8 +343,51 @@ class AgentDaemon:
 
 def run_agent(config_path: Path | None) -> int:
     """Entry point of ``edgefleet agent run``."""
+    from edgefleet.agent.deploy.context import AgentContext
+
     context = AgentContext.load(config_path)
     setup_logging(context.config.log_level)
     daemon = AgentDaemon(context)
     daemon.install_signal_handlers()
     return daemon.run()
+
+
+_USAGE = "usage: python -m edgefleet.agent.daemon [--debug] [agent run] [--config FILE]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m edgefleet.agent.daemon [agent run] --config FILE``: the daemon without the CLI.
+
+    What ``edgefleet agent run`` executes (see its module); errors are
+    reported like the CLI does: one ``error: ...`` line, the family's exit code.
+    """
+    from edgefleet.agent.config import DEFAULT_CONFIG_PATH
+    from edgefleet.core.errors import EXIT_USAGE, EdgefleetError, exit_code_for
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    if args[:2] == ["agent", "run"]:
+        args = args[2:]
+    config_path = DEFAULT_CONFIG_PATH
+    if len(args) == 2 and args[0] == "--config":
+        config_path = Path(args[1])
+    elif len(args) == 1 and args[0].startswith("--config="):
+        config_path = Path(args[0].split("=", 1)[1])
+    elif args:
+        sys.stderr.write(f"{_USAGE}\n")
+        return EXIT_USAGE
+    try:
+        return run_agent(config_path)
+    except EdgefleetError as e:
+        if debug:
+            raise
+        sys.stderr.write(f"error: {' '.join(str(e).split()) or 'unknown error'}\n")
+        return exit_code_for(e)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,6 +7,8 @@ The tree::
     ├── ModelNotFoundError (NotFoundError)        no such model / version installed          -> 2
     ├── InputSchemaError (UsageError)             request does not match the io schema       -> 2 / HTTP 400
     ├── ModelLoadError (OperationalError)         onnxruntime could not load a verified model -> 1
+    ├── InferenceError (OperationalError)         onnxruntime failed on a validated input     -> 1 / HTTP 500
+    ├── EndpointError (OperationalError)          the endpoint cannot listen (port taken...)  -> 1
     ├── DeploymentError (OperationalError)        an install or rollback step failed          -> 1
     ├── TelemetryBufferError (StorageError)       the SQLite telemetry buffer failed          -> 1
     └── BundleRejectedError (VerificationError)   bundle or directive refused by trust rules  -> 3
@@ -48,6 +50,14 @@ class InputSchemaError(AgentError, UsageError):
 
 class ModelLoadError(AgentError, OperationalError):
     """onnxruntime could not load a verified model."""
+
+
+class InferenceError(AgentError, OperationalError):
+    """onnxruntime failed to run a model on an input that passed validation."""
+
+
+class EndpointError(AgentError, OperationalError):
+    """The local endpoint cannot serve (the address cannot be bound, for example)."""
 
 
 class DeploymentError(AgentError, OperationalError):

@@ -12,10 +12,13 @@ Invariants:
   bound run method) is computed once at load; :meth:`LoadedModel.predict` does
   the schema checks, one ``run`` and builds one small :class:`Prediction`.
 - The bytes handed to onnxruntime are the bytes whose size and sha256 were
-  checked against the manifest in the same read (no check-then-reopen window).
+  checked against the manifest in the same read (no check-then-reopen window):
+  read here, or handed over by the daemon's verification process that read
+  and hashed them.
 - Input problems raise :class:`InputSchemaError` (``kind`` says which rule);
   a model onnxruntime cannot load or whose graph disagrees with the io schema
-  raises :class:`ModelLoadError`. onnxruntime's own exceptions never escape.
+  raises :class:`ModelLoadError`; onnxruntime failing on a validated input
+  raises :class:`InferenceError`. onnxruntime's own exceptions never escape.
 - Prediction ids are unique with overwhelming probability: a random
   8-character prefix per loaded model, a per-call counter, and for batches a
   row suffix: ``k3j9x2qa1f`` (one row), ``k3j9x2qa20_0``, ``k3j9x2qa20_1``...
@@ -24,7 +27,6 @@ Invariants:
 from __future__ import annotations
 
 import base64
-import hashlib
 import itertools
 import os
 import time
@@ -37,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import onnxruntime as ort
 
-from edgefleet.agent.errors import InputSchemaError, ModelLoadError
+from edgefleet.agent.errors import InferenceError, InputSchemaError, ModelLoadError
 from edgefleet.agent.runtime_schema import (
     ORT_TYPES,
     ModelSchema,
@@ -45,9 +47,10 @@ from edgefleet.agent.runtime_schema import (
     coerce_input,
     non_finite_error,
 )
-from edgefleet.core.errors import BundleError
+from edgefleet.agent.runtime_verify import read_member_checked
 
 if TYPE_CHECKING:
+    from edgefleet.agent.manifest_view import ManifestView
     from edgefleet.core.manifest import Manifest
     from edgefleet.core.trust import TrustStore
 
@@ -211,7 +214,7 @@ class LoadedModel:
         session: ort.InferenceSession,
         bundle_dir: Path | None = None,
         bundle_sha256: str | None = None,
-        manifest: Manifest | None = None,
+        manifest: Manifest | ManifestView | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -370,8 +373,8 @@ class LoadedModel:
             self._roles,
         )
 
-    def _run_error(self, e: BaseException) -> ModelLoadError:
-        return ModelLoadError(
+    def _run_error(self, e: BaseException) -> InferenceError:
+        return InferenceError(
             f"onnxruntime failed to run model {self.name!r} version {self.version}: "
             f"{_first_line(e)}"
         )
@@ -426,27 +429,6 @@ def _check_graph_matches_schema(
             )
 
 
-def _read_member_checked(bundle_dir: Path, manifest: Any, member: str) -> bytes:
-    """The member's bytes, checked against the manifest's size and sha256 in the same read.
-
-    A mismatch is a BundleError (exit 3): the directory changed after it was verified.
-    """
-    path = bundle_dir / member
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ModelLoadError(f"cannot read {path}: {e.strerror or e}") from e
-    entry = next((f for f in getattr(manifest, "files", ()) if f.path == member), None)
-    if entry is None:
-        raise BundleError(f"manifest of {bundle_dir} lists no {member}")
-    if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
-        raise BundleError(
-            f"{path} does not match the manifest (size or sha256 differ): the bundle "
-            "directory was modified after verification"
-        )
-    return data
-
-
 def read_manifest(bundle_dir: Path) -> Manifest:
     """Parse ``bundle_dir/manifest.json`` (no signature check: see :func:`load_bundle`)."""
     from edgefleet.core.manifest import Manifest
@@ -461,15 +443,19 @@ def read_manifest(bundle_dir: Path) -> Manifest:
 
 def load_model_dir(
     bundle_dir: Path,
-    manifest: Manifest | None,
+    manifest: Manifest | ManifestView | None,
     profile: SessionProfile,
     *,
     bundle_sha256: str | None = None,
+    model_bytes: bytes | None = None,
 ) -> LoadedModel:
     """Load an extracted bundle the caller has verified (``manifest`` None: read it from the dir).
 
     The model bytes are still checked against the manifest's sha256 as they are
-    read, so a directory altered after verification is refused.
+    read, so a directory altered after verification is refused. A caller that
+    already holds the checked bytes (the daemon gets them from its verification
+    process, which hashed them) passes them as ``model_bytes``; they are not
+    read again.
     """
     bundle_dir = Path(bundle_dir)
     if manifest is None:
@@ -481,7 +467,11 @@ def load_model_dir(
     except (TypeError, ValueError) as e:
         raise ModelLoadError(f"manifest model.version is not an integer: {e}") from e
     schema = ModelSchema.from_io_schema(manifest.io_schema)
-    data = _read_member_checked(bundle_dir, manifest, MODEL_MEMBER)
+    data = (
+        read_member_checked(bundle_dir, manifest, MODEL_MEMBER)
+        if model_bytes is None
+        else model_bytes
+    )
     target = dict(manifest.target or {})
     try:
         session = ort.InferenceSession(

@@ -8,10 +8,16 @@ directory, so that whatever is loaded was signed by the trusted publishers:
    it parses to, and ``signatures.json`` holds at least the publisher
    threshold of valid signatures over exactly those bytes;
 2. every file the manifest lists has the declared size and sha256 (except the
-   ones in ``skip``, which the caller checks while reading them anyway).
+   ones in ``skip``, which the caller reads with :func:`read_member_checked`,
+   checking them in the same read that hands them on).
 
 Extra files in the directory are ignored: only listed files are ever read.
 Errors are the verifier's (``BundleError``/``SignatureError``, exit 3).
+
+The signature code (``edgefleet.core.trust``/``manifest``, which load
+``cryptography``) is imported inside :func:`verify_bundle_dir`, so importing
+this module for :func:`read_member_checked` keeps a process free of it (the
+daemon verifies in a child process: :mod:`edgefleet.agent.verify_process`).
 """
 
 from __future__ import annotations
@@ -19,11 +25,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from edgefleet.core.canonical import parse_json
+from edgefleet.agent.errors import ModelLoadError
 from edgefleet.core.errors import BundleError
-from edgefleet.core.manifest import MANIFEST_NAME, SIGNATURES_NAME, Manifest
-from edgefleet.core.trust import TrustStore, signatures_from_json, verify_threshold
+
+if TYPE_CHECKING:
+    from edgefleet.core.manifest import Manifest
+    from edgefleet.core.trust import TrustStore
 
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_SIGNATURES_BYTES = 64 << 10
@@ -54,10 +63,35 @@ def _file_digest(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+def read_member_checked(bundle_dir: Path, manifest: Any, member: str) -> bytes:
+    """The member's bytes, checked against the manifest's size and sha256 in the same read.
+
+    A mismatch is a BundleError (exit 3): the directory changed after it was verified.
+    """
+    path = Path(bundle_dir) / member
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {path}: {e.strerror or e}") from e
+    entry = next((f for f in getattr(manifest, "files", ()) if f.path == member), None)
+    if entry is None:
+        raise BundleError(f"manifest of {bundle_dir} lists no {member}")
+    if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise BundleError(
+            f"{path} does not match the manifest (size or sha256 differ): the bundle "
+            "directory was modified after verification"
+        )
+    return data
+
+
 def verify_bundle_dir(
     bundle_dir: Path, trust: TrustStore, *, skip: Collection[str] = ()
 ) -> Manifest:
     """The directory's manifest, after the signature and file checks above."""
+    from edgefleet.core.canonical import parse_json
+    from edgefleet.core.manifest import MANIFEST_NAME, SIGNATURES_NAME, Manifest
+    from edgefleet.core.trust import signatures_from_json, verify_threshold
+
     bundle_dir = Path(bundle_dir)
     manifest_bytes = _read_bounded(bundle_dir / MANIFEST_NAME, MAX_MANIFEST_BYTES)
     signatures_bytes = _read_bounded(bundle_dir / SIGNATURES_NAME, MAX_SIGNATURES_BYTES)

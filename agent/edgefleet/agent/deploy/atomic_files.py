@@ -8,13 +8,15 @@ Invariants:
   survive power loss).
 - Temp siblings are named ``.NAME.tmp`` so a crash leaves a name that
   :func:`remove_temp_files` recognises and deletes at the next start.
+
+``shutil`` is imported only where a directory tree is removed: it loads the
+compression modules, which the serving daemon otherwise never needs.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +68,8 @@ def copy_durably(src: Path, dst: Path, chunk_bytes: int = 1 << 20) -> None:
     """Copy ``src`` into ``dst`` through a temp sibling, so ``dst`` is complete or absent."""
     tmp = temp_sibling(dst)
     with open(src, "rb") as fin, open(tmp, "wb") as fout:
-        shutil.copyfileobj(fin, fout, chunk_bytes)
+        while chunk := fin.read(chunk_bytes):
+            fout.write(chunk)
         fout.flush()
         os.fsync(fout.fileno())
     durable_rename(tmp, dst)
@@ -75,6 +78,8 @@ def copy_durably(src: Path, dst: Path, chunk_bytes: int = 1 << 20) -> None:
 def remove_path(path: Path) -> None:
     """Delete a file or a directory tree; absent is fine."""
     if path.is_dir() and not path.is_symlink():
+        import shutil  # shutil pulls in the compression modules: not on the serving path
+
         shutil.rmtree(path, ignore_errors=True)
     else:
         try:

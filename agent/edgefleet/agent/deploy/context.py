@@ -3,8 +3,9 @@ profile, the trust store and the telemetry settings, plus the driver wiring.
 
 Keeps ``run``, ``install``, ``rollback`` and ``status`` consistent: the same
 budget, the same window length and the same driver collaborators everywhere.
-Loading onnxruntime is deferred to :meth:`AgentContext.driver` (``status``
-never needs it).
+Loading onnxruntime and the deployment code is deferred to
+:meth:`AgentContext.driver` (``status`` never needs them; the daemon only
+when it has a deployment to run).
 """
 
 from __future__ import annotations
@@ -12,26 +13,27 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edgefleet.agent.config import AgentConfig
-from edgefleet.agent.deploy.driver import (
-    DeploymentDriver,
-    EventSink,
-    ProbationTap,
-    ServingPort,
-    pause_hook_from_env,
-)
+from edgefleet.agent.config import DEFAULT_CONFIG_PATH, AgentConfig
 from edgefleet.agent.deploy.layout import StateLayout
 from edgefleet.agent.errors import AgentConfigError, TelemetryBufferError
-from edgefleet.agent.telemetry.buffer import TelemetryBuffer
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.profiles import DeviceProfile, load_profile
-from edgefleet.core.trust import TrustStore
+
+if TYPE_CHECKING:
+    from edgefleet.agent.deploy.driver import (
+        DeploymentDriver,
+        EventSink,
+        ProbationTap,
+        ServingPort,
+    )
+    from edgefleet.agent.telemetry.buffer import TelemetryBuffer
+    from edgefleet.core.trust import TrustStore
 
 log = logging.getLogger("edgefleet.agent")
 
-DEFAULT_CONFIG = Path("/etc/edgefleet/agent.toml")
+DEFAULT_CONFIG = DEFAULT_CONFIG_PATH
 
 
 @dataclass
@@ -55,6 +57,8 @@ class AgentContext:
         return self.config.telemetry.budget_bytes or self.profile.telemetry_budget_bytes
 
     def trust(self) -> TrustStore:
+        from edgefleet.core.trust import TrustStore
+
         path = self.config.trust_store
         try:
             return TrustStore.load(path)
@@ -64,6 +68,8 @@ class AgentContext:
             raise AgentConfigError(f"field 'agent.trust_store': cannot read {path}: {e}") from e
 
     def open_buffer(self, *, readonly: bool = False) -> TelemetryBuffer:
+        from edgefleet.agent.telemetry.buffer import TelemetryBuffer
+
         return TelemetryBuffer(
             self.layout.telemetry_db,
             self.telemetry_budget_bytes,
@@ -96,19 +102,46 @@ class AgentContext:
         tap: ProbationTap | None = None,
         events: EventSink | None = None,
         loader: Any | None = None,
+        isolated: bool = False,
     ) -> DeploymentDriver:
+        """The deployment driver; ``isolated`` (the daemon) checks bundles in child processes.
+
+        Without ``isolated`` the trust store is loaded here and bundles are
+        verified in this process (short-lived commands).
+        """
+        from edgefleet.agent.deploy.driver import DeploymentDriver, pause_hook_from_env
         from edgefleet.agent.deploy.loader import BundleLoader, onnxruntime_version
 
-        trust = self.trust()
+        trust: TrustStore | None = None
+        checker = None
+        if isolated:
+            from edgefleet.agent.verify_process import ChildBundleChecker
+
+            checker = ChildBundleChecker(self.config.trust_store, self.profile.max_bundle_bytes)
+            if loader is None:
+                loader = self.loader(isolated=True)
+        else:
+            trust = self.trust()
+            if loader is None:
+                loader = BundleLoader(self.layout, trust, self.profile)
         return DeploymentDriver(
             self.layout,
             profile=self.profile,
             trust=trust,
             settings=self.config.probation,
-            loader=loader or BundleLoader(self.layout, trust, self.profile),
+            loader=loader,
             onnxruntime_version=onnxruntime_version(),
             serving=serving,
             tap=tap,
             events=events,
             pause=pause_hook_from_env(),
+            checker=checker,
         )
+
+    def loader(self, *, isolated: bool = False) -> Any:
+        """A BundleLoader for the store; ``isolated`` verifies in child processes."""
+        from edgefleet.agent.deploy.loader import BundleLoader
+
+        if isolated:
+            return BundleLoader(self.layout, None, self.profile, trust_path=self.config.trust_store)
+        return BundleLoader(self.layout, self.trust(), self.profile)

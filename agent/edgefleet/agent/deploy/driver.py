@@ -15,7 +15,9 @@ Steps and their side effects:
 downloading      fetch the bundle into ``downloads/ID.efb`` (rename from the
                  inbox, or copy a local file); refuse a declared size over budget
 verifying        verify signatures, hashes and budget while extracting into
-                 ``staging/ID``; check profile, arch, onnxruntime, version
+                 ``staging/ID`` (in this process, or in a child process when
+                 the driver has a ``checker``: the daemon's); check profile,
+                 arch, onnxruntime, version
 staged           move ``staging/ID`` to ``bundles/SHA`` (content-addressed)
 activating       load (verify again) the new version, switch the slot pointers
                  (active=new, previous=old active), serve it
@@ -40,7 +42,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.agent.config import ProbationSettings
 from edgefleet.agent.deploy.atomic_files import copy_durably, durable_rename, remove_path
@@ -69,12 +71,23 @@ from edgefleet.agent.deploy.machine import (
 )
 from edgefleet.agent.deploy.record import DeploymentRecord, DeployState, DeployStateFile
 from edgefleet.agent.deploy.slots import SlotPointers, SlotTable
-from edgefleet.agent.deploy.store import BundleStore
-from edgefleet.agent.errors import BundleRejectedError, DeploymentError, ModelNotFoundError
+from edgefleet.agent.deploy.store import BundleStore, sweep_leftovers
+from edgefleet.agent.errors import (
+    BundleRejectedError,
+    DeploymentError,
+    ModelLoadError,
+    ModelNotFoundError,
+)
 from edgefleet.agent.telemetry.recorder import LiveStats
 from edgefleet.core.errors import StorageError, VerificationError
 from edgefleet.core.profiles import DeviceProfile
-from edgefleet.core.trust import TrustStore
+
+if TYPE_CHECKING:
+    from edgefleet.core.trust import TrustStore
+
+# ``checker(bundle_file, dest_dir)``: verify and extract (BundleVerifier.verify_and_extract
+# semantics), returning an object with ``manifest`` and ``sha256``.
+BundleChecker = Callable[[Path, Path], Any]
 
 log = logging.getLogger("edgefleet.agent.deploy")
 
@@ -87,7 +100,7 @@ class DeploymentDriver:
         layout: StateLayout,
         *,
         profile: DeviceProfile,
-        trust: TrustStore,
+        trust: TrustStore | None = None,
         settings: ProbationSettings,
         loader: Loader,
         onnxruntime_version: str,
@@ -96,11 +109,15 @@ class DeploymentDriver:
         events: EventSink | None = None,
         clock: Callable[[], float] = time.time,
         pause: Callable[[str], None] = no_pause,
+        checker: BundleChecker | None = None,
     ) -> None:
+        if trust is None and checker is None:
+            raise ValueError("DeploymentDriver needs a trust store or a bundle checker")
         layout.ensure()
         self.layout = layout
         self.profile = profile
         self.trust = trust
+        self.checker = checker
         self.settings = settings
         self.loader = loader
         self.onnxruntime_version = onnxruntime_version
@@ -292,14 +309,13 @@ class DeploymentDriver:
             self.tap.stop_probation(record.model, record.version)
 
     def _sweep(self, record: DeploymentRecord | None) -> None:
-        keep_id = None if record is None else record.id
-        removed = self.store.sweep(keep_staging=keep_id, keep_download=keep_id)
-        keep = self.slots.referenced()
-        if record is not None and record.bundle_sha256 is not None:
-            keep.add(record.bundle_sha256)
-        removed_bundles = self.store.collect(keep)
-        if removed or removed_bundles:
-            log.info("removed %d crash leftovers", len(removed) + len(removed_bundles))
+        removed = sweep_leftovers(
+            self.layout,
+            None if record is None else record.id,
+            None if record is None else record.bundle_sha256,
+        )
+        if removed:
+            log.info("removed %d crash leftovers", removed)
 
     # --- running ---------------------------------------------------------------
     def run(self) -> State:
@@ -358,21 +374,27 @@ class DeploymentDriver:
         self.pause("downloading+")
         self._fire(Event.DOWNLOADED)
 
-    def _verify(self, record: DeploymentRecord) -> None:
+    def _check_bundle(self, download: Path, staging: Path) -> Any:
+        if self.checker is not None:
+            return self.checker(download, staging)
         from edgefleet.core.bundle_verifier import BundleVerifier
 
+        assert self.trust is not None
+        verifier = BundleVerifier(self.trust, max_bundle_bytes=self.profile.max_bundle_bytes)
+        return verifier.verify_and_extract(download, staging)
+
+    def _verify(self, record: DeploymentRecord) -> None:
         download = self.layout.download_path(record.id)
         if not download.is_file():
             self._fire(Event.VERIFY_FAILED, reason="the downloaded bundle is gone")
             return
         self.store.clear_staging(record.id)
-        verifier = BundleVerifier(self.trust, max_bundle_bytes=self.profile.max_bundle_bytes)
         try:
-            verified = verifier.verify_and_extract(download, self.layout.staging_path(record.id))
+            verified = self._check_bundle(download, self.layout.staging_path(record.id))
         except VerificationError as e:
             self._fire(Event.VERIFY_REJECTED, reason=str(e))
             return
-        except (StorageError, OSError) as e:
+        except (StorageError, OSError, ModelLoadError) as e:
             self._fire(Event.VERIFY_FAILED, reason=str(e))
             return
         manifest = verified.manifest
@@ -537,6 +559,7 @@ class DeploymentDriver:
 
 __all__ = [
     "PAUSE_ENV",
+    "BundleChecker",
     "DeploymentDriver",
     "EventSink",
     "Loader",

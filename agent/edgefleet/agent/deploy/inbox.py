@@ -19,7 +19,6 @@ Invariants:
 from __future__ import annotations
 
 import json
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,8 @@ class InboxRequest:
 
 
 def new_request_id(now: float) -> str:
+    import secrets  # rare: keep it off the serving daemon's imports
+
     return f"{int(now * 1000):013d}-{secrets.token_hex(4)}"
 
 

@@ -7,18 +7,35 @@ bytes are checked in the same read that hands them to onnxruntime) and
 re-checks the device target, so a bundle tampered with on disk or a trust
 store that no longer trusts its publisher never serves.
 
+Two ways to run the checks, same checks and same errors:
+
+- in this process, against a loaded :class:`TrustStore` (``agent install``
+  without a daemon, ``agent predict``);
+- in a short-lived child process reading the trust store from ``trust_path``
+  (the daemon: :mod:`edgefleet.agent.verify_process`), so the serving
+  process never loads the signature code. :meth:`BundleLoader.prefetch`
+  starts the child's work early (the daemon does it before importing
+  onnxruntime, so both run at once); a load takes the prefetched answer when
+  there is one for its bundle, and starts a fresh child otherwise.
+
 onnxruntime is imported on first use so that ``agent status`` stays fast.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.agent.deploy.compat import check_target
 from edgefleet.agent.deploy.layout import StateLayout
 from edgefleet.core.profiles import DeviceProfile
-from edgefleet.core.trust import TrustStore
+
+if TYPE_CHECKING:
+    from edgefleet.agent.verify_process import CheckedBundle, VerifyProcess
+    from edgefleet.core.trust import TrustStore
 
 
 def onnxruntime_version() -> str:
@@ -28,19 +45,53 @@ def onnxruntime_version() -> str:
 
 
 @dataclass
+class _Prefetch:
+    process: VerifyProcess
+    pending: list[str]  # what the answers still in the pipe are for, in order
+    answers: dict[str, CheckedBundle | bool | Exception] = field(default_factory=dict)
+
+
+_TRUST = "trust store"  # the key of the trust-store check among prefetched answers
+
+
+@dataclass
 class BundleLoader:
-    """``load(sha256) -> LoadedModel`` for bundles in the store."""
+    """``load(sha256) -> LoadedModel`` for bundles in the store.
+
+    Give ``trust`` to verify in this process, or ``trust_path`` to verify in
+    a child process (``trust`` is then not needed).
+    """
 
     layout: StateLayout
-    trust: TrustStore
+    trust: TrustStore | None
     profile: DeviceProfile
+    trust_path: Path | None = None
+    _prefetch: _Prefetch | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.trust is None and self.trust_path is None:
+            raise ValueError("BundleLoader needs a trust store or the path of one")
+
+    @property
+    def isolated(self) -> bool:
+        """True when the checks run in a child process."""
+        return self.trust_path is not None
 
     def load(self, sha256: str) -> Any:
         from edgefleet.agent.runtime import MODEL_MEMBER, load_model_dir
-        from edgefleet.agent.runtime_verify import verify_bundle_dir
 
         bundle_dir = self.layout.bundle_dir(sha256)
-        manifest = verify_bundle_dir(bundle_dir, self.trust, skip=(MODEL_MEMBER,))
+        model_bytes: bytes | None = None
+        manifest: Any
+        if self.trust_path is not None:
+            checked = self._checked(sha256)
+            manifest, model_bytes = checked.manifest, checked.members[MODEL_MEMBER]
+        else:
+            from edgefleet.agent.runtime_verify import verify_bundle_dir
+
+            assert self.trust is not None
+            manifest = verify_bundle_dir(bundle_dir, self.trust, skip=(MODEL_MEMBER,))
         check_target(
             manifest.model,
             manifest.target,
@@ -48,6 +99,90 @@ class BundleLoader:
             arch=self.profile.arch,
             onnxruntime_version=onnxruntime_version(),
         )
-        return load_model_dir(bundle_dir, manifest, self.profile, bundle_sha256=sha256)
+        return load_model_dir(
+            bundle_dir, manifest, self.profile, bundle_sha256=sha256, model_bytes=model_bytes
+        )
 
     __call__ = load
+
+    # --- child-process checks ---------------------------------------------------
+    def check_trust(self) -> None:
+        """Fail now (AgentConfigError) when the trust store cannot be read.
+
+        In isolated mode only the child reads the trust store; the daemon calls
+        this at start so that a broken trust store stops it, as it always did.
+        """
+        if self.trust_path is None:
+            return
+        from edgefleet.agent.verify_process import VerifyProcess
+
+        if self._take(_TRUST) is not None:
+            return
+        with VerifyProcess(self.trust_path) as process:
+            process.check_trust()
+
+    def prefetch(self, sha256s: Iterable[str]) -> None:
+        """Start checking the trust store and these stored bundles now; loads take the answers."""
+        if self.trust_path is None:
+            return
+        from edgefleet.agent.verify_process import MODEL_MEMBER, VerifyProcess
+
+        with self._lock:
+            self._end_prefetch_locked()
+            process = VerifyProcess(self.trust_path).start()
+            process.send_trust_check()
+            pending = [_TRUST]
+            for sha in dict.fromkeys(sha256s):
+                process.send_load(self.layout.bundle_dir(sha), (MODEL_MEMBER,))
+                pending.append(sha)
+            self._prefetch = _Prefetch(process, pending)
+
+    def end_prefetch(self) -> None:
+        """Drop answers nobody took and let the child exit."""
+        with self._lock:
+            self._end_prefetch_locked()
+
+    def _end_prefetch_locked(self) -> None:
+        prefetch, self._prefetch = self._prefetch, None
+        if prefetch is not None:
+            prefetch.process.close()
+
+    def _take(self, key: str) -> CheckedBundle | bool | None:
+        """The prefetched answer for ``key`` (raising its error); None when there is none."""
+        with self._lock:
+            prefetch = self._prefetch
+            if prefetch is None or (key not in prefetch.answers and key not in prefetch.pending):
+                return None
+            while key not in prefetch.answers:
+                if not prefetch.process.running:
+                    # The child died answering an earlier request: what it still
+                    # owed is checked again by a fresh one.
+                    self._end_prefetch_locked()
+                    return None
+                pending = prefetch.pending.pop(0)
+                answer: CheckedBundle | bool | Exception
+                try:
+                    answer = (
+                        prefetch.process.trust_reply()
+                        if pending == _TRUST
+                        else prefetch.process.reply()
+                    )
+                except Exception as e:  # raised to the caller that wants this answer
+                    answer = e
+                prefetch.answers[pending] = answer
+            taken = prefetch.answers.pop(key)
+            if not prefetch.pending and not prefetch.answers:
+                self._end_prefetch_locked()
+        if isinstance(taken, Exception):
+            raise taken
+        return taken
+
+    def _checked(self, sha256: str) -> CheckedBundle:
+        from edgefleet.agent.verify_process import MODEL_MEMBER, VerifyProcess
+
+        taken = self._take(sha256)
+        if taken is not None and not isinstance(taken, bool):
+            return taken
+        assert self.trust_path is not None
+        with VerifyProcess(self.trust_path) as process:
+            return process.load(self.layout.bundle_dir(sha256), (MODEL_MEMBER,))

@@ -23,7 +23,26 @@ from typing import Any
 
 from edgefleet.agent.deploy.atomic_files import durable_rename, remove_path, remove_temp_files
 from edgefleet.agent.deploy.layout import SHA256_RE, StateLayout
+from edgefleet.agent.deploy.slots import SlotTable
 from edgefleet.agent.errors import DeploymentError
+
+
+def sweep_leftovers(
+    layout: StateLayout, deployment_id: str | None = None, bundle_sha256: str | None = None
+) -> int:
+    """Remove crash leftovers and unreferenced bundles; returns how many entries went.
+
+    Keeps what the deployment in progress (``deployment_id``, its bundle
+    ``bundle_sha256``) still needs and whatever a slot points at. The daemon
+    calls it at start when no deployment is in progress, without building a
+    deployment driver.
+    """
+    store = BundleStore(layout)
+    removed = store.sweep(keep_staging=deployment_id, keep_download=deployment_id)
+    keep = SlotTable(layout).referenced()
+    if bundle_sha256 is not None:
+        keep.add(bundle_sha256)
+    return len(removed) + len(store.collect(keep))
 
 
 class BundleStore:

@@ -5,26 +5,44 @@ inference. One request at a time, oldest first. An unexpected error in a step
 is handled like a crash of the agent: the persisted state is resumed through
 the recovery table, which counts the attempt (so a step that always fails is
 given up after ``max_attempts``).
+
+The daemon may hand it a ``factory`` instead of a driver: the driver (and the
+deployment code behind it) is then built when the first request arrives, so
+a daemon that only serves never loads it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgefleet.agent.deploy import inbox
 from edgefleet.agent.deploy.atomic_files import remove_path
-from edgefleet.agent.deploy.driver import DeploymentDriver, describe_error
 from edgefleet.agent.deploy.layout import StateLayout
 from edgefleet.core.errors import EdgefleetError
+
+if TYPE_CHECKING:
+    from edgefleet.agent.deploy.driver import DeploymentDriver
 
 log = logging.getLogger("edgefleet.agent.deploy")
 
 
 class DeploymentWorker:
-    def __init__(self, driver: DeploymentDriver, layout: StateLayout, interval_s: float = 0.25):
+    def __init__(
+        self,
+        driver: DeploymentDriver | None,
+        layout: StateLayout,
+        interval_s: float = 0.25,
+        *,
+        factory: Callable[[], DeploymentDriver] | None = None,
+    ):
+        if driver is None and factory is None:
+            raise ValueError("DeploymentWorker needs a driver or a factory for one")
         self.driver = driver
+        self._factory = factory
         self.layout = layout
         self.interval_s = interval_s
         self._stop = threading.Event()
@@ -49,21 +67,31 @@ class DeploymentWorker:
             self._stop.wait(self.interval_s)
 
     def tick(self) -> None:
+        driver = self.driver
         try:
-            if self.driver.current is None:
-                self._take_request()
-            if self.driver.current is not None and not self._stop.is_set():
-                self.driver.run()
+            if driver is None:
+                if not inbox.pending(self.layout):
+                    return
+                assert self._factory is not None
+                driver = self.driver = self._factory()
+            if driver.current is None:
+                self._take_request(driver)
+            if driver.current is not None and not self._stop.is_set():
+                driver.run()
         except Exception:
             self.errors += 1
             log.exception("deployment step failed; resuming from the persisted state")
+            if driver is None:
+                return
             try:
-                self.driver.resume()
+                driver.resume()
             except Exception:
                 log.exception("deployment recovery failed")
 
-    def _take_request(self) -> None:
-        state = self.driver.state
+    def _take_request(self, driver: DeploymentDriver) -> None:
+        from edgefleet.agent.deploy.hooks import describe_error
+
+        state = driver.state
         for request in inbox.pending(self.layout):
             if state.current is not None and state.current.id == request.id:
                 # Taken before a crash: the bundle copy is the deployment's source now.
@@ -74,7 +102,7 @@ class DeploymentWorker:
                 continue
             try:
                 if request.kind == "install":
-                    self.driver.submit_install(
+                    driver.submit_install(
                         request.bundle or Path(""),
                         size=request.size,
                         source_is_inbox=True,
@@ -83,11 +111,11 @@ class DeploymentWorker:
                         deployment_id=request.id,
                     )
                 elif request.kind == "rollback" and request.model:
-                    self.driver.submit_rollback(request.model, deployment_id=request.id)
+                    driver.submit_rollback(request.model, deployment_id=request.id)
                 else:
                     raise ValueError(f"unknown request kind {request.kind!r}")
             except (EdgefleetError, ValueError) as e:
-                self.driver.refuse(request.id, request.kind, describe_error(e), request.model)
+                driver.refuse(request.id, request.kind, describe_error(e), request.model)
                 inbox.discard(self.layout, request.id)
                 continue
             remove_path(self.layout.inbox / f"{request.id}.json")

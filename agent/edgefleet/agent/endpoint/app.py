@@ -28,7 +28,6 @@ Invariants:
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 import weakref
@@ -48,7 +47,7 @@ from edgefleet.agent.endpoint.oip import (
     model_metadata,
     run_infer,
 )
-from edgefleet.agent.errors import InputSchemaError, ModelLoadError, ModelNotFoundError
+from edgefleet.agent.errors import InferenceError, InputSchemaError, ModelNotFoundError
 from edgefleet.agent.runtime import LoadedModel
 from edgefleet.agent.serving import ServingSet
 from edgefleet.agent.telemetry_sink import TelemetrySink
@@ -119,7 +118,7 @@ class EndpointApp:
     def route(self, req: Request) -> Outcome | Job:
         if self._auth is not None:
             given = req.headers.get("authorization")
-            if given is None or not hmac.compare_digest(given.encode("latin-1"), self._auth):
+            if given is None or not _compare_digest(given.encode("latin-1"), self._auth):
                 return error_outcome(
                     401,
                     "missing or wrong bearer token",
@@ -219,7 +218,7 @@ class EndpointApp:
             payload = encoder.encode(prediction, call)
         except InputSchemaError as e:
             return self._refused(model, error_outcome(400, str(e)), e.kind)
-        except ModelLoadError as e:
+        except InferenceError as e:
             log.error("inference failed: %s", e)
             return self._refused(model, error_outcome(500, str(e)), "runtime")
         except Exception as e:  # a bug must cost one request, not the endpoint
@@ -313,6 +312,13 @@ class EndpointApp:
 
         outcome.after = after
         return outcome
+
+
+def _compare_digest(a: bytes, b: bytes) -> bool:
+    """Constant-time comparison (hmac's, imported only by endpoints with a token)."""
+    import hmac
+
+    return hmac.compare_digest(a, b)
 
 
 def _refuse_binary(req: Request) -> Outcome | None:

@@ -149,6 +149,7 @@ class TelemetryBuffer(BufferBudget):
             if str(mode).lower() != "wal":
                 raise TelemetryBufferError(f"{self.path}: cannot switch to WAL mode ({mode})")
             conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA cache_size=-256")
             conn.execute("PRAGMA busy_timeout=10000")
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
             conn.execute(f"PRAGMA journal_size_limit={self.wal_limit}")

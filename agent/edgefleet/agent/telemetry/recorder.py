@@ -29,10 +29,11 @@ import logging
 import math
 import threading
 import time
+from bisect import bisect_right
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -101,8 +102,85 @@ def reference_from_json(text: str | bytes | None) -> Any | None:
         return None
 
 
+class _RingRows(Sequence[RingEntry]):
+    """Prediction ids waiting for the next flush, kept column-wise.
+
+    One list slot per id and per label (label strings are shared), plus one
+    ``(first row, model, version)`` span each time the model version changes:
+    a few bytes per prediction where a :class:`RingEntry` object and a dict
+    entry per prediction cost a hundred and fifty. Entries are made only when
+    read (the flush streams them into SQLite).
+    """
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.labels: list[str | None] = []
+        self.spans: list[tuple[int, str, int]] = []
+        self._starts: list[int] = []
+
+    def add(
+        self, model: str, version: int, ids: Sequence[str], labels: Sequence[str | None]
+    ) -> None:
+        if not self.spans or self.spans[-1][1:] != (model, version):
+            self.spans.append((len(self.ids), model, version))
+            self._starts.append(len(self.ids))
+        self.ids.extend(ids)
+        self.labels.extend(labels)
+
+    def drop_first(self, n: int) -> None:
+        """Forget the first ``n`` rows (they were flushed)."""
+        del self.ids[:n]
+        del self.labels[:n]
+        spans: list[tuple[int, str, int]] = []
+        if self.ids:
+            for start, model, version in self.spans:
+                if start - n <= 0:
+                    spans = [(0, model, version)]  # the span that now holds row 0
+                else:
+                    spans.append((start - n, model, version))
+        self.spans = spans
+        self._starts = [start for start, _, _ in spans]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, i: int) -> RingEntry: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[RingEntry]: ...
+
+    def __getitem__(self, i: int | slice) -> RingEntry | list[RingEntry]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self.ids)))]
+        if i < 0:
+            i += len(self.ids)
+        if not 0 <= i < len(self.ids):
+            raise IndexError(i)
+        _, model, version = self.spans[bisect_right(self._starts, i) - 1]
+        return RingEntry(self.ids[i], model, version, self.labels[i])
+
+    def __iter__(self) -> Iterator[RingEntry]:
+        ends = [start for start, _, _ in self.spans[1:]] + [len(self.ids)]
+        for (start, model, version), end in zip(self.spans, ends, strict=True):
+            for i in range(start, end):
+                yield RingEntry(self.ids[i], model, version, self.labels[i])
+
+    def head(self, n: int) -> _RingRows:
+        """A copy of the first ``n`` rows."""
+        rows = _RingRows()
+        rows.ids, rows.labels = self.ids[:n], self.labels[:n]
+        rows.spans = [span for span in self.spans if span[0] < n]
+        rows._starts = [start for start, _, _ in rows.spans]
+        return rows
+
+
 class WindowRecorder:
-    """Aggregates per model version and window; implements ``TelemetrySink``."""
+    """Aggregates per model version and window; implements ``TelemetrySink``.
+
+    Also implements ``BatchTelemetrySink.record_inferences``: the endpoint
+    hands over the requests of one event-loop pass together.
+    """
 
     def __init__(
         self,
@@ -117,8 +195,12 @@ class WindowRecorder:
         self._lock = threading.Lock()
         self._windows: dict[tuple[str, int], WindowAccumulator] = {}
         self._closed: list[dict[str, Any]] = []
-        self._ring: list[RingEntry] = []
-        self._pending_ids: dict[str, RingEntry] = {}
+        self._ring = _RingRows()
+        # id -> row in _ring, built only when a label arrives before its flush,
+        # covering the first _ring_indexed rows.
+        self._ring_index: dict[str, int] = {}
+        self._ring_indexed = 0
+        self._label_keys: dict[Any, str] = {}
         self._forget: list[str] = []
         self._labelled: set[str] = set()
         self._registrations: dict[tuple[str, int], ModelRegistration] = {}
@@ -173,6 +255,18 @@ class WindowRecorder:
         latency_ms: float,
         prediction_ids: Sequence[str],
     ) -> None:
+        self.record_inferences(model, version, X, predictions, (latency_ms,), prediction_ids)
+
+    def record_inferences(
+        self,
+        model: str,
+        version: int,
+        X: np.ndarray,
+        predictions: np.ndarray,
+        latencies_ms: Sequence[float],
+        prediction_ids: Sequence[str],
+    ) -> None:
+        """Several answered requests of one model version (rows concatenated, one latency each)."""
         try:
             now = self._clock()
             with self._lock:
@@ -180,21 +274,43 @@ class WindowRecorder:
                 classifier = reg is None or reg.task == "classification"
                 acc = self._window_for(model, version, now)
                 preds = np.asarray(predictions).reshape(-1)
-                acc.add_inference(float(latency_ms), preds if classifier else None)
+                acc.add_inferences(latencies_ms, preds if classifier else None)
                 if acc.drift is not None:
                     acc.add_rows(np.asarray(X), preds)
-                for pid, value in zip(prediction_ids, preds.tolist(), strict=False):
-                    entry = RingEntry(pid, model, version, label_key(value) if classifier else None)
-                    self._ring.append(entry)
-                    self._pending_ids[pid] = entry
+                n = min(len(prediction_ids), len(preds))
+                labels: list[str | None]
+                if classifier:
+                    labels = [self._label_key(v) for v in preds[:n].tolist()]
+                else:
+                    labels = [None] * n
+                self._ring.add(model, version, prediction_ids[:n], labels)
                 counter = self._probation.get((model, version))
                 if counter is not None:
-                    counter.requests += 1
-                    if len(counter.latencies) < PROBATION_SAMPLE_LIMIT:
-                        counter.latencies.append(float(latency_ms))
+                    counter.requests += len(latencies_ms)
+                    room = PROBATION_SAMPLE_LIMIT - len(counter.latencies)
+                    if room > 0:
+                        counter.latencies.extend(float(v) for v in latencies_ms[:room])
         except Exception:  # a failing sink never turns a good answer into an error
             self.sink_failures += 1
             log.exception("telemetry: record_inference failed")
+
+    def _label_key(self, value: Any) -> str:
+        key = self._label_keys.get(value)
+        if key is None:
+            key = label_key(value)
+            if len(self._label_keys) < 4096:  # a classifier's labels; regressors never get here
+                self._label_keys[value] = key
+        return key
+
+    def _pending_entry(self, prediction_id: str) -> RingEntry | None:
+        """The entry of an id not flushed yet (lock held)."""
+        ring = self._ring
+        index = self._ring_index
+        for i in range(self._ring_indexed, len(ring)):
+            index[ring.ids[i]] = i
+        self._ring_indexed = len(ring)
+        row = index.get(prediction_id)
+        return None if row is None else ring[row]
 
     def record_error(self, model: str, version: int | None, kind: str) -> None:
         try:
@@ -223,7 +339,7 @@ class WindowRecorder:
             with self._lock:
                 if prediction_id in self._labelled:
                     return False
-                entry = self._pending_ids.get(prediction_id)
+                entry = self._pending_entry(prediction_id)
             if entry is None:
                 entry = self.buffer.lookup_prediction(prediction_id)
             if entry is None or entry.model != model:
@@ -315,6 +431,7 @@ class WindowRecorder:
 
         Open windows are persisted as open (not cut short), so a restart inside
         the window resumes it instead of producing two records for one window.
+        Prediction ids stay findable in memory until their transaction committed.
         """
         now = self._clock()
         with self._lock:
@@ -324,18 +441,19 @@ class WindowRecorder:
                     del self._windows[key]
             closed = self._closed
             opened = [acc.to_body() for acc in self._windows.values() if acc.dirty]
-            ring, forget = self._ring, self._forget
-            self._closed, self._ring, self._forget = [], [], []
+            flushed = len(self._ring)
+            ring = self._ring.head(flushed)
+            forget = self._forget
+            self._closed, self._forget = [], []
             for acc in self._windows.values():
                 acc.dirty = False
-        if not closed and not opened and not ring and not forget:
+        if not closed and not opened and not flushed and not forget:
             return []
         try:
             seqs = self.buffer.commit_flush(closed, opened, ring, forget)
         except Exception:
             with self._lock:  # keep everything for the next attempt
                 self._closed = closed + self._closed
-                self._ring = ring + self._ring
                 self._forget = forget + self._forget
                 for body in opened:
                     still_open = self._windows.get((body["model"], body["version"]))
@@ -343,7 +461,7 @@ class WindowRecorder:
                         still_open.dirty = True
             raise
         with self._lock:
-            for entry in ring:
-                self._pending_ids.pop(entry.prediction_id, None)
+            self._ring.drop_first(flushed)
+            self._ring_index, self._ring_indexed = {}, 0
             self._labelled.difference_update(forget)
         return seqs

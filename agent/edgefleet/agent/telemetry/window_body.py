@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import math
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,11 @@ import numpy as np
 from edgefleet.agent.errors import TelemetryBufferError
 
 #: Rows queued per model version before they are folded into the drift statistics.
-FOLD_ROWS = 256
+#: A fold has a fixed cost of about a 256-row batch's third; its temporaries grow
+#: with the rows (about 2.5 KB per 64-feature row). 128 rows keep both small.
+FOLD_ROWS = 128
+#: A big batch is folded in slices of this many rows, so its temporaries stay bounded.
+FOLD_CHUNK_ROWS = 512
 
 #: Upper bucket edges in milliseconds (the last bucket holds everything slower).
 LATENCY_EDGES_MS: tuple[float, ...] = (
@@ -100,7 +105,7 @@ class DriftCodec:
 
 def latency_bucket(latency_ms: float) -> int:
     """Index of the bucket holding ``latency_ms`` (see the module invariants)."""
-    return int(np.searchsorted(LATENCY_EDGES_MS, latency_ms, side="left"))
+    return bisect_left(LATENCY_EDGES_MS, latency_ms)
 
 
 def histogram_quantile(counts: Sequence[int], q: float) -> float | None:
@@ -151,15 +156,21 @@ class WindowAccumulator:
     pending_rows: int = 0
 
     def add_inference(self, latency_ms: float, labels: np.ndarray | None) -> None:
-        self.requests += 1
-        self.latency_counts[latency_bucket(latency_ms)] += 1
+        self.add_inferences((latency_ms,), labels)
+
+    def add_inferences(self, latencies_ms: Sequence[float], labels: np.ndarray | None) -> None:
+        """Requests answered (one latency each) and the labels of all their rows."""
+        counts = self.latency_counts
+        for latency in latencies_ms:
+            counts[bisect_left(LATENCY_EDGES_MS, latency)] += 1
+        self.requests += len(latencies_ms)
         if labels is not None and labels.size:
-            if labels.size <= 8:
+            if labels.size <= 16:
                 for value in labels.tolist():
                     self.predictions[label_key(value)] += 1
             else:
-                values, counts = np.unique(labels, return_counts=True)
-                for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+                values, value_counts = np.unique(labels, return_counts=True)
+                for value, count in zip(values.tolist(), value_counts.tolist(), strict=True):
                     self.predictions[label_key(value)] += int(count)
         self.dirty = True
 
@@ -173,15 +184,18 @@ class WindowAccumulator:
             self.fold()
 
     def fold(self) -> None:
-        """Fold the queued rows into the drift statistics."""
+        """Fold the queued rows into the drift statistics (big batches slice by slice)."""
         pending, self.pending, self.pending_rows = self.pending, [], 0
         if self.drift is None or not pending:
             return
         X = pending[0][0] if len(pending) == 1 else np.concatenate([x for x, _ in pending])
-        self.drift.update(X)
+        y = None
         if self.drift.has_outputs:
             y = pending[0][1] if len(pending) == 1 else np.concatenate([y for _, y in pending])
-            self.drift.update_outputs(y)
+        for start in range(0, len(X), FOLD_CHUNK_ROWS):
+            self.drift.update(X[start : start + FOLD_CHUNK_ROWS])
+            if y is not None:
+                self.drift.update_outputs(y[start : start + FOLD_CHUNK_ROWS])
 
     def add_error(self, kind: str, schema: bool) -> None:
         self.requests += 1
