@@ -14,10 +14,11 @@ import pytest
 from tests.agent.bundles import make_signer, trained_model, write_model_dir
 
 from edgefleet.agent.endpoint import EndpointConfig, EndpointServer
-from edgefleet.agent.errors import AgentConfigError, AgentError
+from edgefleet.agent.errors import AgentConfigError, AgentError, EndpointError
 from edgefleet.agent.runtime import LoadedModel, load_bundle
 from edgefleet.agent.serving import ServingSet
 from edgefleet.agent.telemetry_sink import RecordingTelemetrySink
+from edgefleet.core.errors import OperationalError
 from edgefleet.core.profiles import load_profile
 
 PROFILE = load_profile("x86_64-gateway")
@@ -658,8 +659,9 @@ def test_non_loopback_bind_needs_a_token(models: dict[str, LoadedModel]) -> None
 def test_port_in_use_is_a_clear_error(
     server: EndpointServer, models: dict[str, LoadedModel]
 ) -> None:
-    with pytest.raises(AgentError, match=f"cannot listen on 127.0.0.1:{server.port}"):
+    with pytest.raises(EndpointError, match=f"cannot listen on 127.0.0.1:{server.port}"):
         EndpointServer(EndpointConfig(port=server.port), ServingSet(models)).start()
+    assert issubclass(EndpointError, AgentError) and issubclass(EndpointError, OperationalError)
 
 
 def test_not_ready_until_models_are_served() -> None:

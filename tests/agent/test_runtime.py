@@ -16,7 +16,12 @@ from tests.agent.bundles import (
     write_signed_bundle,
 )
 
-from edgefleet.agent.errors import InputSchemaError, ModelLoadError, ModelNotFoundError
+from edgefleet.agent.errors import (
+    InferenceError,
+    InputSchemaError,
+    ModelLoadError,
+    ModelNotFoundError,
+)
 from edgefleet.agent.runtime import (
     LoadedModel,
     ThreadSettings,
@@ -25,7 +30,12 @@ from edgefleet.agent.runtime import (
     select_providers,
 )
 from edgefleet.agent.serving import ServingSet
-from edgefleet.core.errors import BundleError, SignatureError, VerificationError
+from edgefleet.core.errors import (
+    BundleError,
+    OperationalError,
+    SignatureError,
+    VerificationError,
+)
 from edgefleet.core.profiles import load_profile
 
 PROFILE = load_profile("x86_64-gateway")
@@ -288,3 +298,18 @@ def test_serving_set_swap_and_versions(iris: LoadedModel, tmp_path: Path, signer
         serving.swap("other", newer)
     assert serving.remove("iris") is newer and "iris" not in serving
     assert [name for name, _ in seen] == ["iris", "iris", "iris"]
+
+
+def test_onnxruntime_failing_on_valid_input_is_an_inference_error(
+    tmp_path: Path, signer: Signer
+) -> None:
+    loaded = load_bundle(write_model_dir(tmp_path / "iris", "iris", signer), signer.trust, PROFILE)
+
+    def failing_run(*args: object) -> None:  # what onnxruntime raises when a kernel fails
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : kernel failed\ntrace")
+
+    loaded._run = failing_run
+    with pytest.raises(InferenceError, match="kernel failed") as info:
+        loaded.predict(np.zeros((1, 4), dtype=np.float32))
+    assert isinstance(info.value, OperationalError)
+    assert not isinstance(info.value, ModelLoadError)  # the model loaded fine

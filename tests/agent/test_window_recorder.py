@@ -221,3 +221,75 @@ def test_kill_9_loses_at_most_the_unflushed_accounting(tmp_path: Path) -> None:
         assert buf.lookup_prediction(f"id{flushed - 1}") is not None
     finally:
         buf.close()
+
+
+def test_batched_reports_account_like_single_reports(tmp_path: Path) -> None:
+    """record_inferences (one call per event-loop pass) == one record_inference per request."""
+    clock = FakeClock(1_000_000.0)
+    single = WindowRecorder(TelemetryBuffer(tmp_path / "a.db", 4 << 20), 60, clock=clock)
+    batched = WindowRecorder(TelemetryBuffer(tmp_path / "b.db", 4 << 20), 60, clock=clock)
+    for rec in (single, batched):
+        rec.register_model(registration())
+    X, y = batch(750)
+    latencies = [0.1 * (i % 50) for i in range(300)]
+    # 300 requests of 1 to 4 rows, reported in passes of 1 to 7 requests
+    bounds = np.cumsum([0] + [1 + i % 4 for i in range(300)])
+    ids = [f"r{i}" for i in range(int(bounds[-1]))]
+    for i in range(300):
+        a, b = int(bounds[i]), int(bounds[i + 1])
+        single.record_inference("iris", 1, X[a:b], y[a:b], latencies[i], ids[a:b])
+    i = 0
+    while i < 300:
+        j = min(300, i + 1 + i % 7)
+        a, b = int(bounds[i]), int(bounds[j])
+        batched.record_inferences("iris", 1, X[a:b], y[a:b], latencies[i:j], ids[a:b])
+        i = j
+    # labels for predictions not flushed yet are joined from memory
+    assert batched.record_feedback("iris", ids[5], int(y[5])) is True
+    assert batched.record_feedback("iris", ids[5], int(y[5])) is False
+    clock.advance(60)
+    bodies = []
+    for rec in (single, batched):
+        rec.flush()
+        [record] = rec.buffer.records()
+        bodies.append(record.body)
+    a_body, b_body = bodies
+    for key in ("requests", "latency_ms", "predictions", "errors"):
+        assert a_body[key] == b_body[key]
+    assert a_body["requests"] == 300 and b_body["confusion"]["matrix"] is not None
+    da, db = (WindowStats.from_bytes(base64.b64decode(b["drift"])) for b in bodies)
+    assert da.rows == db.rows == bounds[-1]
+    assert np.array_equal(da.ints, db.ints)  # every bin count is exact
+    assert np.allclose(da.adds, db.adds) and np.allclose(da.m2, db.m2)
+    # every prediction id reached the persisted ring, in order, with its label
+    for rec in (single, batched):
+        assert rec.buffer.lookup_prediction(ids[-1]) is not None
+        entry = rec.buffer.lookup_prediction(ids[7])
+        assert entry is not None and entry.predicted == str(int(y[7])) and entry.version == 1
+
+
+def test_ring_keeps_model_versions_apart_across_flushes(tmp_path: Path) -> None:
+    clock = FakeClock(1_000_000.0)
+    rec = WindowRecorder(TelemetryBuffer(tmp_path / "t.db", 4 << 20), 60, clock=clock)
+    rec.register_model(registration(1))
+    rec.register_model(registration(2))
+    X, y = batch(6)
+    rec.record_inferences("iris", 1, X[:2], y[:2], [1.0], ["a", "b"])
+    rec.record_inferences("iris", 2, X[2:4], y[2:4], [1.0, 2.0], ["c", "d"])
+    rec.record_inferences("iris", 1, X[4:], y[4:], [1.0], ["e", "f"])
+    rec.flush()
+    rec.record_inferences("iris", 2, X[:1], y[:1], [1.0], ["g"])
+    versions = {}
+    for pid in "abcdef":
+        entry = rec.buffer.lookup_prediction(pid)
+        assert entry is not None
+        versions[pid] = entry.version
+    assert versions == {"a": 1, "b": 1, "c": 2, "d": 2, "e": 1, "f": 1}
+    assert rec.buffer.lookup_prediction("g") is None  # not flushed yet ...
+    rec.record_inferences("iris", 2, X[1:2], y[1:2], [1.0], ["h"])
+    assert rec.record_feedback("iris", "g", int(y[0])) is True  # ... but known in memory
+    rec.flush()
+    assert rec.buffer.lookup_prediction("g") is None  # labelled: it takes no second label
+    assert rec.record_feedback("iris", "g", int(y[0])) is False
+    entry = rec.buffer.lookup_prediction("h")
+    assert entry is not None and entry.version == 2

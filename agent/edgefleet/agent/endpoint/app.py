@@ -20,10 +20,11 @@ Invariants:
   an :class:`Outcome`.
 - With a token configured every route needs ``Authorization: Bearer <token>``
   (compared in constant time); without one (loopback only) none does.
-- ``Outcome.after`` (metrics and telemetry) runs on the event-loop thread after
-  the response has been written, so accounting never delays an answer;
-  inference accounting is then batched per event-loop pass
-  (:meth:`EndpointApp.flush_telemetry`).
+- ``Outcome.after`` (metrics and telemetry) runs on the event-loop thread just
+  before the response is written, so a client holding its answer can count on
+  it being counted; it is cheap: inference accounting is only queued there and
+  handed to the sink at the end of the event-loop pass, after the answers went
+  out (:meth:`EndpointApp.flush_telemetry`), one batch per model version.
 """
 
 from __future__ import annotations

@@ -309,6 +309,12 @@ class _Connection:
         keep_alive = (
             req is not None and req.keep_alive and not outcome.close and not self.server.stopping
         )
+        # Accounted before the bytes go out, so a client holding its answer can
+        # count on the request being counted (metrics, probation, telemetry);
+        # the costly part, the sink call for inferences, still runs at the end
+        # of the event-loop pass, after the answers were sent.
+        self.metrics.response(outcome.status)
+        self._account(outcome)
         self.send(
             render_response(
                 outcome.status,
@@ -320,8 +326,6 @@ class _Connection:
                 extra_headers=outcome.extra_headers,
             )
         )
-        self.metrics.response(outcome.status)
-        self._account(outcome)
         if not keep_alive:
             self.close()
 
