@@ -162,6 +162,7 @@ def test_a_metrics_port_in_use_is_refused_naming_the_setting(tmp_path: Path) -> 
     try:
         with pytest.raises(HubConfigError, match="fleet.metrics_port: cannot listen"):
             runtime.start()
+            runtime.start_metrics()
         assert runtime.worker._thread is None  # nothing left running
     finally:
         taken.close()

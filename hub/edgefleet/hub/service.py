@@ -96,6 +96,8 @@ FLUSH_TIMEOUT_S = 5.0
 # On stop: how long queued telemetry may take to be stored and acked before the MQTT
 # client goes (later batches are still stored, but their acks are lost: agents resend).
 DRAIN_TIMEOUT_S = 5.0
+# On start: how long to wait for the broker's SUBACKs before opening /metrics regardless.
+SUBSCRIBE_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,18 @@ class HubService:
             thread = threading.Thread(target=target, name=f"hub-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        # On the hub's first connection the broker holds no session for it yet: device
+        # messages published before the SUBACKs are dropped. /metrics answers only once
+        # the subscriptions stand (or after the wait, with the broker unreachable).
+        if not self.transport.wait_subscribed(SUBSCRIBE_WAIT_S):
+            log.warning(
+                "hub: not subscribed after %.0f s; serving /metrics anyway", SUBSCRIBE_WAIT_S
+            )
+        try:
+            self.fleet.start_metrics()
+        except Exception:
+            self.stop()
+            raise
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()

@@ -78,6 +78,10 @@ class FleetRuntime:
         if self.webhook is not None:
             self.webhook.start()
         self.monitor.start(self.config.monitor_interval_s, self.clock)
+
+    def start_metrics(self) -> None:
+        """Open ``/metrics``; the service calls it once it is subscribed, so a scrape
+        answering means the hub receives telemetry (a readiness signal)."""
         if self.config.metrics_port:
             host, port = self.config.metrics_host, self.config.metrics_port
             try:
