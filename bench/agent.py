@@ -17,15 +17,20 @@ bundle and the device profile's session settings (threads, no spinning):
   loop. Rounds alternate between the two servers; the median round counts.
 - ``rss_mb``: resident memory of the daemon after the load test, vs
   ``bare_rss_mb``: a bare Python process holding the same session after a
-  few runs.
+  few runs. The daemon is started exactly as the shipped systemd unit starts
+  it (``edgefleet agent run --config agent.toml``, which replaces itself with
+  ``python -m edgefleet.agent.daemon``; no allocator or interpreter tuning);
+  ``rss_ready_mb`` is the daemon right after start-up, before any request.
 - ``startup_s``: from spawning ``edgefleet agent run`` to the first 200 on
   ``/v2/health/ready`` (median of 3 starts; the bundle is re-verified and
   loaded each time).
 - ``endpoint_only_*``: the same measurements for a process that only
-  verifies and loads the bundle and serves it with ``EndpointServer`` (no
-  CLI, no telemetry buffer, no deployment machine), to separate the cost of
-  the HTTP layer from the rest of the daemon; ``rss_import_breakdown_mb``
-  shows what each dependency adds to a process's resident memory.
+  verifies and loads the bundle the way the daemon does (in a child process)
+  and serves it with ``EndpointServer`` (no CLI, no telemetry buffer, no
+  deployment machine), to separate the cost of the HTTP layer from the rest
+  of the daemon; ``rss_import_breakdown_mb`` shows what each part of the
+  daemon adds to a process holding the session, and ``rss_kept_out_mb`` what
+  the daemon no longer loads would add on top (measured, not estimated).
 
 Prints one JSON object. ``python bench/agent.py [--quick] [--profile NAME]``.
 """
@@ -254,15 +259,21 @@ time.sleep(60)
 """
 
 LEAN_SERVER = """\
-import signal, sys, threading
+import signal, sys, tempfile, threading
 from pathlib import Path
 from edgefleet.agent.endpoint import EndpointConfig, EndpointServer
-from edgefleet.agent.runtime import load_bundle
+from edgefleet.agent.runtime import MODEL_MEMBER, load_model_dir
 from edgefleet.agent.serving import ServingSet
+from edgefleet.agent.verify_process import ChildBundleChecker, VerifyProcess
 from edgefleet.core.profiles import load_profile
-from edgefleet.core.trust import TrustStore
 
-model = load_bundle(Path(sys.argv[1]), TrustStore.load(Path(sys.argv[2])), load_profile(sys.argv[3]))
+# Verified like the daemon does it: extraction and every load checked in a child process.
+bundle, trust, profile = Path(sys.argv[1]), Path(sys.argv[2]), load_profile(sys.argv[3])
+store = Path(tempfile.mkdtemp(dir=sys.argv[5])) / "bundle"
+ChildBundleChecker(trust, profile.max_bundle_bytes)(bundle, store)
+with VerifyProcess(trust) as child:
+    checked = child.load(store)
+model = load_model_dir(store, checked.manifest, profile, model_bytes=checked.members[MODEL_MEMBER])
 server = EndpointServer(EndpointConfig(port=int(sys.argv[4])), ServingSet({"digits": model}))
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -272,34 +283,55 @@ server.stop()
 """
 
 IMPORT_BREAKDOWN = """\
-import importlib, json
+import importlib, json, sys
+import numpy as np
+import onnxruntime as ort
 
 def rss():
     with open("/proc/self/status") as f:
         return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
 
-groups = [
-    ("python", []),
-    ("numpy+onnxruntime", ["numpy", "onnxruntime"]),
-    ("hashlib (OpenSSL libcrypto)", ["hashlib"]),
-    ("cryptography (Ed25519)", ["cryptography.hazmat.primitives.asymmetric.ed25519"]),
-    ("click + CLI root", ["click", "edgefleet.core.cli.main"]),
+# A process holding the session (as the bare baseline), then the daemon's parts in
+# the order it loads them, then what the daemon keeps out of its process.
+so = ort.SessionOptions()
+so.intra_op_num_threads, so.inter_op_num_threads = map(int, sys.argv[2:4])
+session = ort.InferenceSession(open(sys.argv[1], "rb").read(), so, providers=["CPUExecutionProvider"])
+x = np.zeros((1, session.get_inputs()[0].shape[1]), dtype=np.float32)
+for _ in range(2000):
+    session.run(None, {session.get_inputs()[0].name: x})
+daemon = [
+    ("python + numpy + onnxruntime + session", []),
+    ("stdlib (logging, json, threading, socket, selectors, pathlib, dataclasses)",
+     ["logging", "json", "threading", "socket", "selectors", "pathlib", "dataclasses"]),
+    ("agent.toml and device profile (tomllib)", ["edgefleet.agent.config", "edgefleet.core.profiles"]),
     ("sqlite3", ["sqlite3"]),
+    ("hashlib (OpenSSL libcrypto; drift profile ids)", ["hashlib"]),
     ("drift statistics", ["edgefleet.core.drift"]),
-    ("bundle verifier (tarfile, shutil)", ["edgefleet.core.bundle_verifier"]),
-    ("daemon, deploy, telemetry", ["edgefleet.agent.daemon", "edgefleet.agent.deploy.loader"]),
-    ("runtime", ["edgefleet.agent.runtime", "edgefleet.agent.runtime_verify"]),
-    ("asyncio (+ssl)", ["asyncio"]),
+    ("telemetry buffer and recorder", ["edgefleet.agent.telemetry"]),
+    ("runtime", ["edgefleet.agent.runtime", "edgefleet.agent.serving"]),
     ("endpoint", ["edgefleet.agent.endpoint"]),
+    ("daemon, deployment state, verification client",
+     ["edgefleet.agent.daemon", "edgefleet.agent.deploy.context", "edgefleet.agent.deploy.loader",
+      "edgefleet.agent.deploy.worker", "edgefleet.agent.verify_process"]),
+]
+kept_out = [
+    ("deployment driver (loaded at the first install)", ["edgefleet.agent.deploy.driver"]),
+    ("cryptography + bundle verifier (child process only)",
+     ["edgefleet.core.trust", "edgefleet.core.bundle_verifier"]),
+    ("asyncio + ssl (replaced by selectors)", ["asyncio"]),
+    ("click + CLI (exec'd away)", ["click", "edgefleet.core.cli.main", "edgefleet.agent.cli"]),
 ]
 out = {}
-previous = rss()
-for name, modules in groups:
-    for module in modules:
-        importlib.import_module(module)
-    now = rss()
-    out[name] = round(now - previous if modules else now, 1)
-    previous = now
+for table in (daemon, kept_out):
+    part = {}
+    previous = rss()
+    for name, modules in table:
+        for module in modules:
+            importlib.import_module(module)
+        now = rss()
+        part[name] = round(now - previous if modules else now, 1)
+        previous = now
+    out["daemon" if table is daemon else "kept_out"] = part
 print(json.dumps(out))
 """
 
@@ -422,6 +454,7 @@ def main() -> None:
     )
     parser.add_argument("--connections", type=int, default=4)
     args = parser.parse_args()
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
 
     from edgefleet.agent.runtime import select_providers
     from edgefleet.core.profiles import load_profile
@@ -493,6 +526,7 @@ def main() -> None:
             str(signer.trust_path),
             args.profile,
             str(lean_port),
+            str(work),
         ]
         fastapi_cmd = [
             sys.executable,
@@ -518,6 +552,8 @@ def main() -> None:
             "fastapi": (fastapi_cmd, fastapi_port),
         }
         procs = {key: start_measured(cmd, port, env)[0] for key, (cmd, port) in servers.items()}
+        time.sleep(1.0)
+        rss_ready = {key: rss_mb(proc.pid) for key, proc in procs.items()}
         try:
             runs: dict[str, list[dict[str, Any]]] = {key: [] for key in servers}
             for _ in range(rounds):
@@ -550,7 +586,13 @@ def main() -> None:
             bare.wait()
         breakdown = json.loads(
             subprocess.run(
-                [sys.executable, str(work / "imports.py")],
+                [
+                    sys.executable,
+                    str(work / "imports.py"),
+                    str(onnx_file),
+                    str(profile.intra_op_threads),
+                    str(profile.inter_op_threads),
+                ],
                 env=env,
                 capture_output=True,
                 text=True,
@@ -571,6 +613,7 @@ def main() -> None:
             "rss_mb": rss["daemon"],
             "bare_rss_mb": bare_rss,
             "rss_ratio": rss["daemon"] / bare_rss,
+            "rss_ready_mb": rss_ready["daemon"],
             "startup_s": statistics.median(startups["daemon"]),
             # The endpoint alone (verified load, EndpointServer, no telemetry, no CLI):
             "endpoint_only_rps": lean["rps"],
@@ -583,7 +626,8 @@ def main() -> None:
             "fastapi_startup_s": statistics.median(startups["fastapi"]),
             "rounds_rps": {k: [round(r["rps"]) for r in v] for k, v in runs.items()},
             "startup_runs_s": {k: [round(x, 3) for x in v] for k, v in startups.items()},
-            "rss_import_breakdown_mb": breakdown,
+            "rss_import_breakdown_mb": breakdown["daemon"],
+            "rss_kept_out_mb": breakdown["kept_out"],
         }
     )
     import onnxruntime
@@ -606,6 +650,10 @@ def main() -> None:
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
+        "load_average_at_start": load_at_start,
+        "daemon_command": "edgefleet agent run --config agent.toml (as the systemd unit runs it; "
+        "it execs python -m edgefleet.agent.daemon agent run --config agent.toml)",
+        "allocator_or_interpreter_tuning": "none (no MALLOC_* or PYTHON* settings, no -O)",
     }
     result["targets"] = TARGETS
     result["pass"] = {

@@ -38,6 +38,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -307,17 +308,18 @@ class TelemetryBuffer(BufferBudget):
     # --- prediction ring -----------------------------------------------------
     def _remember(self, conn: sqlite3.Connection, entries: Sequence[RingEntry]) -> None:
         start = self._meta(conn, "ring_next")
-        rows = [
-            ((start + i) % self.ring_size, e.prediction_id, e.model, e.version, e.predicted)
-            for i, e in enumerate(entries[-self.ring_size :])
-        ]
+        size = self.ring_size
+        skip = max(0, len(entries) - size)  # only the newest ring_size ids can stay
         # REPLACE drops whichever row held the slot (the oldest id) or the same id.
         conn.executemany(
             "INSERT OR REPLACE INTO ring(slot, prediction_id, model, version, predicted) "
             "VALUES (?, ?, ?, ?, ?)",
-            rows,
+            (
+                ((start + i) % size, e.prediction_id, e.model, e.version, e.predicted)
+                for i, e in enumerate(islice(entries, skip, None))
+            ),
         )
-        self._set_meta(conn, "ring_next", start + len(rows))
+        self._set_meta(conn, "ring_next", start + len(entries) - skip)
 
     def lookup_prediction(self, prediction_id: str) -> RingEntry | None:
         with self._lock:

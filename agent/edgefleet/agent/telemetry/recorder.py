@@ -29,7 +29,7 @@ import logging
 import math
 import threading
 import time
-from bisect import bisect_right
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -103,46 +103,75 @@ def reference_from_json(text: str | bytes | None) -> Any | None:
 
 
 class _RingRows(Sequence[RingEntry]):
-    """Prediction ids waiting for the next flush, kept column-wise.
+    """Prediction ids waiting for the next flush, kept column-wise in flat buffers.
 
-    One list slot per id and per label (label strings are shared), plus one
-    ``(first row, model, version)`` span each time the model version changes:
-    a few bytes per prediction where a :class:`RingEntry` object and a dict
-    entry per prediction cost a hundred and fifty. Entries are made only when
-    read (the flush streams them into SQLite).
+    The ids are stored encoded back to back in one ``bytearray`` (each ended
+    by a NUL; prediction ids never contain one) with their end offsets in an
+    ``array``, the labels in a list of shared strings, plus one ``(first row,
+    model, version)`` span each time the model version changes. That is about
+    twenty bytes per prediction and no Python object that lives until the
+    flush (a second of small objects interleaved with every request's
+    short-lived ones keeps the allocator's pools from ever emptying).
+    Entries are made only when read: the flush streams them into SQLite.
     """
 
     def __init__(self) -> None:
-        self.ids: list[str] = []
+        self._blob = bytearray()
+        self._ends = array("L")
         self.labels: list[str | None] = []
         self.spans: list[tuple[int, str, int]] = []
-        self._starts: list[int] = []
 
     def add(
         self, model: str, version: int, ids: Sequence[str], labels: Sequence[str | None]
     ) -> None:
         if not self.spans or self.spans[-1][1:] != (model, version):
-            self.spans.append((len(self.ids), model, version))
-            self._starts.append(len(self.ids))
-        self.ids.extend(ids)
+            self.spans.append((len(self.labels), model, version))
+        blob, ends = self._blob, self._ends
+        for pid in ids:
+            blob += pid.encode()
+            blob.append(0)
+            ends.append(len(blob))
         self.labels.extend(labels)
+
+    def ids(self) -> list[str]:
+        return self._blob[:-1].decode().split("\0") if self._blob else []
 
     def drop_first(self, n: int) -> None:
         """Forget the first ``n`` rows (they were flushed)."""
-        del self.ids[:n]
+        if n <= 0:
+            return
+        cut = self._ends[n - 1]
+        del self._blob[:cut]
+        self._ends = array("L", (end - cut for end in self._ends[n:]))
         del self.labels[:n]
         spans: list[tuple[int, str, int]] = []
-        if self.ids:
+        if self.labels:
             for start, model, version in self.spans:
                 if start - n <= 0:
                     spans = [(0, model, version)]  # the span that now holds row 0
                 else:
                     spans.append((start - n, model, version))
         self.spans = spans
-        self._starts = [start for start, _, _ in spans]
+
+    def head(self, n: int) -> _RingRows:
+        """A copy of the first ``n`` rows."""
+        rows = _RingRows()
+        if n > 0:
+            rows._blob = self._blob[: self._ends[n - 1]]
+            rows._ends = self._ends[:n]
+            rows.labels = self.labels[:n]
+            rows.spans = [span for span in self.spans if span[0] < n]
+        return rows
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.labels)
+
+    def __iter__(self) -> Iterator[RingEntry]:
+        ids = self.ids()
+        ends = [start for start, _, _ in self.spans[1:]] + [len(ids)]
+        for (start, model, version), end in zip(self.spans, ends, strict=True):
+            for i in range(start, end):
+                yield RingEntry(ids[i], model, version, self.labels[i])
 
     @overload
     def __getitem__(self, i: int) -> RingEntry: ...
@@ -151,28 +180,8 @@ class _RingRows(Sequence[RingEntry]):
     def __getitem__(self, i: slice) -> list[RingEntry]: ...
 
     def __getitem__(self, i: int | slice) -> RingEntry | list[RingEntry]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self.ids)))]
-        if i < 0:
-            i += len(self.ids)
-        if not 0 <= i < len(self.ids):
-            raise IndexError(i)
-        _, model, version = self.spans[bisect_right(self._starts, i) - 1]
-        return RingEntry(self.ids[i], model, version, self.labels[i])
-
-    def __iter__(self) -> Iterator[RingEntry]:
-        ends = [start for start, _, _ in self.spans[1:]] + [len(self.ids)]
-        for (start, model, version), end in zip(self.spans, ends, strict=True):
-            for i in range(start, end):
-                yield RingEntry(self.ids[i], model, version, self.labels[i])
-
-    def head(self, n: int) -> _RingRows:
-        """A copy of the first ``n`` rows."""
-        rows = _RingRows()
-        rows.ids, rows.labels = self.ids[:n], self.labels[:n]
-        rows.spans = [span for span in self.spans if span[0] < n]
-        rows._starts = [start for start, _, _ in rows.spans]
-        return rows
+        entries = list(self)
+        return entries[i]
 
 
 class WindowRecorder:
@@ -306,11 +315,18 @@ class WindowRecorder:
         """The entry of an id not flushed yet (lock held)."""
         ring = self._ring
         index = self._ring_index
-        for i in range(self._ring_indexed, len(ring)):
-            index[ring.ids[i]] = i
-        self._ring_indexed = len(ring)
+        if self._ring_indexed < len(ring):
+            ids = ring.ids()
+            for i in range(self._ring_indexed, len(ids)):
+                index[ids[i]] = i
+            self._ring_indexed = len(ids)
         row = index.get(prediction_id)
-        return None if row is None else ring[row]
+        if row is None:
+            return None
+        for start, model, version in reversed(ring.spans):
+            if start <= row:
+                return RingEntry(prediction_id, model, version, ring.labels[row])
+        return None
 
     def record_error(self, model: str, version: int | None, kind: str) -> None:
         try:
