@@ -2,7 +2,7 @@
 
 ``EndpointServer(EndpointConfig(...), serving_set, telemetry_sink).start()``
 serves every model of a :class:`~edgefleet.agent.serving.ServingSet` over
-HTTP/1.1 on 127.0.0.1 by default. Layers, outermost first: ``server`` (asyncio
+HTTP/1.1 on 127.0.0.1 by default. Layers, outermost first: ``server`` (selectors
 sockets), ``http11`` (sans-IO framing), ``app`` (routes, auth, jobs), ``oip``
 (JSON <-> numpy), ``metrics`` (Prometheus text).
 """

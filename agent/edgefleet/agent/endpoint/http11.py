@@ -1,7 +1,7 @@
 """A small sans-IO HTTP/1.1 request parser and response writer (no sockets here).
 
-:class:`RequestParser` turns bytes into :class:`Request` objects; the asyncio
-protocol in ``server.py`` feeds it and writes what :func:`render_response`
+:class:`RequestParser` turns bytes into :class:`Request` objects; the
+connections in ``server.py`` feed it and write what :func:`render_response`
 returns. Only what a local inference endpoint needs is accepted:
 
 - request line ``METHOD SP origin-form SP HTTP/1.0|HTTP/1.1`` and CRLF-separated

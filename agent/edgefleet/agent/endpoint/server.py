@@ -3,9 +3,9 @@
 Why hand-written: the agent may not depend on an HTTP framework (DESIGN.md §1)
 and a bare event loop does less per request than any of them: one
 ``bytes.find`` for the head, one ``json.loads``, the model call inline, one
-``send``. Why not asyncio: importing it costs about 3 MB resident (it pulls
-in ``ssl`` and some forty modules), a fifth of what the whole agent may add
-to a bare onnxruntime process. What the endpoint needs of an event loop is
+``send``. Why not asyncio: importing it costs about 2 MB resident (it pulls
+in ``ssl`` and some forty modules), a seventh of what the whole agent may
+add to a bare onnxruntime process. What the endpoint needs of an event loop is
 small and lives here: non-blocking sockets with write buffering and
 back-pressure, a wake-up socket for worker threads, "call soon" callbacks
 run at the end of each pass, and a one-second timer. docs/agent-endpoint.md
