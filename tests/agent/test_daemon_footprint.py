@@ -121,3 +121,14 @@ def test_interpreter_options_survive_the_exec() -> None:
     ]
     assert interpreter_options([python, "/venv/bin/edgefleet", "agent", "run"]) == []
     assert interpreter_options([python, "-B", "-c", "pass"]) == ["-B"]
+
+
+def test_a_broken_trust_store_still_stops_the_daemon_at_start(tmp_path: Path) -> None:
+    env = make_env(tmp_path)
+    assert env.cli("install", str(env.bundle(1))).returncode == 0
+    assert env.signer.trust_path is not None
+    env.signer.trust_path.write_text("{not json")  # only the verification child reads it now
+    result = env.cli("run", timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: field 'agent.trust_store'")
+    assert result.stderr.count("\n") == 1

@@ -181,7 +181,10 @@ class AgentDaemon:
         # signature code); it starts on the installed bundles right away, while
         # this process imports onnxruntime and opens the telemetry buffer.
         loader = ctx.loader(isolated=True)
-        loader.prefetch(self._active_bundles())
+        try:
+            loader.prefetch(self._active_bundles())
+        except Exception as e:  # each load starts its own child (and reports) instead
+            log.warning("could not start checking the installed bundles early: %s", e)
         try:
             self._start_serving(loader, started)
         finally:

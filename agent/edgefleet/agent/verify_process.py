@@ -8,13 +8,15 @@ installs in a child, ``python -m edgefleet.agent.verify_process --trust
 PATH``, that exits when the daemon closes its stdin.
 
 Protocol: the parent writes one JSON request per line on the child's stdin;
-the child answers each, in order, on stdout with an 8-byte big-endian header
-length, the JSON header, then the raw bytes of every member it read::
+the child answers each, in order, on stdout with a framed JSON header (an
+8-byte big-endian length, then the JSON); when the header says ``ok``, the
+raw bytes of every member it reads follow, then a framed verdict on them::
 
     {"op": "load", "dir": D, "read": ["model.onnx"]}
         signatures over manifest.json (the trust store's threshold), canonical
         form, size and sha256 of every listed file; the members in "read" are
-        returned, hashed in the same read that returns them
+        streamed (exactly the manifest's size each), hashed in the same read
+        that sends them, and the verdict says whether they matched
     {"op": "extract", "file": F, "dest": D, "max_bundle_bytes": n | null}
         BundleVerifier.verify_and_extract(F, D) (D appears only when complete)
     {"op": "trust"}
@@ -23,13 +25,16 @@ length, the JSON header, then the raw bytes of every member it read::
     {"ok": true, "manifest": {...}, "members": [[name, size], ...],
      "sha256": s | null, "size": n | null, "signer_keyids": [...]}
     {"ok": false, "error": "SignatureError", "message": "..."}
+    verdict: {"ok": true} or {"ok": false, "error": ..., "message": ...}
 
 Invariants:
 
 - The child reads the trust store when it starts, so every load is checked
   against the trust store as it is on disk at that moment.
 - The bytes the parent hands to onnxruntime are the bytes the child hashed:
-  they travel through the pipe, the parent never reads the model from disk.
+  they travel through the pipe (in chunks: the child never holds a whole
+  model), the parent never reads the model from disk, and uses them only
+  when the verdict that follows them says they matched the manifest.
 - A refusal is raised in the parent as the same edgefleet error class the
   checks raised in the child (``SignatureError``, ``BundleError``... so exit
   codes and reasons do not depend on where the check ran); a child that dies
@@ -153,6 +158,7 @@ class VerifyProcess:
     def trust_reply(self) -> bool:
         """The answer to a trust check: True, or the child's AgentConfigError raised."""
         self._read_header()
+        self._read_verdict()
         return True
 
     def check_trust(self) -> None:
@@ -195,6 +201,16 @@ class VerifyProcess:
         if child is None or self._outstanding == 0:
             raise ModelLoadError("no bundle verification request is outstanding")
         self._outstanding -= 1
+        return self._read_frame()
+
+    def _read_verdict(self) -> None:
+        """The verdict on the streamed members; raises the child's refusal."""
+        self._read_frame()
+
+    def _read_frame(self) -> dict[str, Any]:
+        child = self._child
+        if child is None:
+            raise ModelLoadError("the bundle verification process is gone")
         raw = _read_exactly(child.stdout, _HEADER_LEN)
         length = int.from_bytes(raw, "big") if raw is not None else -1
         if raw is None or not 0 < length <= _MAX_HEADER_BYTES:
@@ -221,6 +237,7 @@ class VerifyProcess:
             if data is None:
                 raise self._died(f"a truncated {name}")
             members[str(name)] = data
+        self._read_verdict()
         if not isinstance(header.get("manifest"), dict):
             raise self._died("an answer without a manifest")
         return CheckedBundle(
@@ -300,8 +317,51 @@ def _read_exactly(stream: IO[bytes], n: int) -> bytes | None:
 
 
 # --- the child ------------------------------------------------------------------------
-def _handle(request: dict[str, Any], trust: Any) -> tuple[dict[str, Any], list[bytes]]:
-    from edgefleet.agent.runtime_verify import read_member_checked, verify_bundle_dir
+_CHUNK = 1 << 16
+
+
+@dataclass
+class _MemberStream:
+    """One member sent as exactly ``size`` bytes, hashed on the way; ``problem`` after."""
+
+    path: Path
+    size: int
+    sha256: str
+
+    def send(self, out: IO[bytes]) -> EdgefleetError | None:
+        import hashlib
+
+        digest = hashlib.sha256()
+        left = self.size
+        problem: EdgefleetError | None = None
+        try:
+            with open(self.path, "rb") as f:
+                while left > 0:
+                    chunk = f.read(min(_CHUNK, left))
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    out.write(chunk)
+                    left -= len(chunk)
+                longer = bool(f.read(1))
+        except OSError as e:
+            problem = ModelLoadError(f"cannot read {self.path}: {e.strerror or e}")
+            longer = False
+        if left > 0:  # the framing needs the announced size: pad, and refuse below
+            out.write(bytes(left))
+        if problem is None and (left or longer or digest.hexdigest() != self.sha256):
+            from edgefleet.core.errors import BundleError
+
+            problem = BundleError(
+                f"{self.path} does not match the manifest (size or sha256 differ): the "
+                "bundle directory was modified after verification"
+            )
+        return problem
+
+
+def _handle(request: dict[str, Any], trust: Any) -> tuple[dict[str, Any], list[_MemberStream]]:
+    from edgefleet.agent.runtime_verify import verify_bundle_dir
+    from edgefleet.core.errors import BundleError
 
     op = request.get("op")
     if op == "trust":
@@ -310,13 +370,18 @@ def _handle(request: dict[str, Any], trust: Any) -> tuple[dict[str, Any], list[b
         bundle_dir = Path(request["dir"])
         read = [str(m) for m in request.get("read", [])]
         manifest = verify_bundle_dir(bundle_dir, trust, skip=read)
-        blobs = [read_member_checked(bundle_dir, manifest, m) for m in read]
+        streams = []
+        for member in read:
+            entry = manifest.file(member)
+            if entry is None:
+                raise BundleError(f"manifest of {bundle_dir} lists no {member}")
+            streams.append(_MemberStream(bundle_dir / member, entry.size, entry.sha256))
         header = {
             "ok": True,
             "manifest": manifest.to_dict(),
-            "members": [[m, len(b)] for m, b in zip(read, blobs, strict=True)],
+            "members": [[m, s.size] for m, s in zip(read, streams, strict=True)],
         }
-        return header, blobs
+        return header, streams
     if op == "extract":
         from edgefleet.core.bundle_verifier import BundleVerifier
 
@@ -332,6 +397,17 @@ def _handle(request: dict[str, Any], trust: Any) -> tuple[dict[str, Any], list[b
         }
         return header, []
     raise ValueError(f"unknown request {op!r}")
+
+
+def _refusal(e: Exception) -> dict[str, Any]:
+    if isinstance(e, EdgefleetError):
+        return {"ok": False, "error": type(e).__name__, "message": str(e)}
+    return {"ok": False, "error": "unexpected", "message": f"{type(e).__name__}: {e}"}
+
+
+def _write_frame(out: IO[bytes], document: dict[str, Any]) -> None:
+    data = json.dumps(document).encode()
+    out.write(len(data).to_bytes(_HEADER_LEN, "big") + data)
 
 
 def _load_trust(path: Path) -> Any:
@@ -354,20 +430,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     trust = _load_trust(Path(args[1]))
     out = sys.stdout.buffer
     for line in sys.stdin.buffer:
-        blobs: list[bytes] = []
         try:
             if isinstance(trust, Exception):
                 raise trust
-            header, blobs = _handle(json.loads(line), trust)
-        except EdgefleetError as e:
-            header = {"ok": False, "error": type(e).__name__, "message": str(e)}
+            header, streams = _handle(json.loads(line), trust)
         except Exception as e:  # reported to the parent; never a traceback on its pipe
-            header = {"ok": False, "error": "unexpected", "message": f"{type(e).__name__}: {e}"}
-        data = json.dumps(header).encode()
+            header, streams = _refusal(e), []
         try:
-            out.write(len(data).to_bytes(_HEADER_LEN, "big") + data)
-            for blob in blobs:
-                out.write(blob)
+            _write_frame(out, header)
+            if header["ok"]:
+                problems = [stream.send(out) for stream in streams]
+                problem = next((p for p in problems if p is not None), None)
+                _write_frame(out, {"ok": True} if problem is None else _refusal(problem))
             out.flush()
         except BrokenPipeError:  # the parent stopped listening: nothing left to do
             os._exit(0)
