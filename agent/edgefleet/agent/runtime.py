@@ -301,19 +301,7 @@ class LoadedModel:
             and (not self._check_float or isfinite(np.vdot(X, X)))
         ):
             X = self.validate(X)
-        try:
-            outputs = self._run(self.output_names, {self._input_name: X}, None)
-        except Exception as e:  # onnxruntime raises its own pybind11 exception types
-            raise self._run_error(e) from e
-        return Prediction(
-            self.name,
-            self.version,
-            outputs,
-            self._id_prefix,
-            next(self._id_counter),
-            len(X),
-            self._roles,
-        )
+        return self.predict_validated(X)
 
     def predict_validated(self, X: np.ndarray) -> Prediction:
         """Like :meth:`predict` for an array that :meth:`validate` already returned."""
