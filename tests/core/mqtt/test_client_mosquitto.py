@@ -184,7 +184,8 @@ def test_reconnects_after_broker_restart_and_resubscribes(
     sub.start()
     assert sub.wait_subscribed(WAIT_S)
     mosquitto.restart()  # no persistence: the broker forgot every session and subscription
-    assert wait_until(lambda: sub.stats.connects >= 2) and reconnected.is_set()
+    # The counter moves before the on_connect callbacks run: wait for the callback itself.
+    assert reconnected.wait(WAIT_S) and sub.stats.connects >= 2
     assert sub.wait_subscribed(WAIT_S)
     pub = make_client(mosquitto, "pub")
     pub.publish("a/b", b"after restart")

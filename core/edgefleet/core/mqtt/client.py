@@ -51,6 +51,10 @@ log = logging.getLogger("edgefleet.mqtt")
 
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
 _SELECT_TIMEOUT_S = 1.0  # loop_misc (keepalive) runs at least this often
+# Packets read per readable socket before looking at the outgoing side again: a window
+# of chunk frames arrives back to back, and one select per packet costs more than the
+# packet's handling. paho stops early when the socket has nothing more.
+_READ_BATCH = 16
 
 
 class MqttClient:
@@ -344,7 +348,7 @@ class MqttClient:
             except BlockingIOError:
                 pass
         if sock in readable or pending:
-            rc = self._paho.loop_read()
+            rc = self._paho.loop_read(_READ_BATCH)
             if rc != _SUCCESS:
                 return rc
         if self._paho.want_write():
