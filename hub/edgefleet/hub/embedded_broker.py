@@ -7,33 +7,32 @@ the hub account log in (PBKDF2-SHA512 hashes from the hub store, checked by
 device (username = device id) to publishing its own status/state/fetch/
 telemetry and subscribing to / receiving its own desired/chunk/ack.
 
-Invariants: the broker runs on its own asyncio loop in a daemon thread;
-``start`` returns once the port accepts connections or raises
-``TransportError``; amqtt has no shared subscriptions, so the hub must run
-with ``shared_subscriptions = false`` against it; devices enrolled after the
+Invariants: the broker runs on its own asyncio loop in a daemon thread
+(:class:`~edgefleet.core.mqtt.amqtt_runner.AmqttRunner`); ``start`` returns
+once the port accepts connections or raises ``TransportError`` (amqtt
+missing, port in use, broker refused to start); amqtt has no shared
+subscriptions, so the hub must run with ``shared_subscriptions = false``
+against it; devices enrolled after the
 broker started are picked up on the next login (the user table is a live
 callable, not a copy).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import socket
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgefleet.core.errors import TransportError
+from edgefleet.core.mqtt.amqtt_runner import AmqttRunner
 from edgefleet.core.protocol.topics import DEVICE_PUBLISHES, DEVICE_SUBSCRIBES, Topics
 from edgefleet.hub.credentials import verify_password
 
 log = logging.getLogger("edgefleet.hub.broker")
 
 START_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 10.0
 UserTable = Callable[[], Mapping[str, str]]  # username -> "$7$..." hash
 
 # amqtt builds plugins from dotted paths, so the live tables are registered here
@@ -104,14 +103,6 @@ class HubTopicPlugin(BaseTopicPlugin):  # type: ignore[misc,valid-type]
         return device_may(topics, username, topic, str(getattr(action, "value", action)))
 
 
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 class EmbeddedBroker:
     """amqtt on ``host:port`` with the hub's users and ACL, in a background thread."""
 
@@ -121,11 +112,7 @@ class EmbeddedBroker:
         self.host, self.port = host, port
         self._key = f"{id(self)}-{time.monotonic_ns()}"
         _REGISTRY[self._key] = (users, topic_root, hub_username)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._broker: Any = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
+        self._runner = AmqttRunner(self._config(), thread_name="hub-embedded-broker")
 
     def _config(self) -> dict[str, Any]:
         module = __name__
@@ -137,63 +124,11 @@ class EmbeddedBroker:
             },
         }
 
-    def _run(self) -> None:
-        from amqtt.broker import Broker
-
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-
-        async def boot() -> None:
-            self._broker = Broker(self._config(), loop=loop)
-            await self._broker.start()
-
-        try:
-            loop.run_until_complete(boot())
-        except BaseException as e:  # handed to start() in the caller's thread
-            self._error = e
-            self._ready.set()
-            loop.close()
-            return
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            tasks = asyncio.all_tasks(loop)
-            for task in tasks:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-            loop.close()
-
     def start(self) -> EmbeddedBroker:
-        try:
-            import amqtt  # noqa: F401
-        except ImportError as e:
-            raise TransportError(
-                "the embedded broker needs amqtt: pip install 'edgefleet[hub]'"
-            ) from e
-        self._thread = threading.Thread(target=self._run, name="hub-embedded-broker", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(START_TIMEOUT_S) or self._error is not None:
-            raise TransportError(
-                f"embedded broker did not start on {self.host}:{self.port}: {self._error}"
-            )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _port_open(self.host, self.port):
-            if time.monotonic() > deadline:
-                raise TransportError(f"embedded broker does not listen on {self.host}:{self.port}")
-            time.sleep(0.02)
+        self._runner.start(START_TIMEOUT_S)
         log.info("embedded amqtt broker listening on %s:%s", self.host, self.port)
         return self
 
     def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is not None and thread is not None and thread.is_alive():
-            if self._broker is not None:
-                future = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), loop)
-                with contextlib.suppress(Exception):
-                    future.result(timeout=10)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=10)
-        self._broker = self._loop = self._thread = None
+        self._runner.stop(STOP_TIMEOUT_S)
         _REGISTRY.pop(self._key, None)

@@ -4,8 +4,9 @@ Invariants:
 
 - A broker listens on 127.0.0.1 only, on a port chosen when it is created;
   ``restart()`` comes back on the same port so clients can reconnect.
-- ``start()`` returns only once the port accepts TCP connections, or raises
-  ``RuntimeError`` carrying the tail of the broker log.
+- ``start()`` returns only once the port accepts TCP connections, or raises:
+  mosquitto a ``RuntimeError`` carrying the tail of its log, amqtt a
+  ``TransportError`` saying why (amqtt missing, port in use, refused config).
 - Everything a mosquitto instance writes (config, log, persistence) stays in
   its ``workdir``; the system broker on 1883 is never touched.
 
@@ -15,9 +16,7 @@ uses short-lived EC keys.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import datetime
 import hashlib
 import ipaddress
@@ -28,13 +27,14 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from edgefleet.core.mqtt.amqtt_runner import AmqttRunner
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 15.0
@@ -416,20 +416,18 @@ class AmqttBroker:
     """amqtt's broker on its own event loop in a daemon thread (MQTT 3.1.1, anonymous).
 
     amqtt has no shared subscriptions, which is why the hub makes them optional.
+    The thread and loop are :class:`~edgefleet.core.mqtt.amqtt_runner.AmqttRunner`'s;
+    a failed ``start()`` raises its ``TransportError``.
     """
 
     def __init__(self, port: int | None = None) -> None:
         self.host = LOOPBACK
         self.port = port if port is not None else free_port()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._broker: Any = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
+        self._runner = AmqttRunner(self._config(), thread_name="amqtt-broker")
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and self._error is None
+        return self._runner.running
 
     def _config(self) -> dict[str, Any]:
         return {
@@ -440,64 +438,12 @@ class AmqttBroker:
             },
         }
 
-    def _run(self) -> None:
-        from amqtt.broker import Broker
-
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-
-        async def boot() -> None:
-            self._broker = Broker(self._config(), loop=loop)
-            await self._broker.start()
-
-        try:
-            loop.run_until_complete(boot())
-        except BaseException as e:  # reported to start() in the caller's thread
-            self._error = e
-            self._ready.set()
-            loop.close()
-            return
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            pending = asyncio.all_tasks(loop)
-            for task in pending:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.close()
-
     def start(self) -> AmqttBroker:
-        if self.running:
-            return self
-        self._ready.clear()
-        self._error = None
-        self._thread = threading.Thread(target=self._run, name="amqtt-broker", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(START_TIMEOUT_S):
-            raise RuntimeError(f"amqtt broker did not start on port {self.port}")
-        if self._error is not None:
-            raise RuntimeError(f"amqtt broker failed on port {self.port}: {self._error}")
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _port_open(self.host, self.port):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"amqtt broker did not listen on port {self.port}")
-            time.sleep(0.02)
+        self._runner.start(START_TIMEOUT_S)
         return self
 
     def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None or not thread.is_alive():
-            return
-        if self._broker is not None:
-            future = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), loop)
-            with contextlib.suppress(Exception):
-                future.result(timeout=STOP_TIMEOUT_S)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=STOP_TIMEOUT_S)
-        self._broker = None
-        self._loop = None
+        self._runner.stop(STOP_TIMEOUT_S)
 
     def __enter__(self) -> AmqttBroker:
         return self.start()

@@ -7,6 +7,7 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
@@ -15,10 +16,14 @@ from edgefleet.core.mqtt import MqttSettings, TlsSettings
 from edgefleet.hub.commands.common import config_option
 from edgefleet.hub.config import HubConfig, load_config
 from edgefleet.hub.credentials import generate_password, mosquitto_hash
-from edgefleet.hub.embedded_broker import EmbeddedBroker
 from edgefleet.hub.errors import HubConfigError
 from edgefleet.hub.fleet.settings import fleet_db_path
 from edgefleet.hub.store import HubStore, open_store
+
+if TYPE_CHECKING:
+    # Imported at run time only with --embedded-broker: it loads amqtt, which a hub
+    # serving through Mosquitto has no use for.
+    from edgefleet.hub.embedded_broker import EmbeddedBroker
 
 log = logging.getLogger("edgefleet.hub")
 
@@ -46,6 +51,8 @@ def mqtt_settings(config: HubConfig, password: str | None) -> MqttSettings:
 
 
 def start_embedded(config: HubConfig, store: HubStore, password: str) -> EmbeddedBroker:
+    from edgefleet.hub.embedded_broker import EmbeddedBroker
+
     broker = config.broker
     if broker.shared_subscriptions:
         raise HubConfigError(
