@@ -35,10 +35,10 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from edgefleet.core.canonical import canonical_json, parse_json
 from edgefleet.core.errors import BundleError, SignatureError, StorageError
@@ -57,6 +57,7 @@ MAX_TRAILING_BYTES = 64 << 10
 BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
 _CHUNK = 1 << 16
+_T = TypeVar("_T")
 
 _TYPE_NAMES = {
     b"1": "a hard link",
@@ -82,6 +83,18 @@ class VerifiedBundle:
     sha256: str
     size: int
     signer_keyids: list[str]
+
+
+@dataclass(frozen=True)
+class IntactBundle:
+    """A bundle whose archive and members match its own manifest; its
+    signatures were NOT checked against any trust store."""
+
+    manifest: Manifest
+    manifest_bytes: bytes
+    signatures: list[Signature]
+    sha256: str
+    size: int
 
 
 @dataclass(frozen=True)
@@ -373,29 +386,14 @@ class BundleVerifier:
     ) -> VerifiedBundle:
         """Check everything and leave the members (plus manifest.json and
         signatures.json) in the new directory ``dest``; nothing on failure."""
-        extraction = _Extraction(Path(dest))
-        try:
-            result = self._run(Path(path), extraction, expected_sha256)
-            extraction.commit()
-        except BaseException:
-            extraction.abort()
-            raise
-        return result
+        return _extracting(Path(dest), lambda ex: self._run(Path(path), ex, expected_sha256))
 
     def _run(
         self, path: Path, extraction: _Extraction | None, expected_sha256: str | None
     ) -> VerifiedBundle:
-        try:
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                budget = self.max_bundle_bytes
-                if budget is not None and stat.S_ISREG(st.st_mode) and st.st_size > budget:
-                    raise BundleError(
-                        f"bundle is {st.st_size} bytes, over the budget of {budget} bytes"
-                    )
-                result = self._verify_stream(f, extraction)
-        except OSError as e:
-            raise StorageError(f"cannot read bundle {path}: {e.strerror or e}") from e
+        result = _read_bundle_file(
+            path, self.max_bundle_bytes, lambda f: self._verify_stream(f, extraction)
+        )
         if expected_sha256 is not None and result.sha256 != expected_sha256.lower():
             raise BundleError(
                 f"bundle sha256 {result.sha256} is not the expected {expected_sha256}"
@@ -422,11 +420,7 @@ class BundleVerifier:
                 f"manifest declares {manifest.total_size()} bytes of members, over the "
                 f"budget of {self.max_bundle_bytes} bytes"
             )
-        if extraction is not None:
-            extraction.write(MANIFEST_NAME, iter([manifest_bytes]))
-            extraction.write(SIGNATURES_NAME, iter([signatures_bytes]))
-        self._check_members(reader, manifest, extraction)
-        reader.finish()
+        _read_members(reader, manifest, manifest_bytes, signatures_bytes, extraction)
         return VerifiedBundle(
             manifest=manifest,
             sha256=reader.digest.hexdigest(),
@@ -468,6 +462,75 @@ class BundleVerifier:
         missing = [entry.path for entry in manifest.files if entry.path not in seen]
         if missing:
             raise BundleError(f"missing member {missing[0]!r} (listed in the manifest)")
+
+
+def _read_bundle_file(path: Path, budget: int | None, read: Callable[[BinaryIO], _T]) -> _T:
+    """Open ``path``, refuse it early when its size is over ``budget``, and
+    hand it to ``read``; I/O failures become ``StorageError``."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if budget is not None and stat.S_ISREG(st.st_mode) and st.st_size > budget:
+                raise BundleError(
+                    f"bundle is {st.st_size} bytes, over the budget of {budget} bytes"
+                )
+            return read(f)
+    except OSError as e:
+        raise StorageError(f"cannot read bundle {path}: {e.strerror or e}") from e
+
+
+def _extracting(dest: Path, run: Callable[[_Extraction], _T]) -> _T:
+    """Run ``run`` into a fresh temporary sibling of ``dest`` and rename it to
+    ``dest`` only if ``run`` returned; on any failure remove it."""
+    extraction = _Extraction(dest)
+    try:
+        result = run(extraction)
+        extraction.commit()
+    except BaseException:
+        extraction.abort()
+        raise
+    return result
+
+
+def _read_members(
+    reader: _TarReader,
+    manifest: Manifest,
+    manifest_bytes: bytes,
+    signatures_bytes: bytes,
+    extraction: _Extraction | None,
+) -> None:
+    """Steps 4 and 5: every member against the manifest, then the archive end."""
+    if extraction is not None:
+        extraction.write(MANIFEST_NAME, iter([manifest_bytes]))
+        extraction.write(SIGNATURES_NAME, iter([signatures_bytes]))
+    BundleVerifier._check_members(reader, manifest, extraction)
+    reader.finish()
+
+
+def extract_without_trust(path: Path, dest: Path) -> IntactBundle:
+    """Every check of :class:`BundleVerifier` EXCEPT the signature threshold,
+    extracting into the new directory ``dest`` (nothing on failure).
+
+    For tools that add signatures (``bundle sign``): they must know that the
+    members match the manifest, and judge the existing signatures themselves.
+    Never use this to decide whether to install or serve a bundle.
+    """
+    path = Path(path)
+
+    def read(f: BinaryIO, extraction: _Extraction) -> IntactBundle:
+        reader = _TarReader(f, None)
+        manifest_bytes, signatures_bytes, signatures = _read_head(reader)
+        manifest = _parse_signed_manifest(manifest_bytes)
+        _read_members(reader, manifest, manifest_bytes, signatures_bytes, extraction)
+        return IntactBundle(
+            manifest=manifest,
+            manifest_bytes=manifest_bytes,
+            signatures=signatures,
+            sha256=reader.digest.hexdigest(),
+            size=reader.pos,
+        )
+
+    return _extracting(Path(dest), lambda ex: _read_bundle_file(path, None, lambda f: read(f, ex)))
 
 
 def _parse_signed_manifest(manifest_bytes: bytes) -> Manifest:

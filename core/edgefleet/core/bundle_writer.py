@@ -11,6 +11,10 @@ Invariants:
   signatures are deterministic too).
 - The manifest's ``files`` is computed here from the members, never trusted
   from the caller; a member that changes while it is written aborts the write.
+- :func:`write_signed_bundle` adds no signature of its own: it writes
+  manifest bytes exactly as they were signed, with the signatures given, so a
+  signature can be added to an existing bundle (``bundle sign``) without
+  invalidating the others.
 - The output appears atomically: a temporary sibling file is fsynced and
   renamed over ``out_path``; on any failure nothing is left behind.
 """
@@ -29,7 +33,7 @@ from typing import BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgefleet.core.canonical import canonical_json
+from edgefleet.core.canonical import canonical_json, parse_json
 from edgefleet.core.errors import BundleError, StorageError, UsageError
 from edgefleet.core.keys import keyid_of
 from edgefleet.core.manifest import (
@@ -135,8 +139,43 @@ def write_bundle(
         raise BundleError(f"bundle lacks required member {missing[0]!r}")
     manifest_bytes = signed.canonical_bytes()
     signatures = sign_manifest_bytes(manifest_bytes, private_keys)
-    signatures_bytes = canonical_json([s.to_dict() for s in signatures])
+    return _write_archive(out_path, signed, manifest_bytes, signatures, entries, members)
 
+
+def write_signed_bundle(
+    out_path: Path,
+    manifest_bytes: bytes,
+    signatures: Sequence[Signature],
+    members: Mapping[str, Path],
+) -> BundleInfo:
+    """Write already-signed manifest bytes with ``signatures`` (kept as given,
+    in order) and the members they list, atomically like :func:`write_bundle`.
+
+    ``manifest_bytes`` are written unchanged, never re-encoded (re-encoding
+    could change the signed bytes), and must be canonical JSON; each member
+    must match its ``files`` entry while it is written, and they are written in
+    the order of ``files``.
+    """
+    out_path = Path(out_path)
+    if not signatures:
+        raise UsageError("a bundle needs at least one signature")
+    manifest = Manifest.from_json_bytes(manifest_bytes)
+    if canonical_json(parse_json(manifest_bytes)) != manifest_bytes:
+        raise BundleError("manifest.json is not in canonical JSON form")
+    if sorted(members) != sorted(entry.path for entry in manifest.files):
+        raise BundleError("bundle members differ from the manifest's files")
+    return _write_archive(out_path, manifest, manifest_bytes, signatures, manifest.files, members)
+
+
+def _write_archive(
+    out_path: Path,
+    manifest: Manifest,
+    manifest_bytes: bytes,
+    signatures: Sequence[Signature],
+    entries: Sequence[FileEntry],
+    members: Mapping[str, bytes | Path],
+) -> BundleInfo:
+    signatures_bytes = canonical_json([s.to_dict() for s in signatures])
     parent = out_path.parent
     try:
         fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{out_path.name}.", suffix=".tmp")
@@ -168,7 +207,7 @@ def write_bundle(
         path=out_path,
         sha256=digest,
         size=size,
-        manifest=signed,
+        manifest=manifest,
         signer_keyids=tuple(s.keyid for s in signatures),
     )
 

@@ -6,7 +6,8 @@ and the signing key (before any slow work), read the reference data (finite,
 right width), convert to float32 ONNX for the profile's onnxruntime, prove
 fidelity on every reference row, build and measure the quantization variants
 (:mod:`edgefleet.packager.selection`), then assemble ``model.onnx``,
-``smoke.npz``, ``reference.json`` and the manifest and sign them.
+``smoke.npz``, ``reference.json`` and the manifest and sign them with every
+given key (one signature per distinct key, in the order given).
 
 Reference rows are split once: every fourth row (at most 512) calibrates
 static int8; all other rows are the held-out evaluation rows for metrics,
@@ -29,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edgefleet.core.bundle_sign import load_signing_key as core_load_signing_key
 from edgefleet.core.bundle_writer import write_bundle
 from edgefleet.core.drift import ReferenceProfile
-from edgefleet.core.errors import KeyFileError
-from edgefleet.core.keys import load_private_key
+from edgefleet.core.errors import UsageError
 from edgefleet.core.manifest import MODEL_PATH, Manifest
 from edgefleet.core.profiles import DeviceProfile, load_profile
 from edgefleet.packager.convert import (
@@ -77,13 +79,15 @@ SMOKE_PATH = "smoke.npz"
 class PackRequest:
     ref: ModelRef
     profile: str
-    key_path: Path
+    key_paths: tuple[Path, ...]
     out_dir: Path
     quantize: str = "auto"
     max_accuracy_drop: float = 0.01
     profiles_dir: Path | None = None
 
     def __post_init__(self) -> None:
+        if not self.key_paths:
+            raise PackKeyError("pack needs at least one --key")
         if not 0.0 <= self.max_accuracy_drop <= 1.0:
             raise DataFileError("--max-accuracy-drop must be between 0 and 1")
 
@@ -113,15 +117,11 @@ class PackResult:
         }
 
 
-def load_signing_key(path: Path) -> Any:
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
     """The Ed25519 private key at ``path``; missing or unreadable keys are usage errors."""
-    if not path.exists():
-        raise PackKeyError(
-            f"signing key {path} does not exist (create one with 'edgefleet keys generate NAME')"
-        )
     try:
-        return load_private_key(path)
-    except KeyFileError as e:
+        return core_load_signing_key(path)
+    except UsageError as e:
         raise PackKeyError(str(e)) from e
 
 
@@ -137,7 +137,7 @@ def pack(
     started = clock()
     mv = registry.get(req.ref, allow_retired=False)
     profile = load_profile(req.profile, req.profiles_dir)
-    key = load_signing_key(req.key_path)
+    keys = [load_signing_key(path) for path in req.key_paths]
     if req.out_dir.exists() and not req.out_dir.is_dir():
         raise DataFileError(f"--out {req.out_dir} is a file, not a folder")
     x, y = registry.read_reference(mv)
@@ -229,7 +229,7 @@ def pack(
     except OSError as e:
         raise OutputFolderError(f"cannot create output folder {req.out_dir}: {e.strerror}") from e
     final = req.out_dir / f"{mv.name}-{mv.version}-{profile.name}.efb"
-    info = _write_within_budget(final, manifest, members, key, profile)
+    info = _write_within_budget(final, manifest, members, keys, profile)
     return PackResult(
         final, info.sha256, info.size, info.manifest, clock() - started, info.signer_keyids
     )
@@ -407,7 +407,11 @@ def _user() -> str:
 
 
 def _write_within_budget(
-    final: Path, manifest: Manifest, members: dict[str, Any], key: Any, profile: DeviceProfile
+    final: Path,
+    manifest: Manifest,
+    members: dict[str, Any],
+    keys: list[Ed25519PrivateKey],
+    profile: DeviceProfile,
 ) -> Any:
     # Written under a temporary name first: the size is only known once the tar exists,
     # and an over-budget bundle must never appear under its real name.
@@ -415,7 +419,7 @@ def _write_within_budget(
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        info = write_bundle(tmp, manifest, members, [key])
+        info = write_bundle(tmp, manifest, members, keys)
         if info.size > profile.max_bundle_bytes:
             raise BundleTooLargeError(
                 f"bundle would be {info.size} bytes, over profile {profile.name}'s "

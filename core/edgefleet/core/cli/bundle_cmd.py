@@ -1,8 +1,10 @@
-"""``edgefleet bundle``: inspect and verify ``.efb`` bundles.
+"""``edgefleet bundle``: inspect, verify and co-sign ``.efb`` bundles.
 
 ``inspect`` shows what a bundle claims without checking trust; ``verify``
 runs the full streaming check of the device (signatures against the given
-keys, every member against the manifest) and writes nothing.
+keys, every member against the manifest) and writes nothing; ``sign`` adds a
+publisher signature to a bundle whose members check out, so that several key
+holders can meet a publisher threshold above 1.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edgefleet.core.bundle_sign import load_signing_key, sign_bundle
 from edgefleet.core.bundle_verifier import BundleVerifier, inspect_bundle
 from edgefleet.core.cli.output import emit, json_option
 from edgefleet.core.errors import BundleError, SignatureError, UsageError, VerificationError
@@ -25,7 +28,7 @@ _BUNDLE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 @click.group()
 def bundle() -> None:
-    """Inspect and verify .efb bundles."""
+    """Inspect, verify and co-sign .efb bundles."""
 
 
 def _model_line(manifest: Manifest) -> str:
@@ -67,8 +70,9 @@ def inspect(file: Path, as_json: bool) -> None:
     emit(as_json, result, _render_inspect)
 
 
-def _load_trust(paths: tuple[Path, ...], threshold: int | None) -> TrustStore:
-    """Union of the publisher keys of every .pub / trust.json given."""
+def _publisher_keys(paths: tuple[Path, ...]) -> tuple[dict[str, Ed25519PublicKey], list[int]]:
+    """Union of the publisher keys of every .pub / trust.json given, and the
+    thresholds of the trust.json files."""
     keys: dict[str, Ed25519PublicKey] = {}
     store_thresholds: list[int] = []
     for path in paths:
@@ -79,6 +83,11 @@ def _load_trust(paths: tuple[Path, ...], threshold: int | None) -> TrustStore:
         else:
             key = load_public_key(path)
             keys[keyid_of(key)] = key
+    return keys, store_thresholds
+
+
+def _load_trust(paths: tuple[Path, ...], threshold: int | None) -> TrustStore:
+    keys, store_thresholds = _publisher_keys(paths)
     if not keys:
         raise UsageError("--trust names no publisher keys")
     chosen = threshold if threshold is not None else max(store_thresholds, default=1)
@@ -150,3 +159,77 @@ def verify(
         "files": [entry.to_dict() for entry in manifest.files],
     }
     emit(as_json, result, _render_verify)
+
+
+def _render_sign(result: dict[str, Any]) -> str:
+    lines = [
+        f"signed {result['path']}: {result['model']['name']} v{result['model']['version']}, "
+        f"sha256 {result['sha256']}",
+        f"added {len(result['added_keyids'])} signature(s): {', '.join(result['added_keyids'])}",
+    ]
+    if result["verified_keyids"]:
+        lines.append(f"kept, verified: {', '.join(result['verified_keyids'])}")
+    if result["unchecked_keyids"]:
+        lines.append(
+            f"kept, NOT verified (key not given with --trust): "
+            f"{', '.join(result['unchecked_keyids'])}"
+        )
+    return "\n".join(lines)
+
+
+@bundle.command("sign")
+@click.argument("file", type=_BUNDLE)
+@click.option(
+    "--key",
+    "key_paths",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Private signing key to add a signature with; repeat for several.",
+)
+@click.option(
+    "--trust",
+    "trust_paths",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A publisher .pub key or trust.json whose existing signatures must verify.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the signed bundle here (a file, or a folder to keep the name); "
+    "default: replace FILE.",
+)
+@json_option
+def sign(
+    file: Path,
+    key_paths: tuple[Path, ...],
+    trust_paths: tuple[Path, ...],
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """Add a signature by each --key to FILE, after checking its members and
+    existing signatures; exit 3 if the bundle is tampered with."""
+    keys = [load_signing_key(path) for path in key_paths]
+    trusted, _ = _publisher_keys(trust_paths)
+    try:
+        signed = sign_bundle(file, keys, out=out, trusted=trusted)
+    except (BundleError, SignatureError) as e:
+        raise type(e)(f"{file.name} rejected: {e}") from e
+    except UsageError as e:
+        raise UsageError(f"{file.name}: {e}") from e
+    info = signed.info
+    result = {
+        "ok": True,
+        "path": str(info.path),
+        "sha256": info.sha256,
+        "size": info.size,
+        "bundle_id": info.manifest.bundle_id,
+        "model": {"name": info.manifest.name, "version": info.manifest.version},
+        "added_keyids": list(signed.added_keyids),
+        "verified_keyids": list(signed.verified_keyids),
+        "unchecked_keyids": list(signed.unchecked_keyids),
+        "signatures": len(info.signer_keyids),
+    }
+    emit(as_json, result, _render_sign)

@@ -34,7 +34,7 @@ class RoleCommand:
 COMMANDS: dict[str, RoleCommand] = {
     "keys": RoleCommand("edgefleet.core.cli.keys_cmd", "keys", "", "Generate signing keys."),
     "bundle": RoleCommand(
-        "edgefleet.core.cli.bundle_cmd", "bundle", "", "Inspect and verify .efb bundles."
+        "edgefleet.core.cli.bundle_cmd", "bundle", "", "Inspect, verify and co-sign .efb bundles."
     ),
     "registry": RoleCommand(
         "edgefleet.packager.cli.registry_cmd", "registry", "packager", "Model registry."

@@ -1,4 +1,4 @@
-"""``edgefleet pack N[:V|@ALIAS] --profile P --key KEY``: a signed bundle plus a report."""
+"""``edgefleet pack N[:V|@ALIAS] --profile P --key KEY [--key ...]``: a signed bundle plus a report."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ from edgefleet.packager.registry.refs import parse_ref
 @click.option("--profile", required=True, help="Device profile name or .toml path.")
 @click.option(
     "--key",
-    "key_path",
+    "key_paths",
+    multiple=True,
     required=True,
     type=click.Path(path_type=Path),
-    help="Private signing key (from 'edgefleet keys generate').",
+    help="Private signing key (from 'edgefleet keys generate'); repeat to sign with several.",
 )
 @click.option(
     "--quantize",
@@ -58,7 +59,7 @@ from edgefleet.packager.registry.refs import parse_ref
 def pack(
     ref: str,
     profile: str,
-    key_path: Path,
+    key_paths: tuple[Path, ...],
     quantize: str,
     max_accuracy_drop: float,
     out_dir: Path,
@@ -73,7 +74,7 @@ def pack(
     request = PackRequest(
         ref=parse_ref(ref),
         profile=profile,
-        key_path=key_path,
+        key_paths=key_paths,
         out_dir=out_dir,
         quantize=quantize,
         max_accuracy_drop=max_accuracy_drop,
