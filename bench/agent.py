@@ -305,7 +305,6 @@ daemon = [
      ["logging", "json", "threading", "socket", "selectors", "pathlib", "dataclasses"]),
     ("agent.toml and device profile (tomllib)", ["edgefleet.agent.config", "edgefleet.core.profiles"]),
     ("sqlite3", ["sqlite3"]),
-    ("hashlib (OpenSSL libcrypto; drift profile ids)", ["hashlib"]),
     ("drift statistics", ["edgefleet.core.drift"]),
     ("telemetry buffer and recorder", ["edgefleet.agent.telemetry"]),
     ("runtime", ["edgefleet.agent.runtime", "edgefleet.agent.serving"]),
@@ -318,6 +317,8 @@ kept_out = [
     ("deployment driver (loaded at the first install)", ["edgefleet.agent.deploy.driver"]),
     ("cryptography + bundle verifier (child process only)",
      ["edgefleet.core.trust", "edgefleet.core.bundle_verifier"]),
+    ("hashlib's OpenSSL libcrypto (built-in sha256 for model loads and profile ids)",
+     ["hashlib"]),
     ("asyncio + ssl (replaced by selectors)", ["asyncio"]),
     ("click + CLI (exec'd away)", ["click", "edgefleet.core.cli.main", "edgefleet.agent.cli"]),
 ]

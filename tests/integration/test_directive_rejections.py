@@ -89,9 +89,7 @@ def test_bad_directives_and_a_bad_bundle_are_refused_while_serving(fleet: Fleet)
     still_serves_v1(device)
 
     # The hub re-signs (a newer seq); the old, validly signed envelope replayed is refused.
-    record = fleet.store.get_device(device.id)
-    assert record is not None
-    fleet.hub_issue(record)
+    fleet.hub_issue(device.id)
     wait_for(
         "the device to accept the re-signed directive",
         lambda: fleet.device_state(device).get("directive_seq", 0) > first.seq,

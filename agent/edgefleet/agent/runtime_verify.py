@@ -22,13 +22,13 @@ daemon verifies in a child process: :mod:`edgefleet.agent.verify_process`).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.agent.errors import ModelLoadError
 from edgefleet.core.errors import BundleError
+from edgefleet.core.light_sha256 import sha256
 
 if TYPE_CHECKING:
     from edgefleet.core.manifest import Manifest
@@ -51,6 +51,10 @@ def _read_bounded(path: Path, limit: int) -> bytes:
 
 
 def _file_digest(path: Path) -> tuple[int, str]:
+    # Whole-bundle checks run in the verification child or a CLI process: OpenSSL's
+    # hash (GB/s) is worth its libcrypto there.
+    import hashlib
+
     digest = hashlib.sha256()
     size = 0
     try:
@@ -73,10 +77,12 @@ def read_member_checked(bundle_dir: Path, manifest: Any, member: str) -> bytes:
         data = path.read_bytes()
     except OSError as e:
         raise ModelLoadError(f"cannot read {path}: {e.strerror or e}") from e
-    entry = next((f for f in getattr(manifest, "files", ()) if f.path == member), None)
+    entry = manifest.file(member)
     if entry is None:
         raise BundleError(f"manifest of {bundle_dir} lists no {member}")
-    if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
+    # The daemon runs this on every model load: the built-in hash keeps libcrypto
+    # out of its memory (see edgefleet.core.light_sha256).
+    if len(data) != entry.size or sha256(data).hexdigest() != entry.sha256:
         raise BundleError(
             f"{path} does not match the manifest (size or sha256 differ): the bundle "
             "directory was modified after verification"

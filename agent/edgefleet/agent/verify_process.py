@@ -21,6 +21,9 @@ raw bytes of every member it reads follow, then a framed verdict on them::
         BundleVerifier.verify_and_extract(F, D) (D appears only when complete)
     {"op": "trust"}
         only the trust store (read when the child started)
+    {"op": "directive", "envelope": E, "device_id": D, "last_seq": n | null, "now": t}
+        core.directive.check_directive against the trust store; the header
+        carries the checked "directive" (no members follow)
 
     {"ok": true, "manifest": {...}, "members": [[name, size], ...],
      "sha256": s | null, "size": n | null, "signer_keyids": [...]}
@@ -164,6 +167,25 @@ class VerifyProcess:
     def check_trust(self) -> None:
         self.send_trust_check()
         self.trust_reply()
+
+    def check_directive(
+        self, envelope: Any, device_id: str, last_seq: int | None, now: float
+    ) -> dict[str, Any]:
+        """The directive ``check_directive`` accepted (as a dict); raises its DirectiveError."""
+        self._send(
+            {
+                "op": "directive",
+                "envelope": envelope,
+                "device_id": device_id,
+                "last_seq": last_seq,
+                "now": now,
+            }
+        )
+        header = self._read_header()
+        self._read_verdict()
+        if not isinstance(header.get("directive"), dict):
+            raise self._died("an answer without a directive")
+        return dict(header["directive"])
 
     def send_load(self, bundle_dir: Path, read: Sequence[str] = (MODEL_MEMBER,)) -> None:
         self._send({"op": "load", "dir": str(bundle_dir), "read": list(read)})
@@ -382,6 +404,18 @@ def _handle(request: dict[str, Any], trust: Any) -> tuple[dict[str, Any], list[_
             "members": [[m, s.size] for m, s in zip(read, streams, strict=True)],
         }
         return header, streams
+    if op == "directive":
+        from edgefleet.core.directive import check_directive
+
+        last_seq = request.get("last_seq")
+        directive = check_directive(
+            request.get("envelope"),
+            trust,
+            str(request.get("device_id")),
+            None if last_seq is None else int(last_seq),
+            float(request["now"]),
+        )
+        return {"ok": True, "directive": directive.to_dict(), "members": []}, []
     if op == "extract":
         from edgefleet.core.bundle_verifier import BundleVerifier
 

@@ -23,19 +23,15 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.core.canonical import canonical_json
 from edgefleet.core.errors import DirectiveError, SignatureError
-from edgefleet.core.trust import (
-    Signature,
-    TrustStore,
-    sign_payload,
-    signatures_from_json,
-    tally_signatures,
-)
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edgefleet.core.trust import Signature, TrustStore
 
 MODES = ("active", "shadow")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -177,6 +173,10 @@ def sign_directive(
     directive: Directive, private_key: Ed25519PrivateKey | Sequence[Ed25519PrivateKey]
 ) -> dict[str, Any]:
     """The signed envelope ``{"directive": {...}, "signatures": [{keyid, sig}]}``."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edgefleet.core.trust import sign_payload
+
     keys = [private_key] if isinstance(private_key, Ed25519PrivateKey) else list(private_key)
     body = directive.to_dict()
     payload = canonical_json(body)
@@ -199,6 +199,8 @@ def check_directive(
     ``last_seq`` is the seq of the last directive this device accepted (None
     before the first). ``now`` is the device clock in epoch seconds.
     """
+    from edgefleet.core.trust import signatures_from_json, tally_signatures
+
     if not isinstance(envelope, Mapping) or not {"directive", "signatures"} <= set(envelope):
         raise DirectiveError("malformed directive: expected {directive, signatures}")
     body = envelope["directive"]

@@ -26,14 +26,17 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.agent.deploy.atomic_files import atomic_write_json
+from edgefleet.agent.sync.checker import DirectiveChecker, DirectiveCheckUnavailable, as_checker
 from edgefleet.core.canonical import canonical_json
-from edgefleet.core.directive import Directive, check_directive
+from edgefleet.core.directive import Directive
 from edgefleet.core.errors import DirectiveError, ProtocolError
 from edgefleet.core.protocol import decode_desired
-from edgefleet.core.trust import TrustStore
+
+if TYPE_CHECKING:
+    from edgefleet.core.trust import TrustStore
 
 log = logging.getLogger("edgefleet.agent.sync")
 
@@ -78,7 +81,7 @@ class AcceptedDirective:
 class Verdict:
     """What to do with one message on the desired topic."""
 
-    kind: str  # "accepted" | "redelivered" | "rejected" | "cleared"
+    kind: str  # "accepted" | "redelivered" | "rejected" | "deferred" | "cleared"
     accepted: AcceptedDirective | None = None
     reason: str | None = None
     digest: str | None = None  # of the rejected envelope, to report each one once
@@ -98,7 +101,7 @@ def envelope_digest(payload: bytes) -> str:
 
 def judge(
     payload: bytes,
-    trust: TrustStore,
+    trust: TrustStore | DirectiveChecker,
     device_id: str,
     accepted: AcceptedDirective | None,
     now: float,
@@ -116,7 +119,10 @@ def judge(
         return Verdict("rejected", reason=f"malformed directive: {e}", digest=digest)
     last_seq = None if accepted is None else accepted.seq
     try:
-        directive = check_directive(envelope, trust, device_id, last_seq, now)
+        directive = as_checker(trust).check(envelope, device_id, last_seq, now)
+    except DirectiveCheckUnavailable as e:
+        # Not a verdict on the directive: accept nothing, check it again later.
+        return Verdict("deferred", reason=str(e), digest=digest)
     except DirectiveError as e:
         return Verdict("rejected", reason=str(e), digest=digest)
     return Verdict("accepted", accepted=AcceptedDirective(directive, digest, now))

@@ -38,7 +38,6 @@ True
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgefleet.core.errors import DriftError
+from edgefleet.core.light_sha256 import sha256_hex
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
@@ -319,7 +319,8 @@ class ReferenceProfile:
             raise DriftError("outputs and output_kind go together")
         if self.output_kind is not None and self.output_kind not in OUTPUT_KINDS:
             raise DriftError(f"output_kind must be one of {OUTPUT_KINDS}")
-        expected = hashlib.sha256(canonical_json(self._content())).hexdigest()
+        # The daemon computes a profile id per model it registers: no libcrypto for that.
+        expected = sha256_hex(canonical_json(self._content()))
         if not self.profile_id:
             object.__setattr__(self, "profile_id", expected)
         elif self.profile_id != expected:
