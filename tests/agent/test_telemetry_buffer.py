@@ -30,7 +30,7 @@ def event(i: int) -> dict[str, object]:
 
 @pytest.fixture
 def buffer(tmp_path: Path) -> TelemetryBuffer:
-    buf = TelemetryBuffer(tmp_path / "telemetry.db", BUDGET, ring_size=4)
+    buf = TelemetryBuffer(tmp_path / "telemetry.db", BUDGET, ring_size=4, first_seq=1)
     yield buf
     buf.close()
 
@@ -81,14 +81,14 @@ def test_ack_is_clamped_to_what_was_shipped(buffer: TelemetryBuffer) -> None:
 
 def test_acked_seqs_are_never_reused_after_reopen(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
-    buf = TelemetryBuffer(path, BUDGET)
+    buf = TelemetryBuffer(path, BUDGET, first_seq=1)
     for i in range(3):
         buf.append("event", event(i))
     lease = buf.lease(now=0.0)
     assert lease is not None
     buf.ack(lease.last_seq)
     buf.close()
-    buf = TelemetryBuffer(path, BUDGET)
+    buf = TelemetryBuffer(path, BUDGET, first_seq=1)
     assert buf.records() == []
     assert buf.append("event", event(9)) == 4
     stats = buf.stats()

@@ -10,6 +10,17 @@ At-least-once on the wire, exactly-once at the hub (it dedupes on (device, seq))
   ever handed out, so a confused hub cannot delete unsent records.
 - A batch not acked within ``ack_timeout_s``, and every batch in flight when the
   connection drops, is released and sent again (same seqs; the hub drops duplicates).
+  "Again" means a new lease: it starts at the lowest unacked record in the buffer, never
+  at the batch that happened to be in flight, so nothing below it can be skipped.
+- Every batch carries ``after_seq`` (see ``edgefleet.core.protocol.telemetry``): the
+  highest seq the hub has acked to this device (the lease's ``covers_from - 1``; absent
+  while nothing was ever acked). The hub acks past a batch only when the batch follows on
+  from what it holds. Since a batch always starts at the lowest unacked record, any lower
+  ``after_seq`` is honest too: when the hub acks less than the in-flight batch claims (its
+  database came back from an older copy, or the ack is an old one), the batch is sent again
+  at once claiming that ack, which the hub takes. Each such resend claims strictly less
+  than the one before, so it cannot go on forever; otherwise an ack below the batch waits
+  for the ack timeout as before.
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ class InFlight:
     last_seq: int
     records: int
     sent_at: float
+    after_seq: int | None = None
 
 
 class TelemetryUploader:
@@ -64,9 +76,13 @@ class TelemetryUploader:
         self.ack_timeout_s = ack_timeout_s
         self.max_bytes = max_bytes
         self.in_flight: InFlight | None = None
+        # The last ack heard (not persisted: after a restart the buffer's acked seq is
+        # claimed first, and a hub behind it says so with its next ack).
+        self.hub_ack: int | None = None
         self.batches_sent = 0
         self.records_acked = 0
         self.resends = 0
+        self.claims_lowered = 0  # batches sent again at once because the hub is behind
 
     def pump(self, now: float) -> bool:
         """Send the next batch if none is in flight; True when one was published."""
@@ -92,16 +108,29 @@ class TelemetryUploader:
             return False
         records = [TelemetryRecord(r.seq, r.kind, r.body) for r in lease.records]
         try:
-            batch = TelemetryBatch.pack(self.device_id, records)
+            batch = TelemetryBatch.pack(self.device_id, records, after_seq=self._claim(lease))
         except ValueError as e:
             log.error("telemetry batch cannot be built: %s", e)
             self.buffer.release_lease()
             return False
         assert batch is not None
         self.transport.publish(self.topic, encode_json(batch))
-        self.in_flight = InFlight(batch.first_seq, batch.last_seq, len(batch.records), now)
+        self.in_flight = InFlight(
+            batch.first_seq, batch.last_seq, len(batch.records), now, batch.after_seq
+        )
         self.batches_sent += 1
         return True
+
+    def _claim(self, lease: Lease) -> int | None:
+        """``after_seq`` for a batch of ``lease``: what the hub acked, or less if it says so.
+
+        The lease starts at the lowest unacked record, so nothing unacked lies below it:
+        every value up to ``covers_from - 1`` (the buffer's acked seq) is an honest claim.
+        """
+        claim = lease.covers_from - 1
+        if self.hub_ack is not None:
+            claim = min(claim, self.hub_ack)
+        return claim if claim > 0 else None
 
     def on_ack(self, ack: Ack, now: float) -> int:
         """The hub stored everything up to ``ack.highest_seq``; returns records deleted."""
@@ -111,10 +140,28 @@ class TelemetryUploader:
             log.error("telemetry ack %d not applied: %s", ack.highest_seq, e)
             return 0
         self.records_acked += deleted
+        self.hub_ack = ack.highest_seq
         flight = self.in_flight
         if flight is not None and ack.highest_seq >= flight.last_seq:
             # The batch may have carried only a prefix of its lease: release the rest
             # so it goes out now rather than when the lease expires.
+            self._release()
+            self.pump(now)
+        elif (
+            flight is not None
+            and flight.after_seq is not None
+            and ack.highest_seq < flight.after_seq
+        ):
+            # The hub holds less than this batch claims it acked: it will not take the
+            # batch as following on. Send it again claiming the hub's own ack (strictly
+            # lower than this claim, so this cannot repeat forever).
+            log.warning(
+                "telemetry: hub acked %d, below the %d it acked before; sending %d.. again",
+                ack.highest_seq,
+                flight.after_seq,
+                flight.first_seq,
+            )
+            self.claims_lowered += 1
             self._release()
             self.pump(now)
         return deleted

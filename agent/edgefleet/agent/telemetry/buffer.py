@@ -12,7 +12,13 @@ Tables::
 Invariants:
 
 - ``seq`` is strictly increasing per device and never reused: it comes from
-  ``meta.next_seq``, bumped in the same transaction that inserts the record.
+  ``meta.next_seq``, bumped in the same transaction that inserts the record. A new
+  buffer starts at the wall clock in milliseconds, not at 1: a device whose state
+  directory was wiped (SD card replaced, re-provisioned with the same credentials)
+  must not reuse seqs the hub already holds, or the hub would take its new records
+  for copies of old ones and drop them. The agent writes far fewer than 1,000 records
+  a second, so the new seqs start above every old one (given a sane clock; see
+  docs/sync.md).
   Seqs are not contiguous: coarsening absorbs records into older ones and the
   budget may drop records, leaving gaps on purpose.
 - Data leaves only by :meth:`TelemetryBuffer.ack`: ``ack(n)`` deletes every
@@ -36,6 +42,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import islice
@@ -114,6 +121,7 @@ class TelemetryBuffer(BufferBudget):
         codec: StatsCodec | None = None,
         lease_s: float = 60.0,
         readonly: bool = False,
+        first_seq: int | None = None,
     ) -> None:
         if budget_bytes < 64 * 1024:
             raise TelemetryBufferError(f"telemetry budget {budget_bytes} is below 64 KiB")
@@ -126,6 +134,8 @@ class TelemetryBuffer(BufferBudget):
         self.lease_s = lease_s
         self._lock = threading.RLock()
         self._lease: Lease | None = None
+        # A new buffer numbers from the wall clock in milliseconds (see the invariants).
+        self._first_seq = first_seq if first_seq is not None else max(1, int(time.time() * 1000))
         self._conn = self._connect(readonly)
 
     # --- connection --------------------------------------------------------
@@ -158,7 +168,7 @@ class TelemetryBuffer(BufferBudget):
             conn.executescript(_SCHEMA)
             conn.execute("BEGIN IMMEDIATE")
             for key in _META_KEYS:
-                start = 1 if key == "next_seq" else 0
+                start = self._first_seq if key == "next_seq" else 0
                 conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", (key, start))
             conn.execute("COMMIT")
             return conn

@@ -19,7 +19,9 @@ class BufferedRecord:
 @dataclass(frozen=True)
 class Lease:
     """Records handed out for sending. ``covers_from``: every seq from there to
-    ``last_seq`` is either in ``records`` or gone on purpose (merged, dropped)."""
+    ``last_seq`` is either in ``records`` or gone on purpose (merged, dropped).
+    ``covers_from - 1`` is the buffer's acked seq: what a batch of this lease claims
+    as its ``after_seq`` on the wire (nothing unacked lies below the lease)."""
 
     covers_from: int
     first_seq: int

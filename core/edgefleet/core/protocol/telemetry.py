@@ -2,8 +2,21 @@
 
 A batch carries records with strictly increasing ``seq`` numbers; the hub stores them
 deduplicated on (device, seq) and answers with :class:`~edgefleet.core.protocol.messages.Ack`.
+Which seq the hub may ack is decided by :class:`AckCursor` (pure, no I/O), from each batch's
+``after_seq``.
 
 Invariants:
+
+- Seqs have gaps on purpose (the device merges and drops records before sending them), so
+  the hub cannot tell a gap from a lost batch by looking at seqs. ``after_seq`` says it: the
+  sender claims that it will never send a record with a seq in ``(after_seq, first_seq)``
+  (those were acked, merged or dropped), i.e. the batch follows on from ``after_seq``.
+  ``None`` (absent on the wire, as from agents older than the field) claims that for every
+  seq below ``first_seq``: such a batch always follows on, which is the behaviour from
+  before the field existed.
+- :class:`AckCursor` acks only seqs the hub stored or the device gave up on purpose: it
+  advances when a batch follows on from its cursor and otherwise remembers the batch's span
+  ``(after_seq, last_seq]`` until the batches before it arrive, then jumps over it.
 
 - Decoding a batch validates the envelope (device, seqs, record kinds, bodies are objects)
   but not the bodies themselves: a body is checked when it is read through
@@ -239,15 +252,23 @@ class TelemetryRecord:
 
 @dataclass(frozen=True)
 class TelemetryBatch:
-    """Records ``first_seq .. last_seq`` (strictly increasing, not necessarily contiguous)."""
+    """Records ``first_seq .. last_seq`` (strictly increasing, not necessarily contiguous).
+
+    ``after_seq``: the sender will never send a record with a seq in
+    ``(after_seq, first_seq)``; None claims it for every seq below ``first_seq`` (see the
+    module docstring).
+    """
 
     device: str
     first_seq: int
     last_seq: int
     records: tuple[TelemetryRecord, ...]
     v: int = PROTOCOL_VERSION
+    after_seq: int | None = None
 
     def __post_init__(self) -> None:
+        if self.after_seq is not None and not 0 <= self.after_seq < self.first_seq:
+            raise ValueError("after_seq must be >= 0 and below first_seq")
         if not self.records:
             raise ValueError("a batch holds at least one record")
         if len(self.records) > MAX_RECORDS_PER_BATCH:
@@ -259,8 +280,10 @@ class TelemetryBatch:
             raise ValueError("first_seq/last_seq must match the first and last record")
 
     @classmethod
-    def of(cls, device: str, records: Sequence[TelemetryRecord]) -> TelemetryBatch:
-        return cls(device, records[0].seq, records[-1].seq, tuple(records))
+    def of(
+        cls, device: str, records: Sequence[TelemetryRecord], *, after_seq: int | None = None
+    ) -> TelemetryBatch:
+        return cls(device, records[0].seq, records[-1].seq, tuple(records), after_seq=after_seq)
 
     @classmethod
     def pack(
@@ -270,6 +293,7 @@ class TelemetryBatch:
         *,
         max_bytes: int = MAX_TELEMETRY_BYTES,
         max_records: int = MAX_RECORDS_PER_BATCH,
+        after_seq: int | None = None,
     ) -> TelemetryBatch | None:
         """The longest prefix of ``records`` whose encoded batch fits ``max_bytes``.
 
@@ -280,7 +304,7 @@ class TelemetryBatch:
             return None
         chosen: list[TelemetryRecord] = []
         # Envelope overhead measured once; each record adds its own JSON plus a comma.
-        size = len(dump_json(cls.of(device, records[:1]).to_dict())) - len(
+        size = len(dump_json(cls.of(device, records[:1], after_seq=after_seq).to_dict())) - len(
             dump_json(records[0].to_dict())
         )
         for record in records[:max_records]:
@@ -291,16 +315,19 @@ class TelemetryBatch:
             size += extra
         if not chosen:
             raise ValueError(f"telemetry record {records[0].seq} alone exceeds {max_bytes} bytes")
-        return cls.of(device, chosen)
+        return cls.of(device, chosen, after_seq=after_seq)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "v": self.v,
             "device": self.device,
             "first_seq": self.first_seq,
             "last_seq": self.last_seq,
             "records": [r.to_dict() for r in self.records],
         }
+        if self.after_seq is not None:
+            out["after_seq"] = self.after_seq
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, side: str = DEVICE) -> TelemetryBatch:
@@ -309,6 +336,7 @@ class TelemetryBatch:
         device = r.text("device", max_len=64)
         first_seq = r.integer("first_seq", minimum=0)
         last_seq = r.integer("last_seq", minimum=0)
+        after_seq = r.opt_integer("after_seq", minimum=0)
         records: list[TelemetryRecord] = []
         for i, raw in enumerate(r.items("records", max_items=MAX_RECORDS_PER_BATCH)):
             rr = r.nested(f"records[{i}]", raw)
@@ -316,4 +344,87 @@ class TelemetryBatch:
             kind = rr.text("kind", max_len=MAX_RECORD_KIND_LENGTH)
             body = rr.obj("body")
             records.append(build(rr.what, side, partial(TelemetryRecord, seq, kind, body)))
-        return build("telemetry", side, lambda: cls(device, first_seq, last_seq, tuple(records), v))
+        return build(
+            "telemetry",
+            side,
+            lambda: cls(device, first_seq, last_seq, tuple(records), v, after_seq),
+        )
+
+
+#: At most this many separate spans wait beyond a device's cursor (see :class:`AckCursor`).
+MAX_PENDING_SPANS = 64
+
+
+@dataclass(frozen=True)
+class AckCursor:
+    """What a hub may ack for one device: pure, persisted by the hub after every batch.
+
+    ``contiguous``: every seq up to it is stored at the hub or was given up by the device on
+    purpose (None: nothing known yet). ``pending``: disjoint spans ``(after, last]``, sorted,
+    all above ``contiguous``, whose records are stored but which do not follow on from
+    ``contiguous`` yet: a batch before them is missing (lost in transit, or still coming).
+
+    Rules (``receive``):
+
+    - a batch follows on when the cursor is None (a device the hub has no cursor for, or a
+      hub that lost its database: the records below were acked before or are gone), when
+      its ``after_seq`` is None (a first batch, or an agent without the field: the
+      behaviour from before the field), or when ``after_seq <= contiguous``. Then
+      ``contiguous`` becomes ``max(contiguous, last_seq)`` and jumps over every pending
+      span that now follows on;
+    - otherwise its span joins ``pending`` (merged with spans it overlaps or touches) and
+      ``contiguous`` stays: the hub acks only that, and the device resends from its lowest
+      unacked record.
+
+    ``contiguous`` never goes down, so a late duplicate of an old batch changes nothing.
+    """
+
+    contiguous: int | None = None
+    pending: tuple[tuple[int, int], ...] = ()
+
+    def follows(self, after_seq: int | None) -> bool:
+        """True when a batch with this ``after_seq`` follows on from the cursor."""
+        return self.contiguous is None or after_seq is None or after_seq <= self.contiguous
+
+    def receive(self, after_seq: int | None, last_seq: int) -> AckCursor:
+        """The cursor after a batch ``(after_seq, last_seq]`` was stored."""
+        if self.follows(after_seq):
+            start = last_seq if self.contiguous is None else max(self.contiguous, last_seq)
+            return AckCursor(start, self.pending).settled()
+        assert after_seq is not None
+        return AckCursor(self.contiguous, _merge_span(self.pending, (after_seq, last_seq)))
+
+    def settled(self) -> AckCursor:
+        """Jump over pending spans that follow on from ``contiguous``; drop covered ones."""
+        if self.contiguous is None:
+            return self
+        cursor = self.contiguous
+        left: list[tuple[int, int]] = []
+        for after, last in sorted(self.pending):
+            if after <= cursor:
+                cursor = max(cursor, last)
+            else:
+                left.append((after, last))
+        return AckCursor(cursor, tuple(span for span in left if span[1] > cursor))
+
+    def covers(self, seq: int) -> bool:
+        """True when ``seq`` is at or below ``contiguous`` or inside a pending span."""
+        if self.contiguous is not None and seq <= self.contiguous:
+            return True
+        return any(after < seq <= last for after, last in self.pending)
+
+
+def _merge_span(
+    spans: tuple[tuple[int, int], ...], span: tuple[int, int]
+) -> tuple[tuple[int, int], ...]:
+    # (a1, l1] and (a2, l2] that overlap or touch (a2 <= l1 and a1 <= l2) are one span: every
+    # seq in their union was stored or given up by the device.
+    after, last = span
+    kept: list[tuple[int, int]] = []
+    for a, b in spans:
+        if a <= last and after <= b:
+            after, last = min(after, a), max(last, b)
+        else:
+            kept.append((a, b))
+    kept.append((after, last))
+    return tuple(sorted(kept))

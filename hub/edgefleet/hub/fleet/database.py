@@ -13,7 +13,10 @@ Invariants:
   the fsync count low;
 - ``sqlite3`` errors surface as :class:`~edgefleet.hub.errors.HubStoreError` (exit 1);
 - the bucket lengths rows were written with are recorded in ``fleet_meta`` by the first
-  writer: rollup levels *are* bucket lengths, so a reader must use the same ones.
+  writer: rollup levels *are* bucket lengths, so a reader must use the same ones;
+- tables are only ever added (``CREATE ... IF NOT EXISTS`` on every open), so a database
+  written by an older hub opens and gains them without a schema version change
+  (``fleet_pending_spans`` came that way).
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ CREATE TABLE IF NOT EXISTS fleet_rollups (
     PRIMARY KEY (level, model, version, bucket_s, device, grp, profile, profile_id));
 CREATE TABLE IF NOT EXISTS fleet_cursor (
     device TEXT PRIMARY KEY, contiguous INTEGER NOT NULL, pruned_through INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS fleet_pending_spans (
+    device TEXT NOT NULL, after_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+    PRIMARY KEY (device, after_seq));
 CREATE TABLE IF NOT EXISTS fleet_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS fleet_references (
     model TEXT NOT NULL, version INTEGER NOT NULL, profile TEXT NOT NULL,

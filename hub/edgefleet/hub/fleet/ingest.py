@@ -15,9 +15,13 @@ Invariants:
   or stored is not acked, so the agent sends it again.
 - A record whose body is malformed is stored as kind ``malformed`` (so it is acked and
   counted, not resent forever) and never reaches the statistics.
-- The ack cursor is the highest seq received from the device. The agent's lease hands out
-  the oldest unacked records first, so every seq below it is stored or was merged or dropped
-  on the device on purpose (seqs have gaps by design).
+- The ack is the device's contiguous cursor (:class:`~edgefleet.core.protocol.telemetry.
+  AckCursor`): it passes a batch only when the batch follows on (its ``after_seq`` is at or
+  below the cursor, or absent as from agents without the field), so every seq up to it is
+  stored or was merged or dropped on the device on purpose (seqs have gaps by design). A
+  batch that does not follow on is stored but not acked past the cursor; when the missing
+  batch arrives the cursor jumps over it. Pass the decoded :class:`TelemetryBatch` (not only
+  its records) so its ``after_seq`` counts; bare records are acked as from an old agent.
 - ``submit`` never blocks and never touches the database.
 """
 
@@ -35,7 +39,7 @@ from pathlib import Path
 from typing import Protocol
 
 from edgefleet.core.errors import EdgefleetError, ProtocolError
-from edgefleet.core.protocol import TelemetryRecord
+from edgefleet.core.protocol import TelemetryBatch, TelemetryRecord
 from edgefleet.hub.errors import HubConfigError
 from edgefleet.hub.fleet.database import FleetDatabase
 from edgefleet.hub.fleet.retention import MaintenanceResult
@@ -62,6 +66,17 @@ class IngestResult:
     duplicates: int  # records already stored before (retransmissions)
     highest_contiguous_seq: int | None  # what to ack
     malformed: int = 0
+
+
+#: A batch as the ingest takes it: decoded (its ``after_seq`` counts) or bare records.
+BatchRecords = TelemetryBatch | Sequence[TelemetryRecord]
+
+
+def batch_parts(batch: BatchRecords) -> tuple[tuple[TelemetryRecord, ...], int | None]:
+    """The records and the ``after_seq`` claim (None for bare records) of a batch."""
+    if isinstance(batch, TelemetryBatch):
+        return batch.records, batch.after_seq
+    return tuple(batch), None
 
 
 def record_row(record: TelemetryRecord) -> RecordRow:
@@ -118,24 +133,27 @@ class FleetTelemetry:
             )
         self.store = FleetWindowStore(self.db, self.settings)
 
-    def ingest(
-        self, device: DeviceInfo, records: Sequence[TelemetryRecord], now: float
-    ) -> IngestResult:
+    def ingest(self, device: DeviceInfo, records: BatchRecords, now: float) -> IngestResult:
         """Store one batch of one device (one transaction)."""
         return self.ingest_many([(device, records)], now)[0]
 
     def ingest_many(
-        self, items: Sequence[tuple[DeviceInfo, Sequence[TelemetryRecord]]], now: float
+        self, items: Sequence[tuple[DeviceInfo, BatchRecords]], now: float
     ) -> list[IngestResult]:
         """Store several batches in ONE transaction (the worker's group commit).
 
         Records already stored are recognised before their bodies are validated and
         decoded, so a retransmitted backlog costs an index lookup, not a second ingest.
+        Batches of one device are applied to its ack cursor in the order given.
         """
-        batches = [
-            DeviceBatch(device.id, device.group or "", device.profile, records)
-            for device, records in items
-        ]
+        batches = []
+        for device, batch in items:
+            records, after_seq = batch_parts(batch)
+            batches.append(
+                DeviceBatch(
+                    device.id, device.group or "", device.profile, records, after_seq=after_seq
+                )
+            )
         outcomes = self.store.add(batches, now, record_row)
         return [IngestResult(o.stored, o.duplicates, o.highest_seq, o.malformed) for o in outcomes]
 
@@ -156,7 +174,7 @@ DoneCallback = Callable[[IngestResult], None]
 @dataclass(frozen=True)
 class _Item:
     device: DeviceInfo | str
-    records: Sequence[TelemetryRecord]
+    batch: BatchRecords
     on_done: DoneCallback | None
 
 
@@ -219,13 +237,18 @@ class IngestWorker:
     def submit(
         self,
         device: DeviceInfo | str,
-        records: Sequence[TelemetryRecord],
+        records: BatchRecords,
         on_done: DoneCallback | None = None,
     ) -> bool:
-        """Queue a batch; False (and nothing queued) when the queue is full."""
+        """Queue a batch; False (and nothing queued) when the queue is full.
+
+        ``records``: the decoded :class:`TelemetryBatch` (its ``after_seq`` decides the ack)
+        or bare records (acked as from an agent without ``after_seq``).
+        """
+        batch = records if isinstance(records, TelemetryBatch) else tuple(records)
         try:
             with self._idle:
-                self._queue.put_nowait(_Item(device, tuple(records), on_done))
+                self._queue.put_nowait(_Item(device, batch, on_done))
                 self.stats.submitted += 1
         except queue.Full:
             self.stats.rejected_full += 1
@@ -292,7 +315,7 @@ class IngestWorker:
     def _store(self, items: list[_Item]) -> None:
         now = self.clock()
         try:
-            resolved = [(self._resolve(item.device, now), item.records) for item in items]
+            resolved = [(self._resolve(item.device, now), item.batch) for item in items]
             results = self.telemetry.ingest_many(resolved, now)
         except EdgefleetError as e:
             # Nothing acked: the agents send these batches again.

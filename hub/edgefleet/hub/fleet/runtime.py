@@ -19,14 +19,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from edgefleet.core.protocol import TelemetryRecord
 from edgefleet.hub.errors import HubConfigError
 from edgefleet.hub.fleet.alert_sinks import AlertSink, LogSink, MqttAlertSink, WebhookSink
-from edgefleet.hub.fleet.ingest import DeviceInfo, DoneCallback, FleetTelemetry, IngestWorker
+from edgefleet.hub.fleet.ingest import (
+    BatchRecords,
+    DeviceInfo,
+    DoneCallback,
+    FleetTelemetry,
+    IngestWorker,
+)
 from edgefleet.hub.fleet.metrics import MetricsServer, collect, render_metrics
 from edgefleet.hub.fleet.monitor import FleetMonitor
 from edgefleet.hub.fleet.references import References, bundle_loaders
@@ -108,10 +113,12 @@ class FleetRuntime:
         self.telemetry.close()
 
     # -- used by the service -----------------------------------------------------------
-    def submit(
-        self, device: DeviceInfo, records: Sequence[TelemetryRecord], on_done: DoneCallback
-    ) -> bool:
-        """Queue a batch for storing; ``on_done`` runs after its commit (False: queue full)."""
+    def submit(self, device: DeviceInfo, records: BatchRecords, on_done: DoneCallback) -> bool:
+        """Queue a batch for storing; ``on_done`` runs after its commit (False: queue full).
+
+        Pass the decoded batch, not only its records: its ``after_seq`` decides whether
+        the ack may move past it (see docs/protocol.md).
+        """
         return self.worker.submit(device, records, on_done=on_done)
 
     def metrics_text(self) -> str:

@@ -16,8 +16,14 @@ Tables (see :mod:`~edgefleet.hub.fleet.database`):
     group and profile with ``device = ''`` (for the fleet, ``--by group`` and ``--by
     profile``), so those queries read a number of rows that does not grow with the fleet.
 ``fleet_cursor``
-    per device: the highest seq received (what the hub acks) and ``pruned_through``, the
-    highest seq whose row retention deleted (anything at or below it counts as a duplicate).
+    per device: ``contiguous``, what the hub acks (every seq up to it is stored or was given
+    up by the device on purpose), and ``pruned_through``, the highest seq whose row
+    retention deleted.
+``fleet_pending_spans``
+    per device: spans ``(after_seq, last_seq]`` of batches stored beyond ``contiguous`` that
+    do not follow on from it yet (a batch before them is missing). Together with
+    ``contiguous`` they are the :class:`~edgefleet.core.protocol.telemetry.AckCursor` of the
+    device, read and written in the batch's transaction.
 
 Invariants:
 
@@ -31,6 +37,14 @@ Invariants:
   one transaction, so totals stay exact; what retention drops is counted.
 - Raw rows keep their blob after being rolled up until ``raw_retention_s`` so the alert
   monitor can read recently received windows whatever their bucket.
+- Acks: a batch's records are stored (deduplicated) whether or not it follows on;
+  ``contiguous`` moves only by ``AckCursor.receive``, so the hub never acks a seq it neither
+  stored nor the device gave up. A record retention deleted counts as a duplicate only when
+  it is at or below ``pruned_through`` *and* covered by the cursor (at or below
+  ``contiguous`` or inside a pending span): a record of a missing batch below a pruned
+  pending span is still new.
+- At most ``MAX_PENDING_SPANS`` separate spans wait per device; a batch that would open
+  one more is not stored (nor acked beyond ``contiguous``): the device sends it again.
 """
 
 from __future__ import annotations
@@ -41,6 +55,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from edgefleet.core.protocol.telemetry import MAX_PENDING_SPANS, AckCursor
 from edgefleet.hub.fleet.database import STATS_COLUMNS, FleetDatabase
 from edgefleet.hub.fleet.retention import MaintenanceResult, maintain
 from edgefleet.hub.fleet.rollups import FoldItem, RollupCache, decode_items, fold
@@ -76,6 +91,7 @@ class DeviceBatch:
     profile: str
     rows: Sequence[Any]  # RecordRow, or records with a ``seq`` when ``add`` gets ``build``
     highest_seq: int | None = None  # default: the highest seq in rows
+    after_seq: int | None = None  # the batch's claim (see AckCursor); None: follows on
 
 
 @dataclass(frozen=True)
@@ -171,12 +187,22 @@ class FleetWindowStore:
         items: list[FoldItem],
         counts: dict[str, int],
     ) -> BatchOutcome:
-        row = conn.execute(
-            "SELECT contiguous, pruned_through FROM fleet_cursor WHERE device = ?",
-            (batch.device,),
-        ).fetchone()
-        contiguous, pruned = (int(row[0]), int(row[1])) if row else (None, -1)
-        received = [r for r in batch.rows if r.seq > pruned]
+        cursor, pruned = self._read_cursor(conn, batch.device)
+        highest = batch.highest_seq
+        if highest is None:
+            highest = max((r.seq for r in batch.rows), default=None)
+        after = cursor
+        if highest is not None:
+            after = cursor.receive(batch.after_seq, highest)
+            if len(after.pending) > max(MAX_PENDING_SPANS, len(cursor.pending)):
+                counts["batches_refused_spans_full"] = (
+                    counts.get("batches_refused_spans_full", 0) + 1
+                )
+                return BatchOutcome(0, 0, 0, cursor.contiguous, 0)
+            if not cursor.follows(batch.after_seq):
+                counts["batches_ahead_of_cursor"] = counts.get("batches_ahead_of_cursor", 0) + 1
+        # A row retention deleted is a duplicate only where the cursor covers it.
+        received = [r for r in batch.rows if r.seq > pruned or not cursor.covers(r.seq)]
         # Inside the write transaction nobody else inserts: what is not stored now is new.
         known = seen.setdefault(batch.device, set())
         if received:
@@ -237,27 +263,54 @@ class FleetWindowStore:
                         totals, None, r.drift,
                     )
                 )  # fmt: skip
-        highest = batch.highest_seq
-        if highest is None:
-            highest = max((r.seq for r in batch.rows), default=None)
-        if highest is not None:
-            new = highest if contiguous is None else max(contiguous, highest)
+        if after != cursor:
+            self._write_cursor(conn, batch.device, cursor, after, pruned)
+        stored = len(rows)
+        return BatchOutcome(
+            stored, len(batch.rows) - stored, len(windows), after.contiguous, malformed
+        )
+
+    @staticmethod
+    def _read_cursor(conn: sqlite3.Connection, device: str) -> tuple[AckCursor, int]:
+        """The device's ack cursor and ``pruned_through`` (-1: nothing pruned)."""
+        row = conn.execute(
+            "SELECT contiguous, pruned_through FROM fleet_cursor WHERE device = ?", (device,)
+        ).fetchone()
+        if row is None:
+            return AckCursor(), -1
+        spans = conn.execute(
+            "SELECT after_seq, last_seq FROM fleet_pending_spans WHERE device = ?"
+            " ORDER BY after_seq",
+            (device,),
+        ).fetchall()
+        pending = tuple((int(a), int(b)) for a, b in spans)
+        return AckCursor(int(row[0]), pending), int(row[1])
+
+    @staticmethod
+    def _write_cursor(
+        conn: sqlite3.Connection, device: str, old: AckCursor, new: AckCursor, pruned: int
+    ) -> None:
+        if new.contiguous != old.contiguous:
             conn.execute(
                 "INSERT INTO fleet_cursor VALUES (?, ?, ?) ON CONFLICT (device)"
                 " DO UPDATE SET contiguous = excluded.contiguous",
-                (batch.device, new, pruned),
+                (device, new.contiguous, pruned),
             )
-            contiguous = new
-        stored = len(rows)
-        return BatchOutcome(stored, len(batch.rows) - stored, len(windows), contiguous, malformed)
+        if new.pending != old.pending:
+            conn.execute("DELETE FROM fleet_pending_spans WHERE device = ?", (device,))
+            conn.executemany(
+                "INSERT INTO fleet_pending_spans VALUES (?, ?, ?)",
+                [(device, a, b) for a, b in new.pending],
+            )
 
     def cursor(self, device: str) -> int | None:
-        row = (
-            self.db.connection()
-            .execute("SELECT contiguous FROM fleet_cursor WHERE device = ?", (device,))
-            .fetchone()
-        )
-        return None if row is None else int(row[0])
+        """What the hub acks to ``device`` (None: nothing received from it yet)."""
+        return self.ack_cursor(device).contiguous
+
+    def ack_cursor(self, device: str) -> AckCursor:
+        """The device's whole ack cursor: ``contiguous`` and the spans waiting beyond it."""
+        with self.db.read() as conn:
+            return self._read_cursor(conn, device)[0]
 
     # -- queries ---------------------------------------------------------------------
     def versions(self, model: str) -> list[int]:
