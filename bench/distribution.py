@@ -1,7 +1,9 @@
 """Bundle distribution benchmark: one 1 MiB bundle rolled out to 100 devices over MQTT.
 
-Everything real but the devices' deployment driver: a local mosquitto started here,
-the hub as its own ``edgefleet hub serve`` process (store, bundle store, rollout
+Everything real but the devices' deployment driver: a local mosquitto started here
+with the password file and ACL ``hub broker-config`` writes for the enrolled fleet
+(every device and the hub authenticate and are confined to their topics), the hub
+as its own ``edgefleet hub serve`` process (store, bundle store, rollout
 engine, directive signing, chunk server, default settings), and 100 devices each
 running the agent's real ``HubSync`` with its own MQTT client and state directory,
 spread over ``--processes`` device processes (4: 200 threads in one interpreter would
@@ -46,6 +48,7 @@ import http.server
 import json
 import os
 import platform
+import secrets
 import shutil
 import signal
 import subprocess
@@ -71,6 +74,7 @@ from edgefleet.core.mqtt.client import MqttClient
 from edgefleet.core.protocol import Topics
 from edgefleet.core.testing.brokers import MosquittoBroker, free_port
 from edgefleet.core.trust import TrustStore
+from edgefleet.hub.broker_config import write_broker_config
 from edgefleet.hub.bundles import BundleStore
 from edgefleet.hub.config import HubConfig
 from edgefleet.hub.enrollment import enroll_device, publisher_trust
@@ -101,7 +105,9 @@ class VerifyingDeployer:
     def idle(self) -> bool:
         return True
 
-    def submit_install(self, path: Path, *, allow_downgrade: bool, now: float) -> str:
+    def submit_install(
+        self, path: Path, *, allow_downgrade: bool, now: float, rollout_id: str | None = None
+    ) -> str:
         self.handed_at = time.time()
         request_id = f"r{len(self.outcomes) + 1}"
         try:
@@ -116,7 +122,7 @@ class VerifyingDeployer:
         self.outcomes[request_id] = DeployOutcome(request_id, "install", "committed")
         return request_id
 
-    def submit_rollback(self, model: str, *, now: float) -> str:
+    def submit_rollback(self, model: str, *, now: float, rollout_id: str | None = None) -> str:
         raise NotImplementedError
 
     def outcome(self, request_id: str) -> DeployOutcome | None:
@@ -287,16 +293,17 @@ def wait_until(what: str, predicate: Any, timeout_s: float, log: Path | None = N
 
 def run(devices: int, size: int, root: Path, device_root: Path, processes: int) -> dict[str, Any]:
     """The MQTT rollout, then the HTTP baseline; every process started here ends here."""
-    broker = MosquittoBroker(root / "mosquitto").start()
+    brokers: list[MosquittoBroker] = []
     children: list[subprocess.Popen[bytes]] = []
     try:
-        return _run(devices, size, root, device_root, processes, broker, children)
+        return _run(devices, size, root, device_root, processes, brokers, children)
     finally:
         for child in children:
             if child.poll() is None:
                 child.kill()
                 child.wait(10)
-        broker.stop()
+        for broker in brokers:
+            broker.stop()
 
 
 def _run(
@@ -305,10 +312,11 @@ def _run(
     root: Path,
     device_root: Path,
     processes: int,
-    broker: MosquittoBroker,
+    brokers: list[MosquittoBroker],
     children: list[subprocess.Popen[bytes]],
 ) -> dict[str, Any]:
     keys = root / "keys"
+    port = free_port()
     generate_keypair("publisher", keys)
     generate_keypair("hub", keys)
     (root / "hub.toml").write_text(
@@ -318,8 +326,9 @@ path = "hub.db"
 bundles_dir = "hub-bundles"
 
 [broker]
-host = "{broker.host}"
-port = {broker.port}
+host = "127.0.0.1"
+port = {port}
+password = "{secrets.token_urlsafe(16)}"
 
 [keys]
 hub_signing_key = "keys/hub.key"
@@ -343,6 +352,16 @@ tick_s = 1.0
         enrolled.append(
             {"id": enrollment.username, "password": enrollment.password, "trust": enrollment.trust}
         )
+    # The broker checks the hub's generated password file and ACL, as in a deployment.
+    files = write_broker_config(root / "broker", config, store.list_devices(), persistence=False)
+    broker = MosquittoBroker(
+        root / "mosquitto",
+        password_file=files.password_file,
+        acl_file=files.acl_file,
+        allow_anonymous=False,
+        port=port,
+    ).start()
+    brokers.append(broker)
     hub_log = root / "hub.log"
     with open(hub_log, "wb") as log:
         hub = subprocess.Popen(

@@ -190,12 +190,20 @@ class FakeDeployer:
     def idle(self) -> bool:
         return self.running is None
 
-    def submit_install(self, path: Path, *, allow_downgrade: bool, now: float) -> str:
+    def submit_install(
+        self, path: Path, *, allow_downgrade: bool, now: float, rollout_id: str | None = None
+    ) -> str:
         data = Path(path).read_bytes()
         sha = hashlib.sha256(data).hexdigest()
         request_id = f"req-{len(self.requests) + 1}"
         self.requests.append(
-            {"id": request_id, "kind": "install", "sha": sha, "allow_downgrade": allow_downgrade}
+            {
+                "id": request_id,
+                "kind": "install",
+                "sha": sha,
+                "allow_downgrade": allow_downgrade,
+                "rollout_id": rollout_id,
+            }
         )
         self.received[request_id] = data
         self.running = request_id
@@ -203,9 +211,11 @@ class FakeDeployer:
             self.finish(self.auto)
         return request_id
 
-    def submit_rollback(self, model: str, *, now: float) -> str:
+    def submit_rollback(self, model: str, *, now: float, rollout_id: str | None = None) -> str:
         request_id = f"req-{len(self.requests) + 1}"
-        self.requests.append({"id": request_id, "kind": "rollback", "model": model})
+        self.requests.append(
+            {"id": request_id, "kind": "rollback", "model": model, "rollout_id": rollout_id}
+        )
         self.running = request_id
         if self.auto is not None:
             self.finish("rolled_back")

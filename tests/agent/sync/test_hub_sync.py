@@ -26,6 +26,7 @@ from tests.agent.sync.fakes import (
 )
 
 from edgefleet.agent.sync import HubSync
+from edgefleet.agent.sync.checker import DirectiveCheckUnavailable, InProcessDirectiveChecker
 from edgefleet.agent.sync.reconcile import DONE, FAILED, InstalledModel, key_of
 from edgefleet.agent.telemetry.buffer import TelemetryBuffer
 from edgefleet.core.protocol import Topics
@@ -97,6 +98,7 @@ def test_a_directive_is_fetched_verified_and_handed_over(rig: Rig) -> None:
     rig.hub.publish_directive(rig.hub.directive(v1.assignment()))
     rig.settle()
     assert [r["sha"] for r in rig.deployer.requests] == [v1.sha]
+    assert [r["rollout_id"] for r in rig.deployer.requests] == [v1.assignment().rollout_id]
     assert rig.deployer.received["req-1"] == v1.data
     assert rig.hub.chunks_sent[v1.sha] == 10  # every chunk exactly once
     assert sync.ledger[key_of(v1.assignment())].state == DONE
@@ -237,9 +239,11 @@ def test_a_signed_downgrade_to_the_previous_slot_is_a_rollback(rig: Rig) -> None
     rig.catalogue(v1, v2)
     rig.deployer.models["iris"] = InstalledModel(v2.sha, 2, v1.sha, 1)
     rig.start()
-    rig.hub.publish_directive(rig.hub.directive(v1.assignment(allow_downgrade=True)))
+    rig.hub.publish_directive(
+        rig.hub.directive(v1.assignment(rollout_id="r-back", allow_downgrade=True))
+    )
     rig.settle()
-    assert [r["kind"] for r in rig.deployer.requests] == ["rollback"]
+    assert [(r["kind"], r["rollout_id"]) for r in rig.deployer.requests] == [("rollback", "r-back")]
     assert rig.hub.chunks_sent[v1.sha] == 0
     assert rig.deployer.models["iris"].active_sha == v1.sha
 
@@ -344,3 +348,55 @@ def test_a_broker_that_lost_the_session_gets_the_requests_again_at_once(rig: Rig
     again = [i for f in rig.hub.fetches[1:] for i in f.indexes()]
     assert again[:4] == [0, 1, 2, 3]  # long before the 60 s request timeout
     assert rig.deployer.received["req-1"] == v1.data
+
+
+class FlakyChecker:
+    """The real in-process checks, but the first ``failures`` checks cannot run."""
+
+    def __init__(self, trust: object, failures: int) -> None:
+        self.inner = InProcessDirectiveChecker(trust)  # type: ignore[arg-type]
+        self.failures = failures
+        self.calls = 0
+
+    def check(self, envelope: object, device_id: str, last_seq: int | None, now: float) -> object:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise DirectiveCheckUnavailable("verification child cannot start")
+        return self.inner.check(envelope, device_id, last_seq, now)  # type: ignore[arg-type]
+
+
+def test_a_directive_whose_check_cannot_run_is_checked_again_later_never_accepted_unchecked(
+    rig: Rig,
+) -> None:
+    v1 = bundle()
+    rig.catalogue(v1)
+    checker = FlakyChecker(rig.hub.trust, failures=3)
+    rig.sync = HubSync(
+        settings(),
+        device_client(rig.broker),
+        checker,
+        rig.deployer,
+        rig.buffer,
+        rig.root / "sync",
+        clock=lambda: rig.clock[0],
+    )
+    rig.sync.start(threaded=False)
+    rig.settle()
+    rig.hub.publish_directive(rig.hub.directive(v1.assignment()))
+    rig.settle()
+    sync = rig.sync
+    assert checker.calls == 1 and sync.accepted is None and rig.deployer.requests == []
+    assert "cannot start" in (sync.directive_error or "")
+    assert "cannot start" in (rig.hub.state().directive_error or "")
+    rig.advance(1.0)  # ticks before the back-off: no new child
+    assert checker.calls == 1
+    rig.advance(5.0)  # first retry after 5 s (fails), the next after 10 s more (fails)
+    assert checker.calls == 2
+    rig.advance(9.0)
+    assert checker.calls == 2
+    rig.advance(1.5)
+    assert checker.calls == 3 and sync.accepted is None
+    rig.advance(20.5)  # the third retry runs: accepted and installed
+    assert checker.calls == 4
+    assert sync.accepted is not None and sync.directive_error is None
+    assert [r["sha"] for r in rig.deployer.requests] == [v1.sha]

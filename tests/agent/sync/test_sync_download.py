@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tests.agent.sync.fakes import Bundle, bundle
 
 from edgefleet.agent.sync.download import BundleDownload, DownloadMismatchError
@@ -148,3 +150,36 @@ def test_another_chunk_size_starts_over(tmp_path: Path) -> None:
     d.close()
     again = open_download(tmp_path, b, chunk_size=512)
     assert again.progress.held == frozenset()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(order=st.permutations(list(range(10))), restart_after=st.integers(0, 10), dup=st.booleans())
+def test_any_arrival_order_and_a_restart_still_check_the_right_hash(
+    tmp_path_factory: pytest.TempPathFactory, order: list[int], restart_after: int, dup: bool
+) -> None:
+    """The sha256 hashed while chunks arrive in order plus what finish reads back is the file's."""
+    directory = tmp_path_factory.mktemp("dl")
+    b = bundle(size=10_000)
+    d = open_download(directory, b, persist_every=1)
+    all_frames = frames(b)
+    for n, i in enumerate(order):
+        if n == restart_after:
+            d.close()
+            d = open_download(directory, b, persist_every=1)  # held chunks come back from disk
+        d.accept(all_frames[i])
+        if dup:
+            d.accept(all_frames[i])  # a duplicate is not hashed twice
+    assert d.complete
+    assert d.finish().read_bytes() == b.data
+
+
+def test_a_chunk_forged_in_order_is_still_a_mismatch(tmp_path: Path) -> None:
+    b = bundle(size=5000)
+    d = open_download(tmp_path, b)
+    forged = frames(b, b.data[:1024] + bytes(1024) + b.data[2048:])
+    for frame in forged:
+        d.accept(frame)
+    with pytest.raises(DownloadMismatchError):
+        d.finish()

@@ -26,6 +26,11 @@ rolling_back     switch the pointers back to ``restore_slots``, serve that
 terminal         delete downloads, staging, inbox copies and unreferenced bundles
 ===============  ==============================================================
 
+The first three (no pointer moves yet) live in :mod:`edgefleet.agent.deploy.intake`,
+which reports how each ended; the live phase of probation is counted and judged by
+:class:`edgefleet.agent.deploy.probation.ProbationWatch`. This module persists every
+transition, activates, serves, rolls back and cleans up.
+
 Inference never stops: the old version serves until the new one is loaded,
 and a failed new version is replaced by the old one. Every persisted state
 becomes a telemetry event.
@@ -45,9 +50,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.agent.config import ProbationSettings
-from edgefleet.agent.deploy.atomic_files import copy_durably, durable_rename, remove_path
-from edgefleet.agent.deploy.compat import check_target, check_version
-from edgefleet.agent.deploy.health import Decision, evaluate_probation, run_smoke
+from edgefleet.agent.deploy.atomic_files import remove_path
+from edgefleet.agent.deploy.health import Decision, run_smoke
 from edgefleet.agent.deploy.hooks import (
     PAUSE_ENV,
     EventSink,
@@ -60,6 +64,7 @@ from edgefleet.agent.deploy.hooks import (
     pause_hook_from_env,
 )
 from edgefleet.agent.deploy.inbox import discard, new_request_id
+from edgefleet.agent.deploy.intake import BundleChecker, BundleIntake, StepOutcome
 from edgefleet.agent.deploy.layout import StateLayout
 from edgefleet.agent.deploy.machine import (
     TERMINAL_STATES,
@@ -69,25 +74,18 @@ from edgefleet.agent.deploy.machine import (
     handle,
     recovery_for,
 )
+from edgefleet.agent.deploy.probation import ProbationWatch
 from edgefleet.agent.deploy.record import DeploymentRecord, DeployState, DeployStateFile
 from edgefleet.agent.deploy.slots import SlotPointers, SlotTable
 from edgefleet.agent.deploy.store import BundleStore, sweep_leftovers
 from edgefleet.agent.errors import (
-    BundleRejectedError,
     DeploymentError,
-    ModelLoadError,
     ModelNotFoundError,
 )
-from edgefleet.agent.telemetry.recorder import LiveStats
-from edgefleet.core.errors import StorageError, VerificationError
 from edgefleet.core.profiles import DeviceProfile
 
 if TYPE_CHECKING:
     from edgefleet.core.trust import TrustStore
-
-# ``checker(bundle_file, dest_dir)``: verify and extract (BundleVerifier.verify_and_extract
-# semantics), returning an object with ``manifest`` and ``sha256``.
-BundleChecker = Callable[[Path, Path], Any]
 
 log = logging.getLogger("edgefleet.agent.deploy")
 
@@ -128,11 +126,19 @@ class DeploymentDriver:
         self.pause = pause
         self.slots = SlotTable(layout)
         self.store = BundleStore(layout)
+        self.intake = BundleIntake(
+            layout,
+            profile=profile,
+            store=self.store,
+            slots=self.slots,
+            onnxruntime_version=onnxruntime_version,
+            trust=trust,
+            checker=checker,
+        )
         self._file = DeployStateFile(layout.deploy_file)
         self._state = self._file.load()
         self._loaded: dict[str, Any] = {}  # what this process activated, by model
-        self._probation_running = False
-        self._counting: tuple[str, int] | None = None  # probation counter started at activation
+        self.probation = ProbationWatch(settings, tap)
 
     # --- state ------------------------------------------------------------------
     @property
@@ -224,7 +230,9 @@ class DeploymentDriver:
         self.pause(state.value)
         return record
 
-    def submit_rollback(self, model: str, *, deployment_id: str | None = None) -> DeploymentRecord:
+    def submit_rollback(
+        self, model: str, *, deployment_id: str | None = None, rollout_id: str | None = None
+    ) -> DeploymentRecord:
         self._require_idle()
         pointers = self.slots.get(model)
         if pointers.active is None:
@@ -245,6 +253,7 @@ class DeploymentDriver:
             bundle_sha256=previous,
             from_slots=pointers,
             restore_slots=SlotPointers(previous, None),
+            rollout_id=rollout_id,
             reason=f"rollback of {model} requested",
             transitions=({"state": state.value, "at": now},),
         )
@@ -254,7 +263,15 @@ class DeploymentDriver:
         self.pause(state.value)
         return record
 
-    def refuse(self, deployment_id: str, kind: str, reason: str, model: str | None = None) -> None:
+    def refuse(
+        self,
+        deployment_id: str,
+        kind: str,
+        reason: str,
+        model: str | None = None,
+        *,
+        rollout_id: str | None = None,
+    ) -> None:
         """Remember a request that could not even start (shown by ``status``)."""
         now = self.clock()
         record = DeploymentRecord(
@@ -264,6 +281,7 @@ class DeploymentDriver:
             started_at=now,
             updated_at=now,
             model=model,
+            rollout_id=rollout_id,
             reason=reason,
             transitions=({"state": State.FAILED.value, "at": now, "reason": reason},),
         )
@@ -328,114 +346,27 @@ class DeploymentDriver:
         return State.IDLE if current is None else current.state
 
     def _step(self, record: DeploymentRecord) -> None:
+        if record.state in TERMINAL_STATES:
+            self._finish(record)
+            return
+        intake: dict[State, Callable[[DeploymentRecord], StepOutcome]] = {
+            State.DOWNLOADING: self.intake.download,
+            State.VERIFYING: self.intake.verify,
+            State.STAGED: self.intake.stage,
+        }
+        take_in = intake.get(record.state)
+        if take_in is not None:
+            outcome = take_in(record)
+            if outcome.pause_point is not None:
+                self.pause(outcome.pause_point)
+            self._fire(outcome.event, reason=outcome.reason, **outcome.changes)
+            return
         steps: dict[State, Callable[[DeploymentRecord], None]] = {
-            State.DOWNLOADING: self._download,
-            State.VERIFYING: self._verify,
-            State.STAGED: self._stage,
             State.ACTIVATING: self._activate,
             State.PROBATION: self._probation,
             State.ROLLING_BACK: self._roll_back,
         }
-        if record.state in TERMINAL_STATES:
-            self._finish(record)
-        else:
-            steps[record.state](record)
-
-    def _download(self, record: DeploymentRecord) -> None:
-        budget = self.profile.max_bundle_bytes
-        if record.size is not None and record.size > budget:
-            self._fire(
-                Event.DOWNLOAD_REJECTED,
-                reason=f"bundle is {record.size} bytes, over the budget of {budget} bytes",
-            )
-            return
-        dest = self.layout.download_path(record.id)
-        if not dest.exists():
-            source = Path(record.source) if record.source else None
-            if source is None or not source.is_file():
-                self._fire(Event.DOWNLOAD_FAILED, reason=f"bundle file {source} is gone")
-                return
-            size = source.stat().st_size
-            if size > budget:
-                self._fire(
-                    Event.DOWNLOAD_REJECTED,
-                    reason=f"bundle is {size} bytes, over the budget of {budget} bytes",
-                )
-                return
-            try:
-                if record.source_is_inbox:
-                    durable_rename(source, dest)
-                else:
-                    copy_durably(source, dest)
-            except OSError as e:
-                remove_path(dest)
-                self._fire(Event.DOWNLOAD_FAILED, reason=f"cannot fetch {source}: {e}")
-                return
-        self.pause("downloading+")
-        self._fire(Event.DOWNLOADED)
-
-    def _check_bundle(self, download: Path, staging: Path) -> Any:
-        if self.checker is not None:
-            return self.checker(download, staging)
-        from edgefleet.core.bundle_verifier import BundleVerifier
-
-        assert self.trust is not None
-        verifier = BundleVerifier(self.trust, max_bundle_bytes=self.profile.max_bundle_bytes)
-        return verifier.verify_and_extract(download, staging)
-
-    def _verify(self, record: DeploymentRecord) -> None:
-        download = self.layout.download_path(record.id)
-        if not download.is_file():
-            self._fire(Event.VERIFY_FAILED, reason="the downloaded bundle is gone")
-            return
-        self.store.clear_staging(record.id)
-        try:
-            verified = self._check_bundle(download, self.layout.staging_path(record.id))
-        except VerificationError as e:
-            self._fire(Event.VERIFY_REJECTED, reason=str(e))
-            return
-        except (StorageError, OSError, ModelLoadError) as e:
-            self._fire(Event.VERIFY_FAILED, reason=str(e))
-            return
-        manifest = verified.manifest
-        found: dict[str, Any] = {
-            "model": manifest.name,
-            "version": manifest.version,
-            "bundle_sha256": verified.sha256,
-        }
-        try:
-            check_target(
-                manifest.model,
-                manifest.target,
-                profile_name=self.profile.name,
-                arch=self.profile.arch,
-                onnxruntime_version=self.onnxruntime_version,
-            )
-            installed = self.slots.get(manifest.name).active
-            check_version(
-                manifest.name,
-                manifest.version,
-                verified.sha256,
-                None if installed is None else self.store.version_of(installed),
-                installed,
-                allow_downgrade=record.allow_downgrade,
-            )
-        except BundleRejectedError as e:
-            self._fire(Event.VERIFY_REJECTED, reason=str(e), **found)
-            return
-        self.pause("verifying+")
-        self._fire(Event.VERIFIED, **found)
-
-    def _stage(self, record: DeploymentRecord) -> None:
-        assert record.model is not None and record.bundle_sha256 is not None
-        try:
-            self.store.commit_staged(record.id, record.bundle_sha256)
-        except (DeploymentError, OSError) as e:
-            self._fire(Event.ABANDONED, reason=str(e))
-            return
-        remove_path(self.layout.download_path(record.id))
-        self.pause("staged+")
-        self._fire(Event.ACTIVATE, from_slots=self.slots.get(record.model))
+        steps[record.state](record)
 
     def _activate(self, record: DeploymentRecord) -> None:
         assert record.model is not None and record.bundle_sha256 is not None
@@ -447,20 +378,18 @@ class DeploymentDriver:
             return
         self.slots.switch(record.model, SlotPointers(record.bundle_sha256, before.active))
         self.pause("activating+")
-        if self.live and self.tap is not None:
-            # Count from the first request the new version answers, not from
-            # the end of the smoke set.
-            self.tap.start_probation(record.model, record.version or 0)
-            self._counting = (record.model, record.version or 0)
+        if self.live:
+            self.probation.count_from_activation(record.model, record.version or 0)
         self._serve(record.model, loaded)
-        self._probation_running = False
+        self.probation.running = False
         self._fire(Event.ACTIVATED, probation_started_at=None)
 
     def _probation(self, record: DeploymentRecord) -> None:
         assert record.model is not None and record.bundle_sha256 is not None
         model = record.model
         version = record.version or 0
-        if not self._probation_running:
+        watch = self.probation
+        if not watch.running:
             loaded = self._loaded.get(record.model)
             if loaded is None and self.serving is not None and hasattr(self.serving, "find"):
                 loaded = self.serving.find(record.model)  # loaded at start-up already
@@ -468,7 +397,7 @@ class DeploymentDriver:
                 try:
                     loaded = self.loader(record.bundle_sha256)
                 except Exception as e:
-                    self._stop_counting(model, version)
+                    watch.stop_counting(model, version)
                     self._fire(Event.PROBATION_FAILED, reason=f"cannot load the new version: {e}")
                     return
                 self._serve(record.model, loaded)
@@ -478,45 +407,28 @@ class DeploymentDriver:
                     loaded, self.layout.bundle_dir(record.bundle_sha256), smoke_path
                 )
                 if failure is not None:
-                    self._stop_counting(model, version)
+                    watch.stop_counting(model, version)
                     self._fire(Event.PROBATION_FAILED, reason=failure)
                     return
             self.pause("probation+")
             if not self.live:
                 # Without a serving daemon there is no traffic: pass now only when
                 # no live phase is configured, else the daemon finishes probation.
-                now = self.clock()
-                verdict = evaluate_probation(self.settings, now, now, LiveStats())
-                if verdict.decision is Decision.PASS:
+                if watch.without_traffic(self.clock()).decision is Decision.PASS:
                     self._fire(
                         Event.PROBATION_PASSED,
                         reason="smoke set passed; no live probation configured",
                     )
                 return
-            assert self.tap is not None
-            if self._counting != (model, version):
-                self.tap.start_probation(model, version)
-            self._counting = None
-            self._probation_running = True
+            watch.start_live(model, version)
             record = replace(record, probation_started_at=self.clock())
             self._save(self._state.with_current(record))
-        assert self.tap is not None
-        stats = self.tap.probation_stats(model, version)
         started = record.probation_started_at or self.clock()
-        verdict = evaluate_probation(self.settings, started, self.clock(), stats)
-        if verdict.decision is Decision.WAIT:
-            return
-        self.tap.stop_probation(model, version)
-        self._probation_running = False
+        verdict = watch.judge(model, version, started, self.clock())
         if verdict.decision is Decision.PASS:
             self._fire(Event.PROBATION_PASSED, reason=verdict.reason)
-        else:
+        elif verdict.decision is Decision.FAIL:
             self._fire(Event.PROBATION_FAILED, reason=verdict.reason)
-
-    def _stop_counting(self, model: str, version: int) -> None:
-        self._counting = None
-        if self.tap is not None:
-            self.tap.stop_probation(model, version)
 
     def _roll_back(self, record: DeploymentRecord) -> None:
         assert record.model is not None

@@ -38,6 +38,7 @@ class InboxRequest:
     model: str | None = None
     allow_downgrade: bool = False
     rollout_id: str | None = None  # set by the hub sync; travels into deployment events
+    # Requests written before rollout ids were carried have no such field: read as None.
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -94,9 +95,11 @@ def submit_install(
     return request
 
 
-def submit_rollback(layout: StateLayout, model: str, *, now: float) -> InboxRequest:
+def submit_rollback(
+    layout: StateLayout, model: str, *, now: float, rollout_id: str | None = None
+) -> InboxRequest:
     layout.inbox.mkdir(parents=True, exist_ok=True)
-    request = InboxRequest(new_request_id(now), "rollback", now, model=model)
+    request = InboxRequest(new_request_id(now), "rollback", now, model=model, rollout_id=rollout_id)
     atomic_write_json(layout.inbox / f"{request.id}.json", request.to_dict())
     return request
 

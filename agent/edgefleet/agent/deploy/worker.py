@@ -111,11 +111,19 @@ class DeploymentWorker:
                         deployment_id=request.id,
                     )
                 elif request.kind == "rollback" and request.model:
-                    driver.submit_rollback(request.model, deployment_id=request.id)
+                    driver.submit_rollback(
+                        request.model, deployment_id=request.id, rollout_id=request.rollout_id
+                    )
                 else:
                     raise ValueError(f"unknown request kind {request.kind!r}")
             except (EdgefleetError, ValueError) as e:
-                driver.refuse(request.id, request.kind, describe_error(e), request.model)
+                driver.refuse(
+                    request.id,
+                    request.kind,
+                    describe_error(e),
+                    request.model,
+                    rollout_id=request.rollout_id,
+                )
                 inbox.discard(self.layout, request.id)
                 continue
             remove_path(self.layout.inbox / f"{request.id}.json")

@@ -174,14 +174,17 @@ class Convergence:
         if action.step is Step.DOWNLOAD:
             self._start_download(a, self.ledger.get(key_of(a)), now)
         elif action.step is Step.ROLLBACK:
-            request_id = self.deployer.submit_rollback(a.model, now=now)
+            request_id = self.deployer.submit_rollback(a.model, now=now, rollout_id=a.rollout_id)
             self._settle(a, HANDED, now, request_id=request_id)
             log.info("%s:%d is the previous slot: rollback %s", a.model, a.version, request_id)
         elif action.step is Step.INSTALL:
             download = self.download
             assert download is not None and download.finished
             request_id = self.deployer.submit_install(
-                download.final_path, allow_downgrade=a.allow_downgrade, now=now
+                download.final_path,
+                allow_downgrade=a.allow_downgrade,
+                now=now,
+                rollout_id=a.rollout_id,
             )
             self._settle(a, HANDED, now, request_id=request_id)
             download.discard()  # the inbox holds its own copy now

@@ -6,6 +6,11 @@ through the same inbox ``edgefleet agent install`` and ``rollback`` use and read
 outcomes back from ``deploy.json``; a request taken by the driver becomes a
 deployment with the same id, so its outcome is found by that id.
 
+Every request carries the rollout id of the assignment that asked for it: the driver
+keeps it in the deployment's record and puts it into each of its telemetry events, so
+the hub counts an outcome only against the rollout it belongs to (an old failure of the
+same bundle under another rollout stays with that rollout).
+
 :class:`Deployer` is the narrow interface the orchestrator needs; unit tests and the
 distribution benchmark plug in simpler implementations.
 """
@@ -56,6 +61,7 @@ class Progress:
     bundle_sha256: str | None
     reason: str | None
     at: float
+    rollout_id: str | None = None
 
 
 class Deployer(Protocol):
@@ -63,9 +69,11 @@ class Deployer(Protocol):
 
     def idle(self) -> bool: ...
 
-    def submit_install(self, path: Path, *, allow_downgrade: bool, now: float) -> str: ...
+    def submit_install(
+        self, path: Path, *, allow_downgrade: bool, now: float, rollout_id: str | None = None
+    ) -> str: ...
 
-    def submit_rollback(self, model: str, *, now: float) -> str: ...
+    def submit_rollback(self, model: str, *, now: float, rollout_id: str | None = None) -> str: ...
 
     def outcome(self, request_id: str) -> DeployOutcome | None: ...
 
@@ -105,18 +113,21 @@ class InboxDeployer:
     def idle(self) -> bool:
         return self._state().current is None and not inbox.pending(self.layout)
 
-    def submit_install(self, path: Path, *, allow_downgrade: bool, now: float) -> str:
+    def submit_install(
+        self, path: Path, *, allow_downgrade: bool, now: float, rollout_id: str | None = None
+    ) -> str:
         request = inbox.submit_install(
             self.layout,
             path,
             now=now,
             max_bundle_bytes=self.max_bundle_bytes,
             allow_downgrade=allow_downgrade,
+            rollout_id=rollout_id,
         )
         return request.id
 
-    def submit_rollback(self, model: str, *, now: float) -> str:
-        return inbox.submit_rollback(self.layout, model, now=now).id
+    def submit_rollback(self, model: str, *, now: float, rollout_id: str | None = None) -> str:
+        return inbox.submit_rollback(self.layout, model, now=now, rollout_id=rollout_id).id
 
     def outcome(self, request_id: str) -> DeployOutcome | None:
         """The outcome once the request ended; None while queued or running.
@@ -150,6 +161,7 @@ class InboxDeployer:
             bundle_sha256=current.bundle_sha256,
             reason=current.reason,
             at=current.updated_at,
+            rollout_id=current.rollout_id,
         )
 
     def last_outcomes(self) -> Mapping[str, Mapping[str, Any]]:

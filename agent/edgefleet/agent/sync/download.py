@@ -16,6 +16,10 @@ Invariants:
   by default) and when the last chunk arrives, so after a restart at most half a
   window of chunks is fetched again; nothing held is ever asked for again
   (:class:`~edgefleet.core.protocol.DownloadProgress` never requests a held chunk).
+- The sha256 is computed as the chunks arrive while they arrive in order (the usual
+  case); ``finish`` reads back from the part file only what was not hashed that way
+  (everything after the first chunk that came out of order, or everything after a
+  restart). Both hash the bytes written to the part file.
 - ``SHA.efb`` appears only by rename after its size and sha256 matched; a mismatch
   deletes the part and progress files (the next attempt starts from zero) and raises
   :class:`DownloadMismatchError`. The bundle's signatures are checked later, by the
@@ -48,14 +52,6 @@ class DownloadMismatchError(BundleRejectedError):
     """The assembled file is not the bundle the directive names (size or sha256)."""
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class BundleDownload:
     """One bundle on its way from the hub; the caller serialises every call."""
 
@@ -79,6 +75,9 @@ class BundleDownload:
         self.resumed_chunks = 0  # held chunks found on disk when opened
         self._unpersisted = 0
         self._fd: int | None = None
+        # sha256 of the part file's bytes [0, _hashed_to), fed by in-order chunks.
+        self._digest = hashlib.sha256()
+        self._hashed_to = 0
         self.directory.mkdir(parents=True, exist_ok=True)
         self._finished = self.final_path.is_file()
         self.progress = self._restore(chunk_size, window_bytes, request_timeout_s)
@@ -217,6 +216,9 @@ class BundleDownload:
         while view:
             written = os.pwrite(fd, view, offset)
             view, offset = view[written:], offset + written
+        if frame.offset == self._hashed_to:  # hash only what reached the part file
+            self._digest.update(frame.payload)
+            self._hashed_to += len(frame.payload)
         self._unpersisted += 1
         if self._unpersisted >= self.persist_every or self.complete:
             self.persist()
@@ -232,7 +234,7 @@ class BundleDownload:
             self.persist()  # the bytes must be durable before the rename publishes them
         self.close()
         actual_size = self.part_path.stat().st_size
-        actual_sha = sha256_of(self.part_path) if actual_size == self.size else None
+        actual_sha = self._finish_digest() if actual_size == self.size else None
         if actual_sha != self.sha:
             self.discard()
             got = f"sha256 {actual_sha}" if actual_sha else f"{actual_size} bytes"
@@ -244,6 +246,16 @@ class BundleDownload:
         remove_path(self.record_path)
         self._finished = True
         return self.final_path
+
+    def _finish_digest(self) -> str:
+        """The part file's sha256: the in-order prefix already hashed, the rest read back."""
+        digest, done = self._digest, self._hashed_to
+        if done < self.size:
+            with open(self.part_path, "rb") as f:
+                f.seek(done)
+                while block := f.read(_HASH_BLOCK):
+                    digest.update(block)
+        return digest.hexdigest()
 
     def discard(self) -> None:
         """Forget this download entirely (files included)."""

@@ -39,9 +39,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edgefleet.agent.errors import AgentError
+from edgefleet.agent.sync.checker import DirectiveChecker, as_checker
 from edgefleet.agent.sync.convergence import Convergence
 from edgefleet.agent.sync.deployer import Deployer
 from edgefleet.agent.sync.directives import AcceptedDirective, DirectiveFile, judge
@@ -67,9 +68,16 @@ from edgefleet.core.protocol import (
     decode_chunk,
     encode_json,
 )
-from edgefleet.core.trust import TrustStore
+
+if TYPE_CHECKING:
+    from edgefleet.core.trust import TrustStore
 
 log = logging.getLogger("edgefleet.agent.sync")
+
+# A directive whose check could not run is checked again after RECHECK_MIN_S,
+# doubling up to RECHECK_MAX_S while the checks keep failing to run.
+RECHECK_MIN_S = 5.0
+RECHECK_MAX_S = 300.0
 
 PAUSE_ENV = "EDGEFLEET_TEST_SYNC_PAUSE_AT"
 _STOP = object()
@@ -120,7 +128,7 @@ class HubSync:
         self,
         settings: SyncSettings,
         transport: MqttTransport,
-        trust: TrustStore,
+        trust: TrustStore | DirectiveChecker,
         deployer: Deployer,
         buffer: SyncBuffer | None,
         sync_dir: Path,
@@ -130,7 +138,7 @@ class HubSync:
     ) -> None:
         self.settings = settings
         self.transport = transport
-        self.trust = trust
+        self.checker = as_checker(trust)
         self.deployer = deployer
         self.buffer = buffer
         self.sync_dir = Path(sync_dir)
@@ -154,6 +162,12 @@ class HubSync:
         self.directive_error: str | None = None
         self._rejected_digests: set[str] = set()
         self._expiry_reported: int | None = None
+        # A directive whose check could not run yet (the verification child did not
+        # start): checked again at _recheck_at, waiting longer after each failure so a
+        # broken install does not spawn a child every tick.
+        self._unchecked: bytes | None = None
+        self._recheck_at = 0.0
+        self._recheck_delay_s = 0.0
         self.counts: Counter[str] = Counter()
         self.reporter = StateReporter(transport, self.topics, self.device_id)
         self.uploader: TelemetryUploader | None = (
@@ -296,7 +310,11 @@ class HubSync:
             self.uploader.on_disconnect()
 
     def on_desired(self, payload: bytes, now: float) -> None:
-        verdict = judge(payload, self.trust, self.device_id, self.accepted, now)
+        retry = payload == self._unchecked
+        self._unchecked = None
+        verdict = judge(payload, self.checker, self.device_id, self.accepted, now)
+        if verdict.kind != "deferred":
+            self._recheck_delay_s = 0.0
         if verdict.kind == "accepted":
             assert verdict.accepted is not None
             self._directive_file.save(verdict.accepted)  # before acting on it
@@ -321,6 +339,21 @@ class HubSync:
                 )
                 record_event(
                     self.buffer, event_body("", "directive_rejected", now, reason=verdict.reason)
+                )
+            self._report(now)
+        elif verdict.kind == "deferred":
+            # Nothing accepted: keep serving, and check the same payload again later.
+            self.counts["directives_unchecked"] += 1
+            self._unchecked = payload
+            self._recheck_delay_s = min(
+                RECHECK_MAX_S, max(RECHECK_MIN_S, 2 * self._recheck_delay_s)
+            )
+            self._recheck_at = now + self._recheck_delay_s
+            self.directive_error = verdict.reason
+            if not retry:
+                log.warning(
+                    "directive not checked (still serving what is installed): %s",
+                    verdict.reason,
                 )
             self._report(now)
 
@@ -350,6 +383,8 @@ class HubSync:
     # --- periodic -------------------------------------------------------------------
     def tick(self, now: float | None = None) -> None:
         now = self.clock() if now is None else now
+        if self._unchecked is not None and now >= self._recheck_at:
+            self.on_desired(self._unchecked, now)
         self.convergence.settle_handed(now)
         self.convergence.advance(now, in_force=self._in_force(now))
         self.convergence.request_chunks(now)

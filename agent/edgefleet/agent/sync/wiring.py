@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.deploy.context import AgentContext
+from edgefleet.agent.sync.checker import ChildDirectiveChecker
 from edgefleet.agent.sync.deployer import InboxDeployer
 from edgefleet.agent.sync.hub_sync import HubSync, SyncBuffer, agent_version, pause_hook_from_env
 from edgefleet.agent.sync.reporter import last_will
@@ -72,7 +73,8 @@ def hub_sync_for(
     return HubSync(
         settings,
         MqttClient(mqtt_settings_for(context.config)),
-        context.trust(),
+        # Directives are checked in a verification child: the daemon never loads cryptography.
+        ChildDirectiveChecker(context.config.trust_store),
         InboxDeployer(context.layout, context.profile.max_bundle_bytes),
         buffer,
         context.layout.root / SYNC_DIR,
