@@ -14,6 +14,7 @@ from tests.hub.hubkit import HubFixture, make_bundle, make_hub
 from edgefleet.agent.config import AgentConfig
 from edgefleet.core.bundle_verifier import BundleVerifier
 from edgefleet.core.cli.main import main
+from edgefleet.core.keys import generate_keypair
 from edgefleet.core.trust import TrustStore
 from edgefleet.hub.credentials import verify_password
 
@@ -237,3 +238,25 @@ def _public(private_path: Path):  # type: ignore[no-untyped-def]
     from edgefleet.core.keys import load_private_key
 
     return load_private_key(private_path).public_key()
+
+
+def test_publish_with_a_two_publisher_threshold_needs_a_co_signed_bundle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub = make_hub(tmp_path / "hub")
+    second = generate_keypair("publisher-2", hub.root / "keys")
+    text = hub.config_path.read_text().replace(
+        'publisher_keys = ["keys/publisher.pub"]',
+        'publisher_keys = ["keys/publisher.pub", "keys/publisher-2.pub"]\npublisher_threshold = 2',
+    )
+    hub.config_path.write_text(text)
+    cli = Cli(hub, capsys)
+    info = make_bundle(tmp_path / "d2.efb", hub.publisher_key, version=2)
+    code, _out, err = cli.run("publish", str(info.path))
+    assert code == 3 and "error: " in err  # one of two publishers signed
+    with pytest.raises(SystemExit) as signed:
+        main(["bundle", "sign", str(info.path), "--key", str(second.private)])
+    assert signed.value.code in (0, None), capsys.readouterr().err
+    capsys.readouterr()
+    published = cli.json("publish", str(info.path))
+    assert published["created"] is True and published["version"] == 2

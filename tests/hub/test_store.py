@@ -162,3 +162,52 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(HubStoreError, match="newer"):
         SqliteHubStore(path)
+
+
+def test_heads_name_each_devices_latest_directive(store: SqliteHubStore) -> None:
+    for d in ("a", "b", "c"):
+        store.add_device(device(d))
+    store.set_presence("b", True, 5.0)
+    store.set_assignment("b", "digits", DesiredAssignment("digits", SHA, 2, 100, "r1"), 5.0)
+    assert {i: (h.online, h.desired_rev) for i, h in store.device_heads().items()} == {
+        "a": (False, 0),
+        "b": (True, 1),
+        "c": (False, 0),
+    }
+    for seq, published in ((1, 2.0), (2, None)):
+        store.record_directive(DirectiveRecord("a", seq, 1.0, 10.0 + seq, seq, {"n": seq}))
+        if published is not None:
+            store.mark_directive_published("a", seq, published)
+    store.record_directive(DirectiveRecord("b", 7, 1.0, 30.0, 1, {"n": 7}))
+    store.mark_directive_published("b", 7, 3.0)
+    heads = store.directive_heads()
+    assert sorted(heads) == ["a", "b"]  # c never had a directive
+    assert (heads["a"].seq, heads["a"].expires_at, heads["a"].published_at) == (2, 12.0, None)
+    assert (heads["b"].seq, heads["b"].published_at) == (7, 3.0)
+    assert [(r.device_id, r.seq) for r in store.latest_directives()] == [("a", 2), ("b", 7)]
+    assert [r.envelope for r in store.latest_directives(unpublished_only=True)] == [{"n": 2}]
+
+
+def test_a_devices_rollout_rows_skip_other_models_and_rolled_back_rollouts(
+    store: SqliteHubStore,
+) -> None:
+    for d in ("a", "b"):
+        store.add_device(device(d))
+    for rid, model, version, state in (
+        ("r1", "digits", 2, RolloutState.ROLLED_BACK),
+        ("r2", "digits", 3, RolloutState.RUNNING),
+        ("r3", "iris", 1, RolloutState.RUNNING),
+    ):
+        plan = RolloutPlan.build(
+            rid, model, version, "all", ["a", "b"], parse_phases("100%"), Gates()
+        )
+        rows = [RolloutDeviceRecord(rid, d, 0, SHA, 10) for d in plan.devices]
+        store.create_rollout(RolloutRecord(plan, RolloutStatus(), float(version)), rows)
+        store.update_rollout_status(rid, RolloutStatus(state, 0, 2.0, 2.0, ""))
+    [entry] = store.device_rollout_rows("a", "digits")
+    assert (entry.rollout_version, entry.row.rollout_id, entry.row.device_id) == (3, "r2", "a")
+    assert store.device_rollout_rows("a", "other") == []
+    running = store.list_rollouts([RolloutState.RUNNING])
+    assert [r.rollout_id for r in running] == ["r3", "r2"]  # by creation time
+    assert [r.rollout_id for r in store.list_rollouts([RolloutState.ROLLED_BACK])] == ["r1"]
+    assert len(store.list_rollouts()) == 3

@@ -260,10 +260,10 @@ class Fleet:
         assert self.service.wait_ready(30), "hub did not subscribe"
         return self.service
 
-    def hub_issue(self, device: Any) -> None:
-        """Make the hub sign a fresh directive for ``device`` now (published on its next tick)."""
+    def hub_issue(self, device_id: str) -> None:
+        """Make the hub sign a fresh directive for ``device_id`` now (published on its next tick)."""
         assert self.service is not None
-        self.service.issuer.issue(device, time.time())
+        self.service.issuer.issue(device_id, time.time())
 
     def counter(self, name: str) -> int:
         assert self.service is not None

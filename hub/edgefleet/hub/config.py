@@ -5,6 +5,7 @@
     [store]
     path = "hub.db"                  # SQLite file
     bundles_dir = "bundles"          # content-addressed bundle store
+    telemetry_retention_s = 604800   # telemetry the rollout gates read is kept this long
 
     [broker]
     host = "127.0.0.1"               # where the hub connects
@@ -42,7 +43,7 @@
     k_fire = 2                       # any AlertPolicy field (fleet/alerts.py)
     scopes = ["fleet", "group"]
 
-    [fleet.thresholds]               # DriftThresholds fields (drift scores and verdicts)
+    [fleet.thresholds]               # DriftThresholds: alert monitor and hub drift
     psi_drift = 0.2
 
 Invariants: every relative path is resolved against the directory holding
@@ -66,15 +67,30 @@ from edgefleet.core.errors import DriftError
 from edgefleet.hub.errors import HubConfigError
 from edgefleet.hub.fleet.alerts import AlertPolicy
 from edgefleet.hub.fleet.settings import FleetSettings
+from edgefleet.hub.rollout.plan import Gates
 
 DEFAULT_CONFIG_NAME = "hub.toml"
 ENV_VAR = "EDGEFLEET_HUB_CONFIG"
+
+
+# A new rollout reads the previous version's telemetry this far back (its default gates).
+_DEFAULT_LOOKBACK_S = Gates().baseline_lookback_s
 
 
 @dataclass(frozen=True)
 class StoreSettings:
     path: Path = Path("hub.db")
     bundles_dir: Path = Path("bundles")
+    # Telemetry records in the hub store (what the rollout gates read) older than this are
+    # deleted, except those an active rollout still reads (see docs/hub.md, "Retention").
+    telemetry_retention_s: float = 7 * 86400.0
+
+    def __post_init__(self) -> None:
+        if self.telemetry_retention_s < _DEFAULT_LOOKBACK_S:
+            raise ValueError(
+                f"telemetry_retention_s must be at least {_DEFAULT_LOOKBACK_S:.0f}"
+                " (the rollout gates' default baseline_lookback_s)"
+            )
 
 
 @dataclass(frozen=True)
@@ -175,7 +191,7 @@ class FleetConfig:
 
     In ``hub.toml`` the section is flat: a key names a field of :class:`FleetSettings`, of
     :class:`AlertPolicy` or of this class; ``[fleet.thresholds]`` holds the
-    :class:`DriftThresholds` the alert policy scores with.
+    :class:`DriftThresholds` the alert policy scores with (``hub drift`` reads them too).
     """
 
     settings: FleetSettings = field(default_factory=FleetSettings)

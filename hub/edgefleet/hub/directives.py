@@ -24,7 +24,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgefleet.core.directive import Assignment, Directive, sign_directive
 from edgefleet.hub.config import DirectiveSettings
-from edgefleet.hub.store import DesiredAssignment, DeviceRecord, DirectiveRecord, HubStore
+from edgefleet.hub.errors import HubNotFoundError
+from edgefleet.hub.store import (
+    DesiredAssignment,
+    DirectiveHead,
+    DirectiveRecord,
+    HubStore,
+)
 
 
 def to_core_assignment(a: DesiredAssignment) -> Assignment:
@@ -51,20 +57,23 @@ class DirectiveIssuer:
     settings: DirectiveSettings = DirectiveSettings()
 
     def needs_directive(
-        self, device: DeviceRecord, last: DirectiveRecord | None, now: float
+        self, desired_rev: int, last: DirectiveHead | DirectiveRecord | None, now: float
     ) -> bool:
+        """Whether a device whose assignments are at ``desired_rev`` needs a new directive."""
         if last is None:
             # Nothing to say to a device the hub never assigned anything.
-            return device.desired_rev > 0
-        if last.desired_rev != device.desired_rev:
+            return desired_rev > 0
+        if last.desired_rev != desired_rev:
             return True
         return last.expires_at - now <= self.settings.resign_before_s
 
-    def issue(self, device: DeviceRecord, now: float) -> DirectiveRecord:
-        """Build, sign and record the current directive of ``device``."""
+    def issue(self, device_id: str, now: float) -> DirectiveRecord:
+        """Build, sign and record the current directive of ``device_id``."""
         with self.store.transaction():
-            # Re-read inside the transaction: another writer may have bumped the rev.
-            current = self.store.get_device(device.device_id) or device
+            # Read inside the transaction: another writer may have bumped the rev.
+            current = self.store.get_device(device_id)
+            if current is None:
+                raise HubNotFoundError(f"no such device {device_id}")
             last = self.store.latest_directive(current.device_id)
             assignments = self.store.get_assignments(current.device_id)
             directive = Directive(
@@ -86,28 +95,22 @@ class DirectiveIssuer:
             return record
 
     def due(self, now: float) -> list[DirectiveRecord]:
-        """Issue every directive that is missing, stale or about to expire."""
-        issued = []
-        for device in self.store.list_devices():
-            last = self.store.latest_directive(device.device_id)
-            if self.needs_directive(device, last, now):
-                issued.append(self.issue(device, now))
-        return issued
+        """Issue every directive that is missing, stale or about to expire.
+
+        Two reads of small columns per call (the hub ticks every second): decoding every
+        device's state and every envelope here would cost the tick O(fleet) JSON work.
+        """
+        heads = self.store.directive_heads()
+        return [
+            self.issue(device_id, now)
+            for device_id, device in self.store.device_heads().items()
+            if self.needs_directive(device.desired_rev, heads.get(device_id), now)
+        ]
 
     def latest(self) -> list[DirectiveRecord]:
         """Every device's latest directive (to restore retained messages a broker lost)."""
-        out = []
-        for device in self.store.list_devices():
-            last = self.store.latest_directive(device.device_id)
-            if last is not None:
-                out.append(last)
-        return out
+        return self.store.latest_directives()
 
     def unpublished(self) -> list[DirectiveRecord]:
         """Latest directives recorded but not yet published (e.g. after a crash)."""
-        out = []
-        for device in self.store.list_devices():
-            last = self.store.latest_directive(device.device_id)
-            if last is not None and last.published_at is None:
-                out.append(last)
-        return out
+        return self.store.latest_directives(unpublished_only=True)

@@ -16,12 +16,14 @@ Threads share one :class:`HubStore` (its own lock serialises them):
   telemetry in the fleet database, many batches per transaction, and only
   then publishes each batch's ack; the fleet monitor evaluates alerts in a
   thread of its own;
-- the chunk worker answers fetch requests from the bundle store (files kept
-  open, each device's assigned bundles cached until its assignments change),
-  waiting for room in the client's outgoing queue (back pressure instead of
-  dropping frames);
+- the chunk worker (:mod:`edgefleet.hub.chunk_server`) answers fetch requests
+  from the bundle store (files kept open, each device's assigned bundles cached
+  until its assignments change), waiting for room in the client's outgoing queue
+  (back pressure instead of dropping frames);
 - the tick thread runs the rollout engine, signs and re-signs directives and
-  publishes them retained, and saves the counters.
+  publishes them retained, deletes expired telemetry from the hub store (every
+  few minutes, bounded per tick, never what an active rollout's gates read) and
+  saves the counters.
 
 Telemetry is exactly once in both stores, each deduplicating on
 ``(device, seq)``. The order is: hub store commit (window bodies without the
@@ -47,8 +49,8 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +61,6 @@ from edgefleet.core.errors import EdgefleetError, ProtocolError
 from edgefleet.core.mqtt.interface import InboundMessage, MqttTransport
 from edgefleet.core.protocol import (
     Ack,
-    ChunkPlan,
     FetchRequest,
     TopicKind,
     Topics,
@@ -67,30 +68,25 @@ from edgefleet.core.protocol import (
     decode_state,
     decode_status,
     decode_telemetry,
-    encode_chunk,
     encode_json,
 )
-from edgefleet.core.protocol.limits import MAX_WINDOW_BYTES
 from edgefleet.core.protocol.telemetry import EVENT, WINDOW
 from edgefleet.hub.bundles import BundleStore
+from edgefleet.hub.chunk_server import ChunkServer
 from edgefleet.hub.config import HubConfig
 from edgefleet.hub.directives import DirectiveIssuer
 from edgefleet.hub.fleet.ingest import DeviceInfo, IngestResult
 from edgefleet.hub.fleet.runtime import FleetRuntime
 from edgefleet.hub.rollout.engine import RolloutEngine
-from edgefleet.hub.store import DeviceRecord, DirectiveRecord, HubStore, TelemetryRow
+from edgefleet.hub.rollout.machine import ACTIVE_STATES
+from edgefleet.hub.store import DeviceRecord, HubStore, RolloutRecord, TelemetryRow
 
 log = logging.getLogger("edgefleet.hub")
 
-# Chunk frames wait while the client's outgoing queue holds more than this.
-QUEUE_HIGH_WATER = 256
-FETCH_BACKLOG = 1024
 # Status, state and telemetry waiting for the inbound worker. When full the network
 # thread waits up to INBOUND_PUT_TIMEOUT_S (back pressure on the broker), then drops
 # the message and counts it: telemetry is resent (no ack), status/state come again.
 INBOUND_BACKLOG = 10_000
-# Encoded chunk frames kept for the next device fetching the same bundle.
-FRAME_CACHE_BYTES = 32 << 20
 INBOUND_PUT_TIMEOUT_S = 5.0
 FLUSH_TIMEOUT_S = 5.0
 # On stop: how long queued telemetry may take to be stored and acked before the MQTT
@@ -98,12 +94,11 @@ FLUSH_TIMEOUT_S = 5.0
 DRAIN_TIMEOUT_S = 5.0
 # On start: how long to wait for the broker's SUBACKs before opening /metrics regardless.
 SUBSCRIBE_WAIT_S = 10.0
-
-
-@dataclass(frozen=True)
-class _Fetch:
-    device_id: str
-    request: FetchRequest
+# Telemetry retention in the hub store runs at most this often, deleting at most this many
+# records per tick (a backlog, say after an upgrade, goes on at the next tick instead of
+# holding up rollouts and directives).
+RETENTION_INTERVAL_S = 300.0
+RETENTION_ROWS_PER_TICK = 20_000
 
 
 @dataclass(frozen=True)
@@ -111,14 +106,6 @@ class _Inbound:
     device_id: str
     kind: TopicKind
     payload: bytes
-
-
-@dataclass(frozen=True)
-class _Allowed:
-    """The bundles a device may fetch, as of its ``desired_rev``."""
-
-    desired_rev: int
-    bundles: frozenset[str]
 
 
 class HubService:
@@ -153,29 +140,30 @@ class HubService:
         self._counts: Counter[str] = Counter()
         self._unsaved: Counter[str] = Counter()
         self._count_lock = threading.Lock()
-        self._fetches: queue.Queue[_Fetch] = queue.Queue(maxsize=FETCH_BACKLOG)
         self._inbound: queue.Queue[_Inbound] = queue.Queue(maxsize=INBOUND_BACKLOG)
         self._inbound_stop = threading.Event()
         self._inbound_thread: threading.Thread | None = None
         self._inbound_deadline = 0.0
-        # Per device, the bundles its assignments name; dropped by the tick when the
-        # device's desired_rev moved, refreshed from the store on a miss.
-        self._allowed: dict[str, _Allowed] = {}
-        self._allowed_lock = threading.Lock()
-        self._bundle_sizes: dict[str, int] = {}
-        # Encoded chunk frames, least recently used dropped first (the chunk worker only).
-        self._frames: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
-        self._frame_bytes = 0
         # Devices seen by the inbound worker (its thread only). A device's id, group,
         # profile and tags are fixed at enrollment and devices are never removed, so the
         # handlers' view of a known device cannot go stale; unknown ids are asked again.
         self._devices: dict[str, DeviceRecord] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.chunks = ChunkServer(
+            store,
+            self.bundles,
+            transport,
+            self.topics,
+            self._stop,
+            count=self.count,
+            tally=self.tally,
+        )
         # Set when the broker had no session for us (first start, or a broker restarted
         # without persistence): its retained directives may be gone, so publish them all.
         self._republish = threading.Event()
         self._wake_tick = threading.Event()  # set by stop() and by a connect without session
+        self._next_retention = 0.0  # clock time of the next telemetry retention step
         self._handlers: dict[TopicKind, Callable[[DeviceRecord, bytes], None]] = {
             TopicKind.STATUS: self._on_status,
             TopicKind.STATE: self._on_state,
@@ -195,7 +183,7 @@ class HubService:
         )
         self._inbound_thread.start()
         self.transport.start()
-        for name, target in (("chunks", self._chunk_loop), ("tick", self._tick_loop)):
+        for name, target in (("chunks", self.chunks.run), ("tick", self._tick_loop)):
             thread = threading.Thread(target=target, name=f"hub-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -394,7 +382,7 @@ class HubService:
             if result.highest_contiguous_seq is not None:
                 self.transport.publish(ack_topic, encode_json(Ack(result.highest_contiguous_seq)))
 
-        if not self.fleet.submit(info, batch.records, on_done):
+        if not self.fleet.submit(info, batch, on_done):
             # Not acked: the agent sends the batch again and the hub store ignores the copy.
             self.count("telemetry.fleet_backlog_full")
 
@@ -405,135 +393,12 @@ class HubService:
             self.count("malformed.fetch")
             log.info("hub: from %s on fetch: %s", device_id, e)
             return
-        try:
-            self._fetches.put_nowait(_Fetch(device_id, request))
-        except queue.Full:
+        if not self.chunks.submit(device_id, request):
             self.count("fetch_overload")  # the device asks again after its timeout
 
-    # -- chunk serving -------------------------------------------------------------
-
-    def _chunk_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                fetch = self._fetches.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            try:
-                self.serve_fetch(fetch.device_id, fetch.request)
-            except ProtocolError as e:
-                self.count("malformed.fetch")
-                log.info("hub: fetch from %s: %s", fetch.device_id, e)
-            except EdgefleetError as e:
-                self.count("failed.fetch")
-                log.error("hub: fetch from %s: %s", fetch.device_id, e)
-            except Exception:
-                self.count("failed.fetch")
-                log.exception("hub: fetch from %s", fetch.device_id)
-
     def serve_fetch(self, device_id: str, request: FetchRequest) -> int:
-        """Publish the requested chunks; returns how many frames were queued."""
-        sha = request.bundle_sha256
-        allowed = self._allowed_bundles(device_id, sha)
-        if allowed is None:
-            self.count("unknown_device")
-            return 0
-        if sha not in allowed:
-            self.count("fetch_denied")
-            log.info("hub: %s asked for bundle %s it is not assigned", device_id, sha[:12])
-            return 0
-        size = self._bundle_size(sha)
-        if size is None:
-            self.count("fetch_unknown_bundle")
-            return 0
-        try:
-            plan = ChunkPlan(size, request.chunk_size, MAX_WINDOW_BYTES)
-        except ValueError as e:
-            raise ProtocolError(f"fetch: {e}", side="device") from e
-        indexes = plan.check_request(request)
-        topic = self.topics.chunk(device_id)
-        sent = 0
-        room = 0  # frames that may be queued before the outgoing queue is looked at again
-        for index in indexes:
-            while room <= 0 and not self._stop.is_set():
-                room = QUEUE_HIGH_WATER - self.transport.stats.queued
-                if room <= 0:
-                    time.sleep(0.005)
-            if self._stop.is_set():
-                break
-            self.transport.publish(topic, self._frame(plan, sha, index))
-            room -= 1
-            sent += 1
-        self.tally("chunks.sent", sent)
-        return sent
-
-    def _frame(self, plan: ChunkPlan, sha: str, index: int) -> bytes:
-        """The encoded frame of one chunk; every device fetching a bundle gets the same bytes."""
-        key = (sha, plan.chunk_size, index)
-        frame = self._frames.get(key)
-        if frame is not None:
-            self._frames.move_to_end(key)
-            return frame
-        data = self.bundles.read_range(sha, plan.offset(index), plan.length(index))
-        frame = encode_chunk(plan.frame(sha, index, data))
-        self._frames[key] = frame
-        self._frame_bytes += len(frame)
-        while self._frame_bytes > FRAME_CACHE_BYTES:
-            _, old = self._frames.popitem(last=False)
-            self._frame_bytes -= len(old)
-        return frame
-
-    def _allowed_bundles(self, device_id: str, sha: str) -> frozenset[str] | None:
-        """The bundles ``device_id`` may fetch (None: no such device).
-
-        Served from the cache; a bundle the cache does not list is looked up in the store
-        before it is refused, so a new assignment is served at once. A removed assignment
-        is forgotten by the next tick (it compares each device's ``desired_rev``).
-        """
-        with self._allowed_lock:
-            cached = self._allowed.get(device_id)
-        if cached is not None and sha in cached.bundles:
-            return cached.bundles
-        device = self.store.get_device(device_id)
-        if device is None:
-            return None
-        bundles = frozenset(a.bundle_sha256 for a in self.store.get_assignments(device_id).values())
-        with self._allowed_lock:
-            self._allowed[device_id] = _Allowed(device.desired_rev, bundles)
-        return bundles
-
-    def _bundle_size(self, sha: str) -> int | None:
-        # A bundle record never changes: its name is the hash of its bytes.
-        size = self._bundle_sizes.get(sha)
-        if size is None:
-            bundle = self.store.get_bundle(sha)
-            if bundle is None:
-                return None
-            size = self._bundle_sizes[sha] = bundle.size
-        return size
-
-    def _remember_assigned(self, record: DirectiveRecord) -> None:
-        """Prime the chunk server with what a directive assigns, before devices ask.
-
-        A rollout start sends a fetch from every device within moments; without this
-        each first fetch would query the store while state reports hold it.
-        """
-        try:
-            body = record.envelope["directive"]
-            bundles = frozenset(str(a["bundle_sha256"]) for a in body["assignments"])
-        except (KeyError, TypeError):
-            return  # the store will be asked on the first fetch
-        with self._allowed_lock:
-            self._allowed[record.device_id] = _Allowed(record.desired_rev, bundles)
-
-    def _forget_changed_assignments(self) -> None:
-        with self._allowed_lock:
-            if not self._allowed:
-                return
-        revs = {d.device_id: d.desired_rev for d in self.store.list_devices()}
-        with self._allowed_lock:
-            for device_id, cached in list(self._allowed.items()):
-                if revs.get(device_id) != cached.desired_rev:
-                    del self._allowed[device_id]
+        """Publish the requested chunks now; returns how many frames were queued."""
+        return self.chunks.serve_fetch(device_id, request)
 
     # -- tick ------------------------------------------------------------------------
 
@@ -545,7 +410,7 @@ class HubService:
             self._wake_tick.wait(interval)
 
     def tick(self) -> None:
-        """One round of rollouts, directives and counter saving; never raises."""
+        """One round of rollouts, directives, telemetry retention and counters; never raises."""
         now = self.clock()
         try:
             self.engine.tick(now)
@@ -553,7 +418,7 @@ class HubService:
             self.count("failed.rollout_tick")
             log.exception("hub: rollout tick failed")
         try:
-            self._forget_changed_assignments()
+            self.chunks.forget_changed_assignments()
         except Exception:
             self.count("failed.fetch_cache")
             log.exception("hub: checking assignments for the chunk server failed")
@@ -563,7 +428,29 @@ class HubService:
         except Exception:
             self.count("failed.directives")
             log.exception("hub: directive publication failed")
+        try:
+            self.prune_telemetry(now)
+        except Exception:
+            self.count("failed.telemetry_retention")
+            log.exception("hub: telemetry retention failed")
         self._save_counters()
+
+    def prune_telemetry(self, now: float) -> int:
+        """Delete expired hub-store telemetry, at most every ``RETENTION_INTERVAL_S``."""
+        if now < self._next_retention:
+            return 0
+        self._next_retention = now + RETENTION_INTERVAL_S  # a failure waits for the next round
+        cutoff = retention_cutoff(
+            now,
+            self.config.store.telemetry_retention_s,
+            self.store.list_rollouts(ACTIVE_STATES),
+        )
+        deleted = self.store.prune_telemetry(cutoff, max_rows=RETENTION_ROWS_PER_TICK)
+        if deleted:
+            self.tally("telemetry.pruned", deleted)
+        if deleted >= RETENTION_ROWS_PER_TICK:
+            self._next_retention = now  # more to delete: go on at the next tick
+        return deleted
 
     def publish_directives(self) -> int:
         """Publish every recorded, unpublished directive retained; mark them once acked.
@@ -577,7 +464,7 @@ class HubService:
         self._republish.clear()
         pending = self.issuer.latest() if republish else self.issuer.unpublished()
         for record in pending:
-            self._remember_assigned(record)
+            self.chunks.remember_assigned(record)
             self.transport.publish(
                 self.topics.desired(record.device_id),
                 canonical_json(dict(record.envelope)),
@@ -617,6 +504,20 @@ class HubService:
                 return True
             if time.monotonic() > deadline or self._stop.is_set():
                 return False
+
+
+def retention_cutoff(now: float, retention_s: float, active: Iterable[RolloutRecord]) -> float:
+    """Hub-store telemetry received before this may be deleted.
+
+    Older than ``retention_s``, and older than what any active (created, running or
+    paused) rollout reads: its gates compare telemetry since its creation minus its
+    ``baseline_lookback_s``, and deleting inside that window would change their verdict
+    halfway through the rollout.
+    """
+    cutoff = now - retention_s
+    for rollout in active:
+        cutoff = min(cutoff, rollout.created_at - rollout.plan.gates.baseline_lookback_s)
+    return cutoff
 
 
 def _event_kind(body: Mapping[str, Any]) -> str | None:

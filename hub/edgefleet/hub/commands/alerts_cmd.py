@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from edgefleet.core.cli.output import emit, json_option
-from edgefleet.hub.commands.common import config_option
+from edgefleet.hub.commands.common import config_option, fleet_db_option
 from edgefleet.hub.commands.drift_cmd import open_fleet
 from edgefleet.hub.fleet.alert_store import AlertStore
 from edgefleet.hub.fleet.report_text import render_alerts
@@ -21,13 +21,7 @@ from edgefleet.hub.fleet.report_text import render_alerts
     show_default=True,
 )
 @click.option("--limit", type=click.IntRange(1, 100_000), default=200, show_default=True)
-@click.option(
-    "--db",
-    "db_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="The fleet database (default: next to the hub store of hub.toml).",
-)
+@fleet_db_option
 @config_option
 @json_option
 def alerts(

@@ -26,6 +26,17 @@ def config_option(f: F) -> F:
     )(f)
 
 
+def fleet_db_option(f: F) -> F:
+    """``--db FILE``: the fleet database the read-only fleet commands look at."""
+    return click.option(
+        "--db",
+        "db_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="The fleet database (default: next to the hub store of hub.toml).",
+    )(f)
+
+
 @contextmanager
 def hub_store(config_path: Path | None) -> Iterator[tuple[HubConfig, HubStore]]:
     config = load_config(config_path)

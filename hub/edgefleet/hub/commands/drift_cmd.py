@@ -3,7 +3,8 @@
 Reads the fleet database (``--db FILE``, or the one next to the hub store named in
 ``hub.toml``) without writing to it; reference profiles and validation metrics come from the
 hub's bundle store when a config is available, else from the copy the hub service cached
-in the fleet database.
+in the fleet database. Verdicts use the ``[fleet.thresholds]`` of that config (the ones the
+alert monitor scores with), or the defaults with only ``--db``; the JSON says which.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
 from edgefleet.core.cli.output import emit, json_option
-from edgefleet.hub.commands.common import config_option, now
+from edgefleet.core.drift import DriftThresholds
+from edgefleet.hub.commands.common import config_option, fleet_db_option, now
 from edgefleet.hub.config import load_config
 from edgefleet.hub.errors import HubNotFoundError, HubStoreError
 from edgefleet.hub.fleet.aggregate import BY_CHOICES, DriftQuery, FleetAggregator
@@ -66,6 +68,8 @@ class FleetView:
     store: FleetWindowStore
     references: References
     db: FleetDatabase
+    thresholds: DriftThresholds = field(default_factory=DriftThresholds)
+    thresholds_from: str = "defaults"  # or the hub.toml whose [fleet.thresholds] they are
 
 
 @contextmanager
@@ -73,8 +77,11 @@ def open_fleet(config_path: Path | None, db_path: Path | None) -> Iterator[Fleet
     """The fleet database from ``--db`` or from the hub config; never creates one."""
     hub_store = None
     loaders: tuple[ReferenceLoader | None, ValidationLoader | None] = (None, None)
+    thresholds, thresholds_from = DriftThresholds(), "defaults"
     if db_path is None or config_path is not None:
         config = load_config(config_path)
+        thresholds = config.fleet.policy.thresholds
+        thresholds_from = str(config.source)
         if db_path is None:
             db_path = fleet_db_path(config.store.path)
         if config.store.path.exists():
@@ -87,7 +94,8 @@ def open_fleet(config_path: Path | None, db_path: Path | None) -> Iterator[Fleet
     db = FleetDatabase(db_path)
     store = FleetWindowStore(db, FleetSettings())
     try:
-        yield FleetView(store, References(*loaders, cache=store, write_cache=False), db)
+        references = References(*loaders, cache=store, write_cache=False)
+        yield FleetView(store, references, db, thresholds, thresholds_from)
     finally:
         db.close()
         if hub_store is not None:
@@ -130,13 +138,7 @@ def write_atomically(path: Path, text: str) -> None:
     default=None,
     help="Also write a self-contained HTML report here.",
 )
-@click.option(
-    "--db",
-    "db_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="The fleet database (default: next to the hub store of hub.toml).",
-)
+@fleet_db_option
 @config_option
 @json_option
 def drift(
@@ -154,13 +156,35 @@ def drift(
     current = now()
     since_s = parse_since(since, current)
     with open_fleet(config_path, db_path) as view:
-        aggregator = FleetAggregator(view.store, view.references)
+        aggregator = FleetAggregator(view.store, view.references, view.thresholds)
         result = aggregator.query(DriftQuery(model, version, by, since_s), current)
+        thresholds, thresholds_from = view.thresholds, view.thresholds_from
     if html_path is not None:
         write_atomically(html_path, render_html(result, current))
     out = result.to_dict()
+    # Also when nothing could be scored (no reference, too few rows): what a verdict would use.
+    out["thresholds"] = thresholds.to_dict()
+    out["thresholds_from"] = thresholds_from
     out["html"] = None if html_path is None else str(html_path)
-    emit(as_json, out, lambda _r: render_drift(result) + _html_note(html_path))
+    emit(
+        as_json,
+        out,
+        lambda _r: (
+            render_drift(result)
+            + _thresholds_note(thresholds, thresholds_from)
+            + _html_note(html_path)
+        ),
+    )
+
+
+def _thresholds_note(t: DriftThresholds, source: str) -> str:
+    origin = "defaults" if source == "defaults" else f"[fleet.thresholds] of {source}"
+    return (
+        f"\nthresholds ({origin}): PSI warn {t.psi_warn:g} / drift {t.psi_drift:g},"
+        f" JS {t.js_drift:g}, W1/std {t.wasserstein_drift:g}, p < {t.p_value:g},"
+        f" min n {t.min_n} (W1 {t.min_n_wasserstein}), dataset drift share"
+        f" {t.dataset_drift_share:g}"
+    )
 
 
 def _html_note(path: Path | None) -> str:

@@ -56,6 +56,8 @@ from edgefleet.hub.rollout.progress import (
     observe_event,
     observe_state,
 )
+from edgefleet.hub.rollout.report import status_report
+from edgefleet.hub.rollout.report import summary as summary  # imported from here by the CLI
 from edgefleet.hub.selectors import Selector
 from edgefleet.hub.store import (
     BundleRecord,
@@ -67,6 +69,9 @@ from edgefleet.hub.store import (
 )
 
 log = logging.getLogger(__name__)
+
+#: The states a tick acts on; finished rollouts are not read back every second.
+TICKED_STATES = frozenset({RolloutState.CREATED, RolloutState.RUNNING})
 
 
 @dataclass(frozen=True)
@@ -161,8 +166,8 @@ class RolloutEngine:
     def _busy_devices(self, model: str, device_ids: Sequence[str]) -> dict[str, list[str]]:
         wanted = set(device_ids)
         busy: dict[str, list[str]] = {}
-        for rollout in self.store.list_rollouts():
-            if rollout.plan.model != model or rollout.status.state not in ACTIVE_STATES:
+        for rollout in self.store.list_rollouts(ACTIVE_STATES):
+            if rollout.plan.model != model:
                 continue
             overlap = sorted(wanted & set(rollout.plan.devices))
             if overlap:
@@ -371,20 +376,13 @@ class RolloutEngine:
         """Apply one report to the device's row in every rollout of ``model`` it was moved by."""
         changed = []
         with self.store.transaction():
-            for rollout in self.store.list_rollouts():
-                plan = rollout.plan
-                if plan.model != model or device_id not in plan.devices:
-                    continue
-                if rollout.status.state is RolloutState.ROLLED_BACK:
-                    continue
-                row = next(
-                    r
-                    for r in self.store.list_rollout_devices(plan.rollout_id)
-                    if r.device_id == device_id
-                )
+            # One indexed read of this device's rows: a report costs the same whatever
+            # the number of rollouts and devices (reports arrive from the whole fleet).
+            for entry in self.store.device_rollout_rows(device_id, model):
+                row = entry.row
                 if row.assigned_at is None:
                     continue
-                seen = observe(BundleRef(plan.rollout_id, row.bundle_sha256, plan.version))
+                seen = observe(BundleRef(row.rollout_id, row.bundle_sha256, entry.rollout_version))
                 if seen is None:
                     continue
                 status = next_install(row.install, seen.status)
@@ -394,7 +392,7 @@ class RolloutEngine:
                 self.store.update_rollout_device(
                     replace(row, install=status, settled_at=settled, detail=seen.detail)
                 )
-                changed.append(plan.rollout_id)
+                changed.append(row.rollout_id)
         return changed
 
     # -- evaluation -------------------------------------------------------------
@@ -405,7 +403,7 @@ class RolloutEngine:
             return None
         plan = rollout.plan
         rows = self.store.list_rollout_devices(plan.rollout_id)
-        devices = {d.device_id: d for d in self.store.list_devices()}
+        devices = self.store.device_heads()
         moved = [r for r in rows if r.assigned_at is not None]
         new_stats = self._stats(
             plan.model, [plan.version], [r.device_id for r in moved], rollout.created_at
@@ -460,7 +458,7 @@ class RolloutEngine:
     def tick(self, now: float) -> list[TickResult]:
         """Start created rollouts and evaluate running ones; apply the decisions."""
         results = []
-        for rollout in self.store.list_rollouts():
+        for rollout in self.store.list_rollouts(TICKED_STATES):
             state = rollout.status.state
             if state is RolloutState.CREATED:
                 results.append(self._guarded(rollout, RolloutEvent.START, now, "started", None))
@@ -526,63 +524,11 @@ class RolloutEngine:
     def status(self, rollout_id: str, now: float) -> dict[str, Any]:
         """Everything ``hub rollout status ID`` shows: phases, devices, gates, history."""
         rollout = self.get(rollout_id)
-        plan = rollout.plan
         rows = self.store.list_rollout_devices(rollout_id)
-        devices = {d.device_id: d for d in self.store.list_devices()}
+        devices = self.store.device_heads()
         decision = self.evaluate(rollout, now)
-        phases = []
-        for k in range(plan.phase_count):
-            members = [r for r in rows if r.phase == k]
-            counts: dict[str, int] = {}
-            for r in members:
-                key = r.install.value if r.assigned_at is not None else "not_started"
-                counts[key] = counts.get(key, 0) + 1
-            phases.append(
-                {
-                    "phase": k + 1,
-                    "cumulative_devices": plan.phase_sizes[k],
-                    "devices": len(members),
-                    "counts": counts,
-                    "current": rollout.status.phase == k,
-                }
-            )
-        return {
-            **summary(rollout),
-            "gates": plan.gates.to_dict(),
-            "phases": phases,
-            "devices": [
-                {
-                    **r.to_dict(),
-                    "phase": r.phase + 1,
-                    "online": devices[r.device_id].online if r.device_id in devices else False,
-                    "install": r.install.value if r.assigned_at is not None else "not_started",
-                }
-                for r in rows
-            ],
-            "decision": decision.to_dict() if decision else None,
-            "events": [
-                {"at": e.at, "event": e.event, "detail": e.detail}
-                for e in self.store.rollout_events(rollout_id)
-            ],
-        }
-
-
-def summary(rollout: RolloutRecord) -> dict[str, Any]:
-    plan, status = rollout.plan, rollout.status
-    return {
-        "rollout": plan.rollout_id,
-        "model": plan.model,
-        "version": plan.version,
-        "selector": plan.selector,
-        "state": status.state.value,
-        "phase": status.phase + 1 if status.phase >= 0 else None,
-        "phase_count": plan.phase_count,
-        "phase_sizes": list(plan.phase_sizes),
-        "devices": len(plan.devices),
-        "created_at": rollout.created_at,
-        "updated_at": status.updated_at,
-        "reason": status.reason,
-    }
+        events = self.store.rollout_events(rollout_id)
+        return status_report(rollout, rows, devices, decision, events)
 
 
 def _bundles_by_profile(bundles: Sequence[BundleRecord]) -> dict[str | None, BundleRecord]:

@@ -134,8 +134,8 @@ class BundleRef:
         return version is not None and version == self.version
 
     def foreign(self, rollout_id: str | None) -> bool:
-        # The driver does not know rollout ids (the inbox does not carry them): absent
-        # means "could be this one".
+        # Agents name the rollout in every deployment event; older agents' driver
+        # events carry none, so absent means "could be this one".
         return rollout_id is not None and rollout_id != self.rollout_id
 
 

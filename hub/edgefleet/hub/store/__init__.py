@@ -8,7 +8,10 @@ from edgefleet.hub.store.base import HubStore
 from edgefleet.hub.store.records import (
     BundleRecord,
     DesiredAssignment,
+    DeviceHead,
     DeviceRecord,
+    DeviceRolloutRow,
+    DirectiveHead,
     DirectiveRecord,
     RolloutDeviceRecord,
     RolloutEventRecord,
@@ -27,7 +30,10 @@ def open_store(path: Path) -> HubStore:
 __all__ = [
     "BundleRecord",
     "DesiredAssignment",
+    "DeviceHead",
     "DeviceRecord",
+    "DeviceRolloutRow",
+    "DirectiveHead",
     "DirectiveRecord",
     "HubStore",
     "RolloutDeviceRecord",

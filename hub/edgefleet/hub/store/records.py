@@ -47,6 +47,14 @@ class DeviceRecord:
 
 
 @dataclass(frozen=True)
+class DeviceHead:
+    """What the tick needs of every device: no state document to decode."""
+
+    online: bool
+    desired_rev: int
+
+
+@dataclass(frozen=True)
 class BundleRecord:
     sha256: str
     model: str
@@ -155,6 +163,24 @@ class DirectiveRecord:
     desired_rev: int
     envelope: Mapping[str, Any]
     published_at: float | None = None
+
+
+@dataclass(frozen=True)
+class DirectiveHead:
+    """A device's latest directive without its envelope (enough to know if it is due)."""
+
+    seq: int
+    expires_at: float
+    desired_rev: int
+    published_at: float | None
+
+
+@dataclass(frozen=True)
+class DeviceRolloutRow:
+    """A device's row in one rollout, with the version that rollout installs."""
+
+    rollout_version: int
+    row: RolloutDeviceRecord
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,10 @@ process read and write while ``hub serve`` runs (``busy_timeout`` absorbs the
 short write locks); writes happen inside ``BEGIN IMMEDIATE`` transactions so
 a reader never sees half of a rollout; ``sqlite3`` errors are wrapped in
 ``HubStoreError`` at this boundary.
+
+The telemetry methods and their retention rules live in
+:mod:`edgefleet.hub.store.sqlite_telemetry` (a mixin of this class); rows become records
+in :mod:`edgefleet.hub.store.sqlite_rows`.
 """
 
 from __future__ import annotations
@@ -13,26 +17,35 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from edgefleet.hub.errors import HubStoreError
-from edgefleet.hub.rollout.gates import InstallStatus
-from edgefleet.hub.rollout.machine import RolloutStatus
-from edgefleet.hub.rollout.plan import RolloutPlan
+from edgefleet.hub.rollout.machine import RolloutState, RolloutStatus
 from edgefleet.hub.store.records import (
     BundleRecord,
     DesiredAssignment,
+    DeviceHead,
     DeviceRecord,
+    DeviceRolloutRow,
+    DirectiveHead,
     DirectiveRecord,
     RolloutDeviceRecord,
     RolloutEventRecord,
     RolloutRecord,
-    StoredWindow,
-    TelemetryRow,
 )
+from edgefleet.hub.store.sqlite_rows import (
+    bundle_from_row,
+    device_from_row,
+    directive_from_row,
+    rollout_device_from_row,
+    rollout_device_values,
+    rollout_from_row,
+    to_json,
+)
+from edgefleet.hub.store.sqlite_telemetry import SqliteTelemetryMixin
 
 SCHEMA_VERSION = 1
 
@@ -63,6 +76,7 @@ CREATE TABLE IF NOT EXISTS rollout_devices (
     bundle_sha256 TEXT NOT NULL, size INTEGER NOT NULL, previous_version INTEGER,
     previous_sha256 TEXT, previous_size INTEGER, install TEXT NOT NULL, assigned_at REAL,
     settled_at REAL, detail TEXT NOT NULL DEFAULT '', PRIMARY KEY (rollout, device));
+CREATE INDEX IF NOT EXISTS rollout_devices_device ON rollout_devices (device);
 CREATE TABLE IF NOT EXISTS rollout_events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, rollout TEXT NOT NULL, at REAL NOT NULL,
     event TEXT NOT NULL, detail TEXT NOT NULL);
@@ -70,16 +84,14 @@ CREATE TABLE IF NOT EXISTS telemetry (
     device TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL, model TEXT,
     version INTEGER, received_at REAL NOT NULL, body TEXT NOT NULL, PRIMARY KEY (device, seq));
 CREATE INDEX IF NOT EXISTS telemetry_model ON telemetry (model, version, kind, received_at);
+CREATE INDEX IF NOT EXISTS telemetry_received ON telemetry (received_at);
 CREATE TABLE IF NOT EXISTS telemetry_cursor (device TEXT PRIMARY KEY, contiguous INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS telemetry_pruned (device TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-class SqliteHubStore:
+class SqliteHubStore(SqliteTelemetryMixin):
     """The default hub store: one SQLite file in WAL mode."""
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 10.0) -> None:
@@ -170,12 +182,12 @@ class SqliteHubStore:
                     device.device_id,
                     device.profile,
                     device.group,
-                    _dumps(dict(device.tags)),
+                    to_json(dict(device.tags)),
                     device.password_hash,
                     device.created_at,
                     device.last_seen,
                     int(device.online),
-                    _dumps(dict(device.state)),
+                    to_json(dict(device.state)),
                     device.state_at,
                     device.desired_rev,
                 ),
@@ -191,10 +203,15 @@ class SqliteHubStore:
 
     def get_device(self, device_id: str) -> DeviceRecord | None:
         row = self._one("SELECT * FROM devices WHERE id=?", (device_id,))
-        return _device(row) if row else None
+        return device_from_row(row) if row else None
 
     def list_devices(self) -> list[DeviceRecord]:
-        return [_device(r) for r in self._all("SELECT * FROM devices ORDER BY id")]
+        return [device_from_row(r) for r in self._all("SELECT * FROM devices ORDER BY id")]
+
+    def device_heads(self) -> dict[str, DeviceHead]:
+        """Every device's presence and ``desired_rev``, without decoding its state."""
+        rows = self._all("SELECT id, online, desired_rev FROM devices ORDER BY id")
+        return {r["id"]: DeviceHead(bool(r["online"]), r["desired_rev"]) for r in rows}
 
     def count_devices(self) -> tuple[int, int]:
         """(enrolled, online) without reading every device's row into a record."""
@@ -213,7 +230,7 @@ class SqliteHubStore:
             self._exec(
                 "UPDATE devices SET state=?, state_at=?, last_seen=MAX(COALESCE(last_seen, 0), ?)"
                 " WHERE id=?",
-                (_dumps(dict(state)), at, at, device_id),
+                (to_json(dict(state)), at, at, device_id),
             )
 
     def touch_device(self, device_id: str, at: float) -> None:
@@ -240,7 +257,7 @@ class SqliteHubStore:
                     "INSERT INTO assignments (device, model, body, updated_at) VALUES (?,?,?,?)"
                     " ON CONFLICT (device, model) DO UPDATE SET body=excluded.body,"
                     " updated_at=excluded.updated_at",
-                    (device_id, model, _dumps(assignment.to_dict()), at),
+                    (device_id, model, to_json(assignment.to_dict()), at),
                 )
             cur = self._exec(
                 "UPDATE devices SET desired_rev = desired_rev + 1 WHERE id=?", (device_id,)
@@ -264,7 +281,7 @@ class SqliteHubStore:
                     directive.issued_at,
                     directive.expires_at,
                     directive.desired_rev,
-                    _dumps(dict(directive.envelope)),
+                    to_json(dict(directive.envelope)),
                     directive.published_at,
                 ),
             )
@@ -273,17 +290,30 @@ class SqliteHubStore:
         row = self._one(
             "SELECT * FROM directives WHERE device=? ORDER BY seq DESC LIMIT 1", (device_id,)
         )
-        if row is None:
-            return None
-        return DirectiveRecord(
-            device_id=row["device"],
-            seq=row["seq"],
-            issued_at=row["issued_at"],
-            expires_at=row["expires_at"],
-            desired_rev=row["desired_rev"],
-            envelope=json.loads(row["envelope"]),
-            published_at=row["published_at"],
+        return directive_from_row(row) if row is not None else None
+
+    def directive_heads(self) -> dict[str, DirectiveHead]:
+        """Per device, the seq, expiry, revision and publication of its latest directive."""
+        rows = self._all(
+            "SELECT device, seq, expires_at, desired_rev, published_at FROM directives"
+            " WHERE (device, seq) IN (SELECT device, MAX(seq) FROM directives GROUP BY device)"
         )
+        return {
+            r["device"]: DirectiveHead(
+                r["seq"], r["expires_at"], r["desired_rev"], r["published_at"]
+            )
+            for r in rows
+        }
+
+    def latest_directives(self, *, unpublished_only: bool = False) -> list[DirectiveRecord]:
+        """Every device's latest directive (only those not yet published, if asked)."""
+        rows = self._all(
+            "SELECT * FROM directives"
+            " WHERE (device, seq) IN (SELECT device, MAX(seq) FROM directives GROUP BY device)"
+            + (" AND published_at IS NULL" if unpublished_only else "")
+            + " ORDER BY device"
+        )
+        return [directive_from_row(r) for r in rows]
 
     def mark_directive_published(self, device_id: str, seq: int, at: float) -> None:
         with self.transaction():
@@ -305,8 +335,8 @@ class SqliteHubStore:
                     bundle.profile,
                     bundle.size,
                     bundle.path,
-                    _dumps(dict(bundle.manifest)),
-                    _dumps(list(bundle.signer_keyids)),
+                    to_json(dict(bundle.manifest)),
+                    to_json(list(bundle.signer_keyids)),
                     bundle.published_at,
                 ),
             )
@@ -314,18 +344,18 @@ class SqliteHubStore:
 
     def get_bundle(self, sha256: str) -> BundleRecord | None:
         row = self._one("SELECT * FROM bundles WHERE sha256=?", (sha256,))
-        return _bundle(row) if row else None
+        return bundle_from_row(row) if row else None
 
     def list_bundles(self) -> list[BundleRecord]:
         rows = self._all("SELECT * FROM bundles ORDER BY model, version, profile, sha256")
-        return [_bundle(r) for r in rows]
+        return [bundle_from_row(r) for r in rows]
 
     def find_bundles(self, model: str, version: int) -> list[BundleRecord]:
         rows = self._all(
             "SELECT * FROM bundles WHERE model=? AND version=? ORDER BY published_at",
             (model, version),
         )
-        return [_bundle(r) for r in rows]
+        return [bundle_from_row(r) for r in rows]
 
     # -- rollouts --------------------------------------------------------------
 
@@ -339,8 +369,8 @@ class SqliteHubStore:
                     rollout.rollout_id,
                     rollout.plan.model,
                     rollout.plan.version,
-                    _dumps(rollout.plan.to_dict()),
-                    _dumps(rollout.status.to_dict()),
+                    to_json(rollout.plan.to_dict()),
+                    to_json(rollout.status.to_dict()),
                     rollout.status.state.value,
                     rollout.created_at,
                 ),
@@ -348,21 +378,29 @@ class SqliteHubStore:
             for device in devices:
                 self._exec(
                     "INSERT INTO rollout_devices VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    _rollout_device_row(device),
+                    rollout_device_values(device),
                 )
 
     def get_rollout(self, rollout_id: str) -> RolloutRecord | None:
         row = self._one("SELECT * FROM rollouts WHERE id=?", (rollout_id,))
-        return _rollout(row) if row else None
+        return rollout_from_row(row) if row else None
 
-    def list_rollouts(self) -> list[RolloutRecord]:
-        return [_rollout(r) for r in self._all("SELECT * FROM rollouts ORDER BY created_at, id")]
+    def list_rollouts(self, states: Collection[RolloutState] | None = None) -> list[RolloutRecord]:
+        if states is None:
+            rows = self._all("SELECT * FROM rollouts ORDER BY created_at, id")
+        else:
+            values = sorted(s.value for s in states)
+            marks = ",".join("?" * len(values))
+            rows = self._all(
+                f"SELECT * FROM rollouts WHERE state IN ({marks}) ORDER BY created_at, id", values
+            )
+        return [rollout_from_row(r) for r in rows]
 
     def update_rollout_status(self, rollout_id: str, status: RolloutStatus) -> None:
         with self.transaction():
             cur = self._exec(
                 "UPDATE rollouts SET status=?, state=? WHERE id=?",
-                (_dumps(status.to_dict()), status.state.value, rollout_id),
+                (to_json(status.to_dict()), status.state.value, rollout_id),
             )
             if cur.rowcount != 1:
                 raise HubStoreError(f"no such rollout {rollout_id}")
@@ -371,7 +409,18 @@ class SqliteHubStore:
         rows = self._all(
             "SELECT * FROM rollout_devices WHERE rollout=? ORDER BY phase, device", (rollout_id,)
         )
-        return [_rollout_device(r) for r in rows]
+        return [rollout_device_from_row(r) for r in rows]
+
+    def device_rollout_rows(self, device_id: str, model: str) -> list[DeviceRolloutRow]:
+        """The device's rows in rollouts of ``model`` not rolled back, oldest rollout first."""
+        rows = self._all(
+            "SELECT d.*, r.version AS rollout_version FROM rollout_devices d"
+            " JOIN rollouts r ON r.id = d.rollout"
+            " WHERE d.device=? AND r.model=? AND r.state != ?"
+            " ORDER BY r.created_at, r.id",
+            (device_id, model, RolloutState.ROLLED_BACK.value),
+        )
+        return [DeviceRolloutRow(r["rollout_version"], rollout_device_from_row(r)) for r in rows]
 
     def update_rollout_device(self, device: RolloutDeviceRecord) -> None:
         with self.transaction():
@@ -406,68 +455,6 @@ class SqliteHubStore:
         )
         return [RolloutEventRecord(r["rollout"], r["at"], r["event"], r["detail"]) for r in rows]
 
-    # -- telemetry -------------------------------------------------------------
-
-    def add_telemetry(
-        self, device_id: str, rows: Sequence[TelemetryRow], received_at: float
-    ) -> int:
-        with self.transaction():
-            cur = self._db.executemany(
-                "INSERT OR IGNORE INTO telemetry VALUES (?,?,?,?,?,?,?)",
-                [
-                    (
-                        device_id,
-                        row.seq,
-                        row.kind,
-                        row.model,
-                        row.version,
-                        received_at,
-                        _dumps(dict(row.body)),
-                    )
-                    for row in rows
-                ],
-            )
-            return max(cur.rowcount, 0)
-
-    def telemetry_cursor(self, device_id: str) -> int | None:
-        row = self._one("SELECT contiguous FROM telemetry_cursor WHERE device=?", (device_id,))
-        return int(row["contiguous"]) if row else None
-
-    def advance_telemetry_cursor(self, device_id: str, last_seq: int) -> int:
-        with self.transaction():
-            current = self.telemetry_cursor(device_id)
-            cursor = last_seq if current is None else max(current, last_seq)
-            self._exec(
-                "INSERT INTO telemetry_cursor VALUES (?, ?) ON CONFLICT (device)"
-                " DO UPDATE SET contiguous=excluded.contiguous",
-                (device_id, cursor),
-            )
-            return cursor
-
-    def telemetry_windows(
-        self,
-        model: str,
-        versions: Sequence[int],
-        device_ids: Sequence[str] | None,
-        since: float,
-    ) -> Iterator[StoredWindow]:
-        if not versions:
-            return iter(())
-        marks = ",".join("?" * len(versions))
-        rows = self._all(
-            f"SELECT device, version, received_at, body FROM telemetry WHERE kind='window'"
-            f" AND model=? AND version IN ({marks}) AND received_at>=? ORDER BY device, seq",
-            (model, *versions, since),
-        )
-        wanted = set(device_ids) if device_ids is not None else None
-        return iter(
-            [
-                StoredWindow(r["device"], r["version"], r["received_at"], json.loads(r["body"]))
-                for r in rows
-                if wanted is None or r["device"] in wanted
-            ]
-        )
-
     # -- counters --------------------------------------------------------------
 
     def bump_counter(self, name: str, n: int = 1) -> None:
@@ -480,75 +467,3 @@ class SqliteHubStore:
 
     def counters(self) -> dict[str, int]:
         return {r["name"]: r["value"] for r in self._all("SELECT * FROM counters ORDER BY name")}
-
-
-def _device(row: sqlite3.Row) -> DeviceRecord:
-    return DeviceRecord(
-        device_id=row["id"],
-        profile=row["profile"],
-        password_hash=row["password_hash"],
-        created_at=row["created_at"],
-        group=row["grp"],
-        tags=json.loads(row["tags"]),
-        last_seen=row["last_seen"],
-        online=bool(row["online"]),
-        state=json.loads(row["state"]),
-        state_at=row["state_at"],
-        desired_rev=row["desired_rev"],
-    )
-
-
-def _bundle(row: sqlite3.Row) -> BundleRecord:
-    return BundleRecord(
-        sha256=row["sha256"],
-        model=row["model"],
-        version=row["version"],
-        profile=row["profile"],
-        size=row["size"],
-        path=row["path"],
-        manifest=json.loads(row["manifest"]),
-        signer_keyids=tuple(json.loads(row["signers"])),
-        published_at=row["published_at"],
-    )
-
-
-def _rollout(row: sqlite3.Row) -> RolloutRecord:
-    return RolloutRecord(
-        plan=RolloutPlan.from_dict(json.loads(row["plan"])),
-        status=RolloutStatus.from_dict(json.loads(row["status"])),
-        created_at=row["created_at"],
-    )
-
-
-def _rollout_device_row(d: RolloutDeviceRecord) -> tuple[Any, ...]:
-    return (
-        d.rollout_id,
-        d.device_id,
-        d.phase,
-        d.bundle_sha256,
-        d.size,
-        d.previous_version,
-        d.previous_sha256,
-        d.previous_size,
-        d.install.value,
-        d.assigned_at,
-        d.settled_at,
-        d.detail,
-    )
-
-
-def _rollout_device(row: sqlite3.Row) -> RolloutDeviceRecord:
-    return RolloutDeviceRecord(
-        rollout_id=row["rollout"],
-        device_id=row["device"],
-        phase=row["phase"],
-        bundle_sha256=row["bundle_sha256"],
-        size=row["size"],
-        previous_version=row["previous_version"],
-        previous_sha256=row["previous_sha256"],
-        previous_size=row["previous_size"],
-        install=InstallStatus(row["install"]),
-        assigned_at=row["assigned_at"],
-        settled_at=row["settled_at"],
-        detail=row["detail"],
-    )

@@ -1,0 +1,148 @@
+"""The telemetry tables of the SQLite hub store, mixed into :class:`SqliteHubStore`.
+
+Telemetry is deduplicated on ``(device, seq)``: ``add_telemetry`` ignores a record the
+store holds already. ``telemetry_cursor`` is the highest ``last_seq`` seen per device.
+
+Retention: ``prune_telemetry`` deletes records received before a cutoff, a bounded batch
+per transaction, and remembers per device the highest seq it deleted
+(``telemetry_pruned``); ``add_telemetry`` ignores any record at or below that seq, so a
+late retransmission of a deleted record is not stored a second time. The ack cursor cannot
+serve for this: it is the highest ``last_seq`` seen, which may run ahead of a missing batch.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+from edgefleet.hub.store.records import StoredWindow, TelemetryRow
+from edgefleet.hub.store.sqlite_rows import to_json
+
+
+class SqliteTelemetryMixin:
+    """Telemetry methods of :class:`~edgefleet.hub.store.sqlite.SqliteHubStore`.
+
+    Uses the store's connection, lock-holding query helpers and transactions; not usable
+    on its own.
+    """
+
+    _db: sqlite3.Connection
+
+    if TYPE_CHECKING:
+
+        def transaction(self) -> AbstractContextManager[None]: ...
+
+        def _exec(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor: ...
+
+        def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]: ...
+
+        def _one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None: ...
+
+    def add_telemetry(
+        self, device_id: str, rows: Sequence[TelemetryRow], received_at: float
+    ) -> int:
+        with self.transaction():
+            pruned = self._one("SELECT seq FROM telemetry_pruned WHERE device=?", (device_id,))
+            if pruned is not None:
+                # Retention deleted everything up to here: a record at or below it was
+                # stored once already (or, in a batch lost for longer than the retention,
+                # is older than anything kept) and must not come back.
+                rows = [row for row in rows if row.seq > pruned["seq"]]
+                if not rows:
+                    return 0
+            cur = self._db.executemany(
+                "INSERT OR IGNORE INTO telemetry VALUES (?,?,?,?,?,?,?)",
+                [
+                    (
+                        device_id,
+                        row.seq,
+                        row.kind,
+                        row.model,
+                        row.version,
+                        received_at,
+                        to_json(dict(row.body)),
+                    )
+                    for row in rows
+                ],
+            )
+            return max(cur.rowcount, 0)
+
+    def telemetry_cursor(self, device_id: str) -> int | None:
+        row = self._one("SELECT contiguous FROM telemetry_cursor WHERE device=?", (device_id,))
+        return int(row["contiguous"]) if row else None
+
+    def advance_telemetry_cursor(self, device_id: str, last_seq: int) -> int:
+        with self.transaction():
+            current = self.telemetry_cursor(device_id)
+            cursor = last_seq if current is None else max(current, last_seq)
+            self._exec(
+                "INSERT INTO telemetry_cursor VALUES (?, ?) ON CONFLICT (device)"
+                " DO UPDATE SET contiguous=excluded.contiguous",
+                (device_id, cursor),
+            )
+            return cursor
+
+    def prune_telemetry(
+        self, before: float, *, batch_size: int = 1000, max_rows: int | None = None
+    ) -> int:
+        """Delete telemetry received before ``before``; returns how many records went.
+
+        Oldest first, ``batch_size`` records per transaction, so the write lock is never
+        held for long and other writers get in between batches; stops after ``max_rows``
+        (None: until nothing is older). Call it outside a transaction, or every batch joins
+        the caller's. Per device the highest deleted seq is remembered in the same
+        transaction as the delete (see ``add_telemetry``).
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        total = 0
+        while max_rows is None or total < max_rows:
+            limit = batch_size if max_rows is None else min(batch_size, max_rows - total)
+            with self.transaction():
+                rows = self._all(
+                    "SELECT rowid, device, seq FROM telemetry WHERE received_at < ?"
+                    " ORDER BY received_at LIMIT ?",
+                    (before, limit),
+                )
+                highest: dict[str, int] = {}
+                for r in rows:
+                    highest[r["device"]] = max(highest.get(r["device"], r["seq"]), r["seq"])
+                self._db.executemany(
+                    "INSERT INTO telemetry_pruned VALUES (?, ?) ON CONFLICT (device)"
+                    " DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                    sorted(highest.items()),
+                )
+                self._db.executemany(
+                    "DELETE FROM telemetry WHERE rowid=?", [(r["rowid"],) for r in rows]
+                )
+            total += len(rows)
+            if len(rows) < limit:
+                break
+        return total
+
+    def telemetry_windows(
+        self,
+        model: str,
+        versions: Sequence[int],
+        device_ids: Sequence[str] | None,
+        since: float,
+    ) -> Iterator[StoredWindow]:
+        if not versions:
+            return iter(())
+        marks = ",".join("?" * len(versions))
+        rows = self._all(
+            f"SELECT device, version, received_at, body FROM telemetry WHERE kind='window'"
+            f" AND model=? AND version IN ({marks}) AND received_at>=? ORDER BY device, seq",
+            (model, *versions, since),
+        )
+        wanted = set(device_ids) if device_ids is not None else None
+        return iter(
+            [
+                StoredWindow(r["device"], r["version"], r["received_at"], json.loads(r["body"]))
+                for r in rows
+                if wanted is None or r["device"] in wanted
+            ]
+        )
