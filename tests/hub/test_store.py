@@ -86,10 +86,11 @@ def test_telemetry_dedupes_on_device_and_seq(store: SqliteHubStore) -> None:
     assert store.add_telemetry("pi-1", rows, 10.0) == 3
     assert store.add_telemetry("pi-1", rows[1:], 11.0) == 0  # redelivery
     assert store.add_telemetry("pi-2", rows, 11.0) == 3  # same seqs, another device
-    assert store.advance_telemetry_cursor("pi-1", 3) == 3
-    assert store.advance_telemetry_cursor("pi-1", 2) == 3  # an old batch never lowers the ack
+    # A batch overlapping what is stored: only the record not seen before goes in.
+    more = [TelemetryRow(i, "window", window("digits", 2, requests=10)) for i in (3, 4)]
+    assert store.add_telemetry("pi-1", more, 12.0) == 1
     windows = list(store.telemetry_windows("digits", [2], ["pi-1"], 0.0))
-    assert len(windows) == 3 and all(w.device_id == "pi-1" for w in windows)
+    assert len(windows) == 4 and all(w.device_id == "pi-1" for w in windows)
     assert list(store.telemetry_windows("digits", [1], None, 0.0)) == []
     assert list(store.telemetry_windows("digits", [2], None, 10.5)) != []
 
@@ -162,6 +163,26 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(HubStoreError, match="newer"):
         SqliteHubStore(path)
+
+
+def test_opening_drops_the_unused_telemetry_cursor_table(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "hub.db"
+    SqliteHubStore(path).close()
+    db = sqlite3.connect(path)  # a store written by a hub that still kept the cursor
+    db.execute("CREATE TABLE telemetry_cursor (device TEXT PRIMARY KEY, contiguous INTEGER)")
+    db.execute("INSERT INTO telemetry_cursor VALUES ('pi-1', 7)")
+    db.commit()
+    db.close()
+    SqliteHubStore(path).close()
+    db = sqlite3.connect(path)
+    try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        db.close()
+    assert "telemetry_cursor" not in tables
+    assert {"telemetry", "telemetry_pruned"} <= tables
 
 
 def test_heads_name_each_devices_latest_directive(store: SqliteHubStore) -> None:

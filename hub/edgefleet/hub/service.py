@@ -349,7 +349,6 @@ class HubService:
         rows = [TelemetryRow(r.seq, r.kind, gate_body(r.kind, r.body)) for r in batch.records]
         with self.store.transaction():
             self.store.add_telemetry(device_id, rows, now)
-            self.store.advance_telemetry_cursor(device_id, batch.last_seq)
             self.store.touch_device(device_id, now)
         for record in batch.records:
             if record.kind != EVENT:

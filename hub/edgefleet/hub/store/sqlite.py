@@ -85,7 +85,9 @@ CREATE TABLE IF NOT EXISTS telemetry (
     version INTEGER, received_at REAL NOT NULL, body TEXT NOT NULL, PRIMARY KEY (device, seq));
 CREATE INDEX IF NOT EXISTS telemetry_model ON telemetry (model, version, kind, received_at);
 CREATE INDEX IF NOT EXISTS telemetry_received ON telemetry (received_at);
-CREATE TABLE IF NOT EXISTS telemetry_cursor (device TEXT PRIMARY KEY, contiguous INTEGER NOT NULL);
+-- Hub stores written by earlier versions kept the highest last_seq per device here. Nothing
+-- ever read it (the acks come from the fleet database's own cursor), so it is dropped on open.
+DROP TABLE IF EXISTS telemetry_cursor;
 CREATE TABLE IF NOT EXISTS telemetry_pruned (device TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """

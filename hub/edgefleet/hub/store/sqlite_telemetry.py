@@ -1,13 +1,13 @@
 """The telemetry tables of the SQLite hub store, mixed into :class:`SqliteHubStore`.
 
 Telemetry is deduplicated on ``(device, seq)``: ``add_telemetry`` ignores a record the
-store holds already. ``telemetry_cursor`` is the highest ``last_seq`` seen per device.
+store holds already.
 
 Retention: ``prune_telemetry`` deletes records received before a cutoff, a bounded batch
 per transaction, and remembers per device the highest seq it deleted
 (``telemetry_pruned``); ``add_telemetry`` ignores any record at or below that seq, so a
-late retransmission of a deleted record is not stored a second time. The ack cursor cannot
-serve for this: it is the highest ``last_seq`` seen, which may run ahead of a missing batch.
+late retransmission of a deleted record is not stored a second time. The highest seq seen
+per device could not serve for this: it may run ahead of a batch that is still missing.
 """
 
 from __future__ import annotations
@@ -69,21 +69,6 @@ class SqliteTelemetryMixin:
                 ],
             )
             return max(cur.rowcount, 0)
-
-    def telemetry_cursor(self, device_id: str) -> int | None:
-        row = self._one("SELECT contiguous FROM telemetry_cursor WHERE device=?", (device_id,))
-        return int(row["contiguous"]) if row else None
-
-    def advance_telemetry_cursor(self, device_id: str, last_seq: int) -> int:
-        with self.transaction():
-            current = self.telemetry_cursor(device_id)
-            cursor = last_seq if current is None else max(current, last_seq)
-            self._exec(
-                "INSERT INTO telemetry_cursor VALUES (?, ?) ON CONFLICT (device)"
-                " DO UPDATE SET contiguous=excluded.contiguous",
-                (device_id, cursor),
-            )
-            return cursor
 
     def prune_telemetry(
         self, before: float, *, batch_size: int = 1000, max_rows: int | None = None
