@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,8 @@ from tests.hub.fleet.fleetkit import MODEL, reference, window_record
 
 from edgefleet.core.protocol import TelemetryBatch, TelemetryRecord
 from edgefleet.core.protocol.telemetry import MAX_PENDING_SPANS, AckCursor
-from edgefleet.hub.fleet.ingest import DeviceInfo, FleetTelemetry
+from edgefleet.hub.fleet.ingest import DeviceInfo, FleetTelemetry, IngestWorker
+from edgefleet.hub.fleet.metrics import MetricsServer, collect, render_metrics
 
 T0 = time.time() - 3600
 DEV = DeviceInfo("pi-a", "east", "rpi4-arm64")
@@ -162,6 +164,33 @@ def test_a_device_cannot_open_unbounded_spans(fleet_db: Path) -> None:
         assert t.db.counters()["batches_refused_spans_full"] == 1
     finally:
         t.close()
+
+
+def test_cursor_counters_are_scraped_from_metrics_and_survive_a_restart(
+    fleet_db: Path,
+) -> None:
+    t = FleetTelemetry(fleet_db)
+    t.ingest(DEV, batch([1], None), T0)
+    for i in range(MAX_PENDING_SPANS):  # each opens a span: ahead of the cursor
+        t.ingest(DEV, batch([10 * i + 12], 10 * i + 11), T0)
+    t.ingest(DEV, batch([10_000], 9_999), T0)  # one span too many: refused
+    t.ingest(DEV, batch([2], 1), T0)  # follows on: counted in neither
+    t.close()
+    # A restarted hub: the counts live in the fleet database, not in the worker.
+    t = FleetTelemetry(fleet_db)
+    server = MetricsServer(lambda: render_metrics(collect(IngestWorker(t)))).start()
+    try:
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            lines = set(response.read().decode().splitlines())
+    finally:
+        server.stop()
+        t.close()
+    ahead = f"edgefleet_hub_telemetry_ahead_of_cursor_batches_total {MAX_PENDING_SPANS}"
+    assert ahead in lines
+    assert "edgefleet_hub_telemetry_spans_full_batches_total 1" in lines
+    assert "# TYPE edgefleet_hub_telemetry_spans_full_batches_total counter" in lines
+    assert "# TYPE edgefleet_hub_telemetry_ahead_of_cursor_batches_total counter" in lines
 
 
 def test_windows_of_a_batch_resent_around_a_gap_are_counted_once(fleet_db: Path) -> None:

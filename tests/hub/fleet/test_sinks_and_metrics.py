@@ -118,6 +118,9 @@ def test_metrics_text_and_endpoint(tmp_path: Path) -> None:
     assert "edgefleet_hub_telemetry_records_total 12" in lines
     assert "edgefleet_hub_telemetry_duplicates_total 3" in lines
     assert "edgefleet_hub_telemetry_backlog 0" in lines
+    # Nothing ingested yet: the ack-cursor counters are present at zero.
+    assert "edgefleet_hub_telemetry_ahead_of_cursor_batches_total 0" in lines
+    assert "edgefleet_hub_telemetry_spans_full_batches_total 0" in lines
     assert 'edgefleet_hub_alerts_open{severity="critical"} 1' in lines
     assert 'edgefleet_hub_alerts_open{severity="warning"} 0' in lines
     assert "# TYPE edgefleet_hub_telemetry_records_total counter" in lines

@@ -6,7 +6,8 @@ exposition format (version 0.0.4); ``collect`` takes the snapshot from the runni
 of its own (loopback by default; any other path is 404, any other method 405).
 
 Invariant: a scrape never writes and never waits for the ingest worker — it reads counters
-the worker keeps in memory, the queue length, and one small SELECT on the alerts table.
+the worker keeps in memory, the queue length, one small SELECT on the alerts table and one
+on the fleet database's counters (WAL: a reader does not wait for the writer).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class HubMetrics:
     ingest_failed_total: int = 0  # batches whose transaction failed (not acked)
     ingest_rate_per_s: float = 0.0
     ingest_backlog: int = 0
+    # From the fleet database's counters (kept with the batches, so they survive a restart).
+    ingest_ahead_of_cursor_total: int = 0  # batches stored but not following on the ack cursor
+    ingest_refused_spans_full_total: int = 0  # batches refused: the device's spans were full
     open_alerts: Mapping[str, int] = field(default_factory=dict)  # by severity
 
 
@@ -89,6 +93,20 @@ def render_metrics(m: HubMetrics) -> str:
         [("", m.ingest_failed_total)],
     )
     lines += _line(
+        "edgefleet_hub_telemetry_ahead_of_cursor_batches_total",
+        "counter",
+        "Telemetry batches that did not follow on the device's ack cursor (stored, acked once"
+        " the gap fills).",
+        [("", m.ingest_ahead_of_cursor_total)],
+    )
+    lines += _line(
+        "edgefleet_hub_telemetry_spans_full_batches_total",
+        "counter",
+        "Telemetry batches refused because the device already had the most pending spans"
+        " (not acked).",
+        [("", m.ingest_refused_spans_full_total)],
+    )
+    lines += _line(
         "edgefleet_hub_telemetry_ingest_rate",
         "gauge",
         "Telemetry records stored per second, smoothed over about a minute.",
@@ -120,6 +138,9 @@ def collect(
     if devices is not None:
         total, online = devices()
     s = worker.stats if worker is not None else None
+    # The ack-cursor counts are bumped inside the store's transaction, not in the worker's
+    # in-memory stats, so they are read from the fleet database.
+    counters = worker.telemetry.db.counters() if worker is not None else {}
     return HubMetrics(
         devices_total=total,
         devices_online=online,
@@ -130,6 +151,8 @@ def collect(
         ingest_failed_total=0 if s is None else s.failed_batches,
         ingest_rate_per_s=0.0 if s is None else s.rate_records_per_s,
         ingest_backlog=0 if worker is None else worker.backlog,
+        ingest_ahead_of_cursor_total=counters.get("batches_ahead_of_cursor", 0),
+        ingest_refused_spans_full_total=counters.get("batches_refused_spans_full", 0),
         open_alerts={} if alerts is None else alerts.open_counts(),
     )
 
