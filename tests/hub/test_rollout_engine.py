@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,12 +11,14 @@ from tests.hub.hubkit import window
 
 from edgefleet.core.errors import UsageError
 from edgefleet.hub.errors import HubNotFoundError, RolloutStateError
-from edgefleet.hub.rollout import InstallStatus, RolloutEvent, RolloutState
+from edgefleet.hub.rollout import InstallStatus, RolloutEvent, RolloutState, Verdict
 from edgefleet.hub.rollout.engine import RolloutEngine
 from edgefleet.hub.store import (
     BundleRecord,
     DesiredAssignment,
+    DeviceHead,
     DeviceRecord,
+    RolloutDeviceRecord,
     SqliteHubStore,
     TelemetryRow,
 )
@@ -279,3 +282,60 @@ def test_a_stale_decision_is_dropped_when_an_operator_acted(fleet: Fleet) -> Non
     assert result.event is None
     assert state_of(fleet, r.rollout_id) is RolloutState.PAUSED
     assert len(fleet.moved(r.rollout_id)) == 1
+
+
+class CountingStore(SqliteHubStore):
+    """The real SQLite store, counting the reads a tick or a status report makes."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.reads: Counter[str] = Counter()
+
+    def device_heads(self) -> dict[str, DeviceHead]:
+        self.reads["device_heads"] += 1
+        return super().device_heads()
+
+    def list_rollout_devices(self, rollout_id: str) -> list[RolloutDeviceRecord]:
+        self.reads["list_rollout_devices"] += 1
+        return super().list_rollout_devices(rollout_id)
+
+
+def test_a_tick_reads_device_heads_once_for_all_running_rollouts(fleet: Fleet) -> None:
+    fleet.store.close()
+    store = fleet.store = CountingStore(fleet.path)
+    fleet.engine = RolloutEngine(store)
+    a, b = (
+        fleet.engine.create("digits", v, ids, 10.0, phases_text="100%", gate_overrides=GATES)
+        for v, ids in ((2, "ids=pi-0,pi-1"), (3, "ids=pi-2,pi-3"))
+    )
+    assert {r.event for r in fleet.engine.tick(11.0)} == {RolloutEvent.START}
+    store.set_presence("pi-3", False, 11.5)
+
+    store.reads.clear()
+    results = fleet.engine.tick(12.0)
+    assert store.reads["device_heads"] == 1
+    offline = {r.rollout_id: r.decision.counts["offline_pending"] for r in results if r.decision}
+    # Presence from the shared read still reaches each rollout's gates.
+    assert offline == {a.rollout_id: 0, b.rollout_id: 1}
+
+    fleet.engine.pause(a.rollout_id, 12.5)
+    fleet.engine.pause(b.rollout_id, 12.5)
+    store.reads.clear()
+    assert fleet.engine.tick(13.0) == []
+    assert store.reads["device_heads"] == 0  # nothing running: nothing to evaluate
+
+
+def test_status_reads_rows_and_heads_once_and_matches_evaluate(fleet: Fleet) -> None:
+    fleet.store.close()
+    store = fleet.store = CountingStore(fleet.path)
+    fleet.engine = RolloutEngine(store)
+    r = fleet.engine.create("digits", 2, "all", 10.0, phases_text="20%,100%", gate_overrides=GATES)
+    fleet.engine.tick(11.0)
+    fleet.commit(r.rollout_id, 2, 12.0)
+
+    store.reads.clear()
+    status = fleet.engine.status(r.rollout_id, 13.0)
+    assert store.reads == Counter({"device_heads": 1, "list_rollout_devices": 1})
+    decision = fleet.engine.evaluate(fleet.engine.get(r.rollout_id), 13.0)
+    assert decision is not None and decision.verdict is Verdict.PASS
+    assert status["decision"] == decision.to_dict()

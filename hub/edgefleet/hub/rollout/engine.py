@@ -62,6 +62,7 @@ from edgefleet.hub.selectors import Selector
 from edgefleet.hub.store import (
     BundleRecord,
     DesiredAssignment,
+    DeviceHead,
     DeviceRecord,
     HubStore,
     RolloutDeviceRecord,
@@ -397,13 +398,26 @@ class RolloutEngine:
 
     # -- evaluation -------------------------------------------------------------
 
-    def evaluate(self, rollout: RolloutRecord, now: float) -> Decision | None:
-        """The gate decision for the current phase (None unless running)."""
+    def evaluate(
+        self,
+        rollout: RolloutRecord,
+        now: float,
+        *,
+        rows: Sequence[RolloutDeviceRecord] | None = None,
+        devices: Mapping[str, DeviceHead] | None = None,
+    ) -> Decision | None:
+        """The gate decision for the current phase (None unless running).
+
+        ``rows`` (the rollout's device rows) and ``devices`` (every device's head) are read
+        from the store when not given: a caller that holds them already passes them in.
+        """
         if rollout.status.state is not RolloutState.RUNNING or rollout.status.phase < 0:
             return None
         plan = rollout.plan
-        rows = self.store.list_rollout_devices(plan.rollout_id)
-        devices = self.store.device_heads()
+        if rows is None:
+            rows = self.store.list_rollout_devices(plan.rollout_id)
+        if devices is None:
+            devices = self.store.device_heads()
         moved = [r for r in rows if r.assigned_at is not None]
         new_stats = self._stats(
             plan.model, [plan.version], [r.device_id for r in moved], rollout.created_at
@@ -456,14 +470,22 @@ class RolloutEngine:
         return out
 
     def tick(self, now: float) -> list[TickResult]:
-        """Start created rollouts and evaluate running ones; apply the decisions."""
+        """Start created rollouts and evaluate running ones; apply the decisions.
+
+        The device heads are read once per tick, before the first evaluation, and shared by
+        every running rollout: the gates only read presence from them, which applying
+        another rollout's decision does not change.
+        """
         results = []
+        heads: dict[str, DeviceHead] | None = None
         for rollout in self.store.list_rollouts(TICKED_STATES):
             state = rollout.status.state
             if state is RolloutState.CREATED:
                 results.append(self._guarded(rollout, RolloutEvent.START, now, "started", None))
             elif state is RolloutState.RUNNING:
-                decision = self.evaluate(rollout, now)
+                if heads is None:
+                    heads = self.store.device_heads()
+                decision = self.evaluate(rollout, now, devices=heads)
                 if decision is None:
                     continue
                 results.append(self._act(rollout, decision, now))
@@ -526,7 +548,7 @@ class RolloutEngine:
         rollout = self.get(rollout_id)
         rows = self.store.list_rollout_devices(rollout_id)
         devices = self.store.device_heads()
-        decision = self.evaluate(rollout, now)
+        decision = self.evaluate(rollout, now, rows=rows, devices=devices)
         events = self.store.rollout_events(rollout_id)
         return status_report(rollout, rows, devices, decision, events)
 
