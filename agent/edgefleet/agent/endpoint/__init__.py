@@ -2,9 +2,11 @@
 
 ``EndpointServer(EndpointConfig(...), serving_set, telemetry_sink).start()``
 serves every model of a :class:`~edgefleet.agent.serving.ServingSet` over
-HTTP/1.1 on 127.0.0.1 by default. Layers, outermost first: ``server`` (selectors
-sockets), ``http11`` (sans-IO framing), ``app`` (routes, auth, jobs), ``oip``
-(JSON <-> numpy), ``metrics`` (Prometheus text).
+HTTP/1.1 on 127.0.0.1 by default. Layers, outermost first: ``server`` (the
+selectors loop, listening sockets, worker pool), ``connection`` (one client
+socket: buffering, back-pressure, request order), ``http11`` (sans-IO framing),
+``app`` (routes, auth, jobs), ``oip`` (JSON <-> numpy), ``metrics`` (Prometheus
+text).
 """
 
 from __future__ import annotations
