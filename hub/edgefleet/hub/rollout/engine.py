@@ -19,6 +19,9 @@ state. Invariants:
   events and state reports say about the rollout's bundle; a device whose slot
   points at the new bundle while its probation runs is installing, not committed;
 - nothing here reads a clock: every entry point takes ``now``.
+
+A transition's writes live in :mod:`~edgefleet.hub.rollout.transitions`, the reads behind a
+gate decision in :mod:`~edgefleet.hub.rollout.evaluation`; this class decides when each runs.
 """
 
 from __future__ import annotations
@@ -31,20 +34,13 @@ from functools import partial
 from typing import Any
 
 from edgefleet.hub.errors import HubNotFoundError, HubUsageError, RolloutStateError
-from edgefleet.hub.rollout.evidence import VersionStats
-from edgefleet.hub.rollout.gates import (
-    Decision,
-    DeviceReport,
-    InstallStatus,
-    Verdict,
-    evaluate_phase,
-)
+from edgefleet.hub.rollout.evaluation import evaluate_rollout
+from edgefleet.hub.rollout.gates import Decision, InstallStatus, Verdict
 from edgefleet.hub.rollout.machine import (
     ACTIVE_STATES,
     RolloutEvent,
     RolloutState,
     RolloutStatus,
-    handle,
 )
 from edgefleet.hub.rollout.plan import DEFAULT_PHASES, Gates, RolloutPlan, parse_phases
 from edgefleet.hub.rollout.progress import (
@@ -58,10 +54,10 @@ from edgefleet.hub.rollout.progress import (
 )
 from edgefleet.hub.rollout.report import status_report
 from edgefleet.hub.rollout.report import summary as summary  # imported from here by the CLI
+from edgefleet.hub.rollout.transitions import apply_transition
 from edgefleet.hub.selectors import Selector
 from edgefleet.hub.store import (
     BundleRecord,
-    DesiredAssignment,
     DeviceHead,
     DeviceRecord,
     HubStore,
@@ -222,7 +218,7 @@ class RolloutEngine:
     ) -> RolloutRecord:
         with self.store.transaction():
             rollout = self.get(rollout_id)
-            self._apply(rollout, event, now, reason)
+            apply_transition(self.store, rollout, event, now, reason)
             return self.get(rollout_id)
 
     def get(self, rollout_id: str) -> RolloutRecord:
@@ -230,92 +226,6 @@ class RolloutEngine:
         if rollout is None:
             raise HubNotFoundError(f"no such rollout {rollout_id}")
         return rollout
-
-    def _apply(
-        self, rollout: RolloutRecord, event: RolloutEvent, now: float, reason: str
-    ) -> RolloutStatus:
-        """Transition + side effects; the caller holds a store transaction."""
-        plan = rollout.plan
-        status = handle(rollout.status, event, now, phase_count=plan.phase_count, reason=reason)
-        self.store.update_rollout_status(plan.rollout_id, status)
-        detail = reason
-        if event in (RolloutEvent.START, RolloutEvent.ADVANCE):
-            moved = self._assign_phase(plan, status.phase, now)
-            detail = f"phase {status.phase + 1}/{plan.phase_count}: {moved} device(s) assigned"
-            if reason:
-                detail = f"{reason}; {detail}"
-        elif event is RolloutEvent.ROLLBACK:
-            moved_back, kept = self._roll_back_devices(plan, now)
-            detail = f"{reason}; {moved_back} device(s) sent back to their previous version"
-            if kept:
-                detail += f", {kept} without a previous version kept"
-        self.store.add_rollout_event(plan.rollout_id, now, event.value, detail)
-        log.info("rollout %s: %s (%s)", plan.rollout_id, event.value, detail)
-        return status
-
-    def _assign_phase(self, plan: RolloutPlan, phase: int, now: float) -> int:
-        rows = {r.device_id: r for r in self.store.list_rollout_devices(plan.rollout_id)}
-        moved = 0
-        for device_id in plan.devices_of(phase):
-            row = rows[device_id]
-            if row.assigned_at is not None:
-                continue
-            downgrade = row.previous_version is not None and plan.version < row.previous_version
-            self.store.set_assignment(
-                device_id,
-                plan.model,
-                DesiredAssignment(
-                    model=plan.model,
-                    bundle_sha256=row.bundle_sha256,
-                    version=plan.version,
-                    size=row.size,
-                    rollout_id=plan.rollout_id,
-                    allow_downgrade=downgrade,
-                ),
-                now,
-            )
-            self.store.update_rollout_device(
-                replace(row, assigned_at=now, install=InstallStatus.PENDING, detail="assigned")
-            )
-            moved += 1
-        return moved
-
-    def _roll_back_devices(self, plan: RolloutPlan, now: float) -> tuple[int, int]:
-        moved_back = kept = 0
-        for row in self.store.list_rollout_devices(plan.rollout_id):
-            if row.assigned_at is None:
-                continue
-            current = self.store.get_assignments(row.device_id).get(plan.model)
-            if current is None or current.rollout_id != plan.rollout_id:
-                continue  # a newer rollout owns this device now
-            if row.previous_sha256 is None or row.previous_version is None or not row.previous_size:
-                # Nothing to go back to (first install); the device keeps the new version.
-                kept += 1
-                self.store.update_rollout_device(replace(row, detail="no previous version"))
-                continue
-            self.store.set_assignment(
-                row.device_id,
-                plan.model,
-                DesiredAssignment(
-                    model=plan.model,
-                    bundle_sha256=row.previous_sha256,
-                    version=row.previous_version,
-                    size=row.previous_size,
-                    rollout_id=plan.rollout_id,
-                    allow_downgrade=True,
-                ),
-                now,
-            )
-            self.store.update_rollout_device(
-                replace(
-                    row,
-                    install=InstallStatus.ROLLED_BACK,
-                    settled_at=now,
-                    detail=f"rolled back to version {row.previous_version}",
-                )
-            )
-            moved_back += 1
-        return moved_back, kept
 
     # -- device reports ---------------------------------------------------------
 
@@ -411,63 +321,7 @@ class RolloutEngine:
         ``rows`` (the rollout's device rows) and ``devices`` (every device's head) are read
         from the store when not given: a caller that holds them already passes them in.
         """
-        if rollout.status.state is not RolloutState.RUNNING or rollout.status.phase < 0:
-            return None
-        plan = rollout.plan
-        if rows is None:
-            rows = self.store.list_rollout_devices(plan.rollout_id)
-        if devices is None:
-            devices = self.store.device_heads()
-        moved = [r for r in rows if r.assigned_at is not None]
-        new_stats = self._stats(
-            plan.model, [plan.version], [r.device_id for r in moved], rollout.created_at
-        )
-        reports = [
-            DeviceReport(
-                device_id=r.device_id,
-                phase=r.phase,
-                online=devices[r.device_id].online if r.device_id in devices else False,
-                install=r.install,
-                assigned_at=r.assigned_at,
-                settled_at=r.settled_at,
-                new=new_stats.get(r.device_id, VersionStats()),
-            )
-            for r in moved
-        ]
-        previous = sorted(
-            {r.previous_version for r in rows if r.previous_version is not None} - {plan.version}
-        )
-        baseline_by_device = self._stats(
-            plan.model,
-            previous,
-            list(plan.devices),
-            rollout.created_at - plan.gates.baseline_lookback_s,
-        )
-        baseline = VersionStats.sum(baseline_by_device.values())
-        started = rollout.status.phase_started_at or rollout.created_at
-        return evaluate_phase(
-            plan,
-            reports,
-            now,
-            phase=rollout.status.phase,
-            phase_started_at=started,
-            baseline=baseline,
-        )
-
-    def _stats(
-        self, model: str, versions: Sequence[int], device_ids: Sequence[str], since: float
-    ) -> dict[str, VersionStats]:
-        out: dict[str, VersionStats] = {}
-        if not versions or not device_ids:
-            return out
-        for window in self.store.telemetry_windows(model, versions, device_ids, since):
-            try:
-                stats = VersionStats.from_window(window.body)
-            except ValueError as e:
-                log.warning("skipping malformed window from %s: %s", window.device_id, e)
-                continue
-            out[window.device_id] = out.get(window.device_id, VersionStats()).merge(stats)
-        return out
+        return evaluate_rollout(self.store, rollout, now, rows=rows, devices=devices)
 
     def tick(self, now: float) -> list[TickResult]:
         """Start created rollouts and evaluate running ones; apply the decisions.
@@ -511,16 +365,24 @@ class RolloutEngine:
             if decision.verdict is Verdict.WAIT:
                 return TickResult(plan.rollout_id, None, decision)
             if decision.verdict is Verdict.ABORT:
-                self._apply(current, RolloutEvent.ABORT, now, f"gate failed: {decision.reason}")
+                apply_transition(
+                    self.store, current, RolloutEvent.ABORT, now, f"gate failed: {decision.reason}"
+                )
                 if plan.gates.auto_rollback:
                     aborted = self.get(plan.rollout_id)
-                    self._apply(
-                        aborted, RolloutEvent.ROLLBACK, now, "automatic rollback after abort"
+                    apply_transition(
+                        self.store,
+                        aborted,
+                        RolloutEvent.ROLLBACK,
+                        now,
+                        "automatic rollback after abort",
                     )
                 return TickResult(plan.rollout_id, RolloutEvent.ABORT, decision)
             last = current.status.phase == plan.phase_count - 1
             event = RolloutEvent.COMPLETE if last else RolloutEvent.ADVANCE
-            self._apply(current, event, now, f"phase {current.status.phase + 1} passed")
+            apply_transition(
+                self.store, current, event, now, f"phase {current.status.phase + 1} passed"
+            )
             return TickResult(plan.rollout_id, event, decision)
 
     def _guarded(
@@ -536,7 +398,7 @@ class RolloutEngine:
             if current is None or current.status != rollout.status:
                 return TickResult(rollout.rollout_id, None, None)
             try:
-                self._apply(current, event, now, reason)
+                apply_transition(self.store, current, event, now, reason)
             except RolloutStateError:  # pragma: no cover (status re-checked above)
                 return TickResult(rollout.rollout_id, None, None)
         return TickResult(rollout.rollout_id, event, decision)
