@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -400,3 +401,55 @@ def test_device_verifier_with_threshold_two_installs_the_cosigned_bundle(
     for path, content in MEMBERS.items():
         assert (tmp_path / "slot" / path).read_bytes() == content
     assert sorted(os.listdir(tmp_path)) == ["keys", "slot", "wine-3.efb"]
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "out"])
+def test_bundle_over_the_budget_is_refused_and_leaves_nothing(
+    tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str], in_place: bool
+) -> None:
+    bundle = write(tmp_path / "wine-3.efb", keys, "a").path
+    before = bundle.read_bytes()
+    size = len(before)
+    out = [] if in_place else ["--out", str(tmp_path / "signed.efb")]
+    argv = ["bundle", "sign", str(bundle), "--key", str(keys / "b.key"), *out]
+    code, stdout, err = run([*argv, "--max-bytes", str(size - 1)], capsys)
+    assert (code, stdout) == (3, "")
+    assert err == (
+        f"error: wine-3.efb rejected: bundle is {size} bytes, over the budget of {size - 1} bytes\n"
+    )
+    assert bundle.read_bytes() == before
+    assert listing(tmp_path) == ["keys", "wine-3.efb"]
+    # A bundle of exactly the budget is signed.
+    code, _, err = run([*argv, "--max-bytes", str(size)], capsys)
+    assert (code, err) == (0, "")
+
+
+def test_oversized_input_is_refused_from_its_size_before_it_is_read(
+    tmp_path: Path, keys: Path
+) -> None:
+    # 8 GiB of sparse zeros: were it read, the reader would call it an empty tar archive.
+    huge = tmp_path / "huge.efb"
+    with open(huge, "wb") as f:
+        f.truncate(8 << 30)
+    with pytest.raises(BundleError, match=r"^bundle is 8589934592 bytes, over the budget of "):
+        sign_bundle(huge, [load_private_key(keys / "b.key")], max_bundle_bytes=1 << 30)
+    assert listing(tmp_path) == ["huge.efb", "keys"]
+
+
+def test_input_of_unknown_size_is_measured_and_refused_before_writing(
+    tmp_path: Path, keys: Path
+) -> None:
+    data = write(tmp_path / "src" / "wine-3.efb", keys, "a").path.read_bytes()
+    pipe = tmp_path / "in" / "wine-3.efb"
+    pipe.parent.mkdir()
+    os.mkfifo(pipe)
+    feeder = threading.Thread(target=pipe.write_bytes, args=(data,), daemon=True)
+    feeder.start()
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(BundleError, match="^bundle is larger than the budget of"):
+        sign_bundle(
+            pipe, [load_private_key(keys / "b.key")], out=out, max_bundle_bytes=len(data) - 1
+        )
+    feeder.join(5)
+    assert listing(out) == []

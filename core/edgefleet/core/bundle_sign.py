@@ -20,10 +20,17 @@ Invariants:
 - The output is written by :func:`write_signed_bundle` (temporary sibling,
   fsync, rename), so the same bundle and keys always give the same bytes and
   nothing but the finished bundle is ever left behind.
+- With a byte budget (``max_bundle_bytes``, as the verifier's), a regular
+  input file over it is refused (``BundleError``) from its size alone, before
+  a byte of it is read or a temporary directory made; an input that turns out
+  larger once read (a pipe, or a file that grew) is refused after its
+  temporary extraction, before the output is written.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -142,15 +149,20 @@ def sign_bundle(
     *,
     out: Path | None = None,
     trusted: Mapping[str, Ed25519PublicKey] | None = None,
+    max_bundle_bytes: int | None = None,
 ) -> SignedBundle:
     """Add a signature by each of ``private_keys`` to ``bundle``, writing the
     result to ``out`` (default: ``bundle`` itself, replaced atomically).
 
     The members are checked and extracted into a temporary directory next to
     the output (same file system, bundle-sized), from which the new bundle is
-    written; the directory is removed whatever happens.
+    written; the directory is removed whatever happens. ``max_bundle_bytes``
+    is the verifier's budget (a device profile's ``max_bundle_bytes``): a
+    bundle over it is refused, before it is read when its size is known.
     """
     bundle = Path(bundle)
+    if max_bundle_bytes is not None:
+        _check_budget(bundle, max_bundle_bytes)
     target = bundle if out is None else Path(out)
     if target.is_dir():
         target = target / bundle.name
@@ -161,6 +173,9 @@ def sign_bundle(
     with work as work_dir:
         members_dir = Path(work_dir) / "members"
         intact = extract_without_trust(bundle, members_dir)
+        if max_bundle_bytes is not None and intact.size > max_bundle_bytes:
+            # Only an input whose size stat could not tell (or that grew) gets here.
+            raise BundleError(f"bundle is larger than the budget of {max_bundle_bytes} bytes")
         plan = plan_signatures(
             intact.manifest_bytes, intact.signatures, private_keys, trusted or {}
         )
@@ -172,3 +187,14 @@ def sign_bundle(
         verified_keyids=plan.verified_keyids,
         unchecked_keyids=plan.unchecked_keyids,
     )
+
+
+def _check_budget(bundle: Path, budget: int) -> None:
+    """Refuse a regular file over ``budget`` from its size alone, with the
+    verifier's wording; other inputs are measured once extracted."""
+    try:
+        st = os.stat(bundle)
+    except OSError as e:
+        raise StorageError(f"cannot read bundle {bundle}: {e.strerror or e}") from e
+    if stat.S_ISREG(st.st_mode) and st.st_size > budget:
+        raise BundleError(f"bundle is {st.st_size} bytes, over the budget of {budget} bytes")

@@ -201,12 +201,20 @@ def _render_sign(result: dict[str, Any]) -> str:
     help="Write the signed bundle here (a file, or a folder to keep the name); "
     "default: replace FILE.",
 )
+@click.option(
+    "--max-bytes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Refuse bundles larger than this, before reading them "
+    "(a device profile's max_bundle_bytes).",
+)
 @json_option
 def sign(
     file: Path,
     key_paths: tuple[Path, ...],
     trust_paths: tuple[Path, ...],
     out: Path | None,
+    max_bytes: int | None,
     as_json: bool,
 ) -> None:
     """Add a signature by each --key to FILE, after checking its members and
@@ -214,7 +222,7 @@ def sign(
     keys = [load_signing_key(path) for path in key_paths]
     trusted, _ = _publisher_keys(trust_paths)
     try:
-        signed = sign_bundle(file, keys, out=out, trusted=trusted)
+        signed = sign_bundle(file, keys, out=out, trusted=trusted, max_bundle_bytes=max_bytes)
     except (BundleError, SignatureError) as e:
         raise type(e)(f"{file.name} rejected: {e}") from e
     except UsageError as e:
