@@ -30,8 +30,9 @@ from edgefleet.hub.errors import HubConfigError, HubStoreError
 from edgefleet.hub.rollout import Gates, RolloutPlan, RolloutStatus, parse_phases
 from edgefleet.hub.rollout.engine import RolloutEngine
 from edgefleet.hub.rollout.machine import RolloutState
-from edgefleet.hub.service import RETENTION_INTERVAL_S, HubService, retention_cutoff
+from edgefleet.hub.service import HubService
 from edgefleet.hub.store import RolloutRecord, SqliteHubStore, TelemetryRow
+from edgefleet.hub.telemetry_retention import RETENTION_INTERVAL_S, retention_cutoff
 
 DAY_S = 86400.0
 

@@ -21,9 +21,9 @@ Threads share one :class:`HubStore` (its own lock serialises them):
   until its assignments change), waiting for room in the client's outgoing queue
   (back pressure instead of dropping frames);
 - the tick thread runs the rollout engine, signs and re-signs directives and
-  publishes them retained, deletes expired telemetry from the hub store (every
-  few minutes, bounded per tick, never what an active rollout's gates read) and
-  saves the counters.
+  publishes them retained, deletes expired telemetry from the hub store
+  (:mod:`edgefleet.hub.telemetry_retention`: every few minutes, bounded per
+  tick, never what an active rollout's gates read) and saves the counters.
 
 Telemetry is exactly once in both stores, each deduplicating on
 ``(device, seq)``. The order is: hub store commit (window bodies without the
@@ -50,7 +50,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,8 +78,8 @@ from edgefleet.hub.directives import DirectiveIssuer
 from edgefleet.hub.fleet.ingest import DeviceInfo, IngestResult
 from edgefleet.hub.fleet.runtime import FleetRuntime
 from edgefleet.hub.rollout.engine import RolloutEngine
-from edgefleet.hub.rollout.machine import ACTIVE_STATES
-from edgefleet.hub.store import DeviceRecord, HubStore, RolloutRecord, TelemetryRow
+from edgefleet.hub.store import DeviceRecord, HubStore, TelemetryRow
+from edgefleet.hub.telemetry_retention import TelemetryRetention
 
 log = logging.getLogger("edgefleet.hub")
 
@@ -94,11 +94,6 @@ FLUSH_TIMEOUT_S = 5.0
 DRAIN_TIMEOUT_S = 5.0
 # On start: how long to wait for the broker's SUBACKs before opening /metrics regardless.
 SUBSCRIBE_WAIT_S = 10.0
-# Telemetry retention in the hub store runs at most this often, deleting at most this many
-# records per tick (a backlog, say after an upgrade, goes on at the next tick instead of
-# holding up rollouts and directives).
-RETENTION_INTERVAL_S = 300.0
-RETENTION_ROWS_PER_TICK = 20_000
 
 
 @dataclass(frozen=True)
@@ -128,6 +123,7 @@ class HubService:
         self.bundles = BundleStore(config.store.bundles_dir, store)
         self.engine = RolloutEngine(store)
         self.issuer = DirectiveIssuer(store, signing_key, config.directives)
+        self.retention = TelemetryRetention(store, config.store.telemetry_retention_s, self.tally)
         self.fleet = FleetRuntime(
             config.fleet,
             config.store.path,
@@ -163,7 +159,6 @@ class HubService:
         # without persistence): its retained directives may be gone, so publish them all.
         self._republish = threading.Event()
         self._wake_tick = threading.Event()  # set by stop() and by a connect without session
-        self._next_retention = 0.0  # clock time of the next telemetry retention step
         self._handlers: dict[TopicKind, Callable[[DeviceRecord, bytes], None]] = {
             TopicKind.STATUS: self._on_status,
             TopicKind.STATE: self._on_state,
@@ -428,28 +423,11 @@ class HubService:
             self.count("failed.directives")
             log.exception("hub: directive publication failed")
         try:
-            self.prune_telemetry(now)
+            self.retention.run(now)
         except Exception:
             self.count("failed.telemetry_retention")
             log.exception("hub: telemetry retention failed")
         self._save_counters()
-
-    def prune_telemetry(self, now: float) -> int:
-        """Delete expired hub-store telemetry, at most every ``RETENTION_INTERVAL_S``."""
-        if now < self._next_retention:
-            return 0
-        self._next_retention = now + RETENTION_INTERVAL_S  # a failure waits for the next round
-        cutoff = retention_cutoff(
-            now,
-            self.config.store.telemetry_retention_s,
-            self.store.list_rollouts(ACTIVE_STATES),
-        )
-        deleted = self.store.prune_telemetry(cutoff, max_rows=RETENTION_ROWS_PER_TICK)
-        if deleted:
-            self.tally("telemetry.pruned", deleted)
-        if deleted >= RETENTION_ROWS_PER_TICK:
-            self._next_retention = now  # more to delete: go on at the next tick
-        return deleted
 
     def publish_directives(self) -> int:
         """Publish every recorded, unpublished directive retained; mark them once acked.
@@ -503,20 +481,6 @@ class HubService:
                 return True
             if time.monotonic() > deadline or self._stop.is_set():
                 return False
-
-
-def retention_cutoff(now: float, retention_s: float, active: Iterable[RolloutRecord]) -> float:
-    """Hub-store telemetry received before this may be deleted.
-
-    Older than ``retention_s``, and older than what any active (created, running or
-    paused) rollout reads: its gates compare telemetry since its creation minus its
-    ``baseline_lookback_s``, and deleting inside that window would change their verdict
-    halfway through the rollout.
-    """
-    cutoff = now - retention_s
-    for rollout in active:
-        cutoff = min(cutoff, rollout.created_at - rollout.plan.gates.baseline_lookback_s)
-    return cutoff
 
 
 def _event_kind(body: Mapping[str, Any]) -> str | None:
