@@ -58,7 +58,7 @@ def create(
 ) -> None:
     """Plan a rollout; the running hub starts it on its next tick."""
     model, version = _model_version(model_version)
-    with hub_store(config_path) as (_config, store):
+    with hub_store(config_path) as (config, store):
         record = RolloutEngine(store).create(
             model,
             version,
@@ -69,7 +69,27 @@ def create(
             rollout_id=rollout_id,
         )
         result = {**summary(record), "gates": record.plan.gates.to_dict()}
+    warning = _lookback_warning(
+        record.plan.gates.baseline_lookback_s, config.store.telemetry_retention_s
+    )
+    if warning:
+        click.echo(f"warning: rollout {record.rollout_id}: {warning}", err=True)
     emit(as_json, result, _render_created)
+
+
+def _lookback_warning(lookback_s: float, retention_s: float) -> str | None:
+    """Why the gates' baseline may be shorter than asked for, or None.
+
+    Retention holds back only from the moment a rollout exists: telemetry that arrived
+    more than ``retention_s`` before it was created may already be gone.
+    """
+    if lookback_s <= retention_s:
+        return None
+    return (
+        f"gate baseline_lookback_s ({lookback_s:.0f} s) exceeds store.telemetry_retention_s "
+        f"({retention_s:.0f} s); telemetry older than that may already be deleted, so the "
+        f"baseline may cover only the last {retention_s:.0f} s"
+    )
 
 
 def _render_created(r: dict[str, Any]) -> str:
