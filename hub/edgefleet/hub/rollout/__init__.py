@@ -1,7 +1,8 @@
 """Staged rollouts: the pure plan, state machine and gates, and the engine that applies them.
 
 ``plan``, ``machine``, ``evidence``, ``gates`` and ``progress`` do no I/O and take ``now`` as an
-argument; ``engine`` reads and writes the hub store around them.
+argument; ``engine``, ``transitions`` and ``evaluation`` read and write the hub store around
+them.
 """
 
 from __future__ import annotations
