@@ -128,3 +128,24 @@ def test_metrics_text_and_endpoint(tmp_path: Path) -> None:
     for line in text.splitlines():
         if not line.startswith("#"):
             float(line.rsplit(" ", 1)[1])
+
+
+def test_scrapes_share_one_database_connection(tmp_path: Path) -> None:
+    telemetry = FleetTelemetry(tmp_path / "fleet.db")
+    alerts = AlertStore(telemetry.db)
+    worker = IngestWorker(telemetry)
+    server = MetricsServer(lambda: render_metrics(collect(worker, alerts, lambda: (1, 1))))
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            response.read()
+        after_first = telemetry.db.open_connections
+        for _ in range(20):
+            with urllib.request.urlopen(url, timeout=5) as response:
+                assert response.status == 200
+                response.read()
+    finally:
+        server.stop()
+    # A thread per scrape would have opened one more connection per scrape.
+    assert telemetry.db.open_connections == after_first

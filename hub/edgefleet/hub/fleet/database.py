@@ -109,6 +109,12 @@ class FleetDatabase:
                 f"{SCHEMA_VERSION}"
             )
 
+    @property
+    def open_connections(self) -> int:
+        """How many per-thread connections this database holds open (one per thread that used it)."""
+        with self._all_lock:
+            return len(self._all)
+
     def connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from edgefleet.hub.fleet.alert_store import AlertStore
 from edgefleet.hub.fleet.ingest import IngestWorker
@@ -157,6 +157,9 @@ def collect(
     )
 
 
+SCRAPE_TIMEOUT_S = 5.0
+
+
 class MetricsServer:
     """``GET /metrics`` on ``host:port`` (port 0 picks a free one; see ``.port``)."""
 
@@ -165,6 +168,10 @@ class MetricsServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            # A client that connects and sends nothing holds the one serving thread for at
+            # most this long.
+            timeout = SCRAPE_TIMEOUT_S
+
             def do_GET(self) -> None:  # noqa: N802 (http.server naming)
                 if self.path.split("?", 1)[0] != "/metrics":
                     self._reply(404, b"not found\n", "text/plain")
@@ -189,8 +196,10 @@ class MetricsServer:
             def log_message(self, format: str, *args: object) -> None:
                 return  # scrapes every few seconds would flood the hub log
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        # One thread serves every scrape in turn: the fleet database keeps a connection per
+        # thread, so a thread per request would leave one open SQLite connection behind per
+        # scrape. A scrape takes milliseconds and Prometheus scrapes one at a time.
+        self._server = HTTPServer((host, port), Handler)
         self._thread: threading.Thread | None = None
 
     @property
