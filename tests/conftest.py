@@ -7,6 +7,7 @@ mosquitto is a system package; scripts/install-system-deps.sh installs it and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,31 @@ MOSQUITTO_MISSING = (
     "mosquitto is not installed: run `bash scripts/install-system-deps.sh` "
     "(`make test` runs it for you)"
 )
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Undo the logging set-up code under test did for its process.
+
+    The daemon's ``setup_logging`` and ``hub serve``'s ``basicConfig``, run in-process,
+    would leave a handler on pytest's captured stderr, closed after the test: later tests'
+    background threads would print "Logging error" tracebacks, and ``propagate = False``
+    would hide their log lines from pytest. pytest's own capture handlers on the root
+    logger come and go per test phase, so only plain ``StreamHandler``s are taken off it.
+    """
+    edgefleet = logging.getLogger("edgefleet")
+    handlers, level, propagate = list(edgefleet.handlers), edgefleet.level, edgefleet.propagate
+    root = logging.getLogger()
+    root_before = set(root.handlers)
+    root_level = root.level
+    yield
+    edgefleet.handlers[:] = handlers
+    edgefleet.setLevel(level)
+    edgefleet.propagate = propagate
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler and handler not in root_before:
+            root.removeHandler(handler)
+    root.setLevel(root_level)
 
 
 def _require_mosquitto() -> None:
