@@ -20,17 +20,15 @@ Invariants:
 - The output is written by :func:`write_signed_bundle` (temporary sibling,
   fsync, rename), so the same bundle and keys always give the same bytes and
   nothing but the finished bundle is ever left behind.
-- With a byte budget (``max_bundle_bytes``, as the verifier's), a regular
-  input file over it is refused (``BundleError``) from its size alone, before
-  a byte of it is read or a temporary directory made; an input that turns out
-  larger once read (a pipe, or a file that grew) is refused after its
-  temporary extraction, before the output is written.
+- With a byte budget (``max_bundle_bytes``), the verifier's own checks apply
+  (``BundleError``): a regular input file over it is refused from its size
+  alone, before a byte of it is read; an input that turns out larger once
+  read (a pipe, or a file that grew) is refused as soon as the budget is
+  passed. Either way before the output is written.
 """
 
 from __future__ import annotations
 
-import os
-import stat
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -161,8 +159,6 @@ def sign_bundle(
     bundle over it is refused, before it is read when its size is known.
     """
     bundle = Path(bundle)
-    if max_bundle_bytes is not None:
-        _check_budget(bundle, max_bundle_bytes)
     target = bundle if out is None else Path(out)
     if target.is_dir():
         target = target / bundle.name
@@ -172,10 +168,7 @@ def sign_bundle(
         raise StorageError(f"cannot write in {target.parent}: {e.strerror}") from e
     with work as work_dir:
         members_dir = Path(work_dir) / "members"
-        intact = extract_without_trust(bundle, members_dir)
-        if max_bundle_bytes is not None and intact.size > max_bundle_bytes:
-            # Only an input whose size stat could not tell (or that grew) gets here.
-            raise BundleError(f"bundle is larger than the budget of {max_bundle_bytes} bytes")
+        intact = extract_without_trust(bundle, members_dir, max_bundle_bytes=max_bundle_bytes)
         plan = plan_signatures(
             intact.manifest_bytes, intact.signatures, private_keys, trusted or {}
         )
@@ -187,14 +180,3 @@ def sign_bundle(
         verified_keyids=plan.verified_keyids,
         unchecked_keyids=plan.unchecked_keyids,
     )
-
-
-def _check_budget(bundle: Path, budget: int) -> None:
-    """Refuse a regular file over ``budget`` from its size alone, with the
-    verifier's wording; other inputs are measured once extracted."""
-    try:
-        st = os.stat(bundle)
-    except OSError as e:
-        raise StorageError(f"cannot read bundle {bundle}: {e.strerror or e}") from e
-    if stat.S_ISREG(st.st_mode) and st.st_size > budget:
-        raise BundleError(f"bundle is {st.st_size} bytes, over the budget of {budget} bytes")

@@ -507,9 +507,12 @@ def _read_members(
     reader.finish()
 
 
-def extract_without_trust(path: Path, dest: Path) -> IntactBundle:
+def extract_without_trust(
+    path: Path, dest: Path, *, max_bundle_bytes: int | None = None
+) -> IntactBundle:
     """Every check of :class:`BundleVerifier` EXCEPT the signature threshold,
     extracting into the new directory ``dest`` (nothing on failure).
+    ``max_bundle_bytes`` is the verifier's budget, applied the same way.
 
     For tools that add signatures (``bundle sign``): they must know that the
     members match the manifest, and judge the existing signatures themselves.
@@ -518,7 +521,7 @@ def extract_without_trust(path: Path, dest: Path) -> IntactBundle:
     path = Path(path)
 
     def read(f: BinaryIO, extraction: _Extraction) -> IntactBundle:
-        reader = _TarReader(f, None)
+        reader = _TarReader(f, max_bundle_bytes)
         manifest_bytes, signatures_bytes, signatures = _read_head(reader)
         manifest = _parse_signed_manifest(manifest_bytes)
         _read_members(reader, manifest, manifest_bytes, signatures_bytes, extraction)
@@ -530,7 +533,9 @@ def extract_without_trust(path: Path, dest: Path) -> IntactBundle:
             size=reader.pos,
         )
 
-    return _extracting(Path(dest), lambda ex: _read_bundle_file(path, None, lambda f: read(f, ex)))
+    return _extracting(
+        Path(dest), lambda ex: _read_bundle_file(path, max_bundle_bytes, lambda f: read(f, ex))
+    )
 
 
 def _parse_signed_manifest(manifest_bytes: bytes) -> Manifest:
