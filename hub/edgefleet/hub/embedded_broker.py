@@ -31,8 +31,6 @@ from edgefleet.hub.credentials import verify_password
 
 log = logging.getLogger("edgefleet.hub.broker")
 
-START_TIMEOUT_S = 15.0
-STOP_TIMEOUT_S = 10.0
 UserTable = Callable[[], Mapping[str, str]]  # username -> "$7$..." hash
 
 # amqtt builds plugins from dotted paths, so the live tables are registered here
@@ -125,10 +123,10 @@ class EmbeddedBroker:
         }
 
     def start(self) -> EmbeddedBroker:
-        self._runner.start(START_TIMEOUT_S)
+        self._runner.start()
         log.info("embedded amqtt broker listening on %s:%s", self.host, self.port)
         return self
 
     def stop(self) -> None:
-        self._runner.stop(STOP_TIMEOUT_S)
+        self._runner.stop()
         _REGISTRY.pop(self._key, None)
