@@ -4,7 +4,8 @@ Invariants:
 
 - one connection per thread (``threading.local``): readers never wait for each other and a
   report query in one thread sees one consistent snapshot (``read()``) while the ingest
-  worker writes in another;
+  worker writes in another; the connections of threads that have ended are closed when
+  the next one is opened, so short-lived threads (a request handler) leave none behind;
 - every write goes through ``write()``: ``BEGIN IMMEDIATE`` ... ``COMMIT``, so a batch of
   telemetry, its dedupe cursor and its counters land together or not at all; blocks nest
   (an inner ``write()`` joins the outer transaction);
@@ -89,7 +90,7 @@ class FleetDatabase:
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._all_lock = threading.Lock()
         conn = self.connection()
         try:
@@ -111,7 +112,8 @@ class FleetDatabase:
 
     @property
     def open_connections(self) -> int:
-        """How many per-thread connections this database holds open (one per thread that used it)."""
+        """Connections held open: one per thread that used the database, until the next
+        connection opened after that thread ended."""
         with self._all_lock:
             return len(self._all)
 
@@ -135,7 +137,12 @@ class FleetDatabase:
         self._local.conn = conn
         self._local.depth = 0
         with self._all_lock:
-            self._all.append(conn)
+            ended = [c for thread, c in self._all if not thread.is_alive()]
+            self._all = [(t, c) for t, c in self._all if t.is_alive()]
+            self._all.append((threading.current_thread(), conn))
+        # A thread that ended cannot be using its connection any more.
+        for old in ended:
+            _close_quietly(old)
         return conn
 
     @contextmanager
@@ -240,9 +247,13 @@ class FleetDatabase:
     def close(self) -> None:
         with self._all_lock:
             conns, self._all = self._all, []
-        for conn in conns:
-            try:
-                conn.close()
-            except sqlite3.Error:
-                pass
+        for _, conn in conns:
+            _close_quietly(conn)
         self._local = threading.local()
+
+
+def _close_quietly(conn: sqlite3.Connection) -> None:
+    try:
+        conn.close()
+    except sqlite3.Error:
+        pass

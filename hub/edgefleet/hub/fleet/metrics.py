@@ -196,9 +196,9 @@ class MetricsServer:
             def log_message(self, format: str, *args: object) -> None:
                 return  # scrapes every few seconds would flood the hub log
 
-        # One thread serves every scrape in turn: the fleet database keeps a connection per
-        # thread, so a thread per request would leave one open SQLite connection behind per
-        # scrape. A scrape takes milliseconds and Prometheus scrapes one at a time.
+        # One thread serves every scrape in turn: a scrape takes milliseconds and Prometheus
+        # scrapes one at a time, and the fleet database keeps one connection for this thread
+        # instead of opening one for each request's thread.
         self._server = HTTPServer((host, port), Handler)
         self._thread: threading.Thread | None = None
 

@@ -1,0 +1,55 @@
+"""The fleet database's per-thread connections: threads that end leave none behind."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from edgefleet.hub.fleet.database import FleetDatabase
+
+
+def _use_in_thread(db: FleetDatabase) -> None:
+    thread = threading.Thread(target=lambda: db.connection().execute("SELECT 1").fetchone())
+    thread.start()
+    thread.join()
+
+
+def test_connections_of_ended_threads_are_closed_when_the_next_one_opens(
+    tmp_path: Path,
+) -> None:
+    db = FleetDatabase(tmp_path / "fleet.db")
+    try:
+        assert db.open_connections == 1  # the opening thread's
+        for _ in range(20):
+            _use_in_thread(db)
+        # Each new thread's connection closed the one of the thread before it.
+        assert db.open_connections == 2
+        # The live thread's connection is untouched and still works.
+        assert db.connection().execute("SELECT 1").fetchone() == (1,)
+    finally:
+        db.close()
+    assert db.open_connections == 0
+
+
+def test_a_live_threads_connection_is_kept(tmp_path: Path) -> None:
+    db = FleetDatabase(tmp_path / "fleet.db")
+    started, release = threading.Event(), threading.Event()
+    results: list[tuple[int, ...]] = []
+
+    def hold() -> None:
+        conn = db.connection()
+        started.set()
+        release.wait(10)
+        results.append(conn.execute("SELECT 1").fetchone())
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert started.wait(10)
+        _use_in_thread(db)  # opens (and keeps) one more; the holder's stays open
+        release.set()
+        holder.join(10)
+        assert results == [(1,)]
+    finally:
+        release.set()
+        db.close()
