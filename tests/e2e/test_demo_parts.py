@@ -12,10 +12,10 @@ import pytest
 from edgefleet.agent.config import AgentConfig
 from edgefleet.core.errors import UsageError
 from edgefleet.hub.config import HubConfig
-from edgefleet.hub.demo.fleet_view import DeviceFacts, rollout_facts
-from edgefleet.hub.demo.processes import RUN_MARKER_ENV, ProcessSupervisor
-from edgefleet.hub.demo.summary import DemoSummary, RolloutOutcome, drift_verdicts
-from edgefleet.hub.demo.workspace import AgentTuning, hub_toml, plan_fleet, tune_agent_config
+from edgefleet.demo.fleet_view import DeviceFacts, rollout_facts
+from edgefleet.demo.processes import RUN_MARKER_ENV, ProcessSupervisor
+from edgefleet.demo.summary import DemoSummary, RolloutOutcome, drift_verdicts
+from edgefleet.demo.workspace import AgentTuning, hub_toml, plan_fleet, tune_agent_config
 
 
 def test_fleet_plan_alternates_groups_and_drifts_one_device_of_each() -> None:

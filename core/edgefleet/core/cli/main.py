@@ -44,7 +44,7 @@ COMMANDS: dict[str, RoleCommand] = {
     ),
     "agent": RoleCommand("edgefleet.agent.cli", "agent", "agent", "The device daemon."),
     "hub": RoleCommand("edgefleet.hub.cli", "hub", "hub", "The fleet hub."),
-    "demo": RoleCommand("edgefleet.hub.demo.cli", "demo", "all", "The whole story on one machine."),
+    "demo": RoleCommand("edgefleet.demo.cli", "demo", "all", "The whole story on one machine."),
 }
 
 

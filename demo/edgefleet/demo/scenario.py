@@ -10,12 +10,12 @@ Invariants:
 
 - every child is started through one :class:`ProcessSupervisor` and stopped in
   :meth:`DemoRun.close`, whatever happened (error, Ctrl-C, SIGTERM); every wait has
-  a deadline (:mod:`~edgefleet.hub.demo.harness`, the base of :class:`DemoRun`);
-- the run produces one summary (:mod:`~edgefleet.hub.demo.summary`), from what the hub
+  a deadline (:mod:`~edgefleet.demo.harness`, the base of :class:`DemoRun`);
+- the run produces one summary (:mod:`~edgefleet.demo.summary`), from what the hub
   and the agents report, not from what the demo asked for.
 
-Parts: :mod:`~edgefleet.hub.demo.harness` (work directory, children, commands,
-waits), :mod:`~edgefleet.hub.demo.setup_steps` (keys, hub, enrollment, agents,
+Parts: :mod:`~edgefleet.demo.harness` (work directory, children, commands,
+waits), :mod:`~edgefleet.demo.setup_steps` (keys, hub, enrollment, agents,
 training, register and pack, publish, traffic), and here the rollouts, the drift
 check and the final state.
 """
@@ -26,16 +26,16 @@ import time
 from collections.abc import Sequence
 
 from edgefleet.core.errors import OperationalError
-from edgefleet.hub.demo.fleet_view import RolloutFacts
-from edgefleet.hub.demo.harness import DemoOptions
-from edgefleet.hub.demo.setup_steps import FleetSetupSteps
-from edgefleet.hub.demo.summary import (
+from edgefleet.demo.fleet_view import RolloutFacts
+from edgefleet.demo.harness import DemoOptions
+from edgefleet.demo.setup_steps import FleetSetupSteps
+from edgefleet.demo.summary import (
     DemoSummary,
     RolloutOutcome,
     drift_verdicts,
     render_drift_table,
 )
-from edgefleet.hub.demo.training import DRIFT_SCALE, MODEL_NAME, SIZE_FEATURES
+from edgefleet.demo.training import DRIFT_SCALE, MODEL_NAME, SIZE_FEATURES
 
 __all__ = ["DemoOptions", "DemoRun"]  # the command imports both from here
 

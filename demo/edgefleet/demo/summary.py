@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgefleet.hub.commands.common import table
-from edgefleet.hub.demo.fleet_view import DeviceFacts, RolloutFacts
-from edgefleet.hub.demo.training import MODEL_NAME
-from edgefleet.hub.demo.workspace import DemoDevice
+from edgefleet.demo.fleet_view import DeviceFacts, RolloutFacts
+from edgefleet.demo.training import MODEL_NAME
+from edgefleet.demo.workspace import DemoDevice
 
 FINAL_VERSION = 2
 BROKEN_VERSION = 3

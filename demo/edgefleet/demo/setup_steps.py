@@ -3,7 +3,7 @@ enrolled devices, their agents, three trained versions registered and packed,
 bundles published, the fleet online and clients sending requests.
 
 The story that follows (rollouts, drift, the final state) is in
-:mod:`~edgefleet.hub.demo.scenario`.
+:mod:`~edgefleet.demo.scenario`.
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.core.errors import OperationalError
-from edgefleet.hub.demo.fleet_view import DeviceFacts
-from edgefleet.hub.demo.harness import DemoHarness
-from edgefleet.hub.demo.processes import ManagedProcess, edgefleet_argv
-from edgefleet.hub.demo.traffic import TrafficPump
-from edgefleet.hub.demo.training import (
+from edgefleet.demo.fleet_view import DeviceFacts
+from edgefleet.demo.harness import DemoHarness
+from edgefleet.demo.processes import ManagedProcess, edgefleet_argv
+from edgefleet.demo.traffic import TrafficPump
+from edgefleet.demo.training import (
     MODEL_NAME,
     DemoData,
     TrainedVersion,
     train_versions,
 )
-from edgefleet.hub.demo.workspace import tune_agent_config, write_hub_files
+from edgefleet.demo.workspace import tune_agent_config, write_hub_files
 
 PARALLEL_JOBS = 2
 HUB_TICK_S = 0.5

@@ -2,7 +2,7 @@
 
 One background thread plays the clients of all devices in turn, one batch of rows per
 request, at a fixed pace. Each device has a flag that makes its rows drifted (size
-features scaled by :data:`~edgefleet.hub.demo.training.DRIFT_SCALE`), which is how the
+features scaled by :data:`~edgefleet.demo.training.DRIFT_SCALE`), which is how the
 demo injects drift. The clients always send the 30 features of the original data set,
 as real clients would; a model that wants more is refused by the agent (HTTP 400).
 
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgefleet.hub.demo.training import MODEL_NAME, DemoData
+from edgefleet.demo.training import MODEL_NAME, DemoData
 
 ROWS_PER_REQUEST = 16
 TIMEOUT_S = 5.0

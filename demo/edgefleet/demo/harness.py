@@ -1,9 +1,9 @@
 """What every step of the demo stands on: the work directory, the child processes,
 running ``edgefleet`` commands, waiting, and stopping it all.
 
-:class:`DemoHarness` is the base of :class:`~edgefleet.hub.demo.scenario.DemoRun`;
-the fleet setup steps are in :mod:`~edgefleet.hub.demo.setup_steps`, the story's
-rollouts, drift and final state in :mod:`~edgefleet.hub.demo.scenario`.
+:class:`DemoHarness` is the base of :class:`~edgefleet.demo.scenario.DemoRun`;
+the fleet setup steps are in :mod:`~edgefleet.demo.setup_steps`, the story's
+rollouts, drift and final state in :mod:`~edgefleet.demo.scenario`.
 
 Invariants:
 
@@ -25,16 +25,16 @@ from pathlib import Path
 from typing import Any, Self
 
 from edgefleet.core.errors import OperationalError
-from edgefleet.hub.demo.fleet_view import FleetView
-from edgefleet.hub.demo.narration import Narrator
-from edgefleet.hub.demo.processes import (
+from edgefleet.demo.fleet_view import FleetView
+from edgefleet.demo.narration import Narrator
+from edgefleet.demo.processes import (
     ManagedProcess,
     ProcessSupervisor,
     edgefleet_argv,
 )
-from edgefleet.hub.demo.summary import DemoSummary
-from edgefleet.hub.demo.traffic import TrafficPump
-from edgefleet.hub.demo.workspace import (
+from edgefleet.demo.summary import DemoSummary
+from edgefleet.demo.traffic import TrafficPump
+from edgefleet.demo.workspace import (
     AgentTuning,
     Workspace,
     plan_fleet,

@@ -41,7 +41,7 @@ from typing import IO, Any
 
 from edgefleet.core.errors import OperationalError
 
-log = logging.getLogger("edgefleet.hub.demo")
+log = logging.getLogger("edgefleet.demo")
 
 RUN_MARKER_ENV = "EDGEFLEET_DEMO_RUN"
 _PR_SET_PDEATHSIG = 1

@@ -8,11 +8,11 @@ import click
 
 from edgefleet.core.cli.output import emit, json_option
 from edgefleet.core.errors import OperationalError
-from edgefleet.hub.demo.narration import Narrator
-from edgefleet.hub.demo.processes import interrupts_raise, signals_ignored
-from edgefleet.hub.demo.scenario import DemoOptions, DemoRun
-from edgefleet.hub.demo.summary import render_summary
-from edgefleet.hub.demo.workspace import MAX_DEVICES, MIN_DEVICES
+from edgefleet.demo.narration import Narrator
+from edgefleet.demo.processes import interrupts_raise, signals_ignored
+from edgefleet.demo.scenario import DemoOptions, DemoRun
+from edgefleet.demo.summary import render_summary
+from edgefleet.demo.workspace import MAX_DEVICES, MIN_DEVICES
 
 
 @click.command()
