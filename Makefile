@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 
-.PHONY: demo test lint typecheck pytest bench venv deps-all deps-dev system-deps clean
+.PHONY: demo test test-fast lint typecheck pytest bench venv deps-all deps-dev system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,13 +35,23 @@ lint: deps-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Every source root: the roles and the demo, not only core.
+SOURCE_ROOTS := core/edgefleet/core packager/edgefleet/packager agent/edgefleet/agent \
+	hub/edgefleet/hub demo/edgefleet/demo
+
 typecheck: deps-dev
-	$(BIN)/mypy core/edgefleet/core
+	$(BIN)/mypy $(SOURCE_ROOTS)
 
 pytest: deps-dev system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# The pure-logic lane: no broker, browser, database server or other process
+# (tests/support/marker_guard.py fails a test that starts one without its marker).
+FAST_MARKERS := not mqtt and not subprocess and not postgres and not chromium and not slow
+test-fast: deps-dev
+	$(BIN)/python -m pytest -q -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
 
 bench: deps-dev system-deps
 	@for b in bench/*.py; do echo "== $$b" >&2; $(BIN)/python $$b || exit 1; done

@@ -16,7 +16,7 @@ import pytest
 
 from edgefleet.core.testing.brokers import AmqttBroker, MosquittoBroker, find_mosquitto
 
-pytest_plugins = ["pytester"]
+pytest_plugins = ["pytester", "tests.support.marker_guard"]
 
 MOSQUITTO_MISSING = (
     "mosquitto is not installed: run `bash scripts/install-system-deps.sh` "

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from tests.agent.state_env import http_json, infer, kill, make_env, stop
 
 from edgefleet.agent.deploy.record import DeployStateFile
@@ -24,6 +25,7 @@ def served(url: str) -> int:
     return int(body["model_version"])
 
 
+@pytest.mark.subprocess
 def test_daemon_lifecycle(tmp_path: Path) -> None:
     env = make_env(tmp_path, probation={"min_requests": 3, "max_seconds": 120})
     # no daemon yet: the command installs by itself (smoke set only, probation
@@ -120,6 +122,7 @@ def test_daemon_lifecycle(tmp_path: Path) -> None:
         buffer.close()
 
 
+@pytest.mark.subprocess
 def test_probation_rolls_back_when_clients_fail(tmp_path: Path) -> None:
     env = make_env(tmp_path, probation={"min_requests": 10, "max_seconds": 120})
     env.cli("install", str(env.bundle(1)))
@@ -151,6 +154,7 @@ def test_probation_rolls_back_when_clients_fail(tmp_path: Path) -> None:
         kill(proc)
 
 
+@pytest.mark.subprocess
 def test_cli_without_daemon(tmp_path: Path) -> None:
     env = make_env(tmp_path)
     ok = env.cli("install", str(env.bundle(1)))
@@ -175,6 +179,7 @@ def test_cli_without_daemon(tmp_path: Path) -> None:
     assert status["models"][0]["previous"] is None
 
 
+@pytest.mark.subprocess
 def test_service_unit(tmp_path: Path) -> None:
     env = make_env(tmp_path)
     result = env.cli("service-unit")

@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from tests.agent.state_env import infer, kill, make_env, stop
 
 from edgefleet.agent.commands.run_cmd import interpreter_options
@@ -28,6 +29,7 @@ def mapped_libraries(pid: int) -> str:
     return Path(f"/proc/{pid}/maps").read_text()
 
 
+@pytest.mark.subprocess
 def test_agent_run_becomes_the_lean_daemon_in_the_same_process(tmp_path: Path) -> None:
     env = make_env(tmp_path)
     assert env.cli("install", str(env.bundle(1))).returncode == 0
@@ -79,6 +81,7 @@ MODULES_AFTER = textwrap.dedent(
 )
 
 
+@pytest.mark.subprocess
 def test_the_serving_process_imports_no_signature_or_cli_code(tmp_path: Path) -> None:
     env = make_env(tmp_path)
     assert env.cli("install", str(env.bundle(1))).returncode == 0
@@ -123,6 +126,7 @@ def test_interpreter_options_survive_the_exec() -> None:
     assert interpreter_options([python, "-B", "-c", "pass"]) == ["-B"]
 
 
+@pytest.mark.subprocess
 def test_a_broken_trust_store_still_stops_the_daemon_at_start(tmp_path: Path) -> None:
     env = make_env(tmp_path)
     assert env.cli("install", str(env.bundle(1))).returncode == 0

@@ -99,6 +99,7 @@ GOOD_POINTS = [
 ]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("point", GOOD_POINTS)
 def test_kill_during_a_good_install_finishes_it(tmp_path: Path, point: str) -> None:
     env = make_env(tmp_path)
@@ -127,6 +128,7 @@ BAD_POINTS = [
 ]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(("point", "kwargs", "final"), BAD_POINTS, ids=[p[0] for p in BAD_POINTS])
 def test_kill_during_a_bad_install_undoes_it(
     tmp_path: Path, point: str, kwargs: dict[str, Any], final: str
@@ -149,6 +151,7 @@ def test_kill_during_a_bad_install_undoes_it(
     assert leftovers(env) == []
 
 
+@pytest.mark.subprocess
 def test_kill_at_failed(tmp_path: Path) -> None:
     env = make_env(tmp_path)
     ctx = setup_v1(env)
@@ -170,6 +173,7 @@ def test_kill_at_failed(tmp_path: Path) -> None:
     assert leftovers(env) == []
 
 
+@pytest.mark.subprocess
 def test_kill_during_manual_rollback(tmp_path: Path) -> None:
     env = make_env(tmp_path)
     ctx = setup_v1(env)
@@ -189,6 +193,7 @@ def test_kill_during_manual_rollback(tmp_path: Path) -> None:
     assert leftovers(env) == []
 
 
+@pytest.mark.subprocess
 def test_loop_counter_gives_up_on_a_version_that_keeps_killing_the_agent(tmp_path: Path) -> None:
     env = make_env(tmp_path, probation={"max_attempts": 1})
     ctx = setup_v1(env)

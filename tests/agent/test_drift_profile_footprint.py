@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from tests.agent.bundles import reference_json
 
 from edgefleet.core.drift import ReferenceProfile
@@ -35,6 +36,7 @@ LOAD_PROFILE = textwrap.dedent(
 )
 
 
+@pytest.mark.subprocess
 def test_a_profile_id_is_computed_without_loading_libcrypto(tmp_path: Path) -> None:
     reference = tmp_path / "reference.json"
     reference.write_bytes(reference_json("iris"))

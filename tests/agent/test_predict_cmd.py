@@ -194,6 +194,7 @@ def test_untrusted_bundle_is_refused(
     assert code == 3 and err.startswith("error: ") and out == ""
 
 
+@pytest.mark.subprocess
 def test_installed_model_from_config_and_state_dir(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -145,6 +145,7 @@ WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("kill_after", [40, 300])
 def test_kill_during_writes_loses_nothing_unacked(tmp_path: Path, kill_after: int) -> None:
     path = tmp_path / "telemetry.db"

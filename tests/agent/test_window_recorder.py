@@ -194,6 +194,7 @@ KILLED = textwrap.dedent(
 )
 
 
+@pytest.mark.subprocess
 def test_kill_9_loses_at_most_the_unflushed_accounting(tmp_path: Path) -> None:
     path = tmp_path / "telemetry.db"
     proc = subprocess.Popen(

@@ -132,6 +132,7 @@ def test_missing_amqtt_names_the_extra(monkeypatch: pytest.MonkeyPatch, unique_n
         pytest.param("amqtt.broker", True, id="amqtt-itself"),
     ],
 )
+@pytest.mark.subprocess
 def test_importing_does_not_load_amqtt(module: str, loads_amqtt: bool) -> None:
     snippet = (
         "import importlib, sys\n"

@@ -100,12 +100,14 @@ def round_trip(host: str, port: int, **client_kwargs: Any) -> tuple[str, bytes, 
         pub.close()
 
 
+@pytest.mark.mqtt
 def test_mosquitto_round_trip(mosquitto: MosquittoBroker) -> None:
     assert mosquitto.port != 1883
     assert mosquitto.running
     assert round_trip(mosquitto.host, mosquitto.port) == ("edgefleet/test/ping", b"hello", False)
 
 
+@pytest.mark.mqtt
 def test_amqtt_round_trip(amqtt_broker: AmqttBroker) -> None:
     assert round_trip(amqtt_broker.host, amqtt_broker.port) == (
         "edgefleet/test/ping",
@@ -139,6 +141,7 @@ def secured(tmp_path: Path, mosquitto_factory: Callable[..., MosquittoBroker]) -
     return mosquitto_factory(password_file=passwords, acl_file=acl, allow_anonymous=False)
 
 
+@pytest.mark.mqtt
 def test_acl_denies_a_topic_the_user_may_not_write(secured: MosquittoBroker) -> None:
     hub = Client(secured.host, secured.port, username="hub", password="hub-secret")
     device = Client(secured.host, secured.port, username="device-a", password="a-secret")
@@ -157,6 +160,7 @@ def test_acl_denies_a_topic_the_user_may_not_write(secured: MosquittoBroker) -> 
         device.close()
 
 
+@pytest.mark.mqtt
 def test_acl_denies_a_subscription_the_user_may_not_read(secured: MosquittoBroker) -> None:
     device = Client(secured.host, secured.port, username="device-a", password="a-secret")
     hub = Client(secured.host, secured.port, username="hub", password="hub-secret")
@@ -179,6 +183,7 @@ def test_acl_denies_a_subscription_the_user_may_not_read(secured: MosquittoBroke
     [("device-a", "wrong"), ("nobody", "x"), (None, None)],
     ids=["bad-password", "unknown-user", "anonymous"],
 )
+@pytest.mark.mqtt
 def test_password_file_refuses_bad_credentials(
     secured: MosquittoBroker, username: str | None, password: str | None
 ) -> None:
@@ -190,6 +195,7 @@ def test_password_file_refuses_bad_credentials(
         client.close()
 
 
+@pytest.mark.mqtt
 def test_restart_keeps_the_port(mosquitto: MosquittoBroker) -> None:
     port = mosquitto.port
     mosquitto.restart()
@@ -202,6 +208,7 @@ def test_restart_keeps_the_port(mosquitto: MosquittoBroker) -> None:
     assert round_trip(mosquitto.host, port)[1] == b"hello"
 
 
+@pytest.mark.mqtt
 def test_persistence_keeps_retained_messages_across_restart(
     mosquitto_factory: Callable[..., MosquittoBroker],
 ) -> None:
@@ -220,6 +227,7 @@ def test_persistence_keeps_retained_messages_across_restart(
         sub.close()
 
 
+@pytest.mark.mqtt
 def test_tls_round_trip_with_client_certificate(
     tmp_path: Path, mosquitto_factory: Callable[..., MosquittoBroker]
 ) -> None:
@@ -249,6 +257,7 @@ def raw_tls_connect(broker: MosquittoBroker, ca: Path, client: TlsFiles | None) 
             return b""
 
 
+@pytest.mark.mqtt
 def test_tls_requires_a_client_certificate(
     tmp_path: Path, mosquitto_factory: Callable[..., MosquittoBroker]
 ) -> None:
@@ -260,6 +269,7 @@ def test_tls_requires_a_client_certificate(
     assert raw_tls_connect(broker, pki.ca, None) == b""
 
 
+@pytest.mark.subprocess
 def test_start_failure_reports_the_log(tmp_path: Path) -> None:
     broker = MosquittoBroker(tmp_path / "b", password_file=tmp_path / "missing-passwd")
     try:
@@ -283,6 +293,7 @@ def test_a_given_port_in_use_is_refused(tmp_path: Path) -> None:
     assert not broker.running
 
 
+@pytest.mark.mqtt
 def test_extra_config_reaches_mosquitto(
     mosquitto_factory: Callable[..., MosquittoBroker],
 ) -> None:

@@ -104,6 +104,7 @@ def test_two_of_two_rejects_one_signature_and_accepts_after_sign(
     assert verified["sha256"] == result["sha256"]
 
 
+@pytest.mark.subprocess
 def test_sign_as_a_subprocess_checks_existing_signatures_with_trust(
     tmp_path: Path, keys: Path
 ) -> None:

@@ -164,6 +164,7 @@ def test_bundle_verify_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 3 and err.startswith("error: ") and "not a PEM public key" in err
 
 
+@pytest.mark.subprocess
 def test_real_console_script_round_trip(tmp_path: Path) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

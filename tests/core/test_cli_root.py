@@ -26,6 +26,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.subprocess
 def test_help_lists_every_group() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
@@ -33,6 +34,7 @@ def test_help_lists_every_group() -> None:
         assert f"  {group}" in result.stdout
 
 
+@pytest.mark.subprocess
 def test_help_does_not_import_roles() -> None:
     code = (
         "import sys\n"
@@ -47,6 +49,7 @@ def test_help_does_not_import_roles() -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.subprocess
 def test_unknown_command_is_a_usage_error() -> None:
     result = run_cli("no-such-command")
     assert result.returncode == 2
@@ -73,6 +76,7 @@ def test_protocol_error_names_the_side() -> None:
     assert str(ProtocolError("bad frame", side="device")) == "device broke the protocol: bad frame"
 
 
+@pytest.mark.subprocess
 def test_ctrl_c_exits_130() -> None:
     code = (
         "import click\n"

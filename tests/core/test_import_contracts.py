@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 # The console script may not be on PATH; calling the click command directly works anywhere.
 LINT_IMPORTS = (
@@ -36,6 +38,7 @@ def lint_imports(cwd: Path, config: Path, pythonpath: Path | None = None) -> tup
     return result.returncode, result.stdout + result.stderr
 
 
+@pytest.mark.subprocess
 def test_repository_keeps_its_import_contracts() -> None:
     code, output = lint_imports(REPO, REPO / ".importlinter")
     assert code == 0, output
@@ -48,6 +51,7 @@ def write_module(root: Path, dotted: str, source: str = "") -> None:
     path.write_text(source, encoding="utf-8")
 
 
+@pytest.mark.subprocess
 def test_contracts_catch_violations(tmp_path: Path) -> None:
     # A miniature edgefleet that breaks every contract, found first on PYTHONPATH.
     src = tmp_path / "src"

@@ -6,6 +6,7 @@ import hashlib
 import subprocess
 import sys
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,6 +22,7 @@ def test_digest_equals_hashlib(parts: list[bytes]) -> None:
     assert light.hexdigest() == hashlib.sha256(whole).hexdigest() == sha256_hex(whole)
 
 
+@pytest.mark.subprocess
 def test_hashing_does_not_load_hashlib() -> None:
     code = (
         "import sys\n"

@@ -301,6 +301,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
+@pytest.mark.subprocess
 def test_wheel_ships_profiles_and_type_markers(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for profile in SHIPPED:
@@ -311,6 +312,7 @@ def test_wheel_ships_profiles_and_type_markers(wheel: Path) -> None:
     assert "edgefleet/__init__.py" not in names
 
 
+@pytest.mark.subprocess
 def test_installed_wheel_finds_its_own_profiles(wheel: Path, tmp_path: Path) -> None:
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

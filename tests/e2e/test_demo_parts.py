@@ -11,11 +11,11 @@ import pytest
 
 from edgefleet.agent.config import AgentConfig
 from edgefleet.core.errors import UsageError
-from edgefleet.hub.config import HubConfig
 from edgefleet.demo.fleet_view import DeviceFacts, rollout_facts
 from edgefleet.demo.processes import RUN_MARKER_ENV, ProcessSupervisor
 from edgefleet.demo.summary import DemoSummary, RolloutOutcome, drift_verdicts
 from edgefleet.demo.workspace import AgentTuning, hub_toml, plan_fleet, tune_agent_config
+from edgefleet.hub.config import HubConfig
 
 
 def test_fleet_plan_alternates_groups_and_drifts_one_device_of_each() -> None:
@@ -164,6 +164,7 @@ def _marked(marker: str) -> list[int]:
     return pids
 
 
+@pytest.mark.subprocess
 def test_supervisor_stops_children_and_their_children(tmp_path: Path) -> None:
     marker = str(tmp_path)
     procs = ProcessSupervisor(tmp_path / "logs", run_marker=marker)
@@ -179,6 +180,7 @@ def test_supervisor_stops_children_and_their_children(tmp_path: Path) -> None:
     assert procs.running() == []
 
 
+@pytest.mark.subprocess
 def test_a_command_result_has_its_stdout_and_exit_code(tmp_path: Path) -> None:
     procs = ProcessSupervisor(tmp_path / "logs", run_marker=str(tmp_path))
     result = procs.run("echo", ["sh", "-c", "echo out; echo err >&2; exit 3"])

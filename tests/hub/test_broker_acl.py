@@ -84,6 +84,7 @@ def connect(
     return client
 
 
+@pytest.mark.mqtt
 def test_only_enrolled_credentials_get_in(fleet: Fleet, broker: MosquittoBroker) -> None:
     assert ProbeClient(broker.port).connect() in REFUSED
     assert ProbeClient(broker.port, "pi-a", "wrong").connect() in REFUSED
@@ -93,6 +94,7 @@ def test_only_enrolled_credentials_get_in(fleet: Fleet, broker: MosquittoBroker)
     good.close()
 
 
+@pytest.mark.mqtt
 def test_a_device_cannot_publish_as_another_device(
     fleet: Fleet, broker: MosquittoBroker, clients: list[ProbeClient]
 ) -> None:
@@ -124,6 +126,7 @@ def test_a_device_cannot_publish_as_another_device(
     ]
 
 
+@pytest.mark.mqtt
 def test_a_device_cannot_read_another_devices_directives_or_data(
     fleet: Fleet, broker: MosquittoBroker, clients: list[ProbeClient]
 ) -> None:
@@ -148,6 +151,7 @@ def test_a_device_cannot_read_another_devices_directives_or_data(
     assert (T.chunk("pi-b"), b"for-b") in seen_by_b
 
 
+@pytest.mark.mqtt
 def test_the_hub_account_can_use_shared_subscriptions(
     fleet: Fleet, broker: MosquittoBroker, clients: list[ProbeClient]
 ) -> None:
@@ -184,6 +188,7 @@ def run_generated_conf(files: BrokerFiles) -> Iterator[subprocess.Popen[bytes]]:
         proc.wait(timeout=10)
 
 
+@pytest.mark.subprocess
 def test_generated_mosquitto_conf_runs_as_written(fleet: Fleet, clients: list[ProbeClient]) -> None:
     with run_generated_conf(fleet.files):
         port = fleet.files.port
@@ -197,6 +202,7 @@ def test_generated_mosquitto_conf_runs_as_written(fleet: Fleet, clients: list[Pr
         assert hub.wait_for(lambda t, p: p == b"mine") == [(T.telemetry("pi-a"), b"mine")]
 
 
+@pytest.mark.subprocess
 def test_tls_listener_with_the_generated_ca(tmp_path: Path, clients: list[ProbeClient]) -> None:
     fleet = enroll_fleet(tmp_path, tls_hosts=("localhost", "127.0.0.1"))
     assert fleet.files.tls is not None

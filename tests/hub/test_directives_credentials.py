@@ -79,6 +79,7 @@ def test_password_hash_round_trip() -> None:
     assert mosquitto_hash(password) != hashed  # salted
 
 
+@pytest.mark.subprocess
 def test_we_verify_what_mosquitto_passwd_writes(tmp_path: Path) -> None:
     assert find_mosquitto() is not None, "mosquitto must be installed"
     tool = Path("/usr/bin/mosquitto_passwd")

@@ -51,6 +51,7 @@ def amqtt_modules_after_import(module: str) -> int:
     return int(done.stdout.strip())
 
 
+@pytest.mark.subprocess
 def test_importing_the_serve_command_does_not_load_amqtt() -> None:
     assert amqtt_modules_after_import("edgefleet.hub.commands.serve_cmd") == 0
     assert amqtt_modules_after_import("edgefleet.hub.embedded_broker") > 0  # the probe works
@@ -68,6 +69,7 @@ def port_listens(port: int) -> bool:
         pytest.param(True, True, id="embedded-broker"),
     ],
 )
+@pytest.mark.mqtt
 def test_hub_serve_loads_amqtt_only_with_embedded_broker(
     hub: Hub, embedded: bool, loads_amqtt: bool
 ) -> None:

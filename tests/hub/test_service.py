@@ -53,6 +53,7 @@ def hub(tmp_path: Path, mosquitto_factory: Callable[..., MosquittoBroker]) -> It
     h.close()
 
 
+@pytest.mark.mqtt
 def test_state_tracking_from_status_state_and_lwt(hub: Hub) -> None:
     hub.start()
     offline = encode_json(Status(online=False))
@@ -76,6 +77,7 @@ def test_state_tracking_from_status_state_and_lwt(hub: Hub) -> None:
     assert hub.store.get_device("pi-a").last_seen is not None  # type: ignore[union-attr]
 
 
+@pytest.mark.mqtt
 def test_chunks_are_served_for_assigned_bundles_only(hub: Hub) -> None:
     sha1 = hub.publish_bundle(1, size=200_000)
     sha2 = hub.publish_bundle(2)
@@ -109,6 +111,7 @@ def test_chunks_are_served_for_assigned_bundles_only(hub: Hub) -> None:
     assert service.counters["chunks.sent"] == total
 
 
+@pytest.mark.mqtt
 def test_the_chunk_server_follows_assignment_changes(hub: Hub) -> None:
     sha1 = hub.publish_bundle(1)
     sha2 = hub.publish_bundle(2)
@@ -131,6 +134,7 @@ def test_the_chunk_server_follows_assignment_changes(hub: Hub) -> None:
     assert service.counters["unknown_device"] == 1
 
 
+@pytest.mark.mqtt
 def test_telemetry_is_stored_once_and_acked(hub: Hub) -> None:
     service = hub.start()
     device = hub.device("pi-a")
@@ -152,6 +156,7 @@ def test_telemetry_is_stored_once_and_acked(hub: Hub) -> None:
     assert service.counters["telemetry.duplicates"] == 3
 
 
+@pytest.mark.mqtt
 def test_malformed_and_oversized_payloads_are_counted_not_fatal(hub: Hub) -> None:
     service = hub.start()
     device = hub.device("pi-a")
@@ -185,6 +190,7 @@ def test_malformed_and_oversized_payloads_are_counted_not_fatal(hub: Hub) -> Non
     assert hub.store.counters()["oversized.state"] == 1
 
 
+@pytest.mark.mqtt
 def test_rollout_state_survives_a_hub_restart_mid_phase(hub: Hub) -> None:
     sha = hub.publish_bundle(1)
     service = hub.start()
@@ -216,6 +222,7 @@ def test_rollout_state_survives_a_hub_restart_mid_phase(hub: Hub) -> None:
         assert directive_from(client, device_id, hub.trust)["assignments"][0]["version"] == 1
 
 
+@pytest.mark.mqtt
 def test_directives_are_restored_after_a_broker_lost_them(hub: Hub) -> None:
     sha = hub.publish_bundle(1)
     service = hub.start()
@@ -231,6 +238,7 @@ def test_directives_are_restored_after_a_broker_lost_them(hub: Hub) -> None:
     assert directive_from(device, "pi-b", hub.trust)["assignments"][0]["bundle_sha256"] == sha
 
 
+@pytest.mark.mqtt
 def test_directives_are_restored_without_waiting_for_a_tick(hub: Hub) -> None:
     sha = hub.publish_bundle(1)
     service = hub.start()
@@ -249,6 +257,7 @@ def test_directives_are_restored_without_waiting_for_a_tick(hub: Hub) -> None:
     assert directive_from(device, "pi-c", hub.trust)["assignments"][0]["bundle_sha256"] == sha
 
 
+@pytest.mark.mqtt
 def test_embedded_amqtt_broker_smoke(hub: Hub) -> None:
     from edgefleet.core.testing.brokers import free_port
 
@@ -281,6 +290,7 @@ def test_embedded_amqtt_broker_smoke(hub: Hub) -> None:
         broker.stop()
 
 
+@pytest.mark.mqtt
 def test_hub_serve_command_runs_and_stops_on_sigterm(hub: Hub, tmp_path: Path) -> None:
     text = hub.fx.config_path.read_text().replace("[broker]\n", f"[broker]\nport = {hub.port}\n", 1)
     hub.fx.config_path.write_text(text)

@@ -150,6 +150,7 @@ def hub_factory(
         hub.close()
 
 
+@pytest.mark.mqtt
 def test_windows_reach_both_stores_and_the_ack_waits_for_the_fleet_commit(
     hub_factory: Callable[[str], Hub], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -183,6 +184,7 @@ def test_windows_reach_both_stores_and_the_ack_waits_for_the_fleet_commit(
     assert result["fleet"]["windows"] == 4 and result["fleet"]["rows"] == 200
 
 
+@pytest.mark.mqtt
 def test_a_full_ingest_queue_is_not_acked_and_the_resend_is_stored_once(
     hub_factory: Callable[[str], Hub],
 ) -> None:
@@ -214,6 +216,7 @@ def test_a_full_ingest_queue_is_not_acked_and_the_resend_is_stored_once(
     assert fleet_windows_counted(hub) == 6
 
 
+@pytest.mark.mqtt
 def test_state_left_by_a_crash_between_the_commits_heals_on_resend(
     hub_factory: Callable[[str], Hub],
 ) -> None:
@@ -239,6 +242,7 @@ def test_state_left_by_a_crash_between_the_commits_heals_on_resend(
     assert fleet_windows_counted(hub) == 10
 
 
+@pytest.mark.mqtt
 def test_alerts_reach_mqtt_and_the_webhook_and_metrics_are_served(
     hub_factory: Callable[[str], Hub], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -307,6 +311,7 @@ def scrape(port: int) -> str | None:
         return None
 
 
+@pytest.mark.mqtt
 def test_hub_serve_killed_mid_stream_loses_and_doubles_nothing(
     hub_factory: Callable[[str], Hub],
 ) -> None:

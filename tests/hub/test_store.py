@@ -132,6 +132,7 @@ def test_bundles_are_idempotent(store: SqliteHubStore) -> None:
     assert store.list_bundles() == [b]
 
 
+@pytest.mark.subprocess
 def test_another_process_writes_while_we_hold_the_store(tmp_path: Path) -> None:
     path = tmp_path / "hub.db"
     store = SqliteHubStore(path)

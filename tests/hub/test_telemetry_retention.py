@@ -187,6 +187,7 @@ def send(device: ProbeClient, device_id: str, seqs: range) -> int:
     return Ack.from_dict(json.loads(payload)).highest_seq
 
 
+@pytest.mark.mqtt
 def test_tick_prunes_and_a_late_retransmission_is_acked_not_stored(hub: Hub) -> None:
     clock = FakeClock(time.time())
     service = start_with_clock(hub, clock)
@@ -205,6 +206,7 @@ def test_tick_prunes_and_a_late_retransmission_is_acked_not_stored(hub: Hub) -> 
     assert seqs_of(hub.store, "pi-a") == [4, 5]
 
 
+@pytest.mark.mqtt
 def test_retention_runs_every_few_minutes_and_never_raises(hub: Hub, tmp_path: Path) -> None:
     clock = FakeClock(time.time())
     service = start_with_clock(hub, clock)
@@ -231,6 +233,7 @@ def test_retention_runs_every_few_minutes_and_never_raises(hub: Hub, tmp_path: P
     assert seqs_of(hub.store, "pi-c") == [1, 2]
 
 
+@pytest.mark.mqtt
 def test_an_active_rollout_holds_the_telemetry_its_gates_read(hub: Hub) -> None:
     clock = FakeClock(time.time())
     hub.publish_bundle(1)

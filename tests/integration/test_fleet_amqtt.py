@@ -21,6 +21,7 @@ def fleet(tmp_path: Path, amqtt_broker: AmqttBroker) -> Iterator[Fleet]:
     f.close()
 
 
+@pytest.mark.mqtt
 def test_enroll_roll_out_and_upgrade_over_amqtt(fleet: Fleet) -> None:
     devices = fleet.enroll(2)
     for device in devices:

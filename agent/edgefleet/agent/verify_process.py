@@ -409,7 +409,7 @@ def _handle(request: dict[str, Any], trust: Any) -> tuple[dict[str, Any], list[_
 
         last_seq = request.get("last_seq")
         directive = check_directive(
-            request.get("envelope"),
+            request["envelope"],
             trust,
             str(request.get("device_id")),
             None if last_seq is None else int(last_seq),

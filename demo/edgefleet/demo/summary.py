@@ -16,10 +16,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgefleet.hub.commands.common import table
 from edgefleet.demo.fleet_view import DeviceFacts, RolloutFacts
 from edgefleet.demo.training import MODEL_NAME
 from edgefleet.demo.workspace import DemoDevice
+from edgefleet.hub.commands.common import table
 
 FINAL_VERSION = 2
 BROKEN_VERSION = 3

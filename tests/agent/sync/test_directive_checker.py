@@ -73,6 +73,7 @@ def test_a_child_without_a_trust_store_accepts_nothing(tmp_path: Path) -> None:
     assert verdict.kind == "deferred" and verdict.accepted is None
 
 
+@pytest.mark.subprocess
 def test_the_daemon_sync_wiring_loads_no_cryptography() -> None:
     code = (
         "import sys, edgefleet.agent.daemon, edgefleet.agent.sync.wiring, edgefleet.agent.sync; "

@@ -154,6 +154,7 @@ def parts(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[dict[str, obje
             part.close()  # type: ignore[attr-defined]
 
 
+@pytest.mark.mqtt
 def test_batches_lost_before_and_after_the_hubs_first_subscription_are_stored_once(
     parts: dict[str, object],
 ) -> None:
@@ -188,6 +189,7 @@ def test_batches_lost_before_and_after_the_hubs_first_subscription_are_stored_on
     assert all(b.after_seq == b.first_seq - 1 for b in hub.received if b.first_seq > 1)
 
 
+@pytest.mark.mqtt
 def test_a_batch_ahead_of_a_lost_one_waits_and_the_late_one_makes_the_ack_jump(
     parts: dict[str, object],
 ) -> None:
@@ -226,6 +228,7 @@ def test_a_batch_ahead_of_a_lost_one_waits_and_the_late_one_makes_the_ack_jump(
         sender.stop()
 
 
+@pytest.mark.mqtt
 def test_through_the_hub_service_as_it_is_a_batch_lost_at_start_is_stored_once(
     tmp_path: Path, mosquitto_factory: Callable[..., MosquittoBroker]
 ) -> None:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from tests.hub.fleet.fleetkit import fleet, reference
 from tests.hub.mqttkit import ProbeClient
 
@@ -32,6 +33,7 @@ from edgefleet.hub.fleet.ingest import DeviceInfo, FleetTelemetry, IngestResult,
 T0 = time.time() - 3600  # recent: the worker applies retention against the real clock
 
 
+@pytest.mark.mqtt
 def test_worker_stores_each_window_once_and_acks_after_commit(
     tmp_path: Path, mosquitto: MosquittoBroker
 ) -> None:

@@ -39,6 +39,7 @@ class Recorder:
         self.events.append(event)
 
 
+@pytest.mark.mqtt
 def test_alert_fires_once_and_resolves_after_drift_stops(
     tmp_path: Path, mosquitto: MosquittoBroker, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,0 +1,1 @@
+"""Shared test support: waiting, bundles, agents, brokers, and the marker guard."""
