@@ -341,6 +341,11 @@ class HubService:
         if batch.device != device_id:
             raise ProtocolError(f"telemetry names device {batch.device!r} on {device_id}'s topic")
         now = self.clock()
+        info = DeviceInfo(device_id, device.group, device.profile, device.tags)
+        screened = self.fleet.screened(info, batch, now)  # numbers bounded before any store
+        if screened is None:
+            return  # seqs out of range: neither storable nor ackable (counted on /metrics)
+        batch = screened
         rows = [TelemetryRow(r.seq, r.kind, gate_body(r.kind, r.body)) for r in batch.records]
         with self.store.transaction():
             self.store.add_telemetry(device_id, rows, now)
@@ -364,7 +369,6 @@ class HubService:
                 bundle_sha256=event.bundle_sha256,
                 kind=_event_kind(record.body),
             )
-        info = DeviceInfo(device_id, device.group, device.profile, device.tags)
         ack_topic = self.topics.ack(device_id)
 
         def on_done(result: IngestResult) -> None:  # the ingest worker, after its commit

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from edgefleet.core.protocol import TelemetryBatch
 from edgefleet.hub.errors import HubConfigError
 from edgefleet.hub.fleet.alert_sinks import AlertSink, LogSink, MqttAlertSink, WebhookSink
 from edgefleet.hub.fleet.ingest import (
@@ -35,6 +36,7 @@ from edgefleet.hub.fleet.ingest import (
 from edgefleet.hub.fleet.metrics import MetricsServer, collect, render_metrics
 from edgefleet.hub.fleet.monitor import FleetMonitor
 from edgefleet.hub.fleet.references import References, bundle_loaders
+from edgefleet.hub.fleet.screening import TelemetryScreen
 from edgefleet.hub.fleet.settings import fleet_db_path
 
 if TYPE_CHECKING:  # config imports the fleet package: no import cycle at run time
@@ -67,6 +69,7 @@ class FleetRuntime:
         self.clock = clock
         self.telemetry = FleetTelemetry(fleet_db_path(store_path), config.settings)
         self.worker = IngestWorker(self.telemetry, queue_size=config.ingest_queue_size, clock=clock)
+        self.screen = TelemetryScreen(config.settings.raw_retention_s)
         self.references = References(
             *bundle_loaders(store, bundles_dir), cache=self.telemetry.store, clock=clock
         )
@@ -90,7 +93,9 @@ class FleetRuntime:
         if self.config.metrics_port:
             host, port = self.config.metrics_host, self.config.metrics_port
             try:
-                self.metrics = MetricsServer(self.metrics_text, host, port).start()
+                self.metrics = MetricsServer(
+                    self.metrics_text, host, port, health=self.stalled_workers
+                ).start()
             except OSError as e:
                 self.stop()
                 raise HubConfigError(
@@ -121,5 +126,18 @@ class FleetRuntime:
         """
         return self.worker.submit(device, records, on_done=on_done)
 
+    def screened(
+        self, device: DeviceInfo, batch: TelemetryBatch, now: float
+    ) -> TelemetryBatch | None:
+        """``batch`` within the telemetry bounds (see ``screening``); None: refused whole."""
+        return self.screen.screen(device.id, device.profile, batch, now)
+
+    def stalled_workers(self) -> list[str]:
+        return ["fleet-ingest"] if self.worker.stalled else []
+
     def metrics_text(self) -> str:
-        return render_metrics(collect(self.worker, self.monitor.alerts, self.store.count_devices))
+        return render_metrics(
+            collect(
+                self.worker, self.monitor.alerts, self.store.count_devices, self.screen.refused()
+            )
+        )
