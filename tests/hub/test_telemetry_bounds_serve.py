@@ -43,7 +43,8 @@ def batch_payload(device: str, records: list[tuple[int, dict[str, Any]]]) -> byt
             "first_seq": records[0][0],
             "last_seq": records[-1][0],
             "records": [{"seq": s, "kind": "window", "body": b} for s, b in records],
-        }
+        },
+        separators=(",", ":"),
     ).encode()
 
 

@@ -276,6 +276,8 @@ class HubService:
         if kind is TopicKind.FETCH:
             self._on_fetch(device_id, message.payload)
             return
+        if kind is TopicKind.TELEMETRY and not self.fleet.admit(device_id, len(message.payload)):
+            return  # over the device's quota: dropped unacked, the device resends later
         try:
             self._inbound.put(
                 _Inbound(device_id, kind, message.payload), timeout=INBOUND_PUT_TIMEOUT_S

@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from edgefleet.core.protocol.bounds import REASONS
 from edgefleet.hub.fleet.alert_store import AlertStore
 from edgefleet.hub.fleet.ingest import IngestWorker
+from edgefleet.hub.fleet.quotas import LIMITS as QUOTA_LIMITS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SEVERITIES = ("warning", "critical")
@@ -45,6 +46,7 @@ class HubMetrics:
     # Telemetry records (or whole batches) refused as out of bounds or over quota, by reason.
     refused: Mapping[str, int] = field(default_factory=dict)
     stalled_workers: Mapping[str, bool] = field(default_factory=dict)  # worker -> stalled
+    quota_refused: Mapping[str, int] = field(default_factory=dict)  # messages, by limit
 
 
 def _line(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> list[str]:
@@ -132,6 +134,15 @@ def render_metrics(m: HubMetrics) -> str:
         [(f'{{reason="{r}"}}', m.refused.get(r, 0)) for r in reasons],
     )
     lines += _line(
+        "edgefleet_hub_device_quota_refused_total",
+        "counter",
+        "Telemetry messages dropped unacked because the device was over its quota, by limit.",
+        [
+            (f'{{limit="{q}"}}', m.quota_refused.get(q, 0))
+            for q in sorted(set(QUOTA_LIMITS) | set(m.quota_refused))
+        ],
+    )
+    lines += _line(
         "edgefleet_hub_worker_stalled",
         "gauge",
         "1 when a hub worker thread died or has made no progress for its stall limit.",
@@ -152,6 +163,7 @@ def collect(
     alerts: AlertStore | None = None,
     devices: Callable[[], tuple[int, int]] | None = None,
     refused: Mapping[str, int] | None = None,
+    quota_refused: Mapping[str, int] | None = None,
 ) -> HubMetrics:
     """A snapshot; ``devices`` returns (enrolled, online), e.g. from the hub store."""
     total = online = None
@@ -176,6 +188,7 @@ def collect(
         open_alerts={} if alerts is None else alerts.open_counts(),
         refused=_refused(worker, refused),
         stalled_workers={} if worker is None else {"fleet-ingest": worker.stalled},
+        quota_refused=dict(quota_refused or {}),
     )
 
 

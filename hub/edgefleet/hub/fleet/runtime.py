@@ -35,6 +35,7 @@ from edgefleet.hub.fleet.ingest import (
 )
 from edgefleet.hub.fleet.metrics import MetricsServer, collect, render_metrics
 from edgefleet.hub.fleet.monitor import FleetMonitor
+from edgefleet.hub.fleet.quotas import DeviceQuotas
 from edgefleet.hub.fleet.references import References, bundle_loaders
 from edgefleet.hub.fleet.screening import TelemetryScreen
 from edgefleet.hub.fleet.settings import fleet_db_path
@@ -70,6 +71,7 @@ class FleetRuntime:
         self.telemetry = FleetTelemetry(fleet_db_path(store_path), config.settings)
         self.worker = IngestWorker(self.telemetry, queue_size=config.ingest_queue_size, clock=clock)
         self.screen = TelemetryScreen(config.settings.raw_retention_s)
+        self.quotas = DeviceQuotas(config.quota_settings())
         self.references = References(
             *bundle_loaders(store, bundles_dir), cache=self.telemetry.store, clock=clock
         )
@@ -126,10 +128,18 @@ class FleetRuntime:
         """
         return self.worker.submit(device, records, on_done=on_done)
 
+    def admit(self, device_id: str, size: int) -> bool:
+        """A telemetry message of ``size`` bytes within the device's quota (the MQTT
+        thread: no decode, no I/O); False: drop it unacked, the device resends later."""
+        return self.quotas.admit_message(device_id, size)
+
     def screened(
         self, device: DeviceInfo, batch: TelemetryBatch, now: float
     ) -> TelemetryBatch | None:
-        """``batch`` within the telemetry bounds (see ``screening``); None: refused whole."""
+        """``batch`` within the device's record quota and the telemetry bounds (see
+        ``quotas`` and ``screening``); None: refused whole, not acked."""
+        if not self.quotas.admit_records(device.id, len(batch.records)):
+            return None
         return self.screen.screen(device.id, device.profile, batch, now)
 
     def stalled_workers(self) -> list[str]:
@@ -138,6 +148,10 @@ class FleetRuntime:
     def metrics_text(self) -> str:
         return render_metrics(
             collect(
-                self.worker, self.monitor.alerts, self.store.count_devices, self.screen.refused()
+                self.worker,
+                self.monitor.alerts,
+                self.store.count_devices,
+                self.screen.refused(),
+                self.quotas.refused(),
             )
         )
