@@ -123,6 +123,19 @@ class DeviceEvidence:
     def error_rate(self) -> float | None:
         return self.errors / self.requests if self.requests else None
 
+    def merge(self, other: DeviceEvidence) -> DeviceEvidence:
+        """More evidence of the same device (counts add)."""
+        predictions = dict(self.predictions)
+        for label, n in other.predictions.items():
+            predictions[label] = predictions.get(label, 0) + n
+        return DeviceEvidence(
+            self.device,
+            self.requests + other.requests,
+            self.errors + other.errors,
+            self.latency.merge(other.latency),
+            predictions,
+        )
+
 
 @dataclass(frozen=True)
 class EvidenceRule:
