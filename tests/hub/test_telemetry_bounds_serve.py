@@ -72,11 +72,15 @@ def metric(text: str, name: str) -> float:
 
 
 def healthz(port: int) -> int:
+    return healthz_answer(port)[0]
+
+
+def healthz_answer(port: int) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-            return int(r.status)
+            return int(r.status), r.read().decode()
     except urllib.error.HTTPError as e:
-        return int(e.code)
+        return int(e.code), e.read().decode()
 
 
 @pytest.fixture
@@ -179,6 +183,38 @@ def test_healthz_answers_503_while_the_ingest_worker_is_stuck(
             text = scrape(metrics_port)
             assert text is not None
             assert metric(text, 'edgefleet_hub_worker_stalled{worker="fleet-ingest"}') == 1
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        assert acked_within(device, "pi-a", 1, 20.0)
+        wait_until(lambda: healthz(metrics_port) == 200, "/healthz 200 again")
+    finally:
+        hub.close()
+
+
+def test_healthz_names_a_stuck_inbound_worker(
+    tmp_path: Path,
+    mosquitto_factory: Callable[..., MosquittoBroker],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("edgefleet.hub.service.INBOUND_STALL_S", 0.5)
+    metrics_port = free_port()
+    hub = make_service_hub(
+        tmp_path, mosquitto_factory, extra=f"\n[fleet]\nmetrics_port = {metrics_port}\n"
+    )
+    try:
+        hub.start()
+        assert healthz(metrics_port) == 200
+        device = hub.device("pi-a")
+        lock = sqlite3.connect(hub.config.store.path, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")  # the hub store write of the telemetry waits
+        try:
+            device.publish(
+                T.telemetry("pi-a"), batch_payload("pi-a", [(1, ordinary(time.time() - 60))])
+            )
+            wait_until(lambda: healthz(metrics_port) == 503, "/healthz 503")
+            # (/metrics also reads the locked hub store: /healthz must not, and names it.)
+            assert healthz_answer(metrics_port) == (503, "stalled: hub-inbound\n")
         finally:
             lock.execute("ROLLBACK")
             lock.close()

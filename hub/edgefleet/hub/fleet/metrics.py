@@ -164,6 +164,7 @@ def collect(
     devices: Callable[[], tuple[int, int]] | None = None,
     refused: Mapping[str, int] | None = None,
     quota_refused: Mapping[str, int] | None = None,
+    stalled: Mapping[str, bool] | None = None,
 ) -> HubMetrics:
     """A snapshot; ``devices`` returns (enrolled, online), e.g. from the hub store."""
     total = online = None
@@ -187,7 +188,9 @@ def collect(
         ingest_refused_spans_full_total=counters.get("batches_refused_spans_full", 0),
         open_alerts={} if alerts is None else alerts.open_counts(),
         refused=_refused(worker, refused),
-        stalled_workers={} if worker is None else {"fleet-ingest": worker.stalled},
+        stalled_workers=dict(stalled)
+        if stalled is not None
+        else ({} if worker is None else {"fleet-ingest": worker.stalled}),
         quota_refused=dict(quota_refused or {}),
     )
 

@@ -72,6 +72,7 @@ class FleetRuntime:
         self.worker = IngestWorker(self.telemetry, queue_size=config.ingest_queue_size, clock=clock)
         self.screen = TelemetryScreen(config.settings.raw_retention_s)
         self.quotas = DeviceQuotas(config.quota_settings())
+        self._watched: dict[str, Callable[[], bool]] = {"fleet-ingest": lambda: self.worker.stalled}
         self.references = References(
             *bundle_loaders(store, bundles_dir), cache=self.telemetry.store, clock=clock
         )
@@ -142,8 +143,12 @@ class FleetRuntime:
             return None
         return self.screen.screen(device.id, device.profile, batch, now)
 
+    def watch(self, name: str, stalled: Callable[[], bool]) -> None:
+        """Report worker ``name`` on /metrics and /healthz; ``stalled()`` says when it is."""
+        self._watched[name] = stalled
+
     def stalled_workers(self) -> list[str]:
-        return ["fleet-ingest"] if self.worker.stalled else []
+        return [name for name, stalled in self._watched.items() if stalled()]
 
     def metrics_text(self) -> str:
         return render_metrics(
@@ -153,5 +158,6 @@ class FleetRuntime:
                 self.store.count_devices,
                 self.screen.refused(),
                 self.quotas.refused(),
+                {name: stalled() for name, stalled in self._watched.items()},
             )
         )
