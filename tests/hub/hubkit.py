@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,9 +92,14 @@ def window(
     errors: int = 0,
     latency_bucket: int = 2,
     predictions: dict[str, int] | None = None,
-    start_s: float = 1000.0,
+    start_s: float | None = None,
 ) -> dict[str, Any]:
-    """A telemetry window body as the agent sends it (all latencies in one bucket)."""
+    """A telemetry window body as the agent sends it (all latencies in one bucket).
+
+    ``start_s`` defaults to ten minutes ago: the hub refuses windows from the far past.
+    """
+    if start_s is None:
+        start_s = time.time() - 600
     counts = [0] * (len(LATENCY_EDGES) + 1)
     counts[latency_bucket] = requests
     summary = WindowSummary(

@@ -8,7 +8,11 @@ and connects device clients with their own credentials.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -134,3 +138,30 @@ def directive_from(client: ProbeClient, device_id: str, trust: TrustStore) -> di
     envelope = json.loads(payload)
     check_directive(envelope, trust, device_id, None, time.time())
     return envelope["directive"]  # type: ignore[no-any-return]
+
+
+def serve(config_path: Path, log_path: Path | None = None) -> subprocess.Popen[bytes]:
+    """A real ``hub serve --config`` process; its output piped, or to ``log_path`` (a hub
+    that logs much must not block on a pipe nobody reads)."""
+    argv = [sys.executable, "-m", "edgefleet.core.cli.main", "hub", "serve"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if log_path is None:
+        return subprocess.Popen(
+            [*argv, "--config", str(config_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+    with log_path.open("ab") as out:
+        return subprocess.Popen(
+            [*argv, "--config", str(config_path)], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+
+
+def scrape(port: int, path: str = "/metrics") -> str | None:
+    """The ``/metrics`` text of a hub, or None while it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return str(response.read().decode())
+    except OSError:
+        return None

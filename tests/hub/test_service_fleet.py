@@ -14,8 +14,6 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -25,7 +23,7 @@ import numpy as np
 import pytest
 from tests.hub.fleet.fleetkit import MODEL, N_FEATURES, Receiver, reference, run_cli, window_record
 from tests.hub.mqttkit import ProbeClient
-from tests.hub.servicekit import Hub, T, make_service_hub, wait_until
+from tests.hub.servicekit import Hub, T, make_service_hub, scrape, serve, wait_until
 
 from edgefleet.core.bundle_writer import write_bundle
 from edgefleet.core.drift import ReferenceProfile
@@ -284,31 +282,6 @@ def test_alerts_reach_mqtt_and_the_webhook_and_metrics_are_served(
         assert json.loads(out)["open"] == len(fired)
     finally:
         receiver.close()
-
-
-def serve(config_path: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edgefleet.core.cli.main",
-            "hub",
-            "serve",
-            "--config",
-            str(config_path),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-def scrape(port: int) -> str | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            return str(response.read().decode())
-    except OSError:
-        return None
 
 
 @pytest.mark.mqtt

@@ -37,8 +37,13 @@ from edgefleet.hub.telemetry_retention import RETENTION_INTERVAL_S, retention_cu
 DAY_S = 86400.0
 
 
+# Windows carry their seq in ``start_s`` modulo this (sent ones start near the hub's clock).
+TAG = 100_000
+
+
 def seqs_of(store: SqliteHubStore, device: str) -> list[int]:
-    return [int(w.body["start_s"]) for w in store.telemetry_windows("digits", [1], [device], 0.0)]
+    windows = store.telemetry_windows("digits", [1], [device], 0.0)
+    return [int(w.body["start_s"]) % TAG for w in windows]
 
 
 def tagged_rows(seqs: range) -> list[TelemetryRow]:
@@ -175,10 +180,13 @@ def start_with_clock(hub: Hub, clock: FakeClock) -> HubService:
     return hub.service
 
 
-def send(device: ProbeClient, device_id: str, seqs: range) -> int:
+def send(device: ProbeClient, device_id: str, seqs: range, now: float) -> int:
+    """Windows of ``seqs`` tagged as ``tagged_rows`` tags them, recent for the hub at ``now``
+    (the hub refuses windows older than its raw retention)."""
+    base = now - now % TAG
     records = [
         TelemetryRecord.of_window(
-            s, WindowSummary.from_dict(window("digits", 1, requests=10, start_s=float(s)))
+            s, WindowSummary.from_dict(window("digits", 1, requests=10, start_s=base + s))
         )
         for s in seqs
     ]
@@ -192,7 +200,7 @@ def test_tick_prunes_and_a_late_retransmission_is_acked_not_stored(hub: Hub) -> 
     clock = FakeClock(time.time())
     service = start_with_clock(hub, clock)
     device = hub.device("pi-a")
-    assert send(device, "pi-a", range(1, 4)) == 3
+    assert send(device, "pi-a", range(1, 4), clock()) == 3
 
     clock.advance(8 * DAY_S)
     service.tick()
@@ -201,8 +209,8 @@ def test_tick_prunes_and_a_late_retransmission_is_acked_not_stored(hub: Hub) -> 
     assert hub.store.counters()["telemetry.pruned"] == 3  # saved by the same tick
 
     # The device never saw the ack and sends the batch again eight days later.
-    assert send(device, "pi-a", range(1, 4)) == 3
-    assert send(device, "pi-a", range(4, 6)) == 5
+    assert send(device, "pi-a", range(1, 4), clock()) == 3
+    assert send(device, "pi-a", range(4, 6), clock()) == 5
     assert seqs_of(hub.store, "pi-a") == [4, 5]
 
 

@@ -64,8 +64,12 @@ _LAYOUT: Mapping[str, tuple[str, ...]] = {
         "inter_op_threads",
     ),
     "model": ("quantization", "int8_format", "max_bundle_bytes"),
-    "telemetry": ("telemetry_budget_bytes", "window_s"),
+    "telemetry": ("telemetry_budget_bytes", "window_s", "max_requests_per_s"),
 }
+# Keys a profile file may leave out, and what they then are.
+#: Requests per second the hub believes one device serves at most (telemetry bounds).
+DEFAULT_MAX_REQUESTS_PER_S = 1000
+_OPTIONAL: Mapping[str, Any] = {"max_requests_per_s": DEFAULT_MAX_REQUESTS_PER_S}
 
 
 def _positive_int(value: object) -> bool:
@@ -92,6 +96,7 @@ class DeviceProfile:
     window_s: int
     min_onnxruntime: str
     source: Path
+    max_requests_per_s: int = DEFAULT_MAX_REQUESTS_PER_S
 
     def __post_init__(self) -> None:
         # Messages start with "field '...'" so the loader can prefix the file name.
@@ -112,6 +117,7 @@ class DeviceProfile:
             "max_bundle_bytes",
             "telemetry_budget_bytes",
             "window_s",
+            "max_requests_per_s",
         ):
             if not _positive_int(getattr(self, name)):
                 raise ProfileError(f"field '{name}' must be a positive integer")
@@ -213,7 +219,7 @@ def _flatten(path: Path, document: Mapping[str, Any]) -> dict[str, Any]:
             raise ProfileError(f"{path}: field '{key}' is not known")
     for section, keys in _LAYOUT.items():
         for key in keys:
-            if key not in flat:
+            if key not in flat and key not in _OPTIONAL:
                 where = f"{section}.{key}" if section else key
                 raise ProfileError(f"{path}: field '{where}' is missing")
     return flat

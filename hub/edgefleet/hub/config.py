@@ -38,6 +38,11 @@
     metrics_host = "127.0.0.1"       # Prometheus GET /metrics ...
     metrics_port = 9464              # ... 0 = off (the default)
     ingest_queue_size = 2000         # telemetry batches waiting to be stored
+    device_messages_per_s = 2.0      # per-device telemetry quotas (docs/hub.md) ...
+    device_bytes_per_s = 131072      # ... over quota: dropped unacked, resent later
+    device_records_per_s = 200
+    device_quota_burst_s = 30        # a device may burst this many seconds' worth
+    hub_processes = 1                # hub serve processes sharing the devices' quotas
     raw_retention_s = 172800         # any FleetSettings field (fleet/settings.py)
     coarse_retention_s = "forever"   # a number of seconds, or "forever"
     k_fire = 2                       # any AlertPolicy field (fleet/alerts.py)
@@ -66,6 +71,7 @@ from edgefleet.core.drift import DriftThresholds
 from edgefleet.core.errors import DriftError
 from edgefleet.hub.errors import HubConfigError
 from edgefleet.hub.fleet.alerts import AlertPolicy
+from edgefleet.hub.fleet.quotas import QuotaSettings
 from edgefleet.hub.fleet.settings import FleetSettings
 from edgefleet.hub.rollout.plan import Gates
 
@@ -201,6 +207,13 @@ class FleetConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0  # 0 = no metrics endpoint
     ingest_queue_size: int = 2000
+    # Per-device telemetry quotas (edgefleet.hub.fleet.quotas, which checks them); each of
+    # ``hub_processes`` processes enforces its share.
+    device_messages_per_s: float = 2.0
+    device_bytes_per_s: float = 131072.0
+    device_records_per_s: float = 200.0
+    device_quota_burst_s: float = 30.0
+    hub_processes: int = 1
 
     def __post_init__(self) -> None:
         if self.monitor_interval_s <= 0:
@@ -211,10 +224,20 @@ class FleetConfig:
             raise ValueError("metrics_host must not be empty")
         if self.ingest_queue_size < 1:
             raise ValueError("ingest_queue_size must be at least 1")
+        self.quota_settings()  # checks the quota fields
         if self.webhook_url is not None:
             parts = urlsplit(self.webhook_url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise ValueError(f"webhook_url must be http(s)://host/...: {self.webhook_url!r}")
+
+    def quota_settings(self) -> QuotaSettings:
+        return QuotaSettings(
+            self.device_messages_per_s,
+            self.device_bytes_per_s,
+            self.device_records_per_s,
+            self.device_quota_burst_s,
+            self.hub_processes,
+        )
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,8 @@ log = logging.getLogger("edgefleet.hub")
 INBOUND_BACKLOG = 10_000
 INBOUND_PUT_TIMEOUT_S = 5.0
 FLUSH_TIMEOUT_S = 5.0
+# The inbound worker counts as stalled (/healthz 503) after this long without a round.
+INBOUND_STALL_S = 120.0
 # On stop: how long queued telemetry may take to be stored and acked before the MQTT
 # client goes (later batches are still stored, but their acks are lost: agents resend).
 DRAIN_TIMEOUT_S = 5.0
@@ -140,6 +142,8 @@ class HubService:
         self._inbound_stop = threading.Event()
         self._inbound_thread: threading.Thread | None = None
         self._inbound_deadline = 0.0
+        self._inbound_beat = time.monotonic()  # the inbound loop's last round
+        self.fleet.watch("hub-inbound", self._inbound_stalled)
         # Devices seen by the inbound worker (its thread only). A device's id, group,
         # profile and tags are fixed at enrollment and devices are never removed, so the
         # handlers' view of a known device cannot go stale; unknown ids are asked again.
@@ -276,6 +280,8 @@ class HubService:
         if kind is TopicKind.FETCH:
             self._on_fetch(device_id, message.payload)
             return
+        if kind is TopicKind.TELEMETRY and not self.fleet.admit(device_id, len(message.payload)):
+            return  # over the device's quota: dropped unacked, the device resends later
         try:
             self._inbound.put(
                 _Inbound(device_id, kind, message.payload), timeout=INBOUND_PUT_TIMEOUT_S
@@ -283,8 +289,15 @@ class HubService:
         except queue.Full:
             self.count(f"inbound_overload.{kind.value}")
 
+    def _inbound_stalled(self) -> bool:
+        thread = self._inbound_thread
+        if thread is None or self._inbound_stop.is_set():
+            return False
+        return not thread.is_alive() or time.monotonic() - self._inbound_beat > INBOUND_STALL_S
+
     def _inbound_loop(self) -> None:
         while True:
+            self._inbound_beat = time.monotonic()
             try:
                 item = self._inbound.get(timeout=0.1)
             except queue.Empty:
@@ -341,6 +354,11 @@ class HubService:
         if batch.device != device_id:
             raise ProtocolError(f"telemetry names device {batch.device!r} on {device_id}'s topic")
         now = self.clock()
+        info = DeviceInfo(device_id, device.group, device.profile, device.tags)
+        screened = self.fleet.screened(info, batch, now)  # numbers bounded before any store
+        if screened is None:
+            return  # seqs out of range: neither storable nor ackable (counted on /metrics)
+        batch = screened
         rows = [TelemetryRow(r.seq, r.kind, gate_body(r.kind, r.body)) for r in batch.records]
         with self.store.transaction():
             self.store.add_telemetry(device_id, rows, now)
@@ -364,7 +382,6 @@ class HubService:
                 bundle_sha256=event.bundle_sha256,
                 kind=_event_kind(record.body),
             )
-        info = DeviceInfo(device_id, device.group, device.profile, device.tags)
         ack_topic = self.topics.ack(device_id)
 
         def on_done(result: IngestResult) -> None:  # the ingest worker, after its commit

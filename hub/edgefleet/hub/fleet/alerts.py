@@ -20,6 +20,12 @@ Rules and their defaults (DESIGN.md §6 for the drift thresholds; the rest are o
     error_rate        errors / requests >= 0.05 (MID >= 0.02), >= 100 requests      critical
     latency_p95       p95 >= 250 ms (MID >= 200 ms), >= 100 requests                warning
 
+A scope holding several devices (fleet, group, profile) judges error rate and p95 from
+the per-device evidence pooled by :func:`edgefleet.core.evidence.pool` (extremes trimmed,
+each device's weight capped), so one device cannot raise or silence those alerts for the
+others; the p95 is the project's one p95 rule (:meth:`LatencySummary.p95`, interpolated
+in its bucket).
+
 Persistence and hysteresis, one transition table (:data:`TRANSITIONS`) per (rule, scope):
 an alert fires after ``k_fire`` consecutive HIGH observations and resolves after
 ``k_resolve`` consecutive LOW ones. MID never fires an alert but keeps a firing one open
@@ -29,12 +35,13 @@ not evidence either way). Invariant: an alert key fires at most once until it re
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from edgefleet.core.drift import DriftReport, DriftThresholds
+from edgefleet.core.evidence import DeviceEvidence, LatencySummary, pool
 from edgefleet.hub.fleet.totals import WindowTotals
 
 SCOPE_KINDS = ("fleet", "group", "profile", "device")
@@ -152,6 +159,8 @@ class Observation:
     report: DriftReport | None
     totals: WindowTotals
     validation: Mapping[str, float] = field(default_factory=dict)
+    # Per-device evidence of the same windows (empty: judge the totals as one device's).
+    devices: Sequence[DeviceEvidence] = ()
 
 
 @dataclass(frozen=True)
@@ -250,30 +259,49 @@ def accuracy_drop(obs: Observation, policy: AlertPolicy) -> RuleOutcome:
     )
 
 
+def latency_of(totals: WindowTotals) -> LatencySummary:
+    """Every latency histogram of ``totals`` as one summary (edges may differ)."""
+    out = LatencySummary()
+    for edges, counts in totals.latency.items():
+        out = out.merge(LatencySummary.from_histogram(edges, counts))
+    return out
+
+
+def device_evidence(device: str, totals: WindowTotals) -> DeviceEvidence:
+    return DeviceEvidence(device, totals.requests, totals.error_count, latency_of(totals))
+
+
 def error_rate(obs: Observation, policy: AlertPolicy) -> RuleOutcome:
     t = obs.totals
     if t.requests < policy.min_requests:
         return RuleOutcome(Signal.NONE)
-    rate = t.error_count / t.requests
+    pooled = pool(obs.devices) if obs.devices else None
+    rate = t.error_count / t.requests if pooled is None else pooled.error_rate
+    if rate is None:  # pragma: no cover (requests checked above)
+        return RuleOutcome(Signal.NONE)
+    devices = f" from {pooled.devices} device(s)" if pooled is not None else ""
     return RuleOutcome(
         _graded(rate, policy.error_rate, policy.error_rate_clear),
         rate,
-        f"error rate {rate:.1%} over {t.requests} requests",
-        {"errors": dict(t.errors), "requests": t.requests},
+        f"error rate {rate:.1%} over {t.requests} requests{devices}",
+        {"errors": dict(t.errors), "requests": t.requests}
+        | ({} if pooled is None else {"devices": pooled.devices}),
     )
 
 
 def latency_p95(obs: Observation, policy: AlertPolicy) -> RuleOutcome:
-    hist = obs.totals.latency_histogram()
-    if hist is None or hist.total < policy.min_requests:
+    latency = latency_of(obs.totals)
+    if latency.total < policy.min_requests:
         return RuleOutcome(Signal.NONE)
-    p95 = hist.quantile(0.95)
-    assert p95 is not None
-    shown = f">{hist.edges[-1]:g}" if p95 == float("inf") and hist.edges else f"{p95:g}"
+    pooled = pool(obs.devices) if obs.devices else None
+    p95 = latency.p95() if pooled is None else pooled.p95_ms
+    if p95 is None:
+        return RuleOutcome(Signal.NONE)
+    devices = f" from {pooled.devices} device(s)" if pooled is not None else ""
     return RuleOutcome(
         _graded(p95, policy.latency_p95_ms, policy.latency_p95_clear_ms),
-        None if p95 == float("inf") else p95,
-        f"p95 latency {shown} ms over {hist.total} requests",
+        p95,
+        f"p95 latency {p95:.4g} ms over {latency.total} requests{devices}",
     )
 
 

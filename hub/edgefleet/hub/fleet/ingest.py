@@ -23,6 +23,14 @@ Invariants:
   batch arrives the cursor jumps over it. Pass the decoded :class:`TelemetryBatch` (not only
   its records) so its ``after_seq`` counts; bare records are acked as from an old agent.
 - ``submit`` never blocks and never touches the database.
+- The worker thread survives anything one batch or record does: a group commit that fails
+  is retried batch by batch, and a batch that fails alone is stored record by record, a
+  record that still fails being stored as kind ``refused`` (so the ack can pass it and the
+  device drops it). Only a record that cannot even be stored that way leaves its batch
+  unacked. Any other exception in the loop is logged and the loop goes on.
+- ``stalled`` is true when the thread died or has not come round its loop for
+  ``stall_after_s`` (a transaction or maintenance step hanging): /metrics shows it and
+  ``/healthz`` answers 503.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from edgefleet.core.errors import EdgefleetError, ProtocolError
+from edgefleet.core.errors import ProtocolError
 from edgefleet.core.protocol import TelemetryBatch, TelemetryRecord
 from edgefleet.hub.errors import HubConfigError
 from edgefleet.hub.fleet.database import FleetDatabase
@@ -48,6 +56,11 @@ from edgefleet.hub.fleet.totals import WindowTotals
 from edgefleet.hub.fleet.window_store import DeviceBatch, FleetWindowStore, RecordRow
 
 log = logging.getLogger(__name__)
+
+
+def _short(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}"
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 @dataclass(frozen=True)
@@ -188,6 +201,8 @@ class IngestStats:
     duplicates: int = 0
     malformed: int = 0
     failed_batches: int = 0
+    isolated_records: int = 0  # records refused because storing them raised
+    loop_errors: int = 0  # unexpected exceptions the worker loop caught and survived
     commits: int = 0
     rate_records_per_s: float = 0.0  # exponentially smoothed over ~a minute
 
@@ -212,6 +227,7 @@ class IngestWorker:
         max_batches_per_commit: int = 256,
         maintenance_interval_s: float = 30.0,
         lookup_ttl_s: float = 60.0,
+        stall_after_s: float = 120.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if queue_size < 1 or max_batches_per_commit < 1:
@@ -222,7 +238,9 @@ class IngestWorker:
         self.maintenance_interval_s = maintenance_interval_s
         self.lookup_ttl_s = lookup_ttl_s
         self.clock = clock
+        self.stall_after_s = stall_after_s
         self.stats = IngestStats()
+        self._heartbeat = time.monotonic()  # the loop's last round (monotonic)
         self._queue: queue.Queue[_Item] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -259,9 +277,20 @@ class IngestWorker:
     def backlog(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def stalled(self) -> bool:
+        """True when the started thread died or its loop has hung for ``stall_after_s``."""
+        thread = self._thread
+        if thread is None:
+            return False
+        if not thread.is_alive():
+            return not self._stop.is_set()
+        return time.monotonic() - self._heartbeat > self.stall_after_s
+
     def start(self) -> IngestWorker:
         if self._thread is None:
             self._stop.clear()
+            self._heartbeat = time.monotonic()
             self._thread = threading.Thread(target=self._run, name="fleet-ingest", daemon=True)
             self._thread.start()
         return self
@@ -287,44 +316,60 @@ class IngestWorker:
     # -- the worker thread -----------------------------------------------------------
     def _run(self) -> None:
         while True:
+            self._heartbeat = time.monotonic()
             try:
-                first = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                if self._stop.is_set():
+                if self._round():
                     return
-                self._maintain(idle=True)
-                continue
-            items = [first]
-            while len(items) < self.max_batches:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            with self._idle:
-                self._busy = len(items)
+            except Exception:  # the last line of defence: never a dead worker
+                self.stats.loop_errors += 1
+                log.exception("fleet ingest: unexpected error (the worker goes on)")
+                time.sleep(0.1)  # a fault that repeats at once must not spin a core
+
+    def _round(self) -> bool:
+        """One round of the loop; True when the worker should end."""
+        try:
+            first = self._queue.get(timeout=0.2)
+        except queue.Empty:
+            if self._stop.is_set():
+                return True
+            self._maintain(idle=True)
+            return False
+        items = [first]
+        while len(items) < self.max_batches:
             try:
-                self._store(items)
-            finally:
-                with self._idle:
-                    self._busy = 0
-                    self._idle.notify_all()
-            if self._stop.is_set() and self._queue.empty():
-                return
-            self._maintain(idle=False)
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        with self._idle:
+            self._busy = len(items)
+        try:
+            self._store(items)
+        finally:
+            with self._idle:
+                self._busy = 0
+                self._idle.notify_all()
+        if self._stop.is_set() and self._queue.empty():
+            return True
+        self._maintain(idle=False)
+        return False
 
     def _store(self, items: list[_Item]) -> None:
         now = self.clock()
+        resolved = [(self._resolve(item.device, now), item.batch) for item in items]
+        results: list[IngestResult | None]
         try:
-            resolved = [(self._resolve(item.device, now), item.batch) for item in items]
-            results = self.telemetry.ingest_many(resolved, now)
-        except EdgefleetError as e:
-            # Nothing acked: the agents send these batches again.
-            self.stats.failed_batches += len(items)
-            log.error("fleet ingest of %d batches failed: %s", len(items), e)
-            return
-        self.stats.commits += 1
+            results = list(self.telemetry.ingest_many(resolved, now))
+            self.stats.commits += 1
+        except Exception as e:
+            # One bad batch must not cost the others their commit: each on its own.
+            log.error("fleet ingest of %d batches failed (%s); storing them one by one",
+                      len(items), _short(e))  # fmt: skip
+            results = [self._store_alone(device, batch, now) for device, batch in resolved]
         stored = 0
         for item, result in zip(items, results, strict=True):
+            if result is None:
+                self.stats.failed_batches += 1  # not acked: the agent sends it again
+                continue
             self.stats.stored_records += result.stored
             self.stats.duplicates += result.duplicates
             self.stats.malformed += result.malformed
@@ -335,6 +380,52 @@ class IngestWorker:
                 except Exception:  # a broken callback must not stop ingest
                     log.exception("fleet ingest callback failed")
         self._note_rate(stored, now)
+
+    def _store_alone(
+        self, device: DeviceInfo, batch: BatchRecords, now: float
+    ) -> IngestResult | None:
+        """One batch in its own transaction, else record by record (None: not stored)."""
+        try:
+            result = self.telemetry.ingest(device, batch, now)
+            self.stats.commits += 1
+            return result
+        except Exception as e:
+            log.error("fleet ingest of a batch of %s failed (%s); isolating the bad record",
+                      device.id, _short(e))  # fmt: skip
+        records, after_seq = batch_parts(batch)
+        # (after, r1], (r1, r2], ... claim exactly what (after, rn] claims, so the cursor
+        # moves the same way as for the whole batch.
+        stored = duplicates = malformed = 0
+        highest: int | None = None
+        previous = after_seq
+        for record in records:
+            one = self._store_record(device, record, previous, now)
+            if one is None:
+                return None
+            stored += one.stored
+            duplicates += one.duplicates
+            malformed += one.malformed
+            highest = one.highest_contiguous_seq
+            previous = record.seq
+        return IngestResult(stored, duplicates, highest, malformed)
+
+    def _store_record(
+        self, device: DeviceInfo, record: TelemetryRecord, after_seq: int | None, now: float
+    ) -> IngestResult | None:
+        for attempt in (record, TelemetryRecord(record.seq, "refused", {"reason": "store_failed"})):
+            try:
+                result = self.telemetry.ingest(
+                    device, TelemetryBatch.of(device.id, [attempt], after_seq=after_seq), now
+                )
+            except Exception as e:
+                log.error("fleet ingest: record %d of %s cannot be stored: %s",
+                          record.seq, device.id, _short(e))  # fmt: skip
+                continue
+            self.stats.commits += 1
+            if attempt is not record:
+                self.stats.isolated_records += 1
+            return result
+        return None
 
     def _note_rate(self, stored: int, now: float) -> None:
         last, self._last_rate_at = self._last_rate_at, now
@@ -354,7 +445,7 @@ class IngestWorker:
         if self.device_lookup is not None:
             try:
                 info = self.device_lookup(device)
-            except EdgefleetError as e:
+            except Exception as e:
                 log.warning("device lookup for %s failed: %s", device, e)
         info = info or DeviceInfo(device)
         self._devices[device] = (now, info)
@@ -372,6 +463,6 @@ class IngestWorker:
             self._last_maintenance = now
             try:
                 self._maintenance_more = self.telemetry.maintain(now).more
-            except EdgefleetError as e:
+            except Exception as e:
                 self._maintenance_more = False
                 log.error("fleet maintenance failed: %s", e)

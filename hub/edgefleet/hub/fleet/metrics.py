@@ -2,8 +2,10 @@
 
 ``render_metrics`` is a pure function from a :class:`HubMetrics` snapshot to the text
 exposition format (version 0.0.4); ``collect`` takes the snapshot from the running parts;
-:class:`MetricsServer` serves ``GET /metrics`` from a small stdlib HTTP server in a thread
-of its own (loopback by default; any other path is 404, any other method 405).
+:class:`MetricsServer` serves ``GET /metrics`` and ``GET /healthz`` from a small stdlib HTTP
+server in a thread of its own (loopback by default; any other path is 404, any other method
+405). ``/healthz`` answers 200 ``ok`` while every worker makes progress and 503 naming the
+stalled ones otherwise, so a supervisor restarts a hub that looks up but stores nothing.
 
 Invariant: a scrape never writes and never waits for the ingest worker — it reads counters
 the worker keeps in memory, the queue length, one small SELECT on the alerts table and one
@@ -17,8 +19,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
+from edgefleet.core.protocol.bounds import REASONS
 from edgefleet.hub.fleet.alert_store import AlertStore
 from edgefleet.hub.fleet.ingest import IngestWorker
+from edgefleet.hub.fleet.quotas import LIMITS as QUOTA_LIMITS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SEVERITIES = ("warning", "critical")
@@ -39,6 +43,10 @@ class HubMetrics:
     ingest_ahead_of_cursor_total: int = 0  # batches stored but not following on the ack cursor
     ingest_refused_spans_full_total: int = 0  # batches refused: the device's spans were full
     open_alerts: Mapping[str, int] = field(default_factory=dict)  # by severity
+    # Telemetry records (or whole batches) refused as out of bounds or over quota, by reason.
+    refused: Mapping[str, int] = field(default_factory=dict)
+    stalled_workers: Mapping[str, bool] = field(default_factory=dict)  # worker -> stalled
+    quota_refused: Mapping[str, int] = field(default_factory=dict)  # messages, by limit
 
 
 def _line(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> list[str]:
@@ -118,6 +126,28 @@ def render_metrics(m: HubMetrics) -> str:
         "Telemetry batches queued for storing.",
         [("", m.ingest_backlog)],
     )
+    reasons = sorted(set(REASONS) | {"store_failed"} | set(m.refused))
+    lines += _line(
+        "edgefleet_hub_telemetry_refused_total",
+        "counter",
+        "Telemetry records refused before storing, by reason (bounds, store failure, quota).",
+        [(f'{{reason="{r}"}}', m.refused.get(r, 0)) for r in reasons],
+    )
+    lines += _line(
+        "edgefleet_hub_device_quota_refused_total",
+        "counter",
+        "Telemetry messages dropped unacked because the device was over its quota, by limit.",
+        [
+            (f'{{limit="{q}"}}', m.quota_refused.get(q, 0))
+            for q in sorted(set(QUOTA_LIMITS) | set(m.quota_refused))
+        ],
+    )
+    lines += _line(
+        "edgefleet_hub_worker_stalled",
+        "gauge",
+        "1 when a hub worker thread died or has made no progress for its stall limit.",
+        [(f'{{worker="{w}"}}', int(v)) for w, v in sorted(m.stalled_workers.items())],
+    )
     severities = sorted(set(SEVERITIES) | set(m.open_alerts))
     lines += _line(
         "edgefleet_hub_alerts_open",
@@ -132,6 +162,9 @@ def collect(
     worker: IngestWorker | None = None,
     alerts: AlertStore | None = None,
     devices: Callable[[], tuple[int, int]] | None = None,
+    refused: Mapping[str, int] | None = None,
+    quota_refused: Mapping[str, int] | None = None,
+    stalled: Mapping[str, bool] | None = None,
 ) -> HubMetrics:
     """A snapshot; ``devices`` returns (enrolled, online), e.g. from the hub store."""
     total = online = None
@@ -154,7 +187,19 @@ def collect(
         ingest_ahead_of_cursor_total=counters.get("batches_ahead_of_cursor", 0),
         ingest_refused_spans_full_total=counters.get("batches_refused_spans_full", 0),
         open_alerts={} if alerts is None else alerts.open_counts(),
+        refused=_refused(worker, refused),
+        stalled_workers=dict(stalled)
+        if stalled is not None
+        else ({} if worker is None else {"fleet-ingest": worker.stalled}),
+        quota_refused=dict(quota_refused or {}),
     )
+
+
+def _refused(worker: IngestWorker | None, refused: Mapping[str, int] | None) -> dict[str, int]:
+    out = dict(refused or {})
+    if worker is not None and worker.stats.isolated_records:
+        out["store_failed"] = out.get("store_failed", 0) + worker.stats.isolated_records
+    return out
 
 
 SCRAPE_TIMEOUT_S = 5.0
@@ -163,8 +208,17 @@ SCRAPE_TIMEOUT_S = 5.0
 class MetricsServer:
     """``GET /metrics`` on ``host:port`` (port 0 picks a free one; see ``.port``)."""
 
-    def __init__(self, provider: Callable[[], str], host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self,
+        provider: Callable[[], str],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        health: Callable[[], list[str]] = list,
+    ):
+        """``health`` returns the names of stalled workers (empty: healthy)."""
         self.provider = provider
+        self.health = health
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -173,7 +227,11 @@ class MetricsServer:
             timeout = SCRAPE_TIMEOUT_S
 
             def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-                if self.path.split("?", 1)[0] != "/metrics":
+                path = self.path.split("?", 1)[0]
+                if path == "/healthz":
+                    self._healthz()
+                    return
+                if path != "/metrics":
                     self._reply(404, b"not found\n", "text/plain")
                     return
                 try:
@@ -182,6 +240,17 @@ class MetricsServer:
                     self._reply(500, f"error: {e}\n".encode(), "text/plain")
                     return
                 self._reply(200, body, CONTENT_TYPE)
+
+            def _healthz(self) -> None:
+                try:
+                    stalled = outer.health()
+                except Exception as e:  # a failing check is not a healthy hub
+                    self._reply(503, f"error: {e}\n".encode(), "text/plain")
+                    return
+                if stalled:
+                    self._reply(503, f"stalled: {', '.join(stalled)}\n".encode(), "text/plain")
+                else:
+                    self._reply(200, b"ok\n", "text/plain")
 
             def do_POST(self) -> None:  # noqa: N802
                 self._reply(405, b"method not allowed\n", "text/plain")

@@ -22,15 +22,19 @@ An open alert whose scope sent nothing for ``stale_after_s`` resolves with reaso
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from edgefleet.core.drift import ReferenceProfile, WindowStats, score_window
 from edgefleet.core.drift.wire_batch import decode_many
 from edgefleet.core.errors import DriftError, EdgefleetError
+from edgefleet.core.evidence import DeviceEvidence, LatencySummary
 from edgefleet.hub.fleet.alert_sinks import AlertEvent, AlertSink
 from edgefleet.hub.fleet.alert_store import AlertStore, NewAlert, ScopeCarry
 from edgefleet.hub.fleet.alerts import (
@@ -40,6 +44,7 @@ from edgefleet.hub.fleet.alerts import (
     Observation,
     Tracker,
     alert_key,
+    device_evidence,
     evaluate,
     severity_of,
     step,
@@ -71,22 +76,61 @@ class _Carry:
     totals: WindowTotals
     since: float | None
     last_data_at: float | None
+    # Per device (scopes of several devices only): what the rules pool so that no one
+    # device decides for the scope (edgefleet.core.evidence).
+    devices: dict[str, DeviceEvidence] = field(default_factory=dict)
 
-    def add(self, stats: WindowStats | None, totals: WindowTotals, at: float) -> None:
+    def add(self, stats: WindowStats | None, totals: WindowTotals, at: float, device: str) -> None:
         if stats is not None:
             self.stats = stats if self.stats is None else self.stats.merge(stats)
         self.totals.add(totals)
+        if self.kind != "device":
+            evidence = device_evidence(device, totals)
+            known = self.devices.get(device)
+            self.devices[device] = evidence if known is None else known.merge(evidence)
         self.since = at if self.since is None else min(self.since, at)
         self.last_data_at = at if self.last_data_at is None else max(self.last_data_at, at)
 
+    def clear(self) -> None:
+        self.stats, self.totals, self.since, self.devices = None, WindowTotals(), None, {}
+
     def to_record(self) -> ScopeCarry:
         empty = self.totals.windows == 0
+        totals = None
+        if not empty:
+            # The per-device evidence rides along in the totals JSON (readers of the
+            # totals ignore the extra key).
+            totals = json.dumps(
+                self.totals.to_dict() | {"per_device": _devices_to_json(self.devices)},
+                separators=(",", ":"),
+            )
         return ScopeCarry(
             self.last_data_at,
             None if self.stats is None else self.stats.to_bytes(),
-            None if empty else self.totals.to_json(),
+            totals,
             None if empty else self.since,
         )
+
+
+def _devices_to_json(devices: Mapping[str, DeviceEvidence]) -> dict[str, Any]:
+    return {
+        d: [
+            e.requests,
+            e.errors,
+            [[lo, None if math.isinf(hi) else hi, n] for (lo, hi), n in e.latency.buckets.items()],
+        ]
+        for d, e in devices.items()
+    }
+
+
+def _devices_from_json(raw: Any) -> dict[str, DeviceEvidence]:
+    out: dict[str, DeviceEvidence] = {}
+    for device, (requests, errors, buckets) in dict(raw or {}).items():
+        latency = LatencySummary(
+            {(float(lo), math.inf if hi is None else float(hi)): int(n) for lo, hi, n in buckets}
+        )
+        out[str(device)] = DeviceEvidence(str(device), int(requests), int(errors), latency)
+    return out
 
 
 class FleetMonitor:
@@ -146,7 +190,7 @@ class FleetMonitor:
                     if carry is None:
                         carry = self._load_carry(scope_key, kind, scope, lookback_from)
                         touched[scope_key] = carry
-                    carry.add(stats, totals, at)
+                    carry.add(stats, totals, at, row.device)
             for scope_key, carry in touched.items():
                 carries[scope_key] = carry
                 if not self._ready(carry):
@@ -154,7 +198,10 @@ class FleetMonitor:
                 report = None
                 if profile is not None and carry.stats is not None:
                     report = score_window(profile, carry.stats, self.policy.thresholds)
-                outcomes = evaluate(Observation(report, carry.totals, validation), self.policy)
+                observation = Observation(
+                    report, carry.totals, validation, tuple(carry.devices.values())
+                )
+                outcomes = evaluate(observation, self.policy)
                 for rule, outcome in outcomes.items():
                     key = alert_key(rule, model, version, carry.kind, carry.scope)
                     before = changed.get(key, trackers.get(key, Tracker()))
@@ -181,7 +228,7 @@ class FleetMonitor:
                         pending.append((key, alert, FIRED))
                     elif event is not None:
                         pending.append((key, None, "signal cleared"))
-                carry.stats, carry.totals, carry.since = None, WindowTotals(), None
+                carry.clear()
         return self._commit(now, trackers, changed, carries, cursors, pending)
 
     def _commit(
@@ -237,7 +284,9 @@ class FleetMonitor:
         carry = _Carry(scope_key, kind, scope, None, WindowTotals(), None, record.last_data_at)
         fresh = record.since is not None and record.since >= lookback_from
         if fresh and record.totals is not None:
-            carry.totals = WindowTotals.from_json(record.totals)
+            saved = json.loads(record.totals)
+            carry.totals = WindowTotals.from_dict(saved)
+            carry.devices = _devices_from_json(saved.get("per_device"))
             carry.since = record.since
             if record.stats is not None:
                 try:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from edgefleet.core.protocol import TelemetryBatch
 from edgefleet.hub.errors import HubConfigError
 from edgefleet.hub.fleet.alert_sinks import AlertSink, LogSink, MqttAlertSink, WebhookSink
 from edgefleet.hub.fleet.ingest import (
@@ -34,7 +35,9 @@ from edgefleet.hub.fleet.ingest import (
 )
 from edgefleet.hub.fleet.metrics import MetricsServer, collect, render_metrics
 from edgefleet.hub.fleet.monitor import FleetMonitor
+from edgefleet.hub.fleet.quotas import DeviceQuotas
 from edgefleet.hub.fleet.references import References, bundle_loaders
+from edgefleet.hub.fleet.screening import TelemetryScreen
 from edgefleet.hub.fleet.settings import fleet_db_path
 
 if TYPE_CHECKING:  # config imports the fleet package: no import cycle at run time
@@ -67,6 +70,9 @@ class FleetRuntime:
         self.clock = clock
         self.telemetry = FleetTelemetry(fleet_db_path(store_path), config.settings)
         self.worker = IngestWorker(self.telemetry, queue_size=config.ingest_queue_size, clock=clock)
+        self.screen = TelemetryScreen(config.settings.raw_retention_s)
+        self.quotas = DeviceQuotas(config.quota_settings())
+        self._watched: dict[str, Callable[[], bool]] = {"fleet-ingest": lambda: self.worker.stalled}
         self.references = References(
             *bundle_loaders(store, bundles_dir), cache=self.telemetry.store, clock=clock
         )
@@ -90,7 +96,9 @@ class FleetRuntime:
         if self.config.metrics_port:
             host, port = self.config.metrics_host, self.config.metrics_port
             try:
-                self.metrics = MetricsServer(self.metrics_text, host, port).start()
+                self.metrics = MetricsServer(
+                    self.metrics_text, host, port, health=self.stalled_workers
+                ).start()
             except OSError as e:
                 self.stop()
                 raise HubConfigError(
@@ -121,5 +129,35 @@ class FleetRuntime:
         """
         return self.worker.submit(device, records, on_done=on_done)
 
+    def admit(self, device_id: str, size: int) -> bool:
+        """A telemetry message of ``size`` bytes within the device's quota (the MQTT
+        thread: no decode, no I/O); False: drop it unacked, the device resends later."""
+        return self.quotas.admit_message(device_id, size)
+
+    def screened(
+        self, device: DeviceInfo, batch: TelemetryBatch, now: float
+    ) -> TelemetryBatch | None:
+        """``batch`` within the device's record quota and the telemetry bounds (see
+        ``quotas`` and ``screening``); None: refused whole, not acked."""
+        if not self.quotas.admit_records(device.id, len(batch.records)):
+            return None
+        return self.screen.screen(device.id, device.profile, batch, now)
+
+    def watch(self, name: str, stalled: Callable[[], bool]) -> None:
+        """Report worker ``name`` on /metrics and /healthz; ``stalled()`` says when it is."""
+        self._watched[name] = stalled
+
+    def stalled_workers(self) -> list[str]:
+        return [name for name, stalled in self._watched.items() if stalled()]
+
     def metrics_text(self) -> str:
-        return render_metrics(collect(self.worker, self.monitor.alerts, self.store.count_devices))
+        return render_metrics(
+            collect(
+                self.worker,
+                self.monitor.alerts,
+                self.store.count_devices,
+                self.screen.refused(),
+                self.quotas.refused(),
+                {name: stalled() for name, stalled in self._watched.items()},
+            )
+        )

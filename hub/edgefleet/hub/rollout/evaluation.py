@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 
+from edgefleet.core.evidence import pool
 from edgefleet.hub.rollout.evidence import VersionStats
 from edgefleet.hub.rollout.gates import Decision, DeviceReport, evaluate_phase
 from edgefleet.hub.rollout.machine import RolloutState
@@ -71,7 +72,11 @@ def evaluate_rollout(
         list(plan.devices),
         rollout.created_at - plan.gates.baseline_lookback_s,
     )
-    baseline = VersionStats.sum(baseline_by_device.values())
+    # Pooled per device, never summed: one device's claims must not make the baseline.
+    baseline = pool(
+        [stats.evidence(device) for device, stats in baseline_by_device.items()],
+        windows=sum(stats.windows for stats in baseline_by_device.values()),
+    )
     started = rollout.status.phase_started_at or rollout.created_at
     return evaluate_phase(
         plan,

@@ -1,25 +1,27 @@
-"""Inference evidence of one model version, aggregated from telemetry windows.
+"""Inference evidence of one model version on one device, from its telemetry windows.
 
 A telemetry window body (DESIGN.md §5) carries ``requests``, ``errors``
 (kind -> n), a latency histogram ``{"edges": [...], "counts": [...]}`` and
-prediction counts (label -> n). :class:`VersionStats` adds windows up exactly
-(counts add), so the order windows arrive in does not matter.
+prediction counts (label -> n). :class:`VersionStats` adds one device's windows up exactly
+(counts add), so the order windows arrive in does not matter. Evidence of *several*
+devices is never added up here: :meth:`VersionStats.evidence` hands each device's sum to
+the fleet-wide rule in :mod:`edgefleet.core.evidence`, which pools them so that no one
+device decides (trimmed, share-capped per-device rates; the p95 rule).
 
 Invariants: every count is a non-negative integer; a malformed window is
 refused with ``ValueError`` (the caller counts it) and never half-added.
 Latency buckets are kept as ``(low, high]`` intervals in milliseconds, so
-windows whose histograms use different edges still merge; the p95 is
-interpolated linearly inside the bucket that holds it.
+windows whose histograms use different edges still merge.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from edgefleet.core.drift.scores import psi
+from edgefleet.core.evidence import DeviceEvidence, LatencySummary
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ class VersionStats:
 
     requests: int = 0
     errors: int = 0
-    latency: Mapping[tuple[float, float], int] = field(default_factory=dict)
+    latency: LatencySummary = field(default_factory=LatencySummary)
     predictions: Mapping[str, int] = field(default_factory=dict)
     windows: int = 0
 
@@ -47,9 +49,7 @@ class VersionStats:
         return cls(requests, errors, latency, predictions, 1)
 
     def merge(self, other: VersionStats) -> VersionStats:
-        latency = dict(self.latency)
-        for bucket, n in other.latency.items():
-            latency[bucket] = latency.get(bucket, 0) + n
+        latency = self.latency.merge(other.latency)
         predictions = dict(self.predictions)
         for label, n in other.predictions.items():
             predictions[label] = predictions.get(label, 0) + n
@@ -72,27 +72,13 @@ class VersionStats:
     def error_rate(self) -> float | None:
         return self.errors / self.requests if self.requests else None
 
-    def latency_quantile(self, q: float) -> float | None:
-        """The ``q`` quantile of latency in ms, or None without latency data."""
-        total = sum(self.latency.values())
-        if total == 0:
-            return None
-        rank = q * total
-        seen = 0
-        for (low, high), n in sorted(self.latency.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            if n == 0:
-                continue
-            if seen + n >= rank:
-                if math.isinf(high):
-                    return low  # the open top bucket: report its lower edge
-                frac = (rank - seen) / n
-                return low + (high - low) * frac
-            seen += n
-        return max(low for low, _ in self.latency)  # pragma: no cover (rounding)
-
     @property
     def p95_ms(self) -> float | None:
-        return self.latency_quantile(0.95)
+        return self.latency.p95()
+
+    def evidence(self, device: str) -> DeviceEvidence:
+        """This device's sum, for :func:`edgefleet.core.evidence.pool`."""
+        return DeviceEvidence(device, self.requests, self.errors, self.latency, self.predictions)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -105,8 +91,9 @@ class VersionStats:
         }
 
 
-def prediction_psi(expected: Mapping[str, int], actual: Mapping[str, int]) -> float | None:
-    """Population stability index of two label-count distributions (None if one is empty).
+def prediction_psi(expected: Mapping[str, float], actual: Mapping[str, float]) -> float | None:
+    """Population stability index of two label distributions, as counts or shares (None if
+    one is empty).
 
     Computed by the core drift scores over the union of labels, so empty
     shares are filled the way Evidently does: a label seen on one side only
@@ -124,9 +111,9 @@ def _count(value: object, name: str) -> int:
     return value
 
 
-def _latency_buckets(raw: object) -> dict[tuple[float, float], int]:
+def _latency_buckets(raw: object) -> LatencySummary:
     if raw is None:
-        return {}
+        return LatencySummary()
     if not isinstance(raw, Mapping):
         raise ValueError("latency_ms must be an object with edges and counts")
     edges = raw.get("edges")
@@ -137,23 +124,8 @@ def _latency_buckets(raw: object) -> dict[tuple[float, float], int]:
         bounds = [float(e) for e in edges]
     except (TypeError, ValueError) as e:
         raise ValueError("latency_ms.edges must be numbers") from e
-    if any(not math.isfinite(b) for b in bounds) or bounds != sorted(bounds):
-        raise ValueError("latency_ms.edges must be finite and increasing")
     values = [_count(c, "latency_ms.counts[]") for c in counts]
-    # Three layouts are accepted: open outer bins (len(edges)+1 counts), bins
-    # between edges (len(edges)-1), or one bin per upper edge (len(edges)).
-    if len(values) == len(bounds) + 1:
-        lows = [0.0, *bounds]
-        highs = [*bounds, math.inf]
-    elif len(values) == len(bounds) - 1:
-        lows, highs = bounds[:-1], bounds[1:]
-    elif len(values) == len(bounds):
-        lows, highs = [0.0, *bounds[:-1]], bounds
-    else:
-        raise ValueError("latency_ms.counts does not fit latency_ms.edges")
-    buckets: dict[tuple[float, float], int] = {}
-    for low, high, n in zip(lows, highs, values, strict=True):
-        if n:
-            key = (max(0.0, low), high)
-            buckets[key] = buckets.get(key, 0) + n
-    return buckets
+    try:
+        return LatencySummary.from_histogram(bounds, values)
+    except ValueError as e:
+        raise ValueError(f"latency_ms: {e}") from e

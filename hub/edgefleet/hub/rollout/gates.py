@@ -25,6 +25,11 @@ A phase is **aborted** as soon as one gate fails:
   when the previous version has fewer than ``min_inferences`` requests on
   record — a first rollout has nothing to compare with.
 
+Error rate, p95 and prediction shares (of the new version and of the baseline alike) are
+pooled across devices by :func:`edgefleet.core.evidence.pool`: per-device values, trimmed
+and share-capped, so no one device's claims pass or abort a rollout the other devices'
+evidence decides otherwise. Each of those gates names how many devices contributed.
+
 Otherwise the decision is **wait**. Nothing here reads a clock or a store.
 """
 
@@ -36,6 +41,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from edgefleet.core.evidence import PooledEvidence, pool
 from edgefleet.hub.rollout.evidence import VersionStats, prediction_psi
 from edgefleet.hub.rollout.plan import RolloutPlan
 
@@ -135,11 +141,18 @@ def evaluate_phase(
     *,
     phase: int,
     phase_started_at: float,
-    baseline: VersionStats | None = None,
+    baseline: PooledEvidence | VersionStats | None = None,
 ) -> Decision:
-    """Decide whether phase ``phase`` passes, waits or aborts (see module doc)."""
+    """Decide whether phase ``phase`` passes, waits or aborts (see module doc).
+
+    ``baseline``: the previous versions' evidence pooled across devices (a bare
+    :class:`VersionStats` counts as one device's).
+    """
     gates = plan.gates
-    baseline = baseline or VersionStats()
+    if baseline is None:
+        baseline = PooledEvidence()
+    elif isinstance(baseline, VersionStats):
+        baseline = pool([baseline.evidence("baseline")], windows=baseline.windows)
     moved = [r for r in device_reports if r.phase <= phase]
     timed_out = tuple(
         r.device_id
@@ -162,7 +175,9 @@ def evaluate_phase(
     offline_pending = [r for r in moved if status[r.device_id] in UNSETTLED and not r.online]
     # Every moved device's windows of the new version count as evidence, also
     # from devices that later failed probation: their errors are the point.
-    new = VersionStats.sum(r.new for r in moved)
+    new = pool(
+        [r.new.evidence(r.device_id) for r in moved], windows=sum(r.new.windows for r in moved)
+    )
     reporting = [r for r in committed if r.new.requests > 0]
     results: list[GateResult] = []
 
@@ -246,11 +261,13 @@ def evaluate_phase(
         "pending": sum(1 for s in status.values() if s is InstallStatus.PENDING),
         "offline_pending": len(offline_pending),
         "reporting": len(reporting),
+        "evidence_devices": new.devices,
+        "baseline_devices": baseline.devices,
     }
     return Decision(verdict, tuple(results), timed_out, counts, new.summary(), baseline.summary())
 
 
-def _error_rate_gate(new: VersionStats, enough: bool, limit: float) -> GateResult:
+def _error_rate_gate(new: PooledEvidence, enough: bool, limit: float) -> GateResult:
     rate = new.error_rate
     if not enough or rate is None:
         return GateResult(
@@ -261,12 +278,17 @@ def _error_rate_gate(new: VersionStats, enough: bool, limit: float) -> GateResul
         GateStatus.FAIL if rate > limit else GateStatus.PASS,
         rate,
         limit,
-        f"error rate {rate:.4f} (limit {limit:g}) over {new.requests} requests",
+        f"error rate {rate:.4f} (limit {limit:g}) over {new.requests} requests"
+        f" from {new.devices} device(s)",
     )
 
 
 def _latency_gate(
-    new: VersionStats, baseline: VersionStats, enough: bool, baseline_enough: bool, limit: float
+    new: PooledEvidence,
+    baseline: PooledEvidence,
+    enough: bool,
+    baseline_enough: bool,
+    limit: float,
 ) -> GateResult:
     name = "max_latency_p95_ratio"
     p_new, p_old = new.p95_ms, baseline.p95_ms
@@ -282,21 +304,26 @@ def _latency_gate(
         GateStatus.FAIL if ratio > limit or not math.isfinite(ratio) else GateStatus.PASS,
         ratio,
         limit,
-        f"p95 {p_new:.2f} ms vs {p_old:.2f} ms previous (ratio {ratio:.2f}, limit {limit:g})",
+        f"p95 {p_new:.2f} ms vs {p_old:.2f} ms previous (ratio {ratio:.2f}, limit {limit:g};"
+        f" {new.devices} vs {baseline.devices} device(s))",
     )
 
 
 def _psi_gate(
-    new: VersionStats, baseline: VersionStats, enough: bool, baseline_enough: bool, limit: float
+    new: PooledEvidence,
+    baseline: PooledEvidence,
+    enough: bool,
+    baseline_enough: bool,
+    limit: float,
 ) -> GateResult:
     name = "max_prediction_psi"
-    if not baseline_enough or not baseline.predictions:
+    if not baseline_enough or not baseline.prediction_shares:
         return GateResult(
             name, GateStatus.NOT_APPLICABLE, None, limit, "no previous-version predictions"
         )
-    if not enough or not new.predictions:
+    if not enough or not new.prediction_shares:
         return GateResult(name, GateStatus.WAIT, None, limit, "not enough inferences yet")
-    psi = prediction_psi(baseline.predictions, new.predictions)
+    psi = prediction_psi(baseline.prediction_shares, new.prediction_shares)
     if psi is None:  # pragma: no cover (both sides checked non-empty above)
         return GateResult(name, GateStatus.WAIT, None, limit, "no predictions")
     return GateResult(
@@ -304,5 +331,6 @@ def _psi_gate(
         GateStatus.FAIL if psi > limit else GateStatus.PASS,
         psi,
         limit,
-        f"prediction PSI {psi:.3f} vs previous version (limit {limit:g})",
+        f"prediction PSI {psi:.3f} vs previous version (limit {limit:g};"
+        f" {new.devices} vs {baseline.devices} device(s))",
     )
