@@ -248,12 +248,7 @@ class AgentDaemon:
         loader.end_prefetch()
         recorder.restore()
         self.recorder, self.serving = recorder, serving
-        endpoint_cfg = EndpointConfig(
-            host=self.config.endpoint.host,
-            port=self.config.endpoint.port,
-            token=self.config.endpoint.token,
-            max_body_bytes=self.config.endpoint.max_body_bytes,
-        )
+        endpoint_cfg = EndpointConfig.from_settings(self.config.endpoint, ctx.profile)
         self.endpoint = EndpointServer(endpoint_cfg, serving, recorder)
         self.endpoint.start()
         self.worker = DeploymentWorker(driver, ctx.layout, factory=make_driver)

@@ -15,7 +15,10 @@ Invariants a loaded :class:`DeviceProfile` guarantees:
 - ``fp16`` is only preferred when an accelerator provider is listed (fp16 on
   the onnxruntime CPU provider is slower than fp32, not faster);
 - the storage budget holds two bundles (active and previous slot) plus the
-  telemetry budget.
+  telemetry budget;
+- ``agent_memory_budget_mb`` (optional in the file: a quarter of ``memory_mb``
+  when absent) is at most ``memory_mb``; the agent derives its endpoint limits
+  from it (docs/agent-endpoint.md).
 
 Search order for a profile name (DESIGN.md §1): the ``profiles_dir`` argument
 (``--profiles DIR``), then every directory in ``$EDGEFLEET_PROFILES``
@@ -65,7 +68,10 @@ _LAYOUT: Mapping[str, tuple[str, ...]] = {
     ),
     "model": ("quantization", "int8_format", "max_bundle_bytes"),
     "telemetry": ("telemetry_budget_bytes", "window_s"),
+    "agent": ("agent_memory_budget_mb",),
 }
+# Keys a profile file may leave out; the dataclass default applies.
+_OPTIONAL = frozenset({"agent_memory_budget_mb"})
 
 
 def _positive_int(value: object) -> bool:
@@ -92,8 +98,12 @@ class DeviceProfile:
     window_s: int
     min_onnxruntime: str
     source: Path
+    # Resident memory the agent process may use (MiB); 0 = not given: a quarter of memory_mb.
+    agent_memory_budget_mb: int = 0
 
     def __post_init__(self) -> None:
+        if self.agent_memory_budget_mb == 0 and _positive_int(self.memory_mb):
+            object.__setattr__(self, "agent_memory_budget_mb", max(1, self.memory_mb // 4))
         # Messages start with "field '...'" so the loader can prefix the file name.
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
             raise ProfileError(
@@ -112,9 +122,15 @@ class DeviceProfile:
             "max_bundle_bytes",
             "telemetry_budget_bytes",
             "window_s",
+            "agent_memory_budget_mb",
         ):
             if not _positive_int(getattr(self, name)):
                 raise ProfileError(f"field '{name}' must be a positive integer")
+        if self.agent_memory_budget_mb > self.memory_mb:
+            raise ProfileError(
+                f"field 'agent_memory_budget_mb' ({self.agent_memory_budget_mb}) must not "
+                f"exceed 'memory_mb' ({self.memory_mb})"
+            )
         if self.intra_op_threads > self.cores:
             raise ProfileError(
                 f"field 'intra_op_threads' ({self.intra_op_threads}) must not exceed "
@@ -213,7 +229,7 @@ def _flatten(path: Path, document: Mapping[str, Any]) -> dict[str, Any]:
             raise ProfileError(f"{path}: field '{key}' is not known")
     for section, keys in _LAYOUT.items():
         for key in keys:
-            if key not in flat:
+            if key not in flat and key not in _OPTIONAL:
                 where = f"{section}.{key}" if section else key
                 raise ProfileError(f"{path}: field '{where}' is missing")
     return flat
