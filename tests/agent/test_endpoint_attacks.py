@@ -10,15 +10,24 @@ a client with the token must still get 200. Latencies under attack are in
 
 from __future__ import annotations
 
-import json
-import socket
 import subprocess
-import threading
 from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import dataclass
 
 import pytest
-from tests.agent.state_env import PROFILE_NAME, AgentEnv, kill, make_env, stop
+from tests.agent.attack_client import (
+    connect,
+    infer_body,
+    largest_admitted_rows,
+    peak_rss_mb,
+    post_expecting_continue,
+    post_head,
+    read_response,
+    run_together,
+    served,
+    unauthenticated_bodies,
+)
+from tests.agent.state_env import PROFILE_NAME, kill, make_env, stop
 
 from edgefleet.core.profiles import load_profile
 
@@ -26,8 +35,6 @@ pytestmark = pytest.mark.slow
 
 ZERO = load_profile("rpi-zero-2w")
 TOKEN = "attack-test-token-0123456789"
-MIB = 1024 * 1024
-ROW = [5.1, 3.5, 1.4, 0.2]
 
 
 def zero_like_profile() -> str:
@@ -62,69 +69,20 @@ agent_memory_budget_mb = {ZERO.agent_memory_budget_mb}
 """
 
 
+@dataclass
 class Daemon:
-    def __init__(self, env: AgentEnv, proc: subprocess.Popen[str], url: str) -> None:
-        self.env = env
-        self.proc = proc
-        self.port = int(url.rsplit(":", 1)[1])
+    proc: subprocess.Popen[str]
+    port: int
 
-    def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError("no VmHWM")
+    def within_budget(self) -> None:
+        peak = peak_rss_mb(self.proc.pid)
+        print(f"peak RSS {peak:.1f} MB")
+        assert peak <= ZERO.agent_memory_budget_mb, (
+            f"peak RSS {peak:.0f} MB above the budget of {ZERO.agent_memory_budget_mb} MB"
+        )
 
-    def connect(self, timeout: float = 30.0) -> socket.socket:
-        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
-
-
-def request(
-    sock: socket.socket, method: str, path: str, body: bytes = b"", token: str | None = TOKEN
-) -> tuple[int, bytes]:
-    head = f"{method} {path} HTTP/1.1\r\nHost: agent\r\nContent-Length: {len(body)}\r\n"
-    if token is not None:
-        head += f"Authorization: Bearer {token}\r\n"
-    sock.sendall(head.encode() + b"\r\n" + body)
-    return read_response(sock)
-
-
-def read_response(sock: socket.socket) -> tuple[int, bytes]:
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed before a response")
-        buf += chunk
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    while len(rest) < length:
-        chunk = sock.recv(1 << 20)
-        if not chunk:
-            raise ConnectionError("closed inside a response body")
-        rest += chunk
-    return int(head.split(b" ")[1]), rest[:length]
-
-
-def infer_body(rows: int) -> bytes:
-    data = ",".join(["1"] * (rows * len(ROW)))
-    shape = f"[{rows},{len(ROW)}]"
-    return (
-        f'{{"inputs":[{{"name":"X","shape":{shape},"datatype":"FP32","data":[{data}]}}]}}'.encode()
-    )
-
-
-def served_with_token(daemon: Daemon) -> int:
-    """One ordinary authenticated request on a fresh connection: its status."""
-    body = json.dumps(
-        {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}
-    ).encode()
-    with daemon.connect() as sock:
-        status, _ = request(sock, "POST", "/v2/models/iris/infer", body)
-    return status
+    def served(self) -> int:
+        return served(self.port, TOKEN)
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +96,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     proc = env.start_daemon()
     try:
         url = env.endpoint_url(proc)
-        running = Daemon(env, proc, url)
-        assert served_with_token(running) == 200
+        running = Daemon(proc, int(url.rsplit(":", 1)[1]))
+        assert running.served() == 200
         yield running
     finally:
         try:
@@ -148,71 +106,32 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
             kill(proc)
 
 
-def within_budget(daemon: Daemon) -> None:
-    peak = daemon.peak_rss_mb()
-    print(f"peak RSS {peak:.1f} MB")
-    assert peak <= ZERO.agent_memory_budget_mb, (
-        f"peak RSS {peak:.0f} MB above the budget of {ZERO.agent_memory_budget_mb} MB"
-    )
-
-
 def test_unauthenticated_bodies_are_never_buffered(daemon: Daemon) -> None:
-    body = b"x" * (4 * MIB)
-    head = (
-        b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: agent\r\n"
-        b"Content-Length: %d\r\nAuthorization: Bearer wrong-token-0123456789\r\n\r\n" % len(body)
-    )
+    results: list[int] = []
 
-    def attack() -> None:
-        try:
-            with daemon.connect(timeout=20) as sock:
-                sock.sendall(head + body)
-                sock.recv(1024)
-        except OSError:
-            pass  # refused and closed before the body went out: the point of it
+    def meanwhile() -> None:
+        # A client without the token sending its head first is told 401 at once ...
+        with connect(daemon.port) as sock:
+            sock.sendall(post_head(4_000_000, "wrong-token-0123456789"))
+            results.append(read_response(sock)[0])
+            assert sock.recv(1) == b""  # ... and closed without waiting for the body
+        results.append(daemon.served())  # a client with the token is served
 
-    attackers = [threading.Thread(target=attack, daemon=True) for _ in range(256)]
-    for thread in attackers:
-        thread.start()
-    # Meanwhile: a client without a token sending its head first is told 401 at once,
-    # and a client with the token is served.
-    with daemon.connect() as sock:
-        sock.sendall(head)
-        status, _ = read_response(sock)
-        assert status == 401
-        assert sock.recv(1) == b""  # closed without waiting for the body
-    assert served_with_token(daemon) == 200
-    for thread in attackers:
-        thread.join(60)
-    assert not any(t.is_alive() for t in attackers)
-    assert served_with_token(daemon) == 200
-    within_budget(daemon)
+    run_together([lambda: unauthenticated_bodies(daemon.port), meanwhile], timeout_s=90)
+    assert results == [401, 200]
+    assert daemon.served() == 200
+    daemon.within_budget()
 
 
 def test_idle_connections_do_not_lock_clients_out(daemon: Daemon) -> None:
-    idle = [daemon.connect() for _ in range(300)]
+    idle = [connect(daemon.port) for _ in range(300)]
     try:
-        assert served_with_token(daemon) == 200
-        assert served_with_token(daemon) == 200
+        assert daemon.served() == 200
+        assert daemon.served() == 200
     finally:
         for sock in idle:
             sock.close()
-    within_budget(daemon)
-
-
-def post_expecting_continue(daemon: Daemon, body: bytes) -> int:
-    """POST as curl does for big bodies: the head first, the body once told to go on."""
-    with daemon.connect(timeout=120) as sock:
-        sock.sendall(
-            b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: agent\r\nContent-Length: %d\r\n"
-            b"Authorization: Bearer %s\r\nExpect: 100-continue\r\n\r\n"
-            % (len(body), TOKEN.encode())
-        )
-        status, _ = read_response(sock)
-        if status != 100:
-            return status
-        sock.sendall(body)
-        return read_response(sock)[0]
+    daemon.within_budget()
 
 
 def test_big_batches_stay_within_the_memory_budget(daemon: Daemon) -> None:
@@ -220,45 +139,15 @@ def test_big_batches_stay_within_the_memory_budget(daemon: Daemon) -> None:
 
     def send_all(body: bytes) -> None:
         results.clear()
-        threads = [
-            threading.Thread(
-                target=lambda: results.append(post_expecting_continue(daemon, body)), daemon=True
-            )
-            for _ in range(4)
-        ]
-        for thread in threads:
-            thread.start()
-        assert served_with_token(daemon) == 200
-        for thread in threads:
-            thread.join(120)
+        send = lambda: results.append(post_expecting_continue(daemon.port, body, TOKEN))  # noqa: E731
+        run_together([send] * 4 + [lambda: results.append(-daemon.served())], timeout_s=120)
 
     # Four of the 4 MB, 520,000-row requests that used to take 751 MB ...
     send_all(infer_body(520_000))
-    within_budget(daemon)
-    assert results == [413] * 4
+    daemon.within_budget()
+    assert sorted(results) == [-200] + [413] * 4
     # ... and four of the largest batches this budget admits, sent at once: they
     # take turns in the tensor budget instead of decoding side by side.
-    send_all(infer_body(largest_admitted_rows(daemon)))
-    assert results == [200] * 4
-    within_budget(daemon)
-
-
-def largest_admitted_rows(daemon: Daemon) -> int:
-    """The largest iris batch of one-digit values the endpoint takes (found by bisection)."""
-    low, high = 1, 520_000
-    while high - low > 1000:
-        mid = (low + high) // 2
-        with daemon.connect() as sock:
-            head = (
-                "POST /v2/models/iris/infer HTTP/1.1\r\nHost: agent\r\n"
-                f"Content-Length: {len(infer_body(mid))}\r\nAuthorization: Bearer {TOKEN}\r\n"
-                "Expect: 100-continue\r\n\r\n"
-            )
-            sock.sendall(head.encode())
-            status, _ = read_response(sock)
-        if status == 100:
-            low = mid
-        else:
-            assert status == 413
-            high = mid
-    return low
+    send_all(infer_body(largest_admitted_rows(daemon.port, TOKEN)))
+    daemon.within_budget()
+    assert sorted(results) == [-200] + [200] * 4

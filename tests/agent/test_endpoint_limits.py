@@ -62,10 +62,10 @@ def test_pi_zero_figures() -> None:
     zero = load_profile("rpi-zero-2w")
     assert (zero.memory_mb, zero.agent_memory_budget_mb) == (512, 192)
     limits = EndpointLimits.derive(zero.agent_memory_budget_mb, zero.max_bundle_bytes, 4 * MIB)
-    # 192 MiB - (80 MiB + 2 x 16 MiB) = 80 MiB of request memory, 10 bytes per tensor byte.
-    assert limits.inflight == 8 * MIB
-    assert limits.max_body_bytes == 2 * MIB
-    assert limits.max_batch_rows == 8 * MIB // 28
+    # 192 MiB - (80 MiB + 2 x 16 MiB) = 80 MiB of request memory, 12 bytes per tensor byte.
+    assert limits.inflight == limits.per_request == 80 * MIB // 12
+    assert limits.max_body_bytes == 80 * MIB // 12 // 4
+    assert limits.max_batch_rows == 80 * MIB // 12 // 28
 
 
 def test_profile_without_the_field_gets_a_quarter_of_its_memory(tmp_path: Path) -> None:
@@ -139,6 +139,23 @@ def test_idle_unauthenticated_connections_make_room_for_a_client(iris: LoadedMod
         client.close()
 
 
+def test_a_client_in_a_burst_of_idle_connections_is_not_evicted(iris: LoadedModel) -> None:
+    config = EndpointConfig(port=0, token=TOKEN, max_unauth_connections=4)
+    with EndpointServer(config, ServingSet({"iris": iris})) as srv:
+        srv.call_soon_threadsafe(lambda: time.sleep(0.3))  # the burst queues up meanwhile
+        before = [socket.create_connection(("127.0.0.1", srv.port), timeout=5) for _ in range(3)]
+        client = RawClient(srv.port)
+        client.send(
+            b"GET /v2/health/live HTTP/1.1\r\nAuthorization: Bearer %s\r\n\r\n" % TOKEN.encode()
+        )
+        after = [socket.create_connection(("127.0.0.1", srv.port), timeout=5) for _ in range(20)]
+        assert client.read_response()[0] == 200
+        assert srv.metrics.connections_evicted >= 19
+        for sock in before + after:
+            sock.close()
+        client.close()
+
+
 def test_a_head_must_arrive_within_header_timeout(iris: LoadedModel) -> None:
     config = EndpointConfig(port=0, header_timeout_s=0.5, keepalive_timeout_s=30)
     with EndpointServer(config, ServingSet({"iris": iris})) as srv:
@@ -161,7 +178,7 @@ def test_a_head_must_arrive_within_header_timeout(iris: LoadedModel) -> None:
 
 
 def test_requests_wait_for_room_in_the_tensor_budget(iris: LoadedModel) -> None:
-    # The smallest budget: 16 MiB of request memory, 1.6 MiB of tensors in flight.
+    # The smallest budget: 16 MiB of request memory, 1.3 MiB of tensors in flight.
     config = EndpointConfig(port=0, memory_budget_mb=1, max_bundle_bytes=1024)
     x = trained_model("iris").X_test
     body = infer_body(x[:1].repeat(3000, axis=0))
@@ -175,6 +192,9 @@ def test_requests_wait_for_room_in_the_tensor_budget(iris: LoadedModel) -> None:
         second.send(head + body)  # no room: waits, nothing of it is decoded
         wait_for(lambda: srv.metrics.budget_waits == 1)
         assert health.request("GET", "/v2/health/live")[0] == 200  # costs nothing: never waits
+        # A small request passes the big one waiting: it holds its charge for a moment only.
+        assert health.request("POST", "/v2/models/iris/infer", infer_body(x[:1]))[0] == 200
+        assert srv.metrics.budget_waits == 1
         first.send(body[100:])
         assert first.read_response()[0] == 200
         status, _, answer = second.read_response()

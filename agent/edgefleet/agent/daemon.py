@@ -249,7 +249,7 @@ class AgentDaemon:
         recorder.restore()
         self.recorder, self.serving = recorder, serving
         endpoint_cfg = EndpointConfig.from_settings(self.config.endpoint, ctx.profile)
-        self.endpoint = EndpointServer(endpoint_cfg, serving, recorder)
+        self.endpoint = EndpointServer(endpoint_cfg, serving, recorder, release_freed_memory)
         self.endpoint.start()
         self.worker = DeploymentWorker(driver, ctx.layout, factory=make_driver)
         self.worker.start()

@@ -42,9 +42,10 @@ MIN_REQUEST_MEMORY_BYTES = 16 * MIB
 # Peak resident bytes per charged tensor byte of a JSON request: the body,
 # json.loads's Python objects, the decoded and cast arrays, the outputs, the
 # prediction ids, the response text and what the allocator keeps. Measured
-# 8.5 for iris batches of one-digit values, the worst shape we know (the
-# charge is smallest per byte of text there); 10 leaves a margin.
-MEMORY_PER_TENSOR_BYTE = 10
+# from 7 (largest admitted iris batches of one-digit values, the shape with
+# the smallest charge per byte of text, taking turns) to 11.6 (the same with
+# single-row requests served in between; bench/agent.py "attacks").
+MEMORY_PER_TENSOR_BYTE = 12
 # A JSON number takes at least two body bytes ("1,") and decodes to at most
 # eight (int64/float64 before the cast to the model's dtype).
 JSON_TENSOR_BYTES_PER_BODY_BYTE = 4
@@ -133,6 +134,10 @@ class TensorBudget:
         self.limits = limits
         self.in_use = 0
         self.peak = 0
+
+    def is_small(self, charge: int) -> bool:
+        """At most 1/16 of the in-flight budget: such a request may pass waiting big ones."""
+        return charge <= self.limits.inflight // 16
 
     def fits_one_request(self, charge: int) -> bool:
         """Could a request of ``charge`` ever run? (False: answer 413.)"""

@@ -392,6 +392,18 @@ class _Connection:
     def _timed_out(self, message: str) -> None:
         self._write(Outcome(408, error_body(message), close=True), None)
 
+    def silent(self) -> bool:
+        """Nothing received: no partial head and no bytes waiting in the socket."""
+        sock = self.sock
+        if sock is None or not self.parser.idle:
+            return sock is None
+        try:
+            return not sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return True
+
     @property
     def idle(self) -> bool:
         """Between requests: nothing buffered, running, charged or waiting to be sent."""

@@ -22,12 +22,15 @@ Invariants (the per-connection ones are in the connection module):
 - Two connection pools: at most ``max_unauth_connections`` that have not yet
   had a head admitted (token checked) and at most ``max_connections`` that
   have. A new connection always gets in: at the unauthenticated limit the one
-  waiting longest is closed. A head admitted with the authenticated pool full
+  waiting longest that has sent nothing is closed (the oldest of all when
+  every one has sent something). A head admitted with the authenticated pool full
   closes the longest idle authenticated connection, or gets 503 when none is
   idle. So neither idle sockets nor slow heads lock a client with the token out.
 - The tensor budget is charged in admission order: a request that does not
   fit waits (its connection reads nothing more) and the waiting ones are
-  resumed first come, first served whenever a charge is released.
+  resumed first come, first served whenever a charge is released. Small
+  requests (:meth:`TensorBudget.is_small`) that fit go ahead of waiting big
+  ones: they hold their charge for a moment only.
 """
 
 from __future__ import annotations
@@ -107,8 +110,14 @@ class EndpointServer:
         config: EndpointConfig,
         serving: ServingSet,
         telemetry_sink: TelemetrySink | None = None,
+        release_memory: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
+        # Called after a big request's charge is released, before the next
+        # waiting one starts (the daemon passes malloc_trim): the worker
+        # threads allocate in their own heaps, and memory one of them freed
+        # must go back to the system before another one's request grows.
+        self._release_memory = release_memory
         self.serving = serving
         self.sink: TelemetrySink = telemetry_sink or NullTelemetrySink()
         self.metrics = EndpointMetrics()
@@ -322,10 +331,12 @@ class EndpointServer:
         """Admit a new connection, closing the longest-waiting unauthenticated one if full."""
         pool = self._unauthenticated
         while len(pool) >= self.config.max_unauth_connections:
-            oldest = next(iter(pool))
-            pool.pop(oldest)
+            # The oldest that has sent nothing goes first: a client whose head
+            # already waits in the socket is only about to be read.
+            victim = next((c for c in pool if c.silent()), None) or next(iter(pool))
+            pool.pop(victim)
             self.metrics.connections_evicted += 1
-            oldest.abort()
+            victim.abort()
         pool[conn] = None
         self.connections.add(conn)
 
@@ -355,6 +366,11 @@ class EndpointServer:
         if charge == 0:
             return True
         waiting = self._waiting
+        if self.budget.is_small(charge) and self.budget.try_acquire(charge):
+            # Small requests run inline within this pass (the charge is back
+            # before the next one): they never queue behind big batches.
+            self.metrics.budget_in_use = self.budget.in_use
+            return True
         first = not waiting or waiting[0] is conn
         if first and self.budget.try_acquire(charge):
             if waiting:
@@ -369,6 +385,8 @@ class EndpointServer:
     def release(self, charge: int) -> None:
         self.budget.release(charge)
         self.metrics.budget_in_use = self.budget.in_use
+        if self._release_memory is not None and not self.budget.is_small(charge):
+            self.call_soon(self._release_memory)
         if self._waiting and not self._wake_scheduled:
             self._wake_scheduled = True
             self.call_soon(self._wake_waiting)
