@@ -32,7 +32,16 @@ bundle and the device profile's session settings (threads, no spinning):
   daemon adds to a process holding the session, and ``rss_kept_out_mb`` what
   the daemon no longer loads would add on top (measured, not estimated).
 
-Prints one JSON object. ``python bench/agent.py [--quick] [--profile NAME]``.
+- ``attacks``: the endpoint under the attacks of its security tests, against
+  a daemon with a bearer token and the Raspberry Pi Zero 2 W's memory figures
+  (``agent_memory_budget_mb``, ``max_bundle_bytes``) serving iris: the latency
+  of single-row requests with the token (p50/p99/max over sequential
+  requests on fresh connections) before and during 256 unauthenticated 4 MiB
+  bodies, 300 idle connections, four 520,000-row requests and four of the
+  largest batches the budget admits (with those batches' own times), and the
+  daemon's peak resident memory against the budget.
+
+Prints one JSON object. ``python bench/agent.py [--quick] [--profile NAME] [--attacks-only]``.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import statistics
@@ -54,6 +64,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the signed test bundles are built by tests/agent/bundles.py
 
+from tests.agent import attack_client  # noqa: E402
 from tests.agent.bundles import make_signer, trained_model, write_signed_bundle  # noqa: E402
 
 TARGETS = {"predict_ratio": 1.25, "http_rps_ratio": 1.0, "rss_ratio": 1.25, "startup_s": 1.0}
@@ -447,6 +458,157 @@ def median_round(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
 
 
+# --- 5. the endpoint under attack -----------------------------------------------------------
+ATTACK_TOKEN = "bench-attack-token-0123456789"
+
+
+def _probe(port: int, until: Any, minimum: int = 20) -> dict[str, Any]:
+    """Single-row requests with the token, one after another, while ``until()`` is False."""
+    latencies: list[float] = []
+    codes: dict[str, int] = {}
+    while len(latencies) < minimum or not until():
+        t0 = time.perf_counter()
+        try:
+            code = str(attack_client.served(port, ATTACK_TOKEN))
+        except OSError as e:
+            code = type(e).__name__
+        latencies.append(time.perf_counter() - t0)
+        codes[code] = codes.get(code, 0) + 1
+        if len(latencies) >= 5000:
+            break
+    latencies.sort()
+    return {
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+        "max_ms": latencies[-1] * 1000,
+        "n": len(latencies),
+        "codes": codes,
+    }
+
+
+def _under(port: int, attack: Any) -> dict[str, Any]:
+    """Probe while ``attack()`` runs on a thread; the attack's own seconds next to it."""
+    import threading
+
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        t0 = time.perf_counter()
+        outcome["result"] = attack()
+        outcome["attack_s"] = time.perf_counter() - t0
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    figures = _probe(port, lambda: not thread.is_alive())
+    thread.join(300)
+    figures["attack_s"] = outcome.get("attack_s")
+    if isinstance(outcome.get("result"), dict):
+        figures.update(outcome["result"])
+    return figures
+
+
+def _batches(port: int, body: bytes) -> dict[str, Any]:
+    times: list[float] = []
+    codes: dict[str, int] = {}
+
+    def send() -> None:
+        t0 = time.perf_counter()
+        code = attack_client.post_expecting_continue(port, body, ATTACK_TOKEN)
+        times.append(time.perf_counter() - t0)
+        codes[str(code)] = codes.get(str(code), 0) + 1
+
+    attack_client.run_together([send] * 4, timeout_s=300)
+    return {"batch_codes": codes, "batch_s": sorted(round(t, 3) for t in times)}
+
+
+def bench_attacks(work: Path, signer: Any, env: dict[str, str]) -> dict[str, Any]:
+    from edgefleet.core.profiles import load_profile
+
+    zero = load_profile("rpi-zero-2w")
+    base = load_profile("x86_64-gateway")
+    text = base.source.read_text().split("[agent]")[0]
+    text = re.sub(
+        r"max_bundle_bytes = [0-9_]+", f"max_bundle_bytes = {zero.max_bundle_bytes}", text
+    )
+    text += f"\n[agent]\nagent_memory_budget_mb = {zero.agent_memory_budget_mb}\n"
+    profiles = work / "attack-profiles"
+    profiles.mkdir()
+    (profiles / "x86_64-gateway.toml").write_text(text)
+    bundle = write_signed_bundle(
+        work / "iris.efb", "iris", signer, name="iris", version=1, profile="x86_64-gateway"
+    ).path
+    port = free_port()
+    config = work / "attack-agent.toml"
+    toml = AGENT_TOML.format(
+        state=work / "attack-state", profile="x86_64-gateway", trust=signer.trust_path, port=port
+    )
+    toml = toml.replace("[agent]\n", f'[agent]\nprofiles_dir = "{profiles}"\n', 1)
+    toml = toml.replace("[endpoint]\n", f'[endpoint]\ntoken = "{ATTACK_TOKEN}"\n', 1)
+    config.write_text(toml)
+    cli = [sys.executable, "-m", "edgefleet.core.cli.main", "agent"]
+    subprocess.run(
+        [*cli, "install", str(bundle), "--config", str(config), "--wait", "final"],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=300,
+    )
+    proc = subprocess.Popen(
+        [*cli, "run", "--config", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        start = time.perf_counter()
+        while attack_client_ready(port) is False:
+            if proc.poll() is not None or time.perf_counter() - start > 60:
+                raise RuntimeError("the attacked daemon did not start")
+            time.sleep(0.05)
+        result: dict[str, Any] = {
+            "profile_memory": f"{zero.name}: agent_memory_budget_mb "
+            f"{zero.agent_memory_budget_mb}, max_bundle_bytes {zero.max_bundle_bytes}",
+            "budget_mb": zero.agent_memory_budget_mb,
+            "baseline": _probe(port, lambda: True, minimum=200),
+            "unauthenticated_4mib_bodies_x256": _under(
+                port, lambda: attack_client.unauthenticated_bodies(port)
+            ),
+        }
+        idle: list[socket.socket] = []
+        result["idle_connections_x300"] = _under(
+            port, lambda: idle.extend(attack_client.connect(port) for _ in range(300))
+        )
+        result["idle_connections_x300_held"] = _probe(port, lambda: True, minimum=200)
+        for sock in idle:
+            sock.close()
+        huge = attack_client.infer_body(520_000)
+        result["rows_520000_x4"] = _under(port, lambda: _batches(port, huge))
+        rows = attack_client.largest_admitted_rows(port, ATTACK_TOKEN)
+        largest = attack_client.infer_body(rows)
+        result["largest_admitted_x4"] = _under(port, lambda: _batches(port, largest))
+        result["largest_admitted_rows"] = rows
+        result["peak_rss_mb"] = attack_client.peak_rss_mb(proc.pid)
+        result["within_budget"] = result["peak_rss_mb"] <= zero.agent_memory_budget_mb
+        return result
+    finally:
+        stop(proc)
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
+
+
+def attack_client_ready(port: int) -> bool:
+    try:
+        return attack_client.served(port, ATTACK_TOKEN) == 200
+    except OSError:
+        return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs")
@@ -454,7 +616,20 @@ def main() -> None:
         "--profile", default="rpi4-arm64" if platform.machine() == "aarch64" else "x86_64-gateway"
     )
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument(
+        "--attacks-only", action="store_true", help="only the endpoint-under-attack figures"
+    )
     args = parser.parse_args()
+    if args.attacks_only:
+        with tempfile.TemporaryDirectory(prefix="edgefleet-bench-attacks-") as tmp:
+            env = {
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            }
+            signer = make_signer(Path(tmp) / "keys")
+            attacks = bench_attacks(Path(tmp), signer, env)
+        print(json.dumps({"attacks": _rounded(attacks)}))
+        return
     load_at_start = [round(x, 2) for x in os.getloadavg()]
 
     from edgefleet.agent.runtime import select_providers
@@ -601,6 +776,8 @@ def main() -> None:
             ).stdout
         )
 
+        attacks = bench_attacks(work, signer, env)
+
     mine, lean, base = (median_round(runs[k]) for k in ("daemon", "lean", "fastapi"))
     result.update(
         {
@@ -635,6 +812,7 @@ def main() -> None:
     import uvicorn
 
     result = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
+    result["attacks"] = _rounded(attacks)
     result["setup"] = {
         "model": "digits MLP (256, 128), skl2onnx, float32",
         "profile": args.profile,

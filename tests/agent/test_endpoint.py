@@ -696,19 +696,25 @@ def test_swapped_model_is_served_without_restart(
 
 def test_connection_limit_idle_and_slow_requests(models: dict[str, LoadedModel]) -> None:
     config = EndpointConfig(
-        port=0, max_connections=2, keepalive_timeout_s=0.5, request_timeout_s=0.5
+        port=0,
+        max_connections=1,
+        header_timeout_s=0.5,
+        keepalive_timeout_s=30,
+        request_timeout_s=0.5,
     )
     with EndpointServer(config, ServingSet(models)) as srv:
-        a, b, extra = RawClient(srv.port), RawClient(srv.port), RawClient(srv.port)
-        assert a.request("GET", "/v2/health/live")[0] == 200
-        b.send(b"GET /v2/health/live HTTP/1.1\r\n")  # a request that never completes
-        time.sleep(0.1)
+        idle, slow_body, extra, slow_head = (RawClient(srv.port) for _ in range(4))
+        assert idle.request("GET", "/v2/health/live")[0] == 200
+        # A request whose body never completes takes the one authenticated place ...
+        slow_body.send(b"POST /v2/health/live HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+        assert idle.is_closed_by_peer()  # ... which the idle keep-alive connection gives up
         status, _, body = extra.request("GET", "/v2/health/live")
         assert status == 503 and "too many connections" in json.loads(body)["error"]
-        assert b.read_response()[0] == 408  # the slow request times out
-        assert a.is_closed_by_peer()  # the idle keep-alive connection is closed
+        slow_head.send(b"GET /v2/health/live HTTP/1.1\r\n")  # a head that never completes
+        assert slow_head.read_response()[0] == 408  # after header_timeout_s
+        assert slow_body.read_response()[0] == 408  # after request_timeout_s
         wait_for(lambda: srv.metrics.connections_refused == 1)
-        for c in (a, b, extra):
+        for c in (idle, slow_body, extra, slow_head):
             c.close()
 
 

@@ -248,13 +248,8 @@ class AgentDaemon:
         loader.end_prefetch()
         recorder.restore()
         self.recorder, self.serving = recorder, serving
-        endpoint_cfg = EndpointConfig(
-            host=self.config.endpoint.host,
-            port=self.config.endpoint.port,
-            token=self.config.endpoint.token,
-            max_body_bytes=self.config.endpoint.max_body_bytes,
-        )
-        self.endpoint = EndpointServer(endpoint_cfg, serving, recorder)
+        endpoint_cfg = EndpointConfig.from_settings(self.config.endpoint, ctx.profile)
+        self.endpoint = EndpointServer(endpoint_cfg, serving, recorder, release_freed_memory)
         self.endpoint.start()
         self.worker = DeploymentWorker(driver, ctx.layout, factory=make_driver)
         self.worker.start()

@@ -22,7 +22,8 @@ Invariants every implementation keeps:
 - ``kind`` in :meth:`TelemetrySink.record_error` is a short token such as
   ``"shape"``, ``"dtype"``, ``"features"``, ``"non_finite"``, ``"json"``,
   ``"binary"`` or ``"runtime"``; schema violations are the kinds listed in
-  :data:`SCHEMA_ERROR_KINDS`.
+  :data:`SCHEMA_ERROR_KINDS`; only :data:`MODEL_FAILURE_KINDS` count against
+  a version on probation (:func:`counts_against_version`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ import numpy as np
 SCHEMA_ERROR_KINDS: frozenset[str] = frozenset(
     {"name", "dtype", "shape", "features", "non_finite", "empty", "datatype", "data"}
 )
+# Error kinds that are the model's or the runtime's fault (a 5xx). Every other
+# kind is the client's mistake (a 4xx: not JSON, wrong shape or type, too
+# large) and never counts against a version on probation.
+MODEL_FAILURE_KINDS: frozenset[str] = frozenset({"runtime"})
+
+
+def counts_against_version(kind: str) -> bool:
+    """Whether an error of ``kind`` is evidence against the model version (probation)."""
+    return kind in MODEL_FAILURE_KINDS
 
 
 @runtime_checkable

@@ -15,7 +15,10 @@ Invariants a loaded :class:`DeviceProfile` guarantees:
 - ``fp16`` is only preferred when an accelerator provider is listed (fp16 on
   the onnxruntime CPU provider is slower than fp32, not faster);
 - the storage budget holds two bundles (active and previous slot) plus the
-  telemetry budget.
+  telemetry budget;
+- ``agent_memory_budget_mb`` (optional in the file: a quarter of ``memory_mb``
+  when absent) is at most ``memory_mb``; the agent derives its endpoint limits
+  from it (docs/agent-endpoint.md).
 
 Search order for a profile name (DESIGN.md §1): the ``profiles_dir`` argument
 (``--profiles DIR``), then every directory in ``$EDGEFLEET_PROFILES``
@@ -65,11 +68,12 @@ _LAYOUT: Mapping[str, tuple[str, ...]] = {
     ),
     "model": ("quantization", "int8_format", "max_bundle_bytes"),
     "telemetry": ("telemetry_budget_bytes", "window_s", "max_requests_per_s"),
+    "agent": ("agent_memory_budget_mb",),
 }
-# Keys a profile file may leave out, and what they then are.
 #: Requests per second the hub believes one device serves at most (telemetry bounds).
 DEFAULT_MAX_REQUESTS_PER_S = 1000
-_OPTIONAL: Mapping[str, Any] = {"max_requests_per_s": DEFAULT_MAX_REQUESTS_PER_S}
+# Keys a profile file may leave out; the dataclass default applies.
+_OPTIONAL = frozenset({"max_requests_per_s", "agent_memory_budget_mb"})
 
 
 def _positive_int(value: object) -> bool:
@@ -97,8 +101,12 @@ class DeviceProfile:
     min_onnxruntime: str
     source: Path
     max_requests_per_s: int = DEFAULT_MAX_REQUESTS_PER_S
+    # Resident memory the agent process may use (MiB); 0 = not given: a quarter of memory_mb.
+    agent_memory_budget_mb: int = 0
 
     def __post_init__(self) -> None:
+        if self.agent_memory_budget_mb == 0 and _positive_int(self.memory_mb):
+            object.__setattr__(self, "agent_memory_budget_mb", max(1, self.memory_mb // 4))
         # Messages start with "field '...'" so the loader can prefix the file name.
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
             raise ProfileError(
@@ -118,9 +126,15 @@ class DeviceProfile:
             "telemetry_budget_bytes",
             "window_s",
             "max_requests_per_s",
+            "agent_memory_budget_mb",
         ):
             if not _positive_int(getattr(self, name)):
                 raise ProfileError(f"field '{name}' must be a positive integer")
+        if self.agent_memory_budget_mb > self.memory_mb:
+            raise ProfileError(
+                f"field 'agent_memory_budget_mb' ({self.agent_memory_budget_mb}) must not "
+                f"exceed 'memory_mb' ({self.memory_mb})"
+            )
         if self.intra_op_threads > self.cores:
             raise ProfileError(
                 f"field 'intra_op_threads' ({self.intra_op_threads}) must not exceed "

@@ -31,6 +31,8 @@ def render(status: dict[str, Any]) -> str:
             f"{model['name']:<20} active {_version(model['active'])}  "
             f"previous {_version(model['previous'])}"
         )
+        if model.get("not_served"):
+            lines.append(f"{'':<20} {model['not_served']}")
         last = model.get("last_deployment")
         if last:
             version = f" v{last['version']}" if last.get("version") is not None else ""

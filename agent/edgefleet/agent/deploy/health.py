@@ -8,7 +8,11 @@ Two stages:
 2. live probation: the first ``min_requests`` requests or ``max_seconds``
    seconds, whichever comes first, must stay within ``max_error_rate`` and
    ``max_p95_latency_ms``. It fails early as soon as the errors seen already
-   exceed what ``min_requests`` requests may hold.
+   exceed what ``min_requests`` requests may hold. Only the model's and the
+   runtime's failures are errors here: a client's mistake (a 4xx) never
+   reaches the counters (``counts_against_version`` in
+   :mod:`edgefleet.agent.telemetry_sink`), so ``stats`` holds the requests the
+   model answered or failed.
 
 :func:`evaluate_probation` is pure (``now`` is an argument);
 :func:`run_smoke` only reads the bundle's smoke file.

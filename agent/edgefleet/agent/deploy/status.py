@@ -12,6 +12,7 @@ from typing import Any
 
 from edgefleet.agent.deploy.context import AgentContext
 from edgefleet.agent.deploy.layout import lock_is_held_elsewhere
+from edgefleet.agent.deploy.not_served import not_served_reason
 from edgefleet.agent.deploy.record import DeployStateFile
 from edgefleet.agent.deploy.slots import SlotTable
 from edgefleet.agent.deploy.store import BundleStore
@@ -62,14 +63,22 @@ def collect_status(ctx: AgentContext) -> dict[str, Any]:
     for name in sorted(names):
         pointers = slots.get(name)
         last = state.models.get(name)
-        models.append(
-            {
-                "name": name,
-                "active": _bundle(store, pointers.active),
-                "previous": _bundle(store, pointers.previous),
-                "last_deployment": last,
-            }
-        )
+        entry: dict[str, Any] = {
+            "name": name,
+            "active": _bundle(store, pointers.active),
+            "previous": _bundle(store, pointers.previous),
+            "last_deployment": last,
+            "serving": pointers.active is not None,
+        }
+        if pointers.active is None:
+            last = last or {}
+            entry["not_served"] = not_served_reason(
+                kind=last.get("kind"),
+                version=last.get("version"),
+                state=last.get("state"),
+                reason=last.get("reason"),
+            )
+        models.append(entry)
     current = state.current
     return {
         "device_id": ctx.config.device_id,

@@ -19,7 +19,10 @@ Invariants:
   bug), never a client's input. A job never raises: whatever happens becomes
   an :class:`Outcome`.
 - With a token configured every route needs ``Authorization: Bearer <token>``
-  (compared in constant time); without one (loopback only) none does.
+  (compared in constant time); without one (loopback only) none does. The
+  token is checked from the head, before the body is read
+  (:meth:`EndpointApp.admit`), which also prices the request in decoded tensor
+  bytes for the endpoint's :class:`~edgefleet.agent.endpoint.budget.TensorBudget`.
 - ``Outcome.after`` (metrics and telemetry) runs on the event-loop thread just
   before the response is written, so a client holding its answer can count on
   it being counted; it is cheap: inference accounting is only queued there and
@@ -30,6 +33,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import math
 import time
 import weakref
 from collections.abc import Callable
@@ -37,10 +41,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgefleet.agent.endpoint.http11 import Request
+from edgefleet.agent.endpoint.budget import (
+    JSON_TENSOR_BYTES_PER_BODY_BYTE,
+    STRING_ELEMENT_BYTES,
+    EndpointLimits,
+    json_request_charge,
+    row_tensor_bytes,
+)
+from edgefleet.agent.endpoint.http11 import Head, Request
 from edgefleet.agent.endpoint.metrics import EndpointMetrics
 from edgefleet.agent.endpoint.oip import (
     BINARY_REFUSAL,
+    InferCall,
     ResponseEncoder,
     decode_feedback,
     decode_infer_request,
@@ -95,8 +107,10 @@ class EndpointApp:
         *,
         token: str | None,
         agent_version: str,
+        limits: EndpointLimits | None = None,
     ) -> None:
         self.serving = serving
+        self.limits = limits
         self.sink = sink
         self.metrics = metrics
         # Inference accounting waiting for the next flush (loop thread only).
@@ -111,20 +125,94 @@ class EndpointApp:
         self._encoders: weakref.WeakKeyDictionary[LoadedModel, ResponseEncoder] = (
             weakref.WeakKeyDictionary()
         )
+        self._row_bytes: weakref.WeakKeyDictionary[LoadedModel, int] = weakref.WeakKeyDictionary()
         self._server_doc = encode_json(
             {"name": SERVER_NAME, "version": agent_version, "extensions": EXTENSIONS}
         )
 
+    # --- admission (from the head, before the body) -------------------------------
+    def authorized(self, headers: dict[str, str]) -> bool:
+        if self._auth is None:
+            return True
+        given = headers.get("authorization")
+        return given is not None and _compare_digest(given.encode("latin-1"), self._auth)
+
+    def admit(self, head: Head) -> Outcome | int:
+        """A refusal (401, 413; the connection closes) or the request's charge in tensor bytes."""
+        if not self.authorized(head.headers):
+            return error_outcome(
+                401,
+                "missing or wrong bearer token",
+                close=True,
+                extra_headers=b'WWW-Authenticate: Bearer realm="edgefleet-agent"\r\n',
+            )
+        limits = self.limits
+        if limits is None or head.length == 0:
+            return 0
+        if head.length > limits.max_body_bytes:
+            return error_outcome(
+                413,
+                f"request body of {head.length} bytes exceeds the limit of {limits.max_body_bytes}",
+                close=True,
+            )
+        model = self._infer_target(head)
+        if model is None:
+            charge = JSON_TENSOR_BYTES_PER_BODY_BYTE * head.length
+        else:
+            charge = json_request_charge(
+                head.length,
+                n_features=model.n_features,
+                row_bytes=self._row_bytes_of(model),
+                max_batch_rows=limits.max_batch_rows,
+            )
+        if charge > limits.per_request:
+            return error_outcome(
+                413,
+                f"request of {head.length} bytes may decode to {charge} tensor bytes, above "
+                f"the per-request budget of {limits.per_request}",
+                close=True,
+            )
+        return charge
+
+    def _infer_target(self, head: Head) -> LoadedModel | None:
+        path = head.target.partition("?")[0]
+        if head.method != "POST" or not path.startswith(_MODELS_PREFIX):
+            return None
+        parts = path[len(_MODELS_PREFIX) :].split("/")
+        if parts[-1] != "infer":
+            return None
+        name = parts[0]
+        if "%" in name:
+            from urllib.parse import unquote
+
+            name = unquote(name)
+        try:
+            return self.serving.get(name)
+        except ModelNotFoundError:
+            return None
+
+    def _row_bytes_of(self, model: LoadedModel) -> int:
+        found = self._row_bytes.get(model)
+        if found is None:
+            found = self._row_bytes[model] = row_tensor_bytes(
+                (
+                    math.prod(d for d in o.shape[1:] if d > 0),
+                    STRING_ELEMENT_BYTES
+                    if o.dtype_name == "string"
+                    else np.dtype(o.dtype_name).itemsize,
+                )
+                for o in model.schema.outputs
+            )
+        return found
+
     # --- routing -------------------------------------------------------------
     def route(self, req: Request) -> Outcome | Job:
-        if self._auth is not None:
-            given = req.headers.get("authorization")
-            if given is None or not _compare_digest(given.encode("latin-1"), self._auth):
-                return error_outcome(
-                    401,
-                    "missing or wrong bearer token",
-                    extra_headers=b'WWW-Authenticate: Bearer realm="edgefleet-agent"\r\n',
-                )
+        if not self.authorized(req.headers):  # a request parsed without admission (tests)
+            return error_outcome(
+                401,
+                "missing or wrong bearer token",
+                extra_headers=b'WWW-Authenticate: Bearer realm="edgefleet-agent"\r\n',
+            )
         target = req.target
         q = target.find("?")
         path = target if q < 0 else target[:q]
@@ -210,6 +298,9 @@ class EndpointApp:
     def _infer(self, model: LoadedModel, body: bytes) -> Outcome:
         try:
             call = decode_infer_request(body, model)
+            refusal = self._too_many_rows(call)
+            if refusal is not None:
+                return self._refused(model, refusal, "too_large")
             start = time.perf_counter()
             X, prediction = run_infer(model, call)
             latency = time.perf_counter() - start
@@ -244,6 +335,17 @@ class EndpointApp:
                     self.schedule(self.flush_telemetry)
 
         return Outcome(200, payload, after=after)
+
+    def _too_many_rows(self, call: InferCall) -> Outcome | None:
+        limits = self.limits
+        if limits is None:
+            return None
+        rows = max((arr.shape[0] if arr.ndim else 1) for arr in call.feeds.values())
+        if rows <= limits.max_batch_rows:
+            return None
+        return error_outcome(
+            413, f"batch of {rows} rows exceeds the limit of {limits.max_batch_rows} rows"
+        )
 
     def flush_telemetry(self) -> None:
         """Hand the pending inference accounting to the sink.

@@ -17,7 +17,15 @@ Invariants:
 - No client input can kill the loop: framing errors answer 4xx and close the
   connection; handler bugs answer 500 for that request only.
 - Idle keep-alive connections close after ``keepalive_timeout_s``; a request
-  whose bytes do not all arrive within ``request_timeout_s`` gets 408.
+  whose bytes do not all arrive within ``request_timeout_s`` gets 408, one whose
+  head does not within ``header_timeout_s`` too.
+- Nothing of a body is read before its head was admitted: the token checked
+  (401 and close otherwise) and the request charged to the server's tensor
+  budget. A request the budget cannot take now waits with reading paused; the
+  charge is released when its answer is written or the connection is lost
+  with no job running.
+- A connection is *unauthenticated* until one of its heads is admitted; the
+  server keeps separate limits for both kinds (:mod:`~edgefleet.agent.endpoint.server`).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from typing import TYPE_CHECKING
 from edgefleet.agent.endpoint.app import Outcome, error_body, run_job
 from edgefleet.agent.endpoint.http11 import (
     CONTINUE_RESPONSE,
+    Head,
     HttpError,
     Request,
     RequestParser,
@@ -59,7 +68,7 @@ class _Connection:
         self.metrics = server.metrics
         cfg = server.config
         self.parser = RequestParser(
-            max_header_bytes=cfg.max_header_bytes, max_body_bytes=cfg.max_body_bytes
+            max_header_bytes=cfg.max_header_bytes, max_body_bytes=server.limits.max_body_bytes
         )
         self.offload_at = cfg.offload_body_bytes
         self.sock: socket.socket | None = sock
@@ -70,23 +79,39 @@ class _Connection:
         self.closing = False
         self.write_paused = False
         self.read_paused = False
-        self.last_active = time.monotonic()
+        self.last_active = self.accepted_at = time.monotonic()
         self.partial_since: float | None = None
         self.eof = False
+        self.authenticated = False  # one of its heads was admitted
+        self.admitted = False  # the head being received was admitted
+        self.waiting = False  # admitted head waits for room in the tensor budget
+        self.charge = 0  # tensor bytes charged for the request in progress
 
     # --- socket side ------------------------------------------------------------------
     def start(self) -> None:
         server = self.server
-        if len(server.connections) >= server.config.max_connections or server.stopping:
-            self.metrics.connections_refused += 1
-            self.closing = True
-            self.send(render_response(503, error_body("too many connections"), keep_alive=False))
-            self.close()
+        if server.stopping:
+            self.refuse()
             return
-        server.connections.add(self)
+        server.add_unauthenticated(self)
         self.metrics.connections_open = len(server.connections)
         self.metrics.connections_total += 1
         self._update_interest()
+
+    def refuse(self) -> None:
+        """Answer 503 and close (no room for another client)."""
+        self.metrics.connections_refused += 1
+        self.closing = True
+        self.send(render_response(503, error_body("too many connections"), keep_alive=False))
+        self.close()
+
+    def resume(self) -> None:
+        """The budget may have room now: try the waiting request again (loop thread)."""
+        if not self.waiting or self.sock is None:
+            return
+        self.waiting = False
+        self.read_paused = False
+        self._drain()
 
     def on_events(self, mask: int) -> None:
         if mask & _WRITE and self.sock is not None:
@@ -208,8 +233,15 @@ class _Connection:
     # --- protocol side -------------------------------------------------------------------
     def connection_lost(self) -> None:
         self.closing = True
-        self.server.connections.discard(self)
+        self.server.forget(self)
+        if not self.busy:  # a running job keeps its charge until it is done
+            self._release()
         self.metrics.connections_open = len(self.server.connections)
+
+    def _release(self) -> None:
+        if self.charge:
+            charge, self.charge = self.charge, 0
+            self.server.release(charge)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -230,8 +262,11 @@ class _Connection:
 
     def _drain(self) -> None:
         parser = self.parser
-        while not (self.closing or self.busy or self.write_paused):
+        while not (self.closing or self.busy or self.write_paused or self.waiting):
             try:
+                head = parser.parse_head()
+                if head is not None and not self.admitted and not self._admit(head):
+                    break
                 req = parser.next_request()
             except HttpError as e:
                 self._write(Outcome(e.status, error_body(e.message), close=True), None)
@@ -246,12 +281,35 @@ class _Connection:
                     self.partial_since = time.monotonic()
                 break
             self.partial_since = None
+            self.admitted = False
             self._dispatch(req)
         if self.eof and not (self.busy or self.closing) and self.sock is not None:
             self.close()
-        elif self.read_paused and not self.busy and self.sock is not None:
+        elif self.read_paused and not (self.busy or self.waiting) and self.sock is not None:
             self.read_paused = False
         self._update_interest()
+
+    def _admit(self, head: Head) -> bool:
+        """Token, limits and budget from the head; False: refused (answered) or waiting."""
+        verdict = self.app.admit(head)
+        if isinstance(verdict, Outcome):
+            self._write(verdict, None)
+            return False
+        if not self.authenticated:
+            if not self.server.promote(self):
+                self.refuse()
+                return False
+            self.authenticated = True
+        if not self.server.acquire(self, verdict):
+            # Wait for room: read nothing more of this request until then.
+            self.waiting = True
+            self.read_paused = True
+            self.partial_since = None
+            return False
+        self.charge = verdict
+        self.admitted = True
+        self.partial_since = time.monotonic()  # the body's clock starts now
+        return True
 
     def _dispatch(self, req: Request) -> None:
         try:
@@ -273,6 +331,7 @@ class _Connection:
         self._drain()
 
     def _write(self, outcome: Outcome, req: Request | None) -> None:
+        self._release()  # one request at a time: whatever was charged is answered now
         if self.sock is None:
             # The client left before its answer: the work was still done, account for it.
             self._account(outcome)
@@ -310,13 +369,49 @@ class _Connection:
 
     # --- housekeeping (called by the sweeper) -------------------------------------
     def expire(self, now: float) -> None:
-        if self.closing or self.busy or self.sock is None:
+        if self.closing or self.busy or self.waiting or self.sock is None:
             return
         cfg = self.server.config
-        if self.partial_since is not None and now - self.partial_since > cfg.request_timeout_s:
-            self._write(Outcome(408, error_body("request not completed in time"), close=True), None)
-        elif self.parser.idle and now - self.last_active > cfg.keepalive_timeout_s:
+        parser = self.parser
+        if not self.authenticated:
+            # Not one admitted head yet: the header clock runs from the accept.
+            if now - self.accepted_at > cfg.header_timeout_s:
+                if parser.idle:
+                    self.close()
+                else:
+                    self._timed_out("request head not completed in time")
+            return
+        since = self.partial_since
+        if since is not None and parser.head is None and now - since > cfg.header_timeout_s:
+            self._timed_out("request head not completed in time")
+        elif since is not None and now - since > cfg.request_timeout_s:
+            self._timed_out("request not completed in time")
+        elif parser.idle and now - self.last_active > cfg.keepalive_timeout_s:
             self.close()
+
+    def _timed_out(self, message: str) -> None:
+        self._write(Outcome(408, error_body(message), close=True), None)
+
+    def silent(self) -> bool:
+        """Nothing received: no partial head and no bytes waiting in the socket."""
+        sock = self.sock
+        if sock is None or not self.parser.idle:
+            return sock is None
+        try:
+            return not sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return True
+
+    @property
+    def idle(self) -> bool:
+        """Between requests: nothing buffered, running, charged or waiting to be sent."""
+        return (
+            self.parser.idle
+            and not (self.busy or self.waiting or self.charge or self._out)
+            and self.sock is not None
+        )
 
     def close_if_idle(self) -> None:
         if not self.busy and self.sock is not None:

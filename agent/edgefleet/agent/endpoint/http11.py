@@ -16,8 +16,10 @@ returns. Only what a local inference endpoint needs is accepted:
 Invariants: the parser never buffers more than ``max_header_bytes`` of head
 nor more than ``max_body_bytes`` of body for one request: a larger declared
 body raises :class:`HttpError` 413 as soon as the head is read, before any of
-the body is buffered. Every :class:`HttpError` closes the connection, because
-after a framing error the byte stream cannot be trusted.
+the body is buffered. :meth:`RequestParser.parse_head` hands out a request's
+head before its body, so the connection can check the token and the budget
+first. Every :class:`HttpError` closes the connection, because after a framing
+error the byte stream cannot be trusted.
 """
 
 from __future__ import annotations
@@ -61,6 +63,18 @@ class HttpError(Exception):
         self.message = message
 
 
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A request's line and header fields, available before its body."""
+
+    method: str
+    target: str
+    http11: bool
+    headers: dict[str, str]  # lower-case names; repeated fields joined with ", "
+    length: int  # Content-Length (0 without one)
+    keep_alive: bool
+
+
 @dataclass(slots=True)
 class Request:
     method: str
@@ -78,7 +92,7 @@ class RequestParser:
         self.max_header_bytes = max_header_bytes
         self.max_body_bytes = max_body_bytes
         self._buf = bytearray()
-        self._head: tuple[str, str, bool, dict[str, str], int, bool] | None = None
+        self._head: Head | None = None
         self._head_len = 0
         self.continue_needed = False
         self._continue_sent = False
@@ -92,6 +106,11 @@ class RequestParser:
         """No partial request is buffered."""
         return not self._buf and self._head is None
 
+    @property
+    def head(self) -> Head | None:
+        """The head of the request being received, once complete."""
+        return self._head
+
     def feed(self, data: bytes) -> None:
         self._buf += data
 
@@ -99,8 +118,12 @@ class RequestParser:
         self.continue_needed = False
         self._continue_sent = True
 
-    def next_request(self) -> Request | None:
-        """The next complete request, or None until more bytes arrive. Raises HttpError."""
+    def parse_head(self) -> Head | None:
+        """The next request's head once it is complete (its body may not be); raises HttpError.
+
+        The declared body size is not checked here, so a client without a valid
+        token learns nothing about the limits (:meth:`next_request` checks it).
+        """
         if self._head is None:
             end = self._buf.find(b"\r\n\r\n")
             if end < 0:
@@ -111,20 +134,31 @@ class RequestParser:
                 return None
             if end > self.max_header_bytes:
                 raise HttpError(431, f"request head is larger than {self.max_header_bytes} bytes")
-            self._head = _parse_head(bytes(self._buf[:end]), self.max_body_bytes)
+            self._head = _parse_head(bytes(self._buf[:end]))
             self._head_len = end + 4
             self._continue_sent = False
-        method, target, http11, headers, length, keep_alive = self._head
-        total = self._head_len + length
+        return self._head
+
+    def next_request(self) -> Request | None:
+        """The next complete request, or None until more bytes arrive. Raises HttpError."""
+        head = self.parse_head()
+        if head is None:
+            return None
+        if head.length > self.max_body_bytes:
+            raise HttpError(
+                413,
+                f"request body of {head.length} bytes exceeds the limit of {self.max_body_bytes}",
+            )
+        total = self._head_len + head.length
         if len(self._buf) < total:
-            if not self._continue_sent and headers.get("expect", "").lower() == "100-continue":
+            if not self._continue_sent and head.headers.get("expect", "").lower() == "100-continue":
                 self.continue_needed = True
             return None
         body = bytes(self._buf[self._head_len : total])
         del self._buf[:total]
         self._head = None
         self.continue_needed = False
-        return Request(method, target, http11, headers, body, keep_alive)
+        return Request(head.method, head.target, head.http11, head.headers, body, head.keep_alive)
 
 
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
@@ -134,9 +168,7 @@ _FIELDS = re.compile(rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*")
 _FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*\r\n")
 
 
-def _parse_head(
-    head: bytes, max_body_bytes: int
-) -> tuple[str, str, bool, dict[str, str], int, bool]:
+def _parse_head(head: bytes) -> Head:
     # RFC 9112 2.2: a server should ignore empty lines received before the request line.
     if head.startswith(b"\r\n"):
         head = head.lstrip(b"\r\n")
@@ -173,13 +205,9 @@ def _parse_head(
     if not raw_length.isdigit() or not raw_length.isascii() or len(raw_length) > 18:
         raise HttpError(400, "Content-Length must be a non-negative integer")
     length = int(raw_length)
-    if length > max_body_bytes:
-        raise HttpError(
-            413, f"request body of {length} bytes exceeds the limit of {max_body_bytes}"
-        )
     connection = headers.get("connection", "").lower()
     keep_alive = "close" not in connection if http11 else "keep-alive" in connection
-    return (
+    return Head(
         raw_method.decode("ascii"),
         raw_target.decode("ascii"),
         http11,

@@ -47,6 +47,7 @@ ERROR_KINDS = frozenset(
         "label",
         "runtime",
         "schema",
+        "too_large",
     }
 )
 
@@ -89,6 +90,9 @@ class EndpointMetrics:
         self.connections_open = 0
         self.connections_total = 0
         self.connections_refused = 0
+        self.connections_evicted = 0
+        self.budget_in_use = 0  # tensor bytes charged by admitted requests
+        self.budget_waits = 0
 
     def model(self, name: str, version: int) -> ModelStats:
         key = (name, version)
@@ -193,9 +197,28 @@ class EndpointMetrics:
         family(
             "edgefleet_agent_connections_refused_total",
             "counter",
-            "Connections closed at once because max_connections were open.",
+            "Connections answered 503: max_connections authenticated, none idle.",
         )
         lines.append(f"edgefleet_agent_connections_refused_total {self.connections_refused}")
+        family(
+            "edgefleet_agent_connections_evicted_total",
+            "counter",
+            "Connections closed to make room: unauthenticated ones waiting longest, "
+            "idle authenticated ones.",
+        )
+        lines.append(f"edgefleet_agent_connections_evicted_total {self.connections_evicted}")
+        family(
+            "edgefleet_agent_tensor_budget_bytes",
+            "gauge",
+            "Decoded tensor bytes charged by the requests admitted now.",
+        )
+        lines.append(f"edgefleet_agent_tensor_budget_bytes {self.budget_in_use}")
+        family(
+            "edgefleet_agent_tensor_budget_waits_total",
+            "counter",
+            "Requests that waited for room in the tensor budget.",
+        )
+        lines.append(f"edgefleet_agent_tensor_budget_waits_total {self.budget_waits}")
         return ("\n".join(lines) + "\n").encode()
 
 

@@ -252,15 +252,30 @@ _ENCODER_LENIENT = json.JSONEncoder(separators=(",", ":"))
 _json_str = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
-def _data_text(array: Any) -> str:
-    """The flat JSON array body (without brackets) of an output tensor.
+# Values formatted per slice: a big batch never holds one Python object per value
+# of a whole output at once (a float as an object and as text costs ~80 bytes).
+_TEXT_SLICE = 16_384
+
+
+def _data_pieces(array: Any) -> list[bytes]:
+    """The flat JSON array body (without brackets) of an output tensor, in encoded slices.
 
     float32 is written with 9 significant digits, which round-trips every
     float32 exactly and costs half of ``repr``; NaN/inf (not JSON) become null.
     """
-    arr = np.asarray(array)
+    flat_arr = np.asarray(array).ravel()
+    pieces: list[bytes] = []
+    for start in range(0, max(len(flat_arr), 1), _TEXT_SLICE):
+        chunk = flat_arr[start : start + _TEXT_SLICE]
+        if start:
+            pieces.append(b",")
+        pieces.append(_slice_text(chunk).encode())
+    return pieces
+
+
+def _slice_text(arr: np.ndarray) -> str:
     kind = arr.dtype.kind
-    flat = arr.ravel().tolist()
+    flat = arr.tolist()
     if kind == "f":
         text = (
             ",".join([format(v, ".9g") for v in flat])
@@ -292,7 +307,7 @@ class ResponseEncoder:
             + ',"model_version":'
             + _json_str(str(model.version))
             + ',"outputs":['
-        )
+        ).encode()
         self._outputs = [
             '{"name":'
             + _json_str(o.name)
@@ -303,30 +318,40 @@ class ResponseEncoder:
         ]
         self._ids = '{"name":"' + PREDICTION_ID_OUTPUT + '","datatype":"BYTES","shape":['
 
-    def _ids_part(self, ids: list[str]) -> str:
+    def _ids_part(self, ids: list[str]) -> list[bytes]:
         # Ids are [a-z0-9_] only: no escaping needed.
-        return self._ids + str(len(ids)) + '],"data":["' + '","'.join(ids) + '"]}'
+        pieces = [(self._ids + str(len(ids)) + '],"data":["').encode()]
+        for start in range(0, len(ids), _TEXT_SLICE):
+            if start:
+                pieces.append(b'","')
+            pieces.append('","'.join(ids[start : start + _TEXT_SLICE]).encode())
+        pieces.append(b'"]}')
+        return pieces
 
     def encode(self, prediction: Prediction, call: InferCall) -> bytes:
         outputs = prediction.outputs
         selected = range(len(outputs)) if call.outputs is None else call.outputs
-        parts: list[str] = []
-        for i in selected:
+        pieces: list[bytes] = [self._head]
+        for n, i in enumerate(selected):
+            if n:
+                pieces.append(b",")
             if i < 0:
-                parts.append(self._ids_part(prediction.ids))
+                pieces += self._ids_part(prediction.ids)
             else:
                 out = outputs[i]
-                parts.append(
-                    self._outputs[i]
-                    + _shape_text(out.shape)
-                    + '],"data":['
-                    + _data_text(out)
-                    + "]}"
-                )
+                pieces.append((self._outputs[i] + _shape_text(out.shape) + '],"data":[').encode())
+                pieces += _data_pieces(out)
+                pieces.append(b"]}")
         if call.outputs is None:
-            parts.append(self._ids_part(prediction.ids))
-        tail = "]}" if call.request_id is None else '],"id":' + _json_str(call.request_id) + "}"
-        return (self._head + ",".join(parts) + tail).encode()
+            if len(pieces) > 1:
+                pieces.append(b",")
+            pieces += self._ids_part(prediction.ids)
+        pieces.append(
+            b"]}"
+            if call.request_id is None
+            else ('],"id":' + _json_str(call.request_id) + "}").encode()
+        )
+        return b"".join(pieces)
 
 
 def encode_infer_response(model: LoadedModel, prediction: Prediction, call: InferCall) -> bytes:

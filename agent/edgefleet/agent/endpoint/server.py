@@ -19,6 +19,18 @@ Invariants (the per-connection ones are in the connection module):
 - :meth:`EndpointServer.stop` stops accepting, lets running requests finish
   and pending answers drain (bounded by a grace period), then closes every
   connection and hands the last inference accounting to the sink.
+- Two connection pools: at most ``max_unauth_connections`` that have not yet
+  had a head admitted (token checked) and at most ``max_connections`` that
+  have. A new connection always gets in: at the unauthenticated limit the one
+  waiting longest that has sent nothing is closed (the oldest of all when
+  every one has sent something). A head admitted with the authenticated pool full
+  closes the longest idle authenticated connection, or gets 503 when none is
+  idle. So neither idle sockets nor slow heads lock a client with the token out.
+- The tensor budget is charged in admission order: a request that does not
+  fit waits (its connection reads nothing more) and the waiting ones are
+  resumed first come, first served whenever a charge is released. Small
+  requests (:meth:`TensorBudget.is_small`) that fit go ahead of waiting big
+  ones: they hold their charge for a moment only.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ from queue import SimpleQueue
 from typing import Any
 
 from edgefleet.agent.endpoint.app import EndpointApp, Job, Outcome, run_job
+from edgefleet.agent.endpoint.budget import EndpointLimits, TensorBudget
 from edgefleet.agent.endpoint.config import EndpointConfig
 from edgefleet.agent.endpoint.connection import _Connection
 from edgefleet.agent.endpoint.http11 import DateHeader
@@ -97,16 +110,34 @@ class EndpointServer:
         config: EndpointConfig,
         serving: ServingSet,
         telemetry_sink: TelemetrySink | None = None,
+        release_memory: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
+        # Called after a big request's charge is released, before the next
+        # waiting one starts (the daemon passes malloc_trim): the worker
+        # threads allocate in their own heaps, and memory one of them freed
+        # must go back to the system before another one's request grows.
+        self._release_memory = release_memory
         self.serving = serving
         self.sink: TelemetrySink = telemetry_sink or NullTelemetrySink()
         self.metrics = EndpointMetrics()
+        self.limits: EndpointLimits = config.limits()
+        self.budget = TensorBudget(self.limits)
         self.app = EndpointApp(
-            serving, self.sink, self.metrics, token=config.token, agent_version=_agent_version()
+            serving,
+            self.sink,
+            self.metrics,
+            token=config.token,
+            agent_version=_agent_version(),
+            limits=self.limits,
         )
         self.date = DateHeader()
         self.connections: set[_Connection] = set()
+        # Both pools keep arrival order (dicts): the oldest is the first to go.
+        self._unauthenticated: dict[_Connection, None] = {}
+        self._authenticated: dict[_Connection, None] = {}
+        self._waiting: deque[_Connection] = deque()
+        self._wake_scheduled = False
         self.stopping = False
         self.selector: selectors.BaseSelector = None  # type: ignore[assignment]  # set by start()
         self._listeners: list[socket.socket] = []
@@ -294,6 +325,83 @@ class EndpointServer:
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             _Connection(self, sock).start()
+
+    # --- connection pools (loop thread) -------------------------------------------------
+    def add_unauthenticated(self, conn: _Connection) -> None:
+        """Admit a new connection, closing the longest-waiting unauthenticated one if full."""
+        pool = self._unauthenticated
+        while len(pool) >= self.config.max_unauth_connections:
+            # The oldest that has sent nothing goes first: a client whose head
+            # already waits in the socket is only about to be read.
+            victim = next((c for c in pool if c.silent()), None) or next(iter(pool))
+            pool.pop(victim)
+            self.metrics.connections_evicted += 1
+            victim.abort()
+        pool[conn] = None
+        self.connections.add(conn)
+
+    def promote(self, conn: _Connection) -> bool:
+        """``conn`` had a head admitted; False when the authenticated pool has no room."""
+        pool = self._authenticated
+        if len(pool) >= self.config.max_connections:
+            idle = [c for c in pool if c.idle]
+            if not idle:
+                return False
+            victim = min(idle, key=lambda c: c.last_active)
+            pool.pop(victim)
+            self.metrics.connections_evicted += 1
+            victim.close()
+        self._unauthenticated.pop(conn, None)
+        pool[conn] = None
+        return True
+
+    def forget(self, conn: _Connection) -> None:
+        self.connections.discard(conn)
+        self._unauthenticated.pop(conn, None)
+        self._authenticated.pop(conn, None)
+
+    # --- tensor budget (loop thread) ----------------------------------------------------
+    def acquire(self, conn: _Connection, charge: int) -> bool:
+        """Charge ``conn``'s request, or queue it (first come, first served) and return False."""
+        if charge == 0:
+            return True
+        waiting = self._waiting
+        if self.budget.is_small(charge) and self.budget.try_acquire(charge):
+            # Small requests run inline within this pass (the charge is back
+            # before the next one): they never queue behind big batches.
+            self.metrics.budget_in_use = self.budget.in_use
+            return True
+        first = not waiting or waiting[0] is conn
+        if first and self.budget.try_acquire(charge):
+            if waiting:
+                waiting.popleft()
+            self.metrics.budget_in_use = self.budget.in_use
+            return True
+        if conn not in waiting:
+            waiting.append(conn)
+            self.metrics.budget_waits += 1
+        return False
+
+    def release(self, charge: int) -> None:
+        self.budget.release(charge)
+        self.metrics.budget_in_use = self.budget.in_use
+        if self._release_memory is not None and not self.budget.is_small(charge):
+            self.call_soon(self._release_memory)
+        if self._waiting and not self._wake_scheduled:
+            self._wake_scheduled = True
+            self.call_soon(self._wake_waiting)
+
+    def _wake_waiting(self) -> None:
+        self._wake_scheduled = False
+        waiting = self._waiting
+        while waiting:
+            first = waiting[0]
+            if first.sock is None or first.closing:
+                waiting.popleft()
+                continue
+            first.resume()
+            if waiting and waiting[0] is first:
+                return  # still does not fit: the others wait behind it
 
     def _begin_stop(self, grace_s: float) -> None:
         self.stopping = True

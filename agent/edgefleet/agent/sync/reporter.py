@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from edgefleet.agent.deploy.not_served import reason_without_active
 from edgefleet.agent.sync.deployer import Progress
 from edgefleet.agent.sync.reconcile import (
     DOWNLOADING,
@@ -165,14 +166,16 @@ def build_state(
     for name in sorted(names):
         current = installed.get(name, InstalledModel())
         try:
+            deployment = _deployment(name, progress, entries, download, last_outcomes.get(name))
+            if current.active_sha is None and deployment is not None:
+                # A first install that did not hold: the hub learns that nothing serves.
+                deployment = replace(deployment, reason=reason_without_active(deployment))
             models.append(
                 ModelState(
                     name=name,
                     active=_slot(current.active_sha, current.active_version),
                     previous=_slot(current.previous_sha, current.previous_version),
-                    deployment=_deployment(
-                        name, progress, entries, download, last_outcomes.get(name)
-                    ),
+                    deployment=deployment,
                 )
             )
         except ValueError as e:  # a name the protocol cannot carry: leave it out, say so

@@ -42,10 +42,14 @@ from edgefleet.agent.telemetry.window_body import WindowAccumulator, label_key
 
 log = logging.getLogger("edgefleet.agent.telemetry")
 
-try:  # the schema kinds are the serving side's vocabulary
-    from edgefleet.agent.telemetry_sink import SCHEMA_ERROR_KINDS
+try:  # the error kinds are the serving side's vocabulary
+    from edgefleet.agent.telemetry_sink import SCHEMA_ERROR_KINDS, counts_against_version
 except ImportError:  # pragma: no cover - only without the serving module
     SCHEMA_ERROR_KINDS = frozenset({"name", "dtype", "shape", "features", "non_finite"})
+
+    def counts_against_version(kind: str) -> bool:
+        return kind == "runtime"
+
 
 # Latencies kept per model version on probation (for an exact p95).
 PROBATION_SAMPLE_LIMIT = 10_000
@@ -335,7 +339,9 @@ class WindowRecorder:
                 if version is None:
                     version = self._active.get(model)
                 counter = None if version is None else self._probation.get((model, version))
-                if counter is not None:
+                if counter is not None and counts_against_version(kind):
+                    # A client's mistake (4xx) is neither a request the model
+                    # answered nor an error of it: probation ignores it.
                     counter.requests += 1
                     counter.errors += 1
                 if version is None or (
