@@ -1,6 +1,6 @@
 """The state directory: where everything the agent keeps lives, and who may write it.
 
-Layout (DESIGN.md §7)::
+Layout::
 
     STATE_DIR/
       agent.lock           flock held by the process that drives deployments

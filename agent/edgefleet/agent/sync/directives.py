@@ -1,4 +1,4 @@
-"""Accepting signed directives (DESIGN.md §4) and remembering the last one accepted.
+"""Accepting signed directives and remembering the last one accepted.
 
 The trust rules themselves live in :func:`edgefleet.core.directive.check_directive`;
 this module adds what the device needs around them:

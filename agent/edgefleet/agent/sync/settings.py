@@ -2,7 +2,7 @@
 
 Built from ``agent.toml`` (device id, profile, ``[mqtt]``) by
 :func:`edgefleet.agent.sync.hub_sync.hub_sync_for`; the transfer knobs have
-defaults from DESIGN.md §5 (64 KiB chunks, windows of at most 1 MiB) and may be
+defaults of the protocol (64 KiB chunks, windows of at most 1 MiB) and may be
 overridden through the environment (``EDGEFLEET_SYNC_CHUNK_SIZE``,
 ``EDGEFLEET_SYNC_WINDOW_BYTES``), which is how tests use small windows.
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from edgefleet.agent.errors import AgentConfigError
+from edgefleet.core.mqtt.backoff import BackoffPolicy
 from edgefleet.core.protocol import DEFAULT_CHUNK_SIZE, DEFAULT_ROOT, DEFAULT_WINDOW_BYTES
 from edgefleet.core.protocol.limits import MAX_CHUNK_SIZE, MAX_WINDOW_BYTES, MIN_CHUNK_SIZE
 
@@ -46,6 +47,9 @@ class SyncSettings:
     max_download_attempts: int = 2
     #: Largest telemetry lease per batch (the protocol allows 1 MiB per message).
     telemetry_batch_bytes: int = 256 * 1024
+    #: Waits before handing an install over again after the disk was full (attempt n
+    #: waits ``disk_full_backoff`` at attempt n); the old version serves meanwhile.
+    disk_full_backoff: BackoffPolicy = BackoffPolicy(initial_s=5.0, max_s=600.0, jitter=0.2)
 
     def __post_init__(self) -> None:
         if not MIN_CHUNK_SIZE <= self.chunk_size <= MAX_CHUNK_SIZE:
