@@ -93,6 +93,13 @@ class BundleIntake:
         self.onnxruntime_version = onnxruntime_version
         self.trust = trust
         self.checker = checker
+        # The manifest the last verifying step accepted, by bundle sha256: the activation
+        # that follows loads with it instead of verifying the bundle a second time.
+        self._verified: dict[str, Any] = {}
+
+    def take_verified(self, sha256: str) -> Any | None:
+        """The manifest this process verified for ``sha256`` (once), else None."""
+        return self._verified.pop(sha256, None)
 
     def download(self, record: DeploymentRecord) -> StepOutcome:
         budget = self.profile.max_bundle_bytes
@@ -172,6 +179,7 @@ class BundleIntake:
             )
         except BundleRejectedError as e:
             return StepOutcome(Event.VERIFY_REJECTED, str(e), found)
+        self._verified = {verified.sha256: manifest}
         return StepOutcome(Event.VERIFIED, changes=found, pause_point="verifying+")
 
     def stage(self, record: DeploymentRecord) -> StepOutcome:

@@ -4,7 +4,8 @@ Built from ``agent.toml`` (device id, profile, ``[mqtt]``) by
 :func:`edgefleet.agent.sync.hub_sync.hub_sync_for`; the transfer knobs have
 defaults of the protocol (64 KiB chunks, windows of at most 1 MiB) and may be
 overridden through the environment (``EDGEFLEET_SYNC_CHUNK_SIZE``,
-``EDGEFLEET_SYNC_WINDOW_BYTES``), which is how tests use small windows.
+``EDGEFLEET_SYNC_WINDOW_BYTES``), which is how tests use small windows;
+``EDGEFLEET_SYNC_DISK_FULL_RETRY_S`` sets the first wait after a full disk.
 
 Times are seconds, sizes bytes.
 """
@@ -23,6 +24,7 @@ from edgefleet.core.protocol.limits import MAX_CHUNK_SIZE, MAX_WINDOW_BYTES, MIN
 
 ENV_CHUNK_SIZE = "EDGEFLEET_SYNC_CHUNK_SIZE"
 ENV_WINDOW_BYTES = "EDGEFLEET_SYNC_WINDOW_BYTES"
+ENV_DISK_FULL_RETRY_S = "EDGEFLEET_SYNC_DISK_FULL_RETRY_S"
 
 
 @dataclass(frozen=True)
@@ -92,4 +94,14 @@ class SyncSettings:
                     changes[name] = int(raw)
                 except ValueError as e:
                     raise AgentConfigError(f"${key} must be an integer, not {raw!r}") from e
+        raw = env.get(ENV_DISK_FULL_RETRY_S)
+        if raw:
+            try:
+                first = float(raw)
+                changes["disk_full_backoff"] = replace(self.disk_full_backoff, initial_s=first)
+            except ValueError as e:  # not a number, NaN, or outside 0 < s <= max_s
+                raise AgentConfigError(
+                    f"${ENV_DISK_FULL_RETRY_S} must be a number of seconds within "
+                    f"0..{self.disk_full_backoff.max_s:g}, not {raw!r}"
+                ) from e
         return replace(self, **changes) if changes else self
