@@ -258,10 +258,13 @@ def build_state(
 
 #: Deployment states after which nothing more happens (the hub settles rollouts on these).
 TERMINAL_DEPLOYMENT_STATES = frozenset(p.value for p in TERMINAL_PHASES)
+# ... and a device stuck for lack of space: the hub must learn that at once too.
+_REPORTED_AT_ONCE = TERMINAL_DEPLOYMENT_STATES | {DeploymentPhase.FAILED_DISK_FULL.value}
 
 
 def _urgent(state: DeviceState) -> tuple[Any, ...]:
-    """What the hub must learn at once: slots, finished deployments, directive refusals.
+    """What the hub must learn at once: slots, finished deployments, a full disk,
+    directive refusals.
 
     Everything else (the directive seq, a deployment in progress, download progress)
     may wait for the next periodic report.
@@ -270,7 +273,7 @@ def _urgent(state: DeviceState) -> tuple[Any, ...]:
     for m in state.models:
         d = m.deployment
         finished = None
-        if d is not None and d.state in TERMINAL_DEPLOYMENT_STATES:
+        if d is not None and d.state in _REPORTED_AT_ONCE:
             finished = (d.state, d.version, d.bundle_sha256, d.reason)
         if m.active is not None or m.previous is not None or finished is not None:
             models.append((m.name, m.active, m.previous, finished))
