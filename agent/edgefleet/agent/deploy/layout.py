@@ -89,9 +89,6 @@ class StateLayout:
     def staging_path(self, deployment_id: str) -> Path:
         return self.staging / deployment_id
 
-    def bundle_archive(self, sha256: str) -> Path:
-        return self.bundles / f"{sha256}.efb"
-
     def bundle_dir(self, sha256: str) -> Path:
         return self.bundles / sha256
 

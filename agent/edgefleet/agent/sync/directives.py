@@ -86,10 +86,6 @@ class Verdict:
     reason: str | None = None
     digest: str | None = None  # of the rejected envelope, to report each one once
 
-    @property
-    def is_new(self) -> bool:
-        return self.kind == "accepted"
-
 
 def envelope_digest(payload: bytes) -> str:
     """sha256 of the envelope's canonical form (the same directive re-serialised matches)."""

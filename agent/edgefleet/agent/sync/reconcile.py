@@ -202,17 +202,6 @@ def next_action(
     return None
 
 
-def satisfied(
-    directive: Directive | None, installed: Mapping[str, InstalledModel]
-) -> list[Assignment]:
-    """Assignments whose bundle already is the active slot."""
-    return [
-        a
-        for a in wanted(directive)
-        if installed.get(a.model, InstalledModel()).active_sha == a.bundle_sha256
-    ]
-
-
 def prune(ledger: Mapping[Key, LedgerEntry], keep: Iterable[Key]) -> dict[Key, LedgerEntry]:
     """The ledger without entries for assignments the directive no longer names.
 

@@ -92,7 +92,3 @@ OUTCOMES: Mapping[str, PhaseOutcome] = MappingProxyType(
 def outcome_of(phase: str) -> PhaseOutcome:
     """The outcome a phase name stands for; an unknown name is RUNNING."""
     return OUTCOMES.get(phase, PhaseOutcome.RUNNING)
-
-
-def is_terminal(phase: str) -> bool:
-    return phase in OUTCOMES and DeploymentPhase(phase) in TERMINAL_PHASES
