@@ -10,15 +10,13 @@ deployment worker and driver (real bundles, real verification children, real onn
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.agent.full_disk import small_disk
 from tests.agent.state_env import AgentEnv, make_env
 
 from edgefleet.agent.deploy import intake
@@ -68,22 +66,6 @@ class Deployment:
 
     def close(self) -> None:
         self.buffer.close()
-
-
-@contextlib.contextmanager
-def small_disk(path: Path, size: int) -> Iterator[Path]:
-    path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
 
 
 def test_requests_are_taken_in_order_and_each_submission_wakes_the_worker() -> None:

@@ -9,13 +9,12 @@ test needs root for the mount and unmounts it whatever happens.
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.agent.full_disk import small_disk
 from tests.integration.fleet import Device, Fleet, Traffic, infer, wait_for
 
 from edgefleet.core.testing.brokers import MosquittoBroker
@@ -33,23 +32,6 @@ def fleet(tmp_path: Path, mosquitto_factory: Any) -> Iterator[Fleet]:
     f.start_hub()
     yield f
     f.close()
-
-
-@contextlib.contextmanager
-def small_disk(path: Path) -> Iterator[Path]:
-    """A tmpfs of TMPFS_BYTES mounted at ``path`` for the duration of the block."""
-    path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES},mode=0755", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
 
 
 def deployment(fleet: Fleet, device: Device) -> dict[str, Any]:
@@ -77,7 +59,7 @@ def test_a_full_disk_during_install_is_retried_with_backoff_and_reported(
     # The new version does not fit into the extraction directory.
     v2 = fleet.bundle(2, pad_bytes=4 * TMPFS_BYTES)
     staging = device.state_dir / "staging"
-    with small_disk(staging), Traffic([device]):
+    with small_disk(staging, TMPFS_BYTES), Traffic([device]):
         fleet.rollout(2)
         # The hub's device view (what `hub devices` prints) names the reason.
         reported = wait_for(
