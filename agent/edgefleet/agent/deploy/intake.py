@@ -120,18 +120,24 @@ class BundleIntake:
                     f"bundle is {size} bytes, over the budget of {budget} bytes",
                 )
             try:
-                if record.source_is_inbox:
-                    durable_rename(source, dest)
-                elif source.resolve().is_relative_to(self.layout.root.resolve()):
-                    link_or_copy(source, dest)
-                else:
-                    copy_durably(source, dest)
+                self._fetch(source, dest, owned=record.source_is_inbox)
             except OSError as e:
                 remove_path(dest)
                 return StepOutcome(
                     Event.DOWNLOAD_FAILED, f"cannot fetch {source}: {e}", _failure(e)
                 )
         return StepOutcome(Event.DOWNLOADED, pause_point="downloading+")
+
+    def _fetch(self, source: Path, dest: Path, *, owned: bool) -> None:
+        """Put ``source`` at ``dest``: moved when the deployment owns it (an inbox copy),
+        linked when it is another file of the state directory (the hub sync's), else
+        copied (a file of the caller's)."""
+        if owned:
+            durable_rename(source, dest)
+        elif source.resolve().is_relative_to(self.layout.root.resolve()):
+            link_or_copy(source, dest)
+        else:
+            copy_durably(source, dest)
 
     def check_bundle(self, download: Path, staging: Path) -> Any:
         """Verify and extract ``download`` into ``staging``; the verified bundle."""

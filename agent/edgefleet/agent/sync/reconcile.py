@@ -151,6 +151,17 @@ def wanted(directive: Directive | None) -> list[Assignment]:
     return sorted((a for a in directive.assignments), key=lambda a: (a.model, a.mode))
 
 
+def _held(entry: LedgerEntry | None, now: float | None) -> str | None:
+    """Why an assignment must wait for its ledger entry, or None when it need not."""
+    if entry is None:
+        return None
+    if entry.state == HANDED:
+        return "the deployment driver has it"
+    if entry.state == WAITING and (now is None or now < (entry.retry_at or 0.0)):
+        return entry.reason or "waiting for disk space"
+    return None
+
+
 def next_action(
     directive: Directive | None,
     installed: Mapping[str, InstalledModel],
@@ -169,14 +180,9 @@ def next_action(
         entry = ledger.get(key_of(assignment))
         if entry is not None and entry.state in FINAL_STATES:
             continue
-        if entry is not None and entry.state == HANDED:
-            return Action(Step.WAIT, assignment, "the deployment driver has it")
-        if (
-            entry is not None
-            and entry.state == WAITING
-            and (now is None or now < (entry.retry_at or 0.0))
-        ):
-            return Action(Step.WAIT, assignment, entry.reason or "waiting for disk space")
+        held = _held(entry, now)
+        if held is not None:
+            return Action(Step.WAIT, assignment, held)
         if assignment.mode != "active":
             return Action(
                 Step.REFUSE, assignment, f"{assignment.mode} mode is not supported by this agent"

@@ -93,17 +93,17 @@ def _running(f: _Facts) -> DeploymentInfo | None:
         return None
     mine = next((e for e in f.entries if e.request_id == p.request_id), None)
     # A deployment that has not read its manifest yet names no model: the ledger does.
-    if p.model != f.model and (mine is None or p.model is not None):
+    if (p.model is None and mine is None) or (p.model is not None and p.model != f.model):
         return None
-    sha = p.bundle_sha256 or (mine.bundle_sha256 if mine else None)
-    version = p.version if p.version is not None else (mine.version if mine else None)
+    sha = p.bundle_sha256 or getattr(mine, "bundle_sha256", None)
+    version = p.version if p.version is not None else getattr(mine, "version", None)
     if sha is None or version is None:
         return None
     return DeploymentInfo(
         state=p.state,
         version=version,
         bundle_sha256=sha,
-        rollout_id=mine.rollout_id if mine else None,
+        rollout_id=getattr(mine, "rollout_id", None),
         reason=p.reason,
         at=p.at,
     )
