@@ -10,6 +10,8 @@ deployment worker and driver (real bundles, real verification children, real onn
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import time
 from pathlib import Path
@@ -150,3 +152,46 @@ def test_a_full_disk_while_verifying_is_a_typed_disk_full_failure(env: AgentEnv)
         assert events[-1]["state"] == "failed"
     finally:
         d.close()
+
+
+class _FullDiskDriver:
+    """A driver whose every step fails the way a full disk makes ``deploy.json`` fail."""
+
+    def __init__(self) -> None:
+        self.current = object()
+        self.runs = 0
+        self.resumes = 0
+
+    def run(self) -> None:
+        self.runs += 1
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "deploy.json")
+
+    def resume(self) -> None:
+        self.resumes += 1
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "deploy.json")
+
+
+def test_a_step_failing_on_a_full_disk_is_one_log_line_and_waits_longer_each_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from edgefleet.agent.deploy.layout import StateLayout
+    from edgefleet.core.mqtt.backoff import BackoffPolicy
+
+    driver = _FullDiskDriver()
+    worker = DeploymentWorker(
+        driver,  # type: ignore[arg-type]
+        StateLayout(tmp_path),
+        disk_full_backoff=BackoffPolicy(initial_s=0.05, max_s=10.0, jitter=0.0),
+    )
+    waits = []
+    for _ in range(3):
+        caplog.clear()
+        worker._resume_at = 0.0  # the test does not sleep through the wait
+        worker.tick()
+        worker.tick()  # within the wait: nothing is tried
+        assert worker._backoff is not None
+        waits.append(worker._backoff.base_delay_s)
+        lines = [r for r in caplog.records if "disk full" in r.getMessage()]
+        assert len(lines) == 2 and all(r.exc_info is None for r in lines)  # step + recovery
+    assert driver.runs == 3 and driver.resumes == 3
+    assert waits[0] < waits[1] < waits[2], waits

@@ -9,6 +9,8 @@ test needs root for the mount and unmounts it whatever happens.
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,14 @@ def deployment(fleet: Fleet, device: Device) -> dict[str, Any]:
     return {}
 
 
+def telemetry_seqs(fleet: Fleet, device: Device) -> list[int]:
+    with contextlib.closing(sqlite3.connect(fleet.config.store.path, timeout=10)) as db:
+        rows = db.execute(
+            "SELECT seq FROM telemetry WHERE device = ? ORDER BY seq", (device.id,)
+        ).fetchall()
+    return [int(row[0]) for row in rows]
+
+
 def disk_full_events(fleet: Fleet, device: Device) -> list[dict[str, Any]]:
     return [e for e in fleet.events(device) if e.get("state") == "failed_disk_full"]
 
@@ -59,6 +69,7 @@ def test_a_full_disk_during_install_is_retried_with_backoff_and_reported(
     # The new version does not fit into the extraction directory.
     v2 = fleet.bundle(2, pad_bytes=4 * TMPFS_BYTES)
     staging = device.state_dir / "staging"
+    before = len(telemetry_seqs(fleet, device))
     with small_disk(staging, TMPFS_BYTES), Traffic([device]):
         fleet.rollout(2)
         # The hub's device view (what `hub devices` prints) names the reason.
@@ -84,6 +95,8 @@ def test_a_full_disk_during_install_is_retried_with_backoff_and_reported(
         # Nothing half-written is left on the full disk between attempts (the next one
         # starts seconds after the third event reached the hub).
         assert list(staging.iterdir()) == []
+        # Telemetry went on while the disk was full (windows of the old version).
+        assert len(telemetry_seqs(fleet, device)) > before + len(events)
     # One line per attempt in the agent's log, and no traceback.
     log = device.log.read_text(errors="replace")
     assert "Traceback" not in log, device.log_tail()
@@ -100,3 +113,6 @@ def test_a_full_disk_during_install_is_retried_with_backoff_and_reported(
     assert list((state / "sync" / "downloads").glob("*.efb")) == []
     assert not (state / "inbox").exists() or list((state / "inbox").iterdir()) == []
     assert list((state / "staging").iterdir()) == []
+    # Telemetry lost nothing: the hub holds every record the agent numbered, no gaps.
+    seqs = telemetry_seqs(fleet, device)
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
