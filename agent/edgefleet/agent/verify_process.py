@@ -34,10 +34,12 @@ Invariants:
 
 - The child reads the trust store when it starts, so every load is checked
   against the trust store as it is on disk at that moment.
-- The bytes the parent hands to onnxruntime are the bytes the child hashed:
-  they travel through the pipe (in chunks: the child never holds a whole
-  model), the parent never reads the model from disk, and uses them only
-  when the verdict that follows them says they matched the manifest.
+- For a ``load``, the bytes the parent hands to onnxruntime are the bytes the
+  child hashed: they travel through the pipe (in chunks: the child never holds
+  a whole model), the parent does not read the model from disk, and uses them
+  only when the verdict that follows them says they matched the manifest.
+  (After an ``extract`` the parent may load the extracted model itself, hashing
+  it against the manifest the child returned: see ``deploy/loader.py``.)
 - A refusal is raised in the parent as the same edgefleet error class the
   checks raised in the child (``SignatureError``, ``BundleError``... so exit
   codes and reasons do not depend on where the check ran); a child that dies
