@@ -2,8 +2,8 @@
 telemetry event, so the hub never counts an outcome against another rollout of the same
 bundle. State written before rollout ids were carried still loads and finishes.
 
-Real parts: the sync's inbox deployer, the daemon's deployment worker, the driver with
-real bundles and verification, the SQLite telemetry buffer.
+Real parts: the sync's queue deployer, the daemon's deployment worker and its queue, the
+driver with real bundles and verification, the SQLite telemetry buffer.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from tests.agent.state_env import MAX_BUNDLE_BYTES, AgentEnv, make_env
 
 from edgefleet.agent.deploy import inbox
 from edgefleet.agent.deploy.context import AgentContext
+from edgefleet.agent.deploy.deployment_queue import DeploymentQueue
 from edgefleet.agent.deploy.driver import DeploymentDriver
 from edgefleet.agent.deploy.record import DeployStateFile
 from edgefleet.agent.deploy.worker import DeploymentWorker
-from edgefleet.agent.sync.deployer import InboxDeployer
+from edgefleet.agent.sync.deployer import QueueDeployer
 from edgefleet.agent.telemetry.buffer import TelemetryBuffer
 
 ROLLOUT = "rollout-7f3a"
@@ -37,8 +38,9 @@ class Device:
         self.driver: DeploymentDriver = self.ctx.driver(
             events=lambda body: self.buffer.append("event", body)
         )
-        self.worker = DeploymentWorker(self.driver, self.ctx.layout)
-        self.deployer = InboxDeployer(self.ctx.layout, MAX_BUNDLE_BYTES)
+        self.queue = DeploymentQueue()
+        self.worker = DeploymentWorker(self.driver, self.ctx.layout, queue=self.queue)
+        self.deployer = QueueDeployer(self.queue, self.ctx.layout, self.worker.deploy_state)
 
     def drive(self, request_id: str) -> dict[str, Any]:
         """Tick the worker until the request ended; its outcome in ``deploy.json``."""
@@ -78,11 +80,12 @@ def test_an_install_handed_over_with_a_rollout_id_names_it_in_every_event(
     request_id = device.deployer.submit_install(
         env.bundle(1), allow_downgrade=False, now=time.time(), rollout_id=ROLLOUT
     )
-    request = json.loads((device.ctx.layout.inbox / f"{request_id}.json").read_text())
-    assert request["rollout_id"] == ROLLOUT
+    ticket = device.queue.ticket(request_id)
+    assert ticket is not None and ticket.request.rollout_id == ROLLOUT
     outcome = device.drive(request_id)
     assert outcome["state"] == "committed"
     assert outcome["rollout_id"] == ROLLOUT
+    assert ticket.result(0).phase == "committed" and ticket.result(0).succeeded
     assert device.deployer.last_outcomes()["iris"]["rollout_id"] == ROLLOUT
     events = device.events(request_id)
     states = [e["state"] for e in events]
@@ -221,7 +224,7 @@ def test_state_written_without_rollout_ids_still_loads_and_finishes(
     state = DeployStateFile(layout.deploy_file).load()
     assert state.current is not None and state.current.rollout_id is None
     assert [r.rollout_id for r in inbox.pending(layout)] == [None]
-    deployer = InboxDeployer(layout, MAX_BUNDLE_BYTES)
+    deployer = QueueDeployer(DeploymentQueue(), layout, DeployStateFile(layout.deploy_file).load)
     progress = deployer.in_progress()
     assert progress is not None and progress.request_id == running_id
     assert progress.rollout_id is None

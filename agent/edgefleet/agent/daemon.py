@@ -197,6 +197,7 @@ class AgentDaemon:
             return []
 
     def _start_serving(self, loader: Any, started: float) -> None:
+        from edgefleet.agent.deploy.deployment_queue import DeploymentQueue
         from edgefleet.agent.deploy.record import DeployStateFile
         from edgefleet.agent.deploy.store import sweep_leftovers
         from edgefleet.agent.deploy.worker import DeploymentWorker
@@ -251,9 +252,11 @@ class AgentDaemon:
         endpoint_cfg = EndpointConfig.from_settings(self.config.endpoint, ctx.profile)
         self.endpoint = EndpointServer(endpoint_cfg, serving, recorder, release_freed_memory)
         self.endpoint.start()
-        self.worker = DeploymentWorker(driver, ctx.layout, factory=make_driver)
+        self.worker = DeploymentWorker(
+            driver, ctx.layout, factory=make_driver, queue=DeploymentQueue()
+        )
         self.worker.start()
-        self._start_hub_sync(buffer)
+        self._start_hub_sync(buffer, self.worker)
         serving.ready = True
         atomic_write_json(
             ctx.layout.root / "endpoint.json",
@@ -268,14 +271,14 @@ class AgentDaemon:
             self.endpoint.url,
         )
 
-    def _start_hub_sync(self, buffer: Any) -> None:
+    def _start_hub_sync(self, buffer: Any, worker: DeploymentWorker) -> None:
         """Talk to the hub when agent.toml has [mqtt]; offline, the agent just serves."""
         if self.config.mqtt is None:
             return
         try:
             from edgefleet.agent.sync.wiring import hub_sync_for
 
-            self.sync = hub_sync_for(self.ctx, buffer)
+            self.sync = hub_sync_for(self.ctx, buffer, worker)
             if self.sync is not None:
                 self.sync.start()
         except Exception:  # the hub link never takes inference down

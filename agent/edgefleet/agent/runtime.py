@@ -50,7 +50,6 @@ from edgefleet.agent.runtime_schema import (
 from edgefleet.agent.runtime_verify import read_member_checked
 
 if TYPE_CHECKING:
-    from edgefleet.agent.manifest_view import ManifestView
     from edgefleet.core.manifest import Manifest
     from edgefleet.core.trust import TrustStore
 
@@ -214,7 +213,7 @@ class LoadedModel:
         session: ort.InferenceSession,
         bundle_dir: Path | None = None,
         bundle_sha256: str | None = None,
-        manifest: Manifest | ManifestView | None = None,
+        manifest: Manifest | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -431,7 +430,7 @@ def read_manifest(bundle_dir: Path) -> Manifest:
 
 def load_model_dir(
     bundle_dir: Path,
-    manifest: Manifest | ManifestView | None,
+    manifest: Manifest | None,
     profile: SessionProfile,
     *,
     bundle_sha256: str | None = None,

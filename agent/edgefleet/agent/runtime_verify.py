@@ -1,20 +1,18 @@
 """Re-verifying an extracted bundle directory against the trust store before a load.
 
-An installed bundle lives on disk extracted; :func:`verify_bundle_dir` repeats
-the checks of ``edgefleet.core.bundle_verifier`` that still make sense for a
-directory, so that whatever is loaded was signed by the trusted publishers:
-
-1. ``manifest.json`` (bounded size) is the canonical encoding of the manifest
-   it parses to, and ``signatures.json`` holds at least the publisher
-   threshold of valid signatures over exactly those bytes;
-2. every file the manifest lists has the declared size and sha256 (except the
-   ones in ``skip``, which the caller reads with :func:`read_member_checked`,
-   checking them in the same read that hands them on).
+An installed bundle lives on disk extracted; :func:`verify_bundle_dir` reads its
+``manifest.json`` and ``signatures.json`` (bounded) and hands them to
+:func:`edgefleet.core.signed_manifest.check_signed_manifest`, the one place the
+publisher trust rules live (the same call the archive verifier makes), so that
+whatever is loaded was signed by the trusted publishers. Then every file the
+manifest lists must have the declared size and sha256 (except the ones in
+``skip``, which the caller reads with :func:`read_member_checked`, checking them
+in the same read that hands them on).
 
 Extra files in the directory are ignored: only listed files are ever read.
 Errors are the verifier's (``BundleError``/``SignatureError``, exit 3).
 
-The signature code (``edgefleet.core.trust``/``manifest``, which load
+The signature code (``edgefleet.core.signed_manifest``, which loads
 ``cryptography``) is imported inside :func:`verify_bundle_dir`, so importing
 this module for :func:`read_member_checked` keeps a process free of it (the
 daemon verifies in a child process: :mod:`edgefleet.agent.verify_process`).
@@ -34,8 +32,6 @@ if TYPE_CHECKING:
     from edgefleet.core.manifest import Manifest
     from edgefleet.core.trust import TrustStore
 
-MAX_MANIFEST_BYTES = 1 << 20
-MAX_SIGNATURES_BYTES = 64 << 10
 _CHUNK = 1 << 16
 
 
@@ -94,21 +90,17 @@ def verify_bundle_dir(
     bundle_dir: Path, trust: TrustStore, *, skip: Collection[str] = ()
 ) -> Manifest:
     """The directory's manifest, after the signature and file checks above."""
-    from edgefleet.core.canonical import parse_json
-    from edgefleet.core.manifest import MANIFEST_NAME, SIGNATURES_NAME, Manifest
-    from edgefleet.core.trust import signatures_from_json, verify_threshold
+    from edgefleet.core.manifest import MANIFEST_NAME, SIGNATURES_NAME
+    from edgefleet.core.signed_manifest import (
+        MAX_MANIFEST_BYTES,
+        MAX_SIGNATURES_BYTES,
+        check_signed_manifest,
+    )
 
     bundle_dir = Path(bundle_dir)
     manifest_bytes = _read_bounded(bundle_dir / MANIFEST_NAME, MAX_MANIFEST_BYTES)
     signatures_bytes = _read_bounded(bundle_dir / SIGNATURES_NAME, MAX_SIGNATURES_BYTES)
-    try:
-        signatures = signatures_from_json(parse_json(signatures_bytes))
-    except ValueError as e:
-        raise BundleError(f"{bundle_dir / SIGNATURES_NAME} is not valid JSON: {e}") from e
-    verify_threshold(manifest_bytes, signatures, trust.publisher_keys, trust.publisher_threshold)
-    manifest = Manifest.from_json_bytes(manifest_bytes)
-    if manifest.canonical_bytes() != manifest_bytes:
-        raise BundleError(f"{bundle_dir / MANIFEST_NAME} is not in canonical form")
+    manifest = check_signed_manifest(manifest_bytes, signatures_bytes, trust).manifest
     for entry in manifest.files:
         if entry.path in skip:
             continue

@@ -27,17 +27,19 @@ raw bytes of every member it reads follow, then a framed verdict on them::
 
     {"ok": true, "manifest": {...}, "members": [[name, size], ...],
      "sha256": s | null, "size": n | null, "signer_keyids": [...]}
-    {"ok": false, "error": "SignatureError", "message": "..."}
+    {"ok": false, "error": "SignatureError", "message": "...", "errno": n (an OS error's)}
     verdict: {"ok": true} or {"ok": false, "error": ..., "message": ...}
 
 Invariants:
 
 - The child reads the trust store when it starts, so every load is checked
   against the trust store as it is on disk at that moment.
-- The bytes the parent hands to onnxruntime are the bytes the child hashed:
-  they travel through the pipe (in chunks: the child never holds a whole
-  model), the parent never reads the model from disk, and uses them only
-  when the verdict that follows them says they matched the manifest.
+- For a ``load``, the bytes the parent hands to onnxruntime are the bytes the
+  child hashed: they travel through the pipe (in chunks: the child never holds
+  a whole model), the parent does not read the model from disk, and uses them
+  only when the verdict that follows them says they matched the manifest.
+  (After an ``extract`` the parent may load the extracted model itself, hashing
+  it against the manifest the child returned: see ``deploy/loader.py``.)
 - A refusal is raised in the parent as the same edgefleet error class the
   checks raised in the child (``SignatureError``, ``BundleError``... so exit
   codes and reasons do not depend on where the check ran); a child that dies
@@ -59,8 +61,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from edgefleet.agent.errors import ModelLoadError
-from edgefleet.agent.manifest_view import ManifestView
-from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.errors import BundleError, EdgefleetError
+from edgefleet.core.manifest import Manifest
 
 MODULE = "edgefleet.agent.verify_process"
 MODEL_MEMBER = "model.onnx"
@@ -72,7 +74,7 @@ _MAX_HEADER_BYTES = 4 << 20
 class CheckedBundle:
     """What the child verified: the manifest, the members it read, and for a file its hash."""
 
-    manifest: ManifestView
+    manifest: Manifest
     members: dict[str, bytes] = field(default_factory=dict)
     sha256: str | None = None
     size: int | None = None
@@ -95,16 +97,24 @@ class ChildBundleChecker:
             return process.extract(file, dest, self.max_bundle_bytes)
 
 
-def _error_for(name: str, message: str) -> EdgefleetError:
-    """The edgefleet error class called ``name`` (agent or core), else a ModelLoadError."""
+def _error_for(name: str, message: str, errno: object = None) -> EdgefleetError:
+    """The edgefleet error class called ``name`` (agent or core), else a ModelLoadError.
+
+    ``errno``, when the child's error came from an OS error, becomes the error's cause
+    again, so the parent can tell a full disk from any other failure.
+    """
     from edgefleet.agent import errors as agent_errors
     from edgefleet.core import errors as core_errors
 
+    error: EdgefleetError = ModelLoadError(f"bundle verification failed: {message}")
     for module in (agent_errors, core_errors):
         cls = getattr(module, name, None)
         if isinstance(cls, type) and issubclass(cls, EdgefleetError):
-            return cls(message)
-    return ModelLoadError(f"bundle verification failed: {message}")
+            error = cls(message)
+            break
+    if isinstance(errno, int) and not isinstance(errno, bool):
+        error.__cause__ = OSError(errno, os.strerror(errno))
+    return error
 
 
 class VerifyProcess:
@@ -245,7 +255,9 @@ class VerifyProcess:
         if not isinstance(header, dict):
             raise self._died("an unreadable answer")
         if not header.get("ok"):
-            raise _error_for(str(header.get("error")), str(header.get("message")))
+            raise _error_for(
+                str(header.get("error")), str(header.get("message")), header.get("errno")
+            )
         return header
 
     def reply(self) -> CheckedBundle:
@@ -262,8 +274,14 @@ class VerifyProcess:
         self._read_verdict()
         if not isinstance(header.get("manifest"), dict):
             raise self._died("an answer without a manifest")
+        try:
+            # The child checked this manifest; parsing it again here only rebuilds the
+            # object (no trust decision is taken in this process).
+            manifest = Manifest.from_dict(header["manifest"])
+        except BundleError as e:
+            raise self._died(f"an unreadable manifest ({e})") from e
         return CheckedBundle(
-            manifest=ManifestView.from_dict(header["manifest"]),
+            manifest=manifest,
             members=members,
             sha256=header.get("sha256"),
             size=header.get("size"),
@@ -408,8 +426,9 @@ def _handle(request: dict[str, Any], trust: Any) -> tuple[dict[str, Any], list[_
         from edgefleet.core.directive import check_directive
 
         last_seq = request.get("last_seq")
+        envelope: Any = request.get("envelope")  # any JSON: check_directive judges it
         directive = check_directive(
-            request["envelope"],
+            envelope,
             trust,
             str(request.get("device_id")),
             None if last_seq is None else int(last_seq),
@@ -435,8 +454,17 @@ def _handle(request: dict[str, Any], trust: Any) -> tuple[dict[str, Any], list[_
 
 def _refusal(e: Exception) -> dict[str, Any]:
     if isinstance(e, EdgefleetError):
-        return {"ok": False, "error": type(e).__name__, "message": str(e)}
-    return {"ok": False, "error": "unexpected", "message": f"{type(e).__name__}: {e}"}
+        refusal = {"ok": False, "error": type(e).__name__, "message": str(e)}
+    else:
+        refusal = {"ok": False, "error": "unexpected", "message": f"{type(e).__name__}: {e}"}
+    cause: BaseException | None = e
+    for _ in range(16):  # a bounded walk: exception chains can be cyclic
+        if cause is None or isinstance(cause, OSError):
+            break
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, OSError) and cause.errno is not None:
+        refusal["errno"] = cause.errno  # the parent tells a full disk from other faults
+    return refusal
 
 
 def _write_frame(out: IO[bytes], document: dict[str, Any]) -> None:

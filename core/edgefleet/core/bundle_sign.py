@@ -9,7 +9,8 @@ Invariants:
 - A signature is added only to a bundle whose archive and members match its
   own manifest (every check of the verifier except the threshold), and whose
   existing signatures verify for every key id we hold a key for (the
-  ``trusted`` keys and the signing keys themselves). A signature by any other
+  ``trusted`` keys and the signing keys themselves): both rules are
+  :mod:`edgefleet.core.signed_manifest`'s, applied nowhere else. A signature by any other
   key is kept, in place, but not vouched for: nobody here can check it.
 - The manifest bytes are never re-encoded, so every signature already present
   stays valid. New signatures follow the existing ones, in the order the keys
@@ -39,18 +40,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from edgefleet.core.bundle_verifier import MAX_SIGNATURES_BYTES, extract_without_trust
+from edgefleet.core.bundle_verifier import extract_without_trust
 from edgefleet.core.bundle_writer import BundleInfo, sign_manifest_bytes, write_signed_bundle
 from edgefleet.core.canonical import canonical_json
-from edgefleet.core.errors import (
-    BundleError,
-    KeyFileError,
-    SignatureError,
-    StorageError,
-    UsageError,
-)
+from edgefleet.core.errors import KeyFileError, StorageError, UsageError
 from edgefleet.core.keys import keyid_of, load_private_key
-from edgefleet.core.trust import MAX_SIGNATURES, Signature, tally_signatures
+from edgefleet.core.signed_manifest import MAX_SIGNATURES_BYTES, tally_existing
+from edgefleet.core.trust import MAX_SIGNATURES, Signature
 
 __all__ = ["SignaturePlan", "SignedBundle", "load_signing_key", "plan_signatures", "sign_bundle"]
 
@@ -110,16 +106,7 @@ def plan_signatures(
     known = dict(trusted)
     for key in private_keys:
         known[keyid_of(key.public_key())] = key.public_key()
-    for signature in existing:
-        if signature.signature_bytes() is None:
-            raise BundleError(
-                f"signatures.json holds a malformed signature (keyid {signature.keyid[:16]}...)"
-            )
-    tally = tally_signatures(manifest_bytes, existing, known)
-    if tally.invalid:
-        raise SignatureError(
-            f"{tally.invalid} existing signature(s) by a known key do not verify over manifest.json"
-        )
+    tally = tally_existing(manifest_bytes, existing, known)
     already = [s.keyid for s in added if s.keyid in tally.valid_keyids]
     if already:
         raise UsageError(f"already signed by key {already[0]}; nothing written")

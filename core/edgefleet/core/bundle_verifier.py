@@ -5,15 +5,17 @@ The archive is read with a small, strict ustar reader of our own rather than
 archive, reads pax/GNU extension headers of any size into memory, and follows
 no budget. Here every byte is read once, in order, with bounded memory.
 
-Verification order (DESIGN §3), each step only after the previous passed:
+Verification order, each step only after the previous passed:
 
 1. the input fits the byte budget (when one is given);
 2. the first member is a regular file ``manifest.json`` of at most
    :data:`MAX_MANIFEST_BYTES`, the second a regular ``signatures.json`` of at
    most :data:`MAX_SIGNATURES_BYTES`;
-3. the signatures over the exact manifest bytes reach the publisher threshold
-   of DISTINCT trusted keys; only then is the manifest parsed (it must be
-   canonical JSON) and its declared sizes checked against the budget;
+3. :func:`edgefleet.core.signed_manifest.check_signed_manifest` (the one
+   place the trust rules live) accepts the two: the signatures over the exact
+   manifest bytes reach the publisher threshold of DISTINCT trusted keys, and
+   only then is the manifest parsed (canonical JSON); then its declared sizes
+   are checked against the budget;
 4. every other member is a regular file with a safe relative path, listed in
    the manifest, seen once, of exactly the declared size and sha256;
 5. no listed member is missing, the end-of-archive marker is present and only
@@ -40,18 +42,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from edgefleet.core.canonical import canonical_json, parse_json
-from edgefleet.core.errors import BundleError, SignatureError, StorageError
+from edgefleet.core.errors import BundleError, StorageError
 from edgefleet.core.manifest import (
     MANIFEST_NAME,
     SIGNATURES_NAME,
     Manifest,
     check_member_path,
 )
-from edgefleet.core.trust import Signature, TrustStore, signatures_from_json, tally_signatures
+from edgefleet.core.signed_manifest import (
+    MAX_MANIFEST_BYTES,
+    MAX_SIGNATURES_BYTES,
+    check_signed_manifest,
+    parse_manifest,
+    parse_signatures,
+)
+from edgefleet.core.trust import Signature, TrustStore
 
-MAX_MANIFEST_BYTES = 1 << 20
-MAX_SIGNATURES_BYTES = 64 << 10
+__all__ = [
+    "MAX_MANIFEST_BYTES",
+    "MAX_SIGNATURES_BYTES",
+    "BundleSummary",
+    "BundleVerifier",
+    "IntactBundle",
+    "VerifiedBundle",
+    "extract_without_trust",
+    "inspect_bundle",
+    "sha256_file",
+]
 #: Tar pads archives to 10 KiB records; more trailing bytes than this is not padding.
 MAX_TRAILING_BYTES = 64 << 10
 BLOCK = 512
@@ -288,11 +305,7 @@ def _read_head(reader: _TarReader) -> tuple[bytes, bytes, list[Signature]]:
     """The two leading members, bounded, and the parsed (unverified) signatures."""
     manifest_bytes = _leading_member(reader, MANIFEST_NAME, MAX_MANIFEST_BYTES, "first")
     signatures_bytes = _leading_member(reader, SIGNATURES_NAME, MAX_SIGNATURES_BYTES, "second")
-    try:
-        signatures = signatures_from_json(parse_json(signatures_bytes))
-    except (ValueError, SignatureError) as e:
-        raise BundleError(f"signatures.json is malformed: {e}") from e
-    return manifest_bytes, signatures_bytes, signatures
+    return manifest_bytes, signatures_bytes, parse_signatures(signatures_bytes)
 
 
 def _check_member_header(header: _Header) -> None:
@@ -407,14 +420,10 @@ class BundleVerifier:
 
     def _verify_stream(self, f: BinaryIO, extraction: _Extraction | None) -> VerifiedBundle:
         reader = _TarReader(f, self.max_bundle_bytes)
-        manifest_bytes, signatures_bytes, signatures = _read_head(reader)
-        tally = tally_signatures(manifest_bytes, signatures, self.trust.publisher_keys)
-        if len(tally.valid_keyids) < self.trust.publisher_threshold:
-            raise SignatureError(
-                "manifest.json signature check failed: "
-                + tally.describe(self.trust.publisher_threshold)
-            )
-        manifest = _parse_signed_manifest(manifest_bytes)
+        manifest_bytes = _leading_member(reader, MANIFEST_NAME, MAX_MANIFEST_BYTES, "first")
+        signatures_bytes = _leading_member(reader, SIGNATURES_NAME, MAX_SIGNATURES_BYTES, "second")
+        signed = check_signed_manifest(manifest_bytes, signatures_bytes, self.trust)
+        manifest = signed.manifest
         if self.max_bundle_bytes is not None and manifest.total_size() > self.max_bundle_bytes:
             raise BundleError(
                 f"manifest declares {manifest.total_size()} bytes of members, over the "
@@ -425,7 +434,7 @@ class BundleVerifier:
             manifest=manifest,
             sha256=reader.digest.hexdigest(),
             size=reader.pos,
-            signer_keyids=list(tally.valid_keyids),
+            signer_keyids=list(signed.signer_keyids),
         )
 
     @staticmethod
@@ -523,7 +532,7 @@ def extract_without_trust(
     def read(f: BinaryIO, extraction: _Extraction) -> IntactBundle:
         reader = _TarReader(f, max_bundle_bytes)
         manifest_bytes, signatures_bytes, signatures = _read_head(reader)
-        manifest = _parse_signed_manifest(manifest_bytes)
+        manifest = parse_manifest(manifest_bytes)
         _read_members(reader, manifest, manifest_bytes, signatures_bytes, extraction)
         return IntactBundle(
             manifest=manifest,
@@ -536,22 +545,6 @@ def extract_without_trust(
     return _extracting(
         Path(dest), lambda ex: _read_bundle_file(path, max_bundle_bytes, lambda f: read(f, ex))
     )
-
-
-def _parse_signed_manifest(manifest_bytes: bytes) -> Manifest:
-    try:
-        value = parse_json(manifest_bytes)
-    except ValueError as e:
-        raise BundleError(f"manifest.json is not valid JSON: {e}") from e
-    # Signed bytes must be the canonical form, so that what was signed is
-    # exactly what every parser sees (no whitespace or key-order malleability).
-    if canonical_json(value) != manifest_bytes:
-        raise BundleError("manifest.json is not in canonical JSON form")
-    manifest = Manifest.from_dict(value)
-    required = [p for p in manifest.required_members() if manifest.file(p) is None]
-    if required:
-        raise BundleError(f"manifest lists no {required[0]!r}, which every bundle needs")
-    return manifest
 
 
 def inspect_bundle(path: Path) -> BundleSummary:

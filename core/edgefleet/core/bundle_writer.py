@@ -33,7 +33,7 @@ from typing import BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgefleet.core.canonical import canonical_json, parse_json
+from edgefleet.core.canonical import canonical_json
 from edgefleet.core.errors import BundleError, StorageError, UsageError
 from edgefleet.core.keys import keyid_of
 from edgefleet.core.manifest import (
@@ -43,6 +43,7 @@ from edgefleet.core.manifest import (
     Manifest,
     check_member_path,
 )
+from edgefleet.core.signed_manifest import parse_manifest
 from edgefleet.core.trust import Signature, sign_payload
 
 _CHUNK = 1 << 16
@@ -159,9 +160,7 @@ def write_signed_bundle(
     out_path = Path(out_path)
     if not signatures:
         raise UsageError("a bundle needs at least one signature")
-    manifest = Manifest.from_json_bytes(manifest_bytes)
-    if canonical_json(parse_json(manifest_bytes)) != manifest_bytes:
-        raise BundleError("manifest.json is not in canonical JSON form")
+    manifest = parse_manifest(manifest_bytes)  # canonical and complete: the verifier's rule
     if sorted(members) != sorted(entry.path for entry in manifest.files):
         raise BundleError("bundle members differ from the manifest's files")
     return _write_archive(out_path, manifest, manifest_bytes, signatures, manifest.files, members)

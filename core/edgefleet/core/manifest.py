@@ -28,7 +28,6 @@ from typing import Any
 
 from edgefleet.core.canonical import canonical_json, parse_json
 from edgefleet.core.errors import BundleError
-from edgefleet.core.trust import Signature
 
 __all__ = [
     "FORMAT_VERSION",
@@ -38,7 +37,6 @@ __all__ = [
     "TASKS",
     "FileEntry",
     "Manifest",
-    "Signature",
     "check_member_path",
 ]
 

@@ -5,7 +5,9 @@ and records it in the hub store. Invariants:
 
 - a bundle is verified (publisher signatures to the configured threshold,
   every member's size and sha256) on the *copy* inside the store, not on the
-  caller's file, so what was verified is exactly what is served;
+  caller's file, so what was verified is exactly what is served; the verifier
+  applies the trust rules through ``edgefleet.core.signed_manifest``, their one
+  home, and this module takes its answer as it is;
 - the file lands under its final name only after it verified (temporary name
   + fsync + rename); a rejected bundle leaves nothing behind;
 - publishing the same bytes twice is a no-op that reports the existing record;
@@ -86,8 +88,8 @@ class BundleStore:
             manifest = verified.manifest
             record = BundleRecord(
                 sha256=verified.sha256,
-                model=str(manifest.model["name"]),
-                version=int(manifest.model["version"]),
+                model=manifest.name,
+                version=manifest.version,
                 profile=_profile_of(manifest.target),
                 size=verified.size,
                 path=str(final.relative_to(self.root)),

@@ -8,10 +8,13 @@ tests/integration.
 
 from __future__ import annotations
 
+import errno
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,10 +28,12 @@ from tests.agent.sync.fakes import (
     settings,
 )
 
-from edgefleet.agent.sync import HubSync
+from edgefleet.agent.sync import DeployOutcome, HubSync
+from edgefleet.agent.sync import download as download_module
 from edgefleet.agent.sync.checker import DirectiveCheckUnavailable, InProcessDirectiveChecker
-from edgefleet.agent.sync.reconcile import DONE, FAILED, InstalledModel, key_of
+from edgefleet.agent.sync.reconcile import DONE, FAILED, WAITING, InstalledModel, key_of
 from edgefleet.agent.telemetry.buffer import TelemetryBuffer
+from edgefleet.core.mqtt.backoff import BackoffPolicy
 from edgefleet.core.protocol import Topics
 from edgefleet.core.testing.memory_mqtt import MemoryBroker
 
@@ -400,3 +405,74 @@ def test_a_directive_whose_check_cannot_run_is_checked_again_later_never_accepte
     assert checker.calls == 4
     assert sync.accepted is not None and sync.directive_error is None
     assert [r["sha"] for r in rig.deployer.requests] == [v1.sha]
+
+
+def test_an_install_that_finds_the_disk_full_waits_longer_each_time_and_is_retried(
+    rig: Rig,
+) -> None:
+    v1 = bundle(size=4000)
+    rig.catalogue(v1)
+    rig.deployer.auto = None
+    backoff = BackoffPolicy(initial_s=10.0, max_s=100.0, jitter=0.0)
+    sync = rig.start(disk_full_backoff=backoff)
+    rig.hub.publish_directive(rig.hub.directive(v1.assignment()))
+    rig.settle()
+
+    def run_out_of_space() -> None:
+        request_id = rig.deployer.running
+        assert request_id is not None
+        rig.deployer.outcomes[request_id] = DeployOutcome(
+            request_id, "install", "failed", "[Errno 28] No space left on device", "disk_full"
+        )
+        rig.deployer.running = None
+        rig.advance(0.5)
+
+    run_out_of_space()
+    entry = sync.ledger[key_of(v1.assignment())]
+    assert entry.state == WAITING and entry.retries == 1
+    deployment = rig.hub.state().model("iris").deployment
+    assert deployment.state == "failed_disk_full" and "No space" in deployment.reason
+    rig.advance(5.0)
+    assert len(rig.deployer.requests) == 1  # still waiting
+    rig.advance(5.0)
+    assert len(rig.deployer.requests) == 2
+    # Handed over again from the file already downloaded: not one chunk fetched twice.
+    assert rig.deployer.received["req-2"] == v1.data and rig.hub.chunks_sent[v1.sha] == 4
+    run_out_of_space()
+    waits = [e["retry_in_s"] for e in rig.hub.events() if e["state"] == "failed_disk_full"]
+    assert waits == [10.0, 20.0]
+    rig.advance(20.0)
+    rig.deployer.finish("committed")
+    rig.advance(0.5)
+    assert sync.ledger[key_of(v1.assignment())].state == DONE
+    assert rig.hub.state().model("iris").active.bundle_sha256 == v1.sha
+    assert list((rig.root / "sync" / "downloads").iterdir()) == []
+
+
+def test_a_download_that_fills_the_disk_removes_its_part_file_and_starts_again_later(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v1 = bundle(size=8000)
+    rig.catalogue(v1)
+    writes = {"left": 3}
+    real_pwrite = os.pwrite
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        writes["left"] -= 1
+        if writes["left"] < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(download_module.os, "pwrite", pwrite)
+    backoff = BackoffPolicy(initial_s=10.0, max_s=100.0, jitter=0.0)
+    sync = rig.start(disk_full_backoff=backoff)
+    rig.hub.publish_directive(rig.hub.directive(v1.assignment()))
+    rig.settle()
+    entry = sync.ledger[key_of(v1.assignment())]
+    assert entry.state == WAITING and "No space left on device" in (entry.reason or "")
+    assert list((rig.root / "sync" / "downloads").iterdir()) == []  # no part file left
+    assert rig.hub.state().model("iris").deployment.state == "failed_disk_full"
+    monkeypatch.setattr(download_module.os, "pwrite", real_pwrite)  # space again
+    rig.advance(11.0)
+    assert rig.deployer.received["req-1"] == v1.data
+    assert sync.ledger[key_of(v1.assignment())].state == DONE

@@ -7,7 +7,8 @@ Invariants:
   atomic within a file system; the directory fsync makes the rename itself
   survive power loss).
 - Temp siblings are named ``.NAME.tmp`` so a crash leaves a name that
-  :func:`remove_temp_files` recognises and deletes at the next start.
+  :func:`remove_temp_files` recognises and deletes at the next start; a write
+  that fails (a full disk, say) removes its temp sibling before it raises.
 
 ``shutil`` is imported only where a directory tree is removed: it loads the
 compression modules, which the serving daemon otherwise never needs.
@@ -15,6 +16,7 @@ compression modules, which the serving daemon otherwise never needs.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -41,14 +43,18 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     tmp = temp_sibling(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        remove_path(tmp)
+        raise
     fsync_dir(path.parent)
 
 
@@ -67,12 +73,47 @@ def durable_rename(src: Path, dst: Path) -> None:
 def copy_durably(src: Path, dst: Path, chunk_bytes: int = 1 << 20) -> None:
     """Copy ``src`` into ``dst`` through a temp sibling, so ``dst`` is complete or absent."""
     tmp = temp_sibling(dst)
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
-        while chunk := fin.read(chunk_bytes):
-            fout.write(chunk)
-        fout.flush()
-        os.fsync(fout.fileno())
-    durable_rename(tmp, dst)
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            while chunk := fin.read(chunk_bytes):
+                fout.write(chunk)
+            fout.flush()
+            os.fsync(fout.fileno())
+        durable_rename(tmp, dst)
+    except BaseException:
+        remove_path(tmp)
+        raise
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Give ``src``'s bytes a second name ``dst`` (a hard link: no copy, no space);
+    copied instead where the file system cannot link (another mount, no links)."""
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        remove_path(dst)
+        os.link(src, dst)
+    except OSError as e:
+        if is_disk_full(e):
+            raise
+        copy_durably(src, dst)
+        return
+    fsync_dir(dst.parent)
+
+
+#: errno values that mean "no room to write", whatever the quota kind.
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """True when ``error`` or an error behind it (``raise ... from``) is a full disk."""
+    seen = 0
+    while error is not None and seen < 16:
+        if isinstance(error, OSError) and error.errno in _DISK_FULL:
+            return True
+        error = error.__cause__ or error.__context__
+        seen += 1
+    return False
 
 
 def remove_path(path: Path) -> None:

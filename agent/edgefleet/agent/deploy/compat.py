@@ -8,7 +8,7 @@ Checked at install (before anything is staged) and again at every load:
 - ``target.min_onnxruntime`` is not newer than the onnxruntime installed;
 - the model name is usable as a slot name;
 - the version is newer than the installed one, unless a downgrade was
-  explicitly allowed (DESIGN §4, the TUF rollback attack); the same version
+  explicitly allowed (the TUF rollback attack); the same version
   under a different bundle hash is refused for the same reason.
 
 Every failure is a :class:`BundleRejectedError` (exit 3) whose message is the

@@ -19,7 +19,8 @@ verifying        verify signatures, hashes and budget while extracting into
                  the driver has a ``checker``: the daemon's); check profile,
                  arch, onnxruntime, version
 staged           move ``staging/ID`` to ``bundles/SHA`` (content-addressed)
-activating       load (verify again) the new version, switch the slot pointers
+activating       load the new version (with the manifest ``verifying`` accepted;
+                 verified again only after a restart), switch the slot pointers
                  (active=new, previous=old active), serve it
 probation        smoke set, then live requests (``evaluate_probation``)
 rolling_back     switch the pointers back to ``restore_slots``, serve that
@@ -372,7 +373,7 @@ class DeploymentDriver:
         assert record.model is not None and record.bundle_sha256 is not None
         before = record.from_slots or SlotPointers()
         try:
-            loaded = self.loader(record.bundle_sha256)
+            loaded = self._load_new(record.bundle_sha256)
         except Exception as e:  # any load failure means: keep the old version
             self._fire(Event.ACTIVATION_FAILED, reason=f"cannot load the new version: {e}")
             return
@@ -383,6 +384,16 @@ class DeploymentDriver:
         self._serve(record.model, loaded)
         self.probation.running = False
         self._fire(Event.ACTIVATED, probation_started_at=None)
+
+    def _load_new(self, sha256: str) -> Any:
+        """Load the version being installed: with the manifest its verifying step accepted
+        when this process ran that step (the bundle is verified once per install), else
+        through the loader's full checks (after a restart)."""
+        manifest = self.intake.take_verified(sha256)
+        load_verified = getattr(self.loader, "load_verified", None)
+        if manifest is not None and load_verified is not None:
+            return load_verified(sha256, manifest)
+        return self.loader(sha256)
 
     def _probation(self, record: DeploymentRecord) -> None:
         assert record.model is not None and record.bundle_sha256 is not None

@@ -11,11 +11,15 @@ Every step is idempotent, so a crash anywhere in it is recovered by running it a
 from its start:
 
 - downloading: refuse a declared or actual size over the profile's
-  ``max_bundle_bytes``; move the inbox copy (or copy a local file) to
-  ``downloads/ID.efb``; an already complete download is kept;
+  ``max_bundle_bytes``; move the inbox copy to ``downloads/ID.efb``, or link a file
+  of the state directory there (the hub sync's download: its file stays the sync's,
+  no second copy is written), or copy any other local file; an already complete
+  download is kept;
 - verifying: clear ``staging/ID``, verify signatures, hashes and the budget while
   extracting into it (in this process, or in a child process when there is a
   ``checker``: the daemon's); then the profile, arch, onnxruntime and version checks;
+- a step that fails for lack of disk space says so (``failure="disk_full"`` in its
+  changes) and leaves no partial file behind, so whoever asked can retry later;
 - staged: rename ``staging/ID`` to ``bundles/SHA`` (content-addressed) and delete the
   download; the outcome records the slots as they are (``from_slots``).
 """
@@ -27,7 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgefleet.agent.deploy.atomic_files import copy_durably, durable_rename, remove_path
+from edgefleet.agent.deploy.atomic_files import (
+    copy_durably,
+    durable_rename,
+    is_disk_full,
+    link_or_copy,
+    remove_path,
+)
 from edgefleet.agent.deploy.compat import check_target, check_version
 from edgefleet.agent.deploy.layout import StateLayout
 from edgefleet.agent.deploy.machine import Event
@@ -83,6 +93,13 @@ class BundleIntake:
         self.onnxruntime_version = onnxruntime_version
         self.trust = trust
         self.checker = checker
+        # The manifest the last verifying step accepted, by bundle sha256: the activation
+        # that follows loads with it instead of verifying the bundle a second time.
+        self._verified: dict[str, Any] = {}
+
+    def take_verified(self, sha256: str) -> Any | None:
+        """The manifest this process verified for ``sha256`` (once), else None."""
+        return self._verified.pop(sha256, None)
 
     def download(self, record: DeploymentRecord) -> StepOutcome:
         budget = self.profile.max_bundle_bytes
@@ -103,14 +120,24 @@ class BundleIntake:
                     f"bundle is {size} bytes, over the budget of {budget} bytes",
                 )
             try:
-                if record.source_is_inbox:
-                    durable_rename(source, dest)
-                else:
-                    copy_durably(source, dest)
+                self._fetch(source, dest, owned=record.source_is_inbox)
             except OSError as e:
                 remove_path(dest)
-                return StepOutcome(Event.DOWNLOAD_FAILED, f"cannot fetch {source}: {e}")
+                return StepOutcome(
+                    Event.DOWNLOAD_FAILED, f"cannot fetch {source}: {e}", _failure(e)
+                )
         return StepOutcome(Event.DOWNLOADED, pause_point="downloading+")
+
+    def _fetch(self, source: Path, dest: Path, *, owned: bool) -> None:
+        """Put ``source`` at ``dest``: moved when the deployment owns it (an inbox copy),
+        linked when it is another file of the state directory (the hub sync's), else
+        copied (a file of the caller's)."""
+        if owned:
+            durable_rename(source, dest)
+        elif source.resolve().is_relative_to(self.layout.root.resolve()):
+            link_or_copy(source, dest)
+        else:
+            copy_durably(source, dest)
 
     def check_bundle(self, download: Path, staging: Path) -> Any:
         """Verify and extract ``download`` into ``staging``; the verified bundle."""
@@ -132,7 +159,7 @@ class BundleIntake:
         except VerificationError as e:
             return StepOutcome(Event.VERIFY_REJECTED, str(e))
         except (StorageError, OSError, ModelLoadError) as e:
-            return StepOutcome(Event.VERIFY_FAILED, str(e))
+            return StepOutcome(Event.VERIFY_FAILED, str(e), _failure(e))
         manifest = verified.manifest
         found: dict[str, Any] = {
             "model": manifest.name,
@@ -158,6 +185,7 @@ class BundleIntake:
             )
         except BundleRejectedError as e:
             return StepOutcome(Event.VERIFY_REJECTED, str(e), found)
+        self._verified = {verified.sha256: manifest}
         return StepOutcome(Event.VERIFIED, changes=found, pause_point="verifying+")
 
     def stage(self, record: DeploymentRecord) -> StepOutcome:
@@ -172,3 +200,10 @@ class BundleIntake:
             changes={"from_slots": self.slots.get(record.model)},
             pause_point="staged+",
         )
+
+
+def _failure(error: BaseException) -> dict[str, Any]:
+    """The record changes that say why a step failed, when that is known."""
+    from edgefleet.agent.deploy.deployment_queue import DISK_FULL
+
+    return {"failure": DISK_FULL} if is_disk_full(error) else {}

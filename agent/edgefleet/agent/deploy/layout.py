@@ -1,6 +1,6 @@
 """The state directory: where everything the agent keeps lives, and who may write it.
 
-Layout (DESIGN.md §7)::
+Layout::
 
     STATE_DIR/
       agent.lock           flock held by the process that drives deployments
@@ -88,9 +88,6 @@ class StateLayout:
 
     def staging_path(self, deployment_id: str) -> Path:
         return self.staging / deployment_id
-
-    def bundle_archive(self, sha256: str) -> Path:
-        return self.bundles / f"{sha256}.efb"
 
     def bundle_dir(self, sha256: str) -> Path:
         return self.bundles / sha256

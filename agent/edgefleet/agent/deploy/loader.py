@@ -18,6 +18,13 @@ Two ways to run the checks, same checks and same errors:
   onnxruntime, so both run at once); a load takes the prefetched answer when
   there is one for its bundle, and starts a fresh child otherwise.
 
+An install verifies its bundle once: the deployment's verifying step checks the
+archive (signatures, every member) while extracting it, and the activation that
+follows moments later in the same process loads with that step's manifest
+(:meth:`BundleLoader.load_verified`: the model bytes are still hashed against it
+as they are read) instead of checking the signatures a second time. After a
+restart nothing is remembered and a load checks everything again.
+
 onnxruntime is imported on first use so that ``agent status`` stays fast.
 """
 
@@ -79,7 +86,7 @@ class BundleLoader:
         return self.trust_path is not None
 
     def load(self, sha256: str) -> Any:
-        from edgefleet.agent.runtime import MODEL_MEMBER, load_model_dir
+        from edgefleet.agent.runtime import MODEL_MEMBER
 
         bundle_dir = self.layout.bundle_dir(sha256)
         model_bytes: bytes | None = None
@@ -92,6 +99,21 @@ class BundleLoader:
 
             assert self.trust is not None
             manifest = verify_bundle_dir(bundle_dir, self.trust, skip=(MODEL_MEMBER,))
+        return self._build(sha256, manifest, model_bytes)
+
+    def load_verified(self, sha256: str, manifest: Any) -> Any:
+        """Load a bundle whose archive this process verified for the install under way.
+
+        ``manifest`` is what that verification returned; the model bytes are checked
+        against it in the read that hands them to onnxruntime (a directory altered
+        since is refused), the signatures are not checked again.
+        """
+        return self._build(sha256, manifest, None)
+
+    def _build(self, sha256: str, manifest: Any, model_bytes: bytes | None) -> Any:
+        from edgefleet.agent.runtime import load_model_dir
+
+        bundle_dir = self.layout.bundle_dir(sha256)
         check_target(
             manifest.model,
             manifest.target,

@@ -1,6 +1,6 @@
 """The deployment state machine as data: states, events, ONE transition table.
 
-DESIGN.md §7 names the path ``idle → downloading → verifying → staged →
+The path is ``idle → downloading → verifying → staged →
 activating → probation → committed | rolled_back | failed | rejected``. One
 state is added: ``rolling_back``, the in-progress state of restoring the
 previous slot, so that a crash in the middle of a rollback is resumed like any
@@ -22,6 +22,10 @@ Invariants:
   instead (mender's loop counter), except for ``rolling_back``, which has no
   safer place to go and is always resumed.
 
+State names are the deployment phases of
+:mod:`edgefleet.core.protocol.deployment_phases` (the vocabulary agent, wire and hub
+share); which of them are terminal is that table's answer.
+
 This module does no I/O and knows nothing about bundles or files.
 """
 
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from edgefleet.agent.errors import DeploymentError
+from edgefleet.core.protocol.deployment_phases import MACHINE_PHASES, TERMINAL_PHASES
 
 
 class State(StrEnum):
@@ -67,9 +72,11 @@ class Event(StrEnum):
     FINISHED = "finished"
 
 
-TERMINAL_STATES: frozenset[State] = frozenset(
-    {State.COMMITTED, State.ROLLED_BACK, State.FAILED, State.REJECTED}
-)
+# Every state but idle is a deployment phase of the shared vocabulary; the terminal
+# ones are the table's, not a second list.
+if {s.value for s in State} - {State.IDLE.value} != {p.value for p in MACHINE_PHASES}:
+    raise ImportError("deployment machine states differ from core's deployment phases")
+TERMINAL_STATES: frozenset[State] = frozenset(State(p.value) for p in TERMINAL_PHASES)
 
 # States in which the slot pointers may differ from what they were before the
 # deployment started (a crash there must be finished or undone, never ignored).

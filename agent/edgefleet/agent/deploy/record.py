@@ -52,6 +52,7 @@ class DeploymentRecord:
     from_slots: SlotPointers | None = None
     restore_slots: SlotPointers | None = None
     reason: str | None = None
+    failure: str | None = None  # why it failed when the agent can tell ("disk_full")
     attempts: int = 0  # resumes after an unclean stop
     clean_stop: bool = False  # the daemon stopped gracefully in this state
     probation_started_at: float | None = None
@@ -84,6 +85,12 @@ class DeploymentRecord:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        data = self._fields()
+        if self.failure is not None:  # written only when set: older readers see no change
+            data["failure"] = self.failure
+        return data
+
+    def _fields(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "kind": self.kind,
@@ -129,6 +136,7 @@ class DeploymentRecord:
             from_slots=slots(d.get("from_slots")),
             restore_slots=slots(d.get("restore_slots")),
             reason=d.get("reason"),
+            failure=d.get("failure"),
             attempts=int(d.get("attempts", 0)),
             clean_stop=bool(d.get("clean_stop", False)),
             probation_started_at=d.get("probation_started_at"),
@@ -137,7 +145,7 @@ class DeploymentRecord:
 
     def outcome(self) -> dict[str, Any]:
         """The short summary kept in history and per model once the deployment ended."""
-        return {
+        outcome = {
             "id": self.id,
             "kind": self.kind,
             "state": self.state.value,
@@ -149,6 +157,9 @@ class DeploymentRecord:
             "started_at": self.started_at,
             "finished_at": self.updated_at,
         }
+        if self.failure is not None:
+            outcome["failure"] = self.failure
+        return outcome
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,6 @@ from edgefleet.agent.errors import BundleRejectedError, DeploymentError, ModelNo
 WAIT_NONE = "none"  # return once the request is queued
 WAIT_ACTIVE = "active"  # return once the new version serves (probation) or it ended
 WAIT_FINAL = "final"  # return once the deployment ended
-WAITS = (WAIT_NONE, WAIT_ACTIVE, WAIT_FINAL)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The agent's sync with the hub over MQTT (DESIGN.md §4, §5, §7).
+"""The agent's sync with the hub over MQTT.
 
 ``HubSync`` accepts signed directives, pulls bundles in windows of chunks, hands
 finished files to the deployment driver, and reports status, state, events and
@@ -7,7 +7,7 @@ telemetry. See docs/sync.md. The daemon builds it with :func:`hub_sync_for`.
 
 from __future__ import annotations
 
-from edgefleet.agent.sync.deployer import Deployer, DeployOutcome, InboxDeployer, Progress
+from edgefleet.agent.sync.deployer import Deployer, DeployOutcome, Progress, QueueDeployer
 from edgefleet.agent.sync.hub_sync import HubSync
 from edgefleet.agent.sync.settings import SyncSettings
 from edgefleet.agent.sync.wiring import hub_sync_for, mqtt_settings_for
@@ -16,8 +16,8 @@ __all__ = [
     "DeployOutcome",
     "Deployer",
     "HubSync",
-    "InboxDeployer",
     "Progress",
+    "QueueDeployer",
     "SyncSettings",
     "hub_sync_for",
     "mqtt_settings_for",

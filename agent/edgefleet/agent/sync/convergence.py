@@ -9,7 +9,15 @@ Every method runs on the sync worker (one caller at a time).
 
 Invariants: the ledger is saved after every change of an entry; a download is dropped
 (files included) as soon as no unmet assignment names its bundle; at most one request
-is with the driver at a time (see :mod:`edgefleet.agent.sync.reconcile`).
+is with the driver at a time (see :mod:`edgefleet.agent.sync.reconcile`). A handed-over
+install's file stays in ``sync/downloads`` (the driver links it, nothing is copied)
+until its outcome is known.
+
+A full disk is not a verdict on the bundle: a download or an install that ran out of
+space removes what it had written, moves the entry to ``waiting`` with a retry time
+from ``SyncSettings.disk_full_backoff`` (one attempt more each time), records a
+``failed_disk_full`` event and logs one line; the state report says
+``failed_disk_full`` for the model meanwhile, and the old version keeps serving.
 """
 
 from __future__ import annotations
@@ -18,10 +26,11 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from edgefleet.agent.deploy.atomic_files import atomic_write_json, remove_path
+from edgefleet.agent.deploy.atomic_files import atomic_write_json, is_disk_full, remove_path
 from edgefleet.agent.sync.deployer import Deployer
 from edgefleet.agent.sync.download import BundleDownload, DownloadMismatchError
 from edgefleet.agent.sync.reconcile import (
@@ -30,6 +39,7 @@ from edgefleet.agent.sync.reconcile import (
     FAILED,
     HANDED,
     REFUSED,
+    WAITING,
     Action,
     Key,
     LedgerEntry,
@@ -43,6 +53,7 @@ from edgefleet.agent.sync.reporter import DownloadView, EventSink, event_body, r
 from edgefleet.agent.sync.settings import SyncSettings
 from edgefleet.core.directive import Assignment, Directive
 from edgefleet.core.protocol import ChunkFrame, FetchRequest
+from edgefleet.core.protocol.deployment_phases import DeploymentPhase
 
 log = logging.getLogger("edgefleet.agent.sync")
 
@@ -111,9 +122,13 @@ class Convergence:
             outcome = self.deployer.outcome(entry.request_id)
             if outcome is None:
                 continue
+            changed = True
+            if outcome.disk_full:
+                self._wait_for_space(entry, now, outcome.reason or "disk full")
+                continue
             state = DONE if outcome.succeeded else FAILED
             self.ledger[key] = entry.moved(state, now, result=outcome.state, reason=outcome.reason)
-            changed = True
+            self._drop_handed_file(entry.bundle_sha256)
             log.info(
                 "deployment %s of %s:%d ended %s",
                 entry.request_id,
@@ -142,6 +157,7 @@ class Convergence:
                 deployer_idle=self.deployer.idle(),
                 downloaded={download.sha} if download and download.finished else set(),
                 max_bundle_bytes=self.settings.max_bundle_bytes,
+                now=now,
             )
             self._drop_unwanted_download(action)
             if action is None or action.step is Step.WAIT:
@@ -151,13 +167,19 @@ class Convergence:
 
     @property
     def busy(self) -> bool:
-        return any(e.state in (DOWNLOADING, HANDED) for e in self.ledger.values())
+        return any(e.state in (DOWNLOADING, HANDED, WAITING) for e in self.ledger.values())
 
     def _drop_unwanted_download(self, action: Action | None) -> None:
         download = self.download
         if download is None:
             return
         if action is not None and action.assignment.bundle_sha256 == download.sha:
+            return
+        if any(e.state == HANDED and e.bundle_sha256 == download.sha for e in self.ledger.values()):
+            # The deployment thread may still link this file: it goes with the outcome.
+            if action is not None and action.step is Step.DOWNLOAD:
+                download.close()
+                self.download = None
             return
         log.info("dropping the download of %s: no longer wanted", download.sha[:12])
         download.discard()
@@ -186,9 +208,9 @@ class Convergence:
                 now=now,
                 rollout_id=a.rollout_id,
             )
-            self._settle(a, HANDED, now, request_id=request_id)
-            download.discard()  # the inbox holds its own copy now
-            self.download = None
+            # The file stays here until the outcome: the driver links it (no copy), and
+            # after a full disk it is handed over again from here.
+            self._settle(a, HANDED, now, request_id=request_id, retry_at=None)
             log.info("%s:%d handed to the deployment driver (%s)", a.model, a.version, request_id)
         return False
 
@@ -202,7 +224,54 @@ class Convergence:
         self._save()
 
     def _save(self) -> None:
-        self._file.save(self.ledger)
+        try:
+            self._file.save(self.ledger)
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            # The ledger in memory is right; it is written again with the next change.
+            log.error("sync ledger not saved: disk full (%s)", e)
+
+    def _drop_handed_file(self, sha: str) -> None:
+        """The deployment of ``sha`` ended: the sync's file of it is not needed any more."""
+        download = self.download
+        if download is not None and download.sha == sha:
+            download.discard()
+            self.download = None
+        else:
+            remove_path(self.downloads_dir / f"{sha}.efb")
+
+    def _wait_for_space(self, entry: LedgerEntry, now: float, reason: str) -> None:
+        """The disk was full for ``entry``: wait (growing delays), keep the bundle file."""
+        policy = replace(self.settings.disk_full_backoff, attempt=entry.retries)
+        delay = policy.delay_s()
+        self.ledger[entry.key] = entry.moved(
+            WAITING,
+            now,
+            reason=reason,
+            result=DeploymentPhase.FAILED_DISK_FULL.value,
+            retries=entry.retries + 1,
+            retry_at=now + delay,
+            request_id=None,
+        )
+        self._save()
+        log.warning(
+            "%s:%d: disk full (%s); trying again in %.0f s (attempt %d)",
+            entry.model,
+            entry.version,
+            reason,
+            delay,
+            entry.retries + 2,
+        )
+        assignment = self._assignment_for(entry.bundle_sha256)
+        if assignment is not None:
+            self._event(
+                assignment,
+                DeploymentPhase.FAILED_DISK_FULL.value,
+                now,
+                reason,
+                retry_in_s=round(delay, 1),
+            )
 
     def _event(
         self, a: Assignment, state: str, now: float, reason: str | None, **extra: Any
@@ -280,13 +349,34 @@ class Convergence:
         if download is None or download.finished:
             self.counts["chunks_unexpected"] += 1
             return False
-        if not download.accept(frame):
+        try:
+            if not download.accept(frame):
+                return False
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            self._download_out_of_space(download, now, e)
             return False
         if download.complete:
             self._finish_download(download, now)
         else:
             self.request_chunks(now)
         return True
+
+    def _download_out_of_space(self, download: BundleDownload, now: float, error: OSError) -> None:
+        """A chunk did not fit on the disk: drop the partial download, wait, start over."""
+        download.discard()  # the part file is what filled the disk: free it
+        self.download = None
+        entry = next(
+            (
+                e
+                for e in self.ledger.values()
+                if e.bundle_sha256 == download.sha and e.state == DOWNLOADING
+            ),
+            None,
+        )
+        if entry is not None:
+            self._wait_for_space(entry, now, f"download of {download.sha[:12]}: {error}")
 
     def _finish_download(self, download: BundleDownload, now: float) -> None:
         entry = next(

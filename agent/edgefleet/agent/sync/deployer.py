@@ -1,10 +1,13 @@
-"""The sync's view of the deployment driver: what is installed, and a way to hand work over.
+"""The sync's view of the deployment thread: what is installed, and a way to hand work over.
 
 Only the holder of the state lock drives deployments (the daemon's deployment thread),
-so the sync never calls the driver itself. :class:`InboxDeployer` hands requests over
-through the same inbox ``edgefleet agent install`` and ``rollback`` use and reads
-outcomes back from ``deploy.json``; a request taken by the driver becomes a
-deployment with the same id, so its outcome is found by that id.
+so the sync never calls the driver itself. :class:`QueueDeployer` hands requests to
+that thread through the in-process
+:class:`~edgefleet.agent.deploy.deployment_queue.DeploymentQueue` and learns each
+outcome from its ticket (a future, resolved by the deployment thread, whose callback
+wakes the sync). The bundle file the sync downloaded stays where it is and stays the
+sync's: the driver links it, so no second copy is written; the sync deletes it once
+the outcome is known.
 
 Every request carries the rollout id of the assignment that asked for it: the driver
 keeps it in the deployment's record and puts it into each of its telemetry events, so
@@ -17,37 +20,26 @@ distribution benchmark plug in simpler implementations.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from edgefleet.agent.deploy import inbox
+from edgefleet.agent.deploy.deployment_queue import (
+    DeploymentOutcome,
+    DeploymentQueue,
+    DeploymentTicket,
+)
 from edgefleet.agent.deploy.layout import StateLayout
-from edgefleet.agent.deploy.machine import State
-from edgefleet.agent.deploy.record import DeployState, DeployStateFile
+from edgefleet.agent.deploy.record import DeployState
 from edgefleet.agent.deploy.slots import SlotTable
 from edgefleet.agent.deploy.store import BundleStore
+from edgefleet.agent.deploy.worker import outcome_from_record
 from edgefleet.agent.sync.reconcile import InstalledModel
 
-#: Outcome states that mean the request did what it was asked to.
-INSTALL_SUCCESS = frozenset({State.COMMITTED.value})
-ROLLBACK_SUCCESS = frozenset({State.ROLLED_BACK.value, State.COMMITTED.value})
-
-
-@dataclass(frozen=True)
-class DeployOutcome:
-    """How a handed-over request ended (``state`` is a terminal deployment state)."""
-
-    request_id: str
-    kind: str  # "install" | "rollback"
-    state: str
-    reason: str | None = None
-
-    @property
-    def succeeded(self) -> bool:
-        ok = INSTALL_SUCCESS if self.kind == "install" else ROLLBACK_SUCCESS
-        return self.state in ok
+#: How a handed-over request ended (the deployment queue's typed outcome).
+DeployOutcome = DeploymentOutcome
 
 
 @dataclass(frozen=True)
@@ -82,18 +74,31 @@ class Deployer(Protocol):
     def last_outcomes(self) -> Mapping[str, Mapping[str, Any]]: ...
 
 
-class InboxDeployer:
-    """Hands requests to the daemon's deployment thread through ``STATE_DIR/inbox``."""
+class QueueDeployer:
+    """Hands requests to the daemon's deployment thread through its queue.
 
-    def __init__(self, layout: StateLayout, max_bundle_bytes: int) -> None:
+    ``deploy_state`` returns the deployment thread's current state (the driver's,
+    in memory); ``on_outcome`` (see :meth:`on_outcome`) is called, on the
+    deployment thread, whenever a ticket is resolved.
+    """
+
+    def __init__(
+        self,
+        queue: DeploymentQueue,
+        layout: StateLayout,
+        deploy_state: Callable[[], DeployState],
+    ) -> None:
+        self.queue = queue
         self.layout = layout
-        self.max_bundle_bytes = max_bundle_bytes
+        self._deploy_state = deploy_state
         self._slots = SlotTable(layout)
         self._store = BundleStore(layout)
-        self._file = DeployStateFile(layout.deploy_file)
+        self._tickets: dict[str, DeploymentTicket] = {}
+        self._notify: Callable[[], None] | None = None
 
-    def _state(self) -> DeployState:
-        return self._file.load()
+    def on_outcome(self, notify: Callable[[], None]) -> None:
+        """Call ``notify()`` when a deployment handed over through this deployer ends."""
+        self._notify = notify
 
     def installed(self) -> dict[str, InstalledModel]:
         out = {}
@@ -111,46 +116,48 @@ class InboxDeployer:
         return out
 
     def idle(self) -> bool:
-        return self._state().current is None and not inbox.pending(self.layout)
+        return (
+            self._deploy_state().current is None
+            and not self.queue.waiting()
+            and not self.queue.taken_ids()
+            and not inbox.pending(self.layout)
+        )
 
     def submit_install(
         self, path: Path, *, allow_downgrade: bool, now: float, rollout_id: str | None = None
     ) -> str:
-        request = inbox.submit_install(
-            self.layout,
-            path,
-            now=now,
-            max_bundle_bytes=self.max_bundle_bytes,
-            allow_downgrade=allow_downgrade,
-            rollout_id=rollout_id,
+        ticket = self.queue.submit_install(
+            path, now=now, allow_downgrade=allow_downgrade, rollout_id=rollout_id
         )
-        return request.id
+        return self._track(ticket)
 
     def submit_rollback(self, model: str, *, now: float, rollout_id: str | None = None) -> str:
-        return inbox.submit_rollback(self.layout, model, now=now, rollout_id=rollout_id).id
+        return self._track(self.queue.submit_rollback(model, now=now, rollout_id=rollout_id))
+
+    def _track(self, ticket: DeploymentTicket) -> str:
+        self._tickets[ticket.request_id] = ticket
+        ticket.add_done_callback(lambda _outcome: self._notify and self._notify())
+        return ticket.request_id
 
     def outcome(self, request_id: str) -> DeployOutcome | None:
         """The outcome once the request ended; None while queued or running.
 
-        A request that is neither queued, running nor in the history was lost
-        (e.g. refused as unreadable): it ends as ``failed``.
+        A request handed over before a restart has no ticket: its outcome is in the
+        deployment state, or it is running, or it was lost (``failed``).
         """
-        # The inbox first: the driver records a request in deploy.json before it
-        # removes the inbox file, so a request missing from the inbox is in the state.
-        if any(r.id == request_id for r in inbox.pending(self.layout)):
-            return None
-        state = self._state()
-        found = state.find_outcome(request_id)
-        if found is not None:
-            return DeployOutcome(
-                request_id, str(found.get("kind")), str(found.get("state")), found.get("reason")
-            )
+        ticket = self._tickets.get(request_id)
+        if ticket is not None:
+            outcome = ticket.outcome()
+            if outcome is not None:
+                del self._tickets[request_id]
+            return outcome
+        state = self._deploy_state()
         if state.current is not None and state.current.id == request_id:
             return None
-        return DeployOutcome(request_id, "install", State.FAILED.value, "deployment request lost")
+        return outcome_from_record(request_id, state.find_outcome(request_id))
 
     def in_progress(self) -> Progress | None:
-        current = self._state().current
+        current = self._deploy_state().current
         if current is None:
             return None
         return Progress(
@@ -165,4 +172,4 @@ class InboxDeployer:
         )
 
     def last_outcomes(self) -> Mapping[str, Mapping[str, Any]]:
-        return self._state().models
+        return self._deploy_state().models

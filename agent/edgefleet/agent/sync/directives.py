@@ -1,4 +1,4 @@
-"""Accepting signed directives (DESIGN.md §4) and remembering the last one accepted.
+"""Accepting signed directives and remembering the last one accepted.
 
 The trust rules themselves live in :func:`edgefleet.core.directive.check_directive`;
 this module adds what the device needs around them:
@@ -85,10 +85,6 @@ class Verdict:
     accepted: AcceptedDirective | None = None
     reason: str | None = None
     digest: str | None = None  # of the rejected envelope, to report each one once
-
-    @property
-    def is_new(self) -> bool:
-        return self.kind == "accepted"
 
 
 def envelope_digest(payload: bytes) -> str:

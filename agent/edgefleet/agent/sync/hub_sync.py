@@ -6,7 +6,7 @@ deployment driver, the download, the telemetry buffer and the state report. The
 serving path shares nothing with it but the telemetry buffer (which has its own
 lock), so inference never waits on the hub, the broker or a download.
 
-Order of work for a directive (DESIGN.md §4, §5):
+Order of work for a directive:
 
 1. :func:`~edgefleet.agent.sync.directives.judge` accepts, ignores (a redelivery of
    the retained directive) or rejects it; a rejection is reported (event + state)
@@ -17,9 +17,9 @@ Order of work for a directive (DESIGN.md §4, §5):
 3. The download pulls windows of chunks (:mod:`edgefleet.agent.sync.download`),
    resumes after reconnects and restarts, and checks the whole file's size and
    sha256 against the directive before anything is handed over.
-4. The driver's outcome (read from ``deploy.json``) settles the ledger entry; the
-   driver's own events and the sync's events reach the hub through the telemetry
-   uploader.
+4. The deployment thread's outcome (a ticket of the in-process deployment queue,
+   whose resolution wakes this worker) settles the ledger entry; the driver's own
+   events and the sync's events reach the hub through the telemetry uploader.
 
 Every failure inside the worker is logged and the worker carries on: the sync never
 takes the agent down.
@@ -116,7 +116,7 @@ def pause_hook_from_env() -> Callable[[str], None]:
 
 @dataclass(frozen=True)
 class _Inbound:
-    kind: str  # a TopicKind value, "connected" or "disconnected"
+    kind: str  # a TopicKind value, "connected", "disconnected" or "wake"
     payload: bytes = b""
     session_present: bool = False
 
@@ -231,6 +231,10 @@ class HubSync:
         finally:
             self.transport.stop()
 
+    def wake(self) -> None:
+        """Look at deployments, downloads and the state report now (any thread may call)."""
+        self._queue.put(_Inbound("wake"))
+
     def _enqueue_for(self, kind: str) -> Callable[[InboundMessage], None]:
         def handler(message: InboundMessage) -> None:
             self._queue.put(_Inbound(kind, message.payload))
@@ -286,6 +290,8 @@ class HubSync:
             self.on_connected(item.session_present, now)
         elif item.kind == "disconnected":
             self.on_disconnected()
+        elif item.kind == "wake":
+            self.tick(now)
 
     # --- inbound ------------------------------------------------------------------
     def on_connected(self, session_present: bool, now: float) -> None:

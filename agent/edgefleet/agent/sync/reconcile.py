@@ -10,6 +10,8 @@ Ledger states::
 
     downloading  fetching the bundle from the hub (attempts counts whole fetches)
     handed       given to the deployment driver; ``request_id`` names the request
+    waiting      the disk was full (downloading or installing); tried again from
+                 ``retry_at`` on, the downloaded file kept when there is one
     done         the deployment ended as wanted (or the assignment was already met)
     failed       the deployment ended badly or the bundle never matched its hash
     refused      the sync refused it (downgrade, budget, shadow mode) before fetching
@@ -43,7 +45,8 @@ HANDED = "handed"
 DONE = "done"
 FAILED = "failed"
 REFUSED = "refused"
-LEDGER_STATES = (DOWNLOADING, HANDED, DONE, FAILED, REFUSED)
+WAITING = "waiting"
+LEDGER_STATES = (DOWNLOADING, HANDED, DONE, FAILED, REFUSED, WAITING)
 FINAL_STATES = frozenset({DONE, FAILED, REFUSED})
 
 Key = tuple[str, str, str]
@@ -65,6 +68,8 @@ class LedgerEntry:
     reason: str | None = None
     result: str | None = None  # the deployment's terminal state, once it ended
     attempts: int = 0  # whole-bundle fetches started
+    retries: int = 0  # times the disk was full for it (the backoff's attempt)
+    retry_at: float | None = None  # while waiting: not before this time
 
     def __post_init__(self) -> None:
         if self.state not in LEDGER_STATES:
@@ -90,7 +95,11 @@ class LedgerEntry:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        data = dict(self.__dict__)
+        for name in ("retries", "retry_at"):  # only when used: older agents read the file
+            if not data[name]:
+                del data[name]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LedgerEntry:
@@ -105,6 +114,8 @@ class LedgerEntry:
             reason=data.get("reason"),
             result=data.get("result"),
             attempts=int(data.get("attempts", 0)),
+            retries=int(data.get("retries", 0)),
+            retry_at=None if data.get("retry_at") is None else float(data["retry_at"]),
         )
 
 
@@ -123,7 +134,7 @@ class Step(StrEnum):
     INSTALL = "install"  # hand the downloaded file to the deployment driver
     ROLLBACK = "rollback"  # switch back to the previous slot, which holds the bundle
     REFUSE = "refuse"  # never fetch this assignment; report why
-    WAIT = "wait"  # the driver is busy; ask again later
+    WAIT = "wait"  # the driver is busy, or the disk was full; ask again later
 
 
 @dataclass(frozen=True)
@@ -140,6 +151,17 @@ def wanted(directive: Directive | None) -> list[Assignment]:
     return sorted((a for a in directive.assignments), key=lambda a: (a.model, a.mode))
 
 
+def _held(entry: LedgerEntry | None, now: float | None) -> str | None:
+    """Why an assignment must wait for its ledger entry, or None when it need not."""
+    if entry is None:
+        return None
+    if entry.state == HANDED:
+        return "the deployment driver has it"
+    if entry.state == WAITING and (now is None or now < (entry.retry_at or 0.0)):
+        return entry.reason or "waiting for disk space"
+    return None
+
+
 def next_action(
     directive: Directive | None,
     installed: Mapping[str, InstalledModel],
@@ -148,14 +170,19 @@ def next_action(
     deployer_idle: bool,
     downloaded: Collection[str],
     max_bundle_bytes: int,
+    now: float | None = None,
 ) -> Action | None:
-    """The next thing to do for the first assignment not yet met, or None when all are."""
+    """The next thing to do for the first assignment not yet met, or None when all are.
+
+    ``now`` (seconds) is needed only to end a wait for disk space.
+    """
     for assignment in wanted(directive):
         entry = ledger.get(key_of(assignment))
         if entry is not None and entry.state in FINAL_STATES:
             continue
-        if entry is not None and entry.state == HANDED:
-            return Action(Step.WAIT, assignment, "the deployment driver has it")
+        held = _held(entry, now)
+        if held is not None:
+            return Action(Step.WAIT, assignment, held)
         if assignment.mode != "active":
             return Action(
                 Step.REFUSE, assignment, f"{assignment.mode} mode is not supported by this agent"
@@ -179,17 +206,6 @@ def next_action(
             return Action(Step.INSTALL if deployer_idle else Step.WAIT, assignment)
         return Action(Step.DOWNLOAD, assignment)
     return None
-
-
-def satisfied(
-    directive: Directive | None, installed: Mapping[str, InstalledModel]
-) -> list[Assignment]:
-    """Assignments whose bundle already is the active slot."""
-    return [
-        a
-        for a in wanted(directive)
-        if installed.get(a.model, InstalledModel()).active_sha == a.bundle_sha256
-    ]
 
 
 def prune(ledger: Mapping[Key, LedgerEntry], keep: Iterable[Key]) -> dict[Key, LedgerEntry]:

@@ -11,16 +11,18 @@
   the telemetry buffer as ``event`` records, so they survive restarts and reach the
   hub at least once through the uploader, like the deployment driver's own events.
 
-Deployment info per model, first match wins: the deployment the driver is running;
-the sync's own download; a request waiting for the driver (``queued``); the sync's
-refusal or failure of an assignment the directive still names; the driver's last
-outcome for the model.
+Deployment info per model, first match wins (:data:`_DEPLOYMENT_SOURCES`): the
+deployment the driver is running; the sync's own download; the sync's newest ledger
+entry that is with the driver (``queued``), waiting for disk space
+(``failed_disk_full``), failed or refused; the driver's last outcome for the model.
+Phase names are the shared vocabulary of
+:mod:`edgefleet.core.protocol.deployment_phases`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -31,6 +33,7 @@ from edgefleet.agent.sync.reconcile import (
     FAILED,
     HANDED,
     REFUSED,
+    WAITING,
     InstalledModel,
     LedgerEntry,
 )
@@ -44,6 +47,7 @@ from edgefleet.core.protocol import (
     Topics,
     encode_json,
 )
+from edgefleet.core.protocol.deployment_phases import TERMINAL_PHASES, DeploymentPhase
 
 log = logging.getLogger("edgefleet.agent.sync")
 
@@ -68,6 +72,126 @@ def _slot(sha: str | None, version: int | None) -> SlotInfo | None:
     return SlotInfo(version=version if version is not None else 0, bundle_sha256=sha)
 
 
+@dataclass(frozen=True)
+class _Facts:
+    """What the state report knows about one model's deployments."""
+
+    model: str
+    progress: Progress | None
+    entries: tuple[LedgerEntry, ...]  # this model's ledger entries, oldest first
+    download: DownloadView | None
+    last: Mapping[str, Any] | None
+
+
+def _reason(value: object) -> str | None:
+    return value[:1024] or None if isinstance(value, str) else None
+
+
+def _running(f: _Facts) -> DeploymentInfo | None:
+    """The deployment the driver is running, when it is this model's."""
+    p = f.progress
+    if p is None:
+        return None
+    mine = next((e for e in f.entries if e.request_id == p.request_id), None)
+    # A deployment that has not read its manifest yet names no model: the ledger does.
+    if (p.model is None and mine is None) or (p.model is not None and p.model != f.model):
+        return None
+    sha = p.bundle_sha256 or getattr(mine, "bundle_sha256", None)
+    version = p.version if p.version is not None else getattr(mine, "version", None)
+    if sha is None or version is None:
+        return None
+    return DeploymentInfo(
+        state=p.state,
+        version=version,
+        bundle_sha256=sha,
+        rollout_id=getattr(mine, "rollout_id", None),
+        reason=p.reason,
+        at=p.at,
+    )
+
+
+def _downloading(f: _Facts) -> DeploymentInfo | None:
+    """The sync's own download of a bundle for this model."""
+    d = f.download
+    if d is None:
+        return None
+    entry = next(
+        (
+            e
+            for e in reversed(f.entries)
+            if e.state == DOWNLOADING and e.bundle_sha256 == d.bundle_sha256
+        ),
+        None,
+    )
+    if entry is None:
+        return None
+    return DeploymentInfo(
+        state=DeploymentPhase.DOWNLOADING.value,
+        version=entry.version,
+        bundle_sha256=entry.bundle_sha256,
+        rollout_id=entry.rollout_id,
+        at=entry.updated_at,
+        progress=round(d.fraction, 4),
+    )
+
+
+# Ledger state -> (the phase reported for it, whether the entry's reason goes along).
+# ``failed`` and ``refused`` report the deployment's own terminal phase when known.
+_LEDGER_REPORTS: Mapping[str, tuple[DeploymentPhase, bool]] = {
+    HANDED: (DeploymentPhase.QUEUED, False),  # with the driver, not started (or not read back)
+    WAITING: (DeploymentPhase.FAILED_DISK_FULL, True),  # retried after a backoff
+    FAILED: (DeploymentPhase.FAILED, True),
+    REFUSED: (DeploymentPhase.REJECTED, True),
+}
+
+
+def _settled_by_sync(f: _Facts) -> DeploymentInfo | None:
+    """The newest ledger entry that is queued, waiting for space, failed or refused."""
+    entry = next((e for e in reversed(f.entries) if e.state in _LEDGER_REPORTS), None)
+    if entry is None:
+        return None
+    phase, with_reason = _LEDGER_REPORTS[entry.state]
+    state = phase.value
+    if entry.state in (FAILED, REFUSED) and entry.result:
+        state = entry.result
+    return DeploymentInfo(
+        state=state,
+        version=entry.version,
+        bundle_sha256=entry.bundle_sha256,
+        rollout_id=entry.rollout_id,
+        reason=_reason(entry.reason) if with_reason else None,
+        at=entry.updated_at,
+    )
+
+
+def _last_outcome(f: _Facts) -> DeploymentInfo | None:
+    """The driver's outcome of the last deployment of this model (from ``deploy.json``)."""
+    last = f.last
+    if last is None:
+        return None
+    sha, version, state = last.get("bundle_sha256"), last.get("version"), last.get("state")
+    if not (isinstance(sha, str) and isinstance(version, int) and isinstance(state, str)):
+        return None
+    at, rollout_id = last.get("finished_at"), last.get("rollout_id")
+    return DeploymentInfo(
+        state=state,
+        version=version,
+        bundle_sha256=sha,
+        rollout_id=rollout_id if isinstance(rollout_id, str) else None,
+        reason=_reason(last.get("reason")),
+        at=float(at) if isinstance(at, int | float) else None,
+    )
+
+
+#: Where a model's deployment info comes from, first match wins (see the module docstring).
+_DEPLOYMENT_SOURCES: tuple[Callable[[_Facts], DeploymentInfo | None], ...] = (
+    _running,
+    _downloading,
+    _settled_by_sync,
+    _last_outcome,
+)
+
+
 def _deployment(
     model: str,
     progress: Progress | None,
@@ -75,69 +199,13 @@ def _deployment(
     download: DownloadView | None,
     last: Mapping[str, Any] | None,
 ) -> DeploymentInfo | None:
-    entries = sorted((e for e in ledger if e.model == model), key=lambda e: e.updated_at)
-    if progress is not None:
-        mine = next((e for e in entries if e.request_id == progress.request_id), None)
-        if progress.model == model or (mine is not None and progress.model is None):
-            sha = progress.bundle_sha256 or (mine.bundle_sha256 if mine else None)
-            version = progress.version if progress.version is not None else mine and mine.version
-            if sha is not None and isinstance(version, int):
-                return DeploymentInfo(
-                    state=progress.state,
-                    version=version,
-                    bundle_sha256=sha,
-                    rollout_id=mine.rollout_id if mine else None,
-                    reason=progress.reason,
-                    at=progress.at,
-                )
-    for entry in reversed(entries):
-        if (
-            entry.state == DOWNLOADING
-            and download is not None
-            and download.bundle_sha256 == entry.bundle_sha256
-        ):
-            return DeploymentInfo(
-                state="downloading",
-                version=entry.version,
-                bundle_sha256=entry.bundle_sha256,
-                rollout_id=entry.rollout_id,
-                at=entry.updated_at,
-                progress=round(download.fraction, 4),
-            )
-    for entry in reversed(entries):
-        if entry.state == HANDED:
-            # With the driver but not started yet (or a driver that reports no progress).
-            return DeploymentInfo(
-                state="queued",
-                version=entry.version,
-                bundle_sha256=entry.bundle_sha256,
-                rollout_id=entry.rollout_id,
-                at=entry.updated_at,
-            )
-        if entry.state in (FAILED, REFUSED):
-            return DeploymentInfo(
-                state=entry.result or ("rejected" if entry.state == REFUSED else "failed"),
-                version=entry.version,
-                bundle_sha256=entry.bundle_sha256,
-                rollout_id=entry.rollout_id,
-                reason=(entry.reason or "")[:1024] or None,
-                at=entry.updated_at,
-            )
-    if last is not None:
-        sha, version = last.get("bundle_sha256"), last.get("version")
-        if isinstance(sha, str) and isinstance(version, int) and isinstance(last.get("state"), str):
-            at = last.get("finished_at")
-            reason = last.get("reason")
-            return DeploymentInfo(
-                state=str(last["state"]),
-                version=version,
-                bundle_sha256=sha,
-                rollout_id=last.get("rollout_id")
-                if isinstance(last.get("rollout_id"), str)
-                else None,
-                reason=reason[:1024] if isinstance(reason, str) else None,
-                at=float(at) if isinstance(at, int | float) else None,
-            )
+    """The one deployment reported for ``model``: the first source in the table that has one."""
+    entries = tuple(sorted((e for e in ledger if e.model == model), key=lambda e: e.updated_at))
+    facts = _Facts(model, progress, entries, download, last)
+    for source in _DEPLOYMENT_SOURCES:
+        info = source(facts)
+        if info is not None:
+            return info
     return None
 
 
@@ -192,11 +260,14 @@ def build_state(
 
 
 #: Deployment states after which nothing more happens (the hub settles rollouts on these).
-TERMINAL_DEPLOYMENT_STATES = frozenset({"committed", "rolled_back", "failed", "rejected"})
+TERMINAL_DEPLOYMENT_STATES = frozenset(p.value for p in TERMINAL_PHASES)
+# ... and a device stuck for lack of space: the hub must learn that at once too.
+_REPORTED_AT_ONCE = TERMINAL_DEPLOYMENT_STATES | {DeploymentPhase.FAILED_DISK_FULL.value}
 
 
 def _urgent(state: DeviceState) -> tuple[Any, ...]:
-    """What the hub must learn at once: slots, finished deployments, directive refusals.
+    """What the hub must learn at once: slots, finished deployments, a full disk,
+    directive refusals.
 
     Everything else (the directive seq, a deployment in progress, download progress)
     may wait for the next periodic report.
@@ -205,7 +276,7 @@ def _urgent(state: DeviceState) -> tuple[Any, ...]:
     for m in state.models:
         d = m.deployment
         finished = None
-        if d is not None and d.state in TERMINAL_DEPLOYMENT_STATES:
+        if d is not None and d.state in _REPORTED_AT_ONCE:
             finished = (d.state, d.version, d.bundle_sha256, d.reason)
         if m.active is not None or m.previous is not None or finished is not None:
             models.append((m.name, m.active, m.previous, finished))

@@ -2,9 +2,10 @@
 
 Built from ``agent.toml`` (device id, profile, ``[mqtt]``) by
 :func:`edgefleet.agent.sync.hub_sync.hub_sync_for`; the transfer knobs have
-defaults from DESIGN.md §5 (64 KiB chunks, windows of at most 1 MiB) and may be
+defaults of the protocol (64 KiB chunks, windows of at most 1 MiB) and may be
 overridden through the environment (``EDGEFLEET_SYNC_CHUNK_SIZE``,
-``EDGEFLEET_SYNC_WINDOW_BYTES``), which is how tests use small windows.
+``EDGEFLEET_SYNC_WINDOW_BYTES``), which is how tests use small windows;
+``EDGEFLEET_SYNC_DISK_FULL_RETRY_S`` sets the first wait after a full disk.
 
 Times are seconds, sizes bytes.
 """
@@ -17,11 +18,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from edgefleet.agent.errors import AgentConfigError
+from edgefleet.core.mqtt.backoff import BackoffPolicy
 from edgefleet.core.protocol import DEFAULT_CHUNK_SIZE, DEFAULT_ROOT, DEFAULT_WINDOW_BYTES
 from edgefleet.core.protocol.limits import MAX_CHUNK_SIZE, MAX_WINDOW_BYTES, MIN_CHUNK_SIZE
 
 ENV_CHUNK_SIZE = "EDGEFLEET_SYNC_CHUNK_SIZE"
 ENV_WINDOW_BYTES = "EDGEFLEET_SYNC_WINDOW_BYTES"
+ENV_DISK_FULL_RETRY_S = "EDGEFLEET_SYNC_DISK_FULL_RETRY_S"
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,9 @@ class SyncSettings:
     max_download_attempts: int = 2
     #: Largest telemetry lease per batch (the protocol allows 1 MiB per message).
     telemetry_batch_bytes: int = 256 * 1024
+    #: Waits before handing an install over again after the disk was full (attempt n
+    #: waits ``disk_full_backoff`` at attempt n); the old version serves meanwhile.
+    disk_full_backoff: BackoffPolicy = BackoffPolicy(initial_s=5.0, max_s=600.0, jitter=0.2)
 
     def __post_init__(self) -> None:
         if not MIN_CHUNK_SIZE <= self.chunk_size <= MAX_CHUNK_SIZE:
@@ -88,4 +94,14 @@ class SyncSettings:
                     changes[name] = int(raw)
                 except ValueError as e:
                     raise AgentConfigError(f"${key} must be an integer, not {raw!r}") from e
+        raw = env.get(ENV_DISK_FULL_RETRY_S)
+        if raw:
+            try:
+                first = float(raw)
+                changes["disk_full_backoff"] = replace(self.disk_full_backoff, initial_s=first)
+            except ValueError as e:  # not a number, NaN, or outside 0 < s <= max_s
+                raise AgentConfigError(
+                    f"${ENV_DISK_FULL_RETRY_S} must be a number of seconds within "
+                    f"0..{self.disk_full_backoff.max_s:g}, not {raw!r}"
+                ) from e
         return replace(self, **changes) if changes else self

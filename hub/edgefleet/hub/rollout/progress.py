@@ -30,32 +30,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
+from edgefleet.core.protocol.deployment_phases import OUTCOMES, PhaseOutcome
+from edgefleet.core.protocol.deployment_phases import outcome_of as phase_outcome
 from edgefleet.hub.rollout.gates import InstallStatus
 
+# The agent's deployment phases and what each means for a rollout are one table in
+# core (``edgefleet.core.protocol.deployment_phases``); a phase this hub does not know
+# is RUNNING.
+Outcome = PhaseOutcome
+DEPLOYMENT_OUTCOMES: Mapping[str, Outcome] = OUTCOMES
 
-class Outcome(StrEnum):
-    """Where the agent says a deployment of a bundle stands."""
-
-    COMMITTED = "committed"  # probation passed
-    FAILED = "failed"  # stopped before any slot moved (failed, rejected)
-    ROLLED_BACK = "rolled_back"  # the previous slot is back (for a rollback: the named bundle)
-    RUNNING = "running"  # the sync or the driver works on it; the slot may already point at it
-    QUEUED = "queued"  # handed to the driver; not started, or its outcome not read back yet
-
-
-# Agent deployment states (DESIGN.md §7, docs/sync.md) -> outcome. Every other state
-# (downloading, verifying, staged, activating, probation, rolling_back, the sync's
-# download_failed and downloaded, and states this hub does not know) is RUNNING.
-DEPLOYMENT_OUTCOMES: Mapping[str, Outcome] = {
-    "committed": Outcome.COMMITTED,
-    "failed": Outcome.FAILED,
-    "rejected": Outcome.FAILED,
-    "rolled_back": Outcome.ROLLED_BACK,
-    "queued": Outcome.QUEUED,
-}
 
 Oc, St = Outcome, InstallStatus
 
@@ -99,7 +85,7 @@ SETTLING = frozenset({St.COMMITTED, St.FAILED})
 
 def outcome_of(state: str) -> Outcome:
     """The outcome an agent deployment state stands for."""
-    return DEPLOYMENT_OUTCOMES.get(state, Outcome.RUNNING)
+    return phase_outcome(state)
 
 
 def next_install(current: InstallStatus, observed: InstallStatus) -> InstallStatus | None:
