@@ -8,6 +8,7 @@ tests/integration.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -400,3 +401,15 @@ def test_a_directive_whose_check_cannot_run_is_checked_again_later_never_accepte
     assert checker.calls == 4
     assert sync.accepted is not None and sync.directive_error is None
     assert [r["sha"] for r in rig.deployer.requests] == [v1.sha]
+
+
+def test_a_device_with_fresh_state_asks_the_hub_for_its_current_directive(rig: Rig) -> None:
+    v1 = bundle()
+    rig.catalogue(v1)
+    rig.start()
+    asked = rig.broker.published_to(Topics().resync(DEVICE))
+    assert len(asked) == 1 and json.loads(asked[0].payload)["known_seq"] is None
+    rig.hub.publish_directive(rig.hub.directive(v1.assignment()))
+    rig.settle()
+    rig.restart()  # now it holds an accepted directive: nothing to ask on connect
+    assert len(rig.broker.published_to(Topics().resync(DEVICE))) == 1

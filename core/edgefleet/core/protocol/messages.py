@@ -386,3 +386,31 @@ class Ack:
     def from_dict(cls, data: Mapping[str, Any], *, side: str = HUB) -> Ack:
         r = FieldReader(data, what="ack", side=side)
         return cls(v=r.version(), highest_seq=r.integer("highest_seq", minimum=0))
+
+
+# --------------------------------------------------------------------------- resync
+
+
+@dataclass(frozen=True)
+class ResyncRequest:
+    """A device asks for its current directive (device -> hub, on ``resync``).
+
+    ``known_seq`` is the seq of the directive the device holds (None: none at all); the
+    hub answers by publishing its latest directive for the device, retained on the
+    device's ``desired`` topic, when that one is newer.
+    """
+
+    known_seq: int | None = None
+    v: int = PROTOCOL_VERSION
+
+    def __post_init__(self) -> None:
+        if self.known_seq is not None and self.known_seq < 0:
+            raise ValueError("known_seq must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"v": self.v, "known_seq": self.known_seq}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, side: str = DEVICE) -> ResyncRequest:
+        r = FieldReader(data, what="resync", side=side)
+        return cls(v=r.version(), known_seq=r.opt_integer("known_seq", minimum=0))
