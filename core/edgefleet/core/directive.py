@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgefleet.core.canonical import canonical_json
 from edgefleet.core.errors import DirectiveError, SignatureError
+from edgefleet.core.manifest import MAX_MODEL_VERSION
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -37,9 +38,12 @@ MODES = ("active", "shadow")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _int(value: object, what: str, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise DirectiveError(f"malformed directive: {what} must be an integer >= {minimum}")
+def _int(value: object, what: str, minimum: int, maximum: int = MAX_MODEL_VERSION) -> int:
+    # Bounded like model versions: every number here goes into SQLite and JSON.
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+        raise DirectiveError(
+            f"malformed directive: {what} must be an integer in {minimum}..{maximum}"
+        )
     return value
 
 

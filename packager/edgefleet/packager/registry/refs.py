@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from edgefleet.core.manifest import MAX_MODEL_VERSION
 from edgefleet.packager.errors import InvalidNameError
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -59,6 +60,8 @@ class ModelRef:
             raise InvalidNameError("a model reference has a version or an alias, not both")
         if self.version is not None and self.version < 1:
             raise InvalidNameError(f"versions start at 1, got {self.version}")
+        if self.version is not None and self.version > MAX_MODEL_VERSION:
+            raise InvalidNameError(f"versions end at {MAX_MODEL_VERSION}, got {self.version}")
         if self.alias is not None:
             check_alias(self.alias)
 
@@ -84,7 +87,7 @@ def parse_ref(text: str) -> ModelRef:
         return ModelRef(check_model_name(name), alias=check_alias(alias))
     if ":" in text:
         name, _, version = text.partition(":")
-        if not version.isdigit():
+        if not (version.isascii() and version.isdigit()):
             raise InvalidNameError(f"invalid model reference {text!r}: expected NAME:VERSION")
         return ModelRef(check_model_name(name), version=int(version))
     return ModelRef(check_model_name(text))
