@@ -204,7 +204,7 @@ class AgentConfig:
     source: Path | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.device_id, str) or not _DEVICE_ID_RE.match(self.device_id):
+        if not isinstance(self.device_id, str) or not _DEVICE_ID_RE.fullmatch(self.device_id):
             raise AgentConfigError(
                 "field 'agent.device_id' must be 1-128 letters, digits, '.', '_' or '-'"
             )

@@ -73,7 +73,7 @@ class Assignment:
 
     def __post_init__(self) -> None:
         _str(self.model, "assignment model")
-        if not isinstance(self.bundle_sha256, str) or not _SHA256_RE.match(self.bundle_sha256):
+        if not isinstance(self.bundle_sha256, str) or not _SHA256_RE.fullmatch(self.bundle_sha256):
             raise DirectiveError("malformed directive: bundle_sha256 must be 64 lowercase hex")
         _int(self.version, "assignment version", 0)
         _int(self.size, "assignment size", 1)

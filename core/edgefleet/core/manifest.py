@@ -76,7 +76,7 @@ def check_member_path(path: object) -> str:
     if len(path.encode("utf-8")) > MAX_MEMBER_PATH_BYTES:
         raise BundleError(f"member path {path[:40]!r}... is longer than 100 bytes")
     for part in parts:
-        if not _COMPONENT_RE.match(part):
+        if not _COMPONENT_RE.fullmatch(part):
             raise BundleError(
                 f"member path {path!r} has an invalid component {part!r} "
                 "(allowed: letters, digits, '.', '_', '-', not starting with '.')"
@@ -110,7 +110,7 @@ class FileEntry:
     def __post_init__(self) -> None:
         check_member_path(self.path)
         _require_int(self.size, f"files[{self.path}].size")
-        if not isinstance(self.sha256, str) or not _SHA256_RE.match(self.sha256):
+        if not isinstance(self.sha256, str) or not _SHA256_RE.fullmatch(self.sha256):
             raise BundleError(f"manifest: files[{self.path}].sha256 must be 64 lowercase hex")
 
     @classmethod

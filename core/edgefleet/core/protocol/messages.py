@@ -49,7 +49,7 @@ def build(what: str, side: str, factory: Callable[[], T]) -> T:
 
 
 def check_sha256(name: str, value: str) -> None:
-    if not isinstance(value, str) or not SHA256_HEX.match(value):
+    if not isinstance(value, str) or not SHA256_HEX.fullmatch(value):
         raise ValueError(f"{name} must be 64 lowercase hex characters")
 
 
@@ -167,7 +167,7 @@ class ModelState:
     deployment: DeploymentInfo | None = None
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name) or len(self.name) > 128:
+        if not _NAME.fullmatch(self.name) or len(self.name) > 128:
             raise ValueError(f"invalid model name {self.name[:80]!r}")
 
     def to_dict(self) -> dict[str, Any]:

@@ -86,7 +86,7 @@ def device_id_problem(device_id: object) -> str | None:
     for bad in ("/", "+", "#", "$"):
         if bad in device_id:
             return f"must not contain {bad!r}"
-    if not _DEVICE_ID.match(device_id):
+    if not _DEVICE_ID.fullmatch(device_id):
         return "may hold only letters, digits, '.', '_', '-' and must start with a letter or digit"
     return None
 
@@ -116,7 +116,7 @@ class Topics:
         if len(self.root) > MAX_ROOT_LENGTH:
             raise UsageError(f"topic root longer than {MAX_ROOT_LENGTH} characters")
         for level in self.root.split("/"):
-            if not _ROOT_LEVEL.match(level):
+            if not _ROOT_LEVEL.fullmatch(level):
                 raise UsageError(
                     f"invalid topic root {self.root!r}: levels must be non-empty and hold only "
                     "letters, digits, '.', '_', '-'"

@@ -86,7 +86,7 @@ def parse_duration_s(text: str | float | int) -> float:
     if isinstance(text, int | float) and not isinstance(text, bool):
         value = float(text)
     else:
-        m = _DURATION_RE.match(str(text).strip())
+        m = _DURATION_RE.fullmatch(str(text).strip())
         if not m:
             raise HubUsageError(f"invalid duration {text!r}: expected e.g. 30s, 5m, 2h")
         value = float(m.group(1)) * _DURATION_UNITS[m.group(2)]

@@ -28,7 +28,7 @@ _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-/]{0,127}$")
 
 def check_model_name(name: str) -> str:
     """``name`` if it is a valid model name, else :class:`InvalidNameError`."""
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise InvalidNameError(
             f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' "
             "(at most 64 characters, starting with a letter or digit)"
@@ -38,7 +38,7 @@ def check_model_name(name: str) -> str:
 
 def check_alias(alias: str) -> str:
     """``alias`` if it is a valid alias, else :class:`InvalidNameError`."""
-    if not _ALIAS_RE.match(alias):
+    if not _ALIAS_RE.fullmatch(alias):
         raise InvalidNameError(
             f"invalid alias {alias!r}: use lowercase letters, digits, '_' and '-', "
             "starting with a letter (e.g. production, staging)"
@@ -129,7 +129,7 @@ def parse_pairs(
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip()
-        if not sep or not _KEY_RE.match(key):
+        if not sep or not _KEY_RE.fullmatch(key):
             raise InvalidNameError(f"{option} expects KEY=VALUE, got {pair!r}")
         if key in out:
             raise InvalidNameError(f"{option} {key} given twice")
