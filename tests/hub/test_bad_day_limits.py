@@ -52,3 +52,38 @@ def test_publish_refuses_a_version_beyond_two_to_the_53(
     assert result.stderr.count("\n") == 1 and "must be at most 9007199254740991" in result.stderr
     bundles = fx.config().store.bundles_dir
     assert not bundles.exists() or [p for p in bundles.rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "field"),
+    [
+        ("service", "tick_s = nan", "service.tick_s"),
+        ("directives", "expiry_s = inf", "directives.expiry_s"),
+        ("fleet", "error_rate = nan", "fleet.error_rate"),
+        ("fleet.thresholds", "psi_drift = -inf", "fleet.thresholds.psi_drift"),
+    ],
+)
+def test_nan_and_infinity_in_hub_toml_are_refused(
+    tmp_path: Path, section: str, line: str, field: str
+) -> None:
+    fx = make_hub(tmp_path, extra=f"[{section}]\n{line}\n")
+    result = hub_cli(fx, "devices")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and field in result.stderr
+    assert "finite" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "nan%"])
+def test_a_nan_gate_is_refused(tmp_path: Path, value: str) -> None:
+    fx = make_hub(tmp_path)
+    info = make_bundle(tmp_path / "d1.efb", fx.publisher_key, version=1)
+    assert hub_cli(fx, "publish", str(info.path)).returncode == 0
+    added = hub_cli(
+        fx, "device", "add", "pi-1", "--profile", "rpi4-arm64", "--out", str(tmp_path / "pi-1")
+    )
+    assert added.returncode == 0, added.stderr
+    result = hub_cli(
+        fx, "rollout", "create", "digits:1", "--to", "all", "--gate", f"max_prediction_psi={value}"
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "max_prediction_psi" in result.stderr

@@ -18,6 +18,7 @@ value, passed explicitly to whoever needs it.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -39,7 +40,8 @@ def _is_int(value: object) -> bool:
 
 
 def _is_number(value: object) -> bool:
-    return (isinstance(value, int | float)) and not isinstance(value, bool)
+    """A finite int or float: TOML has nan and inf, and NaN passes no comparison."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def is_loopback_host(host: str) -> bool:

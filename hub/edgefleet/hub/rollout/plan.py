@@ -174,9 +174,11 @@ def _coerce(name: str, type_name: str, raw: str) -> Any:
             return int(raw)
         if name.endswith("_s"):
             return parse_duration_s(raw)
-        if raw.endswith("%"):
-            return float(raw[:-1]) / 100.0
-        return float(raw)
+        value = float(raw[:-1]) / 100.0 if raw.endswith("%") else float(raw)
+        if not math.isfinite(value):
+            # NaN fails every comparison: a NaN limit makes its gate impossible to fail.
+            raise ValueError(raw)
+        return value
     except ValueError as e:
         raise HubUsageError(f"invalid value for gate {name}: {raw!r}") from e
 
