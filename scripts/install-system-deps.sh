@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suite uses when they are missing:
 # mosquitto (the broker fixtures start their own on a free loopback port) and
-# chromium (headless rendering check of the HTML drift report).
+# chromium (headless rendering check of the HTML drift report) and strace (the
+# offline test watches every connect() the agent makes).
 # Needs apt-get and root (or passwordless sudo); otherwise says what is missing
 # and leaves it to the tests to report it.
 set -u
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need+=(chromium)
+command -v strace >/dev/null 2>&1 || need+=(strace)
 [ ${#need[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "install-system-deps: apt-get not available; please install: ${need[*]}" >&2

@@ -221,11 +221,11 @@ def test_inspect_reads_without_trust(tmp_path: Path, key: Ed25519PrivateKey) -> 
 
 
 @pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
-def test_verifier_accepts_other_tar_writers(
+def test_verifier_refuses_other_tar_writers(
     tmp_path: Path, key: Ed25519PrivateKey, fmt: int
 ) -> None:
-    # Re-packing the same members with another tar writer (other header
-    # fields, GNU magic) still verifies: the format is tar, not our byte layout.
+    # Re-packing the same members with another tar writer (other header fields, GNU
+    # magic) would give the same signed content a new sha256: refused.
     out = tmp_path / "b.efb"
     write_bundle(out, manifest(), MEMBERS, [key])
     with tarfile.open(out, "r:") as src:
@@ -237,7 +237,36 @@ def test_verifier_accepts_other_tar_writers(
                 dst.addfile(member, src.extractfile(member))
     copy = tmp_path / "copy.efb"
     copy.write_bytes(repacked.getvalue())
-    assert BundleVerifier(trust_for(key)).verify(copy).manifest.name == "digits"
+    with pytest.raises(BundleError, match="differs from the canonical one"):
+        BundleVerifier(trust_for(key)).verify(copy)
+
+
+@pytest.mark.parametrize(
+    ("what", "at", "value"),
+    [
+        ("mtime", 136, b"14531254000\0"),
+        ("mode", 100, b"0000755\0"),
+        ("byte after the NUL ending the name", 99, b"x"),
+        ("user name", 265, b"root"),
+    ],
+)
+def test_header_bytes_outside_the_signed_content_are_refused(
+    tmp_path: Path, key: Ed25519PrivateKey, what: str, at: int, value: bytes
+) -> None:
+    out = tmp_path / "b.efb"
+    write_bundle(out, manifest(), MEMBERS, [key])
+    with tarfile.open(out, "r:") as tar:
+        header_at = tar.getmember("model.onnx").offset
+    data = bytearray(out.read_bytes())
+    header = data[header_at : header_at + BLOCK]
+    header[at : at + len(value)] = value
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)  # a valid checksum: only the field differs
+    data[header_at : header_at + BLOCK] = header
+    other = tmp_path / "other.efb"
+    other.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="differs from the canonical one"):
+        BundleVerifier(trust_for(key)).verify(other)
 
 
 def test_signatures_json_is_canonical_list(tmp_path: Path, key: Ed25519PrivateKey) -> None:
@@ -297,9 +326,11 @@ def test_non_canonical_base64_signature_is_not_valid(key: Ed25519PrivateKey) -> 
     assert tally_signatures(b"payload", [good], keys).valid_keyids == (good.keyid,)
 
 
-def test_signed_checksum_spelling_is_accepted(tmp_path: Path, key: Ed25519PrivateKey) -> None:
-    # Old tar writers summed header bytes as signed chars; with a non-ASCII
-    # user name the two sums differ and both must verify.
+def test_signed_checksum_spelling_is_refused_as_non_canonical(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    # Old tar writers summed header bytes as signed chars; the checksum still parses,
+    # but the header is not the canonical writer's (a user name), so it is refused.
     out = tmp_path / "b.efb"
     write_bundle(out, manifest(), MEMBERS, [key])
     with tarfile.open(out, "r:") as tar:
@@ -313,7 +344,8 @@ def test_signed_checksum_spelling_is_accepted(tmp_path: Path, key: Ed25519Privat
     data[header_at : header_at + BLOCK] = header
     other = tmp_path / "signed.efb"
     other.write_bytes(bytes(data))
-    assert BundleVerifier(trust_for(key)).verify(other).manifest.name == "digits"
+    with pytest.raises(BundleError, match="differs from the canonical one"):
+        BundleVerifier(trust_for(key)).verify(other)
     header[148:156] = b"%06o\0 " % (signed + 1)
     data[header_at : header_at + BLOCK] = header
     other.write_bytes(bytes(data))

@@ -18,6 +18,7 @@ value, passed explicitly to whoever needs it.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -39,7 +40,8 @@ def _is_int(value: object) -> bool:
 
 
 def _is_number(value: object) -> bool:
-    return (isinstance(value, int | float)) and not isinstance(value, bool)
+    """A finite int or float: TOML has nan and inf, and NaN passes no comparison."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def is_loopback_host(host: str) -> bool:
@@ -204,7 +206,7 @@ class AgentConfig:
     source: Path | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.device_id, str) or not _DEVICE_ID_RE.match(self.device_id):
+        if not isinstance(self.device_id, str) or not _DEVICE_ID_RE.fullmatch(self.device_id):
             raise AgentConfigError(
                 "field 'agent.device_id' must be 1-128 letters, digits, '.', '_' or '-'"
             )

@@ -131,6 +131,29 @@ class _Header:
     typeflag: bytes
     linkname: str
     offset: int
+    block: bytes = b""  # the raw 512 bytes, compared with the canonical writer's
+
+
+def canonical_header(name: str, size: int) -> bytes:
+    """The ustar header ``bundle_writer`` writes for a member (tarfile's USTAR layout with
+    mode 0644, mtime 0, owner 0, no user or group names); bundles carry nothing else.
+
+    Any other header bytes (a new mtime or mode, bytes after the NUL that ends a name)
+    would change the bundle's sha256 without touching its signed content.
+    """
+    head = (
+        name.encode("utf-8").ljust(100, b"\0")
+        + b"0000644\0"
+        + b"0000000\0" * 2
+        + b"%011o\0" % size
+        + b"00000000000\0"
+    )
+    # type "0", no link name, POSIX magic, then zeros: user and group names, device
+    # numbers (tarfile leaves them empty for regular files) and the name prefix.
+    tail = b"0" + b"\0" * 100 + b"ustar\x0000"
+    block = (head + b" " * 8 + tail).ljust(BLOCK, b"\0")
+    checksum = b"%06o\0" % sum(block)
+    return block[:148] + checksum + block[155:]
 
 
 def sha256_file(path: Path) -> str:
@@ -280,11 +303,17 @@ def _parse_header(block: bytes, offset: int) -> _Header:
         typeflag=block[156:157],
         linkname=_cstring(block[157:257], "link name", offset),
         offset=offset,
+        block=block,
     )
 
 
 def _require_regular(header: _Header) -> None:
     if header.typeflag in (b"0", b"\0"):
+        if header.block != canonical_header(header.name, header.size):
+            raise BundleError(
+                f"tar header of {header.name!r} at byte {header.offset} differs from the "
+                "canonical one (mode, mtime, owner or bytes after the name)"
+            )
         return
     kind = _TYPE_NAMES.get(header.typeflag, f"of unknown tar type {header.typeflag!r}")
     target = f" to {header.linkname!r}" if header.typeflag in (b"1", b"2") else ""

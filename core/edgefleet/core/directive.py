@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgefleet.core.canonical import canonical_json
 from edgefleet.core.errors import DirectiveError, SignatureError
+from edgefleet.core.manifest import MAX_MODEL_VERSION
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -37,9 +38,12 @@ MODES = ("active", "shadow")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _int(value: object, what: str, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise DirectiveError(f"malformed directive: {what} must be an integer >= {minimum}")
+def _int(value: object, what: str, minimum: int, maximum: int = MAX_MODEL_VERSION) -> int:
+    # Bounded like model versions: every number here goes into SQLite and JSON.
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+        raise DirectiveError(
+            f"malformed directive: {what} must be an integer in {minimum}..{maximum}"
+        )
     return value
 
 
@@ -69,7 +73,7 @@ class Assignment:
 
     def __post_init__(self) -> None:
         _str(self.model, "assignment model")
-        if not isinstance(self.bundle_sha256, str) or not _SHA256_RE.match(self.bundle_sha256):
+        if not isinstance(self.bundle_sha256, str) or not _SHA256_RE.fullmatch(self.bundle_sha256):
             raise DirectiveError("malformed directive: bundle_sha256 must be 64 lowercase hex")
         _int(self.version, "assignment version", 0)
         _int(self.size, "assignment size", 1)

@@ -58,7 +58,7 @@ def public_key_to_hex(public_key: Ed25519PublicKey) -> str:
 
 def public_key_from_hex(text: str) -> Ed25519PublicKey:
     """Parse a raw public key given as 64 hex characters."""
-    if not isinstance(text, str) or not _HEX_KEY_RE.match(text):
+    if not isinstance(text, str) or not _HEX_KEY_RE.fullmatch(text):
         raise KeyFileError("public key must be 64 hex characters (32 raw bytes)")
     try:
         return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text))
@@ -74,7 +74,7 @@ def public_key_pem(public_key: Ed25519PublicKey) -> bytes:
 
 
 def _check_name(name: str) -> None:
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise UsageError(
             f"invalid key name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
@@ -172,7 +172,7 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     if b"PRIVATE KEY" in data:
         raise KeyFileError(f"{path} holds a private key; pass the .pub file instead")
     stripped = data.strip()
-    if _HEX_KEY_RE.match(stripped.decode("ascii", errors="replace")):
+    if _HEX_KEY_RE.fullmatch(stripped.decode("ascii", errors="replace")):
         return public_key_from_hex(stripped.decode("ascii"))
     try:
         key = serialization.load_pem_public_key(data)

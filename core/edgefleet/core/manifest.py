@@ -37,6 +37,7 @@ __all__ = [
     "TASKS",
     "FileEntry",
     "Manifest",
+    "MAX_MODEL_VERSION",
     "check_member_path",
 ]
 
@@ -46,6 +47,11 @@ SIGNATURES_NAME = "signatures.json"
 MODEL_PATH = "model.onnx"
 TASKS = ("classification", "regression")
 MAX_MEMBER_PATH_BYTES = 100
+# The largest model version every store holds exactly: SQLite and PostgreSQL
+# integers stop at 2^63 - 1 and JSON numbers read as doubles at 2^53 - 1 (a
+# larger signed version once installed, then broke every telemetry flush and
+# `hub publish`).
+MAX_MODEL_VERSION = 2**53 - 1
 
 _COMPONENT_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -68,7 +74,7 @@ def check_member_path(path: object) -> str:
     if len(path.encode("utf-8")) > MAX_MEMBER_PATH_BYTES:
         raise BundleError(f"member path {path[:40]!r}... is longer than 100 bytes")
     for part in parts:
-        if not _COMPONENT_RE.match(part):
+        if not _COMPONENT_RE.fullmatch(part):
             raise BundleError(
                 f"member path {path!r} has an invalid component {part!r} "
                 "(allowed: letters, digits, '.', '_', '-', not starting with '.')"
@@ -76,9 +82,11 @@ def check_member_path(path: object) -> str:
     return path
 
 
-def _require_int(value: object, what: str, minimum: int = 0) -> int:
+def _require_int(value: object, what: str, minimum: int = 0, maximum: int | None = None) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise BundleError(f"manifest: {what} must be an integer >= {minimum}, not {value!r}")
+    if maximum is not None and value > maximum:
+        raise BundleError(f"manifest: {what} must be at most {maximum}, not {value}")
     return value
 
 
@@ -100,7 +108,7 @@ class FileEntry:
     def __post_init__(self) -> None:
         check_member_path(self.path)
         _require_int(self.size, f"files[{self.path}].size")
-        if not isinstance(self.sha256, str) or not _SHA256_RE.match(self.sha256):
+        if not isinstance(self.sha256, str) or not _SHA256_RE.fullmatch(self.sha256):
             raise BundleError(f"manifest: files[{self.path}].sha256 must be 64 lowercase hex")
 
     @classmethod
@@ -179,7 +187,7 @@ class Manifest:
         name = model.get("name")
         if not isinstance(name, str) or not name:
             raise BundleError("manifest: model.name must be a non-empty string")
-        _require_int(model.get("version"), "model.version")
+        _require_int(model.get("version"), "model.version", maximum=MAX_MODEL_VERSION)
         if model.get("task") not in TASKS:
             raise BundleError(f"manifest: model.task must be one of {', '.join(TASKS)}")
         for what in ("target", "io_schema", "quantization", "validation", "lineage"):

@@ -108,7 +108,7 @@ class DeviceProfile:
         if self.agent_memory_budget_mb == 0 and _positive_int(self.memory_mb):
             object.__setattr__(self, "agent_memory_budget_mb", max(1, self.memory_mb // 4))
         # Messages start with "field '...'" so the loader can prefix the file name.
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+        if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
             raise ProfileError(
                 "field 'name' must be lowercase letters, digits, '-' and '_' (at most 63 characters)"
             )
@@ -152,7 +152,9 @@ class DeviceProfile:
                 "field 'quantization' is fp16 but no execution provider runs fp16 "
                 f"(need one of {', '.join(sorted(FP16_PROVIDERS))})"
             )
-        if not isinstance(self.min_onnxruntime, str) or not _VERSION_RE.match(self.min_onnxruntime):
+        if not isinstance(self.min_onnxruntime, str) or not _VERSION_RE.fullmatch(
+            self.min_onnxruntime
+        ):
             raise ProfileError("field 'min_onnxruntime' must be a version like \"1.17\"")
         needed = 2 * self.max_bundle_bytes + self.telemetry_budget_bytes
         if self.storage_budget_mb * MIB < needed:
@@ -168,7 +170,7 @@ class DeviceProfile:
         if not isinstance(providers, tuple) or not providers:
             raise ProfileError("field 'execution_providers' must be a non-empty list")
         for provider in providers:
-            if not isinstance(provider, str) or not _PROVIDER_RE.match(provider):
+            if not isinstance(provider, str) or not _PROVIDER_RE.fullmatch(provider):
                 raise ProfileError(
                     f"field 'execution_providers' has {provider!r}, "
                     "expected names like 'CPUExecutionProvider'"
@@ -313,7 +315,7 @@ def load_profile(name_or_path: str, profiles_dir: Path | None = None) -> DeviceP
     """Load a profile by name (searched as the module docstring says) or by file path."""
     if _looks_like_path(name_or_path):
         return read_profile_file(Path(name_or_path))
-    if not _NAME_RE.match(name_or_path):
+    if not _NAME_RE.fullmatch(name_or_path):
         raise ProfileError(f"{name_or_path!r} is not a profile name")
     dirs = search_path(profiles_dir)
     for directory in dirs:

@@ -58,7 +58,7 @@ class BundleStore:
         self._fd_lock = threading.Lock()
 
     def path_for(self, sha256: str) -> Path:
-        if not _SHA256_RE.match(sha256):
+        if not _SHA256_RE.fullmatch(sha256):
             raise HubNotFoundError(f"not a bundle sha256: {sha256[:80]!r}")
         return self.root / sha256[:2] / f"{sha256}.efb"
 

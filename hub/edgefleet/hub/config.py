@@ -59,6 +59,7 @@ type-checked in ``__post_init__``.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -405,6 +406,10 @@ def _convert(type_name: str, value: Any, base_dir: Path, where: str) -> Any:
     if base == "float":
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise HubConfigError(f"{where}: expected a number")
+        if not math.isfinite(value):
+            # TOML has nan and inf; NaN fails every comparison (tick_s = nan spun the
+            # hub at full CPU) and inf makes a limit meaningless.
+            raise HubConfigError(f"{where}: expected a finite number, not {value}")
         return float(value)
     if base == "str":
         if not isinstance(value, str):

@@ -48,7 +48,7 @@ def mosquitto_hash(
 
 def verify_password(password: str, encoded: str) -> bool:
     """True when ``password`` matches a ``$7$`` hash."""
-    m = _HASH_RE.match(encoded)
+    m = _HASH_RE.fullmatch(encoded)
     if not m:
         return False
     try:
@@ -61,4 +61,4 @@ def verify_password(password: str, encoded: str) -> bool:
 
 
 def is_mosquitto_hash(encoded: str) -> bool:
-    return bool(_HASH_RE.match(encoded))
+    return bool(_HASH_RE.fullmatch(encoded))

@@ -13,12 +13,17 @@ Invariants:
   (``max(last + 1, now in milliseconds)``), so a hub whose store was restored
   from an older backup still hands out seqs the devices accept;
 - a directive is recorded in the store *before* it is published; a crash in
-  between leaves it unpublished, and :meth:`unpublished` hands it out again.
+  between leaves it unpublished, and :meth:`unpublished` hands it out again;
+- the broker's retained copy is never trusted to be current: the service
+  republishes every device's latest directive on every (re)connect (a broker
+  restored from an older snapshot keeps the hub's session *and* old retained
+  directives), and a device that asks (:class:`ResyncAnswers`) gets its latest
+  one again.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -114,3 +119,29 @@ class DirectiveIssuer:
     def unpublished(self) -> list[DirectiveRecord]:
         """Latest directives recorded but not yet published (e.g. after a crash)."""
         return self.store.latest_directives(unpublished_only=True)
+
+
+@dataclass
+class ResyncAnswers:
+    """Which directive to publish again for a device that asked for its current one.
+
+    A device with fresh state (reinstalled, SD card swapped) cannot tell a stale
+    retained directive from the current one; it asks on ``resync`` with the seq it
+    holds. The answer is the device's latest recorded directive when that is newer;
+    at most one answer per device every ``min_interval_s`` (each answer is a
+    publication, and the asker is a device). Used by the inbound worker only.
+    """
+
+    store: HubStore
+    min_interval_s: float = 5.0
+    _answered_at: dict[str, float] = field(default_factory=dict)
+
+    def answer(self, device_id: str, known_seq: int | None, now: float) -> DirectiveRecord | None:
+        last = self._answered_at.get(device_id)
+        if last is not None and 0 <= now - last < self.min_interval_s:
+            return None
+        record = self.store.latest_directive(device_id)
+        if record is None or (known_seq is not None and record.seq <= known_seq):
+            return None
+        self._answered_at[device_id] = now
+        return record

@@ -30,7 +30,7 @@ _WORD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 def check_device_id(device_id: str) -> str:
     """Return ``device_id`` or raise ``HubUsageError`` when it cannot be a topic level."""
-    if not DEVICE_ID_RE.match(device_id):
+    if not DEVICE_ID_RE.fullmatch(device_id):
         raise HubUsageError(
             f"invalid device id {device_id!r}: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
@@ -40,7 +40,7 @@ def check_device_id(device_id: str) -> str:
 
 def check_word(kind: str, value: str) -> str:
     """Validate a group name, tag key or tag value (same alphabet as ids, plus ':')."""
-    if not _WORD_RE.match(value):
+    if not _WORD_RE.fullmatch(value):
         raise HubUsageError(
             f"invalid {kind} {value!r}: use 1-64 letters, digits, '.', '_', ':' or '-'"
         )

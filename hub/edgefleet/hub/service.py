@@ -65,6 +65,7 @@ from edgefleet.core.protocol import (
     TopicKind,
     Topics,
     decode_fetch,
+    decode_resync,
     decode_state,
     decode_status,
     decode_telemetry,
@@ -74,11 +75,11 @@ from edgefleet.core.protocol.telemetry import EVENT, WINDOW
 from edgefleet.hub.bundles import BundleStore
 from edgefleet.hub.chunk_server import ChunkServer
 from edgefleet.hub.config import HubConfig
-from edgefleet.hub.directives import DirectiveIssuer
+from edgefleet.hub.directives import DirectiveIssuer, ResyncAnswers
 from edgefleet.hub.fleet.ingest import DeviceInfo, IngestResult
 from edgefleet.hub.fleet.runtime import FleetRuntime
 from edgefleet.hub.rollout.engine import RolloutEngine
-from edgefleet.hub.store import DeviceRecord, HubStore, TelemetryRow
+from edgefleet.hub.store import DeviceRecord, DirectiveRecord, HubStore, TelemetryRow
 from edgefleet.hub.telemetry_retention import TelemetryRetention
 
 log = logging.getLogger("edgefleet.hub")
@@ -159,14 +160,17 @@ class HubService:
             count=self.count,
             tally=self.tally,
         )
-        # Set when the broker had no session for us (first start, or a broker restarted
-        # without persistence): its retained directives may be gone, so publish them all.
+        # Set on every connect: a broker restarted without persistence lost the retained
+        # directives, one restored from an older snapshot holds old ones (and our session,
+        # so session_present says nothing): publish every device's latest again.
         self._republish = threading.Event()
+        self.resync = ResyncAnswers(store)
         self._wake_tick = threading.Event()  # set by stop() and by a connect without session
         self._handlers: dict[TopicKind, Callable[[DeviceRecord, bytes], None]] = {
             TopicKind.STATUS: self._on_status,
             TopicKind.STATE: self._on_state,
             TopicKind.TELEMETRY: self._on_telemetry,
+            TopicKind.RESYNC: self._on_resync,
         }
 
     # -- lifecycle ---------------------------------------------------------------
@@ -221,9 +225,9 @@ class HubService:
         self._save_counters()
 
     def _on_connect(self, session_present: bool) -> None:
-        if not session_present:
-            self._republish.set()
-            self._wake_tick.set()  # restore the retained directives now, not a tick later
+        # Even with session_present: see _republish above.
+        self._republish.set()
+        self._wake_tick.set()  # restore the retained directives now, not a tick later
 
     def wait_ready(self, timeout_s: float) -> bool:
         return self.transport.wait_subscribed(timeout_s)
@@ -458,12 +462,7 @@ class HubService:
         self._republish.clear()
         pending = self.issuer.latest() if republish else self.issuer.unpublished()
         for record in pending:
-            self.chunks.remember_assigned(record)
-            self.transport.publish(
-                self.topics.desired(record.device_id),
-                canonical_json(dict(record.envelope)),
-                retain=True,
-            )
+            self._send_directive(record)
         if pending and self._wait_acked(FLUSH_TIMEOUT_S):
             at = self.clock()
             for record in pending:
@@ -473,6 +472,21 @@ class HubService:
         if republish:
             self._republish.set()  # not acknowledged: try the whole set again
         return 0
+
+    def _send_directive(self, record: DirectiveRecord) -> None:
+        self.chunks.remember_assigned(record)
+        self.transport.publish(
+            self.topics.desired(record.device_id),
+            canonical_json(dict(record.envelope)),
+            retain=True,
+        )
+
+    def _on_resync(self, device: DeviceRecord, payload: bytes) -> None:
+        request = decode_resync(payload)
+        record = self.resync.answer(device.device_id, request.known_seq, self.clock())
+        if record is not None:
+            self._send_directive(record)
+            self.tally("directives.resync")
 
     def _wait_acked(self, timeout_s: float) -> bool:
         """Wait until every message queued so far is acknowledged by the broker.

@@ -9,6 +9,7 @@ tests/integration.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -476,3 +477,15 @@ def test_a_download_that_fills_the_disk_removes_its_part_file_and_starts_again_l
     rig.advance(11.0)
     assert rig.deployer.received["req-1"] == v1.data
     assert sync.ledger[key_of(v1.assignment())].state == DONE
+
+
+def test_a_device_with_fresh_state_asks_the_hub_for_its_current_directive(rig: Rig) -> None:
+    v1 = bundle()
+    rig.catalogue(v1)
+    rig.start()
+    asked = rig.broker.published_to(Topics().resync(DEVICE))
+    assert len(asked) == 1 and json.loads(asked[0].payload)["known_seq"] is None
+    rig.hub.publish_directive(rig.hub.directive(v1.assignment()))
+    rig.settle()
+    rig.restart()  # now it holds an accepted directive: nothing to ask on connect
+    assert len(rig.broker.published_to(Topics().resync(DEVICE))) == 1

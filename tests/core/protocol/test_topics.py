@@ -67,6 +67,7 @@ def test_hub_subscriptions_plain_and_shared() -> None:
         "edgefleet/v1/dev/+/state",
         "edgefleet/v1/dev/+/fetch",
         "edgefleet/v1/dev/+/telemetry",
+        "edgefleet/v1/dev/+/resync",
     ]
     # status/state are retained snapshots every hub process needs; only work is shared.
     assert t.hub_subscriptions(shared=True) == [
@@ -74,6 +75,7 @@ def test_hub_subscriptions_plain_and_shared() -> None:
         "edgefleet/v1/dev/+/state",
         "$share/edgefleet-hub/edgefleet/v1/dev/+/fetch",
         "$share/edgefleet-hub/edgefleet/v1/dev/+/telemetry",
+        "$share/edgefleet-hub/edgefleet/v1/dev/+/resync",
     ]
 
 

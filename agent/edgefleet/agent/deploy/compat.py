@@ -29,7 +29,7 @@ _VERSION_RE = re.compile(r"^(\d+)(?:\.(\d+))?(?:\.(\d+))?")
 
 def version_tuple(text: str) -> tuple[int, int, int]:
     """``"1.17"`` -> (1, 17, 0); ``"1.32.0+cpu"`` -> (1, 32, 0)."""
-    m = _VERSION_RE.match(str(text).strip())
+    m = _VERSION_RE.match(str(text).strip())  # a prefix: "1.32.0+cpu"
     if m is None:
         raise ValueError(f"not a version: {text!r}")
     return (int(m.group(1)), int(m.group(2) or 0), int(m.group(3) or 0))
@@ -45,7 +45,7 @@ def check_target(
 ) -> None:
     """Refuse a bundle built for another device class or a newer onnxruntime."""
     name = model.get("name")
-    if not isinstance(name, str) or not MODEL_NAME_RE.match(name):
+    if not isinstance(name, str) or not MODEL_NAME_RE.fullmatch(name):
         raise BundleRejectedError(f"model name {name!r} cannot be installed (letters, digits, ._-)")
     wanted_profile = target.get("profile")
     if wanted_profile != profile_name:

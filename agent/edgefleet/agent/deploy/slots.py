@@ -33,7 +33,7 @@ class SlotPointers:
     def __post_init__(self) -> None:
         for name in ("active", "previous"):
             value = getattr(self, name)
-            if value is not None and not SHA256_RE.match(value):
+            if value is not None and not SHA256_RE.fullmatch(value):
                 raise DeploymentError(f"slot pointer {name} is not a sha256: {value!r}")
         if self.active is None and self.previous is not None:
             raise DeploymentError("a slot with a previous version must have an active one")
@@ -61,7 +61,7 @@ class SlotTable:
         return sorted(
             p.stem
             for p in directory.glob("*.json")
-            if not p.name.startswith(".") and MODEL_NAME_RE.match(p.stem)
+            if not p.name.startswith(".") and MODEL_NAME_RE.fullmatch(p.stem)
         )
 
     def get(self, model: str) -> SlotPointers:
@@ -100,6 +100,6 @@ class SlotTable:
 
 
 def _checked(model: str) -> str:
-    if not MODEL_NAME_RE.match(model):
+    if not MODEL_NAME_RE.fullmatch(model):
         raise DeploymentError(f"model name {model!r} is not valid")
     return model

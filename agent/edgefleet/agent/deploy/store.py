@@ -56,7 +56,9 @@ class BundleStore:
         if not self.layout.bundles.is_dir():
             return []
         return sorted(
-            p.name for p in self.layout.bundles.iterdir() if SHA256_RE.match(p.name) and p.is_dir()
+            p.name
+            for p in self.layout.bundles.iterdir()
+            if SHA256_RE.fullmatch(p.name) and p.is_dir()
         )
 
     def describe(self, sha256: str) -> dict[str, Any]:
@@ -129,7 +131,7 @@ class BundleStore:
         if layout.bundles.is_dir():
             for entry in layout.bundles.iterdir():
                 if (
-                    not (SHA256_RE.match(entry.name) and entry.is_dir())
+                    not (SHA256_RE.fullmatch(entry.name) and entry.is_dir())
                     or not (entry / "manifest.json").is_file()
                 ):
                     remove_path(entry)

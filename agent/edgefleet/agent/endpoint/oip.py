@@ -300,7 +300,10 @@ class ResponseEncoder:
     """Writes OIP inference responses for one model; the constant parts are built once."""
 
     def __init__(self, model: LoadedModel) -> None:
-        self.model = model
+        # Keeps only strings built from the model, never the model itself: the
+        # endpoint caches encoders in a WeakKeyDictionary keyed by the model, and
+        # a value holding its key kept every replaced model (its onnxruntime
+        # session and thread pool) alive forever.
         self._head = (
             '{"model_name":'
             + _json_str(model.name)

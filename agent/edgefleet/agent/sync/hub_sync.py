@@ -62,6 +62,7 @@ from edgefleet.core.mqtt import InboundMessage, MqttTransport
 from edgefleet.core.protocol import (
     DeviceState,
     FetchRequest,
+    ResyncRequest,
     TopicKind,
     Topics,
     decode_ack,
@@ -308,6 +309,10 @@ class HubSync:
             self.convergence.forget_outstanding()
         if self.uploader is not None:
             self.uploader.on_disconnect()
+        if self.accepted is None:
+            # Fresh state: a retained directive may be an old one (a broker restored from
+            # an older snapshot); ask the hub for the current one instead of trusting it.
+            self.transport.publish(self.topics.resync(self.device_id), encode_json(ResyncRequest()))
         self.tick(now)
 
     def on_disconnected(self) -> None:

@@ -44,6 +44,7 @@ from edgefleet.core.drift.layout import (
     OUTPUT_NUMERIC,
     WindowLayout,
 )
+from edgefleet.core.drift.limits import SAFE_ABS, clip_finite
 from edgefleet.core.drift.reference import (
     CategoricalReference,
     NumericReference,
@@ -176,10 +177,25 @@ class CategoricalEncoder:
         # Strings or objects: look up each distinct value once.
         try:
             uniq, inverse = np.unique(v, return_inverse=True)
-        except TypeError as e:
-            raise DriftError(f"categorical values cannot be compared: {e}") from e
+        except TypeError:
+            # Values that do not sort together (strings and None, a missing value
+            # among string levels): one dictionary lookup per distinct value instead.
+            return self._buckets_unsorted(v)
         mapped = np.array([self._bucket_of(u) for u in uniq], dtype=np.intp)
         return mapped[inverse.ravel()]
+
+    def _buckets_unsorted(self, values: np.ndarray) -> np.ndarray:
+        seen: dict[object, int] = {}
+        out = np.empty(values.size, dtype=np.intp)
+        try:
+            for i, value in enumerate(values.tolist()):
+                bucket = seen.get(value)
+                if bucket is None:
+                    bucket = seen[value] = self._bucket_of(value)
+                out[i] = bucket
+        except TypeError as e:  # unhashable values (lists, dicts) are not categories
+            raise DriftError(f"categorical values cannot be compared: {e}") from e
+        return out
 
     def _bucket_of(self, value: object) -> int:
         if isinstance(value, np.generic):
@@ -252,12 +268,29 @@ class NumericBatch:
     m2: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
+    clipped: np.ndarray
 
 
 def numeric_batch(binner: NumericBinner, x: np.ndarray) -> NumericBatch:
-    """Statistics of one batch ``x`` (float64, shape ``(rows, k)``)."""
+    """Statistics of one batch ``x`` (float64, shape ``(rows, k)``).
+
+    Finite values beyond ``±SAFE_ABS`` are clipped and counted (:mod:`.limits`): the
+    statistics stay finite whatever a sensor sends.
+    """
     finite = np.isfinite(x)
     all_finite = bool(finite.all())
+    if all_finite:
+        lo, hi = x.min(axis=0), x.max(axis=0)
+    else:
+        lo = np.where(finite, x, np.inf).min(axis=0)
+        hi = np.where(finite, x, -np.inf).max(axis=0)
+    # The min/max the batch needs anyway tell whether anything needs clipping.
+    if (hi > SAFE_ABS).any() or (lo < -SAFE_ABS).any():
+        x, clipped = clip_finite(x, finite)
+        lo = np.where(finite, x, np.inf).min(axis=0)
+        hi = np.where(finite, x, -np.inf).max(axis=0)
+    else:
+        clipped = np.zeros(binner.k, dtype=np.int64)
     slots = binner.slots(x)
     if all_finite:
         weights = x
@@ -274,11 +307,7 @@ def numeric_batch(binner: NumericBinner, x: np.ndarray) -> NumericBatch:
     sums, _, _ = binner.fold(np.bincount(flat, weights=weights.ravel(), minlength=binner.n_slots))
     totals = np.add.reduceat(sums, binner.bin_start)
     dev = weights - np.divide(totals, n, out=np.zeros(binner.k), where=n > 0)
-    if all_finite:
-        lo, hi = x.min(axis=0), x.max(axis=0)
-    else:
+    if not all_finite:
         dev[~finite] = 0.0
-        lo = np.where(finite, x, np.inf).min(axis=0)
-        hi = np.where(finite, x, -np.inf).max(axis=0)
     m2 = np.einsum("ij,ij->j", dev, dev)
-    return NumericBatch(counts, sums, nan, inf, below, above, n, totals, m2, lo, hi)
+    return NumericBatch(counts, sums, nan, inf, below, above, n, totals, m2, lo, hi, clipped)

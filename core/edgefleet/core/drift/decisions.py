@@ -11,9 +11,11 @@ window, thresholds ``t`` (defaults from DESIGN.md §6):
    - (PSI >= ``psi_drift`` (0.2) or JS >= ``js_drift`` (0.1)) and the
      chi-square homogeneity p-value < ``p_value`` (1e-4), or
    - numeric only, ``n >= min_n_wasserstein`` (1000): W1/std >= ``wasserstein_drift``
-     (0.1) and the binned KS p-value or the mean-shift (Welch z) p-value is
-     < ``p_value``. The mean test catches what bins cannot see, e.g. the top
-     5 % of values stretched far out inside the open last bin.
+     (0.1) and the binned KS p-value, the mean-shift (Welch z) p-value or the
+     variance-ratio p-value is < ``p_value``. The mean test catches what bins
+     cannot see, e.g. the top 5 % of values stretched far out inside the open
+     last bin; the variance test a change of spread alone, e.g. on a feature
+     that is mostly zeros, which moves neither KS nor the mean.
 3. ``"warn"`` when PSI >= ``psi_warn`` (0.1) and the chi-square p-value <
    ``p_value``.
 4. otherwise ``"no_drift"``.
@@ -52,11 +54,13 @@ from edgefleet.core.drift.reference import (
     ReferenceProfile,
 )
 from edgefleet.core.drift.scores import (
+    binned_kurtosis,
     chi2_homogeneity,
     js_distance,
     ks_binned,
     mean_shift_pvalue,
     psi,
+    variance_ratio_pvalue,
     wasserstein_centroids,
 )
 from edgefleet.core.drift.window import CategoricalColumn, NumericColumn, WindowStats
@@ -111,12 +115,15 @@ class FeatureScore:
     ks: float | None = None
     ks_pvalue: float | None = None
     mean_pvalue: float | None = None
+    variance_ratio: float | None = None
+    variance_pvalue: float | None = None
     chi2: float | None = None
     chi2_pvalue: float | None = None
     nan: int = 0
     inf: int = 0
     below_min: int = 0
     above_max: int = 0
+    clipped: int = 0
     unseen: int = 0
     mean: float | None = None
     std: float | None = None
@@ -200,6 +207,7 @@ def score_numeric(ref: NumericReference, col: NumericColumn, t: DriftThresholds)
         "inf": col.inf,
         "below_min": col.below,
         "above_max": col.above,
+        "clipped": col.clipped,
         "mean": col.mean,
         "std": col.std,
     }
@@ -211,14 +219,25 @@ def score_numeric(ref: NumericReference, col: NumericColumn, t: DriftThresholds)
     ks_v, ks_p = ks_binned(rc, col.counts)
     w_v = wasserstein_centroids(rc, np.asarray(ref.sums), col.counts, col.sums, ref.std)
     mean_p = mean_shift_pvalue(ref.n, ref.mean, ref.std, col.n, col.mean or 0.0, col.std or 0.0)
+    win_mean, win_std = col.mean or 0.0, col.std or 0.0
+    ratio, var_p = variance_ratio_pvalue(
+        ref.n,
+        ref.std,
+        binned_kurtosis(rc, ref.sums, ref.mean, ref.std, ref.min, ref.max),
+        col.n,
+        win_std,
+        binned_kurtosis(col.counts, col.sums, win_mean, win_std, col.min, col.max),
+    )
     return FeatureScore(
-        verdict=_verdict(col.n, psi_v, js_v, chi2_p, t, w_v, min(ks_p, mean_p)),
+        verdict=_verdict(col.n, psi_v, js_v, chi2_p, t, w_v, min(ks_p, mean_p, var_p)),
         psi=psi_v,
         js=js_v,
         wasserstein=w_v,
         ks=ks_v,
         ks_pvalue=ks_p,
         mean_pvalue=mean_p,
+        variance_ratio=ratio,
+        variance_pvalue=var_p,
         chi2=chi2_v,
         chi2_pvalue=chi2_p,
         **base,

@@ -13,6 +13,7 @@ a handful of whole-array operations however many features there are:
     above    k_num        finite values over the reference maximum (also in the last bin)
     n        k_num        finite values per numeric column (== its bin counts summed)
     cat_nan  k_cat        NaN/None per categorical column
+    clipped  k_num        finite values beyond the safe range, clipped (also in the bins)
 
 ``adds`` (float64): ``sums`` (sum(bins), per-bin sums) then ``totals`` (k_num,
 per-column sums, always exactly ``numpy.add.reduceat`` of its bin sums);
@@ -61,6 +62,7 @@ class WindowLayout:
     above: slice = field(init=False, repr=False, compare=False)
     n: slice = field(init=False, repr=False, compare=False)
     cat_nan: slice = field(init=False, repr=False, compare=False)
+    clipped: slice = field(init=False, repr=False, compare=False)
     n_ints: int = field(init=False, repr=False, compare=False)
     sums: slice = field(init=False, repr=False, compare=False)
     totals: slice = field(init=False, repr=False, compare=False)
@@ -92,7 +94,8 @@ class WindowLayout:
             "above": slice(base + 3 * k, base + 4 * k),
             "n": slice(base + 4 * k, base + 5 * k),
             "cat_nan": slice(base + 5 * k, base + 5 * k + kc),
-            "n_ints": base + 5 * k + kc,
+            "clipped": slice(base + 5 * k + kc, base + 6 * k + kc),
+            "n_ints": base + 6 * k + kc,
             "sums": slice(0, nb),
             "totals": slice(nb, nb + k),
             "n_adds": nb + k,

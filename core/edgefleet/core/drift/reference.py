@@ -45,6 +45,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from edgefleet.core.drift.limits import SAFE_ABS
 from edgefleet.core.errors import DriftError
 from edgefleet.core.light_sha256 import sha256_hex
 
@@ -129,6 +130,8 @@ class NumericReference:
         x = np.asarray(values, dtype=np.float64).ravel()
         nan = int(np.isnan(x).sum())
         finite = x[np.isfinite(x)] + 0.0  # + 0.0 turns -0.0 into 0.0
+        # Clipped like window inputs (.limits): the reference's moments stay finite too.
+        finite = np.clip(finite, -SAFE_ABS, SAFE_ABS)
         inf = int(x.size - nan - finite.size)
         if finite.size == 0:
             raise DriftError(f"feature {name!r} has no finite reference values")

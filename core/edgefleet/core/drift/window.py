@@ -74,6 +74,7 @@ class NumericColumn:
     m2: float
     min: float
     max: float
+    clipped: int = 0  # finite values beyond the safe range, clipped (see .limits)
 
     @property
     def mean(self) -> float | None:
@@ -210,6 +211,7 @@ class WindowStats:
             m2=float(self.m2[column]),
             min=float(self.mins[column]),
             max=float(self.maxs[column]),
+            clipped=at(lay.clipped),
         )
 
     def categorical_column(self, column: int) -> CategoricalColumn:
@@ -253,6 +255,7 @@ class WindowStats:
         self.ints[cols(lay.inf)] += b.inf
         self.ints[cols(lay.below)] += b.below
         self.ints[cols(lay.above)] += b.above
+        self.ints[cols(lay.clipped)] += b.clipped
         self.ints[cols(lay.n)] += b.n
         self.adds[bins] += b.sums
         _refresh_totals(lay, self.adds)
@@ -270,18 +273,27 @@ class WindowStats:
         self.ints[self.layout.cat_nan.start + column] += buckets.size - int(valid.sum())
 
     def update(self, X: np.ndarray) -> None:
-        """Fold a batch of inputs (2-D, one row per request, profile column order)."""
+        """Fold a batch of inputs (2-D, one row per request, profile column order).
+
+        An object array may carry string categorical features (levels from the
+        reference, anything else counted as ``unseen``, ``None`` as missing); its
+        numeric columns must convert to float.
+        """
         c = self._require_compiled()
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != c.n_features:
             raise DriftError(f"expected a batch of shape (rows, {c.n_features}), got {X.shape}")
-        if X.dtype.kind not in "fiub":
-            raise DriftError(f"inputs must be numeric, got dtype {X.dtype}")
+        if X.dtype.kind not in "fiubO":
+            raise DriftError(f"inputs must be numeric (or objects), got dtype {X.dtype}")
         if X.shape[0] == 0:
             return
         if c.binner.k:
             xn = X if c.all_numeric else X[:, c.numeric_cols]
-            self._fold_numeric(0, numeric_batch(c.binner, np.asarray(xn, dtype=np.float64)))
+            try:
+                xn = np.asarray(xn, dtype=np.float64)
+            except (TypeError, ValueError) as e:
+                raise DriftError(f"numeric features must be numbers: {e}") from e
+            self._fold_numeric(0, numeric_batch(c.binner, xn))
         for j, (col, encoder) in enumerate(zip(c.categorical_cols, c.encoders, strict=True)):
             self._fold_categorical(j, encoder, X[:, col])
         self.rows += int(X.shape[0])

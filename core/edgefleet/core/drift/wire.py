@@ -2,7 +2,7 @@
 
 Layout (all little-endian)::
 
-    magic "EFDW" | version u8 (=1) | flags u8 (bit 0: start_s, bit 1: end_s)
+    magic "EFDW" | version u8 (2; 1 is still read) | flags u8 (bit 0: start_s, bit 1: end_s)
     output u8 (0 none, 1 score/numeric, 2 class/categorical)
     profile_id   32 raw bytes (the SHA-256 behind the hex id)
     [start_s f64] [end_s f64]
@@ -11,7 +11,20 @@ Layout (all little-endian)::
     U(sum bins)   bin counts                     U(sum buckets)  bucket counts
     U(4 k_num)    nan, inf, below, above per numeric column
     U(k_cat)      NaN/None per categorical column
+    U(k_num)      clipped per numeric column (version 2 only; version 1 means all zero)
     F(...)        sums of non-empty bins, then m2, min, max of non-empty numeric columns
+
+Version 2 (the drift window v2 contract) adds the per-column count of finite values
+clipped to the safe range (:mod:`.limits`) and a rule for both versions: every float
+statistic is finite and within what clipped inputs can produce, and no column has more
+clipped values than values. Everything else a v2 window carries was already in v1:
+per-column NaN and ±inf counts (numeric) and NaN/None counts (categorical), below/above
+the reference range, and categorical buckets ``vocabulary..., other, unseen`` whose
+levels (numbers or strings) live in the reference profile, not on the wire. Per-sample
+summaries of tensor inputs (one small vector of per-channel statistics per sample) are
+ordinary numeric columns named by the profile; nothing here limits their number beyond
+the byte count of the message. A v1 window decodes to a window whose ``clipped`` counts
+are zero; ``encode_window(w, version=1)`` still writes v1 when nothing was clipped.
 
 ``U(m)`` is an unsigned-integer section: one width byte ``w`` in {0, 1, 2, 4, 8}
 then ``m`` integers of ``w`` bytes, ``w`` being the smallest width that holds
@@ -43,11 +56,13 @@ from edgefleet.core.drift.layout import (
     OUTPUT_NUMERIC,
     WindowLayout,
 )
+from edgefleet.core.drift.limits import out_of_range
 from edgefleet.core.drift.window import WindowStats
 from edgefleet.core.errors import DriftError
 
 MAGIC = b"EFDW"
-VERSION = 1
+VERSION = 2  # what encode_window writes
+VERSIONS = (1, 2)  # what the decoders read
 _HEAD = struct.Struct("<4sBBB32s")
 _F64 = struct.Struct("<d")
 _DTYPES: dict[int, np.dtype[Any]] = {
@@ -86,7 +101,11 @@ def _put_floats(out: bytearray, values: np.ndarray) -> None:
     out += values[~exact].astype("<f8").tobytes()
 
 
-def encode_window(w: WindowStats) -> bytes:
+def encode_window(w: WindowStats, version: int = VERSION) -> bytes:
+    if version not in VERSIONS:
+        raise DriftError(f"unsupported drift window version {version}")
+    if version == 1 and w.ints[w.layout.clipped].any():
+        raise DriftError("a window with clipped values needs drift window version 2")
     try:
         pid = bytes.fromhex(w.profile_id)
     except ValueError as e:
@@ -95,7 +114,7 @@ def encode_window(w: WindowStats) -> bytes:
         raise DriftError("profile_id is not a hex SHA-256")
     lay = w.layout
     flags = (w.start_s is not None) | (w.end_s is not None) << 1
-    out = bytearray(_HEAD.pack(MAGIC, VERSION, flags, _OUTPUT_CODES[lay.output], pid))
+    out = bytearray(_HEAD.pack(MAGIC, version, flags, _OUTPUT_CODES[lay.output], pid))
     if w.start_s is not None:
         out += _F64.pack(w.start_s)
     if w.end_s is not None:
@@ -109,6 +128,8 @@ def encode_window(w: WindowStats) -> bytes:
     _put_uints(out, ints[lay.buckets])
     _put_uints(out, ints[lay.nan.start : lay.above.stop])
     _put_uints(out, ints[lay.cat_nan])
+    if version >= 2:
+        _put_uints(out, ints[lay.clipped])
     filled = ints[lay.n] > 0
     floats = (w.adds[lay.sums][counts > 0], w.m2[filled], w.mins[filled], w.maxs[filled])
     _put_floats(out, np.concatenate(floats))
@@ -211,8 +232,8 @@ class _Reader:
             values = np.empty(count, dtype=np.float64)
             values[exact] = np.frombuffer(self.data, "<f4", n32, at32)
             values[~exact] = np.frombuffer(self.data, "<f8", count - n32, at64)
-        if np.isnan(values).any():
-            raise DriftError("malformed window: NaN statistic")
+        if not np.isfinite(values).all():
+            raise DriftError("malformed window: non-finite statistic")
         return values
 
 
@@ -242,6 +263,7 @@ def _check_totals(plan: _Plan, rows: int, output_rows: int, ints: np.ndarray) ->
         k = plan.rows_columns
         if (
             (seen[:k] != rows).any()
+            or (ints[lay.clipped] > ints[lay.n]).any()
             or (k < lay.k_num and int(seen[k]) != output_rows)
             or (ints[lay.below] > ints[plan.first_bins]).any()
             or (ints[lay.above] > ints[plan.last_bins]).any()
@@ -265,7 +287,7 @@ def decode_window(data: bytes | bytearray | memoryview) -> WindowStats:
     magic, version, flags, output_code, pid = _HEAD.unpack_from(data)
     if magic != MAGIC:
         raise DriftError("not a drift window (bad magic)")
-    if version != VERSION:
+    if version not in VERSIONS:
         raise DriftError(f"unsupported drift window version {version}")
     if flags & ~0b11 or output_code not in _OUTPUT_NAMES:
         raise DriftError("malformed window: unknown flags")
@@ -283,6 +305,10 @@ def decode_window(data: bytes | bytearray | memoryview) -> WindowStats:
     r.uints_into(ints[lay.buckets])
     r.uints_into(ints[lay.nan.start : lay.above.stop])
     r.uints_into(ints[lay.cat_nan])
+    if version >= 2:
+        r.uints_into(ints[lay.clipped])
+    else:
+        ints[lay.clipped] = 0
     counts = ints[lay.counts]
     if k_num:
         ints[lay.n] = np.add.reduceat(counts, lay.bin_starts)
@@ -315,6 +341,8 @@ def decode_window(data: bytes | bytearray | memoryview) -> WindowStats:
         bad = (m2 < 0).any() or (mins[filled] > maxs[filled]).any()
     if bad:
         raise DriftError("malformed window: inconsistent moments")
+    if out_of_range(counts, sums, n, m2, mins, maxs):
+        raise DriftError("malformed window: statistic beyond the safe range")
     _check_totals(plan, rows, output_rows, ints)
     if k_num:
         adds[lay.totals] = np.add.reduceat(sums, lay.bin_starts)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from edgefleet.core.drift.limits import out_of_range
 from edgefleet.core.drift.window import WindowStats
 from edgefleet.core.drift.wire import (
     _DTYPES,
@@ -30,7 +31,7 @@ from edgefleet.core.drift.wire import (
     _HEAD,
     _OUTPUT_NAMES,
     MAGIC,
-    VERSION,
+    VERSIONS,
     _layout,
     _Plan,
     _Reader,
@@ -60,8 +61,8 @@ class _Head:
         if len(data) < _HEAD.size:
             raise DriftError("malformed window: truncated")
         magic, version, flags, output_code, pid = _HEAD.unpack_from(data)
-        if magic != MAGIC or version != VERSION:
-            raise DriftError("not a drift window of this version")
+        if magic != MAGIC or version not in VERSIONS:
+            raise DriftError("not a drift window of a known version")
         if flags & ~0b11 or output_code not in _OUTPUT_NAMES:
             raise DriftError("malformed window: unknown flags")
         r = _Reader(data, _HEAD.size)
@@ -79,6 +80,13 @@ class _Head:
             width = r.width()
             self.widths.append(width)
             self.starts.append(r.skip(count * width))
+        if version >= 2:  # clipped per numeric column
+            width = r.width()
+            self.widths.append(width)
+            self.starts.append(r.skip(lay.k_num * width))
+        else:  # version 1: no clipped section, read as all zero
+            self.widths.append(0)
+            self.starts.append(r.pos)
         self.floats = r.pos
 
 
@@ -180,8 +188,8 @@ def _floats(data: Sequence[bytes], heads: Sequence[_Head], counts: list[int]) ->
     values = np.empty(exact.size, dtype=np.float64)
     values[exact] = np.frombuffer(b"".join(f32), dtype="<f4")
     values[~exact] = np.frombuffer(b"".join(f64), dtype="<f8")
-    if np.isnan(values).any():
-        raise DriftError("malformed window: NaN statistic")
+    if not np.isfinite(values).all():
+        raise DriftError("malformed window: non-finite statistic")
     return values
 
 
@@ -193,6 +201,7 @@ def _decode_group(plan: _Plan, data: Sequence[bytes], heads: Sequence[_Head]) ->
     _section(data, heads, 1, lay.n_buckets, ints[:, lay.buckets])
     _section(data, heads, 2, 4 * k, ints[:, lay.nan.start : lay.above.stop])
     _section(data, heads, 3, lay.k_cat, ints[:, lay.cat_nan])
+    _section(data, heads, 4, k, ints[:, lay.clipped])
     counts = ints[:, lay.counts]
     if k:
         ints[:, lay.n] = np.add.reduceat(counts, lay.bin_starts, axis=1)
@@ -216,6 +225,8 @@ def _decode_group(plan: _Plan, data: Sequence[bytes], heads: Sequence[_Head]) ->
     maxs[filled] = values[kinds == 3]
     if (m2 < 0).any() or (mins[filled] > maxs[filled]).any():
         raise DriftError("malformed window: inconsistent moments")
+    if out_of_range(counts, sums, n, m2, mins, maxs):
+        raise DriftError("malformed window: statistic beyond the safe range")
     rows = np.asarray([h.rows for h in heads], dtype=np.int64)
     output_rows = np.asarray([h.output_rows for h in heads], dtype=np.int64)
     _check_totals(plan, rows, output_rows, ints)
@@ -247,6 +258,7 @@ def _check_totals(plan: _Plan, rows: np.ndarray, output_rows: np.ndarray, ints: 
         k = plan.rows_columns
         if (
             (seen[:, :k] != rows[:, None]).any()
+            or (ints[:, lay.clipped] > ints[:, lay.n]).any()
             or (k < lay.k_num and (seen[:, k] != output_rows).any())
             or (ints[:, lay.below] > ints[:, plan.first_bins]).any()
             or (ints[:, lay.above] > ints[:, plan.last_bins]).any()

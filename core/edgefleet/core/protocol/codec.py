@@ -27,7 +27,15 @@ from edgefleet.core.protocol.limits import (
     MAX_STATUS_BYTES,
     MAX_TELEMETRY_BYTES,
 )
-from edgefleet.core.protocol.messages import DEVICE, HUB, Ack, DeviceState, FetchRequest, Status
+from edgefleet.core.protocol.messages import (
+    DEVICE,
+    HUB,
+    Ack,
+    DeviceState,
+    FetchRequest,
+    ResyncRequest,
+    Status,
+)
 from edgefleet.core.protocol.telemetry import TelemetryBatch
 from edgefleet.core.protocol.topics import TopicKind
 
@@ -59,6 +67,11 @@ def decode_fetch(payload: bytes) -> FetchRequest:
 def decode_telemetry(payload: bytes) -> TelemetryBatch:
     data = load_json_object(payload, what="telemetry", side=DEVICE, max_bytes=MAX_TELEMETRY_BYTES)
     return TelemetryBatch.from_dict(data, side=DEVICE)
+
+
+def decode_resync(payload: bytes) -> ResyncRequest:
+    data = load_json_object(payload, what="resync", side=DEVICE, max_bytes=MAX_ACK_BYTES)
+    return ResyncRequest.from_dict(data, side=DEVICE)
 
 
 def decode_ack(payload: bytes) -> Ack:
@@ -96,6 +109,7 @@ DECODERS: Mapping[TopicKind, Callable[[bytes], object]] = {
     TopicKind.CHUNK: decode_chunk,
     TopicKind.TELEMETRY: decode_telemetry,
     TopicKind.ACK: decode_ack,
+    TopicKind.RESYNC: decode_resync,
 }
 
 

@@ -105,7 +105,7 @@ class FieldReader:
             raise self.fail(f"field {name!r} must be a string")
         if len(value) > max_len:
             raise self.fail(f"field {name!r} longer than {max_len} characters")
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             raise self.fail(f"field {name!r} has an invalid value {value[:80]!r}")
         return value
 

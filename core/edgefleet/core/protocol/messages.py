@@ -49,7 +49,7 @@ def build(what: str, side: str, factory: Callable[[], T]) -> T:
 
 
 def check_sha256(name: str, value: str) -> None:
-    if not isinstance(value, str) or not SHA256_HEX.match(value):
+    if not isinstance(value, str) or not SHA256_HEX.fullmatch(value):
         raise ValueError(f"{name} must be 64 lowercase hex characters")
 
 
@@ -167,7 +167,7 @@ class ModelState:
     deployment: DeploymentInfo | None = None
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name) or len(self.name) > 128:
+        if not _NAME.fullmatch(self.name) or len(self.name) > 128:
             raise ValueError(f"invalid model name {self.name[:80]!r}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -386,3 +386,31 @@ class Ack:
     def from_dict(cls, data: Mapping[str, Any], *, side: str = HUB) -> Ack:
         r = FieldReader(data, what="ack", side=side)
         return cls(v=r.version(), highest_seq=r.integer("highest_seq", minimum=0))
+
+
+# --------------------------------------------------------------------------- resync
+
+
+@dataclass(frozen=True)
+class ResyncRequest:
+    """A device asks for its current directive (device -> hub, on ``resync``).
+
+    ``known_seq`` is the seq of the directive the device holds (None: none at all); the
+    hub answers by publishing its latest directive for the device, retained on the
+    device's ``desired`` topic, when that one is newer.
+    """
+
+    known_seq: int | None = None
+    v: int = PROTOCOL_VERSION
+
+    def __post_init__(self) -> None:
+        if self.known_seq is not None and self.known_seq < 0:
+            raise ValueError("known_seq must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"v": self.v, "known_seq": self.known_seq}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, side: str = DEVICE) -> ResyncRequest:
+        r = FieldReader(data, what="resync", side=side)
+        return cls(v=r.version(), known_seq=r.opt_integer("known_seq", minimum=0))

@@ -223,7 +223,7 @@ class TelemetryRecord:
     def __post_init__(self) -> None:
         if self.seq < 0:
             raise ValueError("seq must be >= 0")
-        if len(self.kind) > MAX_RECORD_KIND_LENGTH or not _KIND.match(self.kind):
+        if len(self.kind) > MAX_RECORD_KIND_LENGTH or not _KIND.fullmatch(self.kind):
             raise ValueError(f"invalid record kind {self.kind[:40]!r}")
 
     @classmethod

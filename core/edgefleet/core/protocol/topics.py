@@ -13,7 +13,7 @@ Invariants:
 - :meth:`Topics.parse` is the inverse of the device-topic builders and raises ProtocolError
   for anything it did not build.
 - Shared subscriptions (``$share/edgefleet-hub/...``) are used only for the work topics
-  (fetch, telemetry), which one hub process must handle once. Status and state are
+  (fetch, telemetry, resync), which one hub process must handle once. Status and state are
   retained snapshots every hub process needs: MQTT 5 (§4.8.2) forbids sending retained
   messages to shared subscriptions and brokers differ (Mosquitto 2.0.11 sends them to one
   member of the group, EMQX to none), so they stay plain subscriptions. Handling them is
@@ -48,6 +48,10 @@ class TopicKind(StrEnum):
     CHUNK = "chunk"  # hub -> device, binary chunk frame
     TELEMETRY = "telemetry"  # device -> hub, telemetry batch
     ACK = "ack"  # hub -> device, highest contiguous seq stored
+    # device -> hub: "send me my current directive". A device with fresh state asks on
+    # connect instead of trusting only the retained message, which a broker restored
+    # from an older snapshot may hold in an old version.
+    RESYNC = "resync"
 
 
 #: Topics a device publishes (the hub subscribes to these) and the ones it subscribes to.
@@ -56,9 +60,12 @@ DEVICE_PUBLISHES: tuple[TopicKind, ...] = (
     TopicKind.STATE,
     TopicKind.FETCH,
     TopicKind.TELEMETRY,
+    TopicKind.RESYNC,
 )
 DEVICE_SUBSCRIBES: tuple[TopicKind, ...] = (TopicKind.DESIRED, TopicKind.CHUNK, TopicKind.ACK)
-_SHAREABLE: frozenset[TopicKind] = frozenset({TopicKind.FETCH, TopicKind.TELEMETRY})
+_SHAREABLE: frozenset[TopicKind] = frozenset(
+    {TopicKind.FETCH, TopicKind.TELEMETRY, TopicKind.RESYNC}
+)
 
 
 def _kind(kind: TopicKind | str) -> TopicKind:
@@ -79,7 +86,7 @@ def device_id_problem(device_id: object) -> str | None:
     for bad in ("/", "+", "#", "$"):
         if bad in device_id:
             return f"must not contain {bad!r}"
-    if not _DEVICE_ID.match(device_id):
+    if not _DEVICE_ID.fullmatch(device_id):
         return "may hold only letters, digits, '.', '_', '-' and must start with a letter or digit"
     return None
 
@@ -109,7 +116,7 @@ class Topics:
         if len(self.root) > MAX_ROOT_LENGTH:
             raise UsageError(f"topic root longer than {MAX_ROOT_LENGTH} characters")
         for level in self.root.split("/"):
-            if not _ROOT_LEVEL.match(level):
+            if not _ROOT_LEVEL.fullmatch(level):
                 raise UsageError(
                     f"invalid topic root {self.root!r}: levels must be non-empty and hold only "
                     "letters, digits, '.', '_', '-'"
@@ -129,6 +136,9 @@ class Topics:
 
     def fetch(self, device_id: str) -> str:
         return self.device(device_id, TopicKind.FETCH)
+
+    def resync(self, device_id: str) -> str:
+        return self.device(device_id, TopicKind.RESYNC)
 
     def chunk(self, device_id: str) -> str:
         return self.device(device_id, TopicKind.CHUNK)

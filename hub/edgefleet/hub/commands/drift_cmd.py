@@ -47,14 +47,14 @@ def parse_since(text: str, current: float) -> float | None:
     """``30m``, ``24h``, ``7d``, ``2w`` before ``current``; ``all`` means no limit."""
     if text.strip().lower() == "all":
         return None
-    match = _DURATION.match(text.strip().lower())
+    match = _DURATION.fullmatch(text.strip().lower())
     if not match:
         raise click.BadParameter(f"{text!r} is not a duration like 30m, 24h, 7d or 'all'")
     return current - float(match.group(1)) * _UNITS[match.group(2)]
 
 
 def parse_target(text: str) -> tuple[str, int | None]:
-    match = _TARGET.match(text.strip())
+    match = _TARGET.fullmatch(text.strip())
     if not match:
         raise click.BadParameter(f"{text!r} is not MODEL or MODEL:VERSION")
     version = match.group(2)

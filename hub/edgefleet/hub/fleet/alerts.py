@@ -19,6 +19,15 @@ Rules and their defaults (DESIGN.md §6 for the drift thresholds; the rest are o
                       with >= 100 labels                                            critical
     error_rate        errors / requests >= 0.05 (MID >= 0.02), >= 100 requests      critical
     latency_p95       p95 >= 250 ms (MID >= 200 ms), >= 100 requests                warning
+    nan_rate          some feature's (NaN + inf) / rows >= 0.05 (MID >= 0.01),
+                      >= 100 rows                                                   warning
+    out_of_range_rate some numeric feature's values outside the reference range
+                      (clipped ones included) / finite values >= 0.05 (MID >= 0.01),
+                      >= 100 rows                                                   warning
+    unseen_rate       some categorical feature's unseen levels / values >= 0.05
+                      (MID >= 0.01), >= 100 rows                                    warning
+    missing_feature   some feature has no usable value at all in >= 100 rows
+                      (a dead sensor: every value NaN, inf or None)                 critical
 
 A scope holding several devices (fleet, group, profile) judges error rate and p95 from
 the per-device evidence pooled by :func:`edgefleet.core.evidence.pool` (extremes trimmed,
@@ -40,7 +49,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from edgefleet.core.drift import DriftReport, DriftThresholds
+from edgefleet.core.drift import DriftReport, DriftThresholds, FeatureScore
 from edgefleet.core.evidence import DeviceEvidence, LatencySummary, pool
 from edgefleet.hub.fleet.totals import WindowTotals
 
@@ -118,6 +127,13 @@ class AlertPolicy:
     min_requests: int = 100
     latency_p95_ms: float = 250.0
     latency_p95_clear_ms: float = 200.0
+    nan_rate: float = 0.05
+    nan_rate_clear: float = 0.01
+    out_of_range_rate: float = 0.05
+    out_of_range_rate_clear: float = 0.01
+    unseen_rate: float = 0.05
+    unseen_rate_clear: float = 0.01
+    min_rows: int = 100  # rows of drift statistics before the data-quality rules judge
     scopes: tuple[str, ...] = ("fleet", "group")
     rules: tuple[str, ...] = (
         "feature_drift",
@@ -126,6 +142,10 @@ class AlertPolicy:
         "accuracy_drop",
         "error_rate",
         "latency_p95",
+        "nan_rate",
+        "out_of_range_rate",
+        "unseen_rate",
+        "missing_feature",
     )
     stale_after_s: float = 86400.0  # an open alert with no data for this long resolves
 
@@ -140,8 +160,12 @@ class AlertPolicy:
             raise ValueError("need 0 < error_rate_clear <= error_rate <= 1")
         if not 0 < self.latency_p95_clear_ms <= self.latency_p95_ms:
             raise ValueError("need 0 < latency_p95_clear_ms <= latency_p95_ms")
-        if self.min_labels < 1 or self.min_requests < 1:
-            raise ValueError("min_labels and min_requests must be at least 1")
+        for rule in ("nan_rate", "out_of_range_rate", "unseen_rate"):
+            fire, clear = getattr(self, rule), getattr(self, f"{rule}_clear")
+            if not 0 < clear <= fire <= 1:  # NaN fails every comparison: refused too
+                raise ValueError(f"need 0 < {rule}_clear <= {rule} <= 1")
+        if self.min_labels < 1 or self.min_requests < 1 or self.min_rows < 1:
+            raise ValueError("min_labels, min_requests and min_rows must be at least 1")
         unknown = set(self.scopes) - set(SCOPE_KINDS)
         if unknown or not self.scopes:
             raise ValueError(f"scopes must be taken from {SCOPE_KINDS}")
@@ -305,6 +329,79 @@ def latency_p95(obs: Observation, policy: AlertPolicy) -> RuleOutcome:
     )
 
 
+def _worst_rate(
+    obs: Observation, policy: AlertPolicy, rate_of: Callable[[FeatureScore], float | None]
+) -> tuple[float, dict[str, float]] | None:
+    """The highest per-feature rate and every non-zero one (None: too few rows to judge)."""
+    report = obs.report
+    if report is None or report.n < policy.min_rows:
+        return None
+    rates = {f.name: r for f in report.features if (r := rate_of(f)) is not None}
+    if not rates:
+        return None
+    return max(rates.values()), {name: r for name, r in sorted(rates.items()) if r > 0}
+
+
+def _rate_rule(
+    obs: Observation,
+    policy: AlertPolicy,
+    rule: str,
+    what: str,
+    rate_of: Callable[[FeatureScore], float | None],
+) -> RuleOutcome:
+    worst = _worst_rate(obs, policy, rate_of)
+    if worst is None:
+        return RuleOutcome(Signal.NONE)
+    value, rates = worst
+    fire, clear = getattr(policy, rule), getattr(policy, f"{rule}_clear")
+    top = sorted(rates, key=lambda name: -rates[name])[:8]
+    summary = f"{what} up to {value:.1%}: {', '.join(top)}" if top else ""
+    return RuleOutcome(_graded(value, fire, clear), value, summary, {"features": rates})
+
+
+def nan_rate(obs: Observation, policy: AlertPolicy) -> RuleOutcome:
+    rows = obs.report.n if obs.report is not None else 0
+    return _rate_rule(
+        obs, policy, "nan_rate", "NaN/inf rate", lambda f: (f.nan + f.inf) / rows if rows else None
+    )
+
+
+def out_of_range_rate(obs: Observation, policy: AlertPolicy) -> RuleOutcome:
+    # below_min/above_max already count the clipped values (they sit in the outer bins).
+    return _rate_rule(
+        obs,
+        policy,
+        "out_of_range_rate",
+        "out-of-range rate",
+        lambda f: (f.below_min + f.above_max) / f.n if f.kind == "numeric" and f.n else None,
+    )
+
+
+def unseen_rate(obs: Observation, policy: AlertPolicy) -> RuleOutcome:
+    return _rate_rule(
+        obs,
+        policy,
+        "unseen_rate",
+        "unseen-category rate",
+        lambda f: f.unseen / f.n if f.kind == "categorical" and f.n else None,
+    )
+
+
+def missing_feature(obs: Observation, policy: AlertPolicy) -> RuleOutcome:
+    report = obs.report
+    if report is None or report.n < policy.min_rows or not report.features:
+        return RuleOutcome(Signal.NONE)
+    dead = sorted(f.name for f in report.features if f.n == 0)
+    if not dead:
+        return RuleOutcome(Signal.LOW, 0.0)
+    return RuleOutcome(
+        Signal.HIGH,
+        float(len(dead)),
+        f"{len(dead)} feature(s) with no usable value in {report.n} rows: {', '.join(dead[:8])}",
+        {"features": dead, "rows": report.n},
+    )
+
+
 RULES: dict[str, tuple[str, Callable[[Observation, AlertPolicy], RuleOutcome]]] = {
     "feature_drift": ("warning", feature_drift),
     "dataset_drift": ("critical", dataset_drift),
@@ -312,6 +409,10 @@ RULES: dict[str, tuple[str, Callable[[Observation, AlertPolicy], RuleOutcome]]] 
     "accuracy_drop": ("critical", accuracy_drop),
     "error_rate": ("critical", error_rate),
     "latency_p95": ("warning", latency_p95),
+    "nan_rate": ("warning", nan_rate),
+    "out_of_range_rate": ("warning", out_of_range_rate),
+    "unseen_rate": ("warning", unseen_rate),
+    "missing_feature": ("critical", missing_feature),
 }
 
 

@@ -86,7 +86,7 @@ def parse_duration_s(text: str | float | int) -> float:
     if isinstance(text, int | float) and not isinstance(text, bool):
         value = float(text)
     else:
-        m = _DURATION_RE.match(str(text).strip())
+        m = _DURATION_RE.fullmatch(str(text).strip())
         if not m:
             raise HubUsageError(f"invalid duration {text!r}: expected e.g. 30s, 5m, 2h")
         value = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
@@ -174,9 +174,11 @@ def _coerce(name: str, type_name: str, raw: str) -> Any:
             return int(raw)
         if name.endswith("_s"):
             return parse_duration_s(raw)
-        if raw.endswith("%"):
-            return float(raw[:-1]) / 100.0
-        return float(raw)
+        value = float(raw[:-1]) / 100.0 if raw.endswith("%") else float(raw)
+        if not math.isfinite(value):
+            # NaN fails every comparison: a NaN limit makes its gate impossible to fail.
+            raise ValueError(raw)
+        return value
     except ValueError as e:
         raise HubUsageError(f"invalid value for gate {name}: {raw!r}") from e
 

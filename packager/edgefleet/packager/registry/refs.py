@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from edgefleet.core.manifest import MAX_MODEL_VERSION
 from edgefleet.packager.errors import InvalidNameError
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -27,7 +28,7 @@ _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-/]{0,127}$")
 
 def check_model_name(name: str) -> str:
     """``name`` if it is a valid model name, else :class:`InvalidNameError`."""
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise InvalidNameError(
             f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' "
             "(at most 64 characters, starting with a letter or digit)"
@@ -37,7 +38,7 @@ def check_model_name(name: str) -> str:
 
 def check_alias(alias: str) -> str:
     """``alias`` if it is a valid alias, else :class:`InvalidNameError`."""
-    if not _ALIAS_RE.match(alias):
+    if not _ALIAS_RE.fullmatch(alias):
         raise InvalidNameError(
             f"invalid alias {alias!r}: use lowercase letters, digits, '_' and '-', "
             "starting with a letter (e.g. production, staging)"
@@ -59,6 +60,8 @@ class ModelRef:
             raise InvalidNameError("a model reference has a version or an alias, not both")
         if self.version is not None and self.version < 1:
             raise InvalidNameError(f"versions start at 1, got {self.version}")
+        if self.version is not None and self.version > MAX_MODEL_VERSION:
+            raise InvalidNameError(f"versions end at {MAX_MODEL_VERSION}, got {self.version}")
         if self.alias is not None:
             check_alias(self.alias)
 
@@ -84,7 +87,7 @@ def parse_ref(text: str) -> ModelRef:
         return ModelRef(check_model_name(name), alias=check_alias(alias))
     if ":" in text:
         name, _, version = text.partition(":")
-        if not version.isdigit():
+        if not (version.isascii() and version.isdigit()):
             raise InvalidNameError(f"invalid model reference {text!r}: expected NAME:VERSION")
         return ModelRef(check_model_name(name), version=int(version))
     return ModelRef(check_model_name(text))
@@ -126,7 +129,7 @@ def parse_pairs(
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip()
-        if not sep or not _KEY_RE.match(key):
+        if not sep or not _KEY_RE.fullmatch(key):
             raise InvalidNameError(f"{option} expects KEY=VALUE, got {pair!r}")
         if key in out:
             raise InvalidNameError(f"{option} {key} given twice")
