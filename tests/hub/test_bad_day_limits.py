@@ -39,6 +39,7 @@ def _set_umask(mask: int) -> None:
     os.umask(mask)
 
 
+@pytest.mark.subprocess
 def test_publish_refuses_a_version_beyond_two_to_the_53(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -63,6 +64,7 @@ def test_publish_refuses_a_version_beyond_two_to_the_53(
         ("fleet.thresholds", "psi_drift = -inf", "fleet.thresholds.psi_drift"),
     ],
 )
+@pytest.mark.subprocess
 def test_nan_and_infinity_in_hub_toml_are_refused(
     tmp_path: Path, section: str, line: str, field: str
 ) -> None:
@@ -73,6 +75,7 @@ def test_nan_and_infinity_in_hub_toml_are_refused(
     assert "finite" in result.stderr
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "nan%"])
 def test_a_nan_gate_is_refused(tmp_path: Path, value: str) -> None:
     fx = make_hub(tmp_path)
