@@ -211,6 +211,8 @@ def test_requests_wait_for_room_in_the_tensor_budget(iris: LoadedModel) -> None:
         first.send(head + body[:100])  # admitted and charged; its body is slow to come
         wait_for(lambda: srv.budget.in_use == charge)
         second.send(head + body)  # no room: waits, nothing of it is decoded
+        assert second.sock is not None
+        second.sock.shutdown(socket.SHUT_WR)  # a half-closed client still gets its answer
         wait_for(lambda: srv.metrics.budget_waits == 1)
         assert health.request("GET", "/v2/health/live")[0] == 200  # costs nothing: never waits
         # A small request passes the big one waiting: it holds its charge for a moment only.
