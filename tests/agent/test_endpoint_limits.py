@@ -8,6 +8,7 @@ against an in-process :class:`EndpointServer` (the attacks against a real
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from edgefleet.agent.endpoint.metrics import EndpointMetrics
 from edgefleet.agent.runtime import LoadedModel, load_bundle
 from edgefleet.agent.serving import ServingSet
 from edgefleet.agent.telemetry_sink import RecordingTelemetrySink
+from edgefleet.core.errors import ProfileError
 from edgefleet.core.profiles import DeviceProfile, list_profiles, load_profile
 
 PROFILE = load_profile("x86_64-gateway")
@@ -74,6 +76,25 @@ def test_profile_without_the_field_gets_a_quarter_of_its_memory(tmp_path: Path) 
     path = tmp_path / "rpi-zero-2w.toml"
     path.write_text(text)
     assert load_profile(str(path)).agent_memory_budget_mb == 128
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "'agent_memory_budget_mb' must be a positive integer"),
+        ("true", "'agent_memory_budget_mb' must be a positive integer"),
+        ("513", "'agent_memory_budget_mb' (513) must not exceed 'memory_mb' (512)"),
+    ],
+)
+def test_bad_memory_budgets_are_refused(tmp_path: Path, value: str, message: str) -> None:
+    zero = load_profile("rpi-zero-2w")
+    text = zero.source.read_text().replace(
+        "agent_memory_budget_mb = 192", f"agent_memory_budget_mb = {value}"
+    )
+    path = tmp_path / "rpi-zero-2w.toml"
+    path.write_text(text)
+    with pytest.raises(ProfileError, match=re.escape(message)):
+        load_profile(str(path))
 
 
 def test_json_charge_grows_with_the_body_and_rows_are_capped() -> None:
@@ -190,6 +211,8 @@ def test_requests_wait_for_room_in_the_tensor_budget(iris: LoadedModel) -> None:
         first.send(head + body[:100])  # admitted and charged; its body is slow to come
         wait_for(lambda: srv.budget.in_use == charge)
         second.send(head + body)  # no room: waits, nothing of it is decoded
+        assert second.sock is not None
+        second.sock.shutdown(socket.SHUT_WR)  # a half-closed client still gets its answer
         wait_for(lambda: srv.metrics.budget_waits == 1)
         assert health.request("GET", "/v2/health/live")[0] == 200  # costs nothing: never waits
         # A small request passes the big one waiting: it holds its charge for a moment only.

@@ -248,6 +248,8 @@ def parse_profile(path: Path, text: str) -> DeviceProfile:
     except tomllib.TOMLDecodeError as e:
         raise ProfileError(f"{path}: not valid TOML: {e}") from e
     flat = _flatten(path, document)
+    if flat.get("agent_memory_budget_mb") == 0:  # 0 only means "absent" in the constructor
+        raise ProfileError(f"{path}: field 'agent_memory_budget_mb' must be a positive integer")
     providers = flat["execution_providers"]
     if isinstance(providers, list):
         flat["execution_providers"] = tuple(providers)

@@ -6,7 +6,8 @@ HTTP/1.1 on 127.0.0.1 by default. Layers, outermost first: ``server`` (the
 selectors loop, listening sockets, worker pool), ``connection`` (one client
 socket: buffering, back-pressure, request order), ``http11`` (sans-IO framing),
 ``app`` (routes, auth, jobs), ``oip`` (JSON <-> numpy), ``metrics`` (Prometheus
-text).
+text); ``budget`` (pure) derives the request limits from the device profile's
+memory budget and counts the decoded tensor bytes in flight.
 """
 
 from __future__ import annotations

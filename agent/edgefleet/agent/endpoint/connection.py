@@ -283,7 +283,7 @@ class _Connection:
             self.partial_since = None
             self.admitted = False
             self._dispatch(req)
-        if self.eof and not (self.busy or self.closing) and self.sock is not None:
+        if self.eof and not (self.busy or self.closing or self.waiting) and self.sock is not None:
             self.close()
         elif self.read_paused and not (self.busy or self.waiting) and self.sock is not None:
             self.read_paused = False

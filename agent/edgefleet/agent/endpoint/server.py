@@ -359,6 +359,9 @@ class EndpointServer:
         self.connections.discard(conn)
         self._unauthenticated.pop(conn, None)
         self._authenticated.pop(conn, None)
+        if conn in self._waiting:  # the ones behind it must not wait for a gone client
+            self._waiting.remove(conn)
+            self._schedule_wake()
 
     # --- tensor budget (loop thread) ----------------------------------------------------
     def acquire(self, conn: _Connection, charge: int) -> bool:
@@ -387,6 +390,9 @@ class EndpointServer:
         self.metrics.budget_in_use = self.budget.in_use
         if self._release_memory is not None and not self.budget.is_small(charge):
             self.call_soon(self._release_memory)
+        self._schedule_wake()
+
+    def _schedule_wake(self) -> None:
         if self._waiting and not self._wake_scheduled:
             self._wake_scheduled = True
             self.call_soon(self._wake_waiting)
