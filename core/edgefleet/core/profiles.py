@@ -66,9 +66,9 @@ _LAYOUT: Mapping[str, tuple[str, ...]] = {
     "model": ("quantization", "int8_format", "max_bundle_bytes"),
     "telemetry": ("telemetry_budget_bytes", "window_s", "max_requests_per_s"),
 }
-# Keys a profile file may leave out, and what they then are.
 #: Requests per second the hub believes one device serves at most (telemetry bounds).
 DEFAULT_MAX_REQUESTS_PER_S = 1000
+# Keys a profile file may leave out, and what they then are.
 _OPTIONAL: Mapping[str, Any] = {"max_requests_per_s": DEFAULT_MAX_REQUESTS_PER_S}
 
 
