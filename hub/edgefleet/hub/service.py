@@ -361,7 +361,7 @@ class HubService:
         info = DeviceInfo(device_id, device.group, device.profile, device.tags)
         screened = self.fleet.screened(info, batch, now)  # numbers bounded before any store
         if screened is None:
-            return  # seqs out of range: neither storable nor ackable (counted on /metrics)
+            return  # refused whole (seqs out of range, record quota): not acked, counted
         batch = screened
         rows = [TelemetryRow(r.seq, r.kind, gate_body(r.kind, r.body)) for r in batch.records]
         with self.store.transaction():
