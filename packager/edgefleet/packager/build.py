@@ -112,6 +112,8 @@ class PackResult:
             "quantization": dict(m.quantization),
             "validation": dict(m.validation),
             "bundle_id": m.bundle_id,
+            "format_version": m.format_version,
+            "io_schema": dict(m.io_schema) if m.format_version > 1 else None,
             "signer_keyids": list(self.signer_keyids),
             "seconds": round(self.seconds, 3),
         }
@@ -140,6 +142,22 @@ def pack(
     keys = [load_signing_key(path) for path in req.key_paths]
     if req.out_dir.exists() and not req.out_dir.is_dir():
         raise DataFileError(f"--out {req.out_dir} is a file, not a folder")
+    if mv.is_tensor:
+        from edgefleet.packager.tensor_pack import pack_tensor
+
+        final, info = pack_tensor(
+            registry,
+            mv,
+            profile,
+            keys,
+            quantize=req.quantize,
+            out_dir=req.out_dir,
+            lineage=_lineage(registry, mv, now),
+            progress=progress,
+        )
+        return PackResult(
+            final, info.sha256, info.size, info.manifest, clock() - started, info.signer_keyids
+        )
     x, y = registry.read_reference(mv)
     label = f"reference data of {mv.ref}"
     if x.ndim != 2 or x.shape[1] != mv.n_features:

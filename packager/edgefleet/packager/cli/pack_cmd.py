@@ -103,8 +103,43 @@ def _num(value: float | None, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def render_tensor_report(result: dict[str, Any]) -> str:
+    """The report of a format-2 (tensor) bundle: fidelity per output, smoke set, budgets."""
+    model, target = result["model"], result["target"]
+    q, v = result["quantization"], result["validation"]
+    lines = [
+        f"packed {model['name']}:{model['version']} ({model['task']}) for {target['profile']} "
+        f"-> {result['bundle']}",
+        f"  bundle        {_size(result['size'])} (model {_size(v['size_bytes'])}), "
+        f"sha256 {result['sha256']}",
+        f"  signed by     {', '.join(k[:16] for k in result.get('signer_keyids', []))}",
+        f"  quantization  {q['method']}: {q['reason']}",
+        f"  fidelity      packaged vs {v['fidelity']['compared_with']} on "
+        f"{v['fidelity']['samples']} samples",
+    ]
+    for name, row in v["fidelity"]["outputs"].items():
+        if "max_abs_diff" in row:
+            lines.append(
+                f"    {name}: max abs diff {row['max_abs_diff']:.3g}, "
+                f"max rel err {row['max_rel_err']:.3g}, cosine {row['cosine']:.6f}"
+            )
+        else:
+            lines.append(f"    {name}: {'equal' if row.get('equal') else 'DIFFERENT'}")
+    smoke = v["smoke"]
+    generated = ", ".join(smoke["generated_inputs"]) or "none"
+    lines += [
+        f"  smoke set     {smoke['samples']} samples, {_size(smoke['bytes'])}, "
+        f"regenerated on the device: {generated}",
+        f"  drift         {v['drift']}",
+        f"  took          {result['seconds']:.1f} s",
+    ]
+    return "\n".join(lines)
+
+
 def render_report(result: dict[str, Any]) -> str:
     """The readable pack report (the same facts as ``--json``)."""
+    if result.get("format_version", 1) > 1:
+        return render_tensor_report(result)
     model, target = result["model"], result["target"]
     q, v = result["quantization"], result["validation"]
     metric = v["metric"]
