@@ -71,7 +71,7 @@ def conform(spec: TensorSpec, arr: np.ndarray, where: str) -> np.ndarray:
     if out.dtype.kind == "f" and out.size and not np.isfinite(out).all():
         bad = int((~np.isfinite(out)).sum())
         raise DataFileError(f"{where}: input {spec.name!r} holds {bad} NaN or infinite values")
-    return np.ascontiguousarray(out)
+    return np.require(out, requirements="C")  # ascontiguousarray would make a scalar 1-D
 
 
 def batch_count(schema: IoSchema, arrays: dict[str, np.ndarray], where: str) -> int:

@@ -85,6 +85,8 @@ def run_smoke(loaded: Any, bundle_dir: Path, smoke_path: str) -> str | None:
             arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError) as e:
         return f"smoke set {smoke_path} unreadable: {e}"
+    if "inputs" not in arrays and any(k.startswith(("in:", "gen:")) for k in arrays):
+        return _run_tensor_smoke(loaded, arrays)
     if "inputs" not in arrays:
         return f"smoke set {smoke_path} has no 'inputs'"
     atol = float(arrays["atol"]) if "atol" in arrays else 1e-4
@@ -114,6 +116,19 @@ def run_smoke(loaded: Any, bundle_dir: Path, smoke_path: str) -> str | None:
         if diff is None or diff > atol:
             return f"smoke set: values differ by {diff} (atol {atol})"
     return None
+
+
+def _run_tensor_smoke(loaded: Any, arrays: dict[str, np.ndarray]) -> str | None:
+    """A format-2 smoke set (edgefleet.core.tensor_smoke): inputs by name, outputs by name."""
+    from edgefleet.core.tensor_smoke import check_outputs, inputs_from_smoke
+
+    dtypes = {spec.name: spec.dtype for spec in loaded.schema.inputs}
+    try:
+        feeds = inputs_from_smoke(arrays, dtypes)
+        prediction = loaded.predict_inputs(feeds)
+    except Exception as e:  # any failure to run the smoke set is a failed check
+        return f"smoke set could not run: {e}"
+    return check_outputs(arrays, dict(zip(loaded.output_names, prediction.outputs, strict=True)))
 
 
 def _max_diff(got: Any, want: Any) -> float | None:

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from edgefleet.agent.errors import InputSchemaError
-from edgefleet.agent.runtime import LoadedModel, Prediction
+from edgefleet.agent.model.runtime import LoadedModel, Prediction
 
 PREDICTION_ID_OUTPUT = "prediction_id"
 PLATFORM = "onnxruntime_onnx"

@@ -1,0 +1,219 @@
+"""Any ONNX model, end to end: register -> pack -> bundle verify -> agent install -> agent predict.
+
+Every model is built here with onnx.helper (seeded weights). The served
+outputs are compared with onnxruntime running the registered file directly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from tests.agent.state_env import PROFILE_NAME, AgentEnv, make_env
+from tests.tensors import graphs
+
+from edgefleet.core.cli.main import main
+
+Cli = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
+    def run(*args: str | Path) -> tuple[int, str, str]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return int(info.value.code or 0), out, err
+
+    return run
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> AgentEnv:
+    return make_env(tmp_path / "agent")
+
+
+def raw_outputs(model: Path, samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    feeds = {k: (v.astype(object) if v.dtype.kind == "U" else v) for k, v in samples.items()}
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds), strict=True))
+
+
+def raw_outputs_looped(model: Path, samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A fixed-batch-1 graph run sample by sample, outputs stacked on axis 0."""
+    n = len(next(iter(samples.values())))
+    parts = [raw_outputs(model, {k: v[i : i + 1] for k, v in samples.items()}) for i in range(n)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def assert_same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    assert sorted(got) == sorted(want)
+    for name, expected in want.items():
+        value = got[name]
+        assert value.shape == expected.shape, name
+        if expected.dtype.kind == "f":
+            assert np.max(np.abs(value.astype(np.float64) - expected)) <= 1e-4, name
+        else:
+            assert np.array_equal(value.astype(str), expected.astype(str)), name
+
+
+def through_the_fleet(
+    cli: Cli,
+    env: AgentEnv,
+    tmp: Path,
+    name: str,
+    model: Path,
+    samples: Path,
+    *register: str,
+) -> tuple[dict[str, Any], Path]:
+    """register, pack, verify, install; returns the pack report and the bundle path."""
+    registry = tmp / "registry"
+    code, out, err = cli(
+        "registry", "register", model, "--name", name, "--reference-data", samples,
+        "--registry", registry, "--json", *register,
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, err = cli(
+        "pack", name, "--profile", PROFILE_NAME, "--key", env.signer.key_path,
+        "--out", tmp / "out", "--registry", registry, "--quantize", "none", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads(out)
+    bundle = Path(report["bundle"])
+    code, out, err = cli("bundle", "verify", bundle, "--trust", env.signer.trust_path)
+    assert code == 0, err
+    code, out, err = cli(
+        "agent", "install", bundle, "--wait", "final", "--config", env.config_path, "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["state"] == "committed", out
+    return report, bundle
+
+
+def predict_npz(cli: Cli, env: AgentEnv, name: str, samples: Path, out: Path) -> dict[str, Any]:
+    code, _, err = cli(
+        "agent", "predict", name, "--input", samples, "--output", out, "--config", env.config_path
+    )
+    assert code == 0, err
+    with np.load(out, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+CASES = {
+    "conv_dynamic_batch": (graphs.conv_net, ["--task", "classifier", "--class-names", "a,b,c,d,e,f,g,h,i,j"]),
+    "conv_fixed_batch_1": (lambda: graphs.conv_net(1), []),
+    "gru_with_state": (
+        graphs.gru_with_state,
+        ["--task", "sequence", "--state", "h_in=h_out", "--batch-axis", "x=1"],
+    ),
+    "typed_multi_io": (graphs.multi_io, ["--output-role", "mixed=score"]),
+    "if_subgraph": (graphs.with_if_subgraph, []),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_served_outputs_equal_onnxruntime(
+    cli: Cli, env: AgentEnv, tmp_path: Path, case: str
+) -> None:
+    build, register = CASES[case]
+    model, samples = graphs.save(tmp_path / "src", case, build())
+    report, _ = through_the_fleet(cli, env, tmp_path, "m", model, samples, *register)
+    assert report["format_version"] == 2
+    assert report["validation"]["fidelity"]["passed"]
+    got = predict_npz(cli, env, "m", samples, tmp_path / "pred.npz")
+    with np.load(samples) as z:
+        arrays = {k: z[k] for k in z.files}
+    looped = case == "conv_fixed_batch_1"
+    want = (raw_outputs_looped if looped else raw_outputs)(model, arrays)
+    assert_same(got, want)
+
+
+def test_declared_classifier_keeps_its_class_names_and_roles(
+    cli: Cli, env: AgentEnv, tmp_path: Path
+) -> None:
+    model, samples = graphs.save(tmp_path / "src", "conv", graphs.conv_net())
+    names = tmp_path / "classes.txt"
+    names.write_text("\n".join(f"class{i}" for i in range(10)) + "\n")
+    report, bundle = through_the_fleet(
+        cli, env, tmp_path, "cnn", model, samples, "--task", "classifier", "--class-names", names
+    )
+    assert report["model"]["task"] == "classifier"
+    assert report["model"]["labels"] == [f"class{i}" for i in range(10)]
+    (output,) = report["io_schema"]["outputs"]
+    assert output["role"] == "probabilities" and output["shape"] == ["N", 10]
+    (image,) = report["io_schema"]["inputs"]
+    assert image == {
+        "name": "image", "dtype": "float32", "shape": ["N", 3, 32, 32],
+        "batch_axis": 0, "role": "data",
+    }  # fmt: skip
+
+
+def test_unknown_role_is_raw_with_a_notice_not_an_invented_classifier(
+    cli: Cli, tmp_path: Path
+) -> None:
+    model, samples = graphs.save(tmp_path, "linear", graphs.linear_10_to_8())
+    code, out, err = cli(
+        "registry", "register", model, "--name", "lin", "--reference-data", samples,
+        "--registry", tmp_path / "reg", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    registered = json.loads(out)
+    assert registered["task"] == "raw" and registered["labels"] is None
+    assert [o["role"] for o in registered["io_schema"]["outputs"]] == ["raw"]
+    assert [o["name"] for o in registered["io_schema"]["outputs"]] == ["y"]  # nothing invented
+    assert err.count("\n") == 1 and "registered as raw" in err
+
+
+def test_big_input_stays_within_the_bundle_and_manifest_budgets(
+    cli: Cli, env: AgentEnv, tmp_path: Path
+) -> None:
+    model, samples = graphs.save(tmp_path / "src", "big", graphs.big_input_net())
+    report, bundle = through_the_fleet(cli, env, tmp_path, "big", model, samples)
+    from edgefleet.core.bundle_verifier import inspect_bundle
+
+    manifest = inspect_bundle(bundle).manifest
+    assert len(manifest.canonical_bytes()) <= 64 * 1024
+    assert bundle.stat().st_size <= model.stat().st_size + 512 * 1024
+    smoke = report["validation"]["smoke"]
+    assert smoke["generated_inputs"]["image"]["generator"] == "splitmix64"
+    assert manifest.reference_path is None and "per-channel" in report["validation"]["drift"]
+    got = predict_npz(cli, env, "big", samples, tmp_path / "pred.npz")
+    with np.load(samples) as z:
+        assert_same(got, raw_outputs(model, {"image": z["image"]}))
+
+
+def test_jsonl_named_inputs(cli: Cli, env: AgentEnv, tmp_path: Path) -> None:
+    model, samples = graphs.save(tmp_path / "src", "multi", graphs.multi_io())
+    through_the_fleet(cli, env, tmp_path, "multi", model, samples)
+    with np.load(samples) as z:
+        arrays = {k: z[k] for k in z.files}
+    lines = [
+        json.dumps(
+            {
+                "half": arrays["half"][i].astype(float).tolist(),
+                "ids": arrays["ids"][i].tolist(),
+                "mask": arrays["mask"][i].tolist(),
+                "word": str(arrays["word"][i]),
+                "gain": 2.5,
+            }
+        )
+        for i in range(3)
+    ]
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    code, out, err = cli(
+        "agent", "predict", "multi", "--input", source, "--config", env.config_path
+    )
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    want = raw_outputs(model, {k: (v if k == "gain" else v[:3]) for k, v in arrays.items()})
+    assert [r["row"] for r in rows] == [0, 1, 2]
+    assert [r["word_out"] for r in rows] == want["word_out"].tolist()
+    assert np.max(np.abs(np.array([r["mixed"] for r in rows]) - want["mixed"])) <= 1e-4
