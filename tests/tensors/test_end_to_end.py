@@ -217,3 +217,36 @@ def test_jsonl_named_inputs(cli: Cli, env: AgentEnv, tmp_path: Path) -> None:
     assert [r["row"] for r in rows] == [0, 1, 2]
     assert [r["word_out"] for r in rows] == want["word_out"].tolist()
     assert np.max(np.abs(np.array([r["mixed"] for r in rows]) - want["mixed"])) <= 1e-4
+
+
+@pytest.mark.slow
+def test_daemon_serves_a_conv_net_through_the_endpoint(
+    cli: Cli, env: AgentEnv, tmp_path: Path
+) -> None:
+    """The real `agent run` process: install, serve over OIP JSON, outputs as onnxruntime's."""
+    from tests.agent.state_env import http_json, stop
+
+    model, samples = graphs.save(tmp_path / "src", "conv", graphs.conv_net())
+    through_the_fleet(cli, env, tmp_path, "cnn", model, samples, "--task", "classifier")
+    with np.load(samples) as z:
+        images = z["image"][:3]
+    proc = env.start_daemon()
+    try:
+        url = env.endpoint_url(proc)
+        body = {
+            "inputs": [
+                {"name": "image", "shape": list(images.shape), "datatype": "FP32",
+                 "data": images.ravel().tolist()}
+            ]
+        }  # fmt: skip
+        status, doc = http_json(f"{url}/v2/models/cnn/infer", body)
+        assert status == 200, doc
+        scores = next(o for o in doc["outputs"] if o["name"] == "scores")
+        want = raw_outputs(model, {"image": images})["scores"]
+        assert scores["shape"] == [3, 10]
+        assert np.max(np.abs(np.array(scores["data"]).reshape(3, 10) - want)) <= 1e-4
+        body["inputs"][0]["datatype"] = "FP64"
+        status, doc = http_json(f"{url}/v2/models/cnn/infer", body)
+        assert status == 400 and "image" in json.dumps(doc), doc
+    finally:
+        assert stop(proc) == 0, env.log_tail()
