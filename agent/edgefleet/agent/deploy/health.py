@@ -20,13 +20,16 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgefleet.agent.config import ProbationSettings
 from edgefleet.agent.telemetry.recorder import LiveStats
 from edgefleet.agent.telemetry.window_body import label_key
+
+if TYPE_CHECKING:
+    from edgefleet.agent.model.served import ServedModel
 
 
 class Decision(StrEnum):
@@ -77,7 +80,7 @@ def evaluate_probation(
     return Verdict(Decision.PASS, f"probation passed after enough {why} ({_describe(stats)})")
 
 
-def run_smoke(loaded: Any, bundle_dir: Path, smoke_path: str) -> str | None:
+def run_smoke(loaded: ServedModel, bundle_dir: Path, smoke_path: str) -> str | None:
     """Run the smoke set; None when it passes, else the reason it failed."""
     path = Path(bundle_dir) / smoke_path
     try:
@@ -118,7 +121,7 @@ def run_smoke(loaded: Any, bundle_dir: Path, smoke_path: str) -> str | None:
     return None
 
 
-def _run_tensor_smoke(loaded: Any, arrays: dict[str, np.ndarray]) -> str | None:
+def _run_tensor_smoke(loaded: ServedModel, arrays: dict[str, np.ndarray]) -> str | None:
     """A format-2 smoke set (edgefleet.core.tensor_smoke): inputs by name, outputs by name."""
     from edgefleet.core.tensor_smoke import check_outputs, inputs_from_smoke
 

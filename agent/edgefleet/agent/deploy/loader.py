@@ -34,6 +34,7 @@ from edgefleet.agent.deploy.layout import StateLayout
 from edgefleet.core.profiles import DeviceProfile
 
 if TYPE_CHECKING:
+    from edgefleet.agent.model.runtime import LoadedModel
     from edgefleet.agent.verify_process import CheckedBundle, VerifyProcess
     from edgefleet.core.trust import TrustStore
 
@@ -78,7 +79,7 @@ class BundleLoader:
         """True when the checks run in a child process."""
         return self.trust_path is not None
 
-    def load(self, sha256: str) -> Any:
+    def load(self, sha256: str) -> LoadedModel:
         from edgefleet.agent.runtime import MODEL_MEMBER, load_model_dir
 
         bundle_dir = self.layout.bundle_dir(sha256)
