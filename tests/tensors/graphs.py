@@ -188,6 +188,45 @@ def with_if_subgraph() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     }
 
 
+def with_loop() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """acc = x; repeat ``trips`` times: acc = acc * 0.5 + 1 (a Loop node with a body graph)."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Mul", ["acc_in", "half"], ["scaled"]),
+            helper.make_node("Add", ["scaled", "one"], ["acc_out"]),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, ["N", 3]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, ["N", 3]),
+        ],
+        [
+            numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+            numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        ],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "", "x"], ["y"], body=body)],
+        "loop",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("trips", TensorProto.INT64, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+    )
+    rng = np.random.default_rng(7)
+    return _model(graph), {
+        "x": rng.normal(0, 1, (5, 3)).astype(np.float32),
+        "trips": np.array(4, np.int64),
+    }
+
+
 def with_external_data(folder: Path, location: str, data_file: Path | None = None) -> Path:
     """``folder/model.onnx`` = x + w where ``w`` (4 floats) lives in external data ``location``.
 

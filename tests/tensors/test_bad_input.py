@@ -13,21 +13,7 @@ from onnx import TensorProto, helper
 from tests.agent.state_env import PROFILE_NAME, AgentEnv, make_env
 from tests.tensors import graphs
 
-from edgefleet.core.cli.main import main
-
 Cli = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    def run(*args: str | Path) -> tuple[int, str, str]:
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as info:
-            main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return int(info.value.code or 0), out, err
-
-    return run
 
 
 def _one_line(err: str, message: str) -> None:

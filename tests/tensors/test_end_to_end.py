@@ -14,29 +14,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
-from tests.agent.state_env import PROFILE_NAME, AgentEnv, make_env
+from tests.agent.state_env import PROFILE_NAME, AgentEnv
 from tests.tensors import graphs
 
-from edgefleet.core.cli.main import main
-
 Cli = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    def run(*args: str | Path) -> tuple[int, str, str]:
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as info:
-            main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return int(info.value.code or 0), out, err
-
-    return run
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> AgentEnv:
-    return make_env(tmp_path / "agent")
 
 
 def raw_outputs(model: Path, samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -115,6 +96,7 @@ CASES = {
     ),
     "typed_multi_io": (graphs.multi_io, ["--output-role", "mixed=score"]),
     "if_subgraph": (graphs.with_if_subgraph, []),
+    "loop_subgraph": (graphs.with_loop, []),
 }  # fmt: skip
 
 
@@ -250,3 +232,21 @@ def test_daemon_serves_a_conv_net_through_the_endpoint(
         assert status == 400 and "image" in json.dumps(doc), doc
     finally:
         assert stop(proc) == 0, env.log_tail()
+
+
+def test_metadata_props_declare_the_task_and_class_names(cli: Cli, tmp_path: Path) -> None:
+    from onnx import helper
+
+    model, samples = graphs.conv_net()
+    names = [f"c{i}" for i in range(10)]
+    helper.set_model_props(model, {"task": "classifier", "class_names": json.dumps(names)})
+    path, npz = graphs.save(tmp_path, "meta", (model, samples))
+    code, out, err = cli(
+        "registry", "register", path, "--name", "meta", "--reference-data", npz,
+        "--registry", tmp_path / "reg", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    registered = json.loads(out)
+    assert registered["task"] == "classifier" and registered["labels"] == names
+    assert registered["io_schema"]["outputs"][0]["role"] == "probabilities"
+    assert "notice" not in err

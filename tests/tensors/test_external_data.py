@@ -17,35 +17,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from tests.agent.state_env import PROFILE_NAME, AgentEnv, make_env
+from tests.agent.state_env import PROFILE_NAME, AgentEnv
 from tests.tensors import graphs
 
 from edgefleet.agent.errors import ModelLoadError
 from edgefleet.agent.model.runtime import ThreadSettings, load_bundle
 from edgefleet.core.bundle_writer import write_bundle
-from edgefleet.core.cli.main import main
 from edgefleet.core.manifest import TENSOR_FORMAT_VERSION, Manifest
 
 Cli = Callable[..., tuple[int, str, str]]
 WEIGHTS = np.arange(4, dtype=np.float32)
 SECRET = np.array([1e6, 2e6, 3e6, 4e6], dtype=np.float32)  # what a leak would serve
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    def run(*args: str | Path) -> tuple[int, str, str]:
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as info:
-            main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return int(info.value.code or 0), out, err
-
-    return run
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> AgentEnv:
-    return make_env(tmp_path / "agent")
 
 
 @pytest.fixture
