@@ -99,3 +99,15 @@ def test_datatypes_are_mapped_strictly(
     model, _ = multi
     with pytest.raises(InputSchemaError, match="^" + message.replace("(", r"\(")):
         _infer(model, _request(**change))
+
+
+def test_model_metadata_names_roles_and_batch_axes(multi: tuple[LoadedModel, Path]) -> None:
+    from edgefleet.agent.endpoint import oip
+
+    meta = oip.model_metadata(multi[0])
+    assert [i["name"] for i in meta["inputs"]] == ["half", "ids", "mask", "word", "gain"]
+    assert meta["inputs"][4]["shape"] == [] and meta["inputs"][3]["datatype"] == "BYTES"
+    params = meta["parameters"]
+    assert params["task"] == "raw"
+    assert params["output_roles"] == {"mixed": "raw", "inverted": "raw", "word_out": "raw"}
+    assert params["batch_axes"]["gain"] is None and params["batch_axes"]["half"] == 0

@@ -376,8 +376,23 @@ def model_metadata(model: LoadedModel) -> dict[str, Any]:
             for i in schema.inputs
         ],
         "outputs": outputs,
-        "parameters": {"task": model.task, "n_features": model.n_features or 0},
+        "parameters": _metadata_parameters(model),
     }
+
+
+def _metadata_parameters(model: LoadedModel) -> dict[str, Any]:
+    """Task and feature count; for format-2 models also class names, roles and batch axes."""
+    params: dict[str, Any] = {"task": model.task, "n_features": model.n_features or 0}
+    io_schema = model.schema.io
+    if io_schema is None:
+        return params
+    if model.labels is not None:
+        params["class_names"] = list(model.labels)
+    params["output_roles"] = {o.name: o.role for o in io_schema.outputs}
+    params["batch_axes"] = {i.name: i.batch_axis for i in io_schema.inputs}
+    if io_schema.state:
+        params["state"] = {p.input: p.output for p in io_schema.state}
+    return params
 
 
 def encode_json(doc: Mapping[str, Any]) -> bytes:
