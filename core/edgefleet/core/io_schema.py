@@ -46,6 +46,7 @@ __all__ = [
     "DTYPES",
     "INPUT_ROLES",
     "IO_SCHEMA_VERSION",
+    "NUMPY_NAMES",
     "OUTPUT_ROLES",
     "TASKS",
     "Dim",
@@ -74,6 +75,8 @@ DTYPES = (
     "bool",
     "string",
 )
+# numpy's name for each element type ("string" tensors hold Python str objects).
+NUMPY_NAMES: dict[str, str] = {name: ("object" if name == "string" else name) for name in DTYPES}
 TASKS = (
     "classifier",
     "regressor",

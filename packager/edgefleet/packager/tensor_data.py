@@ -21,24 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefleet.core.io_schema import IoSchema, TensorSpec, describe_shape
+from edgefleet.core.io_schema import NUMPY_NAMES, IoSchema, TensorSpec, describe_shape
 from edgefleet.packager.errors import DataFileError
-
-NUMPY_DTYPES: dict[str, str] = {
-    "float16": "float16",
-    "float32": "float32",
-    "float64": "float64",
-    "int8": "int8",
-    "int16": "int16",
-    "int32": "int32",
-    "int64": "int64",
-    "uint8": "uint8",
-    "uint16": "uint16",
-    "uint32": "uint32",
-    "uint64": "uint64",
-    "bool": "bool",
-    "string": "str",
-}
 
 
 def conform(spec: TensorSpec, arr: np.ndarray, where: str) -> np.ndarray:
@@ -67,7 +51,8 @@ def conform(spec: TensorSpec, arr: np.ndarray, where: str) -> np.ndarray:
             f"{where}: input {spec.name!r} has shape {describe_shape(spec.shape)}, "
             f"the array has {list(arr.shape)}"
         )
-    out = arr.astype(str) if want == "string" else arr.astype(NUMPY_DTYPES[want], copy=False)
+    # Text is kept as numpy unicode (savez needs no pickle for it).
+    out = arr.astype(str) if want == "string" else arr.astype(NUMPY_NAMES[want], copy=False)
     if out.dtype.kind == "f" and out.size and not np.isfinite(out).all():
         bad = int((~np.isfinite(out)).sum())
         raise DataFileError(f"{where}: input {spec.name!r} holds {bad} NaN or infinite values")

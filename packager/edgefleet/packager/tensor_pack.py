@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgefleet.core.bundle_writer import write_bundle
 from edgefleet.core.io_batch import BatchError, run_batched
-from edgefleet.core.io_schema import IoSchema
+from edgefleet.core.io_schema import NUMPY_NAMES, IoSchema
 from edgefleet.core.manifest import MODEL_PATH, TENSOR_FORMAT_VERSION, Manifest
 from edgefleet.core.profiles import DeviceProfile
 from edgefleet.core.tensor_smoke import compact, inputs_from_smoke, sample_indices
@@ -50,7 +50,7 @@ from edgefleet.packager.loading import load_onnx_bytes
 from edgefleet.packager.onnx_io import check_runs, graph_io
 from edgefleet.packager.registry.records import ModelVersion
 from edgefleet.packager.registry.store import Registry
-from edgefleet.packager.tensor_data import NUMPY_DTYPES, batch_count, npz_bytes
+from edgefleet.packager.tensor_data import batch_count, npz_bytes
 from edgefleet.packager.validate import SessionSettings, available_providers, make_session
 
 SMOKE_PATH = "smoke.npz"
@@ -71,7 +71,7 @@ Progress = Callable[[str], None]
 
 
 def _dtype(name: str) -> np.dtype[Any]:
-    return np.dtype(object) if name == "string" else np.dtype(NUMPY_DTYPES[name])
+    return np.dtype(NUMPY_NAMES[name])
 
 
 def _take(schema: IoSchema, arrays: dict[str, np.ndarray], index: np.ndarray) -> dict[str, Any]:

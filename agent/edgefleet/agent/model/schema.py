@@ -27,24 +27,10 @@ import numpy as np
 
 from edgefleet.agent.errors import InputSchemaError, ModelLoadError
 from edgefleet.core.errors import BundleError
-from edgefleet.core.io_schema import IO_SCHEMA_VERSION, IoSchema
+from edgefleet.core.io_schema import IO_SCHEMA_VERSION, NUMPY_NAMES, IoSchema
 
 # io_schema dtype names -> numpy dtypes. "string" tensors hold Python str objects.
-NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
-    "float32": np.dtype(np.float32),
-    "float64": np.dtype(np.float64),
-    "float16": np.dtype(np.float16),
-    "int64": np.dtype(np.int64),
-    "int32": np.dtype(np.int32),
-    "int16": np.dtype(np.int16),
-    "int8": np.dtype(np.int8),
-    "uint64": np.dtype(np.uint64),
-    "uint32": np.dtype(np.uint32),
-    "uint16": np.dtype(np.uint16),
-    "uint8": np.dtype(np.uint8),
-    "bool": np.dtype(np.bool_),
-    "string": np.dtype(object),
-}
+NUMPY_DTYPES: dict[str, np.dtype[Any]] = {k: np.dtype(v) for k, v in NUMPY_NAMES.items()}
 
 # onnxruntime's type strings for the same dtypes (to check the schema against the graph).
 ORT_TYPES: dict[str, str] = {
