@@ -92,7 +92,8 @@ CASES = {
     "conv_fixed_batch_1": (lambda: graphs.conv_net(1), []),
     "gru_with_state": (
         graphs.gru_with_state,
-        ["--task", "sequence", "--state", "h_in=h_out", "--batch-axis", "x=1"],
+        ["--task", "sequence", "--state", "h_in=h_out", "--batch-axis", "x=1",
+         "--batch-axis", "y=2"],
     ),
     "typed_multi_io": (graphs.multi_io, ["--output-role", "mixed=score"]),
     "if_subgraph": (graphs.with_if_subgraph, []),
@@ -109,6 +110,10 @@ def test_served_outputs_equal_onnxruntime(
     report, _ = through_the_fleet(cli, env, tmp_path, "m", model, samples, *register)
     assert report["format_version"] == 2
     assert report["validation"]["fidelity"]["passed"]
+    if case == "gru_with_state":
+        axes = {t["name"]: t["batch_axis"] for t in report["io_schema"]["outputs"]}
+        roles = {t["name"]: t["role"] for t in report["io_schema"]["inputs"]}
+        assert axes == {"y": 2, "h_out": None} and roles == {"x": "data", "h_in": "state"}
     got = predict_npz(cli, env, "m", samples, tmp_path / "pred.npz")
     with np.load(samples) as z:
         arrays = {k: z[k] for k in z.files}

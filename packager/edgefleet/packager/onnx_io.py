@@ -14,10 +14,11 @@ Registration of a model that is not a table goes through here:
   ``--output-role``, ``--state``, ``--batch-axis``) and never guesses a role:
   an output nobody declared is ``raw``.
 
-Default batch axis (see docs/registry.md): 0 when the first dimension is
-dynamic or fixed to 1 (a fixed-batch graph the agent feeds one sample at a
-time), none for scalars, for other fixed first dimensions and for state
-tensors.
+Default batch axis of an input or output (see docs/registry.md): 0 when the
+first dimension is dynamic or fixed to 1 (a fixed-batch graph the agent feeds
+one sample at a time), none for scalars, for other fixed first dimensions
+and for state tensors; ``--batch-axis NAME=K|none`` overrides it for any
+input or output.
 """
 
 from __future__ import annotations
@@ -225,7 +226,7 @@ def declare_schema(model: onnx.ModelProto, decl: Declarations, task: str) -> IoS
     _names("output", list(roles), out_names, "--output-role")
     _names("input", [a for a, _ in decl.state], in_names, "--state")
     _names("output", [b for _, b in decl.state], out_names, "--state")
-    _names("input", list(axes), in_names, "--batch-axis")
+    _names("input or output", list(axes), [*in_names, *out_names], "--batch-axis")
     for name, role in roles.items():
         if role not in OUTPUT_ROLES:
             raise UnsupportedModelError(
@@ -250,6 +251,12 @@ def declare_schema(model: onnx.ModelProto, decl: Declarations, task: str) -> IoS
     for t in outputs:
         role = "state" if t.name in state_out else roles.get(t.name, "raw")
         axis = None if role == "state" else _default_batch_axis(t)
+        if t.name in axes:
+            axis = axes[t.name]
+            if axis is not None and not 0 <= axis < len(t.shape):
+                raise UnsupportedModelError(
+                    f"--batch-axis {t.name}={axis}: the output has {len(t.shape)} dimensions"
+                )
         out_specs.append(TensorSpec(t.name, t.dtype, t.shape, axis, role))
     return IoSchema(
         inputs=tuple(in_specs),

@@ -103,7 +103,7 @@ def _parse_date(text: str | None) -> float | None:
     "batch_axes",
     multiple=True,
     metavar="NAME=K|none",
-    help="Batch axis of an input (default 0 when its first dimension is dynamic).",
+    help="Batch axis of an input or output (default 0 when its first dimension is dynamic).",
 )
 @registry_option
 @json_option
@@ -288,6 +288,23 @@ def _features_text(mv: ModelVersion) -> str:
     return f"{mv.n_features} ({shown}; {kinds})"
 
 
+def _tensor_text(t: dict[str, Any]) -> str:
+    dims = ", ".join("?" if d is None else str(d) for d in t["shape"])
+    axis = "" if t.get("batch_axis") is None else f", batch axis {t['batch_axis']}"
+    return f"{t['name']} {t['dtype']}[{dims}] ({t['role']}{axis})"
+
+
+def _io_lines(mv: ModelVersion) -> list[str]:
+    """The features of a table, or the named inputs and outputs of a tensor model."""
+    if mv.io_schema is None:
+        return [f"  features      {_features_text(mv)}"]
+    schema = mv.io_schema
+    lines = [f"  input         {_tensor_text(t)}" for t in schema["inputs"]]
+    lines += [f"  output        {_tensor_text(t)}" for t in schema["outputs"]]
+    lines += [f"  state         {p['input']} <- {p['output']}" for p in schema.get("state", [])]
+    return lines
+
+
 def _framework_text(mv: ModelVersion) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in sorted(mv.framework_versions.items()))
     if mv.framework in mv.framework_versions:
@@ -301,7 +318,7 @@ def _version_text(mv: ModelVersion) -> str:
         f"{mv.ref}  [{mv.status.upper()}]" if mv.retired else mv.ref,
         f"  estimator     {mv.estimator} ({_framework_text(mv)})",
         f"  task          {mv.task}" + (f", labels {_fmt(mv.labels)}" if mv.labels else ""),
-        f"  features      {_features_text(mv)}",
+        *_io_lines(mv),
         f"  artifact      {mv.artifact_format}, {mv.artifact_size} bytes, sha256 {mv.artifact_sha256[:16]}",
         f"  created       {d['created_at']} by {mv.created_by}"
         + (f", commit {mv.git_commit[:12]}" if mv.git_commit else ""),
@@ -321,7 +338,10 @@ def _version_text(mv: ModelVersion) -> str:
     if mv.reference:
         ref = mv.reference
         labelled = "with labels" if ref.y_sha256 else "without labels"
-        lines.append(f"  reference     {ref.rows} rows x {ref.columns} columns {labelled}")
+        if mv.io_schema is not None:
+            lines.append(f"  reference     {ref.rows} samples {labelled}")
+        else:
+            lines.append(f"  reference     {ref.rows} rows x {ref.columns} columns {labelled}")
     else:
         lines.append("  reference     none (register with --reference-data to pack)")
     if mv.retired:
