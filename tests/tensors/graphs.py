@@ -51,6 +51,36 @@ def conv_net(batch: int | str | None = "N") -> tuple[onnx.ModelProto, dict[str, 
     return _model(graph), samples
 
 
+def wide_conv_net() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """[N,3,16,16] -> Conv(16) -> Relu -> Conv(32) -> Relu -> GAP -> Gemm(10): weights worth int8."""
+    rng = np.random.default_rng(8)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (16, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.05, 16).astype(np.float32), "b1"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (32, 16, 3, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array(rng.normal(0, 0.05, 32).astype(np.float32), "b2"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (32, 10)).astype(np.float32), "fc_w"),
+        numpy_helper.from_array(np.zeros(10, np.float32), "fc_b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1] * 4),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], kernel_shape=[3, 3], pads=[1] * 4),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "wide",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        inits,
+    )
+    return _model(graph), {"image": rng.random((24, 3, 16, 16)).astype(np.float32)}
+
+
 def big_input_net() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """[N,3,224,224] -> ReduceMean over H,W -> [N,3]: a large input, a tiny model."""
     rng = np.random.default_rng(2)

@@ -229,5 +229,5 @@ def test_pack_refuses_quantizing_a_tensor_model(cli: Cli, tmp_path: Path) -> Non
         "--out", tmp_path / "out", "--registry", registry, "--quantize", "dynamic",
     )  # fmt: skip
     assert code == 2
-    _one_line(err, "tensor models are packed as their float graph in this version")
+    _one_line(err, "--quantize dynamic does not apply to c:1: tensor models are packed as their")
     assert not (tmp_path / "out").exists()

@@ -255,3 +255,45 @@ def test_metadata_props_declare_the_task_and_class_names(cli: Cli, tmp_path: Pat
     assert registered["task"] == "classifier" and registered["labels"] == names
     assert registered["io_schema"]["outputs"][0]["role"] == "probabilities"
     assert "notice" not in err
+
+
+def test_static_int8_conv_net_is_chosen_when_faithful_and_served(
+    cli: Cli, env: AgentEnv, tmp_path: Path
+) -> None:
+    import tarfile
+
+    model, samples = graphs.save(tmp_path / "src", "wide", graphs.wide_conv_net())
+    registry = tmp_path / "registry"
+    code, _, err = cli(
+        "registry", "register", model, "--name", "wide", "--reference-data", samples,
+        "--registry", registry, "--task", "classifier",
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, err = cli(
+        "pack", "wide", "--profile", PROFILE_NAME, "--key", env.signer.key_path,
+        "--out", tmp_path / "out", "--registry", registry, "--quantize", "auto", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads(out)
+    q = report["quantization"]
+    assert q["method"] == "static" and q["format"] == "U8S8", q["reason"]
+    static = next(r for r in q["variants"] if r["variant"] == "static")
+    assert static["outputs"]["logits"]["cosine"] >= 0.99
+    assert report["validation"]["size_bytes"] < report["validation"]["float32_size_bytes"]
+    bundle = Path(report["bundle"])
+    code, _, err = cli("agent", "install", bundle, "--wait", "final", "--config", env.config_path)
+    assert code == 0, err  # the smoke set passes on the int8 graph
+    with tarfile.open(bundle) as tar:
+        member = tar.extractfile("model.onnx")
+        assert member is not None
+        (tmp_path / "packaged.onnx").write_bytes(member.read())
+    got = predict_npz(cli, env, "wide", samples, tmp_path / "pred.npz")
+    with np.load(samples) as z:
+        assert_same(got, raw_outputs(tmp_path / "packaged.onnx", {"image": z["image"]}))
+    code, _, err = cli(
+        "pack", "wide", "--profile", PROFILE_NAME, "--key", env.signer.key_path,
+        "--out", tmp_path / "strict", "--registry", registry, "--quantize", "static",
+        "--min-cosine", "1.0",
+    )  # fmt: skip
+    assert code == 1 and "--quantize static refused: static int8 keeps a cosine of" in err
+    assert not (tmp_path / "strict").exists()

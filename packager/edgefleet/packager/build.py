@@ -84,12 +84,15 @@ class PackRequest:
     quantize: str = "auto"
     max_accuracy_drop: float = 0.01
     profiles_dir: Path | None = None
+    min_cosine: float = 0.99  # tensor models: what a quantized variant must keep per output
 
     def __post_init__(self) -> None:
         if not self.key_paths:
             raise PackKeyError("pack needs at least one --key")
         if not 0.0 <= self.max_accuracy_drop <= 1.0:
             raise DataFileError("--max-accuracy-drop must be between 0 and 1")
+        if not -1.0 <= self.min_cosine <= 1.0:
+            raise DataFileError("--min-cosine must be between -1 and 1")
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,7 @@ def pack(
             profile,
             keys,
             quantize=req.quantize,
+            min_cosine=req.min_cosine,
             out_dir=req.out_dir,
             lineage=_lineage(registry, mv, now),
             progress=progress,

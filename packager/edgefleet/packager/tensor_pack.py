@@ -2,8 +2,8 @@
 
 Steps, each refusing with one line rather than writing a doubtful bundle:
 
-1. ``--quantize`` must be ``none`` or ``auto`` (tensor models are packed as
-   their float graph in this version; ``auto`` then says so in the report);
+1. ``--quantize`` must be ``none``, ``auto`` or ``static``: static QDQ int8
+   for conv nets, kept only when faithful (:mod:`.tensor_quantize`);
 2. the registered graph is normalised for the profile's onnxruntime (opsets,
    IR version) and must still load there;
 3. fidelity: the packaged graph and the registered file run on the reference
@@ -51,6 +51,7 @@ from edgefleet.packager.onnx_io import check_runs, graph_io
 from edgefleet.packager.registry.records import ModelVersion
 from edgefleet.packager.registry.store import Registry
 from edgefleet.packager.tensor_data import batch_count, npz_bytes
+from edgefleet.packager.tensor_quantize import choose_variant
 from edgefleet.packager.validate import SessionSettings, available_providers, make_session
 
 SMOKE_PATH = "smoke.npz"
@@ -61,7 +62,6 @@ SMOKE_INPUT_BUDGET = 256 * 1024
 MAX_MANIFEST_BYTES = 64 * 1024
 MAX_OVERHEAD_BYTES = 512 * 1024
 FIDELITY_TOL = 1e-4
-SMOKE_ATOL = 1e-3  # relative to max(1, |expected|): float kernels differ across CPUs
 DRIFT_NOTE = (
     "no drift reference in this bundle: tensor inputs are not summarised per pixel; "
     "a per-channel summary comes with tensor drift"
@@ -151,7 +151,7 @@ def fidelity(schema: IoSchema, reference: list[Any], packaged: list[Any]) -> dic
 
 
 def _smoke(
-    schema: IoSchema, samples: dict[str, np.ndarray], n: int, session: Any
+    schema: IoSchema, samples: dict[str, np.ndarray], n: int, session: Any, atol: float
 ) -> tuple[bytes, dict[str, Any]]:
     """The ``smoke.npz`` bytes and the manifest summary (see the module docstring)."""
     stored: dict[str, np.ndarray] = {}
@@ -193,11 +193,11 @@ def _smoke(
             stored[f"idx:{spec.name}"] = index
             value = value.reshape(-1)[index]
         stored[f"out:{spec.name}"] = value
-    stored["atol"] = np.asarray(SMOKE_ATOL, dtype=np.float64)
+    stored["atol"] = np.asarray(atol, dtype=np.float64)
     data = npz_bytes(stored, compressed=True)
     return data, {
         "samples": int(k),
-        "atol": SMOKE_ATOL,
+        "atol": atol,
         "atol_scale": "max(1, max |expected|) per output",
         "generated_inputs": {
             name: {
@@ -220,16 +220,17 @@ def pack_tensor(
     keys: list[Ed25519PrivateKey],
     *,
     quantize: str,
+    min_cosine: float = 0.99,
     out_dir: Path,
     lineage: dict[str, Any],
     progress: Progress,
 ) -> tuple[Path, Any]:
     """Write ``out_dir/NAME-V-PROFILE.efb`` (see the module docstring); path and write info."""
     assert mv.io_schema is not None
-    if quantize not in ("none", "auto"):
+    if quantize not in ("none", "auto", "static"):
         raise QuantizationNotApplicableError(
             f"--quantize {quantize} does not apply to {mv.ref}: tensor models are packed "
-            "as their float graph in this version (use --quantize none)"
+            "as their float graph or as static int8 (conv nets) in this version"
         )
     schema = IoSchema.from_dict(mv.io_schema)
     samples = registry.read_tensor_reference(mv)
@@ -266,13 +267,29 @@ def pack_tensor(
             f"the packaged graph changed output {bad[0]!r}: {report['outputs'][bad[0]]}"
         )
 
-    progress("building the smoke set")
-    smoke_bytes, smoke_info = _smoke(schema, samples, n, packaged_session)
-    reason = (
-        "tensor models are packed as their float graph in this version"
-        if quantize == "auto"
-        else "--quantize none"
+    if quantize != "none":
+        progress("measuring static int8")
+
+    def outputs_of(data: bytes, index: np.ndarray) -> list[Any]:
+        session = packaged_session if data is packaged else make_session(data, settings)
+        return run_all(session, schema, _take(schema, samples, index), len(index))
+
+    choice = choose_variant(
+        model,
+        packaged,
+        schema,
+        n,
+        requested=quantize,
+        int8_format=profile.int8_format,
+        min_cosine=min_cosine,
+        feeds_for=lambda index: _feeds(schema, _take(schema, samples, index)),
+        outputs_of=outputs_of,
     )
+    chosen_session = (
+        packaged_session if choice.model is packaged else make_session(choice.model, settings)
+    )
+    progress("building the smoke set")
+    smoke_bytes, smoke_info = _smoke(schema, samples, n, chosen_session, choice.smoke_atol)
     manifest = Manifest(
         format_version=TENSOR_FORMAT_VERSION,
         model={
@@ -288,19 +305,13 @@ def pack_tensor(
         },
         target=profile.manifest_target(),
         io_schema=schema.to_dict(),
-        quantization={
-            "requested": quantize,
-            "method": "none",
-            "variant": "float32",
-            "reason": reason,
-            "variants": [],
-            "not_applicable": {},
-        },
+        quantization=choice.quantization,
         validation={
             "fidelity": report,
             "smoke": smoke_info,
             "drift": DRIFT_NOTE,
-            "size_bytes": len(packaged),
+            "size_bytes": len(choice.model),
+            "float32_size_bytes": len(packaged),
             "measured_on": platform.machine(),
         },
         lineage=lineage,
@@ -313,13 +324,13 @@ def pack_tensor(
             f"{MAX_MANIFEST_BYTES}"
         )
     progress("signing and writing the bundle")
-    members = {MODEL_PATH: packaged, SMOKE_PATH: smoke_bytes}
+    members = {MODEL_PATH: choice.model, SMOKE_PATH: smoke_bytes}
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputFolderError(f"cannot create output folder {out_dir}: {e.strerror}") from e
     final = out_dir / f"{mv.name}-{mv.version}-{profile.name}.efb"
-    return final, _write(final, manifest, members, keys, profile, len(packaged))
+    return final, _write(final, manifest, members, keys, profile, len(choice.model))
 
 
 def _write(

@@ -40,6 +40,13 @@ from edgefleet.packager.registry.refs import parse_ref
     help="Largest absolute metric drop a quantized variant may have against float32.",
 )
 @click.option(
+    "--min-cosine",
+    type=float,
+    default=0.99,
+    show_default=True,
+    help="Tensor models: lowest cosine similarity per output a quantized variant may have.",
+)
+@click.option(
     "--out",
     "out_dir",
     type=click.Path(path_type=Path),
@@ -62,6 +69,7 @@ def pack(
     key_paths: tuple[Path, ...],
     quantize: str,
     max_accuracy_drop: float,
+    min_cosine: float,
     out_dir: Path,
     profiles_dir: Path | None,
     registry_dir: Path | None,
@@ -79,6 +87,7 @@ def pack(
         quantize=quantize,
         max_accuracy_drop=max_accuracy_drop,
         profiles_dir=profiles_dir,
+        min_cosine=min_cosine,
     )
     verbose = show_progress(as_json)
 
@@ -114,6 +123,7 @@ def render_tensor_report(result: dict[str, Any]) -> str:
         f"sha256 {result['sha256']}",
         f"  signed by     {', '.join(k[:16] for k in result.get('signer_keyids', []))}",
         f"  quantization  {q['method']}: {q['reason']}",
+        *_tensor_variant_lines(q),
         f"  fidelity      packaged vs {v['fidelity']['compared_with']} on "
         f"{v['fidelity']['samples']} samples",
     ]
@@ -134,6 +144,21 @@ def render_tensor_report(result: dict[str, Any]) -> str:
         f"  took          {result['seconds']:.1f} s",
     ]
     return "\n".join(lines)
+
+
+def _tensor_variant_lines(q: dict[str, Any]) -> list[str]:
+    lines = []
+    for row in q.get("variants", []):
+        cosines = [o["cosine"] for o in row.get("outputs", {}).values() if "cosine" in o]
+        cosine = f", min cosine {min(cosines):.4f}" if cosines else ""
+        note = f"  {row['reason']}" if row.get("reason") else ""
+        lines.append(
+            f"    {row['variant']:<9} {row['status']:<9} {_size(row.get('size_bytes')):>10}"
+            f"{cosine}{note}"
+        )
+    for name, why in sorted(q.get("not_applicable", {}).items()):
+        lines.append(f"    {name:<9} n/a       {why}")
+    return lines
 
 
 def render_report(result: dict[str, Any]) -> str:
