@@ -297,3 +297,26 @@ def test_static_int8_conv_net_is_chosen_when_faithful_and_served(
     )  # fmt: skip
     assert code == 1 and "--quantize static refused: static int8 keeps a cosine of" in err
     assert not (tmp_path / "strict").exists()
+
+
+@pytest.mark.parametrize("case", ["gru_with_state", "typed_multi_io", "conv_fixed_batch_1"])
+def test_telemetry_counts_one_value_per_sample(
+    cli: Cli, env: AgentEnv, tmp_path: Path, case: str
+) -> None:
+    """What the endpoint hands telemetry: one number per sample, whatever the output layout."""
+    from edgefleet.agent.model.runtime import ThreadSettings, load_bundle
+
+    build, register = CASES[case]
+    model, samples = graphs.save(tmp_path / "src", case, build())
+    _, bundle = through_the_fleet(cli, env, tmp_path, "m", model, samples, *register)
+    loaded = load_bundle(bundle, env.signer.trust, ThreadSettings())
+    with np.load(samples) as z:
+        prediction = loaded.predict_inputs({k: z[k] for k in z.files})
+    primary = prediction.primary
+    assert primary.shape == (len(prediction),) and primary.dtype.kind in "biuf"
+    # The first value of each sample of the first batched output (y is batched on axis 2).
+    first = next(o for o in loaded.schema.io.outputs if o.batch_axis is not None)  # type: ignore[union-attr]
+    out = np.moveaxis(
+        prediction.outputs[loaded.output_names.index(first.name)], first.batch_axis, 0
+    )
+    assert np.array_equal(primary, out.reshape(len(prediction), -1)[:, 0])

@@ -150,6 +150,7 @@ class Prediction:
         "_id_number",
         "_rows",
         "_ids",
+        "_primary",
     )
 
     def __init__(
@@ -161,6 +162,7 @@ class Prediction:
         id_number: int,
         rows: int,
         roles: tuple[int | None, int | None, int | None],
+        primary: tuple[int | None, int] = (0, 0),
     ) -> None:
         self.model = model
         self.version = version
@@ -170,6 +172,7 @@ class Prediction:
         self._id_number = id_number
         self._rows = rows
         self._ids: list[str] | None = None
+        self._primary = primary  # (output index, its batch axis) telemetry counts
 
     @property
     def ids(self) -> list[str]:
@@ -202,7 +205,14 @@ class Prediction:
         for i in self._roles[0], self._roles[2]:
             if i is not None:
                 return np.asarray(self.outputs[i]).reshape(-1)
-        return np.asarray(self.outputs[0]).reshape(self._rows, -1)[:, 0]
+        index, axis = self._primary
+        out = None if index is None else np.asarray(self.outputs[index])
+        if out is not None and axis:
+            out = np.moveaxis(out, axis, 0)
+        if out is None or out.shape[:1] != (self._rows,) or out.dtype.kind not in "biuf":
+            # No per-sample numeric output (state only, text, unbatched): count zeros.
+            return np.zeros(self._rows)
+        return out.reshape(self._rows, -1)[:, 0]
 
     def __len__(self) -> int:
         return self._rows
@@ -242,6 +252,12 @@ class LoadedModel:
 
         self._io = schema.io  # io schema v2 (format-2 bundles): batch axes, state, roles
         self._loops = schema.loops_batches
+        # What telemetry counts per sample when there is no label or value output:
+        # the first output that has a batch axis (format 1: output 0, batch first).
+        self._primary: tuple[int | None, int] = (0, 0)
+        if self._io is not None:
+            batched = [(k, o.batch_axis) for k, o in enumerate(self._io.outputs)]
+            self._primary = next(((k, a) for k, a in batched if a is not None), (None, 0))
         self.input_names = [spec.name for spec in schema.inputs]
         self.output_names = [spec.name for spec in schema.outputs]
         self._input = schema.inputs[0]
@@ -332,6 +348,7 @@ class LoadedModel:
             next(self._id_counter),
             len(X),
             self._roles,
+            self._primary,
         )
 
     def predict_inputs(self, feeds: Mapping[str, Any]) -> Prediction:
@@ -395,6 +412,7 @@ class LoadedModel:
             next(self._id_counter),
             rows,
             self._roles,
+            self._primary,
         )
 
     def _run_error(self, e: BaseException) -> InferenceError:
