@@ -320,3 +320,31 @@ def test_telemetry_counts_one_value_per_sample(
         prediction.outputs[loaded.output_names.index(first.name)], first.batch_axis, 0
     )
     assert np.array_equal(primary, out.reshape(len(prediction), -1)[:, 0])
+
+
+def _shipped_model(name: str) -> Path:
+    """A model-zoo architecture the onnx package ships for its backend tests (no download)."""
+    import onnx
+
+    path = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"{name}.onnx"
+    assert path.is_file(), f"{path} is not in the installed onnx package"
+    return path
+
+
+@pytest.mark.parametrize("name", ["light_resnet50", "light_squeezenet", "light_inception_v1"])
+def test_model_zoo_architectures_shipped_in_the_onnx_package(
+    cli: Cli, env: AgentEnv, tmp_path: Path, name: str
+) -> None:
+    """Unchanged files (opset 9, fixed batch 1, 3x224x224 input): served like onnxruntime."""
+    model = _shipped_model(name)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    (image,) = session.get_inputs()
+    samples = tmp_path / "samples.npz"
+    rng = np.random.default_rng(11)
+    arrays = {image.name: rng.random((3, 3, 224, 224)).astype(np.float32)}
+    np.savez(samples, **arrays)
+    report, bundle = through_the_fleet(cli, env, tmp_path, "zoo", model, samples)
+    assert bundle.stat().st_size <= model.stat().st_size + 512 * 1024
+    assert report["validation"]["smoke"]["generated_inputs"]  # a 3x224x224 sample is regenerated
+    got = predict_npz(cli, env, "zoo", samples, tmp_path / "pred.npz")
+    assert_same(got, raw_outputs_looped(model, arrays))
