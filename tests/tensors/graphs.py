@@ -81,6 +81,26 @@ def wide_conv_net() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     return _model(graph), {"image": rng.random((24, 3, 16, 16)).astype(np.float32)}
 
 
+def sequence_mlp() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """x [N, 8, 64] -> MatMul(64x256) -> Relu -> MatMul(256x32): a per-step encoder, no Conv."""
+    rng = np.random.default_rng(9)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["a"]),
+            helper.make_node("MatMul", ["a", "w2"], ["embedding"]),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 64])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 8, 32])],
+        [
+            numpy_helper.from_array(rng.normal(0, 0.15, (64, 256)).astype(np.float32), "w1"),
+            numpy_helper.from_array(rng.normal(0, 0.1, (256, 32)).astype(np.float32), "w2"),
+        ],
+    )
+    return _model(graph), {"x": rng.normal(0, 1, (24, 8, 64)).astype(np.float32)}
+
+
 def big_input_net() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """[N,3,224,224] -> ReduceMean over H,W -> [N,3]: a large input, a tiny model."""
     rng = np.random.default_rng(2)

@@ -226,8 +226,8 @@ def test_pack_refuses_quantizing_a_tensor_model(cli: Cli, tmp_path: Path) -> Non
     assert code == 0, err
     code, _, err = cli(
         "pack", "c", "--profile", PROFILE_NAME, "--key", env.signer.key_path,
-        "--out", tmp_path / "out", "--registry", registry, "--quantize", "dynamic",
+        "--out", tmp_path / "out", "--registry", registry, "--quantize", "fp16",
     )  # fmt: skip
     assert code == 2
-    _one_line(err, "--quantize dynamic does not apply to c:1: tensor models are packed as their")
+    _one_line(err, "--quantize fp16 does not apply to c:1: tensor models are packed as their")
     assert not (tmp_path / "out").exists()

@@ -348,3 +348,38 @@ def test_model_zoo_architectures_shipped_in_the_onnx_package(
     assert report["validation"]["smoke"]["generated_inputs"]  # a 3x224x224 sample is regenerated
     got = predict_npz(cli, env, "zoo", samples, tmp_path / "pred.npz")
     assert_same(got, raw_outputs_looped(model, arrays))
+
+
+def test_dynamic_int8_is_batch_dependent_and_needs_the_flag(
+    cli: Cli, env: AgentEnv, tmp_path: Path
+) -> None:
+    model, samples = graphs.save(tmp_path / "src", "mlp", graphs.sequence_mlp())
+    registry = tmp_path / "registry"
+    code, _, err = cli(
+        "registry", "register", model, "--name", "mlp", "--reference-data", samples,
+        "--registry", registry, "--task", "embedding",
+    )  # fmt: skip
+    assert code == 0, err
+
+    def pack(out: str, *extra: str) -> tuple[int, str, str]:
+        return cli(
+            "pack", "mlp", "--profile", PROFILE_NAME, "--key", env.signer.key_path,
+            "--out", tmp_path / out, "--registry", registry, "--json", *extra,
+        )  # fmt: skip
+
+    code, out, err = pack("auto")
+    assert code == 0, err
+    q = json.loads(out)["quantization"]
+    dynamic = next(r for r in q["variants"] if r["variant"] == "dynamic")
+    assert q["method"] == "none" and dynamic["status"] == "rejected"
+    assert dynamic["batch_dependence"] > 1e-5 and "batch-dependent" in q["reason"]
+    assert q["not_applicable"]["static"] == "the graph has no Conv operators to quantize"
+    code, _, err = pack("explicit", "--quantize", "dynamic")
+    assert code == 1 and "--quantize dynamic refused: dynamic int8 is batch-dependent" in err
+    code, out, err = pack("allowed", "--allow-batch-dependent")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["quantization"]["method"] == "dynamic"
+    bundle = Path(report["bundle"])
+    code, _, err = cli("agent", "install", bundle, "--wait", "final", "--config", env.config_path)
+    assert code == 0, err

@@ -85,6 +85,7 @@ class PackRequest:
     max_accuracy_drop: float = 0.01
     profiles_dir: Path | None = None
     min_cosine: float = 0.99  # tensor models: what a quantized variant must keep per output
+    allow_batch_dependent: bool = False  # tensor models: accept per-batch activation scales
 
     def __post_init__(self) -> None:
         if not self.key_paths:
@@ -155,6 +156,7 @@ def pack(
             keys,
             quantize=req.quantize,
             min_cosine=req.min_cosine,
+            allow_batch_dependent=req.allow_batch_dependent,
             out_dir=req.out_dir,
             lineage=_lineage(registry, mv, now),
             progress=progress,

@@ -2,8 +2,8 @@
 
 Steps, each refusing with one line rather than writing a doubtful bundle:
 
-1. ``--quantize`` must be ``none``, ``auto`` or ``static``: static QDQ int8
-   for conv nets, kept only when faithful (:mod:`.tensor_quantize`);
+1. ``--quantize`` must be ``none``, ``auto``, ``static`` or ``dynamic``:
+   int8 variants kept only when faithful (:mod:`.tensor_quantize`);
 2. the registered graph is normalised for the profile's onnxruntime (opsets,
    IR version) and must still load there;
 3. fidelity: the packaged graph and the registered file run on the reference
@@ -221,16 +221,17 @@ def pack_tensor(
     *,
     quantize: str,
     min_cosine: float = 0.99,
+    allow_batch_dependent: bool = False,
     out_dir: Path,
     lineage: dict[str, Any],
     progress: Progress,
 ) -> tuple[Path, Any]:
     """Write ``out_dir/NAME-V-PROFILE.efb`` (see the module docstring); path and write info."""
     assert mv.io_schema is not None
-    if quantize not in ("none", "auto", "static"):
+    if quantize not in ("none", "auto", "static", "dynamic"):
         raise QuantizationNotApplicableError(
             f"--quantize {quantize} does not apply to {mv.ref}: tensor models are packed "
-            "as their float graph or as static int8 (conv nets) in this version"
+            "as their float graph, static int8 (conv nets) or dynamic int8 in this version"
         )
     schema = IoSchema.from_dict(mv.io_schema)
     samples = registry.read_tensor_reference(mv)
@@ -268,7 +269,7 @@ def pack_tensor(
         )
 
     if quantize != "none":
-        progress("measuring static int8")
+        progress("measuring int8 variants")
 
     def outputs_of(data: bytes, index: np.ndarray) -> list[Any]:
         session = packaged_session if data is packaged else make_session(data, settings)
@@ -282,6 +283,7 @@ def pack_tensor(
         requested=quantize,
         int8_format=profile.int8_format,
         min_cosine=min_cosine,
+        allow_batch_dependent=allow_batch_dependent,
         feeds_for=lambda index: _feeds(schema, _take(schema, samples, index)),
         outputs_of=outputs_of,
     )

@@ -1,4 +1,4 @@
-"""Static int8 for tensor models: QDQ calibrated on the reference samples, kept only if faithful.
+"""int8 for tensor models: static QDQ for conv nets, dynamic where no static variant qualifies.
 
 A format-2 model whose graph has Conv layers and whose data inputs are
 float32 gets one candidate besides its float graph: static QDQ int8 (weights
@@ -12,8 +12,14 @@ a cosine similarity of at least ``min_cosine`` (default 0.99) with the float
 graph's, every other output is identical, and it is smaller. ``--quantize
 auto`` keeps it when it qualifies and says why otherwise; ``--quantize
 static`` refuses a graph it does not apply to (exit 2) and a variant that
-does not qualify (exit 1). Dynamic int8 (recurrent nets) and fp16 are not
-offered for tensor models in this version.
+does not qualify (exit 1).
+
+Dynamic int8 (MatMul/Gemm/LSTM/GRU/Attention) is measured by ``auto`` only
+when no static variant qualifies, under the same criteria plus one: its
+activation scales are computed per batch, so a sample scored alone must give
+what it gives inside a batch (:func:`batch_dependence`), unless the user
+passes ``--allow-batch-dependent``. fp16 is not offered for tensor models in
+this version.
 """
 
 from __future__ import annotations
@@ -163,6 +169,48 @@ FLOAT_SMOKE_ATOL = 1e-3  # relative to max(1, |expected|): float kernels differ 
 INT8_SMOKE_FLOOR, INT8_SMOKE_CAP = 0.02, 0.1
 
 
+def batch_dependence(
+    schema: IoSchema, data: bytes, index: np.ndarray, outputs_of: Outputs
+) -> float:
+    """Largest difference (scaled by max(1, |value|)) between a sample run alone and the
+    same sample inside a batch; 0 for graphs fed one sample at a time anyway."""
+    if len(index) < 2 or any(s.fixed_batch == 1 for s in schema.inputs):
+        return 0.0
+    together = outputs_of(data, index)
+    worst = 0.0
+    for i, sample in enumerate(index):
+        alone = outputs_of(data, np.asarray([sample]))
+        for spec, batch_out, one_out in zip(schema.outputs, together, alone, strict=True):
+            if spec.batch_axis is None or np.asarray(batch_out).dtype.kind != "f":
+                continue
+            a = np.take(np.asarray(batch_out), [i], axis=spec.batch_axis).astype(np.float64)
+            b = np.asarray(one_out, dtype=np.float64)
+            if a.shape == b.shape and a.size:
+                scale = max(1.0, float(np.max(np.abs(a))))
+                worst = max(worst, float(np.max(np.abs(a - b))) / scale)
+    return worst
+
+
+Outputs = Callable[[bytes, np.ndarray], list[Any]]
+BATCH_DEPENDENCE_TOL = 1e-5
+
+
+def _build(
+    name: str,
+    model: onnx.ModelProto,
+    schema: IoSchema,
+    feeds_for: Callable[[np.ndarray], dict[str, np.ndarray]],
+    calibration: np.ndarray,
+    int8_format: str,
+) -> TensorVariant:
+    if name == "static":
+        return build_static(model, schema, feeds_for, calibration, int8_format)
+    from edgefleet.packager.quantize import build_dynamic
+
+    built = build_dynamic(model)
+    return TensorVariant("dynamic", built.model, built.format, dict(built.settings))
+
+
 def choose_variant(
     model: onnx.ModelProto,
     packaged: bytes,
@@ -172,78 +220,114 @@ def choose_variant(
     requested: str,
     int8_format: str,
     min_cosine: float,
+    allow_batch_dependent: bool = False,
     feeds_for: Callable[[np.ndarray], dict[str, np.ndarray]],
-    outputs_of: Callable[[bytes, np.ndarray], list[Any]],
+    outputs_of: Outputs,
 ) -> Choice:
-    """float32, or static int8 when asked for (``static``/``auto``) and faithful."""
-    float_row = {"variant": "float32", "size_bytes": len(packaged), "status": "chosen"}
+    """float32, or the first int8 variant that qualifies (module docstring): static for
+    Conv graphs, then dynamic (MatMul/Gemm/LSTM/GRU/Attention) only where no static
+    variant qualifies, and only when batch-independent or ``allow_batch_dependent``."""
+    float_row: dict[str, Any] = {
+        "variant": "float32",
+        "size_bytes": len(packaged),
+        "status": "chosen",
+    }
+    rows: list[dict[str, Any]] = [float_row]
+    not_applicable: dict[str, str] = {}
     base: dict[str, Any] = {
         "requested": requested,
         "method": "none",
         "variant": "float32",
         "format": "float32",
         "settings": {},
-        "not_applicable": {},
-        "criteria": {"min_cosine": min_cosine, "non_float_outputs": "identical"},
-        "variants": [float_row],
+        "not_applicable": not_applicable,
+        "criteria": {
+            "min_cosine": min_cosine,
+            "non_float_outputs": "identical",
+            "allow_batch_dependent": allow_batch_dependent,
+        },
+        "variants": rows,
     }
     if requested == "none":
         return Choice(packaged, {**base, "reason": "--quantize none"}, FLOAT_SMOKE_ATOL)
-    why = static_reason(model, schema)
-    if why is not None:
-        if requested == "static":
-            raise QuantizationNotApplicableError(f"--quantize static does not apply: {why}")
-        base["not_applicable"] = {"static": why}
-        return Choice(packaged, {**base, "reason": f"static int8: {why}"}, FLOAT_SMOKE_ATOL)
+    wanted = ["static", "dynamic"] if requested == "auto" else [requested]
+    reasons: list[str] = []
     calibration, evaluation = split_samples(n)
-    try:
-        variant = build_static(model, schema, feeds_for, calibration, int8_format)
-    except (QuantizationError, QuantizationNotApplicableError) as e:
-        if requested == "static":
-            raise
-        failed = {"variant": "static", "status": "failed", "reason": str(e)}
-        base["variants"] = [float_row, failed]
-        return Choice(packaged, {**base, "reason": f"static int8 failed: {e}"}, FLOAT_SMOKE_ATOL)
     evaluation = evaluation[:64]
-    float_out = outputs_of(packaged, evaluation)
-    ok, rows = agreement(schema, float_out, outputs_of(variant.model, evaluation), min_cosine)
-    smaller = len(variant.model) < len(packaged)
-    worst = min((r["cosine"] for r in rows.values() if "cosine" in r), default=1.0)
-    row = {
-        "variant": "static",
-        "size_bytes": len(variant.model),
-        "format": variant.format,
-        "settings": variant.settings,
-        "evaluation_samples": int(len(evaluation)),
-        "outputs": rows,
-    }
-    if not (ok and smaller):
-        reason = (
-            f"static int8 keeps a cosine of {worst:.4f} (< {min_cosine})"
-            if not ok
-            else f"static int8 is not smaller ({len(variant.model)} >= {len(packaged)} bytes)"
+    float_out: list[Any] | None = None
+    for name in wanted:
+        why = (
+            static_reason(model, schema)
+            if name == "static"
+            else graph_reason(op_counts(model), "dynamic")
         )
-        if requested == "static":
-            from edgefleet.packager.errors import AccuracyDropError
+        if why is not None:
+            if requested == name:
+                raise QuantizationNotApplicableError(f"--quantize {name} does not apply: {why}")
+            not_applicable[name] = why
+            reasons.append(f"{name} int8: {why}")
+            continue
+        try:
+            variant = _build(name, model, schema, feeds_for, calibration, int8_format)
+        except (QuantizationError, QuantizationNotApplicableError) as e:
+            if requested == name:
+                raise
+            rows.append({"variant": name, "status": "failed", "reason": str(e)})
+            reasons.append(f"{name} int8 failed: {e}")
+            continue
+        if float_out is None:
+            float_out = outputs_of(packaged, evaluation)
+        ok, per_output = agreement(
+            schema, float_out, outputs_of(variant.model, evaluation), min_cosine
+        )
+        worst = min((r["cosine"] for r in per_output.values() if "cosine" in r), default=1.0)
+        dependence = batch_dependence(schema, variant.model, evaluation[:16], outputs_of)
+        row: dict[str, Any] = {
+            "variant": name,
+            "size_bytes": len(variant.model),
+            "format": variant.format,
+            "settings": variant.settings,
+            "evaluation_samples": int(len(evaluation)),
+            "outputs": per_output,
+            "batch_dependence": dependence,
+        }
+        problem = None
+        if not ok:
+            problem = f"{name} int8 keeps a cosine of {worst:.4f} (< {min_cosine})"
+        elif len(variant.model) >= len(packaged):
+            problem = f"{name} int8 is not smaller ({len(variant.model)} >= {len(packaged)} bytes)"
+        elif dependence > BATCH_DEPENDENCE_TOL and not allow_batch_dependent:
+            problem = (
+                f"{name} int8 is batch-dependent: a sample scored alone differs by "
+                f"{dependence:.3g} from the same sample in a batch (--allow-batch-dependent)"
+            )
+        if problem is not None:
+            if requested == name:
+                from edgefleet.packager.errors import AccuracyDropError
 
-            raise AccuracyDropError(f"--quantize static refused: {reason}")
-        base["variants"] = [float_row, {**row, "status": "rejected", "reason": reason}]
-        return Choice(packaged, {**base, "reason": reason}, FLOAT_SMOKE_ATOL)
-    float_row["status"] = "eligible"
-    scale = [max(1.0, float(np.max(np.abs(np.asarray(a, np.float64))))) for a in float_out]
-    observed = max(
-        (r.get("max_abs_diff", 0.0) / s for r, s in zip(rows.values(), scale, strict=True)),
-        default=0.0,
-    )
-    atol = min(max(INT8_SMOKE_FLOOR, 2.0 * observed), INT8_SMOKE_CAP)
-    ratio = len(variant.model) / len(packaged)
-    quantization = {
-        **base,
-        "method": "static",
-        "variant": "static",
-        "format": variant.format,
-        "settings": variant.settings,
-        "reason": f"static int8 is {ratio:.2f}x the float32 size with cosine >= {worst:.4f}",
-        "variants": [float_row, {**row, "status": "chosen", "reason": ""}],
-    }
-    return Choice(variant.model, quantization, atol)
+                raise AccuracyDropError(f"--quantize {name} refused: {problem}")
+            rows.append({**row, "status": "rejected", "reason": problem})
+            reasons.append(problem)
+            continue
+        float_row["status"] = "eligible"
+        rows.append({**row, "status": "chosen", "reason": ""})
+        scale = [max(1.0, float(np.max(np.abs(np.asarray(a, np.float64))))) for a in float_out]
+        observed = max(
+            (
+                r.get("max_abs_diff", 0.0) / sc
+                for r, sc in zip(per_output.values(), scale, strict=True)
+            ),
+            default=0.0,
+        )
+        atol = min(max(INT8_SMOKE_FLOOR, 2.0 * observed), INT8_SMOKE_CAP)
+        ratio = len(variant.model) / len(packaged)
+        quantization = {
+            **base,
+            "method": name,
+            "variant": name,
+            "format": variant.format,
+            "settings": variant.settings,
+            "reason": f"{name} int8 is {ratio:.2f}x the float32 size with cosine >= {worst:.4f}",
+        }
+        return Choice(variant.model, quantization, atol)
+    return Choice(packaged, {**base, "reason": "; ".join(reasons)}, FLOAT_SMOKE_ATOL)

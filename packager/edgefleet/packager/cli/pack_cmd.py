@@ -47,6 +47,12 @@ from edgefleet.packager.registry.refs import parse_ref
     help="Tensor models: lowest cosine similarity per output a quantized variant may have.",
 )
 @click.option(
+    "--allow-batch-dependent",
+    is_flag=True,
+    help="Tensor models: accept a variant whose output for a sample depends on the rest of "
+    "its batch (dynamic int8 scales activations per batch).",
+)
+@click.option(
     "--out",
     "out_dir",
     type=click.Path(path_type=Path),
@@ -70,6 +76,7 @@ def pack(
     quantize: str,
     max_accuracy_drop: float,
     min_cosine: float,
+    allow_batch_dependent: bool,
     out_dir: Path,
     profiles_dir: Path | None,
     registry_dir: Path | None,
@@ -88,6 +95,7 @@ def pack(
         max_accuracy_drop=max_accuracy_drop,
         profiles_dir=profiles_dir,
         min_cosine=min_cosine,
+        allow_batch_dependent=allow_batch_dependent,
     )
     verbose = show_progress(as_json)
 
