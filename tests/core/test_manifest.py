@@ -106,7 +106,7 @@ def test_with_files_replaces_the_file_list() -> None:
     ("mutate", "reason"),
     [
         (lambda d: d.pop("model"), "missing field 'model'"),
-        (lambda d: d.update(format_version=2), "unsupported format_version 2"),
+        (lambda d: d.update(format_version=3), "unsupported format_version 3"),
         (lambda d: d.update(format_version=True), "unsupported format_version True"),
         (lambda d: d.update(bundle_id=""), "bundle_id"),
         (lambda d: d["model"].update(task="ranking"), "model.task"),

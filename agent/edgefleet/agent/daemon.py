@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from edgefleet.agent.deploy.context import AgentContext
     from edgefleet.agent.deploy.driver import DeploymentDriver
     from edgefleet.agent.deploy.worker import DeploymentWorker
+    from edgefleet.agent.model.served import ServedModel
     from edgefleet.agent.telemetry.recorder import ModelRegistration, WindowRecorder
 
 log = logging.getLogger("edgefleet.agent")
@@ -80,7 +81,7 @@ def setup_logging(level: str) -> None:
     root.propagate = False
 
 
-def registration_for(loaded: Any) -> ModelRegistration:
+def registration_for(loaded: ServedModel) -> ModelRegistration:
     """What the window recorder needs from a loaded model."""
     from edgefleet.agent.telemetry.recorder import ModelRegistration, reference_from_json
 
@@ -211,7 +212,7 @@ class AgentDaemon:
         buffer = ctx.open_buffer_or_reset()
         recorder = WindowRecorder(buffer, ctx.window_s)
 
-        def on_swap(name: str, loaded: Any | None) -> None:
+        def on_swap(name: str, loaded: ServedModel | None) -> None:
             if loaded is None:
                 recorder.unregister_active(name)
             else:

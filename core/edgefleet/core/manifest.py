@@ -28,9 +28,13 @@ from typing import Any
 
 from edgefleet.core.canonical import canonical_json, parse_json
 from edgefleet.core.errors import BundleError
+from edgefleet.core.io_schema import TASKS as TASKS_V2
+from edgefleet.core.io_schema import IoSchema
 
 __all__ = [
     "FORMAT_VERSION",
+    "FORMAT_VERSIONS",
+    "TENSOR_FORMAT_VERSION",
     "MANIFEST_NAME",
     "MODEL_PATH",
     "SIGNATURES_NAME",
@@ -42,6 +46,10 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+# Format 2 carries io schema v2 (edgefleet.core.io_schema): any ONNX model, tensors
+# and declared tasks. Format 1 (tables) is still read and still written for tables.
+TENSOR_FORMAT_VERSION = 2
+FORMAT_VERSIONS = (FORMAT_VERSION, TENSOR_FORMAT_VERSION)
 MANIFEST_NAME = "manifest.json"
 SIGNATURES_NAME = "signatures.json"
 MODEL_PATH = "model.onnx"
@@ -176,10 +184,10 @@ class Manifest:
     unrecognized_fields: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.format_version, bool) or self.format_version != FORMAT_VERSION:
+        if isinstance(self.format_version, bool) or self.format_version not in FORMAT_VERSIONS:
             raise BundleError(
                 f"manifest: unsupported format_version {self.format_version!r} "
-                f"(this edgefleet reads {FORMAT_VERSION})"
+                f"(this edgefleet reads {', '.join(map(str, FORMAT_VERSIONS))})"
             )
         if not isinstance(self.bundle_id, str) or not self.bundle_id:
             raise BundleError("manifest: bundle_id must be a non-empty string")
@@ -188,10 +196,13 @@ class Manifest:
         if not isinstance(name, str) or not name:
             raise BundleError("manifest: model.name must be a non-empty string")
         _require_int(model.get("version"), "model.version", maximum=MAX_MODEL_VERSION)
-        if model.get("task") not in TASKS:
-            raise BundleError(f"manifest: model.task must be one of {', '.join(TASKS)}")
+        tasks = TASKS if self.format_version == FORMAT_VERSION else TASKS + TASKS_V2
+        if model.get("task") not in tasks:
+            raise BundleError(f"manifest: model.task must be one of {', '.join(tasks)}")
         for what in ("target", "io_schema", "quantization", "validation", "lineage"):
             _require_mapping(getattr(self, what), what)
+        if self.format_version == TENSOR_FORMAT_VERSION:
+            IoSchema.from_dict(self.io_schema)  # format 2 promises a well-formed io schema
         if not isinstance(self.files, list):
             object.__setattr__(self, "files", list(self.files))
         seen: set[str] = set()

@@ -84,12 +84,16 @@ class PackRequest:
     quantize: str = "auto"
     max_accuracy_drop: float = 0.01
     profiles_dir: Path | None = None
+    min_cosine: float = 0.99  # tensor models: what a quantized variant must keep per output
+    allow_batch_dependent: bool = False  # tensor models: accept per-batch activation scales
 
     def __post_init__(self) -> None:
         if not self.key_paths:
             raise PackKeyError("pack needs at least one --key")
         if not 0.0 <= self.max_accuracy_drop <= 1.0:
             raise DataFileError("--max-accuracy-drop must be between 0 and 1")
+        if not -1.0 <= self.min_cosine <= 1.0:
+            raise DataFileError("--min-cosine must be between -1 and 1")
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,8 @@ class PackResult:
             "quantization": dict(m.quantization),
             "validation": dict(m.validation),
             "bundle_id": m.bundle_id,
+            "format_version": m.format_version,
+            "io_schema": dict(m.io_schema) if m.format_version > 1 else None,
             "signer_keyids": list(self.signer_keyids),
             "seconds": round(self.seconds, 3),
         }
@@ -140,6 +146,24 @@ def pack(
     keys = [load_signing_key(path) for path in req.key_paths]
     if req.out_dir.exists() and not req.out_dir.is_dir():
         raise DataFileError(f"--out {req.out_dir} is a file, not a folder")
+    if mv.is_tensor:
+        from edgefleet.packager.tensor_pack import pack_tensor
+
+        final, info = pack_tensor(
+            registry,
+            mv,
+            profile,
+            keys,
+            quantize=req.quantize,
+            min_cosine=req.min_cosine,
+            allow_batch_dependent=req.allow_batch_dependent,
+            out_dir=req.out_dir,
+            lineage=_lineage(registry, mv, now),
+            progress=progress,
+        )
+        return PackResult(
+            final, info.sha256, info.size, info.manifest, clock() - started, info.signer_keyids
+        )
     x, y = registry.read_reference(mv)
     label = f"reference data of {mv.ref}"
     if x.ndim != 2 or x.shape[1] != mv.n_features:

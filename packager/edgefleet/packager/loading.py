@@ -60,7 +60,15 @@ def load_model_file(path: Path) -> LoadedModel:
     except OSError as e:
         raise UnsupportedModelError(f"cannot read model file {path}: {e.strerror or e}") from e
     if artifact_format == "onnx":
-        return LoadedModel("onnx", "onnx", data, load_onnx_bytes(data, str(path)))
+        from edgefleet.packager.onnx_io import inline_external_data
+
+        model = parse_onnx_bytes(data, str(path))
+        # External data is checked (inside the model's folder only) and folded in, so
+        # the registry and every bundle hold one self-contained model file.
+        if inline_external_data(model, path.parent, str(path)):
+            data = model.SerializeToString()
+        _check_onnx(model, str(path))
+        return LoadedModel("onnx", "onnx", data, model)
     return _load_sklearn(path, artifact_format, data)
 
 
@@ -69,16 +77,33 @@ def load_sklearn_bytes(data: bytes, label: str) -> Any:
     return _unpickle(data, label)[0]
 
 
-def load_onnx_bytes(data: bytes, label: str) -> Any:
-    """Parse and check an ONNX model."""
+def parse_onnx_bytes(data: bytes, label: str) -> Any:
+    """Parse an ONNX model (no checks yet)."""
     import onnx
 
     try:
-        model = onnx.load_model_from_string(data)
+        return onnx.load_model_from_string(data)
+    except Exception as e:  # protobuf DecodeError, ...
+        raise UnsupportedModelError(f"{label} is not a valid ONNX model: {_first(e)}") from e
+
+
+def _first(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _check_onnx(model: Any, label: str) -> None:
+    import onnx
+
+    try:
         onnx.checker.check_model(model)
-    except Exception as e:  # protobuf DecodeError, ValidationError, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UnsupportedModelError(f"{label} is not a valid ONNX model: {first}") from e
+    except Exception as e:  # ValidationError, ...
+        raise UnsupportedModelError(f"{label} is not a valid ONNX model: {_first(e)}") from e
+
+
+def load_onnx_bytes(data: bytes, label: str) -> Any:
+    """Parse and check an ONNX model."""
+    model = parse_onnx_bytes(data, label)
+    _check_onnx(model, label)
     return model
 
 

@@ -36,7 +36,7 @@ CHUNK_ROWS = 4096
 
 
 def _profile_for(name: str | None, bundle_profile: Any) -> Any:
-    from edgefleet.agent.runtime import ThreadSettings
+    from edgefleet.agent.model.runtime import ThreadSettings
     from edgefleet.core.errors import ProfileError
     from edgefleet.core.profiles import load_profile
 
@@ -60,7 +60,7 @@ def _load_model(
     from edgefleet.agent.deploy.loader import BundleLoader
     from edgefleet.agent.deploy.slots import SlotTable
     from edgefleet.agent.errors import ModelNotFoundError
-    from edgefleet.agent.runtime import load_bundle, read_manifest
+    from edgefleet.agent.model.runtime import load_bundle, read_manifest
     from edgefleet.core.manifest import Manifest
     from edgefleet.core.profiles import load_profile
     from edgefleet.core.trust import TrustStore
@@ -111,13 +111,21 @@ def _output_stream(output: Path | None) -> Iterator[IO[str]]:
         yield sys.stdout
         sys.stdout.flush()
         return
+    with _atomic(output, "w") as stream:
+        yield stream
+
+
+@contextlib.contextmanager
+def _atomic(output: Path, mode: str) -> Iterator[Any]:
+    """A temporary sibling of ``output`` (text ``w`` or binary ``wb``), renamed when complete."""
     directory = output.parent if str(output.parent) else Path(".")
     try:
         fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{output.name}.", suffix=".tmp")
     except OSError as e:
         raise UsageError(f"cannot write in {directory}: {e.strerror}") from e
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
+        text = {"encoding": "utf-8", "newline": ""} if mode == "w" else {}
+        with os.fdopen(fd, mode, **text) as stream:  # type: ignore[call-overload]
             yield stream
             stream.flush()
             os.fsync(stream.fileno())
@@ -128,16 +136,105 @@ def _output_stream(output: Path | None) -> Iterator[IO[str]]:
         raise
 
 
-def _read_input(path: str, fmt: str, model: Any) -> Any:
-    from edgefleet.agent.runtime_tables import read_table
+def _read_input(path: str, fmt: str, model: Any, no_header: bool) -> Any:
+    from edgefleet.agent.model.tables import read_table
 
     if path == "-":
-        return read_table(fmt, sys.stdin.buffer, model)
+        return read_table(fmt, sys.stdin.buffer, model, no_header=no_header)
     try:
         with open(path, "rb") as stream:
-            return read_table(fmt, stream, model)
+            return read_table(fmt, stream, model, no_header=no_header)
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror}") from e
+
+
+def _read_bytes(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(path, "rb") as stream:
+            return stream.read()
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from e
+
+
+def _predict_tensors(loaded: Any, path: str, fmt: str, out_fmt: str, output: Path | None) -> int:
+    """A format-2 model: named tensors in (.npz or JSON lines), named tensors out."""
+    import io
+
+    from edgefleet.agent.model.tensors import read_jsonl_samples, read_npz, sample_rows, write_npz
+
+    if fmt == "npz":
+        predictions = [loaded.predict_inputs(read_npz(_read_bytes(path), loaded))]
+    elif fmt == "jsonl":
+        text = io.StringIO(_read_bytes(path).decode("utf-8-sig", errors="strict"))
+        predictions = [loaded.predict_inputs(feed) for feed in read_jsonl_samples(text, loaded)]
+        if not predictions:
+            raise UsageError("the input has no samples")
+    else:
+        raise UsageError(
+            f"model {loaded.name!r} takes named tensors ({', '.join(loaded.input_names)}): "
+            "give --input as .npz or JSON lines"
+        )
+    if out_fmt == "npz":
+        if output is None:
+            raise UsageError("--output-format npz needs --output FILE.npz")
+        merged = _merge(loaded, predictions)
+        with _atomic(output, "wb") as stream:
+            write_npz(stream, loaded, merged)
+        return len(merged)
+    if out_fmt != "jsonl":
+        raise UsageError(f"model {loaded.name!r} writes named tensors: use .npz or JSON lines")
+    import json
+
+    rows = 0
+    with _output_stream(output) as stream:
+        for prediction in predictions:
+            for sample in _split(loaded, prediction):
+                line = sample_rows(loaded, sample, rows)
+                stream.write(json.dumps(line, separators=(",", ":")) + "\n")
+                rows += 1
+    return rows
+
+
+def _merge(loaded: Any, predictions: list[Any]) -> Any:
+    """One prediction whose outputs are the given ones concatenated along their batch axes."""
+    import numpy as np
+
+    if len(predictions) == 1:
+        return predictions[0]
+    io_schema = loaded.schema.io
+    outputs = []
+    for k, name in enumerate(loaded.output_names):
+        axis = io_schema.output(name).batch_axis
+        parts = [np.asarray(p.outputs[k]) for p in predictions]
+        outputs.append(parts[-1] if axis is None else np.concatenate(parts, axis=axis))
+    return _Outputs(outputs, sum(len(p) for p in predictions))
+
+
+class _Outputs:
+    """The part of a Prediction the writers read: outputs in order, and the sample count."""
+
+    def __init__(self, outputs: list[Any], rows: int) -> None:
+        self.outputs = outputs
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return self._rows
+
+
+def _split(loaded: Any, prediction: Any) -> Iterator[Any]:
+    """One single-sample view per sample of ``prediction`` (along each output's batch axis)."""
+    import numpy as np
+
+    io_schema = loaded.schema.io
+    axes = [io_schema.output(name).batch_axis for name in loaded.output_names]
+    for i in range(len(prediction)):
+        outputs = [
+            out if axis is None else np.take(np.asarray(out), [i], axis=axis)
+            for out, axis in zip(prediction.outputs, axes, strict=True)
+        ]
+        yield _Outputs(outputs, 1)
 
 
 @click.command()
@@ -146,12 +243,14 @@ def _read_input(path: str, fmt: str, model: Any) -> Any:
     "--input",
     "input_path",
     required=True,
-    help="Rows to predict: CSV with a header, .npy, or JSON lines ('-' reads stdin).",
+    help="Rows to predict: CSV with a header, .npy, JSON lines, or .npz of named tensors "
+    "('-' reads stdin).",
 )
+@click.option("--no-header", is_flag=True, help="The CSV has no header row: every line is data.")
 @click.option(
     "--format",
     "input_format",
-    type=click.Choice(["csv", "npy", "jsonl"]),
+    type=click.Choice(["csv", "npy", "jsonl", "npz"]),
     default=None,
     help="Input format (default: from the file name).",
 )
@@ -164,9 +263,9 @@ def _read_input(path: str, fmt: str, model: Any) -> Any:
 )
 @click.option(
     "--output-format",
-    type=click.Choice(["jsonl", "csv"]),
+    type=click.Choice(["jsonl", "csv", "npz"]),
     default=None,
-    help="Prediction format (default: csv for *.csv, else JSON lines).",
+    help="Prediction format (default: csv for *.csv, npz for *.npz, else JSON lines).",
 )
 @click.option(
     "--bundle",
@@ -204,6 +303,7 @@ def _read_input(path: str, fmt: str, model: Any) -> Any:
 def predict(
     model: str,
     input_path: str,
+    no_header: bool,
     input_format: str | None,
     output_path: Path | None,
     output_format: str | None,
@@ -215,7 +315,7 @@ def predict(
     as_json: bool,
 ) -> None:
     """Predict every row of an input file with MODEL and write one prediction per row."""
-    from edgefleet.agent.runtime_tables import (
+    from edgefleet.agent.model.tables import (
         INPUT_FORMATS,
         OUTPUT_FORMATS,
         RowWriter,
@@ -229,14 +329,21 @@ def predict(
         raise UsageError("--json prints a summary on stdout: give --output for the predictions")
     if input_path == "-" and input_format is None:
         raise UsageError("reading stdin needs --format")
-    fmt = format_for(input_path, input_format, INPUT_FORMATS)
-    out_fmt = output_format or (
-        "csv" if output_path is not None and output_path.suffix.lower() == ".csv" else "jsonl"
-    )
-    assert out_fmt in OUTPUT_FORMATS
+    fmt = format_for(input_path, input_format, (*INPUT_FORMATS, "npz"))
+    suffix = output_path.suffix.lower() if output_path is not None else ""
+    out_fmt = output_format or {".csv": "csv", ".npz": "npz"}.get(suffix, "jsonl")
+    assert out_fmt in (*OUTPUT_FORMATS, "npz")
     started = time.monotonic()
     loaded = _load_model(model, bundle, state_dir, trust_path, config_path, profile_name)
-    X = loaded.validate(_read_input(input_path, fmt, loaded))
+    if loaded.schema.io is not None and (
+        fmt == "npz" or out_fmt == "npz" or not _table_shaped(loaded)
+    ):
+        rows = _predict_tensors(loaded, input_path, fmt, out_fmt, output_path)
+        _summary(as_json, output_path, loaded, rows, input_path, out_fmt, started)
+        return
+    if fmt == "npz" or out_fmt == "npz":
+        raise UsageError(f"model {loaded.name!r} takes a table: give CSV, .npy or JSON lines")
+    X = loaded.validate(_read_input(input_path, fmt, loaded, no_header))
     n = len(X)
     progress = show_progress(as_json)
     with _output_stream(output_path) as stream:
@@ -251,10 +358,27 @@ def predict(
         finally:
             if bar is not None:
                 bar.render_finish()
+    _summary(as_json, output_path, loaded, writer.rows, input_path, out_fmt, started)
+
+
+def _table_shaped(loaded: Any) -> bool:
+    """One 2-D input with a fixed width: CSV/.npy rows can feed it."""
+    return loaded.schema.io is None or loaded.schema.io.is_table
+
+
+def _summary(
+    as_json: bool,
+    output_path: Path | None,
+    loaded: Any,
+    rows: int,
+    input_path: str,
+    out_fmt: str,
+    started: float,
+) -> None:
     result = {
         "model": loaded.name,
         "version": loaded.version,
-        "rows": writer.rows,
+        "rows": rows,
         "input": input_path,
         "output": str(output_path) if output_path is not None else "-",
         "format": out_fmt,

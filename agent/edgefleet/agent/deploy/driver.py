@@ -86,6 +86,7 @@ from edgefleet.agent.errors import (
 from edgefleet.core.profiles import DeviceProfile
 
 if TYPE_CHECKING:
+    from edgefleet.agent.model.served import ServedModel
     from edgefleet.core.trust import TrustStore
 
 log = logging.getLogger("edgefleet.agent.deploy")
@@ -138,7 +139,7 @@ class DeploymentDriver:
         )
         self._file = DeployStateFile(layout.deploy_file)
         self._state = self._file.load()
-        self._loaded: dict[str, Any] = {}  # what this process activated, by model
+        self._loaded: dict[str, ServedModel] = {}  # what this process activated, by model
         self.probation = ProbationWatch(settings, tap)
 
     # --- state ------------------------------------------------------------------
@@ -471,7 +472,7 @@ class DeploymentDriver:
             f" ({record.reason})" if record.reason else "",
         )
 
-    def _serve(self, model: str, loaded: Any | None) -> None:
+    def _serve(self, model: str, loaded: ServedModel | None) -> None:
         if loaded is None:
             self._loaded.pop(model, None)
         else:

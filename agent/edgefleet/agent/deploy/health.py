@@ -24,13 +24,16 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgefleet.agent.config import ProbationSettings
 from edgefleet.agent.telemetry.recorder import LiveStats
 from edgefleet.agent.telemetry.window_body import label_key
+
+if TYPE_CHECKING:
+    from edgefleet.agent.model.served import ServedModel
 
 
 class Decision(StrEnum):
@@ -81,7 +84,7 @@ def evaluate_probation(
     return Verdict(Decision.PASS, f"probation passed after enough {why} ({_describe(stats)})")
 
 
-def run_smoke(loaded: Any, bundle_dir: Path, smoke_path: str) -> str | None:
+def run_smoke(loaded: ServedModel, bundle_dir: Path, smoke_path: str) -> str | None:
     """Run the smoke set; None when it passes, else the reason it failed."""
     path = Path(bundle_dir) / smoke_path
     try:
@@ -89,6 +92,8 @@ def run_smoke(loaded: Any, bundle_dir: Path, smoke_path: str) -> str | None:
             arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError) as e:
         return f"smoke set {smoke_path} unreadable: {e}"
+    if "inputs" not in arrays and any(k.startswith(("in:", "gen:")) for k in arrays):
+        return _run_tensor_smoke(loaded, arrays)
     if "inputs" not in arrays:
         return f"smoke set {smoke_path} has no 'inputs'"
     atol = float(arrays["atol"]) if "atol" in arrays else 1e-4
@@ -118,6 +123,19 @@ def run_smoke(loaded: Any, bundle_dir: Path, smoke_path: str) -> str | None:
         if diff is None or diff > atol:
             return f"smoke set: values differ by {diff} (atol {atol})"
     return None
+
+
+def _run_tensor_smoke(loaded: ServedModel, arrays: dict[str, np.ndarray]) -> str | None:
+    """A format-2 smoke set (edgefleet.core.tensor_smoke): inputs by name, outputs by name."""
+    from edgefleet.core.tensor_smoke import check_outputs, inputs_from_smoke
+
+    dtypes = {spec.name: spec.dtype for spec in loaded.schema.inputs}
+    try:
+        feeds = inputs_from_smoke(arrays, dtypes)
+        prediction = loaded.predict_inputs(feeds)
+    except Exception as e:  # any failure to run the smoke set is a failed check
+        return f"smoke set could not run: {e}"
+    return check_outputs(arrays, dict(zip(loaded.output_names, prediction.outputs, strict=True)))
 
 
 def _max_diff(got: Any, want: Any) -> float | None:

@@ -41,6 +41,7 @@ from edgefleet.agent.deploy.layout import StateLayout
 from edgefleet.core.profiles import DeviceProfile
 
 if TYPE_CHECKING:
+    from edgefleet.agent.model.runtime import LoadedModel
     from edgefleet.agent.verify_process import CheckedBundle, VerifyProcess
     from edgefleet.core.trust import TrustStore
 
@@ -85,7 +86,7 @@ class BundleLoader:
         """True when the checks run in a child process."""
         return self.trust_path is not None
 
-    def load(self, sha256: str) -> Any:
+    def load(self, sha256: str) -> LoadedModel:
         from edgefleet.agent.runtime import MODEL_MEMBER
 
         bundle_dir = self.layout.bundle_dir(sha256)
@@ -101,7 +102,7 @@ class BundleLoader:
             manifest = verify_bundle_dir(bundle_dir, self.trust, skip=(MODEL_MEMBER,))
         return self._build(sha256, manifest, model_bytes)
 
-    def load_verified(self, sha256: str, manifest: Any) -> Any:
+    def load_verified(self, sha256: str, manifest: Any) -> LoadedModel:
         """Load a bundle whose archive this process verified for the install under way.
 
         ``manifest`` is what that verification returned; the model bytes are checked
@@ -110,7 +111,7 @@ class BundleLoader:
         """
         return self._build(sha256, manifest, None)
 
-    def _build(self, sha256: str, manifest: Any, model_bytes: bytes | None) -> Any:
+    def _build(self, sha256: str, manifest: Any, model_bytes: bytes | None) -> LoadedModel:
         from edgefleet.agent.runtime import load_model_dir
 
         bundle_dir = self.layout.bundle_dir(sha256)

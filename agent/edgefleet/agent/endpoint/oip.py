@@ -11,8 +11,10 @@ Decisions where the spec leaves room (documented in docs/agent-endpoint.md):
   (``binary_data_size`` on an input, ``binary_data`` on an output,
   ``binary_data_output`` on the request), which is refused with a message
   telling the client to send JSON (tritonclient: ``binary_data=False``).
-- Numbers are accepted for any numeric datatype and cast to the model's dtype;
-  booleans and strings are not numbers; integer inputs refuse fractional data.
+- Numbers are accepted for any numeric datatype and cast to the model's dtype
+  (tables, format 1); a format-2 model's inputs must carry exactly the
+  datatype of their ONNX type; booleans and strings are not numbers; integer
+  datatypes refuse fractional data and values outside their range.
   ``NaN``/``Infinity`` literals parse, then the model's io schema decides
   (refused as ``non_finite`` unless the manifest allows them).
 - Every response carries one extra ``BYTES`` output, ``prediction_id``, one id
@@ -34,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from edgefleet.agent.errors import InputSchemaError
-from edgefleet.agent.runtime import LoadedModel, Prediction
+from edgefleet.agent.model.runtime import LoadedModel, Prediction
 
 PREDICTION_ID_OUTPUT = "prediction_id"
 PLATFORM = "onnxruntime_onnx"
@@ -94,8 +96,9 @@ def _check_parameters(raw: Any, where: str, binary_keys: Sequence[str]) -> None:
 
 
 def _shape_of(raw: Any, name: str) -> list[int]:
-    if type(raw) is not list or not 1 <= len(raw) <= MAX_RANK:
-        raise _bad(f"input {name!r}: 'shape' must be a list of 1 to {MAX_RANK} integers")
+    # [] is a scalar (a sample rate, a gain): format-2 models may declare them.
+    if type(raw) is not list or len(raw) > MAX_RANK:
+        raise _bad(f"input {name!r}: 'shape' must be a list of 0 to {MAX_RANK} integers")
     for dim in raw:
         if type(dim) is not int or dim < 0:
             raise _bad(f"input {name!r}: 'shape' must hold non-negative integers, got {dim!r}")
@@ -112,7 +115,17 @@ def _numbers_array(data: list[Any], datatype: str, name: str) -> np.ndarray:
         if kind != "b" and arr.size:
             raise _bad(f"input {name!r}: datatype BOOL needs true/false values", "data")
         return arr.astype(np.bool_)
-    if kind in "iu" or (kind == "f" and datatype.startswith("FP")):
+    if kind in "iu":
+        target = NUMPY_FOR_OIP[datatype]
+        if target.kind in "iu" and arr.size:
+            # A cast would wrap silently (300 as UINT8 is 44): out of range is an error.
+            info = np.iinfo(target)
+            low, high = int(arr.min()), int(arr.max())
+            if low < info.min or high > info.max:
+                bad = low if low < info.min else high
+                raise _bad(f"input {name!r}: {bad} is out of range for datatype {datatype}", "data")
+        return arr
+    if kind == "f" and datatype.startswith("FP"):
         return arr
     if kind == "f":
         raise _bad(
@@ -202,9 +215,22 @@ def decode_infer_request(body: bytes, model: LoadedModel) -> InferCall:
         name, arr = decode_tensor(raw, i)
         if name in feeds:
             raise _bad(f"input {name!r} is given twice", "name")
+        if model.schema.io is not None:
+            _check_datatype(model, name, raw["datatype"])
         feeds[name] = arr
     outputs = _requested_outputs(doc.get("outputs"), model)
     return InferCall(request_id, feeds, outputs)
+
+
+def _check_datatype(model: LoadedModel, name: str, datatype: str) -> None:
+    """io schema v2 models: the OIP datatype must be the input's ONNX type, no casting."""
+    spec = model.schema.io.input(name) if model.schema.io is not None else None
+    if spec is not None and OIP_DATATYPES[spec.dtype] != datatype:
+        raise _bad(
+            f"input {name!r}: datatype {datatype} does not match the model's "
+            f"{OIP_DATATYPES[spec.dtype]}",
+            "datatype",
+        )
 
 
 def _requested_outputs(raw: Any, model: LoadedModel) -> tuple[int, ...] | None:
@@ -378,8 +404,23 @@ def model_metadata(model: LoadedModel) -> dict[str, Any]:
             for i in schema.inputs
         ],
         "outputs": outputs,
-        "parameters": {"task": model.task, "n_features": model.n_features or 0},
+        "parameters": _metadata_parameters(model),
     }
+
+
+def _metadata_parameters(model: LoadedModel) -> dict[str, Any]:
+    """Task and feature count; for format-2 models also class names, roles and batch axes."""
+    params: dict[str, Any] = {"task": model.task, "n_features": model.n_features or 0}
+    io_schema = model.schema.io
+    if io_schema is None:
+        return params
+    if model.labels is not None:
+        params["class_names"] = list(model.labels)
+    params["output_roles"] = {o.name: o.role for o in io_schema.outputs}
+    params["batch_axes"] = {i.name: i.batch_axis for i in io_schema.inputs}
+    if io_schema.state:
+        params["state"] = {p.input: p.output for p in io_schema.state}
+    return params
 
 
 def encode_json(doc: Mapping[str, Any]) -> bytes:

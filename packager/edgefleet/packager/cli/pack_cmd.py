@@ -40,6 +40,19 @@ from edgefleet.packager.registry.refs import parse_ref
     help="Largest absolute metric drop a quantized variant may have against float32.",
 )
 @click.option(
+    "--min-cosine",
+    type=float,
+    default=0.99,
+    show_default=True,
+    help="Tensor models: lowest cosine similarity per output a quantized variant may have.",
+)
+@click.option(
+    "--allow-batch-dependent",
+    is_flag=True,
+    help="Tensor models: accept a variant whose output for a sample depends on the rest of "
+    "its batch (dynamic int8 scales activations per batch).",
+)
+@click.option(
     "--out",
     "out_dir",
     type=click.Path(path_type=Path),
@@ -62,6 +75,8 @@ def pack(
     key_paths: tuple[Path, ...],
     quantize: str,
     max_accuracy_drop: float,
+    min_cosine: float,
+    allow_batch_dependent: bool,
     out_dir: Path,
     profiles_dir: Path | None,
     registry_dir: Path | None,
@@ -79,6 +94,8 @@ def pack(
         quantize=quantize,
         max_accuracy_drop=max_accuracy_drop,
         profiles_dir=profiles_dir,
+        min_cosine=min_cosine,
+        allow_batch_dependent=allow_batch_dependent,
     )
     verbose = show_progress(as_json)
 
@@ -103,8 +120,59 @@ def _num(value: float | None, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def render_tensor_report(result: dict[str, Any]) -> str:
+    """The report of a format-2 (tensor) bundle: fidelity per output, smoke set, budgets."""
+    model, target = result["model"], result["target"]
+    q, v = result["quantization"], result["validation"]
+    lines = [
+        f"packed {model['name']}:{model['version']} ({model['task']}) for {target['profile']} "
+        f"-> {result['bundle']}",
+        f"  bundle        {_size(result['size'])} (model {_size(v['size_bytes'])}), "
+        f"sha256 {result['sha256']}",
+        f"  signed by     {', '.join(k[:16] for k in result.get('signer_keyids', []))}",
+        f"  quantization  {q['method']}: {q['reason']}",
+        *_tensor_variant_lines(q),
+        f"  fidelity      packaged vs {v['fidelity']['compared_with']} on "
+        f"{v['fidelity']['samples']} samples",
+    ]
+    for name, row in v["fidelity"]["outputs"].items():
+        if "max_abs_diff" in row:
+            lines.append(
+                f"    {name}: max abs diff {row['max_abs_diff']:.3g}, "
+                f"max rel err {row['max_rel_err']:.3g}, cosine {row['cosine']:.6f}"
+            )
+        else:
+            lines.append(f"    {name}: {'equal' if row.get('equal') else 'DIFFERENT'}")
+    smoke = v["smoke"]
+    generated = ", ".join(smoke["generated_inputs"]) or "none"
+    lines += [
+        f"  smoke set     {smoke['samples']} samples, {_size(smoke['bytes'])}, "
+        f"regenerated on the device: {generated}",
+        f"  drift         {v['drift']}",
+        f"  took          {result['seconds']:.1f} s",
+    ]
+    return "\n".join(lines)
+
+
+def _tensor_variant_lines(q: dict[str, Any]) -> list[str]:
+    lines = []
+    for row in q.get("variants", []):
+        cosines = [o["cosine"] for o in row.get("outputs", {}).values() if "cosine" in o]
+        cosine = f", min cosine {min(cosines):.4f}" if cosines else ""
+        note = f"  {row['reason']}" if row.get("reason") else ""
+        lines.append(
+            f"    {row['variant']:<9} {row['status']:<9} {_size(row.get('size_bytes')):>10}"
+            f"{cosine}{note}"
+        )
+    for name, why in sorted(q.get("not_applicable", {}).items()):
+        lines.append(f"    {name:<9} n/a       {why}")
+    return lines
+
+
 def render_report(result: dict[str, Any]) -> str:
     """The readable pack report (the same facts as ``--json``)."""
+    if result.get("format_version", 1) > 1:
+        return render_tensor_report(result)
     model, target = result["model"], result["target"]
     q, v = result["quantization"], result["validation"]
     metric = v["metric"]

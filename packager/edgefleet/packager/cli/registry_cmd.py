@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 import click
 
 from edgefleet.core.cli.output import emit, json_option
+from edgefleet.core.io_schema import OUTPUT_ROLES
+from edgefleet.core.io_schema import TASKS as SCHEMA_TASKS
 from edgefleet.packager.errors import InvalidNameError
 from edgefleet.packager.registry.compare import compare_versions
 from edgefleet.packager.registry.records import ModelVersion
@@ -77,6 +79,32 @@ def _parse_date(text: str | None) -> float | None:
 )
 @click.option("--labels", type=click.Path(path_type=Path), help="Labels of the reference rows.")
 @click.option("--trained-at", metavar="DATE", help="Training date (default: the file's mtime).")
+@click.option(
+    "--task",
+    type=click.Choice(SCHEMA_TASKS),
+    default=None,
+    help="What the model does (ONNX files; default: from its metadata, else raw).",
+)
+@click.option(
+    "--class-names", metavar="A,B,C|FILE", help="Class names, comma-separated or one per line."
+)
+@click.option(
+    "--output-role",
+    "output_roles",
+    multiple=True,
+    metavar="NAME=ROLE",
+    help=f"Role of an output ({'|'.join(r for r in OUTPUT_ROLES if r != 'value')}).",
+)
+@click.option(
+    "--state", "state", multiple=True, metavar="IN=OUT", help="Recurrent state input=output."
+)
+@click.option(
+    "--batch-axis",
+    "batch_axes",
+    multiple=True,
+    metavar="NAME=K|none",
+    help="Batch axis of an input or output (default 0 when its first dimension is dynamic).",
+)
 @registry_option
 @json_option
 def register(
@@ -90,6 +118,11 @@ def register(
     reference_data: Path | None,
     labels: Path | None,
     trained_at: str | None,
+    task: str | None,
+    class_names: str | None,
+    output_roles: tuple[str, ...],
+    state: tuple[str, ...],
+    batch_axes: tuple[str, ...],
     registry_dir: Path | None,
     as_json: bool,
 ) -> None:
@@ -110,15 +143,76 @@ def register(
         reference_path=reference_data,
         labels_path=labels,
         trained_at=_parse_date(trained_at),
+        task=task,
+        class_names=parse_class_names(class_names),
+        output_roles=dict(tensor_pairs(output_roles, "--output-role")),
+        state=tuple(tensor_pairs(state, "--state")),
+        batch_axes=parse_batch_axes(batch_axes),
     )
     # Validate every input before the registry folder is created or touched.
     new = prepare_registration(request)
     with open_registry(registry_dir, create=True) as reg:
         mv = reg.register(new, now=time.time())
+    if new.notice:
+        click.echo(new.notice, err=True)
     emit(as_json, mv.to_dict(), lambda _: _registered_line(mv))
 
 
+def parse_class_names(text: str | None) -> tuple[str, ...] | None:
+    """``a,b,c`` or a file with one name per line (blank lines skipped)."""
+    if text is None:
+        return None
+    path = Path(text)
+    if "," not in text and path.is_file():
+        try:
+            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise InvalidNameError(f"--class-names: cannot read {path}: {e}") from e
+    else:
+        names = [part.strip() for part in text.split(",")]
+    names = [n for n in names if n]
+    if not names:
+        raise InvalidNameError("--class-names names no class")
+    if len(set(names)) != len(names):
+        raise InvalidNameError("--class-names lists a name twice")
+    return tuple(names)
+
+
+def tensor_pairs(items: tuple[str, ...], option: str) -> list[tuple[str, str]]:
+    """``NAME=VALUE`` pairs whose NAME is an ONNX tensor name (any text but '=')."""
+    out: list[tuple[str, str]] = []
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        if not sep or not name or not value:
+            raise InvalidNameError(f"{option} expects NAME=VALUE, got {item!r}")
+        if any(name == seen for seen, _ in out):
+            raise InvalidNameError(f"{option} {name} given twice")
+        out.append((name, value))
+    return out
+
+
+def parse_batch_axes(items: tuple[str, ...]) -> dict[str, int | None]:
+    """``NAME=K`` or ``NAME=none`` pairs."""
+    out: dict[str, int | None] = {}
+    for name, value in tensor_pairs(items, "--batch-axis"):
+        text = value.strip().lower()
+        if text == "none":
+            out[name] = None
+        elif text.isdigit():
+            out[name] = int(text)
+        else:
+            raise InvalidNameError(f"--batch-axis {name}={value}: expected an axis number or none")
+    return out
+
+
 def _registered_line(mv: ModelVersion) -> str:
+    if mv.io_schema is not None:
+        ins = ", ".join(
+            f"{i['name']} {i['dtype']}{list(i['shape'])}" for i in mv.io_schema["inputs"]
+        )
+        head = f"registered {mv.ref} ({mv.estimator}, {mv.task}; inputs {ins}; "
+        tail = f"reference {mv.reference.rows} samples)" if mv.reference else "no reference data)"
+        return head + tail
     parts = [f"registered {mv.ref}", f"{mv.estimator}, {mv.task}, {mv.n_features} features"]
     if mv.reference:
         labelled = "with labels" if mv.reference.y_sha256 else "without labels"
@@ -194,6 +288,23 @@ def _features_text(mv: ModelVersion) -> str:
     return f"{mv.n_features} ({shown}; {kinds})"
 
 
+def _tensor_text(t: dict[str, Any]) -> str:
+    dims = ", ".join("?" if d is None else str(d) for d in t["shape"])
+    axis = "" if t.get("batch_axis") is None else f", batch axis {t['batch_axis']}"
+    return f"{t['name']} {t['dtype']}[{dims}] ({t['role']}{axis})"
+
+
+def _io_lines(mv: ModelVersion) -> list[str]:
+    """The features of a table, or the named inputs and outputs of a tensor model."""
+    if mv.io_schema is None:
+        return [f"  features      {_features_text(mv)}"]
+    schema = mv.io_schema
+    lines = [f"  input         {_tensor_text(t)}" for t in schema["inputs"]]
+    lines += [f"  output        {_tensor_text(t)}" for t in schema["outputs"]]
+    lines += [f"  state         {p['input']} <- {p['output']}" for p in schema.get("state", [])]
+    return lines
+
+
 def _framework_text(mv: ModelVersion) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in sorted(mv.framework_versions.items()))
     if mv.framework in mv.framework_versions:
@@ -207,7 +318,7 @@ def _version_text(mv: ModelVersion) -> str:
         f"{mv.ref}  [{mv.status.upper()}]" if mv.retired else mv.ref,
         f"  estimator     {mv.estimator} ({_framework_text(mv)})",
         f"  task          {mv.task}" + (f", labels {_fmt(mv.labels)}" if mv.labels else ""),
-        f"  features      {_features_text(mv)}",
+        *_io_lines(mv),
         f"  artifact      {mv.artifact_format}, {mv.artifact_size} bytes, sha256 {mv.artifact_sha256[:16]}",
         f"  created       {d['created_at']} by {mv.created_by}"
         + (f", commit {mv.git_commit[:12]}" if mv.git_commit else ""),
@@ -227,7 +338,10 @@ def _version_text(mv: ModelVersion) -> str:
     if mv.reference:
         ref = mv.reference
         labelled = "with labels" if ref.y_sha256 else "without labels"
-        lines.append(f"  reference     {ref.rows} rows x {ref.columns} columns {labelled}")
+        if mv.io_schema is not None:
+            lines.append(f"  reference     {ref.rows} samples {labelled}")
+        else:
+            lines.append(f"  reference     {ref.rows} rows x {ref.columns} columns {labelled}")
     else:
         lines.append("  reference     none (register with --reference-data to pack)")
     if mv.retired:

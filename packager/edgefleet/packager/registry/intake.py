@@ -20,8 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from edgefleet.packager.errors import DataFileError
+from edgefleet.core.io_schema import IoSchema
+from edgefleet.packager.errors import DataFileError, UnsupportedModelError
+from edgefleet.packager.graph import target_for
 from edgefleet.packager.loading import LoadedModel, describe_estimator, load_model_file
+from edgefleet.packager.onnx_io import (
+    Declarations,
+    check_runs,
+    declare_schema,
+    metadata_declarations,
+)
 from edgefleet.packager.registry.records import FeatureSpec
 from edgefleet.packager.registry.refs import check_model_name, parse_versioned_ref
 from edgefleet.packager.registry.store import NewVersion
@@ -32,6 +40,7 @@ from edgefleet.packager.tables import (
     load_table,
     split_label_column,
 )
+from edgefleet.packager.tensor_data import load_samples, npz_bytes
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,12 @@ class RegistrationInput:
     reference_path: Path | None = None
     labels_path: Path | None = None
     trained_at: float | None = None
+    # Declarations (docs/registry.md): all optional, never guessed.
+    task: str | None = None
+    class_names: tuple[str, ...] | None = None
+    output_roles: dict[str, str] = field(default_factory=dict)
+    state: tuple[tuple[str, str], ...] = ()
+    batch_axes: dict[str, int | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,8 @@ class _Described:
     task: str
     labels: list[Any] | None
     features: tuple[FeatureSpec, ...]
+    io_schema: IoSchema | None = None  # set for models packed as tensors (format 2)
+    notice: str | None = None
 
 
 def prepare_registration(req: RegistrationInput) -> NewVersion:
@@ -67,11 +84,19 @@ def prepare_registration(req: RegistrationInput) -> NewVersion:
     if req.labels_path is not None and req.reference_path is None:
         raise DataFileError("--labels needs --reference-data (labels belong to reference rows)")
     loaded = load_model_file(req.model_path)
-    described = _describe(loaded, str(req.model_path))
+    described = _describe(loaded, str(req.model_path), req)
     features = described.features
     reference_x = reference_y = None
     rows = 0
-    if req.reference_path is not None:
+    if req.reference_path is not None and described.io_schema is not None:
+        samples, rows = load_samples(req.reference_path, described.io_schema)
+        reference_x = npz_bytes(samples)
+        if req.labels_path is not None:
+            labels = load_labels(req.labels_path)
+            if len(labels) != rows:
+                raise DataFileError(f"{req.labels_path}: {len(labels)} labels for {rows} samples")
+            reference_y = _npy(labels)
+    elif req.reference_path is not None:
         x, y, features = _reference(req, described)
         rows = int(x.shape[0])
         reference_x = _npy(x)
@@ -104,12 +129,13 @@ def prepare_registration(req: RegistrationInput) -> NewVersion:
         reference_y=reference_y,
         reference_rows=rows,
         reference_source=str(req.reference_path.resolve()) if req.reference_path else "",
+        io_schema=described.io_schema.to_dict() if described.io_schema else None,
+        notice=described.notice,
     )
 
 
-def _describe(loaded: LoadedModel, label: str) -> _Described:
-    from edgefleet.packager.convert import convert_estimator, prepare_onnx
-    from edgefleet.packager.graph import target_for
+def _describe(loaded: LoadedModel, label: str, req: RegistrationInput) -> _Described:
+    from edgefleet.packager.convert import convert_estimator
 
     # Prove the model converts now, not on the day someone packs it. Newest target:
     # the profile is chosen at pack time and can only lower the opset.
@@ -118,24 +144,109 @@ def _describe(loaded: LoadedModel, label: str) -> _Described:
         import sklearn
 
         info = describe_estimator(loaded.obj)
+        _check_sklearn_declarations(req, info.task, label)
         convert_estimator(loaded.obj, info.n_features, newest)
         versions = {"scikit-learn": loaded.trained_with or sklearn.__version__}
         return _Described(
             "scikit-learn", versions, info.estimator, info.task, info.labels, info.features
         )
+    return _describe_onnx(loaded, label, req)
+
+
+_TABLE_TASK = {"classifier": "classification", "regressor": "regression"}
+
+
+def _check_sklearn_declarations(req: RegistrationInput, task: str, label: str) -> None:
+    declared = _TABLE_TASK.get(req.task or "", req.task)
+    if declared is not None and declared != task:
+        raise UnsupportedModelError(
+            f"{label} holds a scikit-learn {task} model; --task {req.task} contradicts it"
+        )
+    if req.class_names or req.output_roles or req.state or req.batch_axes:
+        raise UnsupportedModelError(
+            "--class-names, --output-role, --state and --batch-axis apply to ONNX files; "
+            "a scikit-learn estimator carries its own classes and outputs"
+        )
+
+
+def _describe_onnx(loaded: LoadedModel, label: str, req: RegistrationInput) -> _Described:
+    from edgefleet.packager.convert import prepare_onnx
+
     model = loaded.obj
-    converted = prepare_onnx(model, newest)
-    signature = converted.signature
-    n = signature.input.shape[1]
+    check_runs(loaded.data, label)
+    meta = metadata_declarations(model)
+    decl = Declarations(
+        task=req.task or meta.task,
+        class_names=req.class_names or meta.class_names,
+        output_roles=req.output_roles,
+        state=req.state,
+        batch_axes=req.batch_axes,
+    )
     producer = " ".join(p for p in (model.producer_name, model.producer_version) if p)
     versions = {"producer": producer or "unknown", "ir_version": str(model.ir_version)}
-    labels = (
-        _onnx_labels(converted.model, signature) if signature.task == "classification" else None
+    estimator = model.producer_name or "onnx graph"
+    if not decl.shapes_io and decl.task in (None, "classifier", "regressor"):
+        try:
+            converted = prepare_onnx(model, target_for("99.0"))
+        except UnsupportedModelError:
+            converted = None  # not a table: the io schema v2 path below
+        if converted is not None:
+            signature = converted.signature
+            wanted = _TABLE_TASK.get(decl.task or "", signature.task)
+            if wanted == signature.task and (decl.task or _roles_known(model)):
+                labels = (
+                    _class_names(decl, converted.model, signature)
+                    if signature.task == "classification"
+                    else None
+                )
+                features = tuple(FeatureSpec(f"f{i}") for i in range(signature.input.shape[1]))
+                return _Described("onnx", versions, estimator, signature.task, labels, features)
+    task = decl.task
+    notice = None
+    if task is None:
+        task = "raw"
+        notice = (
+            f"notice: {label} declares no task (no --task, no task in its metadata): "
+            "registered as raw, outputs passed through untouched"
+        )
+    schema = declare_schema(model, decl, task)
+    labels = list(decl.class_names) if decl.class_names else None
+    if labels is not None:
+        probabilities = schema.output_with_role("probabilities")
+        width = probabilities.fixed(probabilities.rank - 1) if probabilities else None
+        if width is not None and width != len(labels):
+            raise UnsupportedModelError(
+                f"{len(labels)} class names for output {probabilities.name!r} "  # type: ignore[union-attr]
+                f"of {width} classes"
+            )
+    return _Described("onnx", versions, estimator, task, labels, (), schema, notice)
+
+
+# Output names converters give classifier/regressor outputs (skl2onnx, this packager).
+_KNOWN_OUTPUT_NAMES = frozenset(
+    {"label", "probabilities", "output_label", "output_probability", "variable", "value"}
+)
+
+
+def _roles_known(model: Any) -> bool:
+    """A table-shaped graph whose outputs say what they are: by name or ai.onnx.ml op."""
+    if any(o.name in _KNOWN_OUTPUT_NAMES for o in model.graph.output):
+        return True
+    return any(
+        node.domain == "ai.onnx.ml" and node.op_type.endswith(("Classifier", "Regressor"))
+        for node in model.graph.node
     )
-    features = tuple(FeatureSpec(f"f{i}") for i in range(n))
-    return _Described(
-        "onnx", versions, model.producer_name or "onnx graph", signature.task, labels, features
-    )
+
+
+def _class_names(decl: Declarations, model: Any, signature: Any) -> list[Any] | None:
+    found = _onnx_labels(model, signature)
+    if not decl.class_names:
+        return found
+    if found is not None and len(found) != len(decl.class_names):
+        raise UnsupportedModelError(
+            f"{len(decl.class_names)} class names for a model of {len(found)} classes"
+        )
+    return list(decl.class_names)
 
 
 def _onnx_labels(model: Any, signature: Any) -> list[Any] | None:

@@ -12,7 +12,12 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-TASKS = ("classification", "regression")
+from edgefleet.core.io_schema import TASKS as SCHEMA_TASKS
+
+# Tables (scikit-learn and table-shaped ONNX) keep their task names; any other ONNX
+# model carries a declared io schema v2 task (``io_schema`` is then set).
+TABLE_TASKS = ("classification", "regression")
+TASKS = TABLE_TASKS + SCHEMA_TASKS
 KINDS = ("sklearn", "onnx")
 ARTIFACT_FORMATS = ("pickle", "joblib", "onnx")
 
@@ -135,6 +140,7 @@ class ModelVersion:
     retired_at: float | None = None
     retired_reason: str | None = None
     aliases: tuple[str, ...] = ()
+    io_schema: dict[str, Any] | None = None  # io schema v2 (non-table ONNX models only)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -192,4 +198,10 @@ class ModelVersion:
             "retired_at": iso_utc(self.retired_at),
             "retired_reason": self.retired_reason,
             "aliases": list(self.aliases),
+            "io_schema": self.io_schema,
         }
+
+    @property
+    def is_tensor(self) -> bool:
+        """Packed as io schema v2 (format 2 bundle) rather than as a table."""
+        return self.io_schema is not None

@@ -86,6 +86,7 @@ CREATE TABLE versions (
     reference TEXT,
     retired_at REAL,
     retired_reason TEXT,
+    io_schema TEXT,
     PRIMARY KEY (name, version)
 );
 CREATE TABLE aliases (
@@ -134,6 +135,8 @@ class NewVersion:
     reference_y: bytes | None = None  # .npy bytes, (rows,)
     reference_rows: int = 0
     reference_source: str = ""
+    io_schema: dict[str, Any] | None = None  # io schema v2 for non-table ONNX models
+    notice: str | None = None  # one line for the user (e.g. "registered as raw")
 
 
 def _dumps(value: Any) -> str:
@@ -178,6 +181,7 @@ class Registry:
             conn = sqlite3.connect(db_path, isolation_level=None, timeout=30.0)
             conn.execute("PRAGMA foreign_keys = ON")
             registry_id = cls._initialise(conn) if fresh else cls._check_marker(conn, root)
+            _add_io_schema_column(conn)
         except sqlite3.DatabaseError as e:
             raise NotARegistryError(f"{root} is not a registry: {DB_NAME} unreadable ({e})") from e
         return cls(root, conn, registry_id)
@@ -306,8 +310,8 @@ class Registry:
                 "INSERT INTO versions (name, version, created_at, created_by, git_commit, kind,"
                 " artifact_format, artifact_sha256, artifact_size, source_path, framework,"
                 " framework_versions, estimator, task, labels, n_features, features, metrics,"
-                " params, tags, trained_at, dataset, parent, reference)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " params, tags, trained_at, dataset, parent, reference, io_schema)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     new.name,
                     version,
@@ -333,6 +337,7 @@ class Registry:
                     _dumps(new.dataset.to_dict()) if new.dataset else None,
                     parent,
                     _dumps(reference.to_dict()) if reference else None,
+                    _dumps(new.io_schema) if new.io_schema is not None else None,
                 ),
             )
         except sqlite3.Error as e:
@@ -431,6 +436,16 @@ class Registry:
             y = _load_npy(self.artifacts.read_bytes(mv.reference.y_sha256))
         return x, y
 
+    def read_tensor_reference(self, mv: ModelVersion) -> dict[str, np.ndarray]:
+        """The reference samples of a tensor model: one array per input name."""
+        if mv.reference is None:
+            raise DataFileError(
+                f"{mv.ref} has no reference data; register it again with --reference-data"
+            )
+        data = self.artifacts.read_bytes(mv.reference.x_sha256)
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return {name: z[name] for name in z.files}
+
     def lineage(self, ref: ModelRef) -> list[ModelVersion]:
         """``ref`` followed by its parent, grandparent, ... (oldest last)."""
         chain = [self.get(ref)]
@@ -458,6 +473,13 @@ class Registry:
             return [_row_to_version(dict(zip(names, row, strict=True))) for row in rows]
         except sqlite3.Error as e:
             raise RegistryStorageError(f"cannot read the registry: {e}") from e
+
+
+def _add_io_schema_column(conn: sqlite3.Connection) -> None:
+    """Registries made before io schema v2 gain the nullable column (older readers ignore it)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(versions)")}
+    if "io_schema" not in columns:
+        conn.execute("ALTER TABLE versions ADD COLUMN io_schema TEXT")
 
 
 def _load_npy(data: bytes) -> np.ndarray:
@@ -501,4 +523,5 @@ def _row_to_version(row: dict[str, Any]) -> ModelVersion:
         retired_at=row["retired_at"],
         retired_reason=row["retired_reason"],
         aliases=aliases,
+        io_schema=load("io_schema") if "io_schema" in row else None,
     )
