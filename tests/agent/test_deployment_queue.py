@@ -195,3 +195,17 @@ def test_a_step_failing_on_a_full_disk_is_one_log_line_and_waits_longer_each_tim
         assert len(lines) == 2 and all(r.exc_info is None for r in lines)  # step + recovery
     assert driver.runs == 3 and driver.resumes == 3
     assert waits[0] < waits[1] < waits[2], waits
+
+
+def test_the_command_lines_inbox_copy_on_a_full_disk_leaves_no_temp_file(env: AgentEnv) -> None:
+    from edgefleet.agent.deploy import inbox
+    from edgefleet.agent.errors import DeploymentError
+
+    ctx = AgentContext.load(env.config_path)
+    bundle = env.bundle(1, extra_members={"card.md": bytes(256 * 1024)})
+    with small_disk(ctx.layout.inbox, 64 * 1024):
+        with pytest.raises(DeploymentError, match="No space left on device"):
+            inbox.submit_install(
+                ctx.layout, bundle, now=time.time(), max_bundle_bytes=ctx.profile.max_bundle_bytes
+            )
+        assert list(ctx.layout.inbox.iterdir()) == []

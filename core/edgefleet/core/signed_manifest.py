@@ -43,6 +43,7 @@ from edgefleet.core.trust import (
     TrustStore,
     signatures_from_json,
     tally_signatures,
+    verify_threshold,
 )
 
 MAX_MANIFEST_BYTES = 1 << 20
@@ -93,12 +94,13 @@ def check_publisher_signatures(
     manifest_bytes: bytes, signatures: Sequence[Signature], trust: TrustStore
 ) -> tuple[str, ...]:
     """Rule 3: the key ids of the distinct trusted publishers that signed, or SignatureError."""
-    tally = tally_signatures(manifest_bytes, signatures, trust.publisher_keys)
-    if len(tally.valid_keyids) < trust.publisher_threshold:
-        raise SignatureError(
-            "manifest.json signature check failed: " + tally.describe(trust.publisher_threshold)
+    try:
+        signers = verify_threshold(
+            manifest_bytes, signatures, trust.publisher_keys, trust.publisher_threshold
         )
-    return tally.valid_keyids
+    except SignatureError as e:
+        raise SignatureError(f"manifest.json signature check failed: {e}") from None
+    return tuple(signers)
 
 
 def parse_manifest(manifest_bytes: bytes) -> Manifest:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from edgefleet.agent.deploy import inbox
 from edgefleet.agent.deploy.atomic_files import is_disk_full, remove_path
 from edgefleet.agent.deploy.deployment_queue import (
+    DISK_FULL,
     DeploymentOutcome,
     DeploymentQueue,
     DeploymentRequest,
@@ -168,10 +169,24 @@ class DeploymentWorker:
 
     def _take_request(self, driver: DeploymentDriver) -> None:
         ticket = None if self.queue is None else self.queue.take()
-        if ticket is not None:
-            self._start(driver, ticket.request, source_is_inbox=False)
+        if ticket is None:
+            self._take_inbox_request(driver)
             return
-        self._take_inbox_request(driver)
+        try:
+            self._start(driver, ticket.request, source_is_inbox=False)
+        except OSError as e:
+            if is_disk_full(e) and self.queue is not None:
+                # Not even deploy.json could be written: the sync waits and tries again.
+                self.queue.settle(
+                    DeploymentOutcome(
+                        ticket.request_id,
+                        ticket.request.kind,
+                        DeploymentPhase.FAILED,
+                        f"cannot record the deployment: {e}",
+                        DISK_FULL,
+                    )
+                )
+            raise
 
     def _start(
         self, driver: DeploymentDriver, request: DeploymentRequest, *, source_is_inbox: bool
