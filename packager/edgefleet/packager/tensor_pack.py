@@ -52,7 +52,12 @@ from edgefleet.packager.registry.records import ModelVersion
 from edgefleet.packager.registry.store import Registry
 from edgefleet.packager.tensor_data import batch_count, npz_bytes
 from edgefleet.packager.tensor_quantize import choose_variant
-from edgefleet.packager.validate import SessionSettings, available_providers, make_session
+from edgefleet.packager.validate import (
+    SessionSettings,
+    available_providers,
+    make_session,
+    measure_feed_latency,
+)
 
 SMOKE_PATH = "smoke.npz"
 FIDELITY_SAMPLES = 64
@@ -213,6 +218,38 @@ def _smoke(
     }
 
 
+def _add_latency(
+    quantization: dict[str, Any],
+    schema: IoSchema,
+    samples: dict[str, np.ndarray],
+    session_of: Callable[[bytes], Any],
+    packaged: bytes,
+    chosen: bytes,
+) -> None:
+    """p50/p95 of one sample on the float graph and the chosen variant (this machine)."""
+    feeds = _feeds(schema, _take(schema, samples, np.arange(1)))
+    models = {"float32": packaged}
+    if chosen is not packaged:
+        models[quantization["variant"]] = chosen
+    try:
+        timed = measure_feed_latency(
+            {name: session_of(data) for name, data in models.items()},
+            [feeds],
+            budget_s=0.5,
+            min_samples=20,
+            max_samples=200,
+        )
+    except Exception:  # a run that failed here already failed the fidelity check above
+        return
+    for row in quantization["variants"]:
+        if row["variant"] in timed:
+            row.update(timed[row["variant"]].to_dict())
+    quantization["latency_measured_on"] = (
+        f"{platform.machine()} (this machine's architecture, not the target's), one sample, "
+        "alternating variants"
+    )
+
+
 def pack_tensor(
     registry: Registry,
     mv: ModelVersion,
@@ -271,9 +308,15 @@ def pack_tensor(
     if quantize != "none":
         progress("measuring int8 variants")
 
+    sessions: dict[int, Any] = {id(packaged): packaged_session}
+
+    def session_of(data: bytes) -> Any:
+        if id(data) not in sessions:
+            sessions[id(data)] = make_session(data, settings)
+        return sessions[id(data)]
+
     def outputs_of(data: bytes, index: np.ndarray) -> list[Any]:
-        session = packaged_session if data is packaged else make_session(data, settings)
-        return run_all(session, schema, _take(schema, samples, index), len(index))
+        return run_all(session_of(data), schema, _take(schema, samples, index), len(index))
 
     choice = choose_variant(
         model,
@@ -287,9 +330,8 @@ def pack_tensor(
         feeds_for=lambda index: _feeds(schema, _take(schema, samples, index)),
         outputs_of=outputs_of,
     )
-    chosen_session = (
-        packaged_session if choice.model is packaged else make_session(choice.model, settings)
-    )
+    chosen_session = session_of(choice.model)
+    _add_latency(choice.quantization, schema, samples, session_of, packaged, choice.model)
     progress("building the smoke set")
     smoke_bytes, smoke_info = _smoke(schema, samples, n, chosen_session, choice.smoke_atol)
     manifest = Manifest(

@@ -178,19 +178,35 @@ def measure_latency(
     so that CPU contention from other processes lands on all variants alike;
     timing each variant in its own block would let one unlucky second decide.
     """
-    rows = [x32[i : i + 1] for i in range(min(len(x32), 256))]
-    if not rows:
+    feeds = [{input_name: x32[i : i + 1]} for i in range(min(len(x32), 256))]
+    return measure_feed_latency(
+        sessions, feeds, budget_s=budget_s, min_samples=min_samples, max_samples=max_samples
+    )
+
+
+def measure_feed_latency(
+    sessions: Mapping[str, ort.InferenceSession],
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    *,
+    budget_s: float = 1.5,
+    min_samples: int = 60,
+    max_samples: int = 600,
+) -> dict[str, Latency]:
+    """Latency of every session on ``feeds`` (one request each, by input name), alternating
+    as :func:`measure_latency` explains."""
+    if not feeds:
         raise ValueError("latency needs at least one row")
+    rows = list(feeds)
     items = list(sessions.items())
     start = time.perf_counter()
     for i in range(10):  # warm-up: first runs allocate buffers and pick kernels
         for _, session in items:
-            session.run(None, {input_name: rows[i % len(rows)]})
+            session.run(None, dict(rows[i % len(rows)]))
     per_sweep = (time.perf_counter() - start) / 10 or 1e-6
     samples = int(min(max_samples, max(min_samples, budget_s / per_sweep)))
     timings: dict[str, list[float]] = {name: [] for name in sessions}
     for i in range(samples):
-        feed = {input_name: rows[i % len(rows)]}
+        feed = dict(rows[i % len(rows)])
         for name, session in items if i % 2 == 0 else reversed(items):
             t0 = time.perf_counter()
             session.run(None, feed)

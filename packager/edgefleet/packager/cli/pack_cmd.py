@@ -160,12 +160,15 @@ def _tensor_variant_lines(q: dict[str, Any]) -> list[str]:
         cosines = [o["cosine"] for o in row.get("outputs", {}).values() if "cosine" in o]
         cosine = f", min cosine {min(cosines):.4f}" if cosines else ""
         note = f"  {row['reason']}" if row.get("reason") else ""
+        p50 = f", p50 {row['p50_ms']:.3f} ms" if row.get("p50_ms") is not None else ""
         lines.append(
             f"    {row['variant']:<9} {row['status']:<9} {_size(row.get('size_bytes')):>10}"
-            f"{cosine}{note}"
+            f"{cosine}{p50}{note}"
         )
     for name, why in sorted(q.get("not_applicable", {}).items()):
         lines.append(f"    {name:<9} n/a       {why}")
+    if q.get("latency_measured_on"):
+        lines.append(f"    latency measured on {q['latency_measured_on']}")
     return lines
 
 
