@@ -87,3 +87,59 @@ def test_a_nan_gate_is_refused(tmp_path: Path, value: str) -> None:
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "max_prediction_psi" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (b"", "empty file (0 bytes)"),
+        (b"\x00" * 4096 + b"garbage" * 1000, "file is not a database"),
+    ],
+)
+def test_an_empty_or_corrupt_hub_db_is_refused_with_one_line(
+    tmp_path: Path, content: bytes, words: str
+) -> None:
+    fx = make_hub(tmp_path)
+    db = fx.config().store.path
+    db.write_bytes(content)
+    result = hub_cli(fx, "devices")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert str(db) in result.stderr and words in result.stderr
+    assert db.read_bytes() == content  # left exactly as it was
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_modes_are_explicit_under_umask_000(tmp_path: Path) -> None:
+    fx = make_hub(tmp_path)
+    out = tmp_path / "devices" / "pi-1"
+    added = hub_cli(
+        fx, "device", "add", "pi-1", "--profile", "rpi4-arm64", "--out", str(out), umask=0
+    )
+    assert added.returncode == 0, added.stderr
+    broker = tmp_path / "broker"
+    config = hub_cli(fx, "broker-config", "--out", str(broker), umask=0)
+    assert config.returncode == 0, config.stderr
+    db = fx.config().store.path
+    assert _mode(db) == 0o600
+    assert (_mode(tmp_path / "devices"), _mode(out)) == (0o750, 0o750)
+    assert _mode(out / "agent.toml") == 0o600
+    assert _mode(broker) == 0o700 and _mode(broker / "passwd") == 0o600
+    for extra in ("data",):
+        if (broker / extra).exists():
+            assert _mode(broker / extra) == 0o700
+    for sidecar in (db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        if sidecar.exists():
+            assert _mode(sidecar) & 0o077 == 0, sidecar
+
+
+def test_an_existing_world_readable_hub_db_is_tightened(tmp_path: Path) -> None:
+    fx = make_hub(tmp_path)
+    assert hub_cli(fx, "devices").returncode == 0
+    db = fx.config().store.path
+    db.chmod(0o644)
+    assert hub_cli(fx, "devices").returncode == 0
+    assert _mode(db) == 0o600
