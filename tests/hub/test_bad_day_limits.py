@@ -3,14 +3,18 @@ with one line naming the problem, and nothing half-written is left behind."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from tests.hub.hubkit import HubFixture, make_bundle, make_hub
+from tests.hub.servicekit import T, make_service_hub, wait_until
 
 import edgefleet.core.manifest as manifest_module
+from edgefleet.core.testing.brokers import MosquittoBroker
 
 
 def hub_cli(
@@ -143,3 +147,33 @@ def test_an_existing_world_readable_hub_db_is_tightened(tmp_path: Path) -> None:
     db.chmod(0o644)
     assert hub_cli(fx, "devices").returncode == 0
     assert _mode(db) == 0o600
+
+
+@pytest.mark.mqtt
+def test_a_flood_of_malformed_messages_is_logged_a_few_times(
+    tmp_path: Path,
+    mosquitto_factory: Callable[..., MosquittoBroker],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub = make_service_hub(tmp_path, mosquitto_factory)
+    try:
+        service = hub.start()
+        device = hub.device("pi-a")
+        caplog.set_level(logging.INFO, logger="edgefleet.hub")
+        flood = 1000
+        for i in range(flood):
+            device.client.publish(T.state("pi-a"), b"{not json %d" % i, qos=0)
+            device.client.publish(T.fetch("pi-a"), b"[]", qos=0)
+        wait_until(
+            lambda: (
+                service.counters.get("malformed.state", 0) == flood
+                and service.counters.get("malformed.fetch", 0) == flood
+            ),
+            "every malformed message counted",
+        )
+        about = [r.getMessage() for r in caplog.records if "pi-a" in r.getMessage()]
+        # the first five and then every power of two, for each of the two kinds
+        assert 2 <= len(about) <= 2 * (5 + 10), len(about)
+        assert all("malformed" in line for line in about)  # what was wrong, from whom
+    finally:
+        hub.close()
