@@ -15,6 +15,7 @@ from tests.hub.servicekit import T, make_service_hub, wait_until
 
 import edgefleet.core.manifest as manifest_module
 from edgefleet.core.testing.brokers import MosquittoBroker
+from edgefleet.hub.store import SqliteHubStore
 
 
 def hub_cli(
@@ -177,3 +178,20 @@ def test_a_flood_of_malformed_messages_is_logged_a_few_times(
         assert all("malformed" in line for line in about)  # what was wrong, from whom
     finally:
         hub.close()
+
+
+def test_hub_serve_refuses_a_store_with_damaged_pages(tmp_path: Path) -> None:
+    fx = make_hub(tmp_path, broker={"password": "x"})
+    db = fx.config().store.path
+    store = SqliteHubStore(db)
+    for i in range(3000):
+        store.bump_counter(f"counter-{i:05d}-" + "x" * 40, i)
+    store.close()  # the last connection checkpoints the WAL into hub.db
+    data = bytearray(db.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = bytes(range(256)) * 16  # a damaged table page
+    db.write_bytes(bytes(data))
+    result = hub_cli(fx, "serve")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1 and str(db) in result.stderr
+    assert "corrupt" in result.stderr

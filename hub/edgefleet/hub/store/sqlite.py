@@ -139,6 +139,21 @@ class SqliteHubStore(SqliteTelemetryMixin):
         except sqlite3.Error as e:
             raise HubStoreError(f"cannot open hub store {self.path}: {e}") from e
 
+    def check_integrity(self) -> None:
+        """Refuse a store whose pages are damaged (``PRAGMA quick_check``), with one line
+        naming the file. O(store size), so ``hub serve`` runs it once at start rather
+        than meeting the damage as a traceback on every tick."""
+        try:
+            with self._lock:
+                rows = self._db.execute("PRAGMA quick_check(3)").fetchall()
+        except sqlite3.DatabaseError as e:
+            raise HubStoreError(f"{self.path}: hub store is corrupt ({e})") from e
+        problems = " ".join(" ".join(str(r[0]) for r in rows if str(r[0]) != "ok").split())
+        if problems:
+            raise HubStoreError(
+                f"{self.path}: hub store is corrupt ({problems[:300]}); restore it from a backup"
+            )
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
