@@ -25,9 +25,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from edgefleet.core.bounds import MAX_MODEL_VERSION
 from edgefleet.core.canonical import canonical_json
 from edgefleet.core.errors import DirectiveError, SignatureError
-from edgefleet.core.manifest import MAX_MODEL_VERSION
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

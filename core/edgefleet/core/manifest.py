@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgefleet.core.bounds import MAX_MODEL_VERSION
 from edgefleet.core.canonical import canonical_json, parse_json
 from edgefleet.core.errors import BundleError
 from edgefleet.core.io_schema import TASKS as TASKS_V2
@@ -55,11 +56,6 @@ SIGNATURES_NAME = "signatures.json"
 MODEL_PATH = "model.onnx"
 TASKS = ("classification", "regression")
 MAX_MEMBER_PATH_BYTES = 100
-# The largest model version every store holds exactly: SQLite and PostgreSQL
-# integers stop at 2^63 - 1 and JSON numbers read as doubles at 2^53 - 1 (a
-# larger signed version once installed, then broke every telemetry flush and
-# `hub publish`).
-MAX_MODEL_VERSION = 2**53 - 1
 
 _COMPONENT_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgefleet.core.fsmodes import BROKER_DIR, make_dirs
 from edgefleet.core.protocol.topics import DEVICE_PUBLISHES, DEVICE_SUBSCRIBES, Topics
 from edgefleet.hub.broker_tls import TlsFiles, write_tls_files
 from edgefleet.hub.config import HubConfig
@@ -181,7 +182,9 @@ def write_broker_config(
     """Write mosquitto.conf, passwd and acl (and TLS files when ``tls_hosts``) into ``out_dir``."""
     out_dir = out_dir.resolve()
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(out_dir, BROKER_DIR)  # explicit modes (edgefleet.core.fsmodes)
+        if persistence:
+            make_dirs(out_dir / "data", BROKER_DIR)
     except OSError as e:
         raise HubStoreError(f"cannot create {out_dir}: {e.strerror or e}") from e
     topics = Topics(config.broker.topic_root)
@@ -196,8 +199,6 @@ def write_broker_config(
     tls = write_tls_files(out_dir, list(tls_hosts)) if tls_hosts else None
     chosen_port = port if port is not None else (8883 if tls else config.broker.port)
     persistence_dir = out_dir / "data" if persistence else None
-    if persistence_dir is not None:
-        persistence_dir.mkdir(exist_ok=True)
     _write_atomic(password_file, render_password_file(entries), 0o600)
     _write_atomic(acl_file, render_acl(topics, username), 0o644)
     conf = out_dir / "mosquitto.conf"

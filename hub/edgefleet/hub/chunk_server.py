@@ -67,7 +67,7 @@ class ChunkServer:
         topics: Topics,
         stop: threading.Event,
         *,
-        count: Callable[[str], object],
+        count: Callable[..., object],
         tally: Callable[[str, int], object],
     ) -> None:
         self.store = store
@@ -104,15 +104,13 @@ class ChunkServer:
                 continue
             try:
                 self.serve_fetch(fetch.device_id, fetch.request)
+            # Logged by count(), rate-limited: a flood of bad fetches stays a few lines.
             except ProtocolError as e:
-                self._count("malformed.fetch")
-                log.info("hub: fetch from %s: %s", fetch.device_id, e)
+                self._count("malformed.fetch", detail=f"from {fetch.device_id}: {e}")
             except EdgefleetError as e:
-                self._count("failed.fetch")
-                log.error("hub: fetch from %s: %s", fetch.device_id, e)
+                self._count("failed.fetch", detail=f"from {fetch.device_id}: {e}")
             except Exception:
-                self._count("failed.fetch")
-                log.exception("hub: fetch from %s", fetch.device_id)
+                self._count("failed.fetch", detail=f"from {fetch.device_id}", exc_info=True)
 
     def serve_fetch(self, device_id: str, request: FetchRequest) -> int:
         """Publish the requested chunks; returns how many frames were queued."""
@@ -122,8 +120,7 @@ class ChunkServer:
             self._count("unknown_device")
             return 0
         if sha not in allowed:
-            self._count("fetch_denied")
-            log.info("hub: %s asked for bundle %s it is not assigned", device_id, sha[:12])
+            self._count("fetch_denied", detail=f"{device_id} asked for bundle {sha[:12]}")
             return 0
         size = self._bundle_size(sha)
         if size is None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgefleet.core.fsmodes import DEVICES_DIR, make_dirs
 from edgefleet.core.keys import load_private_key, load_public_key
 from edgefleet.core.profiles import load_profile
 from edgefleet.core.protocol.topics import validate_device_id
@@ -211,7 +212,7 @@ def _write_files(enrollment: Enrollment, out_dir: Path, commit: Any) -> tuple[Pa
     if existing:
         raise HubUsageError(f"{existing[0]} already exists; choose another --out directory")
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(out_dir, DEVICES_DIR)  # explicit modes (edgefleet.core.fsmodes)
         staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".enroll-"))
     except OSError as e:
         raise HubStoreError(f"cannot write to {out_dir}: {e.strerror or e}") from e

@@ -234,12 +234,17 @@ class HubService:
 
     # -- counters ------------------------------------------------------------------
 
-    def count(self, name: str, n: int = 1) -> None:
-        """Count a problem (malformed payload, refused request...) and log it."""
+    def count(self, name: str, n: int = 1, detail: str = "", exc_info: bool = False) -> bool:
+        """Count a problem (malformed payload, refused request...) and log it, with
+        ``detail`` (and the traceback with ``exc_info``), the first few times and then
+        every power of two: a device sending 20,000 bad messages a second costs a
+        handful of lines, not 20,000. Returns whether this one was logged."""
         total = self.tally(name, n)
-        # Log the first few and then every power of two: a flood stays readable.
-        if total <= 5 or total & (total - 1) == 0:
-            log.warning("hub: %s (%d so far)", name, total)
+        if total > 5 and total & (total - 1):
+            return False
+        suffix = f": {detail}" if detail else ""
+        log.warning("hub: %s (%d so far)%s", name, total, suffix, exc_info=exc_info)
+        return True
 
     def tally(self, name: str, n: int = 1) -> int:
         """Count normal traffic (records stored, chunks sent) without logging."""
@@ -325,14 +330,11 @@ class HubService:
                 self._devices[device_id] = device
             handler(device, payload)
         except ProtocolError as e:
-            self.count(f"malformed.{kind.value}")
-            log.info("hub: from %s on %s: %s", device_id, kind.value, e)
+            self.count(f"malformed.{kind.value}", detail=f"from {device_id}: {e}")
         except EdgefleetError as e:
-            self.count(f"failed.{kind.value}")
-            log.error("hub: handling %s from %s: %s", kind.value, device_id, e)
+            self.count(f"failed.{kind.value}", detail=f"from {device_id}: {e}")
         except Exception:
-            self.count(f"failed.{kind.value}")
-            log.exception("hub: handling %s from %s", kind.value, device_id)
+            self.count(f"failed.{kind.value}", detail=f"from {device_id}", exc_info=True)
 
     def _on_status(self, device: DeviceRecord, payload: bytes) -> None:
         if payload == b"":
@@ -405,8 +407,7 @@ class HubService:
         try:
             request = decode_fetch(payload)
         except ProtocolError as e:
-            self.count("malformed.fetch")
-            log.info("hub: from %s on fetch: %s", device_id, e)
+            self.count("malformed.fetch", detail=f"from {device_id}: {e}")
             return
         if not self.chunks.submit(device_id, request):
             self.count("fetch_overload")  # the device asks again after its timeout

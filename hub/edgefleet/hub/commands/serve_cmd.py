@@ -101,6 +101,13 @@ def serve(embedded_broker: bool, log_level: str, config_path: Path | None) -> No
     key = load_private_key(config.keys.hub_signing_key)
     password = config.broker.resolved_password()
     store = open_store(config.store.path)
+    check_integrity = getattr(store, "check_integrity", None)  # SQLite: damaged pages
+    if check_integrity is not None:
+        try:
+            check_integrity()
+        except Exception:
+            store.close()
+            raise
     broker = None
     stop = threading.Event()
 

@@ -5,7 +5,8 @@ is committed, and a slow or failing receiver must not hold up evaluation (let al
 ingest). The MQTT sink only enqueues on the client (QoS 1, the client's bounded queue); the
 webhook sink puts the event on its own bounded queue, and a background thread POSTs it,
 retrying with exponential backoff (:class:`~edgefleet.core.mqtt.BackoffPolicy`) on network
-errors, 429 and 5xx; any other 4xx is final. What could not be queued or delivered is
+errors, 429 and 5xx; any other 4xx is final. Each POST ends within ``call_timeout_s`` (15 s)
+in total, however slowly the receiver answers. What could not be queued or delivered is
 counted.
 
 Payload (JSON, the same on MQTT and the webhook)::
@@ -16,10 +17,15 @@ Payload (JSON, the same on MQTT and the webhook)::
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import io
 import json
 import logging
+import math
 import queue
 import random
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -86,11 +92,56 @@ class MqttAlertSink:
             log.warning("alert not published on %s: %s", self.topic, e)
 
 
-Opener = Callable[[urllib.request.Request, float], Any]
+# opener(request, timeout_s per socket operation, total_s for the whole call)
+Opener = Callable[[urllib.request.Request, float, float], Any]
 
 
-def _urlopen(request: urllib.request.Request, timeout_s: float) -> Any:
-    return urllib.request.urlopen(request, timeout=timeout_s)  # noqa: S310 (scheme checked)
+def _urlopen(request: urllib.request.Request, timeout_s: float, total_s: float) -> Any:
+    """POST ``request``; the whole call (connect, send, status, headers, body) ends
+    within ``total_s``. A per-operation timeout alone lets a receiver that trickles one
+    byte every few seconds hold the alert thread for minutes; a watchdog shuts the
+    socket down at the deadline instead. 4xx/5xx raise ``urllib.error.HTTPError``."""
+    parts = urlsplit(request.full_url)
+    if parts.scheme == "https":
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            parts.hostname or "", parts.port, timeout=timeout_s
+        )
+    else:
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout_s)
+    expired = threading.Event()
+
+    def cut() -> None:
+        expired.set()
+        sock = conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    watchdog = threading.Timer(total_s, cut)
+    watchdog.daemon = True
+    watchdog.start()
+    path = parts.path or "/"
+    try:
+        conn.request(
+            request.get_method(),
+            f"{path}?{parts.query}" if parts.query else path,
+            body=request.data,  # type: ignore[arg-type]
+            headers=dict(request.header_items()),
+        )
+        response = conn.getresponse()
+        body = response.read()
+    except (OSError, http.client.HTTPException) as e:
+        if expired.is_set():
+            raise TimeoutError(f"no complete answer within {total_s:g} s") from e
+        raise OSError(str(e)) from e
+    finally:
+        watchdog.cancel()
+        conn.close()
+    if response.status >= 400:
+        raise urllib.error.HTTPError(
+            request.full_url, response.status, response.reason, response.headers, None
+        )
+    return io.BytesIO(body)
 
 
 @dataclass
@@ -104,7 +155,8 @@ class WebhookStats:
 @dataclass
 class WebhookSink:
     url: str
-    timeout_s: float = 5.0
+    timeout_s: float = 5.0  # each socket operation
+    call_timeout_s: float = 15.0  # one whole POST, however the receiver paces its answer
     max_attempts: int = 6
     backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(initial_s=1.0, max_s=60.0))
     queue_size: int = 1000
@@ -116,8 +168,8 @@ class WebhookSink:
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"webhook url must be http(s)://host/...: {self.url!r}")
-        if self.max_attempts < 1 or self.timeout_s <= 0:
-            raise ValueError("max_attempts must be >= 1 and timeout_s > 0")
+        if self.max_attempts < 1 or not 0 < self.timeout_s <= self.call_timeout_s < math.inf:
+            raise ValueError("need max_attempts >= 1 and 0 < timeout_s <= call_timeout_s (finite)")
         self.stats = WebhookStats()
         self._queue: queue.Queue[AlertEvent] = queue.Queue(maxsize=self.queue_size)
         self._stop = threading.Event()
@@ -181,7 +233,7 @@ class WebhookSink:
             headers={"Content-Type": "application/json", **dict(self.headers)},
         )
         try:
-            with self.opener(request, self.timeout_s) as response:
+            with self.opener(request, self.timeout_s, self.call_timeout_s) as response:
                 response.read()
             return False, None
         except urllib.error.HTTPError as e:

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from edgefleet.core.fsmodes import private_file
 from edgefleet.hub.errors import HubStoreError
 from edgefleet.hub.rollout.machine import RolloutState, RolloutStatus
 from edgefleet.hub.store.records import (
@@ -101,7 +102,16 @@ class SqliteHubStore(SqliteTelemetryMixin):
         self._lock = threading.RLock()
         self._depth = 0
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # A zero-length file is no store: SQLite would silently start a new, empty one.
+            if self.path.is_file() and self.path.stat().st_size == 0:
+                raise HubStoreError(
+                    f"{self.path}: the hub store is an empty file (0 bytes); restore it from "
+                    "a backup, or remove it to start a new store"
+                )
+            private_file(self.path)  # 0600 whatever the umask (password hashes inside)
+        except OSError as e:
+            raise HubStoreError(f"cannot open hub store {self.path}: {e.strerror or e}") from e
+        try:
             self._db = sqlite3.connect(
                 str(self.path),
                 timeout=busy_timeout_s,
@@ -128,6 +138,21 @@ class SqliteHubStore(SqliteTelemetryMixin):
                     )
         except sqlite3.Error as e:
             raise HubStoreError(f"cannot open hub store {self.path}: {e}") from e
+
+    def check_integrity(self) -> None:
+        """Refuse a store whose pages are damaged (``PRAGMA quick_check``), with one line
+        naming the file. O(store size), so ``hub serve`` runs it once at start rather
+        than meeting the damage as a traceback on every tick."""
+        try:
+            with self._lock:
+                rows = self._db.execute("PRAGMA quick_check(3)").fetchall()
+        except sqlite3.DatabaseError as e:
+            raise HubStoreError(f"{self.path}: hub store is corrupt ({e})") from e
+        problems = " ".join(" ".join(str(r[0]) for r in rows if str(r[0]) != "ok").split())
+        if problems:
+            raise HubStoreError(
+                f"{self.path}: hub store is corrupt ({problems[:300]}); restore it from a backup"
+            )
 
     def close(self) -> None:
         with self._lock:

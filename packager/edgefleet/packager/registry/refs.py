@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from edgefleet.core.manifest import MAX_MODEL_VERSION
+from edgefleet.core.bounds import MAX_MODEL_VERSION
 from edgefleet.packager.errors import InvalidNameError
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
