@@ -151,7 +151,6 @@ def _assert_one_line_error(result: Any, code: int, message: str) -> None:
     assert "Traceback" not in result.err
 
 
-@pytest.mark.subprocess
 @pytest.mark.parametrize("case", sorted(REGISTER_CASES))
 def test_bad_registration(
     case: str, cli: Any, models: dict[str, Any], tmp_path: Path, registry_dir: Path
@@ -292,7 +291,6 @@ PACK_CASES: dict[str, tuple[Callable[[Path, Path, Path], list[str | Path]], int,
 }
 
 
-@pytest.mark.subprocess
 @pytest.mark.parametrize("case", sorted(PACK_CASES))
 def test_bad_pack(
     case: str, cli: Any, packable: Path, signing_key: tuple[Path, Path], tmp_path: Path
@@ -324,7 +322,6 @@ def test_registry_folder_that_is_not_one(
         _assert_one_line_error(result, 2, expected)
 
 
-@pytest.mark.subprocess
 def test_registry_path_from_the_environment(
     cli: Any, models: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

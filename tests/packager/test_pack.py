@@ -61,7 +61,6 @@ def _evaluation_rows(n: int) -> np.ndarray:
     return np.arange(n) % 4 != 0
 
 
-@pytest.mark.subprocess
 def test_digits_mlp_round_trip(
     cli: Any,
     models: dict[str, Any],
@@ -148,7 +147,6 @@ def test_digits_mlp_round_trip(
     assert len(reference.feature_names) == 64 and reference.output_kind == "class"
 
 
-@pytest.mark.subprocess
 def test_auto_choice_follows_the_rule_on_the_measured_table(
     cli: Any,
     models: dict[str, Any],
@@ -175,7 +173,6 @@ def test_auto_choice_follows_the_rule_on_the_measured_table(
     ("kind", "operator"),
     [("iris_forest", "TreeEnsembleClassifier"), ("cancer_lr", "LinearClassifier")],
 )
-@pytest.mark.subprocess
 def test_ml_operator_graphs_are_not_applicable(
     cli: Any,
     models: dict[str, Any],
@@ -206,7 +203,6 @@ def test_ml_operator_graphs_are_not_applicable(
     )
 
 
-@pytest.mark.subprocess
 def test_pipeline_with_csv_reference_names_the_features(
     cli: Any,
     models: dict[str, Any],
@@ -260,7 +256,6 @@ def _helper_api_model(path: Path) -> None:
     path.write_bytes(model.SerializeToString())
 
 
-@pytest.mark.subprocess
 def test_onnx_file_from_the_helper_api(
     cli: Any, registry_dir: Path, signing_key: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -302,7 +297,6 @@ def test_onnx_file_from_the_helper_api(
     assert np.array_equal(labels, probabilities.argmax(axis=1))
 
 
-@pytest.mark.subprocess
 def test_regression_bundle(
     cli: Any,
     models: dict[str, Any],
@@ -328,7 +322,6 @@ def test_regression_bundle(
     assert np.max(np.abs(values.reshape(-1) - smoke["expected_values"])) <= float(smoke["atol"])
 
 
-@pytest.mark.subprocess
 def test_gpu_profile_measures_fp16_without_a_latency_gate(
     cli: Any,
     models: dict[str, Any],
@@ -347,7 +340,6 @@ def test_gpu_profile_measures_fp16_without_a_latency_gate(
     assert result["target"]["execution_providers"][0] == "CUDAExecutionProvider"
 
 
-@pytest.mark.subprocess
 def test_pack_by_alias_and_readable_report(
     cli: Any,
     models: dict[str, Any],
@@ -376,7 +368,6 @@ def test_pack_by_alias_and_readable_report(
         assert words in report.out
 
 
-@pytest.mark.subprocess
 def test_bundle_over_the_profile_budget_is_refused(
     cli: Any,
     models: dict[str, Any],
@@ -419,7 +410,6 @@ def test_bundle_over_the_profile_budget_is_refused(
     assert list(out.iterdir()) == []  # neither the bundle nor a partial file
 
 
-@pytest.mark.subprocess
 def test_registry_commands_render_and_emit_json(
     cli: Any, models: dict[str, Any], registry_dir: Path
 ) -> None:
@@ -451,7 +441,6 @@ def test_registry_commands_render_and_emit_json(
     json.loads(cli("registry", "show", "iris", "--registry", registry_dir, "--json").out)
 
 
-@pytest.mark.subprocess
 def test_conv_graph_measures_static_and_dynamic(
     cli: Any,
     conv_model: Any,

@@ -45,7 +45,6 @@ def registry(cli: Any, models: dict[str, Any], tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.mark.subprocess
 def test_pack_with_two_keys_meets_a_threshold_of_two(
     cli: Any, registry: Path, keys: dict[str, str], tmp_path: Path
 ) -> None:
@@ -93,7 +92,6 @@ def test_pack_with_two_keys_meets_a_threshold_of_two(
     assert sorted(p.name for p in out.iterdir()) == [bundle.name]
 
 
-@pytest.mark.subprocess
 def test_pack_refuses_when_any_key_is_missing(
     cli: Any, registry: Path, keys: dict[str, str], tmp_path: Path
 ) -> None:

@@ -84,7 +84,6 @@ def test_parse_pairs_types_and_errors() -> None:
 # -- versions, aliases, retirement ---------------------------------------------------
 
 
-@pytest.mark.subprocess
 def test_versions_increment_per_name_and_record_metadata(
     models: dict[str, Any], registry_dir: Path
 ) -> None:
@@ -106,7 +105,6 @@ def test_versions_increment_per_name_and_record_metadata(
         assert reg.get(ModelRef("iris")).version == 2
 
 
-@pytest.mark.subprocess
 def test_alias_moves_and_resolves(models: dict[str, Any], registry_dir: Path) -> None:
     with Registry.open(registry_dir, create=True) as reg:
         reg.register(_new(models), now=1.0)
@@ -123,7 +121,6 @@ def test_alias_moves_and_resolves(models: dict[str, Any], registry_dir: Path) ->
             reg.get(parse_ref("nope@production"))
 
 
-@pytest.mark.subprocess
 def test_retired_version_is_visible_but_not_usable(
     models: dict[str, Any], registry_dir: Path
 ) -> None:
@@ -147,7 +144,6 @@ def test_retired_version_is_visible_but_not_usable(
             reg.get(ModelRef("iris"))
 
 
-@pytest.mark.subprocess
 def test_lineage_follows_parents_across_names(models: dict[str, Any], registry_dir: Path) -> None:
     with Registry.open(registry_dir, create=True) as reg:
         reg.register(_new(models, name="base"), now=1.0)
@@ -158,7 +154,6 @@ def test_lineage_follows_parents_across_names(models: dict[str, Any], registry_d
     assert chain[0].parent == "iris:1"
 
 
-@pytest.mark.subprocess
 def test_compare_shows_deltas_and_changes(models: dict[str, Any], registry_dir: Path) -> None:
     with Registry.open(registry_dir, create=True) as reg:
         a = reg.register(
@@ -178,7 +173,6 @@ def test_compare_shows_deltas_and_changes(models: dict[str, Any], registry_dir: 
 # -- all or nothing ---------------------------------------------------------------------
 
 
-@pytest.mark.subprocess
 def test_failed_register_leaves_no_version_and_no_artifacts(
     models: dict[str, Any], registry_dir: Path
 ) -> None:
@@ -190,7 +184,6 @@ def test_failed_register_leaves_no_version_and_no_artifacts(
         assert _artifact_files(registry_dir) == []
 
 
-@pytest.mark.subprocess
 def test_failed_register_keeps_artifacts_other_versions_share(
     models: dict[str, Any], registry_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -239,7 +232,6 @@ def test_folder_that_is_not_a_registry(tmp_path: Path, case: str) -> None:
         Registry.open(target, create=True)
 
 
-@pytest.mark.subprocess
 def test_corrupt_artifact_is_detected(models: dict[str, Any], registry_dir: Path) -> None:
     with Registry.open(registry_dir, create=True) as reg:
         mv = reg.register(_new(models), now=time.time())

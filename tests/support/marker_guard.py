@@ -16,6 +16,7 @@ first test that set the fixture up, which uses it and so needs the marker anyway
 from __future__ import annotations
 
 import multiprocessing.process
+import os
 import subprocess
 from collections.abc import Generator
 from typing import Any
@@ -24,6 +25,9 @@ import pytest
 
 #: Markers that take a test out of the fast lane; any of them admits a process start.
 PROCESS_MARKERS = frozenset({"subprocess", "mqtt", "postgres", "chromium", "slow"})
+#: Local tools that answer in milliseconds and start nothing that outlives them: the
+#: registry asks ``git`` for the commit it records as lineage on every register.
+INSTANT_TOOLS = frozenset({"git"})
 #: Fixtures that mean "this test talks to a broker".
 BROKER_FIXTURES = frozenset({"mosquitto", "mosquitto_factory", "amqtt_broker"})
 
@@ -44,7 +48,9 @@ def _install() -> None:
         return
 
     def init(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
-        _note(f"subprocess {args!r:.80}")
+        argv0 = args if isinstance(args, str | bytes | os.PathLike) else next(iter(args), "")
+        if os.path.basename(os.fsdecode(argv0)).split(" ")[0] not in INSTANT_TOOLS:
+            _note(f"subprocess {args!r:.80}")
         popen_init(self, args, *rest, **kwargs)
 
     init._edgefleet_guard = True  # type: ignore[attr-defined]

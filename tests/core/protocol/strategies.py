@@ -19,7 +19,7 @@ from edgefleet.core.protocol import (
     TelemetryRecord,
     WindowSummary,
 )
-from edgefleet.core.protocol.limits import MAX_WINDOW_BYTES, MIN_CHUNK_SIZE
+from edgefleet.core.protocol.limits import MAX_FETCH_SPAN, MAX_WINDOW_BYTES, MIN_CHUNK_SIZE
 
 sha256s = st.binary(min_size=32, max_size=32).map(bytes.hex)
 device_ids = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
@@ -74,9 +74,11 @@ def fetch_requests(draw: st.DrawFn) -> FetchRequest:
     first = draw(st.integers(min_value=0, max_value=10**6))
     offsets = draw(
         st.lists(
-            st.integers(min_value=0, max_value=4 * per_window),
+            # A request spans at most MAX_FETCH_SPAN chunks (small chunks make
+            # per_window larger than that).
+            st.integers(min_value=0, max_value=min(4 * per_window, MAX_FETCH_SPAN - 1)),
             min_size=1,
-            max_size=per_window,
+            max_size=min(per_window, MAX_FETCH_SPAN),
             unique=True,
         )
     )
