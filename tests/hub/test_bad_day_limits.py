@@ -104,6 +104,7 @@ def test_a_nan_gate_is_refused(tmp_path: Path, value: str) -> None:
         (b"\x00" * 4096 + b"garbage" * 1000, "file is not a database"),
     ],
 )
+@pytest.mark.subprocess
 def test_an_empty_or_corrupt_hub_db_is_refused_with_one_line(
     tmp_path: Path, content: bytes, words: str
 ) -> None:
@@ -121,6 +122,7 @@ def _mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
 
 
+@pytest.mark.subprocess
 def test_modes_are_explicit_under_umask_000(tmp_path: Path) -> None:
     fx = make_hub(tmp_path)
     out = tmp_path / "devices" / "pi-1"
@@ -144,6 +146,7 @@ def test_modes_are_explicit_under_umask_000(tmp_path: Path) -> None:
             assert _mode(sidecar) & 0o077 == 0, sidecar
 
 
+@pytest.mark.subprocess
 def test_an_existing_world_readable_hub_db_is_tightened(tmp_path: Path) -> None:
     fx = make_hub(tmp_path)
     assert hub_cli(fx, "devices").returncode == 0
@@ -183,6 +186,7 @@ def test_a_flood_of_malformed_messages_is_logged_a_few_times(
         hub.close()
 
 
+@pytest.mark.subprocess
 def test_hub_serve_refuses_a_store_with_damaged_pages(tmp_path: Path) -> None:
     fx = make_hub(tmp_path, broker={"password": "x"})
     db = fx.config().store.path
