@@ -25,10 +25,11 @@ def shown_commands() -> list[list[str]]:
         for line in joined.splitlines():
             for part in re.split(r"\|\||&&|\|", line):
                 words = shlex.split(part.split("#", 1)[0].strip() or "true")
-                for i, word in enumerate(words):
-                    if word == "edgefleet" or word.endswith("/bin/edgefleet"):
-                        commands.append(words[i + 1 :])
-                        break
+                # the command word: after `sudo`, `do` (a loop body) and VAR=value
+                while words and (words[0] in ("sudo", "do") or "=" in words[0]):
+                    words = words[1:]
+                if words and (words[0] == "edgefleet" or words[0].endswith("/bin/edgefleet")):
+                    commands.append(words[1:])
     return commands
 
 
