@@ -3,37 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import pty
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from tests.terminal import run_with_terminal_stderr
+
 
 def pack_on_a_terminal(args: list[str]) -> tuple[int, str, str]:
-    """Run ``edgefleet pack`` with stderr on a pseudo-terminal (stdout a pipe)."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgefleet.core.cli.main", "pack", *args],
-        stdout=subprocess.PIPE,
-        stderr=slave,
-        text=True,
+    return run_with_terminal_stderr(
+        [sys.executable, "-m", "edgefleet.core.cli.main", "pack", *args]
     )
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    out = proc.stdout.read() if proc.stdout else ""
-    code = proc.wait(timeout=300)
-    os.close(master)
-    return code, out, b"".join(chunks).decode(errors="replace")
 
 
 def test_a_line_per_measured_variant_on_stderr_only(
