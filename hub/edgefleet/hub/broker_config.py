@@ -199,7 +199,7 @@ def _toml(value: object) -> str:
 
 
 def hub_broker_settings(
-    config: HubConfig, *, bind: str, port: int, tls: TlsFiles | None, tls_hosts: Sequence[str]
+    *, bind: str, port: int, tls: TlsFiles | None, tls_hosts: Sequence[str]
 ) -> dict[str, object]:
     """The ``[broker]`` keys of hub.toml that must match the generated broker files."""
     settings: dict[str, object] = {"host": hub_connect_host(bind), "port": port}
@@ -309,9 +309,7 @@ def write_broker_config(
         ),
         0o644,
     )
-    settings = hub_broker_settings(
-        config, bind=bind, port=chosen_port, tls=tls, tls_hosts=tls_hosts
-    )
+    settings = hub_broker_settings(bind=bind, port=chosen_port, tls=tls, tls_hosts=tls_hosts)
     snippet = render_hub_snippet(settings, written)
     snippet_file = out_dir / HUB_SNIPPET
     _write_atomic(snippet_file, snippet, 0o644)
