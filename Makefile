@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 
-.PHONY: demo test test-fast lint typecheck pytest bench venv deps-all deps-dev system-deps clean
+.PHONY: demo test test-fast lint typecheck pytest bench venv deps-all deps-dev system-deps clean arm64-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,12 @@ test-fast: deps-dev
 
 bench: deps-dev system-deps
 	@for b in bench/*.py; do echo "== $$b" >&2; $(BIN)/python $$b || exit 1; done
+
+# The agent on an emulated Raspberry Pi OS 64-bit (debootstrap + qemu-user-static, root
+# needed; several minutes; not part of `make test`). Prints one JSON line.
+arm64-check: deps-dev
+	bash scripts/install-system-deps.sh debootstrap qemu-user-static
+	$(BIN)/python scripts/arm64_check.py
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

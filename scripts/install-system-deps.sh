@@ -3,6 +3,8 @@
 # mosquitto (the broker fixtures start their own on a free loopback port) and
 # chromium (headless rendering check of the HTML drift report) and strace (the
 # offline test watches every connect() the agent makes).
+# Package names given as arguments are installed too when missing (make arm64-check
+# passes debootstrap and qemu-user-static).
 # Needs apt-get and root (or passwordless sudo); otherwise says what is missing
 # and leaves it to the tests to report it.
 set -u
@@ -10,6 +12,11 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v strace >/dev/null 2>&1 || need+=(strace)
+# systemd-analyze checks the generated service units (tests/test_service_units.py).
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
 [ ${#need[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "install-system-deps: apt-get not available; please install: ${need[*]}" >&2

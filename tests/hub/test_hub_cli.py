@@ -226,11 +226,19 @@ def test_broker_config_writes_files_from_the_store(cli: Cli, tmp_path: Path) -> 
     hub_hash = (out_dir / "passwd").read_text().splitlines()[0].split(":", 1)[1]
     assert verify_password(hub_password, hub_hash)
     tls = cli.json(
-        "broker-config", "--out", str(out_dir), "--tls-host", "localhost", "--tls-host", "127.0.0.1"
+        "broker-config",
+        "--out",
+        str(out_dir),
+        "--tls-host",
+        "localhost",
+        "--tls-host",
+        "127.0.0.1",
+        "--bind",
+        "127.0.0.1",
     )
     assert tls["port"] == 8883 and tls["tls"]["ca_cert"].endswith("ca.crt")
     ca_before = (out_dir / "ca.crt").read_bytes()
-    cli.json("broker-config", "--out", str(out_dir), "--tls-host", "localhost")
+    cli.json("broker-config", "--out", str(out_dir), "--tls-host", "localhost", "--bind", "::")
     assert (out_dir / "ca.crt").read_bytes() == ca_before  # the CA devices trust is kept
 
 

@@ -15,11 +15,17 @@
 Invariants: the rendering functions are pure; every topic filter comes from
 :class:`edgefleet.core.protocol.Topics`; files are replaced atomically; a
 device whose id equals the hub's username is refused (it would inherit the
-hub's rights).
+hub's rights); the modes and group of every file come from
+:data:`edgefleet.hub.broker_files.BROKER_FILES`; the listener binds to 127.0.0.1
+unless told otherwise, and a TLS listener must be told (devices reach it from
+elsewhere); the hub.toml ``[broker]`` section that matches the files is rendered
+here too, so the hub, the devices and the broker cannot disagree on TLS or port.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +33,7 @@ from pathlib import Path
 
 from edgefleet.core.fsmodes import BROKER_DIR, make_dirs
 from edgefleet.core.protocol.topics import DEVICE_PUBLISHES, DEVICE_SUBSCRIBES, Topics
+from edgefleet.hub.broker_files import apply_modes, broker_gid, effective_run_as
 from edgefleet.hub.broker_tls import TlsFiles, write_tls_files
 from edgefleet.hub.config import HubConfig
 from edgefleet.hub.credentials import generate_password, mosquitto_hash
@@ -38,6 +45,9 @@ from edgefleet.hub.store import DeviceRecord
 MAX_PACKET_BYTES = 2 * 1024 * 1024
 # Per-client queue while offline or slow; a fetch window never exceeds it.
 MAX_QUEUED_MESSAGES = 1000
+DEFAULT_BIND = "127.0.0.1"
+HUB_SNIPPET = "hub-broker.toml"
+_WILDCARDS = ("0.0.0.0", "::", "")
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,10 @@ class BrokerFiles:
     hub_password_file: Path | None  # written when the hub had no password yet
     devices: int
     port: int
+    bind: str
+    hub_toml: str  # the [broker] section of hub.toml for these files
+    hub_toml_file: Path
+    mismatches: tuple[str, ...]  # hub.toml keys that disagree with these files
 
 
 def device_acl_patterns(topics: Topics) -> list[str]:
@@ -168,6 +182,74 @@ def hub_credentials(config: HubConfig, out_dir: Path) -> tuple[str, str, Path | 
     return username, password, target
 
 
+def hub_connect_host(bind: str) -> str:
+    """Where a hub on the broker's machine connects: the bound address, or loopback."""
+    return "127.0.0.1" if bind in _WILDCARDS else bind
+
+
+def server_names(tls_hosts: Sequence[str], bind: str) -> list[str]:
+    """Names in the server certificate: what devices use plus what the local hub uses."""
+    names = list(tls_hosts)
+    local = ["127.0.0.1", "localhost"] if bind in _WILDCARDS else [bind]
+    names += [n for n in local if n not in names]
+    return names
+
+
+def _toml(value: object) -> str:
+    return str(value) if isinstance(value, int) else json.dumps(str(value))
+
+
+def hub_broker_settings(
+    *, bind: str, port: int, tls: TlsFiles | None, tls_hosts: Sequence[str]
+) -> dict[str, object]:
+    """The ``[broker]`` keys of hub.toml that must match the generated broker files."""
+    settings: dict[str, object] = {"host": hub_connect_host(bind), "port": port}
+    if tls is not None:
+        settings["tls_ca"] = tls.ca_cert
+        settings["device_host"] = tls_hosts[0]
+        settings["device_port"] = port
+    elif bind not in _WILDCARDS and not is_loopback_host(bind):
+        settings["device_host"] = bind
+    return settings
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for an address only the machine itself reaches (a device could not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _mismatches(config: HubConfig, settings: dict[str, object]) -> tuple[str, ...]:
+    broker = config.broker
+    current: dict[str, object] = {
+        "host": broker.host,
+        "port": broker.port,
+        "tls_ca": broker.tls_ca.resolve() if broker.tls_ca else None,
+        "device_host": broker.public_host,
+        "device_port": broker.public_port,
+    }
+    wrong = []
+    for key, want in settings.items():
+        have = current[key]
+        if key == "tls_ca" and isinstance(want, Path):
+            want = want.resolve()
+        if have != want:
+            wrong.append(key)
+    return tuple(wrong)
+
+
+def render_hub_snippet(settings: dict[str, object], password_file: Path | None) -> str:
+    lines = ["[broker]"]
+    lines += [f"{key} = {_toml(value)}" for key, value in settings.items()]
+    if password_file is not None:
+        lines.append(f"password_file = {_toml(password_file)}")
+    return "\n".join(lines) + "\n"
+
+
 def write_broker_config(
     out_dir: Path,
     config: HubConfig,
@@ -179,7 +261,20 @@ def write_broker_config(
     persistence: bool = True,
     run_as: str | None = None,
 ) -> BrokerFiles:
-    """Write mosquitto.conf, passwd and acl (and TLS files when ``tls_hosts``) into ``out_dir``."""
+    """Write mosquitto.conf, passwd and acl (and TLS files when ``tls_hosts``) into ``out_dir``.
+
+    The listener binds to ``bind`` (default 127.0.0.1); TLS needs an explicit ``bind``
+    because a TLS listener only makes sense where devices on other machines reach it.
+    With ``run_as`` (default when root: Mosquitto's own ``mosquitto`` account) the files
+    the broker reads belong to that account's group.
+    """
+    if tls_hosts and bind is None:
+        raise HubUsageError(
+            "--tls-host needs --bind ADDR: the address devices reach (0.0.0.0 for all)"
+        )
+    bind = DEFAULT_BIND if bind is None else bind
+    run_as = effective_run_as(run_as)
+    gid = broker_gid(run_as)  # an unknown account fails before anything is written
     out_dir = out_dir.resolve()
     try:
         make_dirs(out_dir, BROKER_DIR)  # explicit modes (edgefleet.core.fsmodes)
@@ -196,17 +291,17 @@ def write_broker_config(
     entries += [(d.device_id, d.password_hash) for d in sorted(devices, key=lambda d: d.device_id)]
     password_file = out_dir / "passwd"
     acl_file = out_dir / "acl"
-    tls = write_tls_files(out_dir, list(tls_hosts)) if tls_hosts else None
+    tls = write_tls_files(out_dir, server_names(tls_hosts, bind)) if tls_hosts else None
     chosen_port = port if port is not None else (8883 if tls else config.broker.port)
     persistence_dir = out_dir / "data" if persistence else None
     _write_atomic(password_file, render_password_file(entries), 0o600)
-    _write_atomic(acl_file, render_acl(topics, username), 0o644)
+    _write_atomic(acl_file, render_acl(topics, username), 0o600)
     conf = out_dir / "mosquitto.conf"
     _write_atomic(
         conf,
         render_mosquitto_conf(
             port=chosen_port,
-            bind=bind,
+            bind=bind or None,
             password_file=password_file,
             acl_file=acl_file,
             persistence_dir=persistence_dir,
@@ -215,6 +310,22 @@ def write_broker_config(
         ),
         0o644,
     )
+    settings = hub_broker_settings(bind=bind, port=chosen_port, tls=tls, tls_hosts=tls_hosts)
+    snippet = render_hub_snippet(settings, written)
+    snippet_file = out_dir / HUB_SNIPPET
+    _write_atomic(snippet_file, snippet, 0o644)
+    apply_modes(out_dir, gid)
     return BrokerFiles(
-        conf, password_file, acl_file, tls, username, written, len(devices), chosen_port
+        conf,
+        password_file,
+        acl_file,
+        tls,
+        username,
+        written,
+        len(devices),
+        chosen_port,
+        bind,
+        snippet,
+        snippet_file,
+        _mismatches(config, settings),
     )

@@ -197,7 +197,10 @@ def _read_ca(config: HubConfig) -> str | None:
     try:
         return config.broker.tls_ca.read_text(encoding="ascii")
     except OSError as e:
-        raise HubConfigError(f"broker.tls_ca {config.broker.tls_ca}: {e.strerror or e}") from e
+        raise HubConfigError(
+            f"broker.tls_ca {config.broker.tls_ca}: {e.strerror or e} (run `hub broker-config "
+            "--tls-host ...` first: devices enrolled without the CA cannot reach a TLS broker)"
+        ) from e
 
 
 def _write_files(enrollment: Enrollment, out_dir: Path, commit: Any) -> tuple[Path, ...]:

@@ -234,6 +234,10 @@ def evaluate_variants(
                 settings=built[name].settings,
             )
         )
+        progress(
+            f"measured {name}: {len(built[name].model) / 1024:.1f} KiB, "
+            f"{metric_name(task, has_labels)} {metric:.4f}, p50 {latency[name].p50_ms:.3f} ms"
+        )
     explicit = requested not in ("auto", "none")
     marked, chosen, reason = choose_variant(
         rows,

@@ -8,7 +8,26 @@ from typing import Any
 import click
 
 from edgefleet.agent.deploy.context import DEFAULT_CONFIG
-from edgefleet.core.cli.output import emit, json_option
+from edgefleet.core.cli.output import emit, json_option, show_progress
+
+# What each deployment state means to someone waiting for an install.
+STAGE_TEXT = {
+    "downloading": "copying the bundle",
+    "verifying": "verifying signatures and members",
+    "staged": "staged",
+    "activating": "activating (loading the model, smoke set)",
+    "probation": "serving on probation",
+    "rolling_back": "rolling back",
+    "committed": "committed",
+    "rolled_back": "rolled back",
+    "failed": "failed",
+    "rejected": "rejected",
+}
+
+
+def _show_stage(state: str, reason: str | None) -> None:
+    text = STAGE_TEXT.get(state, state)
+    click.echo(f"... {text}" + (f": {reason}" if reason else ""), err=True)
 
 
 def _render(result: dict[str, Any]) -> str:
@@ -70,7 +89,12 @@ def install(
 
     ctx = AgentContext.load(config_path)
     outcome = install_bundle(
-        ctx, file, allow_downgrade=allow_downgrade, wait=wait, timeout_s=timeout_s
+        ctx,
+        file,
+        allow_downgrade=allow_downgrade,
+        wait=wait,
+        timeout_s=timeout_s,
+        on_stage=_show_stage if show_progress(as_json) else None,
     )
     if outcome.state in ("queued", "probation", "committed"):
         emit(as_json, outcome.to_dict(), _render)

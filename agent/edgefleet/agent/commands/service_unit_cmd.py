@@ -1,31 +1,23 @@
 """``edgefleet agent service-unit``: a hardened systemd unit for the daemon.
 
-No watchdog (``WatchdogSec``): the agent does not speak sd_notify, and a
-watchdog that kills a Pi's agent during a long bundle verification would do
-more harm than good; ``Restart=on-failure`` covers crashes. The state
-directory is the only writable path.
+The unit's text (dedicated user, the state directory as working directory and only
+writable path, hardening, restart policy, no watchdog) comes from
+:mod:`edgefleet.core.systemd_unit`, shared with ``hub service-unit``.
 """
 
 from __future__ import annotations
 
-import shutil
-import sys
 from pathlib import Path
 
 import click
 
 from edgefleet.agent.config import DEFAULT_STATE_DIR
 from edgefleet.agent.deploy.context import DEFAULT_CONFIG
-from edgefleet.core.cli.output import emit, json_option
+from edgefleet.core.cli.output import json_option
+from edgefleet.core.systemd_unit import ServiceSpec, default_executable, emit_unit, unit_options
+from edgefleet.core.systemd_unit import render_unit as render_service_unit
 
 UNIT_NAME = "edgefleet-agent.service"
-
-
-def default_executable() -> str:
-    found = shutil.which("edgefleet")
-    if found:
-        return str(Path(found).resolve())
-    return str(Path(sys.executable).resolve().parent / "edgefleet")
 
 
 def render_unit(
@@ -36,55 +28,16 @@ def render_unit(
     user: str,
     shutdown_timeout_s: float = 10.0,
 ) -> str:
-    state_directory = ""
-    if state_dir.parent == Path("/var/lib"):
-        # systemd creates /var/lib/NAME owned by User= with this mode.
-        state_directory = f"StateDirectory={state_dir.name}\nStateDirectoryMode=0750\n"
-    stop_timeout = int(shutdown_timeout_s) + 20
-    return f"""\
-[Unit]
-Description=edgefleet agent: offline inference, telemetry buffer, safe model installs
-After=network-online.target
-Wants=network-online.target
-
-[Service]
-Type=simple
-ExecStart={executable} agent run --config {config}
-Restart=on-failure
-RestartSec=5
-# SIGTERM starts a graceful shutdown (the agent needs at most shutdown_timeout_s).
-KillSignal=SIGTERM
-TimeoutStopSec={stop_timeout}
-User={user}
-Group={user}
-{state_directory}ReadWritePaths={state_dir}
-UMask=0027
-Environment=PYTHONUNBUFFERED=1
-
-# Hardening (no watchdog: the agent does not use sd_notify).
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-PrivateDevices=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-RestrictSUIDSGID=yes
-RestrictRealtime=yes
-RestrictNamespaces=yes
-LockPersonality=yes
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
-CapabilityBoundingSet=
-AmbientCapabilities=
-SystemCallArchitectures=native
-
-[Install]
-WantedBy=multi-user.target
-"""
+    return render_service_unit(
+        ServiceSpec(
+            description="edgefleet agent: offline inference, telemetry buffer, safe model installs",
+            exec_start=f"{executable} agent run --config {config}",
+            user=user,
+            state_dir=state_dir,
+            # the agent needs at most shutdown_timeout_s for a graceful stop
+            stop_timeout_s=int(shutdown_timeout_s) + 20,
+        )
+    )
 
 
 @click.command("service-unit")
@@ -96,8 +49,7 @@ WantedBy=multi-user.target
     show_default=True,
     help="The agent.toml the unit runs with (its state_dir is used when the file exists).",
 )
-@click.option("--user", default="edgefleet", show_default=True, help="User (and group) to run as.")
-@click.option("--executable", default=None, help="Path of the edgefleet command.")
+@unit_options
 @json_option
 def service_unit(config_path: Path, user: str, executable: str | None, as_json: bool) -> None:
     """Print a systemd unit for `edgefleet agent run`.
@@ -121,7 +73,4 @@ def service_unit(config_path: Path, user: str, executable: str | None, as_json: 
         user=user,
         shutdown_timeout_s=shutdown_timeout_s,
     )
-    if as_json:
-        emit(True, {"name": UNIT_NAME, "unit": unit})
-    else:
-        click.echo(unit, nl=False)
+    emit_unit(UNIT_NAME, unit, as_json)

@@ -30,6 +30,9 @@ from edgefleet.agent.deploy.record import DeployStateFile
 from edgefleet.agent.deploy.slots import SlotTable
 from edgefleet.agent.errors import BundleRejectedError, DeploymentError, ModelNotFoundError
 
+# Told each deployment state a request passes (state, reason): what `install` shows.
+StageCallback = Callable[[str, "str | None"], None]
+
 WAIT_NONE = "none"  # return once the request is queued
 WAIT_ACTIVE = "active"  # return once the new version serves (probation) or it ended
 WAIT_FINAL = "final"  # return once the deployment ended
@@ -75,13 +78,23 @@ class Outcome:
 
 
 def _direct(
-    ctx: AgentContext, lock: StateLock, start: Callable[[DeploymentDriver], str]
+    ctx: AgentContext,
+    lock: StateLock,
+    start: Callable[[DeploymentDriver], str],
+    on_stage: StageCallback | None = None,
 ) -> Outcome:
     buffer = None
+    started = False
     try:
         buffer = ctx.open_buffer_or_reset()
-        events = buffer.append
-        driver = ctx.driver(events=lambda body: events("event", body))
+        append = buffer.append
+
+        def events(body: dict[str, Any]) -> None:
+            append("event", body)
+            if started and on_stage is not None:
+                on_stage(str(body["state"]), body.get("reason"))
+
+        driver = ctx.driver(events=events)
         driver.resume()
         driver.run()
         leftover = driver.current
@@ -90,6 +103,7 @@ def _direct(
                 f"deployment {leftover.id} ({leftover.model or 'bundle'}) waits in "
                 f"{leftover.state.value}; start the agent (edgefleet agent run) to finish it"
             )
+        started = True
         deployment_id = start(driver)
         driver.run()
         driver.suspend()
@@ -105,17 +119,36 @@ def _direct(
         lock.release()
 
 
-def _wait(ctx: AgentContext, request_id: str, kind: str, wait: str, timeout_s: float) -> Outcome:
+def _wait(
+    ctx: AgentContext,
+    request_id: str,
+    kind: str,
+    wait: str,
+    timeout_s: float,
+    on_stage: StageCallback | None = None,
+) -> Outcome:
     if wait == WAIT_NONE:
         return Outcome(request_id, kind, "queued", "daemon")
     state_file = DeployStateFile(ctx.layout.deploy_file)
     deadline = time.monotonic() + timeout_s
+    seen: str | None = None
+
+    def stage(state: str, reason: str | None) -> None:
+        # deploy.json is polled: a stage shorter than the poll may be missed, never repeated
+        nonlocal seen
+        if on_stage is not None and state != seen:
+            seen = state
+            on_stage(state, reason)
+
     while True:
         state = state_file.load()
         outcome = state.find_outcome(request_id)
         if outcome is not None:
+            stage(str(outcome["state"]), outcome.get("reason"))
             return Outcome.from_record(outcome, "daemon")
         current = state.current
+        if current is not None and current.id == request_id:
+            stage(current.state.value, current.reason)
         if (
             wait == WAIT_ACTIVE
             and current is not None
@@ -144,7 +177,9 @@ def install_bundle(
     allow_downgrade: bool = False,
     wait: str = WAIT_ACTIVE,
     timeout_s: float = 600.0,
+    on_stage: StageCallback | None = None,
 ) -> Outcome:
+    """Install ``file``; ``on_stage(state, reason)`` hears each deployment state it passes."""
     file = Path(file).resolve()
     if not file.is_file():
         raise DeploymentError(f"{file}: no such bundle file")
@@ -156,6 +191,7 @@ def install_bundle(
             ctx,
             lock,
             lambda d: d.submit_install(file, size=size, allow_downgrade=allow_downgrade).id,
+            on_stage,
         )
     request = inbox.submit_install(
         ctx.layout,
@@ -164,7 +200,7 @@ def install_bundle(
         max_bundle_bytes=ctx.profile.max_bundle_bytes,
         allow_downgrade=allow_downgrade,
     )
-    return _wait(ctx, request.id, "install", wait, timeout_s)
+    return _wait(ctx, request.id, "install", wait, timeout_s, on_stage)
 
 
 def rollback_model(

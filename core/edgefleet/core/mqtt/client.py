@@ -36,6 +36,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgefleet.core.errors import TransportError, UsageError
+from edgefleet.core.mqtt.diagnose import describe_failure
 from edgefleet.core.mqtt.interface import (
     ConnectCallback,
     DisconnectCallback,
@@ -430,6 +431,7 @@ class MqttClient:
                 break
 
     def _note_failure(self, message: str) -> None:
+        message = describe_failure(message, self.settings.tls is not None)
         with self._changed:
             self._counts["connect_failures"] += 1
             self._last_error = message

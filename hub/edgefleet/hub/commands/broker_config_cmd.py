@@ -15,7 +15,12 @@ from edgefleet.hub.commands.common import config_option, hub_store
 @click.command("broker-config")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False))
 @click.option("--port", type=int, default=None, help="Listener port (default 1883, 8883 with TLS).")
-@click.option("--bind", default=None, help="Listener address (default: all interfaces).")
+@click.option(
+    "--bind",
+    default=None,
+    help="Listener address (default 127.0.0.1; 0.0.0.0 for all interfaces; required "
+    "with --tls-host).",
+)
 @click.option(
     "--tls-host",
     "tls_hosts",
@@ -26,8 +31,8 @@ from edgefleet.hub.commands.common import config_option, hub_store
 @click.option(
     "--run-as",
     default=None,
-    help="Account mosquitto switches to when started as root (writes `user`); it must "
-    "be able to read the generated files.",
+    help="Account mosquitto switches to when started as root (writes `user`); the files "
+    "it reads are given to that account's group.",
 )
 @config_option
 @json_option
@@ -61,14 +66,18 @@ def broker_config(
         "devices": files.devices,
         "hub_username": files.hub_username,
         "hub_password_file": str(files.hub_password_file) if files.hub_password_file else None,
+        "bind": files.bind,
         "tls": None if files.tls is None else {k: str(v) for k, v in vars(files.tls).items()},
+        "hub_toml": files.hub_toml,
+        "hub_toml_file": str(files.hub_toml_file),
+        "hub_toml_mismatches": list(files.mismatches),
     }
     emit(as_json, result, _render)
 
 
 def _render(r: dict[str, Any]) -> str:
     lines = [
-        f"wrote {r['conf']} (listener port {r['port']}), {r['password_file']} "
+        f"wrote {r['conf']} (listener {r['bind']}:{r['port']}), {r['password_file']} "
         f"({r['devices']} devices + hub account {r['hub_username']}), {r['acl_file']}",
     ]
     if r["tls"]:
@@ -78,5 +87,11 @@ def _render(r: dict[str, Any]) -> str:
             f"wrote the hub's broker password to {r['hub_password_file']}; "
             "broker.password_file in hub.toml must point at it"
         )
+    if r["hub_toml_mismatches"]:
+        lines.append(
+            f"hub.toml disagrees with this broker on {', '.join(r['hub_toml_mismatches'])}; "
+            f"use these settings (also in {r['hub_toml_file']}):"
+        )
+        lines.append(r["hub_toml"].rstrip())
     lines.append(f"run: mosquitto -c {r['conf']}")
     return "\n".join(lines)

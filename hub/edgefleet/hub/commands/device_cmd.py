@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from edgefleet.core.cli.output import emit, json_option
+from edgefleet.hub.broker_config import is_loopback_host
 from edgefleet.hub.commands.common import config_option, hub_store, now
 from edgefleet.hub.enrollment import DEFAULT_STATE_DIR, enroll_device
 
@@ -61,6 +62,12 @@ def add(
             endpoint_port=endpoint_port,
             profiles_dir=profiles_dir,
             out_dir=out_dir,
+        )
+    if is_loopback_host(config.broker.public_host):
+        click.echo(
+            f"warning: {device_id} will connect to {config.broker.public_host}, which is itself; "
+            "set broker.device_host in hub.toml to the address devices reach",
+            err=True,
         )
     emit(as_json, enrollment.to_dict(), _render)
 

@@ -9,10 +9,13 @@ from typing import Any
 import click
 
 from edgefleet.core.cli.output import emit, json_option
+from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.profiles import load_profile
 from edgefleet.hub.commands.common import config_option, hub_store, now, table
 from edgefleet.hub.errors import HubUsageError
 from edgefleet.hub.rollout.engine import RolloutEngine, summary
 from edgefleet.hub.rollout.plan import DEFAULT_PHASES
+from edgefleet.hub.rollout.timing import PhaseTiming, phase_timing
 
 
 def _model_version(text: str) -> tuple[str, int]:
@@ -68,7 +71,16 @@ def create(
             gate_overrides=gates,
             rollout_id=rollout_id,
         )
-        result = {**summary(record), "gates": record.plan.gates.to_dict()}
+        timing = phase_timing(
+            record.plan,
+            [d.profile for d in map(store.get_device, record.plan.devices) if d is not None],
+            _profile_window_s,
+        )
+        result = {
+            **summary(record),
+            "gates": record.plan.gates.to_dict(),
+            "timing": timing.to_dict(),
+        }
     warning = _lookback_warning(
         record.plan.gates.baseline_lookback_s, config.store.telemetry_retention_s
     )
@@ -92,11 +104,24 @@ def _lookback_warning(lookback_s: float, retention_s: float) -> str | None:
     )
 
 
+def _profile_window_s(name: str) -> float:
+    # A profile the hub cannot load (a device's own file) adds no window: the estimate
+    # is a lower bound either way.
+    try:
+        return float(load_profile(name).window_s)
+    except EdgefleetError:
+        return 0.0
+
+
 def _render_created(r: dict[str, Any]) -> str:
     sizes = " -> ".join(str(s) for s in r["phase_sizes"])
+    t = r["timing"]
     return (
         f"created rollout {r['rollout']}: {r['model']}:{r['version']} to {r['selector']} "
-        f"({r['devices']} devices; phases {sizes})"
+        f"({r['devices']} devices; phases {sizes})\n"
+        + PhaseTiming(
+            t["window_s"], t["bake_s"], t["min_inferences"], t["phases"], tuple(t["profiles"])
+        ).describe()
     )
 
 

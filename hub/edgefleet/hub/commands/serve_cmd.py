@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from edgefleet.core.keys import load_private_key
-from edgefleet.core.mqtt import MqttSettings, TlsSettings
+from edgefleet.core.mqtt import MqttSettings, MqttTransport, TlsSettings
 from edgefleet.hub.commands.common import config_option
 from edgefleet.hub.config import HubConfig, load_config
 from edgefleet.hub.credentials import generate_password, mosquitto_hash
@@ -72,6 +72,26 @@ def start_embedded(config: HubConfig, store: HubStore, password: str) -> Embedde
     ).start()
 
 
+def _log_started(transport: MqttTransport, config: HubConfig) -> None:
+    # "serving" only once the broker acknowledged us: a hub that cannot connect must not
+    # look healthy in its own log. The client logs "connected to" when it does connect.
+    where = f"{config.broker.host}:{config.broker.port}"
+    if transport.connected:
+        log.info(
+            "hub: serving %s through the broker at %s (store %s, fleet telemetry %s)",
+            config.broker.topic_root,
+            where,
+            config.store.path,
+            fleet_db_path(config.store.path),
+        )
+    else:
+        log.warning(
+            "hub: not connected to the broker at %s yet (%s); retrying",
+            where,
+            transport.stats.last_error or "no answer",
+        )
+
+
 @click.command()
 @click.option(
     "--embedded-broker",
@@ -124,14 +144,7 @@ def serve(embedded_broker: bool, log_level: str, config_path: Path | None) -> No
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         service.start()
-        log.info(
-            "hub: serving %s on %s:%s (store %s, fleet telemetry %s)",
-            config.broker.topic_root,
-            config.broker.host,
-            config.broker.port,
-            config.store.path,
-            fleet_db_path(config.store.path),
-        )
+        _log_started(service.transport, config)
         stop.wait()
         service.stop()
     finally:
