@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suite uses when they are missing:
-# mosquitto (the broker fixtures start their own on a free loopback port) and
-# chromium (headless rendering check of the HTML drift report).
+# mosquitto (the broker fixtures start their own on a free loopback port),
+# postgresql (the postgres_server fixture runs initdb/postgres from
+# /usr/lib/postgresql/<version>/bin in a temp dir on a free port, never the
+# machine's own service) and chromium (headless rendering check of the HTML
+# drift report).
 # Needs apt-get and root (or passwordless sudo); otherwise says what is missing
 # and leaves it to the tests to report it.
 set -u
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then

@@ -1,4 +1,4 @@
-"""The hub store interface. SQLite implements it today; PostgreSQL will.
+"""The hub store interface, implemented on SQLite and on PostgreSQL.
 
 Invariants every implementation keeps:
 
@@ -12,6 +12,11 @@ Invariants every implementation keeps:
   never holds the write lock for long;
 - directive ``seq`` per device is strictly increasing: recording a seq not
   above the last one raises :class:`~edgefleet.hub.errors.HubStoreError`;
+- a read-modify-write inside ``transaction()`` is not interleaved with another
+  writer's: SQLite serialises write transactions, PostgreSQL locks the rows read
+  first (``lock_rollout``; the device row in ``record_directive``);
+- the schema is versioned (``schema_version``); opening migrates an older store or
+  refuses it, and refuses a newer one, with one line;
 - every foreign failure surfaces as ``HubStoreError`` (exit code 1).
 """
 
@@ -42,6 +47,8 @@ class HubStore(Protocol):
     def close(self) -> None: ...
 
     def transaction(self) -> AbstractContextManager[None]: ...
+
+    def schema_version(self) -> int: ...
 
     # devices
     def add_device(self, device: DeviceRecord) -> None: ...
@@ -78,6 +85,7 @@ class HubStore(Protocol):
         self, rollout: RolloutRecord, devices: Sequence[RolloutDeviceRecord]
     ) -> None: ...
     def get_rollout(self, rollout_id: str) -> RolloutRecord | None: ...
+    def lock_rollout(self, rollout_id: str) -> RolloutRecord | None: ...
     def list_rollouts(
         self, states: Collection[RolloutState] | None = None
     ) -> list[RolloutRecord]: ...
