@@ -19,6 +19,7 @@ from edgefleet.hub.credentials import generate_password, mosquitto_hash
 from edgefleet.hub.errors import HubConfigError
 from edgefleet.hub.fleet.settings import fleet_db_path
 from edgefleet.hub.store import HubStore, open_store
+from edgefleet.hub.store.serve_lock import ServeLock
 
 if TYPE_CHECKING:
     # Imported at run time only with --embedded-broker: it loads amqtt, which a hub
@@ -100,7 +101,14 @@ def serve(embedded_broker: bool, log_level: str, config_path: Path | None) -> No
         raise HubConfigError("keys.hub_signing_key must be set to sign directives")
     key = load_private_key(config.keys.hub_signing_key)
     password = config.broker.resolved_password()
-    store = open_store(config.store.path)
+    # SQLite: one hub serve per store file (PostgreSQL stores are shared by design).
+    lock = ServeLock(config.store.path).acquire() if config.store.is_sqlite else None
+    try:
+        store = open_store(config.store.location)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     broker = None
     stop = threading.Event()
 
@@ -122,7 +130,7 @@ def serve(embedded_broker: bool, log_level: str, config_path: Path | None) -> No
             config.broker.topic_root,
             config.broker.host,
             config.broker.port,
-            config.store.path,
+            store.where,
             fleet_db_path(config.store.path),
         )
         stop.wait()
@@ -131,3 +139,5 @@ def serve(embedded_broker: bool, log_level: str, config_path: Path | None) -> No
         if broker is not None:
             broker.stop()
         store.close()
+        if lock is not None:
+            lock.release()

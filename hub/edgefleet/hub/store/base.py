@@ -44,6 +44,8 @@ from edgefleet.hub.store.records import (
 
 
 class HubStore(Protocol):
+    where: str  # names the store in messages: its file, or its URL without the password
+
     def close(self) -> None: ...
 
     def transaction(self) -> AbstractContextManager[None]: ...
