@@ -21,6 +21,7 @@ HUB_COMMANDS: dict[str, RoleCommand] = {
     "rollout": _cmd("rollout_cmd", "rollout", "Staged rollouts with gates."),
     "drift": _cmd("drift_cmd", "drift", "Fleet drift report."),
     "alerts": _cmd("alerts_cmd", "alerts", "Open and resolved alerts."),
+    "store": _cmd("store_cmd", "store", "Move the hub store to PostgreSQL."),
 }
 
 
