@@ -29,6 +29,7 @@ from edgefleet.hub.store import (
     TelemetryRow,
     open_store,
 )
+from edgefleet.hub.store.schema import SCHEMA_VERSION
 
 SHA = "ab" * 32
 
@@ -183,8 +184,6 @@ def test_newer_schema_is_refused_with_one_line(store_location: Path | str) -> No
 
 
 def test_a_fresh_store_is_at_the_current_schema(any_store: HubStore) -> None:
-    from edgefleet.hub.store.schema import SCHEMA_VERSION
-
     assert any_store.schema_version() == SCHEMA_VERSION
 
 
@@ -195,6 +194,28 @@ def test_postgresql_refuses_a_schema_older_than_it_can_migrate(postgres_server: 
     set_schema(location, 1)  # the first PostgreSQL layout is 2
     with pytest.raises(HubStoreError, match="older than this hub can migrate"):
         open_store(location)
+
+
+@pytest.mark.postgres
+def test_a_schema_2_postgresql_store_gains_the_leases_table_on_open(
+    postgres_server: object,
+) -> None:
+    import psycopg
+
+    location = postgres_server.dsn(postgres_server.create_database())  # type: ignore[attr-defined]
+    store = open_store(location)
+    store.add_device(device("kept"))
+    store.close()
+    with psycopg.connect(location) as conn:  # the layout the first PostgreSQL hub wrote
+        conn.execute("DROP TABLE leases")
+        conn.execute("UPDATE meta SET value='2' WHERE key='schema'")
+    store = open_store(location)
+    try:
+        assert store.schema_version() == SCHEMA_VERSION
+        assert store.claim_lease("x", "me", 5.0) == 1
+        assert store.get_device("kept") is not None
+    finally:
+        store.close()
 
 
 # The store as edgefleet wrote it at schema 1 (before versioned migrations): the tables
@@ -226,7 +247,7 @@ def test_a_schema_1_sqlite_store_is_migrated_on_open(tmp_path: Path) -> None:
     db.close()
     store = SqliteHubStore(path)
     try:
-        assert store.schema_version() == 2
+        assert store.schema_version() == SCHEMA_VERSION == 3
         got = store.get_device("pi-1")
         assert got is not None and got.desired_rev == 3  # rows kept
         assert store.add_telemetry("pi-1", [TelemetryRow(1, "window", {})], 1.0) == 1
@@ -238,7 +259,7 @@ def test_a_schema_1_sqlite_store_is_migrated_on_open(tmp_path: Path) -> None:
     finally:
         db.close()
     assert "telemetry_cursor" not in tables
-    assert {"telemetry", "telemetry_pruned", "rollouts", "counters"} <= tables
+    assert {"telemetry", "telemetry_pruned", "rollouts", "counters", "leases"} <= tables
 
 
 def test_sqlite_store_commits_with_synchronous_full(tmp_path: Path) -> None:

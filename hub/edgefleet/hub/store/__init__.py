@@ -23,6 +23,7 @@ from edgefleet.hub.store.records import (
     StoredWindow,
     TelemetryRow,
 )
+from edgefleet.hub.store.sql_lease import FencedError
 from edgefleet.hub.store.sqlite import SqliteHubStore
 
 
@@ -43,6 +44,7 @@ __all__ = [
     "DeviceRolloutRow",
     "DirectiveHead",
     "DirectiveRecord",
+    "FencedError",
     "HubStore",
     "RolloutDeviceRecord",
     "RolloutEventRecord",

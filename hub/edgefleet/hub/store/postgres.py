@@ -71,6 +71,9 @@ class PostgresHubStore(SqlHubStore):
 
         def configure(conn: Any) -> None:
             conn.execute("SET synchronous_commit = on")
+            # A hub paused inside a transaction (SIGSTOP, a VM freeze) must not hold its
+            # row locks (a lease, a rollout) forever: the server ends such a session.
+            conn.execute("SET idle_in_transaction_session_timeout = '60s'")
             conn.commit()
 
         try:
@@ -107,6 +110,7 @@ class PostgresHubStore(SqlHubStore):
             with self._pool.connection() as conn, conn.transaction():
                 self._local.conn = conn
                 try:
+                    self._check_fence()
                     yield
                 finally:
                     self._local.conn = None

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 from edgefleet.hub.errors import HubStoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Tables in an order that respects foreign keys (``hub store migrate`` copies in it).
+# ``leases`` is not among them: who holds the singleton work is not fleet state.
 TABLES = (
     "meta",
     "devices",
@@ -81,6 +82,17 @@ CREATE TABLE IF NOT EXISTS telemetry_pruned (device TEXT PRIMARY KEY, seq INTEGE
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
+# The singleton lease (store/sql_lease.py): who does the once-per-fleet work, until when,
+# and the fencing epoch that grows with every change of holder.
+_SQLITE_LEASES = (
+    "CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL,"
+    " epoch INTEGER NOT NULL, expires_at REAL NOT NULL)"
+)
+_POSTGRES_LEASES = (
+    "CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL,"
+    " epoch BIGINT NOT NULL, expires_at DOUBLE PRECISION NOT NULL)"
+)
+
 _POSTGRES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS devices (
@@ -130,9 +142,10 @@ _SQLITE_MIGRATIONS: Mapping[int, tuple[str, ...]] = {
     # Version 1 stores kept the highest last_seq per device in telemetry_cursor. Nothing
     # ever read it (the acks come from the fleet database's own cursor).
     2: ("DROP TABLE IF EXISTS telemetry_cursor",),
+    3: (_SQLITE_LEASES,),
 }
-# The first PostgreSQL layout is version 2: there is nothing older to migrate.
-_POSTGRES_MIGRATIONS: Mapping[int, tuple[str, ...]] = {}
+# The first PostgreSQL layout is version 2.
+_POSTGRES_MIGRATIONS: Mapping[int, tuple[str, ...]] = {3: (_POSTGRES_LEASES,)}
 
 
 @dataclass(frozen=True)
@@ -145,14 +158,37 @@ class Engine:
     oldest: int  # the oldest schema version this engine's store can migrate from
     greatest: str  # the two-argument maximum: SQLite's MAX(a, b), PostgreSQL's GREATEST
     for_update: str  # row lock on a SELECT inside a transaction ("" where BEGIN locks all)
+    for_share: str  # shared row lock: held rows cannot be updated until the commit
+    now: str  # the database's clock in epoch seconds (one clock for every hub host)
+    leases: str
 
 
-SQLITE = Engine("sqlite", _SQLITE, _SQLITE_MIGRATIONS, 1, "MAX", "")
-POSTGRES = Engine("postgresql", _POSTGRES, _POSTGRES_MIGRATIONS, 2, "GREATEST", " FOR UPDATE")
+SQLITE = Engine(
+    "sqlite",
+    _SQLITE,
+    _SQLITE_MIGRATIONS,
+    1,
+    "MAX",
+    "",
+    "",
+    "SELECT (julianday('now') - 2440587.5) * 86400.0 AS now",
+    _SQLITE_LEASES,
+)
+POSTGRES = Engine(
+    "postgresql",
+    _POSTGRES,
+    _POSTGRES_MIGRATIONS,
+    2,
+    "GREATEST",
+    " FOR UPDATE",
+    " FOR SHARE",
+    "SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8 AS now",
+    _POSTGRES_LEASES,
+)
 
 
 def create_statements(engine: Engine) -> list[str]:
-    return [s.strip() for s in engine.create.split(";") if s.strip()]
+    return [s.strip() for s in engine.create.split(";") if s.strip()] + [engine.leases]
 
 
 def plan_schema(engine: Engine, found: int | None, where: str) -> list[str]:

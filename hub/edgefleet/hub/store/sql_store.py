@@ -12,7 +12,9 @@ Read-modify-writes are safe on both engines: SQLite serialises every write trans
 (``SELECT ... FOR UPDATE``: the device for a directive, the rollout for a transition) and
 inserts that may race use ``ON CONFLICT``.
 
-The telemetry methods live in :mod:`edgefleet.hub.store.sql_telemetry` (a mixin).
+The telemetry methods live in :mod:`edgefleet.hub.store.sql_telemetry`, the leases
+and fencing in :mod:`edgefleet.hub.store.sql_lease` (mixins). An engine calls
+``_check_fence()`` first thing in every outermost transaction.
 """
 
 from __future__ import annotations
@@ -47,10 +49,11 @@ from edgefleet.hub.store.rows import (
     to_json,
 )
 from edgefleet.hub.store.schema import SCHEMA_VERSION, Engine, create_statements, plan_schema
+from edgefleet.hub.store.sql_lease import SqlLeaseMixin
 from edgefleet.hub.store.sql_telemetry import SqlTelemetryMixin
 
 
-class SqlHubStore(SqlTelemetryMixin):
+class SqlHubStore(SqlTelemetryMixin, SqlLeaseMixin):
     """The queries of :class:`~edgefleet.hub.store.base.HubStore`; engines subclass it."""
 
     engine: Engine

@@ -70,6 +70,7 @@ class SqliteHubStore(SqlHubStore):
             try:
                 if outer:
                     self._db.execute("BEGIN IMMEDIATE")
+                    self._check_fence()
                 self._depth += 1
                 try:
                     yield
