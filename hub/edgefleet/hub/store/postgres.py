@@ -2,10 +2,11 @@
 
 Invariants:
 
-- connections come from a ``psycopg_pool.ConnectionPool``; a transaction holds one
-  connection for its whole length, kept per thread so nested ``transaction()`` blocks
-  and the reads inside them join it; a read outside a transaction borrows one for
-  that statement only;
+- connections come from a ``psycopg_pool.ConnectionPool`` in autocommit mode; a
+  transaction holds one connection for its whole length (``BEGIN``..``COMMIT``), kept
+  per thread so nested ``transaction()`` blocks and the reads inside them join it; a
+  read outside a transaction borrows one for that one statement (one round trip, no
+  ``BEGIN``/``COMMIT`` around it);
 - every connection runs ``synchronous_commit = on``: a commit returns once the WAL is
   flushed, so what the hub acknowledges survives a power cut of the database host
   whatever the server's default;
@@ -74,14 +75,17 @@ class PostgresHubStore(SqlHubStore):
             # A hub paused inside a transaction (SIGSTOP, a VM freeze) must not hold its
             # row locks (a lease, a rollout) forever: the server ends such a session.
             conn.execute("SET idle_in_transaction_session_timeout = '60s'")
-            conn.commit()
 
         try:
             self._pool = ConnectionPool(
                 url,
                 min_size=min_size,
                 max_size=max_size,
-                kwargs={"row_factory": dict_row, "connect_timeout": int(CONNECT_TIMEOUT_S)},
+                kwargs={
+                    "row_factory": dict_row,
+                    "connect_timeout": int(CONNECT_TIMEOUT_S),
+                    "autocommit": True,
+                },
                 configure=configure,
                 open=False,
                 name="edgefleet-hub-store",
@@ -127,8 +131,11 @@ class PostgresHubStore(SqlHubStore):
         if conn is not None:
             yield conn
             return
-        with self.transaction():
-            yield self._local.conn
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except self._psycopg_error as e:
+            raise HubStoreError(f"hub store {self.where}: {_one_line(e)}") from e
 
     def _execute(self, sql: str, params: Sequence[Any]) -> Any:
         with self._connection() as conn:
