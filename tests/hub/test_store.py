@@ -75,6 +75,17 @@ def test_assignments_bump_the_desired_revision(store: HubStore) -> None:
         store.set_assignment("ghost", "digits", a, 8.0)
 
 
+def test_all_assignments_matches_each_devices_own(store: HubStore) -> None:
+    for d in ("a", "b", "c"):
+        store.add_device(device(d))
+    store.set_assignment("a", "digits", DesiredAssignment("digits", SHA, 2, 100, "r1"), 5.0)
+    store.set_assignment("a", "iris", DesiredAssignment("iris", SHA, 1, 10, "r2"), 5.0)
+    store.set_assignment("c", "digits", DesiredAssignment("digits", SHA, 3, 100, "r3"), 5.0)
+    every = store.all_assignments()
+    assert every == {d: store.get_assignments(d) for d in ("a", "c")}
+    assert "b" not in every and sorted(every["a"]) == ["digits", "iris"]
+
+
 def test_directive_seq_strictly_increases(store: HubStore) -> None:
     store.add_device(device())
     rec = DirectiveRecord("pi-1", 5, 1.0, 2.0, 1, {"directive": {}, "signatures": []})

@@ -186,6 +186,15 @@ class SqlHubStore(SqlTelemetryMixin, SqlLeaseMixin):
         rows = self._all("SELECT model, body FROM assignments WHERE device=?", (device_id,))
         return {r["model"]: DesiredAssignment.from_dict(json.loads(r["body"])) for r in rows}
 
+    def all_assignments(self) -> dict[str, dict[str, DesiredAssignment]]:
+        """Every device's desired assignments in one query (device -> model -> assignment)."""
+        out: dict[str, dict[str, DesiredAssignment]] = {}
+        for r in self._all("SELECT device, model, body FROM assignments ORDER BY device, model"):
+            out.setdefault(r["device"], {})[r["model"]] = DesiredAssignment.from_dict(
+                json.loads(r["body"])
+            )
+        return out
+
     def set_assignment(
         self, device_id: str, model: str, assignment: DesiredAssignment | None, at: float
     ) -> None:
