@@ -66,6 +66,7 @@ class PostgresHubStore(SqlHubStore):
                 " install edgefleet[postgres]"
             ) from e
         self._psycopg_error: type[Exception] = psycopg.Error
+        self._connection_error: type[Exception] = psycopg.OperationalError
         self.url = url
         self.where = redact_url(url)
         self._local = threading.local()
@@ -119,11 +120,21 @@ class PostgresHubStore(SqlHubStore):
                 finally:
                     self._local.conn = None
         except self._psycopg_error as e:
-            raise HubStoreError(f"hub store {self.where}: {_one_line(e)}") from e
+            raise self._failed(e) from e
         except Exception as e:
             if type(e).__module__.startswith("psycopg_pool"):
-                raise HubStoreError(f"hub store {self.where}: {_one_line(e)}") from e
+                raise self._failed(e) from e
             raise
+
+    def _failed(self, error: Exception) -> HubStoreError:
+        """``error`` as a HubStoreError; after a lost connection (a server restart) the
+        pool's idle connections are checked now, so only this one operation fails."""
+        if isinstance(error, self._connection_error):
+            try:
+                self._pool.check()
+            except Exception:  # noqa: BLE001 - the pool reconnects on its own schedule
+                pass
+        return HubStoreError(f"hub store {self.where}: {_one_line(error)}")
 
     @contextmanager
     def _connection(self) -> Iterator[Any]:
@@ -135,14 +146,14 @@ class PostgresHubStore(SqlHubStore):
             with self._pool.connection() as conn:
                 yield conn
         except self._psycopg_error as e:
-            raise HubStoreError(f"hub store {self.where}: {_one_line(e)}") from e
+            raise self._failed(e) from e
 
     def _execute(self, sql: str, params: Sequence[Any]) -> Any:
         with self._connection() as conn:
             try:
                 return conn.execute(_placeholders(sql), params)
             except self._psycopg_error as e:
-                raise HubStoreError(f"hub store {self.where}: {_one_line(e)}") from e
+                raise self._failed(e) from e
 
     def _run(self, sql: str, params: Sequence[Any] = ()) -> int:
         return int(self._execute(sql, params).rowcount)
@@ -156,14 +167,14 @@ class PostgresHubStore(SqlHubStore):
                 cur.executemany(_placeholders(sql), params)
                 return int(cur.rowcount)
             except self._psycopg_error as e:
-                raise HubStoreError(f"hub store {self.where}: {_one_line(e)}") from e
+                raise self._failed(e) from e
 
     def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         with self._connection() as conn:
             try:
                 return list(conn.execute(_placeholders(sql), params).fetchall())
             except self._psycopg_error as e:
-                raise HubStoreError(f"hub store {self.where}: {_one_line(e)}") from e
+                raise self._failed(e) from e
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         with self._connection() as conn:
@@ -171,7 +182,7 @@ class PostgresHubStore(SqlHubStore):
                 row: Row | None = conn.execute(_placeholders(sql), params).fetchone()
                 return row
             except self._psycopg_error as e:
-                raise HubStoreError(f"hub store {self.where}: {_one_line(e)}") from e
+                raise self._failed(e) from e
 
 
 _converted: dict[str, str] = {}
