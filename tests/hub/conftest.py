@@ -21,11 +21,14 @@ ENGINES = [
 
 
 @pytest.fixture(params=ENGINES)
-def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | str]:
     if request.param == "sqlite":
-        return tmp_path / "hub.db"
+        yield tmp_path / "hub.db"
+        return
     server = request.getfixturevalue("postgres_server")
-    return str(server.dsn(server.create_database()))
+    name = server.create_database()
+    yield str(server.dsn(name))
+    server.drop_database(name)  # a database is ~8 MB: do not let them pile up
 
 
 @pytest.fixture

@@ -131,9 +131,10 @@ def test_directive_seqs_from_two_writers_never_go_backwards(store_location: Path
 @pytest.mark.postgres
 def test_a_postgresql_store_that_cannot_connect_says_so_in_one_line() -> None:
     from edgefleet.core.testing.brokers import free_port
+    from edgefleet.hub.store.postgres import PostgresHubStore
 
     url = f"postgresql://hub:secret@127.0.0.1:{free_port()}/fleet"
     with pytest.raises(HubStoreError) as refused:
-        open_store(url)
+        PostgresHubStore(url, connect_timeout_s=1.0)
     message = str(refused.value)
     assert "\n" not in message and "secret" not in message and "127.0.0.1" in message

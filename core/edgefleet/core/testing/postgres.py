@@ -126,28 +126,27 @@ class PostgresServer:
 
     def create_database(self, name: str | None = None) -> str:
         """Create an empty database (a fresh name unless given); returns its name."""
-        assert self.pg_bin is not None
         self._databases += 1
         name = name or f"test_{os.getpid()}_{self._databases}"
+        self._psql(f'CREATE DATABASE "{name}"')
+        return name
+
+    def drop_database(self, name: str) -> None:
+        """Drop a database, disconnecting whoever is still on it."""
+        self._psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def _psql(self, command: str) -> None:
+        assert self.pg_bin is not None
         done = subprocess.run(
-            [
-                str(self.pg_bin / "psql"),
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                self.dsn(),
-                "-c",
-                f'CREATE DATABASE "{name}"',
-            ],
+            [str(self.pg_bin / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", self.dsn()]
+            + ["-c", command],
             capture_output=True,
             text=True,
             check=False,
             timeout=START_TIMEOUT_S,
         )
         if done.returncode != 0:
-            raise RuntimeError(f"cannot create database {name}: {done.stderr.strip()}")
-        return name
+            raise RuntimeError(f"{command}: {done.stderr.strip()}")
 
     def _init(self) -> None:
         if self.pg_bin is None:

@@ -55,7 +55,14 @@ class PostgresHubStore(SqlHubStore):
 
     engine = POSTGRES
 
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 8,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    ) -> None:
         try:
             import psycopg
             from psycopg.rows import dict_row
@@ -84,14 +91,14 @@ class PostgresHubStore(SqlHubStore):
                 max_size=max_size,
                 kwargs={
                     "row_factory": dict_row,
-                    "connect_timeout": int(CONNECT_TIMEOUT_S),
+                    "connect_timeout": max(1, int(connect_timeout_s)),
                     "autocommit": True,
                 },
                 configure=configure,
                 open=False,
                 name="edgefleet-hub-store",
             )
-            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+            self._pool.open(wait=True, timeout=connect_timeout_s)
         except Exception as e:
             raise HubStoreError(f"cannot open hub store {self.where}: {_one_line(e)}") from e
         try:
