@@ -174,6 +174,7 @@ class HubService:
     # -- lifecycle ---------------------------------------------------------------
 
     def start(self) -> None:
+        self.singleton.claim_client_id(self.config.broker.client_id)  # before the broker
         self.fleet.start()
         for topic_filter in self.topics.hub_subscriptions(self.config.broker.shared_subscriptions):
             self.transport.subscribe(topic_filter, self.handle)
@@ -219,6 +220,7 @@ class HubService:
             self.transport.flush(min(timeout_s, FLUSH_TIMEOUT_S))
         try:
             self.singleton.release()  # another hub takes over at its next tick
+            self.singleton.release_client_id()
         except Exception:
             log.exception("hub: releasing the singleton work failed")
         self.transport.stop()

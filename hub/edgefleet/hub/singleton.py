@@ -15,6 +15,12 @@ Rules (pure timing, the store decides ownership):
   connected again;
 - on SQLite there is one ``hub serve`` per store (the serve lock): it is always the
   holder, with no lease and no fence, exactly as a single hub always worked.
+
+One broker client id per hub process: on a shared store a hub also holds the lease
+``client:<client_id>`` while it runs (claimed at start, renewed every tick). A second hub
+configured with the same ``broker.client_id`` would take the first one's broker session
+over and over; it is refused at start with one line naming the holder, unless that
+holder is a process of this host that no longer runs (a ``kill -9`` then restart).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import socket
 import time
 from collections.abc import Callable
 
+from edgefleet.hub.errors import HubConfigError
 from edgefleet.hub.store import HubStore
 
 log = logging.getLogger("edgefleet.hub")
@@ -63,6 +70,27 @@ class SingletonWork:
         self.clock = clock
         self.epoch: int | None = None
         self._cut_since: float | None = None
+        self._client_lease: str | None = None
+
+    def claim_client_id(self, client_id: str) -> None:
+        """Hold ``client:<client_id>`` for this process or raise ``HubConfigError``."""
+        if not self.shared:
+            return
+        name = f"client:{client_id}"
+        if self.store.claim_lease(name, self.holder, self.ttl_s) is not None:
+            self._client_lease = name
+            return
+        held = self.store.lease_holder(name)
+        if held is not None and holder_is_gone(held[0]):
+            self.store.release_lease(name, held[0])
+            if self.store.claim_lease(name, self.holder, self.ttl_s) is not None:
+                self._client_lease = name
+                return
+        who = held[0] if held is not None else "another hub"
+        raise HubConfigError(
+            f"broker.client_id {client_id!r} is in use by hub {who}; give each hub process"
+            " its own client_id (the broker keeps one session per client id)"
+        )
 
     def claim(self, connected: bool) -> tuple[bool, int | None]:
         """(do the singleton work now?, the epoch to fence it with; None = no fence)."""
@@ -76,6 +104,8 @@ class SingletonWork:
             if now - self._cut_since > self.grace_s:
                 self.release()
                 return False, None
+        if self._client_lease is not None:
+            self.store.claim_lease(self._client_lease, self.holder, self.ttl_s)
         epoch = self.store.claim_lease(LEASE, self.holder, self.ttl_s)
         if epoch != self.epoch:
             if epoch is not None:
@@ -90,3 +120,23 @@ class SingletonWork:
             self.store.release_lease(LEASE, self.holder)
             log.info("hub: released the singleton work (epoch %d)", self.epoch)
             self.epoch = None
+
+    def release_client_id(self) -> None:
+        if self._client_lease is not None:
+            self.store.release_lease(self._client_lease, self.holder)
+            self._client_lease = None
+
+
+def holder_is_gone(holder: str) -> bool:
+    """True for a holder named by :func:`process_identity` on this host whose pid is gone."""
+    host, _, rest = holder.partition(":")
+    pid_text = rest.split(":", 1)[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
