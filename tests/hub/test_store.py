@@ -194,6 +194,13 @@ def test_newer_schema_is_refused_with_one_line(store_location: Path | str) -> No
     assert "\n" not in str(refused.value)
 
 
+def test_a_garbled_schema_version_is_refused_with_one_line(store_location: Path | str) -> None:
+    open_store(store_location).close()
+    set_schema(store_location, "two")  # type: ignore[arg-type]
+    with pytest.raises(HubStoreError, match="'two' is not a version number"):
+        open_store(store_location)
+
+
 def test_a_fresh_store_is_at_the_current_schema(any_store: HubStore) -> None:
     assert any_store.schema_version() == SCHEMA_VERSION
 

@@ -86,7 +86,12 @@ class SqlHubStore(SqlTelemetryMixin, SqlLeaseMixin):
         """Create or migrate the tables; call inside the engine's opening transaction."""
         self._run("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         row = self._one("SELECT value FROM meta WHERE key='schema'")
-        found = int(row["value"]) if row is not None else None
+        try:
+            found = int(row["value"]) if row is not None else None
+        except ValueError:
+            raise HubStoreError(
+                f"{self.where}: store schema {str(row['value'])[:40]!r} is not a version number"  # type: ignore[index]
+            ) from None
         steps = plan_schema(self.engine, found, self.where)
         for statement in steps:
             self._run(statement)
