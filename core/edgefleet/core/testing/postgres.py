@@ -12,8 +12,9 @@ Invariants:
   port answers, or raises ``RuntimeError`` with the tail of its log.
 - ``stop()`` is a fast shutdown; ``kill()`` a SIGKILL of the postmaster (a crash:
   the next ``start()`` recovers from the WAL); ``remove()`` deletes the directory.
-- The server trades durability for speed (``fsync=off``): it exists for tests, where
-  the operating system outlives every crash we simulate.
+- The server trades durability against power loss for speed (``fsync=off``): it exists
+  for tests, where the operating system outlives every crash we simulate; commits are
+  still written to the WAL before they return, so a ``kill()`` loses nothing committed.
 
 Nothing here imports a PostgreSQL driver: the server is driven through its binaries,
 and ``dsn(database)`` is what a test hands to the code under test.
@@ -220,8 +221,6 @@ class PostgresServer:
                 f"unix_socket_directories={self.workdir}",
                 "-c",
                 "fsync=off",
-                "-c",
-                "synchronous_commit=off",
                 "-c",
                 "full_page_writes=off",
                 "-c",
