@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suite uses when they are missing:
-# mosquitto (the broker fixtures start their own on a free loopback port) and
-# chromium (headless rendering check of the HTML drift report) and strace (the
-# offline test watches every connect() the agent makes).
+# mosquitto (the broker fixtures start their own on a free loopback port),
+# postgresql (the postgres_server fixture runs initdb/postgres from
+# /usr/lib/postgresql/<version>/bin in a temp dir on a free port, never the
+# machine's own service), chromium (headless rendering check of the HTML
+# drift report and the dashboard), strace (the offline test watches every
+# connect() the agent makes) and systemd (systemd-analyze checks the units).
 # Package names given as arguments are installed too when missing (make arm64-check
 # passes debootstrap and qemu-user-static).
 # Needs apt-get and root (or passwordless sudo); otherwise says what is missing
@@ -10,6 +13,7 @@
 set -u
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v strace >/dev/null 2>&1 || need+=(strace)
 # systemd-analyze checks the generated service units (tests/test_service_units.py).

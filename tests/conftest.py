@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from edgefleet.core.testing.brokers import AmqttBroker, MosquittoBroker, find_mosquitto
+from edgefleet.core.testing.postgres import PostgresServer, find_pg_bin
 
 pytest_plugins = ["pytester", "tests.support.marker_guard"]
 
@@ -90,3 +91,22 @@ def amqtt_broker() -> Iterator[AmqttBroker]:
     broker = AmqttBroker().start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session (initdb in a temp dir, a free loopback port,
+    run as an unprivileged user); removed at the end. Tests take a fresh database each
+    with ``postgres_server.create_database()``; tests using it carry the ``postgres`` marker.
+    """
+    if find_pg_bin() is None:
+        pytest.fail(
+            "PostgreSQL binaries not found: run `bash scripts/install-system-deps.sh`",
+            pytrace=False,
+        )
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()

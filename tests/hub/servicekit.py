@@ -32,7 +32,7 @@ from edgefleet.hub.commands.serve_cmd import mqtt_settings
 from edgefleet.hub.config import HubConfig
 from edgefleet.hub.enrollment import build_trust_store, enroll_device, publisher_trust
 from edgefleet.hub.service import HubService
-from edgefleet.hub.store import SqliteHubStore
+from edgefleet.hub.store import HubStore, open_store
 
 T = Topics()
 HUB_PASSWORD = "hub-secret-for-tests"
@@ -51,7 +51,7 @@ def wait_until(predicate: Callable[[], bool], what: str) -> None:
 class Hub:
     fx: HubFixture
     config: HubConfig
-    store: SqliteHubStore
+    store: HubStore
     passwords: dict[str, str]
     trust: TrustStore
     port: int
@@ -73,7 +73,7 @@ class Hub:
         assert self.service is not None
         self.service.stop()
         self.store.close()
-        self.store = SqliteHubStore(self.config.store.path)
+        self.store = open_store(self.config.store.location)
         return self.start()
 
     def device(self, device_id: str, **kw: object) -> ProbeClient:
@@ -112,16 +112,26 @@ class Hub:
 
 
 def make_service_hub(
-    tmp_path: Path, mosquitto_factory: Callable[..., MosquittoBroker], extra: str = ""
+    tmp_path: Path,
+    mosquitto_factory: Callable[..., MosquittoBroker],
+    extra: str = "",
+    *,
+    store_url: str | None = None,
 ) -> Hub:
-    """Config (``extra`` appended to hub.toml), three enrolled devices, their broker."""
+    """Config (``extra`` appended to hub.toml), three enrolled devices, their broker.
+
+    ``store_url`` puts the hub store on PostgreSQL (``[store] url`` in hub.toml).
+    """
     fx = make_hub(
         tmp_path,
         broker={"password": HUB_PASSWORD},
         extra="[service]\ntick_s = 3600\nmax_payload_bytes = 16384\n" + extra,
     )
+    if store_url is not None:
+        text = fx.config_path.read_text().replace("[store]\n", f'[store]\nurl = "{store_url}"\n', 1)
+        fx.config_path.write_text(text)
     config = fx.config()
-    store = SqliteHubStore(config.store.path)
+    store = open_store(config.store.location)
     passwords = {d: enroll_device(store, config, d, "rpi4-arm64", 1.0).password for d in DEVICES}
     files = write_broker_config(
         tmp_path / "broker", config, store.list_devices(), persistence=False

@@ -1,4 +1,5 @@
-"""The rollout engine over a real SQLite store (no MQTT): phases, gates, abort, rollback, restart."""
+"""The rollout engine over a real store, SQLite and PostgreSQL (no MQTT): phases, gates,
+abort, rollback, restart."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ from edgefleet.hub.store import (
     DesiredAssignment,
     DeviceHead,
     DeviceRecord,
+    HubStore,
     RolloutDeviceRecord,
-    SqliteHubStore,
     TelemetryRow,
+    open_store,
 )
 
 DEVICES = [f"pi-{i}" for i in range(5)]
@@ -34,9 +36,9 @@ def sha(version: int) -> str:
 class Fleet:
     """A store with five enrolled devices running digits v1, and bundles v1..v3."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.store = SqliteHubStore(path)
+    def __init__(self, path: Path | str) -> None:
+        self.path = path  # an SQLite file or a PostgreSQL URL
+        self.store: HubStore = open_store(path)
         self.seq: dict[str, int] = {}
         for d in DEVICES:
             self.store.add_device(DeviceRecord(d, "rpi4-arm64", "$7$1$a$b", 0.0))
@@ -54,7 +56,7 @@ class Fleet:
 
     def reopen(self) -> None:
         self.store.close()
-        self.store = SqliteHubStore(self.path)
+        self.store = open_store(self.path)
         self.engine = RolloutEngine(self.store)
 
     def telemetry(self, device: str, version: int, *, at: float, **kw: object) -> None:
@@ -83,8 +85,8 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    f = Fleet(tmp_path / "hub.db")
+def fleet(store_location: Path | str) -> Iterator[Fleet]:
+    f = Fleet(store_location)
     yield f
     f.store.close()
 
@@ -277,33 +279,37 @@ def test_a_stale_decision_is_dropped_when_an_operator_acted(fleet: Fleet) -> Non
     stale = fleet.engine.get(r.rollout_id)
     decision = fleet.engine.evaluate(stale, 13.0)
     assert decision is not None
-    RolloutEngine(SqliteHubStore(fleet.path)).pause(r.rollout_id, 13.5)  # another process
+    other = open_store(fleet.path)  # as another process would
+    RolloutEngine(other).pause(r.rollout_id, 13.5)
+    other.close()
     result = fleet.engine._act(stale, decision, 14.0)
     assert result.event is None
     assert state_of(fleet, r.rollout_id) is RolloutState.PAUSED
     assert len(fleet.moved(r.rollout_id)) == 1
 
 
-class CountingStore(SqliteHubStore):
-    """The real SQLite store, counting the reads a tick or a status report makes."""
+class CountingStore:
+    """A real store (either engine), counting the reads a tick or a status report makes."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
+    def __init__(self, inner: HubStore) -> None:
+        self._inner = inner
         self.reads: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
 
     def device_heads(self) -> dict[str, DeviceHead]:
         self.reads["device_heads"] += 1
-        return super().device_heads()
+        return self._inner.device_heads()
 
     def list_rollout_devices(self, rollout_id: str) -> list[RolloutDeviceRecord]:
         self.reads["list_rollout_devices"] += 1
-        return super().list_rollout_devices(rollout_id)
+        return self._inner.list_rollout_devices(rollout_id)
 
 
 def test_a_tick_reads_device_heads_once_for_all_running_rollouts(fleet: Fleet) -> None:
-    fleet.store.close()
-    store = fleet.store = CountingStore(fleet.path)
-    fleet.engine = RolloutEngine(store)
+    store = CountingStore(fleet.store)
+    fleet.engine = RolloutEngine(store)  # type: ignore[arg-type]
     a, b = (
         fleet.engine.create("digits", v, ids, 10.0, phases_text="100%", gate_overrides=GATES)
         for v, ids in ((2, "ids=pi-0,pi-1"), (3, "ids=pi-2,pi-3"))
@@ -326,9 +332,8 @@ def test_a_tick_reads_device_heads_once_for_all_running_rollouts(fleet: Fleet) -
 
 
 def test_status_reads_rows_and_heads_once_and_matches_evaluate(fleet: Fleet) -> None:
-    fleet.store.close()
-    store = fleet.store = CountingStore(fleet.path)
-    fleet.engine = RolloutEngine(store)
+    store = CountingStore(fleet.store)
+    fleet.engine = RolloutEngine(store)  # type: ignore[arg-type]
     r = fleet.engine.create("digits", 2, "all", 10.0, phases_text="20%,100%", gate_overrides=GATES)
     fleet.engine.tick(11.0)
     fleet.commit(r.rollout_id, 2, 12.0)

@@ -47,8 +47,13 @@ GATES = ["min_devices=1", "min_inferences=10", "bake=0"]
 
 
 @pytest.fixture
-def hub(tmp_path: Path, mosquitto_factory: Callable[..., MosquittoBroker]) -> Iterator[Hub]:
-    h = make_service_hub(tmp_path, mosquitto_factory)
+def hub(
+    tmp_path: Path,
+    mosquitto_factory: Callable[..., MosquittoBroker],
+    store_location: Path | str,  # [sqlite] and [postgresql]: tests/hub/conftest.py
+) -> Iterator[Hub]:
+    url = store_location if isinstance(store_location, str) else None
+    h = make_service_hub(tmp_path, mosquitto_factory, store_url=url)
     yield h
     h.close()
 

@@ -1,4 +1,9 @@
-"""The SQLite hub store: rows, dedupe, seq order, transactions, reopening, concurrency."""
+"""The hub store on both engines: rows, dedupe, seq order, transactions, reopening,
+another process writing, schema versions.
+
+Every test taking ``any_store`` or ``store_location`` runs on SQLite and on PostgreSQL
+(see tests/hub/conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -17,11 +22,14 @@ from edgefleet.hub.store import (
     DesiredAssignment,
     DeviceRecord,
     DirectiveRecord,
+    HubStore,
     RolloutDeviceRecord,
     RolloutRecord,
     SqliteHubStore,
     TelemetryRow,
+    open_store,
 )
+from edgefleet.hub.store.schema import SCHEMA_VERSION
 
 SHA = "ab" * 32
 
@@ -31,13 +39,11 @@ def device(device_id: str = "pi-1", **kw: object) -> DeviceRecord:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteHubStore:
-    s = SqliteHubStore(tmp_path / "hub.db")
-    yield s  # type: ignore[misc]
-    s.close()
+def store(any_store: HubStore) -> HubStore:
+    return any_store
 
 
-def test_devices_round_trip_and_presence(store: SqliteHubStore) -> None:
+def test_devices_round_trip_and_presence(store: HubStore) -> None:
     store.add_device(device(group="lab", tags={"site": "x"}))
     with pytest.raises(HubStoreError, match="already enrolled"):
         store.add_device(device())
@@ -56,7 +62,7 @@ def test_devices_round_trip_and_presence(store: SqliteHubStore) -> None:
     assert "password_hash" not in got.to_dict()
 
 
-def test_assignments_bump_the_desired_revision(store: SqliteHubStore) -> None:
+def test_assignments_bump_the_desired_revision(store: HubStore) -> None:
     store.add_device(device())
     a = DesiredAssignment("digits", SHA, 2, 100, "r1")
     store.set_assignment("pi-1", "digits", a, 5.0)
@@ -69,7 +75,18 @@ def test_assignments_bump_the_desired_revision(store: SqliteHubStore) -> None:
         store.set_assignment("ghost", "digits", a, 8.0)
 
 
-def test_directive_seq_strictly_increases(store: SqliteHubStore) -> None:
+def test_all_assignments_matches_each_devices_own(store: HubStore) -> None:
+    for d in ("a", "b", "c"):
+        store.add_device(device(d))
+    store.set_assignment("a", "digits", DesiredAssignment("digits", SHA, 2, 100, "r1"), 5.0)
+    store.set_assignment("a", "iris", DesiredAssignment("iris", SHA, 1, 10, "r2"), 5.0)
+    store.set_assignment("c", "digits", DesiredAssignment("digits", SHA, 3, 100, "r3"), 5.0)
+    every = store.all_assignments()
+    assert every == {d: store.get_assignments(d) for d in ("a", "c")}
+    assert "b" not in every and sorted(every["a"]) == ["digits", "iris"]
+
+
+def test_directive_seq_strictly_increases(store: HubStore) -> None:
     store.add_device(device())
     rec = DirectiveRecord("pi-1", 5, 1.0, 2.0, 1, {"directive": {}, "signatures": []})
     store.record_directive(rec)
@@ -81,7 +98,7 @@ def test_directive_seq_strictly_increases(store: SqliteHubStore) -> None:
     assert latest is not None and latest.seq == 5 and latest.published_at == 3.0
 
 
-def test_telemetry_dedupes_on_device_and_seq(store: SqliteHubStore) -> None:
+def test_telemetry_dedupes_on_device_and_seq(store: HubStore) -> None:
     rows = [TelemetryRow(i, "window", window("digits", 2, requests=10)) for i in (1, 2, 3)]
     assert store.add_telemetry("pi-1", rows, 10.0) == 3
     assert store.add_telemetry("pi-1", rows[1:], 11.0) == 0  # redelivery
@@ -95,7 +112,7 @@ def test_telemetry_dedupes_on_device_and_seq(store: SqliteHubStore) -> None:
     assert list(store.telemetry_windows("digits", [2], None, 10.5)) != []
 
 
-def test_failed_transaction_leaves_nothing(store: SqliteHubStore) -> None:
+def test_failed_transaction_leaves_nothing(store: HubStore) -> None:
     with pytest.raises(RuntimeError), store.transaction():
         store.add_device(device("pi-1"))
         store.bump_counter("x")
@@ -104,9 +121,8 @@ def test_failed_transaction_leaves_nothing(store: SqliteHubStore) -> None:
     assert store.counters() == {}
 
 
-def test_rollouts_survive_reopening(tmp_path: Path) -> None:
-    path = tmp_path / "hub.db"
-    store = SqliteHubStore(path)
+def test_rollouts_survive_reopening(store_location: Path | str) -> None:
+    store = open_store(store_location)
     for d in ("a", "b"):
         store.add_device(device(d))
     plan = RolloutPlan.build("r1", "digits", 2, "all", ["a", "b"], parse_phases("1,100%"), Gates())
@@ -116,7 +132,7 @@ def test_rollouts_survive_reopening(tmp_path: Path) -> None:
     store.update_rollout_status("r1", running)
     store.add_rollout_event("r1", 2.0, "start", "phase 1")
     store.close()
-    again = SqliteHubStore(path)
+    again = open_store(store_location)
     got = again.get_rollout("r1")
     assert got is not None and got.plan == plan and got.status == running
     assert [r.device_id for r in again.list_rollout_devices("r1")] == list(plan.devices)
@@ -124,7 +140,7 @@ def test_rollouts_survive_reopening(tmp_path: Path) -> None:
     again.close()
 
 
-def test_bundles_are_idempotent(store: SqliteHubStore) -> None:
+def test_bundles_are_idempotent(store: HubStore) -> None:
     b = BundleRecord(SHA, "digits", 2, "rpi5", 10, "ab/x.efb", {"k": 1}, ("kid",), 1.0)
     assert store.add_bundle(b) is True
     assert store.add_bundle(b) is False
@@ -133,19 +149,21 @@ def test_bundles_are_idempotent(store: SqliteHubStore) -> None:
 
 
 @pytest.mark.subprocess
-def test_another_process_writes_while_we_hold_the_store(tmp_path: Path) -> None:
-    path = tmp_path / "hub.db"
-    store = SqliteHubStore(path)
+def test_another_process_writes_while_we_hold_the_store(store_location: Path | str) -> None:
+    store = open_store(store_location)
     store.add_device(device("a"))
     code = (
-        "import sys\nfrom pathlib import Path\n"
-        "from edgefleet.hub.store import SqliteHubStore\n"
-        "s = SqliteHubStore(Path(sys.argv[1]))\n"
+        "import sys\n"
+        "from edgefleet.hub.store import open_store\n"
+        "s = open_store(sys.argv[1])\n"
         "s.bump_counter('from_cli', 2)\n"
         "print(len(s.list_devices()))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code, str(store_location)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1"
@@ -153,40 +171,125 @@ def test_another_process_writes_while_we_hold_the_store(tmp_path: Path) -> None:
     store.close()
 
 
-def test_newer_schema_is_refused(tmp_path: Path) -> None:
+def set_schema(location: Path | str, version: int) -> None:
+    """Write ``meta.schema`` behind the store's back, as another edgefleet version would."""
+    if isinstance(location, Path):
+        import sqlite3
+
+        db = sqlite3.connect(location)
+        db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(version),))
+        db.commit()
+        db.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(location) as conn:
+            conn.execute("UPDATE meta SET value=%s WHERE key='schema'", (str(version),))
+
+
+def test_newer_schema_is_refused_with_one_line(store_location: Path | str) -> None:
+    open_store(store_location).close()
+    set_schema(store_location, 99)
+    with pytest.raises(HubStoreError, match="newer than this hub") as refused:
+        open_store(store_location)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_garbled_schema_version_is_refused_with_one_line(store_location: Path | str) -> None:
+    open_store(store_location).close()
+    set_schema(store_location, "two")  # type: ignore[arg-type]
+    with pytest.raises(HubStoreError, match="'two' is not a version number"):
+        open_store(store_location)
+
+
+def test_a_fresh_store_is_at_the_current_schema(any_store: HubStore) -> None:
+    assert any_store.schema_version() == SCHEMA_VERSION
+
+
+@pytest.mark.postgres
+def test_postgresql_refuses_a_schema_older_than_it_can_migrate(postgres_server: object) -> None:
+    location = postgres_server.dsn(postgres_server.create_database())  # type: ignore[attr-defined]
+    open_store(location).close()
+    set_schema(location, 1)  # the first PostgreSQL layout is 2
+    with pytest.raises(HubStoreError, match="older than this hub can migrate"):
+        open_store(location)
+
+
+@pytest.mark.postgres
+def test_a_schema_2_postgresql_store_gains_the_leases_table_on_open(
+    postgres_server: object,
+) -> None:
+    import psycopg
+
+    location = postgres_server.dsn(postgres_server.create_database())  # type: ignore[attr-defined]
+    store = open_store(location)
+    store.add_device(device("kept"))
+    store.close()
+    with psycopg.connect(location) as conn:  # the layout the first PostgreSQL hub wrote
+        conn.execute("DROP TABLE leases")
+        conn.execute("UPDATE meta SET value='2' WHERE key='schema'")
+    store = open_store(location)
+    try:
+        assert store.schema_version() == SCHEMA_VERSION
+        assert store.claim_lease("x", "me", 5.0) == 1
+        assert store.get_device("kept") is not None
+    finally:
+        store.close()
+
+
+# The store as edgefleet wrote it at schema 1 (before versioned migrations): the tables
+# of today plus the telemetry_cursor nothing read.
+SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema', '1');
+CREATE TABLE devices (
+    id TEXT PRIMARY KEY, profile TEXT NOT NULL, grp TEXT, tags TEXT NOT NULL,
+    password_hash TEXT NOT NULL, created_at REAL NOT NULL, last_seen REAL,
+    online INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL DEFAULT '{}', state_at REAL,
+    desired_rev INTEGER NOT NULL DEFAULT 0);
+INSERT INTO devices VALUES ('pi-1', 'rpi4-arm64', NULL, '{}', '$7$x', 1.0, NULL, 0, '{}',
+    NULL, 3);
+CREATE TABLE telemetry (
+    device TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL, model TEXT,
+    version INTEGER, received_at REAL NOT NULL, body TEXT NOT NULL, PRIMARY KEY (device, seq));
+CREATE TABLE telemetry_cursor (device TEXT PRIMARY KEY, contiguous INTEGER);
+INSERT INTO telemetry_cursor VALUES ('pi-1', 7);
+"""
+
+
+def test_a_schema_1_sqlite_store_is_migrated_on_open(tmp_path: Path) -> None:
     import sqlite3
 
     path = tmp_path / "hub.db"
-    SqliteHubStore(path).close()
     db = sqlite3.connect(path)
-    db.execute("UPDATE meta SET value='99' WHERE key='schema'")
-    db.commit()
+    db.executescript(SCHEMA_1)
     db.close()
-    with pytest.raises(HubStoreError, match="newer"):
-        SqliteHubStore(path)
-
-
-def test_opening_drops_the_unused_telemetry_cursor_table(tmp_path: Path) -> None:
-    import sqlite3
-
-    path = tmp_path / "hub.db"
-    SqliteHubStore(path).close()
-    db = sqlite3.connect(path)  # a store written by a hub that still kept the cursor
-    db.execute("CREATE TABLE telemetry_cursor (device TEXT PRIMARY KEY, contiguous INTEGER)")
-    db.execute("INSERT INTO telemetry_cursor VALUES ('pi-1', 7)")
-    db.commit()
-    db.close()
-    SqliteHubStore(path).close()
+    store = SqliteHubStore(path)
+    try:
+        assert store.schema_version() == SCHEMA_VERSION == 3
+        got = store.get_device("pi-1")
+        assert got is not None and got.desired_rev == 3  # rows kept
+        assert store.add_telemetry("pi-1", [TelemetryRow(1, "window", {})], 1.0) == 1
+    finally:
+        store.close()
     db = sqlite3.connect(path)
     try:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     finally:
         db.close()
     assert "telemetry_cursor" not in tables
-    assert {"telemetry", "telemetry_pruned"} <= tables
+    assert {"telemetry", "telemetry_pruned", "rollouts", "counters", "leases"} <= tables
 
 
-def test_heads_name_each_devices_latest_directive(store: SqliteHubStore) -> None:
+def test_sqlite_store_commits_with_synchronous_full(tmp_path: Path) -> None:
+    store = SqliteHubStore(tmp_path / "hub.db")
+    try:
+        assert store._one("PRAGMA synchronous")["synchronous"] == 2  # FULL; NORMAL is 1
+    finally:
+        store.close()
+
+
+def test_heads_name_each_devices_latest_directive(store: HubStore) -> None:
     for d in ("a", "b", "c"):
         store.add_device(device(d))
     store.set_presence("b", True, 5.0)
@@ -211,7 +314,7 @@ def test_heads_name_each_devices_latest_directive(store: SqliteHubStore) -> None
 
 
 def test_a_devices_rollout_rows_skip_other_models_and_rolled_back_rollouts(
-    store: SqliteHubStore,
+    store: HubStore,
 ) -> None:
     for d in ("a", "b"):
         store.add_device(device(d))

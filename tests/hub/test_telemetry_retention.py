@@ -31,7 +31,7 @@ from edgefleet.hub.rollout import Gates, RolloutPlan, RolloutStatus, parse_phase
 from edgefleet.hub.rollout.engine import RolloutEngine
 from edgefleet.hub.rollout.machine import RolloutState
 from edgefleet.hub.service import HubService
-from edgefleet.hub.store import RolloutRecord, SqliteHubStore, TelemetryRow
+from edgefleet.hub.store import HubStore, RolloutRecord, SqliteHubStore, TelemetryRow, open_store
 from edgefleet.hub.telemetry_retention import RETENTION_INTERVAL_S, retention_cutoff
 
 DAY_S = 86400.0
@@ -41,7 +41,7 @@ DAY_S = 86400.0
 TAG = 100_000
 
 
-def seqs_of(store: SqliteHubStore, device: str) -> list[int]:
+def seqs_of(store: HubStore, device: str) -> list[int]:
     windows = store.telemetry_windows("digits", [1], [device], 0.0)
     return [int(w.body["start_s"]) % TAG for w in windows]
 
@@ -61,8 +61,9 @@ def store(tmp_path: Path) -> Iterator[SqliteHubStore]:
 
 
 def test_prune_deletes_only_older_records_in_batches_and_counts_them(
-    store: SqliteHubStore,
+    any_store: HubStore,
 ) -> None:
+    store = any_store  # SQLite and PostgreSQL
     store.add_telemetry("pi-1", tagged_rows(range(1, 6)), 100.0)
     store.add_telemetry("pi-2", tagged_rows(range(1, 4)), 150.0)
     store.add_telemetry("pi-1", tagged_rows(range(6, 9)), 200.0)
@@ -77,16 +78,15 @@ def test_prune_deletes_only_older_records_in_batches_and_counts_them(
         store.prune_telemetry(150.0, batch_size=0)
 
 
-def test_a_pruned_record_sent_again_is_not_stored_again(tmp_path: Path) -> None:
-    path = tmp_path / "hub.db"
-    store = SqliteHubStore(path)
+def test_a_pruned_record_sent_again_is_not_stored_again(store_location: Path | str) -> None:
+    store = open_store(store_location)
     store.add_telemetry("pi-1", tagged_rows(range(1, 4)), 100.0)
     store.add_telemetry("pi-1", tagged_rows(range(4, 6)), 300.0)
     assert seqs_of(store, "pi-1") == [1, 2, 3, 4, 5]
     assert store.prune_telemetry(200.0) == 3
     store.close()
 
-    store = SqliteHubStore(path)  # the mark survives a restart
+    store = open_store(store_location)  # the mark survives a restart
     try:
         # A late retransmission of 1..3 (the ack never reached the device, say).
         assert store.add_telemetry("pi-1", tagged_rows(range(1, 4)), 400.0) == 0

@@ -22,6 +22,7 @@ HUB_COMMANDS: dict[str, RoleCommand] = {
     "drift": _cmd("drift_cmd", "drift", "Fleet drift report."),
     "alerts": _cmd("alerts_cmd", "alerts", "Open and resolved alerts."),
     "service-unit": _cmd("service_unit_cmd", "service_unit", "Print a systemd unit."),
+    "store": _cmd("store_cmd", "store", "Move the hub store to PostgreSQL."),
 }
 
 

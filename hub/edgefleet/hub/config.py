@@ -3,7 +3,9 @@
 ::
 
     [store]
-    path = "hub.db"                  # SQLite file
+    path = "hub.db"                  # SQLite file (the default store); the fleet database
+                                     # (fleet telemetry) sits next to it on either engine
+    url = "postgresql://hub@db.example.org/edgefleet"   # optional: the store on PostgreSQL
     bundles_dir = "bundles"          # content-addressed bundle store
     telemetry_retention_s = 604800   # telemetry the rollout gates read is kept this long
 
@@ -52,7 +54,8 @@
     psi_drift = 0.2
 
 Invariants: every relative path is resolved against the directory holding
-``hub.toml``; an unknown section or key is an error naming the file and the
+``hub.toml``, defaults included (``hub serve`` started from another folder opens the
+same store); an unknown section or key is an error naming the file and the
 key (a typo must not silently fall back to a default); every value is
 type-checked in ``__post_init__``.
 """
@@ -75,6 +78,7 @@ from edgefleet.hub.fleet.alerts import AlertPolicy
 from edgefleet.hub.fleet.quotas import QuotaSettings
 from edgefleet.hub.fleet.settings import FleetSettings
 from edgefleet.hub.rollout.plan import Gates
+from edgefleet.hub.store.postgres import redact_url
 
 DEFAULT_CONFIG_NAME = "hub.toml"
 ENV_VAR = "EDGEFLEET_HUB_CONFIG"
@@ -87,12 +91,30 @@ _DEFAULT_LOOKBACK_S = Gates().baseline_lookback_s
 @dataclass(frozen=True)
 class StoreSettings:
     path: Path = Path("hub.db")
+    # postgresql://user@host:port/database: the hub store on PostgreSQL instead of `path`
+    # (a password may come from ~/.pgpass or $PGPASSWORD rather than the URL).
+    url: str | None = None
     bundles_dir: Path = Path("bundles")
     # Telemetry records in the hub store (what the rollout gates read) older than this are
     # deleted, except those an active rollout still reads (see docs/hub.md, "Retention").
     telemetry_retention_s: float = 7 * 86400.0
 
+    @property
+    def location(self) -> Path | str:
+        """What ``open_store`` takes: the PostgreSQL URL if set, else the SQLite file."""
+        return self.url if self.url is not None else self.path
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url is None
+
     def __post_init__(self) -> None:
+        if self.url is not None:
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("postgresql", "postgres") or not (parts.netloc or parts.path):
+                raise ValueError(
+                    f"url must be postgresql://[user@]host[:port]/database: {redact_url(self.url)}"
+                )
         if self.telemetry_retention_s < _DEFAULT_LOOKBACK_S:
             raise ValueError(
                 f"telemetry_retention_s must be at least {_DEFAULT_LOOKBACK_S:.0f}"
@@ -311,6 +333,10 @@ _SECTIONS: dict[str, type[Any]] = {
 def _build(kind: type[Any], raw: Mapping[str, Any], base_dir: Path, where: str) -> Any:
     known = {f.name: f for f in fields(kind)}
     values: dict[str, Any] = {}
+    for name, default in ((f.name, f.default) for f in known.values()):
+        # A relative default path is relative to hub.toml too, not to the current folder.
+        if name not in raw and isinstance(default, Path) and not default.is_absolute():
+            values[name] = (base_dir / default).resolve()
     for key, value in raw.items():
         f = known.get(key)
         if f is None:

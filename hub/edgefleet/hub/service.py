@@ -51,6 +51,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,7 @@ from edgefleet.hub.directives import DirectiveIssuer, ResyncAnswers
 from edgefleet.hub.fleet.ingest import DeviceInfo, IngestResult
 from edgefleet.hub.fleet.runtime import FleetRuntime
 from edgefleet.hub.rollout.engine import RolloutEngine
+from edgefleet.hub.singleton import LEASE, SingletonWork
 from edgefleet.hub.store import DeviceRecord, DirectiveRecord, HubStore, TelemetryRow
 from edgefleet.hub.telemetry_retention import TelemetryRetention
 
@@ -127,6 +129,10 @@ class HubService:
         self.engine = RolloutEngine(store)
         self.issuer = DirectiveIssuer(store, signing_key, config.directives)
         self.retention = TelemetryRetention(store, config.store.telemetry_retention_s, self.tally)
+        self.singleton = SingletonWork(
+            store, config.service.tick_s, shared=not config.store.is_sqlite
+        )
+        self._tick_lock = threading.Lock()
         self.fleet = FleetRuntime(
             config.fleet,
             config.store.path,
@@ -176,6 +182,7 @@ class HubService:
     # -- lifecycle ---------------------------------------------------------------
 
     def start(self) -> None:
+        self.singleton.claim_client_id(self.config.broker.client_id)  # before the broker
         self.fleet.start()
         for topic_filter in self.topics.hub_subscriptions(self.config.broker.shared_subscriptions):
             self.transport.subscribe(topic_filter, self.handle)
@@ -219,6 +226,11 @@ class HubService:
         # Store and ack what is queued while the client can still send the acks.
         if self.fleet.drain(min(timeout_s, DRAIN_TIMEOUT_S)):
             self.transport.flush(min(timeout_s, FLUSH_TIMEOUT_S))
+        try:
+            self.singleton.release()  # another hub takes over at its next tick
+            self.singleton.release_client_id()
+        except Exception:
+            log.exception("hub: releasing the singleton work failed")
         self.transport.stop()
         self.fleet.stop(timeout_s)
         self.bundles.close()
@@ -426,10 +438,30 @@ class HubService:
             self._wake_tick.wait(interval)
 
     def tick(self) -> None:
-        """One round of rollouts, directives, telemetry retention and counters; never raises."""
+        """One round of rollouts, directives, telemetry retention and counters; never raises.
+
+        Rollouts, directives and retention are once-per-fleet work: with several hubs on
+        one store only the lease holder does them, fenced by its epoch (singleton.py).
+        """
+        with self._tick_lock:  # the tick thread and a caller's tick() must not interleave
+            self._tick()
+
+    def _tick(self) -> None:
         now = self.clock()
         try:
-            self.engine.tick(now)
+            leader, epoch = self.singleton.claim(self.transport.connected)
+        except Exception:
+            leader, epoch = False, None
+            self.count("failed.lease")
+            log.exception("hub: claiming the singleton work failed")
+
+        def fence() -> AbstractContextManager[None]:  # a fresh one per block: single use
+            return self.store.fenced(LEASE, epoch) if epoch is not None else nullcontext()
+
+        try:
+            if leader:
+                with fence():
+                    self.engine.tick(now)
         except Exception:
             self.count("failed.rollout_tick")
             log.exception("hub: rollout tick failed")
@@ -439,13 +471,17 @@ class HubService:
             self.count("failed.fetch_cache")
             log.exception("hub: checking assignments for the chunk server failed")
         try:
-            self.issuer.due(now)
-            self.publish_directives()
+            if leader:
+                with fence():
+                    self.issuer.due(now)
+                    self.publish_directives()
         except Exception:
             self.count("failed.directives")
             log.exception("hub: directive publication failed")
         try:
-            self.retention.run(now)
+            if leader:
+                with fence():
+                    self.retention.run(now)
         except Exception:
             self.count("failed.telemetry_retention")
             log.exception("hub: telemetry retention failed")

@@ -40,7 +40,7 @@ def fleet_db_option(f: F) -> F:
 @contextmanager
 def hub_store(config_path: Path | None) -> Iterator[tuple[HubConfig, HubStore]]:
     config = load_config(config_path)
-    store = open_store(config.store.path)
+    store = open_store(config.store.location)
     try:
         yield config, store
     finally:

@@ -41,14 +41,16 @@ def devices(config_path: Path | None, as_json: bool) -> None:
     current = now()
     with hub_store(config_path) as (_config, store):
         rows = []
+        # Three queries for the whole fleet, not two per device (10,000 devices on a
+        # PostgreSQL store took 12 s one device at a time).
+        assignments = store.all_assignments()
+        heads = store.directive_heads()
         for d in store.list_devices():
             item = d.to_dict()
             item["models"] = _models(d.state)
-            item["desired"] = {
-                m: a.to_dict() for m, a in store.get_assignments(d.device_id).items()
-            }
-            directive = store.latest_directive(d.device_id)
-            item["directive_seq"] = directive.seq if directive else None
+            item["desired"] = {m: a.to_dict() for m, a in assignments.get(d.device_id, {}).items()}
+            head = heads.get(d.device_id)
+            item["directive_seq"] = head.seq if head else None
             item["directive_error"] = d.state.get("directive_error")
             rows.append(item)
         result = {"devices": rows, "counters": store.counters(), "now": current}

@@ -84,8 +84,8 @@ def open_fleet(config_path: Path | None, db_path: Path | None) -> Iterator[Fleet
         thresholds_from = str(config.source)
         if db_path is None:
             db_path = fleet_db_path(config.store.path)
-        if config.store.path.exists():
-            hub_store = open_store(config.store.path)
+        if not config.store.is_sqlite or config.store.path.exists():
+            hub_store = open_store(config.store.location)
             loaders = bundle_loaders(hub_store, config.store.bundles_dir)
     if not db_path.exists():
         if hub_store is not None:

@@ -19,6 +19,7 @@ from edgefleet.hub.credentials import generate_password, mosquitto_hash
 from edgefleet.hub.errors import HubConfigError
 from edgefleet.hub.fleet.settings import fleet_db_path
 from edgefleet.hub.store import HubStore, open_store
+from edgefleet.hub.store.serve_lock import ServeLock
 
 if TYPE_CHECKING:
     # Imported at run time only with --embedded-broker: it loads amqtt, which a hub
@@ -72,7 +73,7 @@ def start_embedded(config: HubConfig, store: HubStore, password: str) -> Embedde
     ).start()
 
 
-def _log_started(transport: MqttTransport, config: HubConfig) -> None:
+def _log_started(transport: MqttTransport, config: HubConfig, store_where: str) -> None:
     # "serving" only once the broker acknowledged us: a hub that cannot connect must not
     # look healthy in its own log. The client logs "connected to" when it does connect.
     where = f"{config.broker.host}:{config.broker.port}"
@@ -81,7 +82,7 @@ def _log_started(transport: MqttTransport, config: HubConfig) -> None:
             "hub: serving %s through the broker at %s (store %s, fleet telemetry %s)",
             config.broker.topic_root,
             where,
-            config.store.path,
+            store_where,
             fleet_db_path(config.store.path),
         )
     else:
@@ -120,14 +121,21 @@ def serve(embedded_broker: bool, log_level: str, config_path: Path | None) -> No
         raise HubConfigError("keys.hub_signing_key must be set to sign directives")
     key = load_private_key(config.keys.hub_signing_key)
     password = config.broker.resolved_password()
-    store = open_store(config.store.path)
-    check_integrity = getattr(store, "check_integrity", None)  # SQLite: damaged pages
-    if check_integrity is not None:
-        try:
-            check_integrity()
-        except Exception:
-            store.close()
-            raise
+    # SQLite: one hub serve per store file (PostgreSQL stores are shared by design).
+    lock = ServeLock(config.store.path).acquire() if config.store.is_sqlite else None
+    try:
+        store = open_store(config.store.location)
+        check_integrity = getattr(store, "check_integrity", None)  # SQLite: damaged pages
+        if check_integrity is not None:
+            try:
+                check_integrity()
+            except Exception:
+                store.close()
+                raise
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     broker = None
     stop = threading.Event()
 
@@ -144,10 +152,12 @@ def serve(embedded_broker: bool, log_level: str, config_path: Path | None) -> No
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         service.start()
-        _log_started(service.transport, config)
+        _log_started(service.transport, config, store.where)
         stop.wait()
         service.stop()
     finally:
         if broker is not None:
             broker.stop()
         store.close()
+        if lock is not None:
+            lock.release()

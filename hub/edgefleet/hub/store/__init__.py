@@ -1,4 +1,8 @@
-"""The hub store: an interface (:class:`HubStore`) and its SQLite implementation."""
+"""The hub store: an interface (:class:`HubStore`) and its two engines.
+
+SQLite (a file path; the default) and PostgreSQL (a ``postgresql://`` URL) share their
+queries (:mod:`edgefleet.hub.store.sql_store`) and differ in connections only.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +23,17 @@ from edgefleet.hub.store.records import (
     StoredWindow,
     TelemetryRow,
 )
+from edgefleet.hub.store.sql_lease import FencedError
 from edgefleet.hub.store.sqlite import SqliteHubStore
 
 
-def open_store(path: Path) -> HubStore:
-    """Open the store at ``path`` (SQLite today; a URL scheme will pick PostgreSQL)."""
-    return SqliteHubStore(path)
+def open_store(location: Path | str) -> HubStore:
+    """Open the store at ``location``: a ``postgresql://`` URL, else an SQLite file path."""
+    from edgefleet.hub.store.postgres import PostgresHubStore, is_postgres_url
+
+    if isinstance(location, str) and is_postgres_url(location):
+        return PostgresHubStore(location)
+    return SqliteHubStore(Path(location))
 
 
 __all__ = [
@@ -35,6 +44,7 @@ __all__ = [
     "DeviceRolloutRow",
     "DirectiveHead",
     "DirectiveRecord",
+    "FencedError",
     "HubStore",
     "RolloutDeviceRecord",
     "RolloutEventRecord",

@@ -1,4 +1,4 @@
-"""The hub store interface. SQLite implements it today; PostgreSQL will.
+"""The hub store interface, implemented on SQLite and on PostgreSQL.
 
 Invariants every implementation keeps:
 
@@ -12,6 +12,11 @@ Invariants every implementation keeps:
   never holds the write lock for long;
 - directive ``seq`` per device is strictly increasing: recording a seq not
   above the last one raises :class:`~edgefleet.hub.errors.HubStoreError`;
+- a read-modify-write inside ``transaction()`` is not interleaved with another
+  writer's: SQLite serialises write transactions, PostgreSQL locks the rows read
+  first (``lock_rollout``; the device row in ``record_directive``);
+- the schema is versioned (``schema_version``); opening migrates an older store or
+  refuses it, and refuses a newer one, with one line;
 - every foreign failure surfaces as ``HubStoreError`` (exit code 1).
 """
 
@@ -39,9 +44,13 @@ from edgefleet.hub.store.records import (
 
 
 class HubStore(Protocol):
+    where: str  # names the store in messages: its file, or its URL without the password
+
     def close(self) -> None: ...
 
     def transaction(self) -> AbstractContextManager[None]: ...
+
+    def schema_version(self) -> int: ...
 
     # devices
     def add_device(self, device: DeviceRecord) -> None: ...
@@ -56,6 +65,7 @@ class HubStore(Protocol):
 
     # desired assignments (what directives are built from)
     def get_assignments(self, device_id: str) -> dict[str, DesiredAssignment]: ...
+    def all_assignments(self) -> dict[str, dict[str, DesiredAssignment]]: ...
     def set_assignment(
         self, device_id: str, model: str, assignment: DesiredAssignment | None, at: float
     ) -> None: ...
@@ -78,6 +88,7 @@ class HubStore(Protocol):
         self, rollout: RolloutRecord, devices: Sequence[RolloutDeviceRecord]
     ) -> None: ...
     def get_rollout(self, rollout_id: str) -> RolloutRecord | None: ...
+    def lock_rollout(self, rollout_id: str) -> RolloutRecord | None: ...
     def list_rollouts(
         self, states: Collection[RolloutState] | None = None
     ) -> list[RolloutRecord]: ...
@@ -102,6 +113,13 @@ class HubStore(Protocol):
         device_ids: Sequence[str] | None,
         since: float,
     ) -> Iterator[StoredWindow]: ...
+
+    # leases: once-per-fleet work and its fencing epoch (store/sql_lease.py)
+    def db_now(self) -> float: ...
+    def claim_lease(self, name: str, holder: str, ttl_s: float) -> int | None: ...
+    def release_lease(self, name: str, holder: str) -> None: ...
+    def lease_holder(self, name: str) -> tuple[str, int, float] | None: ...
+    def fenced(self, name: str, epoch: int) -> AbstractContextManager[None]: ...
 
     # counters (malformed payloads and the like; survive restarts)
     def bump_counter(self, name: str, n: int = 1) -> None: ...

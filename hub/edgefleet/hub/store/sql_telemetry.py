@@ -1,7 +1,8 @@
-"""The telemetry tables of the SQLite hub store, mixed into :class:`SqliteHubStore`.
+"""The telemetry tables of the hub store, mixed into :class:`SqlHubStore` (both engines).
 
-Telemetry is deduplicated on ``(device, seq)``: ``add_telemetry`` ignores a record the
-store holds already.
+Telemetry is deduplicated on ``(device, seq)`` by the primary key: ``add_telemetry``
+inserts with ``ON CONFLICT DO NOTHING``, so a record the store holds already, or one a
+concurrent writer (another hub) inserts first, is skipped without failing the batch.
 
 Retention: ``prune_telemetry`` deletes records received before a cutoff, a bounded batch
 per transaction, and remembers per device the highest seq it deleted
@@ -13,33 +14,35 @@ per device could not serve for this: it may run ahead of a batch that is still m
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.hub.store.records import StoredWindow, TelemetryRow
-from edgefleet.hub.store.sqlite_rows import to_json
+from edgefleet.hub.store.rows import Row, to_json
+
+if TYPE_CHECKING:
+    from edgefleet.hub.store.schema import Engine
 
 
-class SqliteTelemetryMixin:
-    """Telemetry methods of :class:`~edgefleet.hub.store.sqlite.SqliteHubStore`.
+class SqlTelemetryMixin:
+    """Telemetry methods of :class:`~edgefleet.hub.store.sql_store.SqlHubStore`.
 
-    Uses the store's connection, lock-holding query helpers and transactions; not usable
-    on its own.
+    Uses the store's query helpers and transactions; not usable on its own.
     """
 
-    _db: sqlite3.Connection
-
     if TYPE_CHECKING:
+        engine: Engine
 
         def transaction(self) -> AbstractContextManager[None]: ...
 
-        def _exec(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor: ...
+        def _run(self, sql: str, params: Sequence[Any] = ()) -> int: ...
 
-        def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]: ...
+        def _run_many(self, sql: str, params: Sequence[Sequence[Any]]) -> int: ...
 
-        def _one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None: ...
+        def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+        def _one(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
 
     def add_telemetry(
         self, device_id: str, rows: Sequence[TelemetryRow], received_at: float
@@ -53,8 +56,8 @@ class SqliteTelemetryMixin:
                 rows = [row for row in rows if row.seq > pruned["seq"]]
                 if not rows:
                     return 0
-            cur = self._db.executemany(
-                "INSERT OR IGNORE INTO telemetry VALUES (?,?,?,?,?,?,?)",
+            inserted = self._run_many(
+                "INSERT INTO telemetry VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                 [
                     (
                         device_id,
@@ -68,7 +71,7 @@ class SqliteTelemetryMixin:
                     for row in rows
                 ],
             )
-            return max(cur.rowcount, 0)
+            return max(inserted, 0)
 
     def prune_telemetry(
         self, before: float, *, batch_size: int = 1000, max_rows: int | None = None
@@ -88,20 +91,21 @@ class SqliteTelemetryMixin:
             limit = batch_size if max_rows is None else min(batch_size, max_rows - total)
             with self.transaction():
                 rows = self._all(
-                    "SELECT rowid, device, seq FROM telemetry WHERE received_at < ?"
+                    "SELECT device, seq FROM telemetry WHERE received_at < ?"
                     " ORDER BY received_at LIMIT ?",
                     (before, limit),
                 )
                 highest: dict[str, int] = {}
                 for r in rows:
                     highest[r["device"]] = max(highest.get(r["device"], r["seq"]), r["seq"])
-                self._db.executemany(
-                    "INSERT INTO telemetry_pruned VALUES (?, ?) ON CONFLICT (device)"
-                    " DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                self._run_many(
+                    "INSERT INTO telemetry_pruned VALUES (?, ?) ON CONFLICT (device) DO UPDATE"
+                    f" SET seq = {self.engine.greatest}(telemetry_pruned.seq, excluded.seq)",
                     sorted(highest.items()),
                 )
-                self._db.executemany(
-                    "DELETE FROM telemetry WHERE rowid=?", [(r["rowid"],) for r in rows]
+                self._run_many(
+                    "DELETE FROM telemetry WHERE device=? AND seq=?",
+                    [(r["device"], r["seq"]) for r in rows],
                 )
             total += len(rows)
             if len(rows) < limit:

@@ -1,7 +1,8 @@
-"""Rows of the SQLite hub store to records and back.
+"""Rows of the hub store (either engine) to records and back.
 
-Pure functions, no I/O: each ``*_from_row`` builds a record from a ``sqlite3.Row`` of
-the table :mod:`edgefleet.hub.store.sqlite` creates, decoding the JSON columns;
+Pure functions, no I/O: each ``*_from_row`` builds a record from a row of the tables
+:mod:`edgefleet.hub.store.schema` creates (a ``sqlite3.Row`` or a psycopg dict row: both
+index by column name), decoding the JSON columns;
 ``rollout_device_values`` gives the column values in ``rollout_devices`` order;
 ``to_json`` is how every JSON column is written (sorted keys, no spaces).
 """
@@ -9,8 +10,7 @@ the table :mod:`edgefleet.hub.store.sqlite` creates, decoding the JSON columns;
 from __future__ import annotations
 
 import json
-import sqlite3
-from typing import Any
+from typing import Any, Protocol
 
 from edgefleet.hub.rollout.gates import InstallStatus
 from edgefleet.hub.rollout.machine import RolloutStatus
@@ -24,11 +24,17 @@ from edgefleet.hub.store.records import (
 )
 
 
+class Row(Protocol):
+    """A database row read by column name (``sqlite3.Row``, a psycopg ``dict_row``)."""
+
+    def __getitem__(self, key: str) -> Any: ...
+
+
 def to_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def device_from_row(row: sqlite3.Row) -> DeviceRecord:
+def device_from_row(row: Row) -> DeviceRecord:
     return DeviceRecord(
         device_id=row["id"],
         profile=row["profile"],
@@ -44,7 +50,7 @@ def device_from_row(row: sqlite3.Row) -> DeviceRecord:
     )
 
 
-def directive_from_row(row: sqlite3.Row) -> DirectiveRecord:
+def directive_from_row(row: Row) -> DirectiveRecord:
     return DirectiveRecord(
         device_id=row["device"],
         seq=row["seq"],
@@ -56,7 +62,7 @@ def directive_from_row(row: sqlite3.Row) -> DirectiveRecord:
     )
 
 
-def bundle_from_row(row: sqlite3.Row) -> BundleRecord:
+def bundle_from_row(row: Row) -> BundleRecord:
     return BundleRecord(
         sha256=row["sha256"],
         model=row["model"],
@@ -70,7 +76,7 @@ def bundle_from_row(row: sqlite3.Row) -> BundleRecord:
     )
 
 
-def rollout_from_row(row: sqlite3.Row) -> RolloutRecord:
+def rollout_from_row(row: Row) -> RolloutRecord:
     return RolloutRecord(
         plan=RolloutPlan.from_dict(json.loads(row["plan"])),
         status=RolloutStatus.from_dict(json.loads(row["status"])),
@@ -95,7 +101,7 @@ def rollout_device_values(d: RolloutDeviceRecord) -> tuple[Any, ...]:
     )
 
 
-def rollout_device_from_row(row: sqlite3.Row) -> RolloutDeviceRecord:
+def rollout_device_from_row(row: Row) -> RolloutDeviceRecord:
     return RolloutDeviceRecord(
         rollout_id=row["rollout"],
         device_id=row["device"],

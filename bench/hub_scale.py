@@ -1,0 +1,399 @@
+"""Hub at fleet scale: ingest with 1..4 hub processes on SQLite and PostgreSQL, the
+10,000-device operations, a reconnect storm against two hubs.
+
+Everything is real and started here: mosquitto on a free loopback port, a PostgreSQL
+server from the distribution's binaries (``edgefleet.core.testing.postgres``: initdb in a
+temp dir, its own port), ``edgefleet hub serve`` subprocesses (each with its own folder,
+hub.toml, client id and fleet database; on PostgreSQL one shared hub store, with
+``shared_subscriptions`` when there are several), and the device simulators of
+``bench/hub_ingest.py`` in their own processes (windows with 64-feature drift stats).
+
+- ``windows_per_s.<engine>_<hubs>``: 8,000 windows from 100 devices (batches of 10)
+  published as fast as one client can, from the first publish until every window is in the
+  hub store (what the rollout gates read). ``cpu_s_per_1000_windows.<run>`` splits the CPU
+  time of that run by role (hub processes, database server, broker, device simulator), so
+  scaling can be judged on machines with more cores than this one.
+- ``fleet10k``: a store holding 10,000 devices (rows, not processes) running v1 with
+  baseline telemetry: ``rollout create`` (the command), one gate-evaluating tick of the
+  rollout engine, ``rollout status`` and ``hub devices`` (the commands), each timed on
+  both engines; ``fleet10k_max_s`` is the slowest of them.
+- ``storm_*``: 1,000 devices connect at once against two hubs on PostgreSQL with shared
+  subscriptions and publish 12 buffered windows each: ``storm_drain_s`` until every
+  window is in the hub store and every device holds its ack; ``storm_losses`` windows
+  published but not stored; ``storm_duplicates`` windows the hubs' fleet databases hold
+  more than once between them.
+
+Prints one JSON object. ``python bench/hub_scale.py [--quick]``. Timing on a loaded
+machine is noisy: read the figures, never assert on them in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import hub_ingest  # bench/ is on sys.path when this file runs
+from edgefleet.core.cli.main import main as cli_main
+from edgefleet.core.keys import generate_keypair
+from edgefleet.core.testing.brokers import MosquittoBroker
+from edgefleet.core.testing.postgres import PostgresServer
+from edgefleet.hub.rollout.engine import RolloutEngine
+from edgefleet.hub.store import (
+    BundleRecord,
+    DesiredAssignment,
+    DeviceRecord,
+    TelemetryRow,
+    open_store,
+)
+
+TARGETS = {"sqlite_1": 1000, "postgresql_2": 2000, "fleet10k_max_s": 1.0}
+CLK = os.sysconf("SC_CLK_TCK")
+SHA = {1: "a1" * 32, 2: "b2" * 32}
+
+
+# -- processes and their CPU -----------------------------------------------------------
+def cpu_s(pid: int) -> float:
+    """utime + stime of a live process, seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def database_cpu_s(server: PostgresServer | None) -> float:
+    if server is None:
+        return 0.0
+    pid = server._postmaster_pid()
+    if pid is None:
+        return 0.0
+    return cpu_s(pid) + sum(cpu_s(child) for child in children_of(pid))
+
+
+class HubProcs:
+    """N ``hub serve`` subprocesses sharing a store (or one on an SQLite file)."""
+
+    def __init__(self, work: Path, port: int, n: int, url: str | None, key: Path) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.folders: list[Path] = []
+        for i in range(n):
+            folder = work / f"hub-{i}"
+            folder.mkdir(parents=True)
+            store = f'url = "{url}"\n' if url else ""
+            (folder / "hub.toml").write_text(
+                f'[store]\npath = "hub.db"\n{store}bundles_dir = "../bundles"\n'
+                f'[broker]\nport = {port}\nclient_id = "hub-{i}"\n'
+                f"shared_subscriptions = {'true' if n > 1 else 'false'}\n"
+                f'[keys]\nhub_signing_key = "{key}"\n[service]\ntick_s = 3600.0\n'
+            )
+            self.folders.append(folder)
+
+    def start(self) -> None:
+        for folder in self.folders:
+            log = open(folder / "serve.log", "wb")  # noqa: SIM115 - the child owns it
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "edgefleet.core.cli.main", "hub", "serve"]
+                    + ["--config", str(folder / "hub.toml")],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=folder,
+                )
+            )
+        deadline = time.monotonic() + 120
+        for folder, proc in zip(self.folders, self.procs, strict=True):
+            while b"hub: serving" not in (folder / "serve.log").read_bytes():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"hub serve failed: {(folder / 'serve.log').read_text()}")
+                time.sleep(0.1)
+
+    def cpu_s(self) -> float:
+        return sum(cpu_s(p.pid) for p in self.procs)
+
+    def fleet_windows(self) -> int:
+        total = 0
+        for folder in self.folders:
+            db = folder / "hub.fleet.db"
+            if db.exists():
+                with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
+                    total += conn.execute(
+                        "SELECT COUNT(*) FROM fleet_records WHERE kind = 'window'"
+                    ).fetchone()[0]
+        return total
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def telemetry_count(location: Path | str) -> int:
+    store = open_store(location)
+    try:
+        return sum(1 for _ in store.telemetry_windows(hub_ingest.MODEL, [1], None, 0.0))
+    finally:
+        store.close()
+
+
+def stored_count(location: Path | str) -> int:
+    """Rows in the hub store's telemetry table, by the cheapest query either engine has."""
+    store = open_store(location)
+    try:
+        row = store._one("SELECT COUNT(*) AS n FROM telemetry")  # type: ignore[attr-defined]
+        return int(row["n"]) if row else 0
+    finally:
+        store.close()
+
+
+def enroll(location: Path | str, devices: list[str]) -> None:
+    store = open_store(location)
+    try:
+        with store.transaction():
+            for device_id in devices:
+                store.add_device(DeviceRecord(device_id, "rpi4-arm64", "-", 0.0, "g"))
+    finally:
+        store.close()
+
+
+def fresh_location(engine: str, work: Path, server: PostgresServer | None) -> Path | str:
+    if engine == "sqlite":
+        return work / "hub-0" / "hub.db"
+    assert server is not None
+    return server.dsn(server.create_database())
+
+
+# -- ingest runs ---------------------------------------------------------------------------
+def ingest_run(
+    engine: str, hubs: int, root: Path, server: PostgresServer | None, reference: Path, quick: bool
+) -> dict[str, Any]:
+    devices, windows = (40, 50) if quick else (100, 80)
+    total = devices * windows
+    work = root / f"{engine}_{hubs}"
+    work.mkdir()
+    key = generate_keypair("hub", work / "keys").private
+    broker = MosquittoBroker(work / "broker").start()
+    location = fresh_location(engine, work, server)
+    procs = HubProcs(work, broker.port, hubs, location if engine != "sqlite" else None, key)
+    enroll(location, [f"tp-{d}" for d in range(devices)])
+    procs.start()
+    try:
+        before = (procs.cpu_s(), database_cpu_s(server), cpu_s(broker.pid or 0))
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        publisher = hub_ingest.spawn(
+            "throughput", broker.port, reference, devices=devices, windows=windows
+        )
+        deadline = time.monotonic() + 900
+        while stored_count(location) < total:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{engine}_{hubs}: only {stored_count(location)} stored")
+            time.sleep(0.05)
+        done = time.time()
+        after = (procs.cpu_s(), database_cpu_s(server), cpu_s(broker.pid or 0))
+        report = hub_ingest.finish(publisher, 600)
+        children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        time.sleep(2.0)  # let the fleet ingest workers finish their queues
+        fleet = procs.fleet_windows()
+    finally:
+        procs.stop()
+        broker.kill()
+    per_k = 1000.0 / total
+    devices_cpu = (children_after.ru_utime + children_after.ru_stime) - (
+        children_before.ru_utime + children_before.ru_stime
+    )
+    return {
+        "windows": total,
+        "windows_per_s": round(total / (done - report["started"]), 1),
+        "fleet_db_windows": fleet,
+        "cpu_s_per_1000_windows": {
+            "hub": round((after[0] - before[0]) * per_k, 3),
+            "database": round((after[1] - before[1]) * per_k, 3),
+            "broker": round((after[2] - before[2]) * per_k, 3),
+            "devices": round(devices_cpu * per_k, 3),
+        },
+    }
+
+
+# -- 10,000 devices --------------------------------------------------------------------------
+def quiet_cli(*argv: str) -> tuple[float, str]:
+    out = io.StringIO()
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            cli_main(list(argv))
+        except SystemExit as e:
+            if e.code not in (0, None):
+                raise RuntimeError(f"{argv}: exit {e.code}") from None
+    return time.perf_counter() - started, out.getvalue()
+
+
+def fleet10k(engine: str, root: Path, server: PostgresServer | None, quick: bool) -> dict[str, Any]:
+    n = 2000 if quick else 10_000
+    work = root / f"fleet10k_{engine}"
+    (work / "hub-0").mkdir(parents=True)
+    location = fresh_location(engine, work, server)
+    url = f'url = "{location}"\n' if engine != "sqlite" else ""
+    config = work / "hub-0" / "hub.toml"
+    config.write_text(f'[store]\npath = "hub.db"\n{url}')
+    store = open_store(location)
+    now = time.time()
+    try:
+        with store.transaction():
+            for v in (1, 2):
+                store.add_bundle(
+                    BundleRecord(SHA[v], "digits", v, "rpi4-arm64", 100, "x", {}, ("k",), 1.0)
+                )
+            for i in range(n):
+                device = f"d{i:05d}"
+                store.add_device(DeviceRecord(device, "rpi4-arm64", "-", 0.0, f"g{i % 20}"))
+                store.set_presence(device, True, now)
+                store.set_assignment(
+                    device, "digits", DesiredAssignment("digits", SHA[1], 1, 100, "r0"), now
+                )
+                body = dict(hub_ingest.window(1, "", now - 600).body)
+                body.pop("drift", None)
+                store.add_telemetry(device, [TelemetryRow(1, "window", body)], now - 600)
+    finally:
+        store.close()
+    timings: dict[str, float] = {}
+    timings["rollout_create_s"], out = quiet_cli(
+        "hub", "rollout", "create", "digits:2", "--to", "all", "--phases", "5%,100%",
+        "--gate", "bake=0", "--gate", "min_devices=1", "--config", str(config), "--json",
+    )  # fmt: skip
+    rollout_id = json.loads(out)["rollout"]
+    store = open_store(location)
+    try:
+        engine_ = RolloutEngine(store)
+        started = time.perf_counter()
+        engine_.tick(time.time())  # starts phase 1: assigns 5% of the fleet
+        timings["first_tick_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        engine_.tick(time.time())  # evaluates the gates over the phase
+        timings["gate_tick_s"] = time.perf_counter() - started
+    finally:
+        store.close()
+    timings["rollout_status_s"], _ = quiet_cli(
+        "hub", "rollout", "status", rollout_id, "--config", str(config), "--json"
+    )
+    timings["hub_devices_s"], _ = quiet_cli("hub", "devices", "--config", str(config), "--json")
+    result: dict[str, Any] = {k: round(v, 3) for k, v in timings.items()}
+    result["devices"] = n
+    result["max_s"] = max(result[k] for k in timings)
+    return result
+
+
+# -- reconnect storm -------------------------------------------------------------------------
+def storm(root: Path, server: PostgresServer, reference: Path, quick: bool) -> dict[str, Any]:
+    devices, windows = (200, 12) if quick else (1000, 12)
+    total = devices * windows
+    work = root / "storm"
+    work.mkdir()
+    key = generate_keypair("hub", work / "keys").private
+    broker = MosquittoBroker(work / "broker").start()
+    location = fresh_location("postgresql", work, server)
+    procs = HubProcs(work, broker.port, 2, str(location), key)
+    enroll(location, [f"st-{d}" for d in range(devices)])
+    procs.start()
+    try:
+        proc = hub_ingest.spawn(
+            "storm", broker.port, reference, devices=devices, windows=windows, timeout=300
+        )
+        report = hub_ingest.finish(proc, 900)
+        deadline = time.monotonic() + 60
+        while stored_count(location) < total and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stored_at = time.time()
+        time.sleep(2.0)
+        distinct = telemetry_count(location)
+        fleet = procs.fleet_windows()
+    finally:
+        procs.stop()
+        broker.kill()
+    last_ack = report["last_ack"] or float("inf")
+    return {
+        "storm_devices": devices,
+        "storm_windows": total,
+        "storm_drain_s": round(max(last_ack, stored_at) - report["started"], 3),
+        "storm_acked_devices": report["acked_devices"],
+        "storm_retransmits": report["retransmits"],
+        "storm_losses": total - distinct,
+        "storm_duplicates": max(0, fleet - distinct),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    result: dict[str, Any] = {
+        "windows_per_s": {},
+        "cpu_s_per_1000_windows": {},
+        "cores": os.cpu_count(),
+    }
+    with tempfile.TemporaryDirectory(prefix="edgefleet-bench-scale-") as tmp:
+        root = Path(tmp)
+        reference = root / "reference.json"
+        reference.write_text(hub_ingest.build_profile().to_json())
+        server = PostgresServer().start()
+        try:
+            for engine, hubs in (
+                ("sqlite", 1),
+                ("postgresql", 1),
+                ("postgresql", 2),
+                ("postgresql", 4),
+            ):
+                run = ingest_run(engine, hubs, root, server, reference, args.quick)
+                name = f"{engine}_{hubs}"
+                result["windows_per_s"][name] = run["windows_per_s"]
+                result["cpu_s_per_1000_windows"][name] = run["cpu_s_per_1000_windows"]
+                result.setdefault("fleet_db_windows", {})[name] = run["fleet_db_windows"]
+                result["ingest_windows"] = run["windows"]
+            result["fleet10k"] = {
+                engine: fleet10k(engine, root, server, args.quick)
+                for engine in ("sqlite", "postgresql")
+            }
+            result["fleet10k_max_s"] = max(r["max_s"] for r in result["fleet10k"].values())
+            result.update(storm(root, server, reference, args.quick))
+        finally:
+            server.remove()
+    result["targets"] = TARGETS
+    result["meets_targets"] = (
+        result["windows_per_s"]["sqlite_1"] >= TARGETS["sqlite_1"]
+        and result["windows_per_s"]["postgresql_2"] >= TARGETS["postgresql_2"]
+        and result["fleet10k_max_s"] <= TARGETS["fleet10k_max_s"]
+        and result["storm_losses"] == 0
+        and result["storm_duplicates"] == 0
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Three ``hub serve`` processes on one PostgreSQL store and one mosquitto; ``kill -9`` of
+the one holding the singleton work: another takes over within 30 s with the next epoch,
+no transition or directive is recorded twice, and the new holder carries the work on."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+from tests.hub.hubkit import make_bundle, make_hub
+
+from edgefleet.core.cli.main import main
+from edgefleet.core.testing.brokers import MosquittoBroker
+from edgefleet.core.testing.postgres import PostgresServer
+from edgefleet.hub.rollout.machine import RolloutState
+from edgefleet.hub.singleton import LEASE
+from edgefleet.hub.store import DeviceRecord, HubStore, open_store
+
+pytestmark = [pytest.mark.postgres, pytest.mark.mqtt, pytest.mark.slow]
+DEVICES = [f"pi-{i}" for i in range(6)]
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as done:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    assert done.value.code in (0, None), err
+    return out
+
+
+def state_of(store: HubStore, rollout_id: str) -> RolloutState:
+    record = store.get_rollout(rollout_id)
+    assert record is not None
+    return record.status.state
+
+
+def directive_counts(url: str) -> dict[str, int]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT device, COUNT(*) FROM directives GROUP BY device").fetchall()
+    return {device: n for device, n in rows}
+
+
+def test_kill_9_of_the_holder_hands_the_work_to_another_hub(
+    tmp_path: Path,
+    mosquitto_factory: Callable[..., MosquittoBroker],
+    postgres_server: PostgresServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    broker = mosquitto_factory()
+    url = postgres_server.dsn(postgres_server.create_database())
+    first = make_hub(tmp_path / "hub-0")
+    configs = []
+    for i in range(3):
+        folder = tmp_path / f"hub-{i}"
+        folder.mkdir(exist_ok=True)
+        config = folder / "hub.toml" if i else tmp_path / "hub-0" / "hub.toml"
+        config.write_text(
+            f'[store]\npath = "hub.db"\nurl = "{url}"\n'
+            f'bundles_dir = "{tmp_path / "bundles"}"\n'
+            f'[broker]\nport = {broker.port}\nclient_id = "hub-{i}"\n'
+            "shared_subscriptions = true\n"
+            f'[keys]\nhub_signing_key = "{first.hub_key}"\n'
+            f'publisher_keys = ["{first.publisher_key.with_suffix(".pub")}"]\n'
+            "[service]\ntick_s = 0.5\n"
+        )
+        configs.append(config)
+    store = open_store(url)
+    for device in DEVICES:
+        store.add_device(DeviceRecord(device, "rpi4-arm64", "$7$1$a$b", 1.0))
+    for model in ("digits", "iris"):
+        bundle = make_bundle(tmp_path / f"{model}.efb", first.publisher_key, model=model)
+        cli(capsys, "hub", "publish", str(bundle.path), "--config", str(configs[0]))
+
+    hubs: list[subprocess.Popen[bytes]] = []
+    try:
+        for config in configs:
+            log = open(config.parent / "serve.log", "wb")  # noqa: SIM115 - the child owns it
+            hubs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "edgefleet.core.cli.main", "hub", "serve"]
+                    + ["--config", str(config)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        for config in configs:
+            wait_for(
+                lambda c=config: b"hub: serving" in (c.parent / "serve.log").read_bytes(), "hub up"
+            )
+
+        created = cli(capsys, "hub", "rollout", "create", "digits:1", "--to", "all",
+                      "--phases", "50%,100%", "--id", "r1", "--config", str(configs[0]))  # fmt: skip
+        assert "r1" in created
+        wait_for(lambda: state_of(store, "r1") is RolloutState.RUNNING, "the holder starting r1")
+        holder, epoch, _ = store.lease_holder(LEASE)  # type: ignore[misc]
+        pid = int(holder.split(":")[1])
+        victim = next(h for h in hubs if h.pid == pid)
+        phase_1 = {r.device_id for r in store.list_rollout_devices("r1") if r.phase == 0}
+        assert len(phase_1) == 3
+        wait_for(lambda: directive_counts(url) == dict.fromkeys(phase_1, 1), "phase 1 directives")
+
+        victim.send_signal(signal.SIGKILL)  # kill -9, no goodbye
+        victim.wait(10)
+        killed_at = time.monotonic()
+        wait_for(
+            lambda: (h := store.lease_holder(LEASE)) is not None and h[0] != holder,
+            "another hub taking over",
+            timeout_s=30,
+        )
+        assert time.monotonic() - killed_at < 30
+        new_holder, new_epoch, _ = store.lease_holder(LEASE)  # type: ignore[misc]
+        assert new_epoch == epoch + 1 and int(new_holder.split(":")[1]) != pid
+
+        # The new holder carries on: a rollout created now is started by it.
+        cli(capsys, "hub", "rollout", "create", "iris:1", "--to", "ids=pi-5",
+            "--phases", "100%", "--id", "r2", "--config", str(configs[1]))  # fmt: skip
+        wait_for(lambda: state_of(store, "r2") is not RolloutState.CREATED, "r2 started")
+        time.sleep(1.5)  # a few more ticks of every surviving hub
+        for rollout_id in ("r1", "r2"):
+            events = [e.event for e in store.rollout_events(rollout_id)]
+            assert len(events) == len(set(events)), events  # every transition once
+        # One directive per assignment change: phase 1 of r1, then pi-5's iris.
+        expected = {d: (d in phase_1) + (d == "pi-5") for d in DEVICES}
+        assert directive_counts(url) == {d: n for d, n in expected.items() if n}
+    finally:
+        for hub in hubs:
+            if hub.poll() is None:
+                hub.terminate()
+        for hub in hubs:
+            try:
+                hub.wait(30)
+            except subprocess.TimeoutExpired:
+                hub.kill()
+        store.close()
