@@ -15,6 +15,7 @@ from tests.hub.servicekit import T, make_service_hub, wait_until
 
 import edgefleet.core.manifest as manifest_module
 from edgefleet.core.testing.brokers import MosquittoBroker
+from edgefleet.hub.broker_files import BROKER_FILES, effective_run_as
 from edgefleet.hub.store import SqliteHubStore
 
 
@@ -137,10 +138,17 @@ def test_modes_are_explicit_under_umask_000(tmp_path: Path) -> None:
     assert _mode(db) == 0o600
     assert (_mode(tmp_path / "devices"), _mode(out)) == (0o750, 0o750)
     assert _mode(out / "agent.toml") == 0o600
-    assert _mode(broker) == 0o700 and _mode(broker / "passwd") == 0o600
-    for extra in ("data",):
-        if (broker / extra).exists():
-            assert _mode(broker / extra) == 0o700
+    # broker-config's one table of files and modes decides (group-readable only for the
+    # account Mosquitto drops to); the umask never does, and nothing is world-writable.
+    grouped = effective_run_as(None) is not None
+    for spec in BROKER_FILES:
+        path = broker / spec.name
+        if path.exists():
+            want = spec.mode if grouped and spec.broker_reads else spec.mode_alone
+            assert _mode(path) == want, spec.name
+    for path in [broker, *broker.rglob("*")]:
+        assert _mode(path) & 0o002 == 0, path
+    assert _mode(broker / "passwd") & 0o007 == 0
     for sidecar in (db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
         if sidecar.exists():
             assert _mode(sidecar) & 0o077 == 0, sidecar

@@ -35,6 +35,9 @@ class BrokerFile:
 
 
 BROKER_FILES: tuple[BrokerFile, ...] = (
+    # The folder itself: created 0700 whatever the umask, opened to the broker's group
+    # only so that Mosquitto can reach the files it reads below.
+    BrokerFile(".", 0o750, 0o700, True, "the folder itself (the broker enters it)"),
     BrokerFile("mosquitto.conf", 0o644, 0o644, False, "broker configuration (read as root)"),
     BrokerFile("passwd", 0o640, 0o600, True, "PBKDF2-SHA512 hashes of the hub and devices"),
     BrokerFile("acl", 0o640, 0o600, True, "topic rules: the hub sees all, a device its own"),
