@@ -52,6 +52,7 @@ def write_hub_toml(path: Path, store_dir: Path) -> None:
     )
 
 
+@pytest.mark.subprocess
 def test_both_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     hub_toml = tmp_path / "hub.toml"
     write_hub_toml(hub_toml, tmp_path / "hub-data")
@@ -72,6 +73,7 @@ def test_both_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     assert f"--config {hub_toml}" in hub
 
 
+@pytest.mark.subprocess
 def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
     # The check above can fail: a misspelt hardening key is reported on stderr.
     spec = ServiceSpec(

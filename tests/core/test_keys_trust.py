@@ -31,6 +31,7 @@ def use_trust_store(config: Path, trust: Path) -> None:
     config.write_text("\n".join(lines) + "\n")
 
 
+@pytest.mark.subprocess
 def test_sideloaded_device_installs_with_the_store_keys_trust_writes(tmp_path: Path) -> None:
     env = make_env(tmp_path)
     other = generate_keypair("reviewer", tmp_path / "keys")
@@ -67,6 +68,7 @@ def test_sideloaded_device_installs_with_the_store_keys_trust_writes(tmp_path: P
         (["EXISTS"], "already exists"),
     ],
 )
+@pytest.mark.subprocess
 def test_keys_trust_refuses_with_one_line(tmp_path: Path, extra: list[str], message: str) -> None:
     a = generate_keypair("a", tmp_path).public
     b = generate_keypair("b", tmp_path).public
@@ -84,6 +86,7 @@ def test_keys_trust_refuses_with_one_line(tmp_path: Path, extra: list[str], mess
         assert not out.exists()
 
 
+@pytest.mark.subprocess
 def test_hub_key_is_kept(tmp_path: Path) -> None:
     pub = generate_keypair("p", tmp_path).public
     hub = generate_keypair("h", tmp_path).public

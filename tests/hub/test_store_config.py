@@ -46,6 +46,7 @@ def test_store_url_selects_postgresql_and_a_bad_one_is_one_line(tmp_path: Path) 
     assert "\n" not in str(bad.value) and "secret" not in str(bad.value)
 
 
+@pytest.mark.subprocess
 def test_serve_lock_names_the_pid_holding_it_and_dies_with_its_process(tmp_path: Path) -> None:
     store = tmp_path / "hub.db"
     holder = subprocess.Popen(
