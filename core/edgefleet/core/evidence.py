@@ -277,36 +277,44 @@ def contributing(amounts: Sequence[float], rule: EvidenceRule) -> list[bool]:
 
 def robust_means(values: np.ndarray, weights: np.ndarray, rule: EvidenceRule) -> np.ndarray:
     """:func:`robust_mean` of every column of ``values`` (shape ``(devices, columns)``) at
-    once, each device weighing ``weights[device]`` (> 0): vectorised across columns, so a
-    histogram of hundreds of bins costs a handful of array operations per device."""
+    once: ``weights`` is per device (shape ``(devices,)``) or per device and column; a
+    device with weight 0 in a column is absent from it. Vectorised across columns, so a
+    histogram of hundreds of bins costs a handful of array operations per device. A column
+    with no device present is NaN."""
     m, s = values.shape
-    if m == 0:
-        return np.full(s, np.nan)
-    w = np.broadcast_to(np.asarray(weights, dtype=np.float64)[:, None], (m, s))
-    order = np.lexsort((w, values), axis=0)  # by value, then weight: as robust_mean sorts
-    v_sorted = np.take_along_axis(values, order, axis=0)
+    w = np.array(np.broadcast_to(np.asarray(weights, dtype=np.float64).reshape(m, -1), (m, s)))
+    present = w > 0
+    n = present.sum(axis=0)
+    key = np.where(present, values, np.inf)  # absent devices sort last
+    order = np.lexsort((w, key), axis=0)  # by value, then weight: as robust_mean sorts
+    v_sorted = np.take_along_axis(key, order, axis=0)
     w_sorted = np.take_along_axis(w, order, axis=0)
-    if m >= 3 and rule.trim_share > 0:
-        k = max(1, math.floor(rule.trim_share * m))
-        v_sorted, w_sorted = v_sorted[k : m - k], w_sorted[k : m - k]
-    capped = _capped_columns(w_sorted, rule.max_device_share)
-    return (v_sorted * capped).sum(axis=0) / capped.sum(axis=0)
+    rank = np.arange(m)[:, None]
+    k = np.zeros(s, dtype=np.int64)
+    if rule.trim_share > 0:
+        k = np.where(n >= 3, np.maximum(1, np.floor(rule.trim_share * n)), 0).astype(np.int64)
+    kept = (rank >= k) & (rank < n - k)
+    capped = _capped_columns(np.where(kept, w_sorted, 0.0), kept.sum(axis=0), rule)
+    total = capped.sum(axis=0)
+    weighted = (np.where(kept, v_sorted, 0.0) * capped).sum(axis=0)
+    return np.divide(weighted, total, out=np.full(s, np.nan), where=total > 0)
 
 
-def _capped_columns(weights: np.ndarray, max_share: float) -> np.ndarray:
-    """:func:`capped_weights` of every column of ``weights`` (positive), vectorised."""
-    n = weights.shape[0]
-    share = max(max_share, 1.0 / n)
-    ordered = np.sort(weights, axis=0)
+def _capped_columns(weights: np.ndarray, counts: np.ndarray, rule: EvidenceRule) -> np.ndarray:
+    """:func:`capped_weights` of the positive entries of every column of ``weights``
+    (``counts`` of them per column; zeros stay zero), vectorised."""
+    m = weights.shape[0]
+    share = np.maximum(rule.max_device_share, 1.0 / np.maximum(counts, 1))
+    ordered = np.sort(weights, axis=0)  # zeros (absent) first
     below = np.cumsum(ordered, axis=0) - ordered  # sum of the weights before each
-    level = np.full(weights.shape[1], np.inf)
-    for i in range(n):
-        denominator = 1.0 - share * (n - i)
-        if denominator <= 1e-12:
-            continue
-        candidate = share * below[i] / denominator
-        hit = np.isinf(level) & (candidate <= ordered[i])
-        level[hit] = candidate[hit]
+    # The level of each column is the first sorted position i where the candidate fits
+    # (as capped_weights finds it, for all positions and columns at once).
+    denominator = 1.0 - share[None, :] * (m - np.arange(m))[:, None]  # m - i would be cut
+    with np.errstate(divide="ignore", invalid="ignore"):
+        candidate = share[None, :] * below / denominator
+    fits = (ordered > 0) & (denominator > 1e-12) & (candidate <= ordered)
+    first = np.argmax(fits, axis=0)
+    level = np.where(fits.any(axis=0), candidate[first, np.arange(weights.shape[1])], np.inf)
     return np.minimum(weights, level[None, :])
 
 

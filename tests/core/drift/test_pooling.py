@@ -109,6 +109,13 @@ def test_vectorised_rule_equals_the_scalar_rule() -> None:
         for col in range(7):
             want = robust_mean(list(zip(values[:, col], weights, strict=True)), rule)
             assert got[col] == pytest.approx(want, rel=1e-12)
+        # Per-column weights, 0 marking a device absent from that column.
+        per_column = rng.integers(0, 4, (m, 7)).astype(float) * rng.integers(1, 10**6, (m, 7))
+        got = robust_means(values, per_column, rule)
+        for col in range(7):
+            pairs = [(v, w) for v, w in zip(values[:, col], per_column[:, col], strict=True)]
+            want = robust_mean(pairs, rule)
+            assert (np.isnan(got[col]) and want is None) or got[col] == pytest.approx(want)
 
 
 def test_shares_of_devices_that_all_disagree_are_not_empty() -> None:

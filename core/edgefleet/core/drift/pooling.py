@@ -185,18 +185,9 @@ def _pool_numeric(
     dev_counts = ints[use, bins].astype(np.float64)
     dev_sums = adds[use, bins]
     cap = weights[use] / np.maximum(parts.sum(axis=1), 1)  # rows counted per device row
-    for b in range(bin_counts.size):
-        if bin_counts[b] == 0:
-            continue
-        have = dev_counts[:, b] > 0
-        centroid = robust_mean(
-            [
-                (s / c, c * k)
-                for s, c, k in zip(dev_sums[have, b], dev_counts[have, b], cap[have], strict=True)
-            ],
-            rule,
-        )
-        out.adds[bins.start + b] = (centroid or 0.0) * bin_counts[b]
+    centroids = np.divide(dev_sums, dev_counts, out=np.zeros_like(dev_sums), where=dev_counts > 0)
+    pooled_centroids = robust_means(centroids, dev_counts * cap[:, None], rule)
+    out.adds[bins] = np.where(bin_counts > 0, np.nan_to_num(pooled_centroids), 0.0) * bin_counts
     mean = float(out.adds[bins].sum()) / finite if finite else 0.0
     m2 = np.array([w.m2[j] for w, u in zip(devices, use, strict=True) if u])
     dev_means = adds[use, lay.totals.start + j] / np.maximum(n_dev, 1)

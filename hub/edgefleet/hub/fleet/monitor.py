@@ -3,7 +3,10 @@
 Each run (``run_once(now)``), per model version with windows received since its cursor:
 
 1. the new windows are decoded once and folded into the *carry* of every scope they belong
-   to (the fleet, their group/profile/device as the policy's ``scopes`` say);
+   to (the fleet, their group/profile/device as the policy's ``scopes`` say), per device:
+   a scope scores its devices pooled by the evidence rule
+   (:func:`~edgefleet.core.drift.pooling.pool_devices`: the exact merge unless one device
+   holds more than its share of the rows), so no one device makes it drift or hides it;
 2. a carry that reached the minimum size (``DriftThresholds.min_n`` rows of drift
    statistics, or ``min_requests`` requests when the model has no drift data) becomes an
    observation: scored against the reference, evaluated by every rule, stepped through the
@@ -205,10 +208,10 @@ class FleetMonitor:
                     carry.add(stats, totals, at, row.device)
             for scope_key, carry in touched.items():
                 carries[scope_key] = carry
-                if not self._ready(carry):
+                stats = carry.stats(self.rule)
+                if not self._ready(carry, stats):
                     continue
                 report = None
-                stats = carry.stats(self.rule)
                 if profile is not None and stats is not None:
                     report = score_window(profile, stats, self.policy.thresholds)
                 observation = Observation(
@@ -304,8 +307,7 @@ class FleetMonitor:
             carry.parts = _parts_from_record(record.stats, saved.get("per_device_stats"))
         return carry
 
-    def _ready(self, carry: _Carry) -> bool:
-        stats = carry.stats(self.rule)
+    def _ready(self, carry: _Carry, stats: WindowStats | None) -> bool:
         if stats is not None:
             return stats.n >= self.policy.thresholds.min_n
         return carry.totals.requests >= self.policy.min_requests
