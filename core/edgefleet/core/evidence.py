@@ -13,8 +13,8 @@ each predicted label):
 1. **contributing devices** are those with at least ``min_device_requests`` requests (all
    devices with any request when none reaches it); their number is reported as
    ``devices``;
-2. **trimming**: with three or more contributing devices, the ``max(1, floor(trim_share *
-   n))`` devices with the lowest and as many with the highest value are dropped, so one
+2. **trimming**: with three or more contributing devices (and ``trim_share > 0``; 0 turns
+   trimming off), the ``max(1, floor(trim_share * n))`` devices with the lowest and as many with the highest value are dropped, so one
    device (or up to ``trim_share`` of them) at either extreme cannot move the result;
 3. **capped weights**: the rest are averaged, each weighted by its own amount of evidence
    (requests, answered requests, predictions) but no device weighs more than
@@ -25,6 +25,12 @@ Robustness therefore needs three devices: with two, each gets half, and the gate
 many devices contributed so a reader can tell. Request *counts* (what ``min_inferences``
 compares) are summed as sent: inflating them only makes the gates judge sooner, and what
 they judge is decided by the rule above.
+
+Drift statistics follow the same rule (:func:`pooled_share_columns`, used by
+:mod:`edgefleet.core.drift.pooling`): a device's rows weigh like its requests, each histogram
+bin's share is a per-device quantity like a label's share, so a scope's distribution is the
+trimmed, share-capped mean of its devices' distributions — and the exact merge whenever no
+device holds more than its capped share of the rows (capping then changes nothing).
 
 The single p95 rule lives here too: :class:`LatencySummary` holds latency buckets
 ``(low, high]`` in ms and :meth:`LatencySummary.p95` interpolates linearly inside the
@@ -37,6 +43,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 DEFAULT_TRIM_SHARE = 0.1
 DEFAULT_MAX_DEVICE_SHARE = 0.25
@@ -212,7 +220,7 @@ def robust_mean(values: Sequence[tuple[float, float]], rule: EvidenceRule) -> fl
     n = len(items)
     if n == 0:
         return None
-    if n >= 3:
+    if n >= 3 and rule.trim_share > 0:
         k = max(1, math.floor(rule.trim_share * n))
         items = items[k : n - k]
     weights = capped_weights([w for _, w in items], rule.max_device_share)
@@ -259,3 +267,72 @@ def pooled_shares(counts: Sequence[Mapping[str, int]], rule: EvidenceRule) -> di
             raw[label] = share
     total = sum(raw.values())
     return {label: v / total for label, v in raw.items()} if total > 0 else {}
+
+
+def contributing(amounts: Sequence[float], rule: EvidenceRule) -> list[bool]:
+    """Step 1 of the rule for any per-device amount (requests, rows): which devices count."""
+    enough = [a >= rule.min_device_requests for a in amounts]
+    return enough if any(enough) else [a > 0 for a in amounts]
+
+
+def robust_means(values: np.ndarray, weights: np.ndarray, rule: EvidenceRule) -> np.ndarray:
+    """:func:`robust_mean` of every column of ``values`` (shape ``(devices, columns)``) at
+    once: ``weights`` is per device (shape ``(devices,)``) or per device and column; a
+    device with weight 0 in a column is absent from it. Vectorised across columns, so a
+    histogram of hundreds of bins costs a handful of array operations per device. A column
+    with no device present is NaN."""
+    m, s = values.shape
+    w = np.array(np.broadcast_to(np.asarray(weights, dtype=np.float64).reshape(m, -1), (m, s)))
+    present = w > 0
+    n = present.sum(axis=0)
+    key = np.where(present, values, np.inf)  # absent devices sort last
+    order = np.lexsort((w, key), axis=0)  # by value, then weight: as robust_mean sorts
+    v_sorted = np.take_along_axis(key, order, axis=0)
+    w_sorted = np.take_along_axis(w, order, axis=0)
+    rank = np.arange(m)[:, None]
+    k = np.zeros(s, dtype=np.int64)
+    if rule.trim_share > 0:
+        k = np.where(n >= 3, np.maximum(1, np.floor(rule.trim_share * n)), 0).astype(np.int64)
+    kept = (rank >= k) & (rank < n - k)
+    capped = _capped_columns(np.where(kept, w_sorted, 0.0), kept.sum(axis=0), rule)
+    total = capped.sum(axis=0)
+    weighted = (np.where(kept, v_sorted, 0.0) * capped).sum(axis=0)
+    return np.divide(weighted, total, out=np.full(s, np.nan), where=total > 0)
+
+
+def _capped_columns(weights: np.ndarray, counts: np.ndarray, rule: EvidenceRule) -> np.ndarray:
+    """:func:`capped_weights` of the positive entries of every column of ``weights``
+    (``counts`` of them per column; zeros stay zero), vectorised."""
+    m = weights.shape[0]
+    share = np.maximum(rule.max_device_share, 1.0 / np.maximum(counts, 1))
+    ordered = np.sort(weights, axis=0)  # zeros (absent) first
+    below = np.cumsum(ordered, axis=0) - ordered  # sum of the weights before each
+    # The level of each column is the first sorted position i where the candidate fits
+    # (as capped_weights finds it, for all positions and columns at once).
+    denominator = 1.0 - share[None, :] * (m - np.arange(m))[:, None]  # m - i would be cut
+    with np.errstate(divide="ignore", invalid="ignore"):
+        candidate = share[None, :] * below / denominator
+    fits = (ordered > 0) & (denominator > 1e-12) & (candidate <= ordered)
+    first = np.argmax(fits, axis=0)
+    level = np.where(fits.any(axis=0), candidate[first, np.arange(weights.shape[1])], np.inf)
+    return np.minimum(weights, level[None, :])
+
+
+def pooled_share_columns(counts: np.ndarray, rule: EvidenceRule) -> np.ndarray:
+    """:func:`pooled_shares` of a partition: ``counts`` has one row per device and one
+    column per part (a histogram's bins); devices with nothing in it are left out; each
+    part's share is pooled by :func:`robust_means`, then renormalised to sum to 1.
+
+    When trimming leaves every part empty (devices that all disagree), the shares are the
+    capped mean without trimming, so a non-empty partition never pools to nothing."""
+    totals = counts.sum(axis=1)
+    keep = totals > 0
+    if not keep.any():
+        return np.zeros(counts.shape[1])
+    shares = counts[keep] / totals[keep, None]
+    weights = totals[keep].astype(np.float64)
+    pooled = robust_means(shares, weights, rule)
+    if pooled.sum() <= 0:
+        untrimmed = EvidenceRule(0.0, rule.max_device_share, rule.min_device_requests)
+        pooled = robust_means(shares, weights, untrimmed)
+    return pooled / pooled.sum()

@@ -44,7 +44,7 @@ def test_one_device_claiming_fast_clean_traffic_does_not_hide_a_slow_fleet() -> 
 
 
 def test_the_carry_keeps_per_device_evidence_across_runs() -> None:
-    carry = _Carry("k", "fleet", "*", None, WindowTotals(), None, None)
+    carry = _Carry("k", "fleet", "*", WindowTotals(), None, None)
     carry.add(None, totals(200, errors=3, latency_bucket=4), 1.0, "a")
     carry.add(None, totals(50), 2.0, "b")
     carry.add(None, totals(50), 3.0, "a")

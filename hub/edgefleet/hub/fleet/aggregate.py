@@ -2,10 +2,15 @@
 
 A query names a model (and version; the newest one with telemetry by default), an optional
 breakdown (``group``, ``profile`` or ``device``) and a start time. Every stored window in
-range is decoded once and folded, with ``WindowStats.merge_all`` (exact: counts add,
-moments combine by the parallel formula), into the accumulator of its scope and of its time
-bucket; the fleet total is the merge of the scopes. Each scope is scored against the
-reference profile of the model version (:func:`~edgefleet.core.drift.score_window`).
+range (device rollups and raw windows) is decoded once and folded into the accumulator of
+its scope and of its time bucket, per device: a device's windows merge exactly
+(``WindowStats.merge_all``: counts add, moments combine by the parallel formula), and a
+scope's devices are then combined by :func:`~edgefleet.core.drift.pooling.pool_devices` —
+the exact merge too, unless one device holds more than its capped share of the scope's rows
+(the evidence rule of :mod:`edgefleet.core.evidence`), so no device decides a scope's drift.
+The fleet is the pool of all devices. Each scope is scored against the reference profile of
+the model version (:func:`~edgefleet.core.drift.score_window`) and says how many devices'
+statistics counted (``drift_devices``) and whether the cap bound (``drift_pooled``).
 
 Invariants:
 
@@ -28,7 +33,10 @@ from typing import Any
 
 from edgefleet.core.drift import DriftReport, DriftThresholds, ReferenceProfile, WindowStats
 from edgefleet.core.drift import score_window as _score_window
+from edgefleet.core.drift.pooling import contributing_devices, needs_pooling, pool_devices
+from edgefleet.core.drift.wire_batch import decode_many
 from edgefleet.core.errors import DriftError
+from edgefleet.core.evidence import EvidenceRule
 from edgefleet.hub.errors import HubNotFoundError
 from edgefleet.hub.fleet.references import References
 from edgefleet.hub.fleet.totals import WindowTotals
@@ -55,40 +63,59 @@ class DriftQuery:
 
 
 class _Accumulator:
-    """Windows of one scope, merged down every ``_COMPACT_AT`` to bound memory."""
+    """Windows of one scope, per device, each device's merged down every ``_COMPACT_AT``
+    to bound memory; :meth:`merged` pools the devices by the evidence rule."""
 
-    def __init__(self) -> None:
-        self.parts: list[WindowStats] = []
+    def __init__(self, rule: EvidenceRule | None = None) -> None:
+        self.rule = rule or EvidenceRule()
+        self.parts: dict[str, list[WindowStats]] = {}
         self.totals = WindowTotals()
         self.devices: set[str] = set()
         self.profile_mismatch = 0
         self.undecodable = 0
         self.extended_from_s: float | None = None
+        self._merged: WindowStats | None = None
 
     def add(self, row: StoredStats, stats: WindowStats | None, totals: WindowTotals) -> None:
         self.totals.add(totals)
         # A group rollup names its devices; a raw window or a device rollup is one device.
         self.devices |= totals.devices or {row.device}
         if stats is not None:
-            self.parts.append(stats)
-            if len(self.parts) >= _COMPACT_AT:
-                self.parts = [WindowStats.merge_all(self.parts)]
+            self._keep(row.device, [stats])
+
+    def _keep(self, device: str, stats: list[WindowStats]) -> None:
+        self._merged = None
+        parts = self.parts.setdefault(device, [])
+        parts.extend(stats)
+        if len(parts) >= _COMPACT_AT:
+            self.parts[device] = [WindowStats.merge_all(parts)]
 
     def absorb(self, other: _Accumulator) -> None:
         self.totals.add(other.totals)
         self.devices |= other.devices
         self.profile_mismatch += other.profile_mismatch
         self.undecodable += other.undecodable
-        self.parts.extend(other.parts)
-        if len(self.parts) >= _COMPACT_AT:
-            self.parts = [WindowStats.merge_all(self.parts)]
+        for device, parts in other.parts.items():
+            self._keep(device, parts)
 
     def merged(self) -> WindowStats | None:
-        if not self.parts:
-            return None
-        if len(self.parts) > 1:
-            self.parts = [WindowStats.merge_all(self.parts)]
-        return self.parts[0]
+        """Each device's windows merged exactly, the devices pooled by
+        :func:`~edgefleet.core.drift.pooling.pool_devices` (exact unless one device holds
+        more than its share of the rows)."""
+        if self._merged is None and self.parts:
+            for device, parts in self.parts.items():
+                if len(parts) > 1:
+                    self.parts[device] = [WindowStats.merge_all(parts)]
+            self._merged = pool_devices([p[0] for p in self.parts.values()], self.rule)
+        return self._merged
+
+    def evidence(self) -> tuple[int, bool]:
+        """Devices whose drift statistics count in the scope, and whether the cap bound
+        (the scope pooled, not the exact merge)."""
+        if self.merged() is None:
+            return 0, False
+        devices = [p[0] for p in self.parts.values()]
+        return contributing_devices(devices, self.rule), needs_pooling(devices, self.rule)
 
     @property
     def n(self) -> int:
@@ -109,6 +136,8 @@ class ScopeResult:
     extended_from_s: float | None = None
     profile_mismatch: int = 0
     undecodable: int = 0
+    drift_devices: int = 0  # devices whose drift statistics count (see pooling)
+    drift_pooled: bool = False  # one device held more than its share: pooled, not merged
 
     @property
     def drifting(self) -> bool:
@@ -126,6 +155,8 @@ class ScopeResult:
             "name": self.name,
             "windows": self.windows,
             "devices": self.devices,
+            "drift_devices": self.drift_devices,
+            "drift_pooled": self.drift_pooled,
             "rows": 0 if report is None else report.n,
             "start_s": self.totals.start_s,
             "end_s": self.totals.end_s,
@@ -285,10 +316,12 @@ class FleetAggregator:
         store: FleetWindowStore,
         references: References,
         thresholds: DriftThresholds | None = None,
+        rule: EvidenceRule | None = None,
     ) -> None:
         self.store = store
         self.references = references
         self.thresholds = thresholds or DriftThresholds()
+        self.rule = rule or EvidenceRule()
 
     def resolve_version(self, model: str, version: int | None) -> tuple[int, list[int]]:
         versions = self.store.versions(model)
@@ -304,19 +337,20 @@ class FleetAggregator:
     def query(self, q: DriftQuery, now: float) -> FleetDriftResult:
         version, versions = self.resolve_version(q.model, q.version)
         profile = self.references.profile(q.model, version)
-        rows = self.store.stats(q.model, version, q.since_s, per_device=q.by == "device")
+        # Device rollups, always: a scope's devices are pooled, not summed (see pooling).
+        rows = self.store.stats(q.model, version, q.since_s, per_device=True)
         scopes: dict[str, _Accumulator] = {}
         buckets: dict[int, _Accumulator] = {}
-        for row, stats, totals in self._decoded(rows, profile, scopes, q.by):
+        for row, stats, totals in self._decoded(rows, profile, scopes, q.by, batch=True):
             key = _scope_name(row, q.by)
-            scopes.setdefault(key, _Accumulator()).add(row, stats, totals)
+            scopes.setdefault(key, _Accumulator(self.rule)).add(row, stats, totals)
             if q.timeline:
-                buckets.setdefault(row.bucket_s, _Accumulator()).add(row, stats, totals)
+                buckets.setdefault(row.bucket_s, _Accumulator(self.rule)).add(row, stats, totals)
         if q.extend_small and q.since_s is not None and profile is not None:
             for name, acc in scopes.items():
                 if acc.n < self.thresholds.min_n:
                     self._extend(q, version, profile, name, acc)
-        fleet = _Accumulator()
+        fleet = _Accumulator(self.rule)
         for acc in scopes.values():
             fleet.absorb(acc)
         extended = [a.extended_from_s for a in scopes.values() if a.extended_from_s is not None]
@@ -346,16 +380,33 @@ class FleetAggregator:
         profile: ReferenceProfile | None,
         scopes: dict[str, _Accumulator],
         by: str | None,
+        *,
+        batch: bool = False,
     ) -> Iterable[tuple[StoredStats, WindowStats | None, WindowTotals]]:
-        for row in rows:
+        """Each row with its statistics; ``batch`` decodes them all at once (``decode_many``,
+        several times cheaper per window), else one by one as they are consumed."""
+        decoded: list[WindowStats | None] | None = None
+        if batch and profile is not None:
+            rows = list(rows)
+            decoded = decode_many([bytes(r.drift or b"") for r in rows])
+        for i, row in enumerate(rows):
             stats: WindowStats | None = None
             if row.drift is not None and profile is not None:
-                try:
-                    stats = WindowStats.from_bytes(bytes(row.drift))
-                except DriftError:
-                    scopes.setdefault(_scope_name(row, by), _Accumulator()).undecodable += 1
-                if stats is not None and stats.profile_id != profile.profile_id:
-                    scopes.setdefault(_scope_name(row, by), _Accumulator()).profile_mismatch += 1
+                if decoded is not None:
+                    stats = decoded[i]
+                else:
+                    try:
+                        stats = WindowStats.from_bytes(bytes(row.drift))
+                    except DriftError:
+                        stats = None
+                if stats is None:
+                    scopes.setdefault(
+                        _scope_name(row, by), _Accumulator(self.rule)
+                    ).undecodable += 1
+                elif stats.profile_id != profile.profile_id:
+                    scopes.setdefault(
+                        _scope_name(row, by), _Accumulator(self.rule)
+                    ).profile_mismatch += 1
                     stats = None
             yield row, stats, row.totals()
 
@@ -368,7 +419,9 @@ class FleetAggregator:
             older = self._older_all(q.model, version, start)
         else:
             value = "" if name == NO_NAME and q.by != "device" else name
-            older = self.store.stats_before(q.model, version, start, _COLUMN[q.by], value)
+            older = self.store.stats_before(
+                q.model, version, start, _COLUMN[q.by], value, per_device=True
+            )
         reached: float | None = None
         for row, stats, totals in self._decoded(older, profile, {}, q.by):
             if acc.n >= self.thresholds.min_n:
@@ -379,7 +432,7 @@ class FleetAggregator:
             acc.extended_from_s = float(reached)
 
     def _older_all(self, model: str, version: int, before: int) -> list[StoredStats]:
-        rows = [r for r in self.store.stats(model, version) if r.bucket_s < before]
+        rows = [r for r in self.store.stats(model, version, per_device=True) if r.bucket_s < before]
         return sorted(rows, key=lambda r: r.bucket_s, reverse=True)
 
     def _result(
@@ -392,11 +445,14 @@ class FleetAggregator:
         report = None
         if profile is not None and merged is not None:
             report = _score_window(profile, merged, self.thresholds)
+        drift_devices, drift_pooled = acc.evidence()
         return ScopeResult(
             name=name,
             windows=acc.totals.windows,
             devices=len(acc.devices),
             report=report,
+            drift_devices=drift_devices,
+            drift_pooled=drift_pooled,
             totals=acc.totals,
             merged=merged,
             extended_from_s=acc.extended_from_s,
@@ -413,7 +469,7 @@ class FleetAggregator:
         ordered: Sequence[int] = sorted(buckets)
         for i, bucket in enumerate(ordered):
             if pending is None:
-                pending, start = _Accumulator(), bucket
+                pending, start = _Accumulator(self.rule), bucket
             pending.absorb(buckets[bucket])
             last = i == len(ordered) - 1
             if pending.n >= self.thresholds.min_n or last:

@@ -33,7 +33,9 @@ A scope holding several devices (fleet, group, profile) judges error rate and p9
 the per-device evidence pooled by :func:`edgefleet.core.evidence.pool` (extremes trimmed,
 each device's weight capped), so one device cannot raise or silence those alerts for the
 others; the p95 is the project's one p95 rule (:meth:`LatencySummary.p95`, interpolated
-in its bucket).
+in its bucket). The drift rules judge the scope's devices pooled by the same rule
+(:func:`edgefleet.core.drift.pooling.pool_devices`, applied by the monitor): the exact merge
+unless one device holds more than its share of the rows.
 
 Persistence and hysteresis, one transition table (:data:`TRANSITIONS`) per (rule, scope):
 an alert fires after ``k_fire`` consecutive HIGH observations and resolves after

@@ -3,7 +3,10 @@
 Each run (``run_once(now)``), per model version with windows received since its cursor:
 
 1. the new windows are decoded once and folded into the *carry* of every scope they belong
-   to (the fleet, their group/profile/device as the policy's ``scopes`` say);
+   to (the fleet, their group/profile/device as the policy's ``scopes`` say), per device:
+   a scope scores its devices pooled by the evidence rule
+   (:func:`~edgefleet.core.drift.pooling.pool_devices`: the exact merge unless one device
+   holds more than its share of the rows), so no one device makes it drift or hides it;
 2. a carry that reached the minimum size (``DriftThresholds.min_n`` rows of drift
    statistics, or ``min_requests`` requests when the model has no drift data) becomes an
    observation: scored against the reference, evaluated by every rule, stepped through the
@@ -22,6 +25,8 @@ An open alert whose scope sent nothing for ``stale_after_s`` resolves with reaso
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import math
@@ -32,9 +37,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgefleet.core.drift import ReferenceProfile, WindowStats, score_window
+from edgefleet.core.drift.pooling import pool_devices
 from edgefleet.core.drift.wire_batch import decode_many
 from edgefleet.core.errors import DriftError, EdgefleetError
-from edgefleet.core.evidence import DeviceEvidence, LatencySummary
+from edgefleet.core.evidence import DeviceEvidence, EvidenceRule, LatencySummary
 from edgefleet.hub.fleet.alert_sinks import AlertEvent, AlertSink
 from edgefleet.hub.fleet.alert_store import AlertStore, NewAlert, ScopeCarry
 from edgefleet.hub.fleet.alerts import (
@@ -72,17 +78,21 @@ class _Carry:
     key: str
     kind: str
     scope: str
-    stats: WindowStats | None
     totals: WindowTotals
     since: float | None
     last_data_at: float | None
+    # Drift statistics per device, each device's windows merged exactly; the scope scores
+    # them pooled by the evidence rule (edgefleet.core.drift.pooling), so no one device
+    # makes a scope drift or hides its drift.
+    parts: dict[str, WindowStats] = field(default_factory=dict)
     # Per device (scopes of several devices only): what the rules pool so that no one
     # device decides for the scope (edgefleet.core.evidence).
     devices: dict[str, DeviceEvidence] = field(default_factory=dict)
 
     def add(self, stats: WindowStats | None, totals: WindowTotals, at: float, device: str) -> None:
         if stats is not None:
-            self.stats = stats if self.stats is None else self.stats.merge(stats)
+            known_stats = self.parts.get(device)
+            self.parts[device] = stats if known_stats is None else known_stats.merge(stats)
         self.totals.add(totals)
         if self.kind != "device":
             evidence = device_evidence(device, totals)
@@ -91,25 +101,29 @@ class _Carry:
         self.since = at if self.since is None else min(self.since, at)
         self.last_data_at = at if self.last_data_at is None else max(self.last_data_at, at)
 
+    def stats(self, rule: EvidenceRule) -> WindowStats | None:
+        """The scope's drift statistics: its devices pooled (exact within the cap)."""
+        return pool_devices(list(self.parts.values()), rule) if self.parts else None
+
     def clear(self) -> None:
-        self.stats, self.totals, self.since, self.devices = None, WindowTotals(), None, {}
+        self.parts, self.totals, self.since, self.devices = {}, WindowTotals(), None, {}
 
     def to_record(self) -> ScopeCarry:
         empty = self.totals.windows == 0
         totals = None
+        blob = None
         if not empty:
             # The per-device evidence rides along in the totals JSON (readers of the
-            # totals ignore the extra key).
-            totals = json.dumps(
-                self.totals.to_dict() | {"per_device": _devices_to_json(self.devices)},
-                separators=(",", ":"),
-            )
-        return ScopeCarry(
-            self.last_data_at,
-            None if self.stats is None else self.stats.to_bytes(),
-            totals,
-            None if empty else self.since,
-        )
+            # totals ignore the extra keys); one device's statistics go in the blob column.
+            extra: dict[str, Any] = {"per_device": _devices_to_json(self.devices)}
+            if len(self.parts) == 1:
+                blob = next(iter(self.parts.values())).to_bytes()
+            elif self.parts:
+                extra["per_device_stats"] = {
+                    d: base64.b64encode(w.to_bytes()).decode("ascii") for d, w in self.parts.items()
+                }
+            totals = json.dumps(self.totals.to_dict() | extra, separators=(",", ":"))
+        return ScopeCarry(self.last_data_at, blob, totals, None if empty else self.since)
 
 
 def _devices_to_json(devices: Mapping[str, DeviceEvidence]) -> dict[str, Any]:
@@ -148,6 +162,7 @@ class FleetMonitor:
         self.references = references
         self.policy = policy or AlertPolicy()
         self.sinks = list(sinks)
+        self.rule = EvidenceRule()  # how a scope's devices are pooled (core.evidence)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -193,11 +208,12 @@ class FleetMonitor:
                     carry.add(stats, totals, at, row.device)
             for scope_key, carry in touched.items():
                 carries[scope_key] = carry
-                if not self._ready(carry):
+                stats = carry.stats(self.rule)
+                if not self._ready(carry, stats):
                     continue
                 report = None
-                if profile is not None and carry.stats is not None:
-                    report = score_window(profile, carry.stats, self.policy.thresholds)
+                if profile is not None and stats is not None:
+                    report = score_window(profile, stats, self.policy.thresholds)
                 observation = Observation(
                     report, carry.totals, validation, tuple(carry.devices.values())
                 )
@@ -281,23 +297,19 @@ class FleetMonitor:
 
     def _load_carry(self, scope_key: str, kind: str, scope: str, lookback_from: float) -> _Carry:
         record = self.alerts.scope(scope_key)
-        carry = _Carry(scope_key, kind, scope, None, WindowTotals(), None, record.last_data_at)
+        carry = _Carry(scope_key, kind, scope, WindowTotals(), None, record.last_data_at)
         fresh = record.since is not None and record.since >= lookback_from
         if fresh and record.totals is not None:
             saved = json.loads(record.totals)
             carry.totals = WindowTotals.from_dict(saved)
             carry.devices = _devices_from_json(saved.get("per_device"))
             carry.since = record.since
-            if record.stats is not None:
-                try:
-                    carry.stats = WindowStats.from_bytes(record.stats)
-                except DriftError:
-                    carry.stats = None
+            carry.parts = _parts_from_record(record.stats, saved.get("per_device_stats"))
         return carry
 
-    def _ready(self, carry: _Carry) -> bool:
-        if carry.stats is not None:
-            return carry.stats.n >= self.policy.thresholds.min_n
+    def _ready(self, carry: _Carry, stats: WindowStats | None) -> bool:
+        if stats is not None:
+            return stats.n >= self.policy.thresholds.min_n
         return carry.totals.requests >= self.policy.min_requests
 
     # -- background thread -----------------------------------------------------------
@@ -335,3 +347,22 @@ def _decode_all(
         return [None] * len(rows)
     decoded = decode_many([b"" if r.drift is None else bytes(r.drift) for r in rows])
     return [s if s is not None and s.profile_id == profile.profile_id else None for s in decoded]
+
+
+def _parts_from_record(blob: bytes | None, per_device: Any) -> dict[str, WindowStats]:
+    """A saved carry's per-device statistics (what does not decode is dropped: a carry is
+    only the not-yet-scored remainder). A carry saved with one merged blob and no devices
+    comes back as one part."""
+    parts: dict[str, WindowStats] = {}
+    if isinstance(per_device, dict):
+        for device, encoded in per_device.items():
+            try:
+                parts[str(device)] = WindowStats.from_bytes(base64.b64decode(str(encoded)))
+            except (DriftError, binascii.Error, ValueError):
+                continue
+    elif blob is not None:
+        try:
+            parts[""] = WindowStats.from_bytes(blob)
+        except DriftError:
+            pass
+    return parts

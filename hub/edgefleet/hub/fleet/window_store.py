@@ -353,14 +353,24 @@ class FleetWindowStore:
         return out
 
     def stats_before(
-        self, model: str, version: int, before_bucket: int, column: str, value: str
+        self,
+        model: str,
+        version: int,
+        before_bucket: int,
+        column: str,
+        value: str,
+        *,
+        per_device: bool | None = None,
     ) -> list[StoredStats]:
-        """Windows of one group/profile/device in buckets before ``before_bucket``."""
+        """Windows of one group/profile/device in buckets before ``before_bucket``; rollups
+        at device granularity with ``per_device`` (default: for a device only)."""
         if column not in ("grp", "profile", "device"):
             raise ValueError(column)
         before = (column, value, before_bucket)
+        if per_device is None:
+            per_device = column == "device"
         with self.db.read() as conn:
-            out = self._rollups(conn, model, version, None, None, before, column == "device")
+            out = self._rollups(conn, model, version, None, None, before, per_device)
             out += self._raw(conn, model, version, None, before)
         return sorted(out, key=lambda r: r.bucket_s, reverse=True)
 
