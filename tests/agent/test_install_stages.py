@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 from tests.agent.state_env import make_env, stop
 from tests.terminal import run_with_terminal_stderr
 
@@ -20,6 +21,7 @@ def stages(terminal: str) -> list[str]:
     return [line[4:].strip() for line in terminal.splitlines() if line.startswith("... ")]
 
 
+@pytest.mark.subprocess
 def test_stages_without_a_daemon(tmp_path: Path) -> None:
     env = make_env(tmp_path)
     code, out, err = install(env.config_path, env.bundle(1))
@@ -29,6 +31,7 @@ def test_stages_without_a_daemon(tmp_path: Path) -> None:
     assert "committed" in out
 
 
+@pytest.mark.subprocess
 def test_stages_through_the_daemon_and_none_with_json(tmp_path: Path) -> None:
     env = make_env(tmp_path, probation={"min_requests": 0, "max_seconds": 0})
     proc = env.start_daemon()

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from tests.terminal import run_with_terminal_stderr
 
 
@@ -16,6 +17,7 @@ def pack_on_a_terminal(args: list[str]) -> tuple[int, str, str]:
     )
 
 
+@pytest.mark.subprocess
 def test_a_line_per_measured_variant_on_stderr_only(
     cli: Any,
     models: dict[str, Any],
