@@ -366,3 +366,26 @@ def test_declared_sizes_are_charged_before_the_binary_part_is_read(
         status, _, body = client.read_response()
         assert status == 413 and "binary data of" in json.loads(body)["error"], body
         client.close()
+
+
+def test_json_images_are_priced_per_sample_not_per_two_bytes(
+    served: dict[str, tuple[LoadedModel, Path]],
+) -> None:
+    """A JSON body of tensors holds at most one sample per 2 x (values per sample) bytes;
+    priced as if every two bytes could be a table row, two 32x32 images were a 413."""
+    models = {"cnn": served["cnn"][0]}
+    config = EndpointConfig(port=0, memory_budget_mb=96, max_bundle_bytes=1024 * 1024)
+    x = np.random.default_rng(3).random((2, 3, 32, 32)).astype(np.float32)
+    body = json.dumps(
+        {"inputs": [{"name": "image", "datatype": "FP32", "shape": [2, 3, 32, 32],
+                     "data": x.ravel().tolist()}]}
+    ).encode()  # fmt: skip
+    with EndpointServer(config, ServingSet(models), RecordingTelemetrySink()) as srv:
+        assert len(body) * 2 * 56 // 2 > srv.limits.per_request  # the old price
+        client = RawClient(srv.port)
+        status, _, reply = client.request("POST", "/v2/models/cnn/infer", body)
+        client.close()
+    assert status == 200, reply
+    scores = {o["name"]: o for o in json.loads(reply)["outputs"]}["scores"]
+    want = _raw(served["cnn"][1], {"image": x})["scores"]
+    assert np.max(np.abs(np.array(scores["data"]).reshape(2, 10) - want)) <= 1e-6

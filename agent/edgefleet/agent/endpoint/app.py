@@ -125,6 +125,9 @@ class EndpointApp:
             weakref.WeakKeyDictionary()
         )
         self._row_bytes: weakref.WeakKeyDictionary[LoadedModel, int] = weakref.WeakKeyDictionary()
+        self._sample_values: weakref.WeakKeyDictionary[LoadedModel, int] = (
+            weakref.WeakKeyDictionary()
+        )
         self._server_doc = encode_json(
             {"name": SERVER_NAME, "version": agent_version, "extensions": EXTENSIONS}
         )
@@ -162,7 +165,7 @@ class EndpointApp:
         else:
             charge = json_request_charge(
                 head.length,
-                n_features=model.n_features,
+                n_features=model.n_features or self._sample_values_of(model),
                 row_bytes=self._row_bytes_of(model),
                 max_batch_rows=limits.max_batch_rows,
             )
@@ -250,6 +253,19 @@ class EndpointApp:
             return self.serving.get(name)
         except ModelNotFoundError:
             return None
+
+    def _sample_values_of(self, model: LoadedModel) -> int:
+        """Fewest values one sample of a batched input takes (an image: 3 x 224 x 224), so
+        a JSON body of tensors is not priced as if every two bytes were a row."""
+        found = self._sample_values.get(model)
+        if found is None:
+            sizes = [
+                math.prod(d for axis, d in enumerate(i.shape) if axis != i.batch_axis and d > 0)
+                for i in model.schema.inputs
+                if i.batch_axis is not None
+            ]
+            found = self._sample_values[model] = min(sizes, default=1)
+        return found
 
     def _row_bytes_of(self, model: LoadedModel) -> int:
         found = self._row_bytes.get(model)
