@@ -13,8 +13,9 @@ Steps, each refusing with one line rather than writing a doubtful bundle:
 4. the smoke set (:mod:`edgefleet.core.tensor_smoke`): a few samples stored
    compactly, or a seed when even one sample is too big, with the packaged
    model's outputs (all values, or evenly spread ones for a large output);
-5. no per-pixel drift reference: ``reference_path`` is null and the manifest
-   says why (a per-channel summary comes with tensor drift);
+5. the drift reference (:mod:`.tensor_drift`): every reference sample
+   summarised per channel, plus the chosen model's output monitors; when
+   nothing can be profiled ``reference_path`` is null and the manifest says why;
 6. budgets: ``manifest.json`` at most 64 KiB, the bundle at most the model
    plus 512 KiB and within the profile's ``max_bundle_bytes``; the bundle is
    written under a temporary name and only renamed when all hold.
@@ -51,6 +52,7 @@ from edgefleet.packager.onnx_io import check_runs, graph_io
 from edgefleet.packager.registry.records import ModelVersion
 from edgefleet.packager.registry.store import Registry
 from edgefleet.packager.tensor_data import batch_count, npz_bytes
+from edgefleet.packager.tensor_drift import REFERENCE_PATH, drift_reference
 from edgefleet.packager.tensor_quantize import choose_variant
 from edgefleet.packager.validate import (
     SessionSettings,
@@ -67,10 +69,6 @@ SMOKE_INPUT_BUDGET = 256 * 1024
 MAX_MANIFEST_BYTES = 64 * 1024
 MAX_OVERHEAD_BYTES = 512 * 1024
 FIDELITY_TOL = 1e-4
-DRIFT_NOTE = (
-    "no drift reference in this bundle: tensor inputs are not summarised per pixel; "
-    "a per-channel summary comes with tensor drift"
-)
 
 Progress = Callable[[str], None]
 
@@ -334,6 +332,10 @@ def pack_tensor(
     _add_latency(choice.quantization, schema, samples, session_of, packaged, choice.model)
     progress("building the smoke set")
     smoke_bytes, smoke_info = _smoke(schema, samples, n, chosen_session, choice.smoke_atol)
+    progress("profiling the reference samples for drift")
+    reference_json, drift_info = drift_reference(
+        schema, samples, n, lambda index: outputs_of(choice.model, index)
+    )
     manifest = Manifest(
         format_version=TENSOR_FORMAT_VERSION,
         model={
@@ -353,13 +355,13 @@ def pack_tensor(
         validation={
             "fidelity": report,
             "smoke": smoke_info,
-            "drift": DRIFT_NOTE,
+            "drift": drift_info,
             "size_bytes": len(choice.model),
             "float32_size_bytes": len(packaged),
             "measured_on": platform.machine(),
         },
         lineage=lineage,
-        reference_path=None,
+        reference_path=None if reference_json is None else REFERENCE_PATH,
         smoke_path=SMOKE_PATH,
     )
     if len(manifest.canonical_bytes()) > MAX_MANIFEST_BYTES - 1024:  # files[] is added on write
@@ -369,6 +371,8 @@ def pack_tensor(
         )
     progress("signing and writing the bundle")
     members = {MODEL_PATH: choice.model, SMOKE_PATH: smoke_bytes}
+    if reference_json is not None:
+        members[REFERENCE_PATH] = reference_json
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -59,6 +59,7 @@ from edgefleet.agent.endpoint.oip import (
     model_metadata,
     run_infer,
 )
+from edgefleet.agent.endpoint.telemetry_rows import TelemetryRows
 from edgefleet.agent.errors import InferenceError, InputSchemaError, ModelNotFoundError
 from edgefleet.agent.runtime import LoadedModel
 from edgefleet.agent.serving import ServingSet
@@ -120,6 +121,7 @@ class EndpointApp:
         self.schedule: Callable[[Callable[[], None]], object] | None = None
         self._batch_sink = getattr(sink, "record_inferences", None)
         self._auth = f"Bearer {token}".encode() if token else None
+        self._telemetry_rows = TelemetryRows()
         # One encoder per served model object; dropped with the model after a swap.
         self._encoders: weakref.WeakKeyDictionary[LoadedModel, ResponseEncoder] = (
             weakref.WeakKeyDictionary()
@@ -387,6 +389,7 @@ class EndpointApp:
             start = time.perf_counter()
             X, prediction = run_infer(model, call)
             latency = time.perf_counter() - start
+            X, primary = self._telemetry_rows.rows(model, call.feeds, X, prediction)
             if wire.plain:
                 encoder = self._encoders.get(model)
                 if encoder is None:
@@ -414,7 +417,7 @@ class EndpointApp:
             stats.rows += len(prediction.ids)
             stats.latency.observe(latency)
             self._pending.append(
-                (model.name, model.version, X, prediction.primary, latency * 1000.0, prediction.ids)
+                (model.name, model.version, X, primary, latency * 1000.0, prediction.ids)
             )
             if not self._flush_scheduled:
                 if self.schedule is None:

@@ -148,10 +148,22 @@ def render_tensor_report(result: dict[str, Any]) -> str:
     lines += [
         f"  smoke set     {smoke['samples']} samples, {_size(smoke['bytes'])}, "
         f"regenerated on the device: {generated}",
-        f"  drift         {v['drift']}",
+        f"  drift         {_drift_line(v['drift'])}",
         f"  took          {result['seconds']:.1f} s",
     ]
     return "\n".join(lines)
+
+
+def _drift_line(drift: Any) -> str:
+    if not isinstance(drift, dict):
+        return str(drift)
+    if drift.get("reference") is None:
+        return f"no drift reference: {drift.get('reason')}"
+    outputs = ", class distribution" if drift.get("outputs") else ""
+    return (
+        f"{drift['reference']}: {drift['features']} features per sample{outputs} "
+        f"from {drift['samples']} samples, {_size(drift['bytes'])}"
+    )
 
 
 def _tensor_variant_lines(q: dict[str, Any]) -> list[str]:
