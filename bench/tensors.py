@@ -257,11 +257,12 @@ def latency_blocks(
             ep_all += ep
     finally:
         conn.close()
+    raw_p50, ep_p50 = statistics.median(raw_all), statistics.median(ep_all)
     return {
-        "raw_p50_ms": statistics.median(raw_all) * 1000,
-        "endpoint_p50_ms": statistics.median(ep_all) * 1000,
-        "endpoint_p50_ratio": statistics.median(ratios),
-        "endpoint_p50_ratio_blocks": ratios,
+        "raw_p50_ms": raw_p50 * 1000,
+        "endpoint_p50_ms": ep_p50 * 1000,
+        "endpoint_p50_ratio": ep_p50 / raw_p50,
+        "endpoint_p50_ratio_per_block": ratios,
     }
 
 
@@ -280,12 +281,29 @@ def closed_loop_rps(port: int, request: bytes, seconds: float) -> float:
 
 
 def bundle_figures(report: dict[str, Any], bundle: Path, model: Path) -> dict[str, Any]:
+    """Sizes, and what --quantize chose: each variant's size ratio and agreement (cosine)."""
     quant = report.get("quantization") or {}
+    float_size = model.stat().st_size
+    variants = []
+    for row in quant.get("variants", []):
+        cosines = [o["cosine"] for o in row.get("outputs", {}).values() if "cosine" in o]
+        variants.append(
+            {
+                "variant": row.get("variant"),
+                "status": row.get("status"),
+                "size_ratio": row["size_bytes"] / float_size if "size_bytes" in row else None,
+                "min_cosine": min(cosines) if cosines else None,
+                "reason": row.get("reason"),
+            }
+        )
     return {
         "bundle_bytes": bundle.stat().st_size,
-        "model_bytes": model.stat().st_size,
-        "overhead_bytes": bundle.stat().st_size - model.stat().st_size,
-        "quantize_auto": quant,
+        "model_bytes": float_size,
+        "overhead_bytes": bundle.stat().st_size - float_size,
+        "chosen": quant.get("variant"),
+        "reason": quant.get("reason"),
+        "variants": variants,
+        "drift_reference": (report.get("validation") or {}).get("drift"),
     }
 
 
