@@ -8,6 +8,7 @@ them (no drift on the same distribution, drift on brighter images).
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import tarfile
@@ -232,3 +233,60 @@ def test_hub_loader_takes_a_null_reference_path_as_no_reference(tmp_path: Path) 
     assert reference("m", 1) is None
     loaded = reference("m", 2)
     assert loaded is not None and loaded.profile_id == profile.profile_id
+
+
+@pytest.mark.subprocess  # pack records the source revision with git
+def test_a_tensor_classifier_counts_its_class_mix_by_name(
+    tmp_path: Path, packed: dict[str, Any]
+) -> None:
+    """The rollout gates' prediction PSI needs class counts: a declared tensor classifier
+    ("classifier", not the tables' "classification") counts its top-1 class per sample,
+    named by its class names, into a window that also folds its drift summaries."""
+    from edgefleet.agent.daemon import registration_for
+    from edgefleet.agent.telemetry import TelemetryBuffer, WindowRecorder
+    from edgefleet.core.testing.clock import FakeClock
+
+    env = make_env(tmp_path / "agent")
+    model, samples = graphs.save(tmp_path / "src", "cnn", graphs.conv_net())
+    names = "a,b,c,d,e,f,g,h,i,j"
+    for args in (
+        ["registry", "register", model, "--name", "cnn", "--registry", tmp_path / "r",
+         "--reference-data", samples, "--task", "classifier", "--class-names", names],
+        ["pack", "cnn", "--profile", PROFILE_NAME, "--key", env.signer.key_path,
+         "--out", tmp_path / "out", "--registry", tmp_path / "r", "--quantize", "none"],
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as info:
+            main([str(a) for a in args])
+        assert not info.value.code
+    bundle = next((tmp_path / "out").glob("*.efb"))
+    store = tmp_path / "store"
+    with tarfile.open(bundle) as tar:
+        tar.extractall(store, filter="data")
+    loaded = load_bundle(bundle, env.signer.trust, ThreadSettings())
+    loaded.bundle_dir = store  # as the daemon's installed copy: reference.json is read from it
+    clock = FakeClock(1_000_000.0)
+    buffer = TelemetryBuffer(tmp_path / "telemetry.db", 4 << 20)
+    recorder = WindowRecorder(buffer, 60, clock=clock)
+    registration = registration_for(loaded)
+    assert registration.reference is not None
+    recorder.register_model(registration)
+    x = packed["rng"].random((10, 3, 32, 32)).astype(np.float32)
+    with EndpointServer(EndpointConfig(port=0), ServingSet({"cnn": loaded}), recorder) as srv:
+        client = RawClient(srv.port)
+        body = json.dumps(
+            {"inputs": [{"name": "image", "datatype": "FP32", "shape": [10, 3, 32, 32],
+                         "data": x.ravel().tolist()}]}
+        ).encode()  # fmt: skip
+        status, _, reply = client.request("POST", "/v2/models/cnn/infer", body)
+        client.close()
+        assert status == 200, reply
+    clock.advance(60)
+    recorder.flush()
+    [record] = buffer.records()
+    top = np.argmax(loaded.predict_inputs({"image": x}).outputs[0], axis=1)
+    want: dict[str, int] = {}
+    for k in top:
+        want[names.split(",")[k]] = want.get(names.split(",")[k], 0) + 1
+    assert record.body["predictions"] == want
+    drift = WindowStats.from_bytes(base64.b64decode(record.body["drift"]))
+    assert drift.n == 10

@@ -10,7 +10,7 @@ grows with channels and outputs, never with pixels or samples
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ def drift_reference(
     samples: dict[str, np.ndarray],
     n: int,
     outputs_of: Callable[[np.ndarray], list[Any]],
+    labels: Sequence[Any] | None = None,
 ) -> tuple[bytes | None, dict[str, Any]]:
     """``(reference.json bytes, validation note)``; no bytes when nothing can be profiled."""
     plan = TensorDriftPlan.from_io_schema(schema)
@@ -38,7 +39,7 @@ def drift_reference(
         }
     outputs = dict(zip(schema.output_names, outputs_of(np.arange(n)), strict=True))
     rows = plan.rows(samples, outputs)
-    classes = plan.classes(outputs)
+    classes = plan.classes(outputs, labels)
     try:
         profile = ReferenceProfile.build(
             rows,

@@ -334,7 +334,7 @@ def pack_tensor(
     smoke_bytes, smoke_info = _smoke(schema, samples, n, chosen_session, choice.smoke_atol)
     progress("profiling the reference samples for drift")
     reference_json, drift_info = drift_reference(
-        schema, samples, n, lambda index: outputs_of(choice.model, index)
+        schema, samples, n, lambda index: outputs_of(choice.model, index), mv.labels
     )
     manifest = Manifest(
         format_version=TENSOR_FORMAT_VERSION,

@@ -284,7 +284,8 @@ class WindowRecorder:
             now = self._clock()
             with self._lock:
                 reg = self._registrations.get((model, version))
-                classifier = reg is None or reg.task == "classification"
+                # Format 1 says "classification", a declared tensor classifier "classifier".
+                classifier = reg is None or reg.task in ("classification", "classifier")
                 acc = self._window_for(model, version, now)
                 preds = np.asarray(predictions).reshape(-1)
                 acc.add_inferences(latencies_ms, preds if classifier else None)

@@ -34,8 +34,9 @@ pixels, time steps or samples.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -180,12 +181,19 @@ class TensorDriftPlan:
         parts += [m.rows(outputs[m.name]) for m in self.outputs]
         return np.concatenate(parts, axis=1) if parts else np.zeros((0, 0))
 
-    def classes(self, outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
-        """One class per sample (the label output, or the top-1 index), or None."""
+    def classes(
+        self, outputs: Mapping[str, np.ndarray], labels: Sequence[Any] | None = None
+    ) -> np.ndarray | None:
+        """One class per sample (the label output, or the top-1 index named by ``labels``
+        when the model declares its class names, so feedback labels match), or None."""
         if self.class_output is None:
             return None
         name, kind, axis = self.class_output
         x = np.moveaxis(np.asarray(outputs[name]), axis, 0)
         if kind == "label":
             return x.reshape(x.shape[0], -1)[:, 0]
-        return np.argmax(x.reshape(x.shape[0], -1), axis=1).astype(np.int64)
+        flat = x.reshape(x.shape[0], -1)
+        top = np.argmax(flat, axis=1).astype(np.int64)
+        if labels is not None and len(labels) == flat.shape[1]:
+            return np.asarray(list(labels), dtype=object)[top]
+        return top
