@@ -257,6 +257,7 @@ def pack_tensor(
     quantize: str,
     min_cosine: float = 0.99,
     allow_batch_dependent: bool = False,
+    preprocess: str | None = None,
     out_dir: Path,
     lineage: dict[str, Any],
     progress: Progress,
@@ -279,6 +280,17 @@ def pack_tensor(
     model = normalise_opsets(
         load_onnx_bytes(registered, mv.ref), target_for(profile.min_onnxruntime)
     )
+    registered_schema, registered_samples = schema, samples
+    folded_info = None
+    if preprocess is not None:
+        from edgefleet.packager.preprocess import fold, parse_preprocess
+
+        pre = parse_preprocess(preprocess)
+        progress("folding the image preprocessing into the graph")
+        folded = fold(model, schema, samples, pre)
+        model, schema = folded.model, folded.schema
+        samples, registered_samples = folded.raw_samples, folded.float_samples
+        folded_info = pre.to_dict()
     packaged = model.SerializeToString()
     check_runs(packaged, f"{mv.ref} (packaged)")
     inputs, outputs = graph_io(model)
@@ -293,10 +305,17 @@ def pack_tensor(
     take = min(n, FIDELITY_SAMPLES)
     evaluation = _take(schema, samples, np.arange(take))
     packaged_session = make_session(packaged, settings)
-    want = run_all(make_session(registered, settings), schema, evaluation, take)
+    want = run_all(
+        make_session(registered, settings),
+        registered_schema,
+        _take(registered_schema, registered_samples, np.arange(take)),
+        take,
+    )
     got = run_all(packaged_session, schema, evaluation, take)
     report = fidelity(schema, want, got)
     report.update(samples=take, compared_with="the registered ONNX file")
+    if folded_info is not None:
+        report["preprocess"] = folded_info
     if not report["passed"]:
         bad = [k for k, v in report["outputs"].items() if not v["passed"]]
         raise FidelityError(

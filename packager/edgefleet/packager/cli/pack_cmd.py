@@ -53,6 +53,13 @@ from edgefleet.packager.registry.refs import parse_ref
     "its batch (dynamic int8 scales activations per batch).",
 )
 @click.option(
+    "--preprocess",
+    default=None,
+    metavar="image:layout=nhwc,dtype=uint8,mean=M1:M2:M3,std=S1:S2:S3",
+    help="Tensor models: prepend Cast/Transpose/normalize to the image input, so devices "
+    "send raw pixels (mean and std in pixel units, one per channel).",
+)
+@click.option(
     "--out",
     "out_dir",
     type=click.Path(path_type=Path),
@@ -77,6 +84,7 @@ def pack(
     max_accuracy_drop: float,
     min_cosine: float,
     allow_batch_dependent: bool,
+    preprocess: str | None,
     out_dir: Path,
     profiles_dir: Path | None,
     registry_dir: Path | None,
@@ -96,6 +104,7 @@ def pack(
         profiles_dir=profiles_dir,
         min_cosine=min_cosine,
         allow_batch_dependent=allow_batch_dependent,
+        preprocess=preprocess,
     )
     verbose = show_progress(as_json)
 

@@ -1,0 +1,187 @@
+"""``pack --preprocess image:...``: image preprocessing folded into the signed graph.
+
+``image:layout=nhwc,dtype=uint8,mean=M1:M2:M3,std=S1:S2:S3[,input=NAME]``
+prepends ``Cast -> Transpose (NHWC only) -> Sub(mean) -> Div(std)`` to the
+model's image input (``[N, C, H, W]`` float, the only rank-4 input unless
+``input=`` names one), so a device sends raw camera bytes as a binary
+``uint8`` tensor in its own layout. The input keeps its name; its dtype and
+shape become the raw ones. ``mean`` and ``std`` are in the units of the raw
+pixels (0..255 for uint8), one value per channel or one for all.
+
+Fidelity is checked on the combined graph: the float reference samples are
+turned into raw pixels (``round(x * std + mean)``, clipped to the dtype's
+range), the combined graph runs on those, and the registered graph on the
+same pixels normalised in numpy; the raw pixels then become the bundle's
+smoke, reference and drift samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgefleet.core.io_schema import IoSchema, TensorSpec
+from edgefleet.packager.errors import DataFileError
+
+RAW_DTYPES = {
+    "uint8": TensorProto.UINT8,
+    "uint16": TensorProto.UINT16,
+    "float32": TensorProto.FLOAT,
+}
+_SUFFIX = "__normalized"
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    layout: str
+    dtype: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    input: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "image", **dataclasses.asdict(self)}
+
+
+def _floats(raw: str, key: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in raw.split(":"))
+    except ValueError as e:
+        raise DataFileError(f"--preprocess {key}={raw!r}: numbers separated by ':'") from e
+    if not values or not all(np.isfinite(values)):
+        raise DataFileError(f"--preprocess {key}={raw!r}: finite numbers separated by ':'")
+    return values
+
+
+def parse_preprocess(spec: str) -> ImagePreprocess:
+    """``image:layout=nhwc,dtype=uint8,mean=...,std=...``; DataFileError names what is wrong."""
+    kind, _, rest = spec.partition(":")
+    if kind != "image":
+        raise DataFileError(f"--preprocess {spec!r}: only 'image:...' is supported")
+    fields: dict[str, str] = {}
+    for part in filter(None, rest.split(",")):
+        key, eq, value = part.partition("=")
+        if not eq or key not in ("layout", "dtype", "mean", "std", "input") or key in fields:
+            raise DataFileError(
+                f"--preprocess: {part!r} is not one of layout=, dtype=, mean=, std=, input="
+            )
+        fields[key] = value
+    layout = fields.get("layout", "nchw")
+    dtype = fields.get("dtype", "uint8")
+    if layout not in ("nhwc", "nchw"):
+        raise DataFileError(f"--preprocess layout={layout!r}: nhwc or nchw")
+    if dtype not in RAW_DTYPES:
+        raise DataFileError(f"--preprocess dtype={dtype!r}: one of {', '.join(RAW_DTYPES)}")
+    mean = _floats(fields.get("mean", "0"), "mean")
+    std = _floats(fields.get("std", "1"), "std")
+    if any(s == 0 for s in std):
+        raise DataFileError("--preprocess std must not be 0")
+    return ImagePreprocess(layout, dtype, mean, std, fields.get("input"))
+
+
+def _target(schema: IoSchema, pre: ImagePreprocess) -> TensorSpec:
+    images = [s for s in schema.inputs if s.rank == 4 and s.dtype == "float32"]
+    if pre.input is not None:
+        images = [s for s in images if s.name == pre.input]
+    if len(images) != 1:
+        raise DataFileError(
+            "--preprocess image needs one float32 [N, C, H, W] input"
+            + (f" named {pre.input!r}" if pre.input else " (name it with input=NAME)")
+        )
+    spec = images[0]
+    if spec.batch_axis != 0 or spec.fixed(1) is None:
+        raise DataFileError(
+            f"--preprocess image: input {spec.name!r} must be [N, C, H, W] with a fixed C"
+        )
+    return spec
+
+
+def _per_channel(values: tuple[float, ...], channels: int, key: str) -> np.ndarray:
+    if len(values) not in (1, channels):
+        raise DataFileError(
+            f"--preprocess {key} has {len(values)} values; the input has {channels} channels"
+        )
+    arr = np.array(values if len(values) == channels else values * channels, np.float32)
+    return arr.reshape(1, channels, 1, 1)
+
+
+@dataclass(frozen=True)
+class Folded:
+    model: onnx.ModelProto
+    schema: IoSchema
+    raw_samples: dict[str, np.ndarray]  # what the combined graph takes
+    float_samples: dict[str, np.ndarray]  # the same pixels normalised, for the registered graph
+
+
+def fold(
+    model: onnx.ModelProto,
+    schema: IoSchema,
+    samples: dict[str, np.ndarray],
+    pre: ImagePreprocess,
+) -> Folded:
+    """Prepend the preprocessing nodes; the samples for both graphs (module docstring)."""
+    spec = _target(schema, pre)
+    channels = spec.fixed(1)
+    assert channels is not None
+    mean = _per_channel(pre.mean, channels, "mean")
+    std = _per_channel(pre.std, channels, "std")
+    name, inner = spec.name, spec.name + _SUFFIX
+    graph = model.graph
+    for node in graph.node:
+        node.input[:] = [inner if i == name else i for i in node.input]
+    for node in graph.node:  # subgraphs see the outer name too
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                for sub in attr.g.node:
+                    sub.input[:] = [inner if i == name else i for i in sub.input]
+    n, c, h, w = spec.shape
+    raw_shape = [n, h, w, c] if pre.layout == "nhwc" else [n, c, h, w]
+    nodes = [helper.make_node("Cast", [name], [name + "__f"], to=TensorProto.FLOAT)]
+    current = name + "__f"
+    if pre.layout == "nhwc":
+        nodes.append(helper.make_node("Transpose", [current], [name + "__t"], perm=[0, 3, 1, 2]))
+        current = name + "__t"
+    nodes += [
+        helper.make_node("Sub", [current, name + "__mean"], [name + "__s"]),
+        helper.make_node("Div", [name + "__s", name + "__std"], [inner]),
+    ]
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(mean, name + "__mean"),
+            numpy_helper.from_array(std, name + "__std"),
+        ]
+    )
+    old_nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + old_nodes)
+    for value in graph.input:
+        if value.name == name:
+            value.CopyFrom(
+                helper.make_tensor_value_info(
+                    name, RAW_DTYPES[pre.dtype], [d if d is not None else "N" for d in raw_shape]
+                )
+            )
+    new_spec = dataclasses.replace(spec, dtype=pre.dtype, shape=tuple(raw_shape))
+    new_schema = dataclasses.replace(
+        schema, inputs=tuple(new_spec if s.name == name else s for s in schema.inputs)
+    )
+    x = np.asarray(samples[name], np.float64)
+    pixels = x * std + mean
+    if pre.dtype != "float32":
+        info = np.iinfo(np.dtype(pre.dtype))
+        pixels = np.clip(np.rint(pixels), info.min, info.max)
+    raw = pixels.astype(pre.dtype)
+    normalised = ((raw.astype(np.float32) - mean) / std).astype(np.float32)
+    if pre.layout == "nhwc":
+        raw = np.ascontiguousarray(raw.transpose(0, 2, 3, 1))
+    return Folded(
+        model,
+        new_schema,
+        {**samples, name: raw},
+        {**samples, name: normalised},
+    )
