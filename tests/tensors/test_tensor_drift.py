@@ -290,3 +290,43 @@ def test_a_tensor_classifier_counts_its_class_mix_by_name(
     assert record.body["predictions"] == want
     drift = WindowStats.from_bytes(base64.b64decode(record.body["drift"]))
     assert drift.n == 10
+
+
+def test_prediction_keys_per_task_and_not_applicable_for_raw(tmp_path: Path) -> None:
+    """What the rollout gates' prediction PSI compares: classes, score bins, norm bins; raw
+    and other tasks count nothing, so the gate is not_applicable for them."""
+    from edgefleet.agent.telemetry import ModelRegistration, TelemetryBuffer, WindowRecorder
+    from edgefleet.core.drift.tensor_summary import prediction_keys
+    from edgefleet.core.testing.clock import FakeClock
+
+    schema = _schema(
+        [TensorSpec("x", "float32", ("N", 8))],
+        [
+            TensorSpec("emb", "float32", ("N", 4), role="embedding"),
+            TensorSpec("score", "float32", ("N", 3), role="score"),
+        ],
+    )
+    plan = TensorDriftPlan.from_io_schema(schema)
+    emb = np.array([[3, 4, 0, 0], [0, 0, 0, 0.2]], np.float32)  # norms 5 and 0.2
+    score = np.array([[0.1, 0.74, 0.2], [12.0, -3, 0]], np.float32)
+    outputs = {"emb": emb, "score": score}
+    embedding = prediction_keys(plan, "embedding", outputs)
+    assert embedding is not None and embedding.tolist() == ["5e+00", "2e-01"]
+    anomaly = prediction_keys(plan, "anomaly", outputs)
+    assert anomaly is not None and anomaly.tolist() == ["7e-01", "1e+01"]
+    assert prediction_keys(plan, "raw", outputs) is None
+    assert prediction_keys(plan, "sequence", outputs) is None
+
+    clock = FakeClock(1_000_000.0)
+    buffer = TelemetryBuffer(tmp_path / "telemetry.db", 4 << 20)
+    recorder = WindowRecorder(buffer, 60, clock=clock)
+    recorder.register_model(ModelRegistration("emb", 1, "embedding", None, None))
+    recorder.register_model(ModelRegistration("raw", 1, "raw", None, None))
+    X = np.zeros((2, 8), np.float32)
+    recorder.record_inference("emb", 1, X, embedding, 1.0, ["a0", "a1"])
+    recorder.record_inference("raw", 1, X, np.array([0.5, 0.7]), 1.0, ["b0", "b1"])
+    clock.advance(60)
+    recorder.flush()
+    bodies = {r.body["model"]: r.body for r in buffer.records()}
+    assert bodies["emb"]["predictions"] == {"5e+00": 1, "2e-01": 1}
+    assert not bodies["raw"].get("predictions")

@@ -1,9 +1,11 @@
 """What one answered request hands telemetry: its drift rows and one output per sample.
 
 Tables (format 1) hand over the validated input as it is: its columns are the
-reference profile's features. A tensor bundle (format 2) hands over the class
-per sample when the model has one (its label output, or the top-1 index of
-its probabilities: what the rollout gates' class-mix PSI counts) and, when it
+reference profile's features. A tensor bundle (format 2) hands over one key
+per sample whose mix the rollout gates compare between versions
+(:func:`~edgefleet.core.drift.tensor_summary.prediction_keys`: the class of a
+classifier, the score bin of a detector or anomaly model, the norm bin of an
+embedding) and, when it
 carries a drift reference, a small fixed vector per sample instead of the
 input (:class:`~edgefleet.core.drift.tensor_summary.TensorDriftPlan`:
 per-channel mean/std/min/max of each input, output monitors), so the window
@@ -19,7 +21,7 @@ import weakref
 import numpy as np
 
 from edgefleet.agent.model.runtime import LoadedModel, Prediction
-from edgefleet.core.drift.tensor_summary import TensorDriftPlan
+from edgefleet.core.drift.tensor_summary import TensorDriftPlan, prediction_keys
 
 log = logging.getLogger("edgefleet.agent.endpoint")
 
@@ -56,8 +58,8 @@ class TelemetryRows:
             return X, prediction.primary
         plan, referenced = found
         outputs = dict(zip(model.output_names, prediction.outputs, strict=True))
-        classes = plan.classes(outputs, model.labels)
-        primary = prediction.primary if classes is None else classes
+        keys = prediction_keys(plan, model.task, outputs, model.labels)
+        primary = prediction.primary if keys is None else keys
         if not referenced or plan.empty:
             return X, primary  # no window statistics: the input is not looked at
         try:

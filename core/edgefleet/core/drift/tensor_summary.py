@@ -197,3 +197,33 @@ class TensorDriftPlan:
         if labels is not None and len(labels) == flat.shape[1]:
             return np.asarray(list(labels), dtype=object)[top]
         return top
+
+
+# What the rollout gates compare between versions, per declared task (docs/rollouts.md).
+SCORE_TASKS = ("anomaly", "detector")
+CLASS_TASKS = ("classifier", "classification")
+
+
+def value_bins(values: np.ndarray) -> np.ndarray:
+    """Each value as its one-significant-digit bin (``"3e-01"``, ``"-2e+01"``): a log-scale
+    histogram key, the same on every device and for every version, whatever the range."""
+    return np.array([format(float(v), ".0e") for v in np.asarray(values).reshape(-1)], object)
+
+
+def prediction_keys(
+    plan: TensorDriftPlan,
+    task: str,
+    outputs: Mapping[str, np.ndarray],
+    labels: Sequence[Any] | None = None,
+) -> np.ndarray | None:
+    """One key per sample whose mix the rollout gates compare between versions: the class
+    for classifiers, the bin of the largest score for detectors and anomaly models, the bin
+    of the embedding norm for embeddings; None (``not_applicable``) for other tasks."""
+    if task in CLASS_TASKS:
+        return plan.classes(outputs, labels)
+    role = "score" if task in SCORE_TASKS else "embedding" if task == "embedding" else None
+    monitor = next((m for m in plan.outputs if m.role == role), None)
+    if monitor is None:
+        return None
+    rows = monitor.rows(outputs[monitor.name])
+    return value_bins(rows[:, -1])  # score: the max; embedding: the norm
