@@ -62,7 +62,9 @@ def test_raw_nhwc_uint8_pixels_give_the_registered_models_answers(cli: Cli, tmp_
 @pytest.mark.parametrize(
     ("spec", "words"),
     [
-        ("audio:rate=16000", "only 'image:...' is supported"),
+        ("video:fps=30", "'image:...' or 'audio:...'"),
+        ("audio:rate=16000", "'rate=16000' is not one of dtype=, scale=, input="),
+        ("audio:dtype=float8", "dtype='float8'"),
         ("image:layout=hwc", "layout='hwc': nhwc or nchw"),
         ("image:dtype=int4", "dtype='int4'"),
         ("image:mean=1:2,std=1", "mean has 2 values; the input has 3 channels"),
@@ -82,3 +84,30 @@ def test_bad_preprocess_specs_are_one_line_and_exit_2(
     )  # fmt: skip
     assert code == 2 and words in err and err.strip().count("\n") == 0, err
     assert not list((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
+
+
+def test_int16_pcm_gives_the_registered_models_answers(cli: Cli, tmp_path: Path) -> None:
+    model_proto, _ = graphs.sequence_mlp()
+    rng = np.random.default_rng(6)
+    samples = {"x": rng.uniform(-1, 1, (12, 8, 64)).astype(np.float32)}
+    model, npz = graphs.save(tmp_path / "src", "enc", (model_proto, samples))
+    env = make_env(tmp_path / "agent")
+    code, _, err = cli(
+        "registry", "register", model, "--name", "enc", "--registry", tmp_path / "r",
+        "--reference-data", npz, "--task", "embedding",
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, err = cli(
+        "pack", "enc", "--profile", PROFILE_NAME, "--key", env.signer.key_path, "--out",
+        tmp_path / "out", "--registry", tmp_path / "r", "--quantize", "none",
+        "--preprocess", "audio:dtype=int16", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["io_schema"]["inputs"][0]["dtype"] == "int16"
+    loaded = load_bundle(Path(report["bundle"]), env.signer.trust, ThreadSettings())
+    pcm = rng.integers(-32768, 32768, (3, 8, 64)).astype(np.int16)
+    got = loaded.predict_inputs({"x": pcm}).outputs[0]
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    (want,) = session.run(None, {"x": pcm.astype(np.float32) / np.float32(32768)})
+    assert np.max(np.abs(got - want)) <= 1e-5

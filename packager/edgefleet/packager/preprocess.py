@@ -1,4 +1,4 @@
-"""``pack --preprocess image:...``: image preprocessing folded into the signed graph.
+"""``pack --preprocess image:...|audio:...``: input preprocessing folded into the signed graph.
 
 ``image:layout=nhwc,dtype=uint8,mean=M1:M2:M3,std=S1:S2:S3[,input=NAME]``
 prepends ``Cast -> Transpose (NHWC only) -> Sub(mean) -> Div(std)`` to the
@@ -13,6 +13,11 @@ turned into raw pixels (``round(x * std + mean)``, clipped to the dtype's
 range), the combined graph runs on those, and the registered graph on the
 same pixels normalised in numpy; the raw pixels then become the bundle's
 smoke, reference and drift samples.
+
+``audio:dtype=int16[,scale=32768][,input=NAME]`` does the same for PCM: it
+prepends ``Cast -> Div(scale)`` to the model's float32 audio input (the only
+float32 input with a batch axis unless ``input=`` names one), so a device
+sends its int16 samples as they come off the microphone.
 """
 
 from __future__ import annotations
@@ -58,19 +63,42 @@ def _floats(raw: str, key: str) -> tuple[float, ...]:
     return values
 
 
-def parse_preprocess(spec: str) -> ImagePreprocess:
-    """``image:layout=nhwc,dtype=uint8,mean=...,std=...``; DataFileError names what is wrong."""
+@dataclass(frozen=True)
+class AudioPreprocess:
+    dtype: str
+    scale: float
+    input: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "audio", **dataclasses.asdict(self)}
+
+
+AUDIO_DTYPES = {"int16": TensorProto.INT16, "int32": TensorProto.INT32}
+_KEYS = {"image": ("layout", "dtype", "mean", "std", "input"), "audio": ("dtype", "scale", "input")}
+
+
+def parse_preprocess(spec: str) -> ImagePreprocess | AudioPreprocess:
+    """``image:layout=nhwc,dtype=uint8,mean=...,std=...`` or ``audio:dtype=int16``;
+    DataFileError names what is wrong."""
     kind, _, rest = spec.partition(":")
-    if kind != "image":
-        raise DataFileError(f"--preprocess {spec!r}: only 'image:...' is supported")
+    if kind not in _KEYS:
+        raise DataFileError(f"--preprocess {spec!r}: 'image:...' or 'audio:...'")
     fields: dict[str, str] = {}
     for part in filter(None, rest.split(",")):
         key, eq, value = part.partition("=")
-        if not eq or key not in ("layout", "dtype", "mean", "std", "input") or key in fields:
+        if not eq or key not in _KEYS[kind] or key in fields:
             raise DataFileError(
-                f"--preprocess: {part!r} is not one of layout=, dtype=, mean=, std=, input="
+                f"--preprocess: {part!r} is not one of " + ", ".join(f"{k}=" for k in _KEYS[kind])
             )
         fields[key] = value
+    if kind == "audio":
+        dtype = fields.get("dtype", "int16")
+        if dtype not in AUDIO_DTYPES:
+            raise DataFileError(f"--preprocess dtype={dtype!r}: one of {', '.join(AUDIO_DTYPES)}")
+        scale = _floats(fields.get("scale", "32768"), "scale")[0]
+        if scale <= 0:
+            raise DataFileError("--preprocess scale must be positive")
+        return AudioPreprocess(dtype, scale, fields.get("input"))
     layout = fields.get("layout", "nchw")
     dtype = fields.get("dtype", "uint8")
     if layout not in ("nhwc", "nchw"):
@@ -118,27 +146,95 @@ class Folded:
     float_samples: dict[str, np.ndarray]  # the same pixels normalised, for the registered graph
 
 
+def _rewire(model: onnx.ModelProto, name: str, inner: str) -> None:
+    """Every use of input ``name`` (subgraphs too) reads ``inner`` instead."""
+    for node in model.graph.node:
+        node.input[:] = [inner if i == name else i for i in node.input]
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                for sub in attr.g.node:
+                    sub.input[:] = [inner if i == name else i for i in sub.input]
+
+
+def _prepend(
+    model: onnx.ModelProto, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto]
+) -> None:
+    graph = model.graph
+    graph.initializer.extend(inits)
+    old_nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + old_nodes)
+
+
+def _retype(
+    model: onnx.ModelProto,
+    schema: IoSchema,
+    spec: TensorSpec,
+    dtype: str,
+    elem: int,
+    shape: list[Any],
+) -> IoSchema:
+    for value in model.graph.input:
+        if value.name == spec.name:
+            value.CopyFrom(helper.make_tensor_value_info(spec.name, elem, shape))
+    new_spec = dataclasses.replace(spec, dtype=dtype, shape=tuple(shape))
+    return dataclasses.replace(
+        schema, inputs=tuple(new_spec if s.name == spec.name else s for s in schema.inputs)
+    )
+
+
+def fold_audio(
+    model: onnx.ModelProto,
+    schema: IoSchema,
+    samples: dict[str, np.ndarray],
+    pre: AudioPreprocess,
+) -> Folded:
+    """PCM in: ``Cast -> Div(scale)`` before the float32 audio input."""
+    found = [s for s in schema.inputs if s.dtype == "float32" and s.batch_axis is not None]
+    if pre.input is not None:
+        found = [s for s in found if s.name == pre.input]
+    if len(found) != 1:
+        raise DataFileError(
+            "--preprocess audio needs one float32 batched input"
+            + (f" named {pre.input!r}" if pre.input else " (name it with input=NAME)")
+        )
+    spec = found[0]
+    name, inner = spec.name, spec.name + _SUFFIX
+    _rewire(model, name, inner)
+    scale = np.array(pre.scale, np.float32)
+    _prepend(
+        model,
+        [
+            helper.make_node("Cast", [name], [name + "__f"], to=TensorProto.FLOAT),
+            helper.make_node("Div", [name + "__f", name + "__scale"], [inner]),
+        ],
+        [numpy_helper.from_array(scale, name + "__scale")],
+    )
+    shape = list(spec.shape)
+    new_schema = _retype(model, schema, spec, pre.dtype, AUDIO_DTYPES[pre.dtype], shape)
+    info = np.iinfo(np.dtype(pre.dtype))
+    raw = np.clip(np.rint(np.asarray(samples[name], np.float64) * pre.scale), info.min, info.max)
+    raw = raw.astype(pre.dtype)
+    normalised = (raw.astype(np.float32) / scale).astype(np.float32)
+    return Folded(model, new_schema, {**samples, name: raw}, {**samples, name: normalised})
+
+
 def fold(
     model: onnx.ModelProto,
     schema: IoSchema,
     samples: dict[str, np.ndarray],
-    pre: ImagePreprocess,
+    pre: ImagePreprocess | AudioPreprocess,
 ) -> Folded:
     """Prepend the preprocessing nodes; the samples for both graphs (module docstring)."""
+    if isinstance(pre, AudioPreprocess):
+        return fold_audio(model, schema, samples, pre)
     spec = _target(schema, pre)
     channels = spec.fixed(1)
     assert channels is not None
     mean = _per_channel(pre.mean, channels, "mean")
     std = _per_channel(pre.std, channels, "std")
     name, inner = spec.name, spec.name + _SUFFIX
-    graph = model.graph
-    for node in graph.node:
-        node.input[:] = [inner if i == name else i for i in node.input]
-    for node in graph.node:  # subgraphs see the outer name too
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                for sub in attr.g.node:
-                    sub.input[:] = [inner if i == name else i for i in sub.input]
+    _rewire(model, name, inner)
     n, c, h, w = spec.shape
     raw_shape = [n, h, w, c] if pre.layout == "nhwc" else [n, c, h, w]
     nodes = [helper.make_node("Cast", [name], [name + "__f"], to=TensorProto.FLOAT)]
@@ -150,26 +246,15 @@ def fold(
         helper.make_node("Sub", [current, name + "__mean"], [name + "__s"]),
         helper.make_node("Div", [name + "__s", name + "__std"], [inner]),
     ]
-    graph.initializer.extend(
+    _prepend(
+        model,
+        nodes,
         [
             numpy_helper.from_array(mean, name + "__mean"),
             numpy_helper.from_array(std, name + "__std"),
-        ]
+        ],
     )
-    old_nodes = list(graph.node)
-    del graph.node[:]
-    graph.node.extend(nodes + old_nodes)
-    for value in graph.input:
-        if value.name == name:
-            value.CopyFrom(
-                helper.make_tensor_value_info(
-                    name, RAW_DTYPES[pre.dtype], [d if d is not None else "N" for d in raw_shape]
-                )
-            )
-    new_spec = dataclasses.replace(spec, dtype=pre.dtype, shape=tuple(raw_shape))
-    new_schema = dataclasses.replace(
-        schema, inputs=tuple(new_spec if s.name == name else s for s in schema.inputs)
-    )
+    new_schema = _retype(model, schema, spec, pre.dtype, RAW_DTYPES[pre.dtype], raw_shape)
     x = np.asarray(samples[name], np.float64)
     pixels = x * std + mean
     if pre.dtype != "float32":

@@ -55,9 +55,10 @@ from edgefleet.packager.registry.refs import parse_ref
 @click.option(
     "--preprocess",
     default=None,
-    metavar="image:layout=nhwc,dtype=uint8,mean=M1:M2:M3,std=S1:S2:S3",
-    help="Tensor models: prepend Cast/Transpose/normalize to the image input, so devices "
-    "send raw pixels (mean and std in pixel units, one per channel).",
+    metavar="image:layout=nhwc,dtype=uint8,mean=M1:M2:M3,std=S1:S2:S3|audio:dtype=int16",
+    help="Tensor models: prepend Cast/Transpose/normalize to the image input (mean and std "
+    "in pixel units, one per channel), or Cast/scale to an audio input, so devices send "
+    "raw pixels or PCM.",
 )
 @click.option(
     "--out",
