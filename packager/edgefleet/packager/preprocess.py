@@ -112,16 +112,24 @@ def parse_preprocess(spec: str) -> ImagePreprocess | AudioPreprocess:
     return ImagePreprocess(layout, dtype, mean, std, fields.get("input"))
 
 
-def _target(schema: IoSchema, pre: ImagePreprocess) -> TensorSpec:
-    images = [s for s in schema.inputs if s.rank == 4 and s.dtype == "float32"]
-    if pre.input is not None:
-        images = [s for s in images if s.name == pre.input]
-    if len(images) != 1:
+def _pick(candidates: list[TensorSpec], wanted: str | None, what: str) -> TensorSpec:
+    """The one candidate input (named ``wanted`` when given)."""
+    if wanted is not None:
+        candidates = [s for s in candidates if s.name == wanted]
+    if len(candidates) != 1:
         raise DataFileError(
-            "--preprocess image needs one float32 [N, C, H, W] input"
-            + (f" named {pre.input!r}" if pre.input else " (name it with input=NAME)")
+            f"--preprocess {what}"
+            + (f" named {wanted!r}" if wanted else " (name it with input=NAME)")
         )
-    spec = images[0]
+    return candidates[0]
+
+
+def _target(schema: IoSchema, pre: ImagePreprocess) -> TensorSpec:
+    spec = _pick(
+        [s for s in schema.inputs if s.rank == 4 and s.dtype == "float32"],
+        pre.input,
+        "image needs one float32 [N, C, H, W] input",
+    )
     if spec.batch_axis != 0 or spec.fixed(1) is None:
         raise DataFileError(
             f"--preprocess image: input {spec.name!r} must be [N, C, H, W] with a fixed C"
@@ -190,15 +198,11 @@ def fold_audio(
     pre: AudioPreprocess,
 ) -> Folded:
     """PCM in: ``Cast -> Div(scale)`` before the float32 audio input."""
-    found = [s for s in schema.inputs if s.dtype == "float32" and s.batch_axis is not None]
-    if pre.input is not None:
-        found = [s for s in found if s.name == pre.input]
-    if len(found) != 1:
-        raise DataFileError(
-            "--preprocess audio needs one float32 batched input"
-            + (f" named {pre.input!r}" if pre.input else " (name it with input=NAME)")
-        )
-    spec = found[0]
+    spec = _pick(
+        [s for s in schema.inputs if s.dtype == "float32" and s.batch_axis is not None],
+        pre.input,
+        "audio needs one float32 batched input",
+    )
     name, inner = spec.name, spec.name + _SUFFIX
     _rewire(model, name, inner)
     scale = np.array(pre.scale, np.float32)
