@@ -389,3 +389,22 @@ def test_json_images_are_priced_per_sample_not_per_two_bytes(
     scores = {o["name"]: o for o in json.loads(reply)["outputs"]}["scores"]
     want = _raw(served["cnn"][1], {"image": x})["scores"]
     assert np.max(np.abs(np.array(scores["data"]).reshape(2, 10) - want)) <= 1e-6
+
+
+def test_binary_tensors_at_odd_offsets_are_decoded_aligned(
+    served: dict[str, tuple[LoadedModel, Path]],
+) -> None:
+    from edgefleet.agent.endpoint import binary
+
+    model = served["cnn"][0]
+    x = np.random.default_rng(9).random((1, 3, 32, 32)).astype(np.float32)
+    header = json.dumps(
+        {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 32, 32],
+                     "parameters": {"binary_data_size": x.nbytes}}]}
+    ).encode()  # fmt: skip
+    header += b" " * (1 - len(header) % 4 + 4)  # JSON allows trailing spaces: an odd offset
+    assert len(header) % 4 == 1
+    call, _ = binary.decode_request(header + x.tobytes(), len(header), model)
+    image = call.feeds["image"]
+    assert image.flags.aligned and image.dtype == np.float32
+    np.testing.assert_array_equal(image, x)

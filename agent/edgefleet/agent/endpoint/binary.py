@@ -203,6 +203,10 @@ def _binary_tensor(raw: Mapping[str, Any], blob: memoryview, name: str) -> np.nd
         arr = arr.view(np.bool_)
     elif not dtype.isnative:
         arr = arr.astype(dtype.newbyteorder("="))
+    if not arr.flags.aligned:
+        # The header's length puts the tensor at any byte offset; kernels expect
+        # aligned elements (a copy of the tensor, still no per-element work).
+        arr = arr.copy()
     return arr.reshape(shape)
 
 
