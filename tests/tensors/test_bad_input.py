@@ -13,6 +13,8 @@ from onnx import TensorProto, helper
 from tests.agent.state_env import PROFILE_NAME, AgentEnv, make_env
 from tests.tensors import graphs
 
+pytestmark = pytest.mark.subprocess  # pack records the source revision with git
+
 Cli = Callable[..., tuple[int, str, str]]
 
 

@@ -17,6 +17,8 @@ import pytest
 from tests.agent.state_env import PROFILE_NAME, AgentEnv
 from tests.tensors import graphs
 
+pytestmark = pytest.mark.subprocess  # pack records the source revision with git
+
 Cli = Callable[..., tuple[int, str, str]]
 
 
@@ -170,7 +172,9 @@ def test_big_input_stays_within_the_bundle_and_manifest_budgets(
     assert bundle.stat().st_size <= model.stat().st_size + 512 * 1024
     smoke = report["validation"]["smoke"]
     assert smoke["generated_inputs"]["image"]["generator"] == "splitmix64"
-    assert manifest.reference_path is None and "per-channel" in report["validation"]["drift"]
+    # The drift reference grows with channels, never with pixels: 4 numbers per channel.
+    assert manifest.reference_path == "reference.json"
+    assert report["validation"]["drift"]["features"] == 3 * 4
     got = predict_npz(cli, env, "big", samples, tmp_path / "pred.npz")
     with np.load(samples) as z:
         assert_same(got, raw_outputs(model, {"image": z["image"]}))

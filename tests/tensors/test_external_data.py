@@ -25,6 +25,8 @@ from edgefleet.agent.model.runtime import ThreadSettings, load_bundle
 from edgefleet.core.bundle_writer import write_bundle
 from edgefleet.core.manifest import TENSOR_FORMAT_VERSION, Manifest
 
+pytestmark = pytest.mark.subprocess  # pack records the source revision with git
+
 Cli = Callable[..., tuple[int, str, str]]
 WEIGHTS = np.arange(4, dtype=np.float32)
 SECRET = np.array([1e6, 2e6, 3e6, 4e6], dtype=np.float32)  # what a leak would serve

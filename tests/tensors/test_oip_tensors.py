@@ -18,6 +18,7 @@ from edgefleet.agent.model.runtime import LoadedModel, ThreadSettings, load_bund
 from edgefleet.core.cli.main import main
 
 Cli = Callable[..., tuple[int, str, str]]
+pytestmark = pytest.mark.subprocess  # pack records the source revision with git
 
 
 @pytest.fixture(scope="module")

@@ -86,6 +86,7 @@ class PackRequest:
     profiles_dir: Path | None = None
     min_cosine: float = 0.99  # tensor models: what a quantized variant must keep per output
     allow_batch_dependent: bool = False  # tensor models: accept per-batch activation scales
+    preprocess: str | None = None  # tensor models: image preprocessing folded into the graph
 
     def __post_init__(self) -> None:
         if not self.key_paths:
@@ -157,6 +158,7 @@ def pack(
             quantize=req.quantize,
             min_cosine=req.min_cosine,
             allow_batch_dependent=req.allow_batch_dependent,
+            preprocess=req.preprocess,
             out_dir=req.out_dir,
             lineage=_lineage(registry, mv, now),
             progress=progress,
@@ -164,6 +166,8 @@ def pack(
         return PackResult(
             final, info.sha256, info.size, info.manifest, clock() - started, info.signer_keyids
         )
+    if req.preprocess is not None:
+        raise DataFileError(f"--preprocess applies to tensor models; {mv.ref} is a table model")
     x, y = registry.read_reference(mv)
     label = f"reference data of {mv.ref}"
     if x.ndim != 2 or x.shape[1] != mv.n_features:

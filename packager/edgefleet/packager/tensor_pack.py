@@ -13,8 +13,9 @@ Steps, each refusing with one line rather than writing a doubtful bundle:
 4. the smoke set (:mod:`edgefleet.core.tensor_smoke`): a few samples stored
    compactly, or a seed when even one sample is too big, with the packaged
    model's outputs (all values, or evenly spread ones for a large output);
-5. no per-pixel drift reference: ``reference_path`` is null and the manifest
-   says why (a per-channel summary comes with tensor drift);
+5. the drift reference (:mod:`.tensor_drift`): every reference sample
+   summarised per channel, plus the chosen model's output monitors; when
+   nothing can be profiled ``reference_path`` is null and the manifest says why;
 6. budgets: ``manifest.json`` at most 64 KiB, the bundle at most the model
    plus 512 KiB and within the profile's ``max_bundle_bytes``; the bundle is
    written under a temporary name and only renamed when all hold.
@@ -51,6 +52,7 @@ from edgefleet.packager.onnx_io import check_runs, graph_io
 from edgefleet.packager.registry.records import ModelVersion
 from edgefleet.packager.registry.store import Registry
 from edgefleet.packager.tensor_data import batch_count, npz_bytes
+from edgefleet.packager.tensor_drift import REFERENCE_PATH, drift_reference
 from edgefleet.packager.tensor_quantize import choose_variant
 from edgefleet.packager.validate import (
     SessionSettings,
@@ -67,10 +69,6 @@ SMOKE_INPUT_BUDGET = 256 * 1024
 MAX_MANIFEST_BYTES = 64 * 1024
 MAX_OVERHEAD_BYTES = 512 * 1024
 FIDELITY_TOL = 1e-4
-DRIFT_NOTE = (
-    "no drift reference in this bundle: tensor inputs are not summarised per pixel; "
-    "a per-channel summary comes with tensor drift"
-)
 
 Progress = Callable[[str], None]
 
@@ -259,6 +257,7 @@ def pack_tensor(
     quantize: str,
     min_cosine: float = 0.99,
     allow_batch_dependent: bool = False,
+    preprocess: str | None = None,
     out_dir: Path,
     lineage: dict[str, Any],
     progress: Progress,
@@ -281,6 +280,17 @@ def pack_tensor(
     model = normalise_opsets(
         load_onnx_bytes(registered, mv.ref), target_for(profile.min_onnxruntime)
     )
+    registered_schema, registered_samples = schema, samples
+    folded_info = None
+    if preprocess is not None:
+        from edgefleet.packager.preprocess import fold, parse_preprocess
+
+        pre = parse_preprocess(preprocess)
+        progress("folding the image preprocessing into the graph")
+        folded = fold(model, schema, samples, pre)
+        model, schema = folded.model, folded.schema
+        samples, registered_samples = folded.raw_samples, folded.float_samples
+        folded_info = pre.to_dict()
     packaged = model.SerializeToString()
     check_runs(packaged, f"{mv.ref} (packaged)")
     inputs, outputs = graph_io(model)
@@ -295,10 +305,17 @@ def pack_tensor(
     take = min(n, FIDELITY_SAMPLES)
     evaluation = _take(schema, samples, np.arange(take))
     packaged_session = make_session(packaged, settings)
-    want = run_all(make_session(registered, settings), schema, evaluation, take)
+    want = run_all(
+        make_session(registered, settings),
+        registered_schema,
+        _take(registered_schema, registered_samples, np.arange(take)),
+        take,
+    )
     got = run_all(packaged_session, schema, evaluation, take)
     report = fidelity(schema, want, got)
     report.update(samples=take, compared_with="the registered ONNX file")
+    if folded_info is not None:
+        report["preprocess"] = folded_info
     if not report["passed"]:
         bad = [k for k, v in report["outputs"].items() if not v["passed"]]
         raise FidelityError(
@@ -334,6 +351,10 @@ def pack_tensor(
     _add_latency(choice.quantization, schema, samples, session_of, packaged, choice.model)
     progress("building the smoke set")
     smoke_bytes, smoke_info = _smoke(schema, samples, n, chosen_session, choice.smoke_atol)
+    progress("profiling the reference samples for drift")
+    reference_json, drift_info = drift_reference(
+        schema, samples, n, lambda index: outputs_of(choice.model, index), mv.labels
+    )
     manifest = Manifest(
         format_version=TENSOR_FORMAT_VERSION,
         model={
@@ -353,13 +374,13 @@ def pack_tensor(
         validation={
             "fidelity": report,
             "smoke": smoke_info,
-            "drift": DRIFT_NOTE,
+            "drift": drift_info,
             "size_bytes": len(choice.model),
             "float32_size_bytes": len(packaged),
             "measured_on": platform.machine(),
         },
         lineage=lineage,
-        reference_path=None,
+        reference_path=None if reference_json is None else REFERENCE_PATH,
         smoke_path=SMOKE_PATH,
     )
     if len(manifest.canonical_bytes()) > MAX_MANIFEST_BYTES - 1024:  # files[] is added on write
@@ -369,6 +390,8 @@ def pack_tensor(
         )
     progress("signing and writing the bundle")
     members = {MODEL_PATH: choice.model, SMOKE_PATH: smoke_bytes}
+    if reference_json is not None:
+        members[REFERENCE_PATH] = reference_json
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -98,11 +98,16 @@ def build_static(
     chunks = [calibration[i : i + size] for i in range(0, len(calibration), size)]
     batches = (feeds_for(chunk) for chunk in chunks)
     activation = QuantType.QInt8 if int8_format == "S8S8" else QuantType.QUInt8
+    # onnxruntime's quantizer moves the initializers of the ModelProto it is given to
+    # external data in a temporary folder it then deletes: quantizing the caller's
+    # model left it pointing at missing files (the dynamic variant built next failed).
+    own = onnx.ModelProto()
+    own.CopyFrom(model)
     with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
         out = Path(tmp) / "static.onnx"
         try:
             quantize_static(
-                model,
+                own,
                 out,
                 _reader(batches),
                 quant_format=QuantFormat.QDQ,

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgefleet.agent.endpoint import binary
 from edgefleet.agent.endpoint.budget import (
     JSON_TENSOR_BYTES_PER_BODY_BYTE,
     STRING_ELEMENT_BYTES,
@@ -51,15 +52,14 @@ from edgefleet.agent.endpoint.budget import (
 from edgefleet.agent.endpoint.http11 import Head, Request
 from edgefleet.agent.endpoint.metrics import EndpointMetrics
 from edgefleet.agent.endpoint.oip import (
-    BINARY_REFUSAL,
     InferCall,
     ResponseEncoder,
     decode_feedback,
-    decode_infer_request,
     encode_json,
     model_metadata,
     run_infer,
 )
+from edgefleet.agent.endpoint.telemetry_rows import TelemetryRows
 from edgefleet.agent.errors import InferenceError, InputSchemaError, ModelNotFoundError
 from edgefleet.agent.runtime import LoadedModel
 from edgefleet.agent.serving import ServingSet
@@ -70,9 +70,9 @@ log = logging.getLogger("edgefleet.agent.endpoint")
 JSON = b"application/json"
 PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
 SERVER_NAME = "edgefleet-agent"
-EXTENSIONS = ["edgefleet_feedback", "edgefleet_metrics"]
+EXTENSIONS = ["binary_tensor_data", "classification", "edgefleet_feedback", "edgefleet_metrics"]
 _MODELS_PREFIX = "/v2/models/"
-_BINARY_MEDIA_TYPES = ("application/octet-stream", "multipart/")
+OCTET_STREAM = b"application/octet-stream"
 
 
 @dataclass(slots=True)
@@ -121,11 +121,15 @@ class EndpointApp:
         self.schedule: Callable[[Callable[[], None]], object] | None = None
         self._batch_sink = getattr(sink, "record_inferences", None)
         self._auth = f"Bearer {token}".encode() if token else None
+        self._telemetry_rows = TelemetryRows()
         # One encoder per served model object; dropped with the model after a swap.
         self._encoders: weakref.WeakKeyDictionary[LoadedModel, ResponseEncoder] = (
             weakref.WeakKeyDictionary()
         )
         self._row_bytes: weakref.WeakKeyDictionary[LoadedModel, int] = weakref.WeakKeyDictionary()
+        self._sample_values: weakref.WeakKeyDictionary[LoadedModel, int] = (
+            weakref.WeakKeyDictionary()
+        )
         self._server_doc = encode_json(
             {"name": SERVER_NAME, "version": agent_version, "extensions": EXTENSIONS}
         )
@@ -149,19 +153,21 @@ class EndpointApp:
         limits = self.limits
         if limits is None or head.length == 0:
             return 0
+        model = self._infer_target(head)
+        if model is not None and binary.HEADER_FIELD in head.headers:
+            return self._admit_binary_head(head, limits)
         if head.length > limits.max_body_bytes:
             return error_outcome(
                 413,
                 f"request body of {head.length} bytes exceeds the limit of {limits.max_body_bytes}",
                 close=True,
             )
-        model = self._infer_target(head)
         if model is None:
             charge = JSON_TENSOR_BYTES_PER_BODY_BYTE * head.length
         else:
             charge = json_request_charge(
                 head.length,
-                n_features=model.n_features,
+                n_features=model.n_features or self._sample_values_of(model),
                 row_bytes=self._row_bytes_of(model),
                 max_batch_rows=limits.max_batch_rows,
             )
@@ -170,6 +176,65 @@ class EndpointApp:
                 413,
                 f"request of {head.length} bytes may decode to {charge} tensor bytes, above "
                 f"the per-request budget of {limits.per_request}",
+                close=True,
+            )
+        return charge
+
+    def _admit_binary_head(self, head: Head, limits: EndpointLimits) -> Outcome | int:
+        """A binary request's head: its JSON header is priced now, its tensors once declared."""
+        try:
+            hlen = binary.header_length(head.headers, head.length)
+        except InputSchemaError as e:
+            return error_outcome(400, str(e), close=True)
+        assert hlen is not None
+        if hlen > limits.max_body_bytes:
+            return error_outcome(
+                413,
+                f"JSON header of {hlen} bytes exceeds the limit of {limits.max_body_bytes}",
+                close=True,
+            )
+        if head.length - hlen > limits.per_request:
+            return error_outcome(
+                413,
+                f"binary data of {head.length - hlen} bytes exceeds the per-request budget "
+                f"of {limits.per_request} tensor bytes",
+                close=True,
+            )
+        return JSON_TENSOR_BYTES_PER_BODY_BYTE * hlen
+
+    def binary_header_wait(self, head: Head) -> int | None:
+        """The JSON header length of an admitted binary inference request (else None): the
+        connection reads that much of the body, then calls :meth:`admit_binary`."""
+        if self.limits is None or binary.HEADER_FIELD not in head.headers:
+            return None
+        if self._infer_target(head) is None:
+            return None
+        return binary.header_length(head.headers, head.length)
+
+    def admit_binary(self, head: Head, header: bytes) -> Outcome | int:
+        """The whole charge of a binary request from its JSON header, before its tensors
+        are read: a refusal (400 bad declaration, 413 over one request's share; the
+        connection closes) or the charge that replaces the head's."""
+        model = self._infer_target(head)
+        limits = self.limits
+        if model is None or limits is None:
+            return 0
+        binary_bytes = head.length - len(header)
+        try:
+            declared = binary.declared_charge(
+                header,
+                binary_bytes,
+                row_bytes=self._row_bytes_of(model),
+                max_batch_rows=limits.max_batch_rows,
+            )
+        except InputSchemaError as e:
+            return error_outcome(400, str(e), close=True)
+        charge = JSON_TENSOR_BYTES_PER_BODY_BYTE * len(header) + declared
+        if charge > limits.per_request:
+            return error_outcome(
+                413,
+                f"request declares {charge} tensor bytes, above the per-request budget "
+                f"of {limits.per_request}",
                 close=True,
             )
         return charge
@@ -190,6 +255,19 @@ class EndpointApp:
             return self.serving.get(name)
         except ModelNotFoundError:
             return None
+
+    def _sample_values_of(self, model: LoadedModel) -> int:
+        """Fewest values one sample of a batched input takes (an image: 3 x 224 x 224), so
+        a JSON body of tensors is not priced as if every two bytes were a row."""
+        found = self._sample_values.get(model)
+        if found is None:
+            sizes = [
+                math.prod(d for axis, d in enumerate(i.shape) if axis != i.batch_axis and d > 0)
+                for i in model.schema.inputs
+                if i.batch_axis is not None
+            ]
+            found = self._sample_values[model] = min(sizes, default=1)
+        return found
 
     def _row_bytes_of(self, model: LoadedModel) -> int:
         found = self._row_bytes.get(model)
@@ -287,27 +365,41 @@ class EndpointApp:
             return Outcome(200, encode_json(model_metadata(model)))
         if action == "ready":
             return Outcome(200, encode_json({"name": model.name, "ready": True}))
-        refusal = _refuse_binary(req)
+        refusal = _refuse_encoding(req)
+        if refusal is None and action == "feedback" and binary.HEADER_FIELD in req.headers:
+            refusal = error_outcome(415, "feedback takes a JSON body only")
         if refusal is not None:
             return self._refused(model, refusal, "binary")
         if action == "infer":
-            return lambda: self._infer(model, req.body)
+            try:
+                hlen = binary.header_length(req.headers, len(req.body))
+            except InputSchemaError as e:
+                return self._refused(model, error_outcome(400, str(e)), e.kind)
+            return lambda: self._infer(model, req.body, hlen)
         return lambda: self._feedback(model, req.body)
 
     # --- jobs (may run on a worker thread) ----------------------------------------
-    def _infer(self, model: LoadedModel, body: bytes) -> Outcome:
+    def _infer(self, model: LoadedModel, body: bytes, hlen: int | None = None) -> Outcome:
+        content_type, extra = JSON, b""
         try:
-            call = decode_infer_request(body, model)
+            call, wire = binary.decode_request(body, hlen, model)
             refusal = self._too_many_rows(call)
             if refusal is not None:
                 return self._refused(model, refusal, "too_large")
             start = time.perf_counter()
             X, prediction = run_infer(model, call)
             latency = time.perf_counter() - start
-            encoder = self._encoders.get(model)
-            if encoder is None:
-                encoder = self._encoders[model] = ResponseEncoder(model)
-            payload = encoder.encode(prediction, call)
+            X, primary = self._telemetry_rows.rows(model, call.feeds, X, prediction)
+            if wire.plain:
+                encoder = self._encoders.get(model)
+                if encoder is None:
+                    encoder = self._encoders[model] = ResponseEncoder(model)
+                payload = encoder.encode(prediction, call)
+            else:
+                payload, header_len = binary.encode_response(model, prediction, call, wire)
+                if header_len is not None:
+                    content_type = OCTET_STREAM
+                    extra = b"Inference-Header-Content-Length: %d\r\n" % header_len
         except InputSchemaError as e:
             return self._refused(model, error_outcome(400, str(e)), e.kind)
         except InferenceError as e:
@@ -325,7 +417,7 @@ class EndpointApp:
             stats.rows += len(prediction.ids)
             stats.latency.observe(latency)
             self._pending.append(
-                (model.name, model.version, X, prediction.primary, latency * 1000.0, prediction.ids)
+                (model.name, model.version, X, primary, latency * 1000.0, prediction.ids)
             )
             if not self._flush_scheduled:
                 if self.schedule is None:
@@ -334,7 +426,7 @@ class EndpointApp:
                     self._flush_scheduled = True
                     self.schedule(self.flush_telemetry)
 
-        return Outcome(200, payload, after=after)
+        return Outcome(200, payload, content_type=content_type, extra_headers=extra, after=after)
 
     def _too_many_rows(self, call: InferCall) -> Outcome | None:
         limits = self.limits
@@ -424,16 +516,16 @@ def _compare_digest(a: bytes, b: bytes) -> bool:
     return hmac.compare_digest(a, b)
 
 
-def _refuse_binary(req: Request) -> Outcome | None:
+def _refuse_encoding(req: Request) -> Outcome | None:
+    """Compressed and multipart bodies are refused (415); the Content-Type is otherwise
+    ignored, as Triton does: the Inference-Header-Content-Length header alone says
+    whether a body carries binary tensors."""
     headers = req.headers
-    if "inference-header-content-length" in headers:
-        return error_outcome(415, BINARY_REFUSAL)
     encoding = headers.get("content-encoding")
     if encoding is not None and encoding.strip().lower() not in ("", "identity"):
         return error_outcome(415, f"Content-Encoding {encoding[:40]!r} is not supported")
-    content_type = headers.get("content-type", "").lower()
-    if content_type.startswith(_BINARY_MEDIA_TYPES):
-        return error_outcome(415, BINARY_REFUSAL)
+    if headers.get("content-type", "").lower().startswith("multipart/"):
+        return error_outcome(415, "multipart bodies are not supported")
     return None
 
 

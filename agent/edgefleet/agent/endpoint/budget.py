@@ -4,11 +4,12 @@ Pure (no I/O, no threads, no clock). One unit everywhere: **decoded tensor
 bytes**, the bytes of the numpy arrays a request becomes (its inputs as
 decoded, its outputs and prediction ids). A request is charged *before* its
 body is read, with an upper bound computed from what its head says; JSON
-requests cost more resident memory per tensor byte than binary tensors would
+requests cost more resident memory per tensor byte than binary tensors do
 (Python objects while parsing, text while answering), which is what
-:data:`MEMORY_PER_TENSOR_BYTE` covers. A binary tensor request (the extension
-is not accepted yet) would be charged its declared tensor bytes against the
-same :class:`TensorBudget`.
+:data:`MEMORY_PER_TENSOR_BYTE` covers. A binary tensor request is charged its
+JSON header from the head, then what that header declares
+(:func:`edgefleet.agent.endpoint.binary.declared_charge`) before its binary
+part is read, against the same :class:`TensorBudget`.
 
 Derivation from the profile's ``agent_memory_budget_mb`` (docs/agent-endpoint.md
 has the table per shipped profile)::

@@ -24,6 +24,11 @@ Invariants:
   budget. A request the budget cannot take now waits with reading paused; the
   charge is released when its answer is written or the connection is lost
   with no job running.
+- A binary inference request (``Inference-Header-Content-Length``) is admitted
+  twice: its head as above, then, once its JSON header is buffered and before
+  any of its binary tensors is read (reading stops at the header's end), at
+  the charge its header declares (:meth:`EndpointApp.admit_binary`); that
+  charge replaces the head's, and a request that must wait for it holds none.
 - A connection is *unauthenticated* until one of its heads is admitted; the
   server keeps separate limits for both kinds (:mod:`~edgefleet.agent.endpoint.server`).
 """
@@ -67,8 +72,12 @@ class _Connection:
         self.app = server.app
         self.metrics = server.metrics
         cfg = server.config
+        limits = server.limits
+        # Binary bodies may be larger than JSON ones (a binary byte is one tensor byte);
+        # the app refuses a JSON body over max_body_bytes from its head.
         self.parser = RequestParser(
-            max_header_bytes=cfg.max_header_bytes, max_body_bytes=server.limits.max_body_bytes
+            max_header_bytes=cfg.max_header_bytes,
+            max_body_bytes=limits.max_body_bytes + limits.per_request,
         )
         self.offload_at = cfg.offload_body_bytes
         self.sock: socket.socket | None = sock
@@ -86,6 +95,7 @@ class _Connection:
         self.admitted = False  # the head being received was admitted
         self.waiting = False  # admitted head waits for room in the tensor budget
         self.charge = 0  # tensor bytes charged for the request in progress
+        self.header_wait: int | None = None  # binary request: JSON header bytes to price
 
     # --- socket side ------------------------------------------------------------------
     def start(self) -> None:
@@ -121,8 +131,11 @@ class _Connection:
 
     def _on_readable(self) -> None:
         assert self.sock is not None
+        size = _RECV_BYTES
+        if self.header_wait is not None:  # read no binary tensor before it is priced
+            size = max(1, self.header_wait - self.parser.body_buffered)
         try:
-            data = self.sock.recv(_RECV_BYTES)
+            data = self.sock.recv(size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -267,6 +280,12 @@ class _Connection:
                 head = parser.parse_head()
                 if head is not None and not self.admitted and not self._admit(head):
                     break
+                if (
+                    head is not None
+                    and self.header_wait is not None
+                    and not self._admit_header(head)
+                ):
+                    break
                 req = parser.next_request()
             except HttpError as e:
                 self._write(Outcome(e.status, error_body(e.message), close=True), None)
@@ -309,6 +328,27 @@ class _Connection:
         self.charge = verdict
         self.admitted = True
         self.partial_since = time.monotonic()  # the body's clock starts now
+        self.header_wait = self.app.binary_header_wait(head)
+        return True
+
+    def _admit_header(self, head: Head) -> bool:
+        """A binary request's JSON header, priced; False: not all here, refused or waiting."""
+        assert self.header_wait is not None
+        header = self.parser.body_prefix(self.header_wait)
+        if header is None:
+            return False
+        verdict = self.app.admit_binary(head, header)
+        if isinstance(verdict, Outcome):
+            self.header_wait = None
+            self._write(verdict, None)
+            return False
+        self._release()  # the head's charge; waiting for the whole one holds nothing
+        if not self.server.acquire(self, verdict):
+            self.waiting = True
+            self.read_paused = True
+            return False
+        self.charge = verdict
+        self.header_wait = None
         return True
 
     def _dispatch(self, req: Request) -> None:

@@ -111,6 +111,17 @@ class RequestParser:
         """The head of the request being received, once complete."""
         return self._head
 
+    @property
+    def body_buffered(self) -> int:
+        """Bytes of the current request's body received so far (0 before its head)."""
+        return max(0, len(self._buf) - self._head_len) if self._head is not None else 0
+
+    def body_prefix(self, n: int) -> bytes | None:
+        """The first ``n`` bytes of the current request's body once received, else None."""
+        if self._head is None or len(self._buf) < self._head_len + n:
+            return None
+        return bytes(self._buf[self._head_len : self._head_len + n])
+
     def feed(self, data: bytes) -> None:
         self._buf += data
 

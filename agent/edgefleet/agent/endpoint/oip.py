@@ -7,10 +7,10 @@ row-major order or nested to match ``shape``.
 
 Decisions where the spec leaves room (documented in docs/agent-endpoint.md):
 
-- Unknown ``parameters`` are ignored, except the binary tensor extension's
+- Unknown ``parameters`` are ignored. The binary tensor extension
   (``binary_data_size`` on an input, ``binary_data`` on an output,
-  ``binary_data_output`` on the request), which is refused with a message
-  telling the client to send JSON (tritonclient: ``binary_data=False``).
+  ``binary_data_output`` on the request) is :mod:`~edgefleet.agent.endpoint.binary`'s;
+  here, a JSON-only body, an input declaring binary data is refused.
 - Numbers are accepted for any numeric datatype and cast to the model's dtype
   (tables, format 1); a format-2 model's inputs must carry exactly the
   datatype of their ONNX type; booleans and strings are not numbers; integer
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,8 +65,8 @@ NUMPY_FOR_OIP: dict[str, np.dtype[Any]] = {
 }
 
 BINARY_REFUSAL = (
-    "the binary tensor extension is not supported by this endpoint; send tensors as JSON "
-    "(tritonclient: binary_data=False on inputs and outputs)"
+    "binary_data_size needs the binary tensor extension's Inference-Header-Content-Length "
+    "header; without it the body is JSON only"
 )
 
 
@@ -95,7 +95,7 @@ def _check_parameters(raw: Any, where: str, binary_keys: Sequence[str]) -> None:
             raise _bad(BINARY_REFUSAL, "binary")
 
 
-def _shape_of(raw: Any, name: str) -> list[int]:
+def shape_of(raw: Any, name: str) -> list[int]:
     # [] is a scalar (a sample rate, a gain): format-2 models may declare them.
     if type(raw) is not list or len(raw) > MAX_RANK:
         raise _bad(f"input {name!r}: 'shape' must be a list of 0 to {MAX_RANK} integers")
@@ -115,6 +115,9 @@ def _numbers_array(data: list[Any], datatype: str, name: str) -> np.ndarray:
         if kind != "b" and arr.size:
             raise _bad(f"input {name!r}: datatype BOOL needs true/false values", "data")
         return arr.astype(np.bool_)
+    if kind in "iuf" and _holds_bool(data):
+        # numpy turns [1.5, true] into [1.5, 1.0]: a JSON true is never a number.
+        raise _bad(f"input {name!r}: datatype {datatype} needs numbers, got true/false", "data")
     if kind in "iu":
         target = NUMPY_FOR_OIP[datatype]
         if target.kind in "iu" and arr.size:
@@ -139,6 +142,28 @@ def _numbers_array(data: list[Any], datatype: str, name: str) -> np.ndarray:
     raise _bad(f"input {name!r}: datatype {datatype} needs numbers in 'data'", "data")
 
 
+_is_bool = bool.__instancecheck__
+
+
+def _holds_bool(data: list[Any]) -> bool:
+    """Any JSON true/false among the numbers of a (nested) list (a C-speed scan per level)."""
+    if not data:
+        return False
+    if type(data[0]) is list:
+        return any(_holds_bool(row) for row in data)
+    return any(map(_is_bool, data))
+
+
+def datatype_of(raw: Mapping[str, Any], name: str) -> str:
+    datatype = raw.get("datatype")
+    if datatype not in NUMPY_FOR_OIP:
+        raise _bad(
+            f"input {name!r}: datatype {datatype!r} is not one of {', '.join(NUMPY_FOR_OIP)}",
+            "datatype",
+        )
+    return str(datatype)
+
+
 def decode_tensor(raw: Any, index: int) -> tuple[str, np.ndarray]:
     """One request input as ``(name, array shaped as declared)``."""
     if type(raw) is not dict:
@@ -147,13 +172,8 @@ def decode_tensor(raw: Any, index: int) -> tuple[str, np.ndarray]:
     if type(name) is not str:
         raise _bad(f"inputs[{index}]: 'name' must be a string")
     _check_parameters(raw.get("parameters"), f"input {name!r}", ("binary_data_size",))
-    datatype = raw.get("datatype")
-    if datatype not in NUMPY_FOR_OIP:
-        raise _bad(
-            f"input {name!r}: datatype {datatype!r} is not one of {', '.join(NUMPY_FOR_OIP)}",
-            "datatype",
-        )
-    shape = _shape_of(raw.get("shape"), name)
+    datatype = datatype_of(raw, name)
+    shape = shape_of(raw.get("shape"), name)
     data = raw.get("data")
     if type(data) is not list:
         raise _bad(f"input {name!r}: 'data' must be a list (JSON tensors only)", "data")
@@ -200,19 +220,29 @@ class InferCall:
 
 
 def decode_infer_request(body: bytes, model: LoadedModel) -> InferCall:
-    doc = parse_json_body(body)
+    return decode_infer_doc(parse_json_body(body), model)
+
+
+TensorDecoder = Callable[[Any, int], tuple[str, np.ndarray]]
+
+
+def decode_infer_doc(
+    doc: Any, model: LoadedModel, decode: TensorDecoder = decode_tensor
+) -> InferCall:
+    """A parsed request; ``decode`` turns ``inputs[i]`` into ``(name, array)`` (the binary
+    extension passes one that reads binary tensors)."""
     if type(doc) is not dict:
         raise _bad("request body must be a JSON object with 'inputs'")
     request_id = doc.get("id")
     if request_id is not None and type(request_id) is not str:
         raise _bad("'id' must be a string")
-    _check_parameters(doc.get("parameters"), "request", ("binary_data_output",))
+    _check_parameters(doc.get("parameters"), "request", ())
     raw_inputs = doc.get("inputs")
     if type(raw_inputs) is not list or not raw_inputs:
         raise _bad("'inputs' must be a non-empty list of tensors")
     feeds: dict[str, np.ndarray] = {}
     for i, raw in enumerate(raw_inputs):
-        name, arr = decode_tensor(raw, i)
+        name, arr = decode(raw, i)
         if name in feeds:
             raise _bad(f"input {name!r} is given twice", "name")
         if model.schema.io is not None:
@@ -242,7 +272,7 @@ def _requested_outputs(raw: Any, model: LoadedModel) -> tuple[int, ...] | None:
     for i, item in enumerate(raw):
         if type(item) is not dict or type(item.get("name")) is not str:
             raise _bad(f"outputs[{i}] must be an object with a string 'name'")
-        _check_parameters(item.get("parameters"), f"output {item['name']!r}", ("binary_data",))
+        _check_parameters(item.get("parameters"), f"output {item['name']!r}", ())
         name = item["name"]
         if name == PREDICTION_ID_OUTPUT:
             indices.append(-1)
@@ -283,7 +313,7 @@ _json_str = json.encoder.encode_basestring  # type: ignore[attr-defined]
 _TEXT_SLICE = 16_384
 
 
-def _data_pieces(array: Any) -> list[bytes]:
+def data_pieces(array: Any) -> list[bytes]:
     """The flat JSON array body (without brackets) of an output tensor, in encoded slices.
 
     float32 is written with 9 significant digits, which round-trips every
@@ -369,7 +399,7 @@ class ResponseEncoder:
             else:
                 out = outputs[i]
                 pieces.append((self._outputs[i] + _shape_text(out.shape) + '],"data":[').encode())
-                pieces += _data_pieces(out)
+                pieces += data_pieces(out)
                 pieces.append(b"]}")
         if call.outputs is None:
             if len(pieces) > 1:
@@ -411,6 +441,9 @@ def model_metadata(model: LoadedModel) -> dict[str, Any]:
 def _metadata_parameters(model: LoadedModel) -> dict[str, Any]:
     """Task and feature count; for format-2 models also class names, roles and batch axes."""
     params: dict[str, Any] = {"task": model.task, "n_features": model.n_features or 0}
+    if model.task in ("classifier", "classification") and model.labels is not None:
+        # The classification extension: an output may ask for the top K of these.
+        params["class_count"] = len(model.labels)
     io_schema = model.schema.io
     if io_schema is None:
         return params

@@ -39,6 +39,10 @@ import numpy as np
 
 from edgefleet.agent.telemetry.buffer import RingEntry, TelemetryBuffer
 from edgefleet.agent.telemetry.window_body import WindowAccumulator, label_key
+from edgefleet.core.drift.tensor_summary import CLASS_TASKS, SCORE_TASKS
+
+# Tasks whose per-sample keys are counted for the rollout gates without being classes.
+COUNTED_TASKS = (*SCORE_TASKS, "embedding")
 
 log = logging.getLogger("edgefleet.agent.telemetry")
 
@@ -284,10 +288,15 @@ class WindowRecorder:
             now = self._clock()
             with self._lock:
                 reg = self._registrations.get((model, version))
-                classifier = reg is None or reg.task == "classification"
+                # Format 1 says "classification", a declared tensor classifier "classifier";
+                # detectors, anomaly models and embeddings count binned keys instead of
+                # classes (prediction_keys), which feedback never matches.
+                task = "classification" if reg is None else reg.task
+                classifier = task in CLASS_TASKS
+                counted = classifier or task in COUNTED_TASKS
                 acc = self._window_for(model, version, now)
                 preds = np.asarray(predictions).reshape(-1)
-                acc.add_inferences(latencies_ms, preds if classifier else None)
+                acc.add_inferences(latencies_ms, preds if counted else None)
                 if acc.drift is not None:
                     acc.add_rows(np.asarray(X), preds)
                 n = min(len(prediction_ids), len(preds))

@@ -97,8 +97,13 @@ def bundle_loaders(
         bundle = latest(model, version)
         if bundle is None:
             return None
-        member = str(bundle.manifest.get("reference_path") or "reference.json")
-        data = read_bundle_member(Path(bundles_root) / bundle.path, member)
+        # A null reference_path is a bundle without drift reference (a tensor model with
+        # nothing to profile), not "reference.json"; only a manifest without the key
+        # (written before the field existed) means the default.
+        member = bundle.manifest.get("reference_path", "reference.json")
+        if member is None:
+            return None
+        data = read_bundle_member(Path(bundles_root) / bundle.path, str(member))
         return ReferenceProfile.from_json(data)
 
     def validation(model: str, version: int) -> Mapping[str, Any] | None:

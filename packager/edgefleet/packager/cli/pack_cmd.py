@@ -53,6 +53,14 @@ from edgefleet.packager.registry.refs import parse_ref
     "its batch (dynamic int8 scales activations per batch).",
 )
 @click.option(
+    "--preprocess",
+    default=None,
+    metavar="image:layout=nhwc,dtype=uint8,mean=M1:M2:M3,std=S1:S2:S3|audio:dtype=int16",
+    help="Tensor models: prepend Cast/Transpose/normalize to the image input (mean and std "
+    "in pixel units, one per channel), or Cast/scale to an audio input, so devices send "
+    "raw pixels or PCM.",
+)
+@click.option(
     "--out",
     "out_dir",
     type=click.Path(path_type=Path),
@@ -77,6 +85,7 @@ def pack(
     max_accuracy_drop: float,
     min_cosine: float,
     allow_batch_dependent: bool,
+    preprocess: str | None,
     out_dir: Path,
     profiles_dir: Path | None,
     registry_dir: Path | None,
@@ -96,6 +105,7 @@ def pack(
         profiles_dir=profiles_dir,
         min_cosine=min_cosine,
         allow_batch_dependent=allow_batch_dependent,
+        preprocess=preprocess,
     )
     verbose = show_progress(as_json)
 
@@ -148,10 +158,22 @@ def render_tensor_report(result: dict[str, Any]) -> str:
     lines += [
         f"  smoke set     {smoke['samples']} samples, {_size(smoke['bytes'])}, "
         f"regenerated on the device: {generated}",
-        f"  drift         {v['drift']}",
+        f"  drift         {_drift_line(v['drift'])}",
         f"  took          {result['seconds']:.1f} s",
     ]
     return "\n".join(lines)
+
+
+def _drift_line(drift: Any) -> str:
+    if not isinstance(drift, dict):
+        return str(drift)
+    if drift.get("reference") is None:
+        return f"no drift reference: {drift.get('reason')}"
+    outputs = ", class distribution" if drift.get("outputs") else ""
+    return (
+        f"{drift['reference']}: {drift['features']} features per sample{outputs} "
+        f"from {drift['samples']} samples, {_size(drift['bytes'])}"
+    )
 
 
 def _tensor_variant_lines(q: dict[str, Any]) -> list[str]:
