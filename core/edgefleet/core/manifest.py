@@ -53,7 +53,8 @@ FORMAT_VERSIONS = (FORMAT_VERSION, TENSOR_FORMAT_VERSION)
 MANIFEST_NAME = "manifest.json"
 SIGNATURES_NAME = "signatures.json"
 MODEL_PATH = "model.onnx"
-TASKS = ("classification", "regression")
+# "anomaly": an outlier detector's label (+1/-1) and score (packager/estimators.py).
+TASKS = ("classification", "regression", "anomaly")
 MAX_MEMBER_PATH_BYTES = 100
 # The largest model version every store holds exactly: SQLite and PostgreSQL
 # integers stop at 2^63 - 1 and JSON numbers read as doubles at 2^53 - 1 (a

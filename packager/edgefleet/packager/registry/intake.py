@@ -145,6 +145,11 @@ def _describe(loaded: LoadedModel, label: str, req: RegistrationInput) -> _Descr
 
         info = describe_estimator(loaded.obj)
         _check_sklearn_declarations(req, info.task, label)
+        if info.task == "anomaly" and req.labels_path is not None:
+            raise DataFileError(
+                "--labels does not apply to an anomaly model: its packed metric compares "
+                "scores with the float32 model's"
+            )
         convert_estimator(loaded.obj, info.n_features, newest)
         versions = {"scikit-learn": loaded.trained_with or sklearn.__version__}
         return _Described(
@@ -153,7 +158,7 @@ def _describe(loaded: LoadedModel, label: str, req: RegistrationInput) -> _Descr
     return _describe_onnx(loaded, label, req)
 
 
-_TABLE_TASK = {"classifier": "classification", "regressor": "regression"}
+_TABLE_TASK = {"classifier": "classification", "regressor": "regression", "anomaly": "anomaly"}
 
 
 def _check_sklearn_declarations(req: RegistrationInput, task: str, label: str) -> None:
