@@ -213,7 +213,8 @@ def test_pyproject_declares_the_supported_ranges() -> None:
     declared += project["optional-dependencies"]["boost"]
     for library in estimators.SUPPORTED_VERSIONS:
         assert f"{library}{estimators.range_text(library)}" in declared, library
-    assert "edgefleet[boost]" in " ".join(project["optional-dependencies"]["dev"])
+    dev = " ".join(project["optional-dependencies"]["dev"])
+    assert "edgefleet[boost" in dev and "parquet" in dev
 
 
 @pytest.mark.parametrize("library", sorted(estimators.SUPPORTED_VERSIONS))

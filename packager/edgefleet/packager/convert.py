@@ -50,6 +50,14 @@ class Converted:
 
 def convert_estimator(est: Any, n_features: int, target: OnnxTarget) -> Converted:
     """Convert a fitted scikit-learn estimator with skl2onnx for ``target``."""
+    from skl2onnx.common.data_types import FloatTensorType
+
+    model = run_skl2onnx(est, [(INPUT_NAME, FloatTensorType([None, n_features]))], target)
+    return _finish(model, target)
+
+
+def run_skl2onnx(est: Any, initial_types: list[Any], target: OnnxTarget) -> onnx.ModelProto:
+    """skl2onnx on ``est`` with edgefleet's checks, fixes, options and one-line errors."""
     from edgefleet.packager.estimators import (
         check_libraries,
         converter_opsets,
@@ -61,7 +69,6 @@ def convert_estimator(est: Any, n_features: int, target: OnnxTarget) -> Converte
 
     check_libraries(est)
     import skl2onnx
-    from skl2onnx.common.data_types import FloatTensorType
     from skl2onnx.common.exceptions import MissingConverter, MissingShapeCalculator
     from sklearn.base import is_classifier, is_outlier_detector
 
@@ -77,7 +84,7 @@ def convert_estimator(est: Any, n_features: int, target: OnnxTarget) -> Converte
         with tree_fixes(libraries_of(est)):
             model = skl2onnx.convert_sklearn(
                 est,
-                initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
+                initial_types=initial_types,
                 options=options,
                 target_opset=converter_opsets(est, target.converter_opsets(ceiling)),
             )
@@ -93,10 +100,10 @@ def convert_estimator(est: Any, n_features: int, target: OnnxTarget) -> Converte
             one_line(f"skl2onnx failed on {_name(est)}: {type(e).__name__}: {e}")
         ) from e
     if is_outlier_detector(est):
-        model = anomaly_outputs(model)
-    elif not is_classifier(est):
-        model = name_value_output(model)
-    return _finish(model, target)
+        return anomaly_outputs(model)
+    if not is_classifier(est):
+        return name_value_output(model)
+    return model
 
 
 def anomaly_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
