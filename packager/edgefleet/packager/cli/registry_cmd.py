@@ -489,3 +489,9 @@ def retire(ref: str, reason: str | None, registry_dir: Path | None, as_json: boo
         mv.to_dict(),
         lambda _: f"retired {mv.ref}" + (f" ({mv.retired_reason})" if mv.retired_reason else ""),
     )
+
+
+# -- import (MLflow) ---------------------------------------------------------------
+from edgefleet.packager.cli.import_cmd import add_import_command  # noqa: E402
+
+add_import_command(registry, registry_option, open_registry)
