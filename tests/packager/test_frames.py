@@ -273,3 +273,47 @@ def test_oip_v2_takes_one_input_per_column_with_bytes_for_text(
     wrong = [dict(inputs[0], datatype="BYTES", data=["old"] * len(rows)), *inputs[1:]]
     with pytest.raises(InputSchemaError, match="'age'"):
         decode_infer_request(json.dumps({"inputs": wrong}).encode(), served)
+
+
+@pytest.mark.subprocess
+def test_bundle_carries_a_drift_reference_with_string_levels_and_counts_unseen(
+    fitted: tuple[Any, Path, Any],
+    cli: Callable[..., Any],
+    registry_dir: Path,
+    signing_key: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    from edgefleet.agent.endpoint.oip import decode_infer_request, run_infer
+    from edgefleet.agent.model.runtime import load_bundle
+    from edgefleet.core.bundle_verifier import BundleVerifier
+    from edgefleet.core.drift import ReferenceProfile, WindowStats
+    from edgefleet.core.profiles import load_profile
+
+    _, model, held_out = fitted
+    reference = tmp_path / "reference.csv"
+    held_out.to_csv(reference, index=False)
+    done = _register_and_pack(cli, model, reference, registry_dir, signing_key[0], tmp_path / "out")
+    trust = TrustStore.from_keys([load_public_key(signing_key[1])])
+    bundle = Path(done["packed"]["bundle"])
+    verified = BundleVerifier(trust).verify_and_extract(bundle, tmp_path / "x")
+    assert verified.manifest.reference_path == "reference.json"
+    profile = ReferenceProfile.from_json((tmp_path / "x" / "reference.json").read_text())
+    assert list(profile.feature_names) == ["age", "income", "city", "plan", "member"]
+    assert profile.kinds[2] == "categorical" and profile.kinds[0] == "numeric"
+
+    served = load_bundle(bundle, trust, load_profile("rpi4-arm64"))
+    rows = held_out.head(4).copy()
+    rows.loc[rows.index[0], "city"] = "Tokyo"  # never in the reference
+    kinds = {"age": "INT64", "income": "FP32", "city": "BYTES", "plan": "BYTES", "member": "BOOL"}
+    inputs = [
+        {"name": n, "datatype": d, "shape": [len(rows)], "data": rows[n].tolist()}
+        for n, d in kinds.items()
+    ]
+    x, prediction = run_infer(
+        served, decode_infer_request(json.dumps({"inputs": inputs}).encode(), served)
+    )
+    window = WindowStats.empty(profile, 0.0, 1.0)
+    window.update(x)
+    window.update_outputs(np.asarray(prediction.labels))
+    city = window.categorical_column(0)
+    assert city.n == 4 and int(city.counts[-1]) == 1  # the unseen bucket

@@ -139,3 +139,35 @@ def check_frame_fidelity(est: Any, model: onnx.ModelProto, frame: Frame) -> dict
             f"({', '.join(f'{k} {v:.4g}' for k, v in report.items() if isinstance(v, float))})"
         )
     return report
+
+
+def column_reference(
+    schema: IoSchema, samples: dict[str, np.ndarray], labels: np.ndarray | None
+) -> bytes | None:
+    """``reference.json`` for a model with one input per column, else None.
+
+    Features in schema order; string columns are categorical (levels from the
+    reference rows, ``unseen`` for others on the device), the rest numeric.
+    ``labels`` (the packaged model's, on the same rows) profile the outputs.
+    """
+    from edgefleet.core.drift import ReferenceProfile
+
+    features = schema.features
+    column_model = bool(features) and all(
+        f.column is None and (spec := schema.input(f.input)) is not None and spec.rank == 1
+        for f in features
+    )
+    if not column_model or len(features) != len(schema.inputs):
+        return None
+    columns = [samples[f.input] for f in features]
+    text = any(c.dtype.kind in "OUS" for c in columns)
+    x = np.stack([c.astype(object if text else np.float64) for c in columns], axis=1)
+    kinds = ["categorical" if f.kind == "categorical" else "numeric" for f in features]
+    profile = ReferenceProfile.build(
+        x,
+        [f.name for f in features],
+        kinds,
+        outputs=labels,
+        output_kind="class",
+    )
+    return profile.to_json().encode("utf-8")

@@ -14,7 +14,8 @@ Steps, each refusing with one line rather than writing a doubtful bundle:
    compactly, or a seed when even one sample is too big, with the packaged
    model's outputs (all values, or evenly spread ones for a large output);
 5. no per-pixel drift reference: ``reference_path`` is null and the manifest
-   says why (a per-channel summary comes with tensor drift);
+   says why (a per-channel summary comes with tensor drift); a model with one
+   input per DataFrame column gets ``reference.json`` over its columns;
 6. budgets: ``manifest.json`` at most 64 KiB, the bundle at most the model
    plus 512 KiB and within the profile's ``max_bundle_bytes``; the bundle is
    written under a temporary name and only renamed when all hold.
@@ -67,7 +68,27 @@ DRIFT_NOTE = (
     "a per-channel summary comes with tensor drift"
 )
 
+REFERENCE_PATH = "reference.json"
+COLUMN_DRIFT_NOTE = (
+    "drift reference over the DataFrame columns: string columns are categorical with "
+    "their reference levels (unseen levels counted apart)"
+)
+
 Progress = Callable[[str], None]
+
+
+def _column_drift_reference(
+    schema: IoSchema, samples: dict[str, np.ndarray], n: int, session: Any
+) -> bytes | None:
+    """A drift reference for one-input-per-column models (frame_convert), else None."""
+    from edgefleet.packager.frame_convert import column_reference
+
+    label = schema.output_with_role("label")
+    labels = None
+    if label is not None and schema.features:
+        outputs = run_all(session, schema, samples, n)
+        labels = np.asarray(outputs[schema.output_names.index(label.name)]).reshape(-1)
+    return column_reference(schema, samples, labels)
 
 
 def _dtype(name: str) -> np.dtype[Any]:
@@ -292,6 +313,7 @@ def pack_tensor(
     )
     progress("building the smoke set")
     smoke_bytes, smoke_info = _smoke(schema, samples, n, chosen_session, choice.smoke_atol)
+    reference_json = _column_drift_reference(schema, samples, n, chosen_session)
     manifest = Manifest(
         format_version=TENSOR_FORMAT_VERSION,
         model={
@@ -311,13 +333,13 @@ def pack_tensor(
         validation={
             "fidelity": report,
             "smoke": smoke_info,
-            "drift": DRIFT_NOTE,
+            "drift": DRIFT_NOTE if reference_json is None else COLUMN_DRIFT_NOTE,
             "size_bytes": len(choice.model),
             "float32_size_bytes": len(packaged),
             "measured_on": platform.machine(),
         },
         lineage=lineage,
-        reference_path=None,
+        reference_path=None if reference_json is None else REFERENCE_PATH,
         smoke_path=SMOKE_PATH,
     )
     if len(manifest.canonical_bytes()) > MAX_MANIFEST_BYTES - 1024:  # files[] is added on write
@@ -327,6 +349,8 @@ def pack_tensor(
         )
     progress("signing and writing the bundle")
     members = {MODEL_PATH: choice.model, SMOKE_PATH: smoke_bytes}
+    if reference_json is not None:
+        members[REFERENCE_PATH] = reference_json
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -102,6 +102,25 @@ def _cell(text: str, dtype: str, line: int, name: str) -> Any:
         ) from None
 
 
+def drift_rows(model: LoadedModel, feeds: dict[str, Any]) -> np.ndarray:
+    """What the drift window folds for a call: a column model's feeds as [N, F] rows.
+
+    A model with one input per DataFrame column has a drift reference over its
+    features (strings included: the window counts their levels, and the
+    ``unseen`` bucket takes a level the reference never had); its rows are the
+    inputs in feature order, as an object array when a column holds text.
+    Other multi-input models fold their first input (as before).
+    """
+    features = model.schema.features
+    names = [f.name for f in features]
+    if features and is_column_model(model) and all(n in feeds for n in names):
+        columns = [np.asarray(feeds[n]).reshape(-1) for n in names]
+        if any(c.dtype.kind in "OUS" for c in columns):
+            return np.stack([c.astype(object) for c in columns], axis=1)
+        return np.stack([c.astype(np.float64) for c in columns], axis=1)
+    return np.asarray(feeds.get(model.input_names[0], next(iter(feeds.values()))))
+
+
 def read_csv_columns(stream: IO[str], model: LoadedModel) -> dict[str, np.ndarray]:
     """A CSV with a header, one column per input, as one batch of feeds (module doc)."""
     import csv
