@@ -285,3 +285,21 @@ def test_unsupported_estimator_is_named_with_what_is_supported(
     line = result.err.strip()
     assert len(line.splitlines()) == 1 and len(line) <= 300 + len("error: ")
     assert "KMeans" in line and "LightGBM" in line
+
+
+def test_a_pickle_from_an_unsupported_scikit_learn_is_one_line(
+    cli: Callable[..., Any], registry_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sklearn.base
+    from sklearn.linear_model import LogisticRegression
+
+    x, _, y, _ = _data("iris")
+    est = LogisticRegression(max_iter=500).fit(x, y)
+    monkeypatch.setattr(sklearn.base, "__version__", "1.2.2")  # what __getstate__ records
+    path = tmp_path / "old.joblib"
+    joblib.dump(est, path)
+    monkeypatch.undo()
+    result = cli("registry", "register", path, "--name", "m", "--registry", registry_dir)
+    assert result.code == 2
+    assert "saved with scikit-learn 1.2.2" in result.err and ">=1.3,<1.10" in result.err
+    assert len(result.err.strip().splitlines()) == 1

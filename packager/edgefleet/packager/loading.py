@@ -131,6 +131,16 @@ def _unpickle(data: bytes, label: str) -> tuple[Any, str | None]:
 
 def _load_sklearn(path: Path, artifact_format: str, data: bytes) -> LoadedModel:
     obj, trained_with = _unpickle(data, str(path))
+    if trained_with is not None:
+        from edgefleet.packager.estimators import in_range, range_text
+
+        if not in_range("scikit-learn", trained_with):
+            # Unpickled across releases the estimator's internals may not match this
+            # scikit-learn's, and the converter reads those internals.
+            raise UnsupportedModelError(
+                f"{path} was saved with scikit-learn {trained_with}, outside the supported "
+                f"scikit-learn {range_text('scikit-learn')}: re-save it with a supported version"
+            )
     check_estimator_object(obj, str(path))
     return LoadedModel("sklearn", artifact_format, data, obj, trained_with)
 
