@@ -11,7 +11,10 @@ evaluation rows, same onnxruntime session settings). The packaged model is
 then extracted from the verified bundle and re-scored with onnxruntime here,
 so ``accuracy_packaged_recomputed`` checks the manifest's claim.
 
-Prints one JSON object: ``{"mlp": {...}, "forest": {...}}``. Sizes are of
+Prints one JSON object: ``{"mlp": {...}, "forest": {...}, "families": {...}}``;
+``families`` holds the boosted-tree and anomaly figures of
+``bench/packager_families.py`` (max_abs_diff, label_agreement with the flipped
+rows named, served_p50_ratio, bundle_bytes, convert_pack_s). Sizes are of
 ``model.onnx`` (float32 vs packaged); ``bundle_bytes`` is the whole signed
 bundle including the drift reference and the smoke set.
 
@@ -21,7 +24,6 @@ bundle including the drift reference and the smoke set.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,16 +35,8 @@ import joblib
 import numpy as np
 
 PROFILE = "rpi4-arm64"
-
-
-def _cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edgefleet.core.cli.main", *(str(a) for a in args)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from packager_families import _cli, run_families  # noqa: E402  (the script's own folder)
 
 
 def _train(kind: str) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -152,10 +146,11 @@ def main() -> None:
         work = Path(tmp)
         pair = generate_keypair("bench", work / "keys")
         registry = work / "registry"
-        report = {
+        report: dict[str, Any] = {
             kind: _run(kind, work, pair.private, pair.public, registry)
             for kind in ("mlp", "forest")
         }
+        report["families"] = run_families(work, pair.private, pair.public, registry)
     mlp = report["mlp"]
     report["targets"] = {
         "mlp_size_ratio_le_0.30": mlp["size_ratio"] <= 0.30,

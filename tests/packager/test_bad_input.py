@@ -71,7 +71,7 @@ REGISTER_CASES: dict[str, tuple[Setup, int, str]] = {
         2,
         "holds a builtins.dict, not a scikit-learn estimator",
     ),
-    "transformer_only": (lambda t, f: [_transformer(t)], 2, "neither a classifier nor a regressor"),
+    "transformer_only": (lambda t, f: [_transformer(t)], 2, "which edgefleet cannot pack"),
     "unfitted_estimator": (lambda t, f: [_unfitted(t)], 2, "unfitted LogisticRegression"),
     "not_a_pickle": (
         lambda t, f: [_write(t / "junk.pkl", b"\x00\x01 definitely not a pickle")],

@@ -54,7 +54,8 @@ FORMAT_VERSIONS = (FORMAT_VERSION, TENSOR_FORMAT_VERSION)
 MANIFEST_NAME = "manifest.json"
 SIGNATURES_NAME = "signatures.json"
 MODEL_PATH = "model.onnx"
-TASKS = ("classification", "regression")
+# "anomaly": an outlier detector's label (+1/-1) and score (packager/estimators.py).
+TASKS = ("classification", "regression", "anomaly")
 MAX_MEMBER_PATH_BYTES = 100
 
 _COMPONENT_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")

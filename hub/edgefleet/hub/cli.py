@@ -20,6 +20,7 @@ HUB_COMMANDS: dict[str, RoleCommand] = {
     "bundles": _cmd("publish_cmd", "bundles", "List published bundles."),
     "rollout": _cmd("rollout_cmd", "rollout", "Staged rollouts with gates."),
     "drift": _cmd("drift_cmd", "drift", "Fleet drift report."),
+    "evidence": _cmd("evidence_cmd", "evidence", "Field evidence of a version (JSON)."),
     "alerts": _cmd("alerts_cmd", "alerts", "Open and resolved alerts."),
     "service-unit": _cmd("service_unit_cmd", "service_unit", "Print a systemd unit."),
     "store": _cmd("store_cmd", "store", "Move the hub store to PostgreSQL."),

@@ -343,14 +343,15 @@ def _fallback_truth(task: str, selection: Selection) -> np.ndarray:
 def _reference_profile(mv: ModelVersion, x: np.ndarray, outputs: Any) -> bytes:
     kinds = [f.kind for f in mv.features]
     names = [f.name for f in mv.features]
-    if mv.task == "classification":
+    if mv.task in ("classification", "anomaly"):
+        # An outlier detector's primary output (what the agent counts) is its label.
         profile = ReferenceProfile.build(
             x, names, kinds, outputs=outputs.labels, output_kind="class"
         )
     else:
-        profile = ReferenceProfile.build(
-            x, names, kinds, outputs=outputs.values, output_kind="score"
-        )
+        # One drift column per model: a multi-output regressor's [N, k] values have none.
+        values = outputs.values if outputs.values is not None and outputs.values.ndim == 1 else None
+        profile = ReferenceProfile.build(x, names, kinds, outputs=values, output_kind="score")
     return profile.to_json().encode("utf-8")
 
 

@@ -30,7 +30,7 @@ from edgefleet.packager.graph import (
     describe_io,
     normalise_opsets,
 )
-from edgefleet.packager.validate import Outputs, run_onnx, same_labels
+from edgefleet.packager.validate import Outputs, as_values, run_onnx, same_labels
 
 INPUT_NAME = "input"
 PROBABILITY_ATOL = 1e-4
@@ -50,10 +50,29 @@ class Converted:
 
 def convert_estimator(est: Any, n_features: int, target: OnnxTarget) -> Converted:
     """Convert a fitted scikit-learn estimator with skl2onnx for ``target``."""
-    import skl2onnx
     from skl2onnx.common.data_types import FloatTensorType
+
+    model = run_skl2onnx(est, [(INPUT_NAME, FloatTensorType([None, n_features]))], target)
+    return _finish(model, target)
+
+
+def run_skl2onnx(est: Any, initial_types: list[Any], target: OnnxTarget) -> onnx.ModelProto:
+    """skl2onnx on ``est`` with edgefleet's checks, fixes, options and one-line errors."""
+    from edgefleet.packager.estimators import (
+        check_libraries,
+        converter_opsets,
+        libraries_of,
+        one_line,
+        register_boosters,
+        tree_fixes,
+    )
+
+    check_libraries(est)
+    import skl2onnx
     from skl2onnx.common.exceptions import MissingConverter, MissingShapeCalculator
-    from sklearn.base import is_classifier
+    from sklearn.base import is_classifier, is_outlier_detector
+
+    register_boosters(libraries_of(est))
 
     options: dict[Any, Any] = {}
     if is_classifier(est):
@@ -62,21 +81,97 @@ def convert_estimator(est: Any, n_features: int, target: OnnxTarget) -> Converte
         options[id(final)] = {"zipmap": False}
     ceiling = int(skl2onnx.get_latest_tested_opset_version())
     try:
-        model = skl2onnx.convert_sklearn(
-            est,
-            initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
-            options=options,
-            target_opset=target.converter_opsets(ceiling),
-        )
+        with tree_fixes(libraries_of(est)):
+            model = skl2onnx.convert_sklearn(
+                est,
+                initial_types=initial_types,
+                options=options,
+                target_opset=converter_opsets(est, target.converter_opsets(ceiling)),
+            )
     except (MissingConverter, MissingShapeCalculator) as e:
+        # skl2onnx's message is a paragraph; its first line names the missing class.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnsupportedModelError(
-            f"skl2onnx cannot convert {type(est).__name__}: {str(e).splitlines()[0]}"
+            one_line(f"{_name(est)} has no ONNX converter ({first})")
         ) from e
     except Exception as e:
+        # Converter errors can embed whole node dumps: one line, details under --debug.
         raise ConversionError(
-            f"skl2onnx failed on {type(est).__name__}: {type(e).__name__}: {e}"
+            one_line(f"skl2onnx failed on {_name(est)}: {type(e).__name__}: {e}")
         ) from e
-    return _finish(model, target)
+    if is_outlier_detector(est):
+        return anomaly_outputs(model)
+    if not is_classifier(est):
+        return name_value_output(model)
+    return model
+
+
+def anomaly_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """An outlier detector's ``label`` [N, 1] and ``scores`` [N, 1] as ``label`` [N], ``score`` [N].
+
+    ``label`` is +1 (inlier) / -1 (outlier) as in scikit-learn's ``predict``;
+    ``score`` is ``decision_function`` (negative for outliers). 1-D, they have
+    the roles ``label`` and ``value`` every table bundle uses.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    names = [o.name for o in model.graph.output]
+    if len(names) != 2:
+        raise ConversionError(f"an outlier detector converted to {len(names)} outputs, not 2")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    renamed = {names[0]: "label_2d", names[1]: "score_2d"}
+    for node in out.graph.node:
+        for i, name in enumerate(node.output):
+            node.output[i] = renamed.get(name, name)
+        for i, name in enumerate(node.input):
+            node.input[i] = renamed.get(name, name)
+    out.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), "flat_1d"))
+    out.graph.node.extend(
+        [
+            helper.make_node("Reshape", ["label_2d", "flat_1d"], ["label"], name="label_1d"),
+            helper.make_node("Reshape", ["score_2d", "flat_1d"], ["score"], name="score_1d"),
+        ]
+    )
+    del out.graph.output[:]
+    out.graph.output.extend(
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+            helper.make_tensor_value_info("score", TensorProto.FLOAT, [None]),
+        ]
+    )
+    return out
+
+
+def _name(est: Any) -> str:
+    steps = getattr(est, "steps", None)
+    return type(steps[-1][1]).__name__ if steps else type(est).__name__
+
+
+def name_value_output(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Call a multi-output regressor's [N, k] output ``value``.
+
+    skl2onnx calls it ``variable``; a [N, k] float output named ``value`` is a
+    regression value to :func:`describe_io`, not class probabilities. Single-
+    target regressors keep the converter's name (deployed clients use it).
+    """
+    if len(model.graph.output) != 1 or model.graph.output[0].name == "value":
+        return model
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    if len(dims) != 2 or dims[1].dim_value in (0, 1):
+        return model
+    old = model.graph.output[0].name
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.output[0].name = "value"
+    for node in out.graph.node:
+        for i, name in enumerate(node.output):
+            if name == old:
+                node.output[i] = "value"
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = "value"
+    return out
 
 
 def prepare_onnx(model: onnx.ModelProto, target: OnnxTarget) -> Converted:
@@ -99,11 +194,16 @@ def _finish(model: onnx.ModelProto, target: OnnxTarget) -> Converted:
 
 def sklearn_outputs(est: Any, x32: np.ndarray) -> Outputs:
     """The original estimator's outputs on float32-rounded inputs."""
-    from sklearn.base import is_classifier
+    from sklearn.base import is_classifier, is_outlier_detector
 
     x = x32.astype(np.float64)
+    if is_outlier_detector(est):
+        return Outputs(
+            labels=np.asarray(est.predict(x)).astype(np.int64),
+            values=as_values(est.decision_function(x)),
+        )
     if not is_classifier(est):
-        return Outputs(values=np.asarray(est.predict(x), dtype=np.float64).reshape(-1))
+        return Outputs(values=as_values(est.predict(x)))
     labels = np.asarray(est.predict(x))
     scores = None
     if hasattr(est, "predict_proba"):

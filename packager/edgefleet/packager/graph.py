@@ -225,6 +225,10 @@ def describe_io(model: onnx.ModelProto) -> OnnxSignature:
     for o in outputs:
         if o.dtype in ("int64", "int32", "string") and len(o.shape) == 1:
             role: str | None = "label"
+        elif o.name == "value" and o.dtype in ("float32", "float64") and len(o.shape) == 2:
+            role = "value"  # several regression targets (convert.name_value_output)
+        elif o.name == "score" and o.dtype in ("float32", "float64") and len(o.shape) == 1:
+            role = "value"  # an outlier detector's score beside its label (convert.py)
         elif o.dtype in ("float32", "float64") and len(o.shape) == 2 and o.shape[1] != 1:
             role = "probabilities"
         elif o.dtype in ("float32", "float64") and (
@@ -239,7 +243,10 @@ def describe_io(model: onnx.ModelProto) -> OnnxSignature:
             raise UnsupportedModelError(f"the model has several {wanted} outputs")
     if "value" in roles and ("label" in roles or "probabilities" in roles):
         # A [N, 1] float next to a label is a one-column score, not a regression value.
-        roles = [None if r == "value" else r for r in roles]
+        roles = [
+            None if r == "value" and o.name != "score" else r
+            for o, r in zip(outputs, roles, strict=True)
+        ]
     if not any(roles):
         raise UnsupportedModelError(
             "no output looks like a label, class probabilities or a regression value"

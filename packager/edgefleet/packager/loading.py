@@ -8,7 +8,7 @@ keeps the original pickle so it can be converted again later, which means the
 registry folder must be trusted like the code that produced it.
 
 Invariants: a returned :class:`LoadedModel` is either a fitted scikit-learn
-classifier/regressor (possibly a pipeline) or an ONNX model that passed
+classifier/regressor/outlier detector (possibly a pipeline) or an ONNX model that passed
 ``onnx.checker``; anything else is refused with a one-line error saying what
 the file holds.
 """
@@ -131,13 +131,23 @@ def _unpickle(data: bytes, label: str) -> tuple[Any, str | None]:
 
 def _load_sklearn(path: Path, artifact_format: str, data: bytes) -> LoadedModel:
     obj, trained_with = _unpickle(data, str(path))
+    if trained_with is not None:
+        from edgefleet.packager.estimators import in_range, range_text
+
+        if not in_range("scikit-learn", trained_with):
+            # Unpickled across releases the estimator's internals may not match this
+            # scikit-learn's, and the converter reads those internals.
+            raise UnsupportedModelError(
+                f"{path} was saved with scikit-learn {trained_with}, outside the supported "
+                f"scikit-learn {range_text('scikit-learn')}: re-save it with a supported version"
+            )
     check_estimator_object(obj, str(path))
     return LoadedModel("sklearn", artifact_format, data, obj, trained_with)
 
 
 def check_estimator_object(obj: Any, label: str) -> None:
     """Refuse anything that is not a fitted scikit-learn classifier or regressor."""
-    from sklearn.base import BaseEstimator, is_classifier, is_regressor
+    from sklearn.base import BaseEstimator, is_classifier, is_outlier_detector, is_regressor
     from sklearn.exceptions import NotFittedError
     from sklearn.utils.validation import check_is_fitted
 
@@ -146,10 +156,14 @@ def check_estimator_object(obj: Any, label: str) -> None:
             f"{label} holds a {type(obj).__module__}.{type(obj).__qualname__}, "
             "not a scikit-learn estimator"
         )
-    if not (is_classifier(obj) or is_regressor(obj)):
+    if not (is_classifier(obj) or is_regressor(obj) or is_outlier_detector(obj)):
+        from edgefleet.packager.estimators import SUPPORTED_FAMILIES, one_line
+
         raise UnsupportedModelError(
-            f"{label} holds a {type(obj).__name__}, which is neither a classifier nor a "
-            "regressor (a transformer alone cannot be packed)"
+            one_line(
+                f"{label} holds a {type(obj).__name__}, which edgefleet cannot pack "
+                f"(supported: {SUPPORTED_FAMILIES})"
+            )
         )
     try:
         check_is_fitted(obj)
@@ -184,9 +198,13 @@ def describe_estimator(est: Any) -> EstimatorInfo:
         FeatureSpec(name, "categorical", levels[i]) if i in levels else FeatureSpec(name)
         for i, name in enumerate(feature_names)
     )
+    from sklearn.base import is_outlier_detector
+
     labels = None
     task = "regression"
-    if is_classifier(est):
+    if is_outlier_detector(est):
+        task = "anomaly"  # label +1 inlier / -1 outlier, value = decision_function
+    elif is_classifier(est):
         task = "classification"
         labels = [_plain(c) for c in est.classes_]
     return EstimatorInfo(task, labels, n_features, features, _estimator_name(est))

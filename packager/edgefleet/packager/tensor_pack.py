@@ -13,9 +13,11 @@ Steps, each refusing with one line rather than writing a doubtful bundle:
 4. the smoke set (:mod:`edgefleet.core.tensor_smoke`): a few samples stored
    compactly, or a seed when even one sample is too big, with the packaged
    model's outputs (all values, or evenly spread ones for a large output);
-5. the drift reference (:mod:`.tensor_drift`): every reference sample
-   summarised per channel, plus the chosen model's output monitors; when
-   nothing can be profiled ``reference_path`` is null and the manifest says why;
+5. the drift reference: a model with one input per DataFrame column gets
+   ``reference.json`` over its columns (string columns categorical); any other
+   model every reference sample summarised per channel (:mod:`.tensor_drift`),
+   plus the chosen model's output monitors; when nothing can be profiled
+   ``reference_path`` is null and the manifest says why;
 6. budgets: ``manifest.json`` at most 64 KiB, the bundle at most the model
    plus 512 KiB and within the profile's ``max_bundle_bytes``; the bundle is
    written under a temporary name and only renamed when all hold.
@@ -70,7 +72,26 @@ MAX_MANIFEST_BYTES = 64 * 1024
 MAX_OVERHEAD_BYTES = 512 * 1024
 FIDELITY_TOL = 1e-4
 
+COLUMN_DRIFT_NOTE = (
+    "drift reference over the DataFrame columns: string columns are categorical with "
+    "their reference levels (unseen levels counted apart)"
+)
+
 Progress = Callable[[str], None]
+
+
+def _column_drift_reference(
+    schema: IoSchema, samples: dict[str, np.ndarray], n: int, session: Any
+) -> bytes | None:
+    """A drift reference for one-input-per-column models (frame_convert), else None."""
+    from edgefleet.packager.frame_convert import column_reference
+
+    label = schema.output_with_role("label")
+    labels = None
+    if label is not None and schema.features:
+        outputs = run_all(session, schema, samples, n)
+        labels = np.asarray(outputs[schema.output_names.index(label.name)]).reshape(-1)
+    return column_reference(schema, samples, labels)
 
 
 def _dtype(name: str) -> np.dtype[Any]:
@@ -352,9 +373,13 @@ def pack_tensor(
     progress("building the smoke set")
     smoke_bytes, smoke_info = _smoke(schema, samples, n, chosen_session, choice.smoke_atol)
     progress("profiling the reference samples for drift")
-    reference_json, drift_info = drift_reference(
-        schema, samples, n, lambda index: outputs_of(choice.model, index), mv.labels
-    )
+    reference_json = _column_drift_reference(schema, samples, n, chosen_session)
+    if reference_json is not None:
+        drift_info: dict[str, Any] = {"reference": REFERENCE_PATH, "note": COLUMN_DRIFT_NOTE}
+    else:
+        reference_json, drift_info = drift_reference(
+            schema, samples, n, lambda index: outputs_of(choice.model, index), mv.labels
+        )
     manifest = Manifest(
         format_version=TENSOR_FORMAT_VERSION,
         model={

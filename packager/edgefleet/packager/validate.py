@@ -102,8 +102,15 @@ def outputs_of(session: ort.InferenceSession, signature: OnnxSignature, x32: np.
     return Outputs(
         labels=found.get("label"),
         probabilities=probabilities.astype(np.float64) if probabilities is not None else None,
-        values=values.astype(np.float64).reshape(-1) if values is not None else None,
+        values=as_values(values) if values is not None else None,
     )
+
+
+def as_values(values: Any) -> np.ndarray:
+    """Regression values as float64: [N] for one target, [N, k] for several."""
+    a = np.asarray(values, dtype=np.float64)
+    a = a.reshape(a.shape[0], -1) if a.ndim else a.reshape(1, 1)
+    return a[:, 0] if a.shape[1] == 1 else a
 
 
 def run_onnx(

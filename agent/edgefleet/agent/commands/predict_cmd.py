@@ -162,9 +162,20 @@ def _predict_tensors(loaded: Any, path: str, fmt: str, out_fmt: str, output: Pat
     """A format-2 model: named tensors in (.npz or JSON lines), named tensors out."""
     import io
 
-    from edgefleet.agent.model.tensors import read_jsonl_samples, read_npz, sample_rows, write_npz
+    from edgefleet.agent.model.tensors import (
+        is_column_model,
+        read_csv_columns,
+        read_jsonl_samples,
+        read_npz,
+        sample_rows,
+        write_npz,
+    )
 
-    if fmt == "npz":
+    if fmt == "csv" and is_column_model(loaded):
+        # One input per DataFrame column: the header names them.
+        text = io.StringIO(_read_bytes(path).decode("utf-8-sig", errors="strict"))
+        predictions = [loaded.predict_inputs(read_csv_columns(text, loaded))]
+    elif fmt == "npz":
         predictions = [loaded.predict_inputs(read_npz(_read_bytes(path), loaded))]
     elif fmt == "jsonl":
         text = io.StringIO(_read_bytes(path).decode("utf-8-sig", errors="strict"))

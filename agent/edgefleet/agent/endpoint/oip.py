@@ -301,7 +301,9 @@ def run_infer(model: LoadedModel, call: InferCall) -> tuple[np.ndarray, Predicti
         X = model.validate(arr)
         return X, model.predict_validated(X)
     prediction = model.predict_inputs(feeds)
-    return feeds.get(model.input_names[0], next(iter(feeds.values()))), prediction
+    from edgefleet.agent.model.tensors import drift_rows
+
+    return drift_rows(model, feeds), prediction
 
 
 _ENCODER_LENIENT = json.JSONEncoder(separators=(",", ":"))

@@ -1,7 +1,8 @@
 """What one answered request hands telemetry: its drift rows and one output per sample.
 
-Tables (format 1) hand over the validated input as it is: its columns are the
-reference profile's features. A tensor bundle (format 2) hands over one key
+Tables (format 1, and format-2 models with one input per DataFrame column) hand
+over the validated input as it is: its columns are the reference profile's
+features. A tensor bundle (format 2) hands over one key
 per sample whose mix the rollout gates compare between versions
 (:func:`~edgefleet.core.drift.tensor_summary.prediction_keys`: the class of a
 classifier, the score bin of a detector or anomaly model, the norm bin of an
@@ -21,6 +22,7 @@ import weakref
 import numpy as np
 
 from edgefleet.agent.model.runtime import LoadedModel, Prediction
+from edgefleet.agent.model.tensors import is_column_model
 from edgefleet.core.drift.tensor_summary import TensorDriftPlan, prediction_keys
 
 log = logging.getLogger("edgefleet.agent.endpoint")
@@ -38,7 +40,9 @@ class TelemetryRows:
             return self._plans[model]
         io = model.schema.io
         found = None
-        if io is not None:
+        # A model with one input per DataFrame column is a table to the window: its
+        # reference is over the columns (run_infer hands them over as rows).
+        if io is not None and not is_column_model(model):
             manifest = model.manifest
             referenced = manifest is not None and manifest.reference_path is not None
             found = (TensorDriftPlan.from_io_schema(io), referenced)

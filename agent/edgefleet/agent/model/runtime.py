@@ -195,15 +195,21 @@ class Prediction:
 
     @property
     def values(self) -> np.ndarray | None:
+        """[N] for one regression target, [N, k] for a multi-output regressor."""
         i = self._roles[2]
-        return None if i is None else np.asarray(self.outputs[i]).reshape(-1)
+        if i is None:
+            return None
+        out = np.asarray(self.outputs[i])
+        out = out.reshape(self._rows, -1) if out.size else out.reshape(self._rows, 0)
+        return out[:, 0] if out.shape[1] == 1 else out
 
     @property
     def primary(self) -> np.ndarray:
         """What telemetry counts as the model output: labels, else values, else output 0."""
         for i in self._roles[0], self._roles[2]:
             if i is not None:
-                return np.asarray(self.outputs[i]).reshape(-1)
+                # Several regression targets: telemetry counts the first.
+                return np.asarray(self.outputs[i]).reshape(self._rows, -1)[:, 0]
         index, axis = self._primary
         out = None if index is None else np.asarray(self.outputs[index])
         if out is not None and axis:

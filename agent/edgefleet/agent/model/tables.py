@@ -279,7 +279,11 @@ def prediction_rows(
         if probabilities is not None:
             row["probabilities"] = [_finite_or_none(p) for p in probabilities[i]]
         if values is not None:
-            row["value"] = _finite_or_none(values[i])
+            row["value"] = (
+                [_finite_or_none(v) for v in values[i]]
+                if values.ndim == 2
+                else _finite_or_none(values[i])
+            )
         if labels is None and values is None and probabilities is None:
             row["output"] = np.asarray(prediction.outputs[0])[i].tolist()
         yield row

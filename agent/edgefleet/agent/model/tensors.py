@@ -8,7 +8,12 @@
   fixed-width unicode, so the file needs no pickle either).
 - JSON lines in: one object per line keyed by input name, each value one
   sample (without the batch axis) as nested lists; out: one object per line
-  with ``row`` and every output's sample under its ONNX name.
+  with ``row`` and every output's sample under its ONNX name. A model with
+  one input per DataFrame column takes ``{"age": 41, "city": "Lyon"}``.
+- CSV in, for a model with one 1-D input per column only: the header names
+  the columns (missing and unknown names refused together), each cell is
+  read as its input's type (a number where a number is declared, ``true`` /
+  ``false`` / ``1`` / ``0`` for bool, any text for string).
 
 Pure over bytes and text streams; the command does the file handling.
 """
@@ -71,6 +76,72 @@ def _with_batch(model: LoadedModel, name: str, value: Any, line: int) -> np.ndar
     if arr.dtype.kind == "O" and spec.dtype.kind != "O":
         raise InputSchemaError(f"line {line}, input {name!r}: not an array of numbers", "data")
     return arr if spec.batch_axis is None else np.expand_dims(arr, spec.batch_axis)
+
+
+def is_column_model(model: LoadedModel) -> bool:
+    """Every input is 1-D and batched: one input per DataFrame column."""
+    return all(s.rank == 1 and s.batch_axis == 0 for s in model.schema.inputs)
+
+
+_BOOL_CELLS = {"true": True, "false": False, "1": True, "0": False}
+
+
+def _cell(text: str, dtype: str, line: int, name: str) -> Any:
+    cell = text.strip()
+    try:
+        if dtype == "string":
+            return text
+        if dtype == "bool":
+            return _BOOL_CELLS[cell.lower()]
+        if dtype.startswith(("int", "uint")):
+            return int(cell)
+        return float(cell) if cell else math.nan
+    except (KeyError, ValueError):
+        raise InputSchemaError(
+            f"line {line}, column {name!r}: {cell[:40]!r} is not {dtype}", kind="data"
+        ) from None
+
+
+def drift_rows(model: LoadedModel, feeds: dict[str, Any]) -> np.ndarray:
+    """What the drift window folds for a call: a column model's feeds as [N, F] rows.
+
+    A model with one input per DataFrame column has a drift reference over its
+    features (strings included: the window counts their levels, and the
+    ``unseen`` bucket takes a level the reference never had); its rows are the
+    inputs in feature order, as an object array when a column holds text.
+    Other multi-input models fold their first input (as before).
+    """
+    features = model.schema.features
+    names = [f.name for f in features]
+    if features and is_column_model(model) and all(n in feeds for n in names):
+        columns = [np.asarray(feeds[n]).reshape(-1) for n in names]
+        if any(c.dtype.kind in "OUS" for c in columns):
+            return np.stack([c.astype(object) for c in columns], axis=1)
+        return np.stack([c.astype(np.float64) for c in columns], axis=1)
+    return np.asarray(feeds.get(model.input_names[0], next(iter(feeds.values()))))
+
+
+def read_csv_columns(stream: IO[str], model: LoadedModel) -> dict[str, np.ndarray]:
+    """A CSV with a header, one column per input, as one batch of feeds (module doc)."""
+    import csv
+
+    rows = [row for row in csv.reader(stream) if row]
+    if not rows:
+        raise InputSchemaError("the input has no rows", kind="empty")
+    header = [h.strip() for h in rows[0]]
+    check_names(model, header, "the CSV header")
+    if len(rows) < 2:
+        raise InputSchemaError("the input has no rows", kind="empty")
+    specs = {s.name: s for s in model.schema.inputs}
+    columns: dict[str, list[Any]] = {name: [] for name in header}
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise InputSchemaError(
+                f"line {line}: {len(row)} cells, the header has {len(header)}", kind="data"
+            )
+        for name, text in zip(header, row, strict=True):
+            columns[name].append(_cell(text, specs[name].dtype_name, line, name))
+    return {name: np.asarray(values, dtype=specs[name].dtype) for name, values in columns.items()}
 
 
 def read_jsonl_samples(stream: IO[str], model: LoadedModel) -> Iterator[dict[str, np.ndarray]]:

@@ -376,24 +376,42 @@ def show(ref: str, registry_dir: Path | None, as_json: bool) -> None:
 @registry.command()
 @click.argument("ref_a")
 @click.argument("ref_b")
+@click.option(
+    "--evidence",
+    "evidence_files",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Field evidence JSON (edgefleet hub evidence MODEL:V --json), one per version.",
+)
 @registry_option
 @json_option
-def compare(ref_a: str, ref_b: str, registry_dir: Path | None, as_json: bool) -> None:
-    """Compare two versions side by side (metrics with deltas B - A)."""
+def compare(
+    ref_a: str,
+    ref_b: str,
+    evidence_files: tuple[Path, ...],
+    registry_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Compare two versions side by side (metrics with deltas B - A), with field evidence."""
     with open_registry(registry_dir) as reg:
         a = reg.get(parse_ref(ref_a))
         b = reg.get(parse_ref(ref_b))
     result = compare_versions(a, b)
+    if evidence_files:
+        from edgefleet.packager.registry.evidence import evidence_rows
+
+        result["evidence"] = evidence_rows((a.ref, b.ref), evidence_files)
 
     def render(_: Any) -> str:
         out = []
         for section, with_delta in (
             ("metrics", True),
+            ("evidence", True),
             ("params", False),
             ("tags", False),
             ("metadata", False),
         ):
-            rows = result[section]
+            rows = result.get(section)
             if not rows:
                 continue
             header = [section.upper(), a.ref, b.ref, "DELTA" if with_delta else "CHANGED"]
@@ -489,3 +507,9 @@ def retire(ref: str, reason: str | None, registry_dir: Path | None, as_json: boo
         mv.to_dict(),
         lambda _: f"retired {mv.ref}" + (f" ({mv.retired_reason})" if mv.retired_reason else ""),
     )
+
+
+# -- import (MLflow) ---------------------------------------------------------------
+from edgefleet.packager.cli.import_cmd import add_import_command  # noqa: E402
+
+add_import_command(registry, registry_option, open_registry)

@@ -84,6 +84,11 @@ def prepare_registration(req: RegistrationInput) -> NewVersion:
     if req.labels_path is not None and req.reference_path is None:
         raise DataFileError("--labels needs --reference-data (labels belong to reference rows)")
     loaded = load_model_file(req.model_path)
+    if loaded.kind == "sklearn":
+        from edgefleet.packager.frames import is_frame_model
+
+        if is_frame_model(loaded.obj, req.reference_path):
+            return _prepare_frame(req, loaded, parent)
     described = _describe(loaded, str(req.model_path), req)
     features = described.features
     reference_x = reference_y = None
@@ -134,6 +139,80 @@ def prepare_registration(req: RegistrationInput) -> NewVersion:
     )
 
 
+def _prepare_frame(req: RegistrationInput, loaded: LoadedModel, parent: Any) -> NewVersion:
+    """A DataFrame model: registered as its one-input-per-column ONNX graph (frames.py)."""
+    import sklearn
+
+    from edgefleet.packager.frame_convert import (
+        check_frame_fidelity,
+        convert_frame_model,
+        frame_schema,
+    )
+    from edgefleet.packager.frames import fit_to_model, load_frame
+    from edgefleet.packager.tensor_data import conform
+
+    est = loaded.obj
+    info = describe_estimator(est)
+    _check_sklearn_declarations(req, info.task, str(req.model_path))
+    if req.reference_path is None:
+        raise DataFileError(
+            f"{req.model_path} was fitted on a DataFrame with columns picked by name: give "
+            "--reference-data as .csv or .parquet with those columns (their types become "
+            "the model's inputs)"
+        )
+    names = [str(n) for n in est.feature_names_in_]
+    frame = fit_to_model(load_frame(req.reference_path), names, req.reference_path)
+    task = {"classification": "classifier", "regression": "regressor"}.get(info.task)
+    if task is None:
+        raise UnsupportedModelError(f"a DataFrame {info.task} model is not supported yet")
+    model = convert_frame_model(est, frame.dtypes, target_for("99.0"))
+    check_frame_fidelity(est, model, frame)
+    schema = frame_schema(model, task, frame, est)
+    where = str(req.reference_path)
+    samples = {
+        spec.name: conform(spec, _plain_array(frame.columns[spec.name]), where)
+        for spec in schema.inputs
+    }
+    labels = frame.labels
+    if req.labels_path is not None:
+        labels = load_labels(req.labels_path)
+    if labels is not None and len(labels) != frame.rows:
+        raise DataFileError(f"{where}: {len(labels)} labels for {frame.rows} rows")
+    data = model.SerializeToString()
+    return NewVersion(
+        name=req.name,
+        kind="onnx",
+        artifact_format="onnx",
+        artifact=data,
+        source_path=str(req.model_path.resolve()),
+        framework="scikit-learn",
+        framework_versions={"scikit-learn": loaded.trained_with or sklearn.__version__},
+        estimator=info.estimator,
+        task=task,
+        labels=info.labels,
+        features=(),
+        metrics=dict(req.metrics),
+        params=dict(req.params),
+        tags=dict(req.tags),
+        created_by=_user(),
+        trained_at=req.trained_at if req.trained_at is not None else req.model_path.stat().st_mtime,
+        dataset=describe_dataset(req.dataset_path) if req.dataset_path else None,
+        parent=parent,
+        git_commit=git_commit(Path.cwd()),
+        reference_x=npz_bytes(samples),
+        reference_y=_npy(labels) if labels is not None else None,
+        reference_rows=frame.rows,
+        reference_source=str(req.reference_path.resolve()),
+        io_schema=schema.to_dict(),
+        notice=None,
+    )
+
+
+def _plain_array(values: np.ndarray) -> np.ndarray:
+    """Text columns as numpy unicode (stored without pickle), others unchanged."""
+    return values.astype(str) if values.dtype == object else values
+
+
 def _describe(loaded: LoadedModel, label: str, req: RegistrationInput) -> _Described:
     from edgefleet.packager.convert import convert_estimator
 
@@ -145,6 +224,11 @@ def _describe(loaded: LoadedModel, label: str, req: RegistrationInput) -> _Descr
 
         info = describe_estimator(loaded.obj)
         _check_sklearn_declarations(req, info.task, label)
+        if info.task == "anomaly" and req.labels_path is not None:
+            raise DataFileError(
+                "--labels does not apply to an anomaly model: its packed metric compares "
+                "scores with the float32 model's"
+            )
         convert_estimator(loaded.obj, info.n_features, newest)
         versions = {"scikit-learn": loaded.trained_with or sklearn.__version__}
         return _Described(
@@ -153,7 +237,7 @@ def _describe(loaded: LoadedModel, label: str, req: RegistrationInput) -> _Descr
     return _describe_onnx(loaded, label, req)
 
 
-_TABLE_TASK = {"classifier": "classification", "regressor": "regression"}
+_TABLE_TASK = {"classifier": "classification", "regressor": "regression", "anomaly": "anomaly"}
 
 
 def _check_sklearn_declarations(req: RegistrationInput, task: str, label: str) -> None:
