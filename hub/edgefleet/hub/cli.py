@@ -13,7 +13,7 @@ def _cmd(module: str, attribute: str, summary: str) -> RoleCommand:
 
 HUB_COMMANDS: dict[str, RoleCommand] = {
     "serve": _cmd("serve_cmd", "serve", "Run the hub service."),
-    "device": _cmd("device_cmd", "device", "Enroll devices."),
+    "device": _cmd("device_cmd", "device", "Enroll, revoke, remove devices."),
     "devices": _cmd("devices_cmd", "devices", "List the fleet."),
     "broker-config": _cmd("broker_config_cmd", "broker_config", "Write Mosquitto config + ACL."),
     "publish": _cmd("publish_cmd", "publish", "Verify and store a bundle."),
@@ -21,6 +21,9 @@ HUB_COMMANDS: dict[str, RoleCommand] = {
     "rollout": _cmd("rollout_cmd", "rollout", "Staged rollouts with gates."),
     "drift": _cmd("drift_cmd", "drift", "Fleet drift report."),
     "alerts": _cmd("alerts_cmd", "alerts", "Open and resolved alerts."),
+    "api": _cmd("api_cmd", "api", "REST API and dashboard."),
+    "openapi": _cmd("api_cmd", "openapi", "Print the API's OpenAPI document."),
+    "token": _cmd("token_cmd", "token", "API tokens with roles."),
 }
 
 

@@ -242,11 +242,28 @@ class SqliteHubStore(SqliteTelemetryMixin):
                 (at, device_id),
             )
 
+    def remove_device(self, device_id: str) -> None:
+        with self.transaction():
+            self._exec("DELETE FROM assignments WHERE device=?", (device_id,))
+            self._exec("DELETE FROM directives WHERE device=?", (device_id,))
+            cur = self._exec("DELETE FROM devices WHERE id=?", (device_id,))
+            if cur.rowcount != 1:
+                raise HubStoreError(f"no such device {device_id}")
+
     # -- assignments and directives -------------------------------------------
 
     def get_assignments(self, device_id: str) -> dict[str, DesiredAssignment]:
         rows = self._all("SELECT model, body FROM assignments WHERE device=?", (device_id,))
         return {r["model"]: DesiredAssignment.from_dict(json.loads(r["body"])) for r in rows}
+
+    def list_assignments(self) -> dict[str, dict[str, DesiredAssignment]]:
+        """Every device's assignments in one read (a fleet listing, not one query per device)."""
+        out: dict[str, dict[str, DesiredAssignment]] = {}
+        for r in self._all("SELECT device, model, body FROM assignments"):
+            out.setdefault(r["device"], {})[r["model"]] = DesiredAssignment.from_dict(
+                json.loads(r["body"])
+            )
+        return out
 
     def set_assignment(
         self, device_id: str, model: str, assignment: DesiredAssignment | None, at: float
