@@ -21,6 +21,7 @@ from edgefleet.core.drift import DriftThresholds
 from edgefleet.hub.commands.common import config_option, fleet_db_option, now
 from edgefleet.hub.console.fleet_access import FleetView as FleetView
 from edgefleet.hub.console.fleet_access import open_fleet
+from edgefleet.hub.console.service import drift_headline
 from edgefleet.hub.errors import HubStoreError
 from edgefleet.hub.fleet.aggregate import BY_CHOICES, DriftQuery, FleetAggregator
 from edgefleet.hub.fleet.report_html import render_html
@@ -105,6 +106,9 @@ def drift(
     with open_fleet(config_path, db_path) as view:
         aggregator = FleetAggregator(view.store, view.references, view.thresholds)
         result = aggregator.query(DriftQuery(model, version, by, since_s), current)
+        # The first line names every drifting group and device and every open drift alert:
+        # a clean pooled fleet must not hide them.
+        head = drift_headline(view, model, result.version, since_s, current)
         thresholds, thresholds_from = view.thresholds, view.thresholds_from
     if html_path is not None:
         write_atomically(html_path, render_html(result, current))
@@ -113,11 +117,14 @@ def drift(
     out["thresholds"] = thresholds.to_dict()
     out["thresholds_from"] = thresholds_from
     out["html"] = None if html_path is None else str(html_path)
+    out["headline"], out["drifting_scopes"] = head["headline"], head["drifting"]
     emit(
         as_json,
         out,
         lambda _r: (
-            render_drift(result)
+            head["headline"]
+            + "\n"
+            + render_drift(result)
             + _thresholds_note(thresholds, thresholds_from)
             + _html_note(html_path)
         ),

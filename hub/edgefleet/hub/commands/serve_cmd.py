@@ -13,6 +13,7 @@ import click
 
 from edgefleet.core.keys import load_private_key
 from edgefleet.core.mqtt import MqttSettings, TlsSettings
+from edgefleet.hub.commands.api_cmd import parse_listen, start_api, tls_files, tls_options
 from edgefleet.hub.commands.common import config_option
 from edgefleet.hub.config import HubConfig, load_config
 from edgefleet.hub.credentials import generate_password, mosquitto_hash
@@ -84,10 +85,25 @@ def start_embedded(config: HubConfig, store: HubStore, password: str) -> Embedde
     default="info",
     show_default=True,
 )
+@click.option(
+    "--api",
+    "api_listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="Also serve the REST API and dashboard.",
+)
+@tls_options
 @config_option
-def serve(embedded_broker: bool, log_level: str, config_path: Path | None) -> None:
+def serve(
+    embedded_broker: bool,
+    log_level: str,
+    api_listen: str | None,
+    cert: Path | None,
+    key_file: Path | None,
+    config_path: Path | None,
+) -> None:
     """Run the hub: device tracking, chunk server, telemetry, rollouts, directives,
-    drift alerts and (with fleet.metrics_port) Prometheus metrics."""
+    drift alerts, (with fleet.metrics_port) Prometheus metrics and (with --api) the API."""
     from edgefleet.core.mqtt.client import MqttClient
     from edgefleet.hub.service import HubService
 
@@ -99,9 +115,13 @@ def serve(embedded_broker: bool, log_level: str, config_path: Path | None) -> No
     if config.keys.hub_signing_key is None:
         raise HubConfigError("keys.hub_signing_key must be set to sign directives")
     key = load_private_key(config.keys.hub_signing_key)
+    api_tls = tls_files(cert, key_file)
+    if api_listen is not None:
+        parse_listen(api_listen)  # a bad --api fails before anything starts
     password = config.broker.resolved_password()
     store = open_store(config.store.path)
     broker = None
+    api = None
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -117,6 +137,8 @@ def serve(embedded_broker: bool, log_level: str, config_path: Path | None) -> No
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         service.start()
+        if api_listen is not None:
+            api = start_api(config, store, api_listen, api_tls)
         log.info(
             "hub: serving %s on %s:%s (store %s, fleet telemetry %s)",
             config.broker.topic_root,
@@ -126,6 +148,8 @@ def serve(embedded_broker: bool, log_level: str, config_path: Path | None) -> No
             fleet_db_path(config.store.path),
         )
         stop.wait()
+        if api is not None:
+            api.stop()
         service.stop()
     finally:
         if broker is not None:

@@ -114,9 +114,13 @@ class FleetConsole:
         rows: list[dict[str, Any]] = self._cache.get("devices", compute)
         return rows
 
+    def device_rows(self, f: dv.DeviceFilter) -> list[dict[str, Any]]:
+        """Every device matching ``f``, in id order (``hub devices``)."""
+        return [r for r in self._device_rows() if dv.matches(r, f)]
+
     def devices(self, f: dv.DeviceFilter, p: dv.PageRequest) -> dict[str, Any]:
-        rows = [r for r in self._device_rows() if dv.matches(r, f)]
-        return {**dv.page(rows, p), "now": self.clock()}
+        """One page of the devices matching ``f`` (the API's listing)."""
+        return {**dv.page(self.device_rows(f), p), "now": self.clock()}
 
     def device(self, device_id: str) -> dict[str, Any]:
         """One device: summary, state document, deployment history in every rollout."""
@@ -373,12 +377,7 @@ class FleetConsole:
         self, model: str, version: int | None, since: float | None
     ) -> dict[str, Any]:
         """What ``hub drift``'s first line says: drifting groups and devices, open alerts."""
-        by_group = self._query(DriftQuery(model, version, "group", since, timeline=False))
-        v = by_group["version"]
-        by_device = self._query(DriftQuery(model, v, "device", since, timeline=False))
-        open_drift = dr.drift_alerts(self.alerts("open", 1000)["items"], model)
-        scopes = dr.drifting_scopes(by_group, by_device, open_drift)
-        return {"headline": dr.headline(by_group, scopes), "drifting": scopes}
+        return drift_headline(self._fleet(), model, version, since, self.clock())
 
     def alerts(
         self, status: str | None = "open", limit: int = 100, offset: int = 0
@@ -442,3 +441,20 @@ class FleetConsole:
             "drift_models": self.drift_models(),
             "now": self.clock(),
         }
+
+
+def drift_headline(
+    view: FleetView, model: str, version: int | None, since: float | None, now: float
+) -> dict[str, Any]:
+    """The headline of a drift report over ``view``: every drifting group and device and
+    every open drift alert of ``model`` before the pooled verdict (see ``console.drift``)."""
+    aggregator = FleetAggregator(view.store, view.references, view.thresholds)
+    by_group = aggregator.query(DriftQuery(model, version, "group", since, timeline=False), now)
+    by_device = aggregator.query(
+        DriftQuery(model, by_group.version, "device", since, timeline=False), now
+    )
+    records = AlertStore(view.db).list_alerts("open", 1000)
+    open_drift = dr.drift_alerts([a.to_dict() for a in records], model)
+    group_dict, device_dict = by_group.to_dict(), by_device.to_dict()
+    scopes = dr.drifting_scopes(group_dict, device_dict, open_drift)
+    return {"headline": dr.headline(group_dict, scopes), "drifting": scopes}
