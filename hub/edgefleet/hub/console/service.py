@@ -54,22 +54,36 @@ def _window_s(profile: str) -> float | None:
 
 
 class _Cache:
-    """Results kept for ``ttl_s`` seconds, keyed by the question."""
+    """Results kept for ``ttl_s`` seconds, keyed by the question; one computation per key
+    at a time (a second caller waits for the first instead of repeating the work)."""
 
     def __init__(self, ttl_s: float, clock: Callable[[], float]) -> None:
         self.ttl_s, self.clock = ttl_s, clock
         self._items: dict[Any, tuple[float, Any]] = {}
         self._lock = threading.Lock()
+        self._computing: dict[Any, threading.Lock] = {}
 
-    def get(self, key: Any, compute: Callable[[], Any]) -> Any:
-        now = self.clock()
+    def _fresh(self, key: Any, now: float) -> tuple[bool, Any]:
         with self._lock:
             hit = self._items.get(key)
-            if hit is not None and now - hit[0] < self.ttl_s:
-                return hit[1]
-        value = compute()
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return True, hit[1]
+        return False, None
+
+    def get(self, key: Any, compute: Callable[[], Any]) -> Any:
+        found, value = self._fresh(key, self.clock())
+        if found:
+            return value
         with self._lock:
-            self._items[key] = (now, value)
+            gate = self._computing.setdefault(key, threading.Lock())
+        with gate:
+            found, value = self._fresh(key, self.clock())
+            if found:
+                return value
+            started = self.clock()
+            value = compute()
+            with self._lock:
+                self._items[key] = (started, value)
         return value
 
     def clear(self) -> None:
@@ -86,14 +100,22 @@ class FleetConsole:
         *,
         clock: Callable[[], float] = time.time,
         cache_s: float = 0.0,
+        drift_cache_s: float = 0.0,
         fleet_db: Path | None = None,
     ) -> None:
         self.config, self.store, self.access, self.clock = config, store, access, clock
         self.engine = RolloutEngine(store)
         self._cache = _Cache(cache_s, clock)
+        # Drift moves with telemetry windows (minutes apart) and a per-device breakdown of a
+        # large fleet takes long to score: it is kept longer than the device rows.
+        self._drift_cache = _Cache(drift_cache_s, clock)
         self._fleet_db = fleet_db or fleet_db_path(config.store.path)
         self._view: FleetView | None = None
         self._view_lock = threading.Lock()
+
+    def clear_caches(self) -> None:
+        self._cache.clear()
+        self._drift_cache.clear()
 
     def close(self) -> None:
         if self._view is not None:
@@ -308,8 +330,13 @@ class FleetConsole:
     def drift_models(self) -> list[dict[str, Any]]:
         if not self._fleet_db.exists():
             return []
-        store = self._fleet().store
-        return [{"model": m, "versions": store.versions(m)} for m in store.models()]
+
+        def compute() -> list[dict[str, Any]]:
+            store = self._fleet().store
+            return [{"model": m, "versions": store.versions(m)} for m in store.models()]
+
+        models: list[dict[str, Any]] = self._drift_cache.get("models", compute)
+        return models
 
     def _query(self, q: DriftQuery) -> dict[str, Any]:
         def compute() -> dict[str, Any]:
@@ -317,7 +344,7 @@ class FleetConsole:
             aggregator = FleetAggregator(view.store, view.references, view.thresholds)
             return aggregator.query(q, self.clock()).to_dict()
 
-        result: dict[str, Any] = self._cache.get(("drift", q), compute)
+        result: dict[str, Any] = self._drift_cache.get(("drift", q), compute)
         return result
 
     def drift(
@@ -333,7 +360,9 @@ class FleetConsole:
         device, and a feature x scope heat map whose verdicts agree with the open alerts."""
         if scope not in DRIFT_SCOPES:
             raise HubUsageError(f"scope must be one of {', '.join(DRIFT_SCOPES)}")
-        since = None if since_s is None else self.clock() - since_s
+        # Queries start on whole hours anyway (fleet buckets); rounding here lets a repeated
+        # question find its cached answer.
+        since = None if since_s is None else float(int((self.clock() - since_s) // 3600) * 3600)
         by = None if scope == "fleet" else scope
         main = self._query(DriftQuery(model, version, by, since))
         version = main["version"]

@@ -9,6 +9,7 @@ parameters are validated by pydantic (422 naming the field).
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable
 from importlib import resources
 from typing import Annotated, Any, Literal
@@ -306,7 +307,10 @@ def create_app(
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
         response: Response = await call_next(request)
+        # Server time of the request (bench/console.py reads it; browsers show it).
+        response.headers["server-timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.2f}"
         response.headers.setdefault(
             "content-security-policy",
             "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 _LISTEN = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d{1,5})$")
 #: A dashboard polling every few seconds should not rescan 10,000 devices on every poll.
 CACHE_S = 2.0
+#: Drift is scored from windows that arrive minutes apart (and the alert monitor runs every
+#: minute); a per-device breakdown of a large fleet is expensive, so it is reused this long.
+DRIFT_CACHE_S = 60.0
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -56,7 +59,7 @@ def build_app(
     from edgefleet.hub.console.api.app import create_app
 
     access = AccessStore(console_db_path(config.store.path))
-    console = FleetConsole(config, store, access, cache_s=CACHE_S)
+    console = FleetConsole(config, store, access, cache_s=CACHE_S, drift_cache_s=DRIFT_CACHE_S)
     return create_app(console, access, secure_cookies=secure), console
 
 
