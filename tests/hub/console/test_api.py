@@ -22,7 +22,9 @@ from tests.hub.console.consolekit import (
     serve_api,
 )
 from tests.hub.fleet.fleetkit import MODEL, run_cli
+from tests.hub.hubkit import make_bundle
 
+from edgefleet.core.keys import generate_keypair
 from edgefleet.hub.commands.api_cmd import openapi_document
 from edgefleet.hub.console.access_store import AccessStore, console_db_path
 from edgefleet.hub.fleet.alert_store import AlertStore, NewAlert
@@ -45,6 +47,7 @@ READS = [
     "/api/openapi.json",
 ]
 WRITES = [
+    ("POST", "/api/v1/bundles", "operator"),
     ("POST", "/api/v1/rollouts", "operator"),
     ("POST", f"/api/v1/rollouts/{ROLLOUT}/pause", "operator"),
     ("POST", f"/api/v1/rollouts/{ROLLOUT}/resume", "operator"),
@@ -363,3 +366,25 @@ def test_client_round_trips_each_resource(base: str, hub: ConsoleHub) -> None:
         r = viewer.get(path)
         assert r.status_code == 200, (path, r.text)
         assert isinstance(r.json(), dict)
+
+
+def test_publish_a_bundle_over_the_api(fresh: tuple[ConsoleHub, str], tmp_path: Path) -> None:
+    hub, base = fresh
+    op = client(base, hub.token("operator"))
+    info = make_bundle(tmp_path / "v3.efb", hub.fx.publisher_key, model=MODEL, version=3)
+    body = info.path.read_bytes()
+    r = op.post(
+        "/api/v1/bundles", content=body, headers={"Content-Type": "application/octet-stream"}
+    )
+    assert r.status_code == 201, r.text
+    assert (r.json()["model"], r.json()["version"], r.json()["created"]) == (MODEL, 3, True)
+    assert op.post("/api/v1/bundles", content=body).json()["created"] is False
+    # Signed by a key the hub does not trust: the verifier's rejection, as `hub publish` has it.
+    stranger = generate_keypair("stranger", tmp_path / "keys")
+    forged = make_bundle(tmp_path / "v4.efb", stranger.private, model=MODEL, version=4)
+    r = op.post("/api/v1/bundles", content=forged.path.read_bytes())
+    assert r.status_code == 400
+    assert r.json()["detail"].startswith("uploaded bundle: manifest.json signature check failed")
+    assert op.post("/api/v1/bundles", content=b"").status_code == 422
+    versions = client(base, hub.token("viewer")).get("/api/v1/bundles").json()["items"][0]
+    assert [v["version"] for v in versions["versions"]] == [1, 2, 3]

@@ -1,7 +1,7 @@
 """Who may call what: roles, the route table and token issuing. Pure except token creation.
 
-Roles are ordered: ``viewer`` reads everything but the audit log; ``operator`` also creates
-and steers rollouts and acknowledges alerts; ``admin`` also enrolls, re-keys, revokes and
+Roles are ordered: ``viewer`` reads everything but the audit log; ``operator`` also publishes
+bundles, creates and steers rollouts and acknowledges alerts; ``admin`` also enrolls, re-keys, revokes and
 removes devices and reads the audit log.
 
 :func:`required_role` is the one place that says which role a request needs. The API checks
@@ -33,6 +33,7 @@ _RULES: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("GET", re.compile(r"^/api/v1/session$"), PUBLIC),
     ("GET", re.compile(r"^/api/v1/audit$"), "admin"),
     ("POST", re.compile(r"^/api/v1/rollouts$"), "operator"),
+    ("POST", re.compile(r"^/api/v1/bundles$"), "operator"),
     ("POST", re.compile(r"^/api/v1/rollouts/[^/]+/(pause|resume|abort|rollback)$"), "operator"),
     ("POST", re.compile(r"^/api/v1/alerts/[^/]+/ack$"), "operator"),
     ("POST", re.compile(r"^/api/v1/devices(/.*)?$"), "admin"),

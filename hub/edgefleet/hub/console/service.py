@@ -23,6 +23,7 @@ from typing import Any
 
 from edgefleet.core.errors import ProfileError
 from edgefleet.core.profiles import load_profile
+from edgefleet.hub.bundles import BundleStore
 from edgefleet.hub.config import HubConfig
 from edgefleet.hub.console import devices as dv
 from edgefleet.hub.console import drift as dr
@@ -30,7 +31,7 @@ from edgefleet.hub.console import lifecycle
 from edgefleet.hub.console.access_store import AccessStore
 from edgefleet.hub.console.fleet_access import FleetView, open_view
 from edgefleet.hub.console.rollouts import explain_waiting, rollout_headline
-from edgefleet.hub.enrollment import DEFAULT_STATE_DIR, enroll_device
+from edgefleet.hub.enrollment import DEFAULT_STATE_DIR, enroll_device, publisher_trust
 from edgefleet.hub.errors import HubNotFoundError, HubUsageError
 from edgefleet.hub.fleet.aggregate import DriftQuery, FleetAggregator
 from edgefleet.hub.fleet.alert_store import AlertStore
@@ -209,6 +210,15 @@ class FleetConsole:
             for m in models.values()
         ]
 
+    def publish_bundle(self, source: Path) -> dict[str, Any]:
+        """Verify a bundle file against the trusted publisher keys and store it."""
+        bundles = BundleStore(self.config.store.bundles_dir, self.store)
+        try:
+            result = bundles.publish(source, publisher_trust(self.config), self.clock())
+        finally:
+            bundles.close()
+        return {**result.bundle.to_dict(), "created": result.created}
+
     # -- device lifecycle ----------------------------------------------------------------
 
     def _changed(self, result: dict[str, Any]) -> dict[str, Any]:
@@ -272,7 +282,7 @@ class FleetConsole:
         """``hub rollout status ID`` plus what each waiting gate waits for and until when."""
         now = self.clock()
         detail = self.engine.status(rollout_id, now)
-        profiles = {d.device_id: d.profile for d in self.store.list_devices()}
+        profiles = {r["device"]: r["profile"] for r in self._device_rows()}
         windows = {
             dev["device"]: _window_s(profiles[dev["device"]])
             for dev in detail["devices"]

@@ -9,12 +9,15 @@ parameters are validated by pydantic (422 naming the field).
 from __future__ import annotations
 
 import secrets
+import tempfile
 import time
 from collections.abc import Callable
 from importlib import resources
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, FastAPI, Query, Request, Response
+from fastapi import Body, FastAPI, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
@@ -33,9 +36,10 @@ from edgefleet.hub.console.api.guard import SESSION_COOKIE, Guard, session_cooki
 from edgefleet.hub.console.devices import DEVICE_STATES, MAX_PAGE, DeviceFilter, PageRequest
 from edgefleet.hub.console.service import DRIFT_SCOPES, FleetConsole
 from edgefleet.hub.enrollment import DEFAULT_STATE_DIR
-from edgefleet.hub.errors import RolloutStateError
+from edgefleet.hub.errors import PublishRejectedError, RolloutStateError
 
 API_VERSION = "v1"
+MAX_UPLOAD_BYTES = 1 << 30  # far above any device profile's bundle budget
 SESSION_TTL_S = 12 * 3600.0
 _ID = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 
@@ -222,6 +226,38 @@ def create_app(
     @app.get(f"{v1}/bundles", tags=["bundles"])
     def bundles() -> dict[str, Any]:
         return {"items": console.bundles()}
+
+    @app.post(
+        f"{v1}/bundles",
+        tags=["bundles"],
+        status_code=201,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
+            }
+        },
+    )
+    async def publish(request: Request) -> dict[str, Any]:
+        """Upload a signed ``.efb``: verified against the publisher keys, then stored."""
+        with tempfile.TemporaryDirectory(prefix="edgefleet-upload-") as tmp:
+            path = Path(tmp) / "upload.efb"
+            size = 0
+            with open(path, "wb") as out:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > MAX_UPLOAD_BYTES:
+                        raise HTTPException(413, f"bundle larger than {MAX_UPLOAD_BYTES} bytes")
+                    out.write(chunk)
+            if size == 0:
+                raise HTTPException(422, "empty body: send the .efb file as the request body")
+            try:
+                return await run_in_threadpool(console.publish_bundle, path)
+            except PublishRejectedError as e:
+                # Name the upload, not this server's temporary file.
+                raise PublishRejectedError(str(e).replace(str(path), "uploaded bundle")) from e
 
     # -- rollouts -------------------------------------------------------------------------
 
