@@ -7,9 +7,10 @@ the hub store through the rollout engine and the fleet modules, so a rule holds 
 whoever asks and an error is the same error (``HubUsageError`` -> exit 2 / HTTP 400,
 ``HubNotFoundError`` -> exit 2 / HTTP 404, ``RolloutStateError`` -> exit 2 / HTTP 409).
 
-It keeps no state of its own besides short-lived caches (device rows and drift results for
-``cache_s`` seconds, so a dashboard polling a 10,000-device fleet does not rescan it every
-few seconds); any number of processes may run one against the same store.
+It keeps no state of its own besides short-lived caches of device rows and drift results
+(:mod:`~edgefleet.hub.console.answer_cache`; off unless asked for, as the CLI has it), so a
+dashboard polling a 10,000-device fleet does not rescan it every few seconds; any number
+of processes may run one against the same store.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from edgefleet.hub.console import devices as dv
 from edgefleet.hub.console import drift as dr
 from edgefleet.hub.console import lifecycle
 from edgefleet.hub.console.access_store import AccessStore
+from edgefleet.hub.console.answer_cache import AnswerCache
 from edgefleet.hub.console.fleet_access import FleetView, open_view
 from edgefleet.hub.console.rollouts import explain_waiting, rollout_headline
 from edgefleet.hub.enrollment import DEFAULT_STATE_DIR, enroll_device, publisher_trust
@@ -54,44 +56,6 @@ def _window_s(profile: str) -> float | None:
         return None
 
 
-class _Cache:
-    """Results kept for ``ttl_s`` seconds, keyed by the question; one computation per key
-    at a time (a second caller waits for the first instead of repeating the work)."""
-
-    def __init__(self, ttl_s: float, clock: Callable[[], float]) -> None:
-        self.ttl_s, self.clock = ttl_s, clock
-        self._items: dict[Any, tuple[float, Any]] = {}
-        self._lock = threading.Lock()
-        self._computing: dict[Any, threading.Lock] = {}
-
-    def _fresh(self, key: Any, now: float) -> tuple[bool, Any]:
-        with self._lock:
-            hit = self._items.get(key)
-        if hit is not None and now - hit[0] < self.ttl_s:
-            return True, hit[1]
-        return False, None
-
-    def get(self, key: Any, compute: Callable[[], Any]) -> Any:
-        found, value = self._fresh(key, self.clock())
-        if found:
-            return value
-        with self._lock:
-            gate = self._computing.setdefault(key, threading.Lock())
-        with gate:
-            found, value = self._fresh(key, self.clock())
-            if found:
-                return value
-            started = self.clock()
-            value = compute()
-            with self._lock:
-                self._items[key] = (started, value)
-        return value
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-
 class FleetConsole:
     def __init__(
         self,
@@ -102,14 +66,15 @@ class FleetConsole:
         clock: Callable[[], float] = time.time,
         cache_s: float = 0.0,
         drift_cache_s: float = 0.0,
+        stale_factor: float = 0.0,
         fleet_db: Path | None = None,
     ) -> None:
         self.config, self.store, self.access, self.clock = config, store, access, clock
         self.engine = RolloutEngine(store)
-        self._cache = _Cache(cache_s, clock)
+        self._cache = AnswerCache(cache_s, clock, stale_s=cache_s * stale_factor)
         # Drift moves with telemetry windows (minutes apart) and a per-device breakdown of a
         # large fleet takes long to score: it is kept longer than the device rows.
-        self._drift_cache = _Cache(drift_cache_s, clock)
+        self._drift_cache = AnswerCache(drift_cache_s, clock, stale_s=drift_cache_s * stale_factor)
         self._fleet_db = fleet_db or fleet_db_path(config.store.path)
         self._view: FleetView | None = None
         self._view_lock = threading.Lock()

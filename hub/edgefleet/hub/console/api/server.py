@@ -29,6 +29,9 @@ CACHE_S = 2.0
 #: Drift is scored from windows that arrive minutes apart (and the alert monitor runs every
 #: minute); a per-device breakdown of a large fleet is expensive, so it is reused this long.
 DRIFT_CACHE_S = 60.0
+#: An answer past its lifetime is still given, while a new one is computed, for this many
+#: lifetimes more (device rows: 2 s fresh, then 20 s served while refreshed).
+STALE_FACTOR = 10.0
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -59,7 +62,14 @@ def build_app(
     from edgefleet.hub.console.api.app import create_app
 
     access = AccessStore(console_db_path(config.store.path))
-    console = FleetConsole(config, store, access, cache_s=CACHE_S, drift_cache_s=DRIFT_CACHE_S)
+    console = FleetConsole(
+        config,
+        store,
+        access,
+        cache_s=CACHE_S,
+        drift_cache_s=DRIFT_CACHE_S,
+        stale_factor=STALE_FACTOR,
+    )
     return create_app(console, access, secure_cookies=secure), console
 
 
