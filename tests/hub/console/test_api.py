@@ -219,6 +219,10 @@ def test_drift_headline_names_the_drifting_device(base: str, hub: ConsoleHub) ->
     assert rows[DRIFTING_DEVICE]["verdict"] == "drift"
     assert rows["north-d00"]["verdict"] == "no_drift"
     assert d["heatmap"]["rows"][0]["scope"] == DRIFTING_DEVICE  # drifting rows first
+    f0 = d["histograms"]["f0"]
+    assert f0["kind"] == "numeric" and len(f0["reference"]) == len(f0["edges"]) + 1
+    assert sum(f0["reference"]) == pytest.approx(1.0, abs=1e-3)
+    assert sum(f0["current"]) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_open_alert_is_never_contradicted_and_can_be_acknowledged(

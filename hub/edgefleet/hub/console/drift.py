@@ -17,8 +17,10 @@ and of :class:`~edgefleet.hub.fleet.alert_store.AlertRecord`; no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from edgefleet.core.drift import ReferenceProfile, WindowStats
 
 DRIFT_RULES = frozenset({"feature_drift", "dataset_drift", "prediction_drift"})
 
@@ -131,3 +133,40 @@ def heatmap(
             }
         )
     return {"kind": kind, "features": features, "rows": rows}
+
+
+def histograms(profile: ReferenceProfile | None, merged: WindowStats | None) -> dict[str, Any]:
+    """Per feature, the reference's bin shares next to the current window's (None when the
+    window holds no rows of it): what the dashboard draws as reference vs current."""
+    out: dict[str, Any] = {}
+    if profile is None:
+        return out
+    numeric = categorical = 0
+    for f in profile.features:
+        if f.kind == "numeric":
+            current = None if merged is None else merged.numeric_column(numeric).counts
+            out[f.name] = {
+                "kind": "numeric",
+                "edges": list(getattr(f, "edges", ())),
+                "reference": _shares(f.counts),
+                "current": None if current is None else _shares(current),
+            }
+            numeric += 1
+        else:
+            current = None if merged is None else merged.categorical_column(categorical).counts
+            out[f.name] = {
+                "kind": "categorical",
+                "labels": [str(v) for v in getattr(f, "vocabulary", ())] + ["(other)", "(unseen)"],
+                "reference": _shares(f.counts),
+                "current": None if current is None else _shares(current),
+            }
+            categorical += 1
+    return out
+
+
+def _shares(counts: Iterable[Any]) -> list[float] | None:
+    values = [int(c) for c in counts]
+    total = float(sum(values))
+    if total <= 0:
+        return None
+    return [round(c / total, 5) for c in values]

@@ -317,7 +317,10 @@ class FleetConsole:
         def compute() -> dict[str, Any]:
             view = self._fleet()
             aggregator = FleetAggregator(view.store, view.references, view.thresholds)
-            return aggregator.query(q, self.clock()).to_dict()
+            result = aggregator.query(q, self.clock())
+            out = result.to_dict()
+            out["histograms"] = dr.histograms(result.profile, result.fleet.merged)
+            return out
 
         result: dict[str, Any] = self._drift_cache.get(("drift", q), compute)
         return result
@@ -362,6 +365,7 @@ class FleetConsole:
             "drifting": scopes,
             "fleet": main["fleet"],
             "timeline": main["timeline"],
+            "histograms": main["histograms"],
             "thresholds": main["thresholds"],
             "reference": main["reference"],
             "open_alerts": [a["id"] for a in open_drift],

@@ -218,6 +218,27 @@ function spark(points, key) {
   return svg;
 }
 
+function bars(h) {
+  // Reference shares as grey bars, the current window's as dark outlines on top.
+  const w = 240, hgt = 60, ns = "http://www.w3.org/2000/svg";
+  const n = h.reference ? h.reference.length : 0;
+  const max = Math.max(0.01, ...(h.reference || []), ...(h.current || []));
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("class", "spark"); svg.setAttribute("width", w); svg.setAttribute("height", hgt);
+  const bw = n ? (w - 4) / n : 0;
+  const draw = (vals, fill, stroke) => (vals || []).forEach((v, i) => {
+    const r = document.createElementNS(ns, "rect");
+    const bh = (v / max) * (hgt - 4);
+    r.setAttribute("x", 2 + i * bw + 1); r.setAttribute("y", hgt - 2 - bh);
+    r.setAttribute("width", Math.max(1, bw - 2)); r.setAttribute("height", bh);
+    r.setAttribute("fill", fill); if (stroke) r.setAttribute("stroke", stroke);
+    svg.append(r);
+  });
+  draw(h.reference, "#d0d5dd", null);
+  draw(h.current, "none", "#1d2a3a");
+  return svg;
+}
+
 async function driftPage(model, params) {
   const scope = params.get("scope") || "group";
   const d = await api(`/drift/${enc(model)}?scope=${enc(scope)}`);
@@ -237,12 +258,15 @@ async function driftPage(model, params) {
   const features = Object.keys(d.fleet.features || {}).sort();
   const series = d.timeline.length > 1 ? table(["feature", "PSI over time", "pooled verdict"], [["(drift share)", spark(d.timeline, null), ""]].concat(
     features.map((f) => [f, spark(d.timeline, f), h("td", { class: "verdict-" + d.fleet.features[f].verdict }, d.fleet.features[f].verdict)]))) : null;
+  const hist = Object.keys(d.histograms || {}).length ? table(["feature", "reference (grey) vs current (outline)", "PSI"],
+    Object.entries(d.histograms).map(([f, hg]) => [f, bars(hg), num(((d.fleet.features || {})[f] || {}).psi)])) : null;
   return h("div", {}, h("h1", {}, `Drift of ${d.model}:${d.version}`),
     h("p", { class: "headline" + (d.drifting.length ? " drift" : ""), id: "drift-headline" }, d.headline),
     h("p", {}, "Break down by ", link(`#/drift/${enc(model)}?scope=group`, "group"), " · ", link(`#/drift/${enc(model)}?scope=device`, "device"), " · ", link(`#/drift/${enc(model)}?scope=profile`, "profile")),
     drifting ? [h("h2", {}, "Drifting scopes"), drifting] : null,
     heat ? [h("h2", {}, `Feature × ${scope} (PSI)`), heat, d.heatmap.total > d.heatmap.rows.length ? h("p", { class: "muted" }, `first ${d.heatmap.rows.length} of ${d.heatmap.total}`) : null] : null,
-    series ? [h("h2", {}, "Time series"), series] : null);
+    series ? [h("h2", {}, "Time series"), series] : null,
+    hist ? [h("h2", {}, "Reference vs current (pooled fleet)"), hist] : null);
 }
 
 function alertTable(items, withAck) {
