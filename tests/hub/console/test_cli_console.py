@@ -201,3 +201,37 @@ def _wait_http(url: str) -> None:
             pass
         assert time.monotonic() < deadline, f"{url} did not answer"
         time.sleep(0.2)
+
+
+def test_api_on_a_busy_port_is_one_error_line(hub: ConsoleHub) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("edgefleet")),
+                "hub",
+                "api",
+                "--config",
+                str(hub.fx.config_path),
+                "--listen",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1
+    assert f"error: the API did not start on 127.0.0.1:{port}" in done.stderr
+
+
+def test_bad_listen_address_is_a_usage_error(
+    hub: ConsoleHub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _out, err = cli(capsys, hub, "api", "--listen", "localhost")
+    assert code == 2 and "expected HOST:PORT" in err
+    code, _out, err = cli(capsys, hub, "api", "--cert", "x.pem")
+    assert code == 2 and "--cert and --key go together" in err

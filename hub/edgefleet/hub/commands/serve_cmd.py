@@ -138,7 +138,11 @@ def serve(
         signal.signal(signal.SIGINT, on_signal)
         service.start()
         if api_listen is not None:
-            api = start_api(config, store, api_listen, api_tls)
+            try:
+                api = start_api(config, store, api_listen, api_tls)
+            except BaseException:
+                service.stop()
+                raise
         log.info(
             "hub: serving %s on %s:%s (store %s, fleet telemetry %s)",
             config.broker.topic_root,

@@ -15,13 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgefleet.core.errors import OperationalError
 from edgefleet.hub.config import HubConfig
 from edgefleet.hub.console.access_store import AccessStore, console_db_path
 from edgefleet.hub.console.service import FleetConsole
-from edgefleet.hub.errors import HubUsageError
+from edgefleet.hub.errors import HubError, HubUsageError
 from edgefleet.hub.store import HubStore
 
 log = logging.getLogger(__name__)
+
+
+class ApiStartError(HubError, OperationalError):
+    """uvicorn could not listen where it was asked to (exit code 1)."""
+
 
 _LISTEN = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d{1,5})$")
 #: A dashboard polling every few seconds should not rescan 10,000 devices on every poll.
@@ -93,8 +99,15 @@ def run_api(config: HubConfig, store: HubStore, host: str, port: int, tls: TlsFi
     import uvicorn
 
     app, console = build_app(config, store, secure=tls is not None)
+    server = uvicorn.Server(_uvicorn_config(app, host, port, tls))
     try:
-        uvicorn.Server(_uvicorn_config(app, host, port, tls)).run()
+        server.run()
+    except SystemExit as e:  # uvicorn exits when it cannot bind (after logging why)
+        if not server.started:
+            raise ApiStartError(
+                f"the API did not start on {host}:{port} (port in use or not allowed?)"
+            ) from e
+        raise
     finally:
         console.close()
 
@@ -119,8 +132,10 @@ class ApiThread:
                 break
             stopped.wait(0.05)
         if not self.server.started:
-            raise HubUsageError(
+            self.stop()
+            raise ApiStartError(
                 f"the API did not start on {self.server.config.host}:{self.server.config.port}"
+                " (port in use or not allowed?)"
             )
         log.info(
             "hub: API and dashboard on %s:%s", self.server.config.host, self.server.config.port
