@@ -392,3 +392,25 @@ def test_publish_a_bundle_over_the_api(fresh: tuple[ConsoleHub, str], tmp_path: 
     assert op.post("/api/v1/bundles", content=b"").status_code == 422
     versions = client(base, hub.token("viewer")).get("/api/v1/bundles").json()["items"][0]
     assert [v["version"] for v in versions["versions"]] == [1, 2, 3]
+
+
+def test_group_view_names_drifting_devices_once_they_are_scored(
+    fresh: tuple[ConsoleHub, str],
+) -> None:
+    """Asked by group, the per-device breakdown is scored in the background: the first answer
+    may say so, and a later one names the drifting device."""
+    hub, base = fresh
+    viewer = client(base, hub.token("viewer"))
+    first = viewer.get(f"/api/v1/drift/{MODEL}?scope=group").json()
+    assert "group south" in first["headline"]
+    if not first["devices_scored"]:
+        assert first["headline"].endswith("(per-device breakdown still being computed)")
+    deadline = time.monotonic() + 60
+    while True:
+        d = viewer.get(f"/api/v1/drift/{MODEL}?scope=group").json()
+        if d["devices_scored"]:
+            break
+        assert time.monotonic() < deadline, "the per-device breakdown never arrived"
+        time.sleep(0.5)
+    assert f"device {DRIFTING_DEVICE}" in d["headline"]
+    assert [r["scope"] for r in d["heatmap"]["rows"]][0] == "south"

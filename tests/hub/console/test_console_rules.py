@@ -132,3 +132,22 @@ def test_scope_with_an_open_alert_is_never_no_drift() -> None:
     )
     fleet_alert = {**alert, "scope_kind": "fleet", "scope": "*"}
     assert dr.drifting_scopes(None, None, [fleet_alert])[0]["name"] == "fleet"
+
+
+def test_get_nowait_answers_at_once_and_computes_behind() -> None:
+    cache = AnswerCache(60.0, Clock())
+    release = threading.Event()
+
+    def slow() -> str:
+        release.wait(10)
+        return "scored"
+
+    assert cache.get_nowait("k", slow) == (False, None)
+    assert cache.get_nowait("k", slow) == (False, None)  # one computation, not two
+    release.set()
+    for _ in range(200):
+        found, value = cache.get_nowait("k", slow)
+        if found:
+            break
+        threading.Event().wait(0.01)
+    assert (found, value) == (True, "scored")

@@ -64,6 +64,22 @@ class AnswerCache:
             self._store(key, started, value, generation)
         return value
 
+    def get_nowait(self, key: Any, compute: Callable[[], Any]) -> tuple[bool, Any]:
+        """``(True, answer)`` when one is held (fresh or stale, refreshed behind as in
+        :meth:`get`); else ``(False, None)`` at once, with the answer computed behind."""
+        age, value, gate, generation = self._lookup(key)
+        if age is not None and age < self.ttl_s + self.stale_s:
+            if age >= self.ttl_s and gate.acquire(blocking=False):
+                threading.Thread(
+                    target=self._refresh, args=(key, compute, gate, generation), daemon=True
+                ).start()
+            return True, value
+        if gate.acquire(blocking=False):
+            threading.Thread(
+                target=self._refresh, args=(key, compute, gate, generation), daemon=True
+            ).start()
+        return False, None
+
     def _refresh(
         self, key: Any, compute: Callable[[], Any], gate: threading.Lock, generation: int
     ) -> None:

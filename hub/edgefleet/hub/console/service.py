@@ -313,7 +313,7 @@ class FleetConsole:
         models: list[dict[str, Any]] = self._drift_cache.get("models", compute)
         return models
 
-    def _query(self, q: DriftQuery) -> dict[str, Any]:
+    def _compute_query(self, q: DriftQuery) -> Callable[[], dict[str, Any]]:
         def compute() -> dict[str, Any]:
             view = self._fleet()
             aggregator = FleetAggregator(view.store, view.references, view.thresholds)
@@ -322,8 +322,19 @@ class FleetConsole:
             out["histograms"] = dr.histograms(result.profile, result.fleet.merged)
             return out
 
-        result: dict[str, Any] = self._drift_cache.get(("drift", q), compute)
+        return compute
+
+    def _query(self, q: DriftQuery) -> dict[str, Any]:
+        result: dict[str, Any] = self._drift_cache.get(("drift", q), self._compute_query(q))
         return result
+
+    def _query_nowait(self, q: DriftQuery) -> dict[str, Any] | None:
+        """The answer if one is held, else None while it is computed in the background
+        (without background work, i.e. no cache, it is computed now)."""
+        if self._drift_cache.ttl_s <= 0:
+            return self._query(q)
+        found, value = self._drift_cache.get_nowait(("drift", q), self._compute_query(q))
+        return value if found else None
 
     def drift(
         self,
@@ -349,10 +360,12 @@ class FleetConsole:
             if scope == "group"
             else self._query(DriftQuery(model, version, "group", since, timeline=False))
         )
+        # A per-device breakdown of a large fleet takes long to score: asked for another
+        # scope, the headline uses it once it is there and says so while it is not.
         by_device = (
             main
             if scope == "device"
-            else self._query(DriftQuery(model, version, "device", since, timeline=False))
+            else self._query_nowait(DriftQuery(model, version, "device", since, timeline=False))
         )
         open_drift = dr.drift_alerts(self.alerts("open", 1000)["items"], model)
         scopes = dr.drifting_scopes(by_group, by_device, open_drift)
@@ -361,7 +374,9 @@ class FleetConsole:
             "version": version,
             "versions": main["versions"],
             "scope": scope,
-            "headline": dr.headline(main, scopes),
+            "headline": dr.headline(main, scopes)
+            + ("" if by_device is not None else " (per-device breakdown still being computed)"),
+            "devices_scored": by_device is not None,
             "drifting": scopes,
             "fleet": main["fleet"],
             "timeline": main["timeline"],
