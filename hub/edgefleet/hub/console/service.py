@@ -302,7 +302,9 @@ class FleetConsole:
                 self._view = open_view(self._fleet_db, self.store, self.config)
             return self._view
 
-    def drift_models(self) -> list[dict[str, Any]]:
+    def drift_models(self, *, wait: bool = True) -> list[dict[str, Any]] | None:
+        """Models and versions with telemetry; with ``wait=False`` None (and computed in the
+        background) when no answer is held: on a large fleet database it takes seconds."""
         if not self._fleet_db.exists():
             return []
 
@@ -310,6 +312,9 @@ class FleetConsole:
             store = self._fleet().store
             return [{"model": m, "versions": store.versions(m)} for m in store.models()]
 
+        if not wait and self._drift_cache.ttl_s > 0:
+            found, value = self._drift_cache.get_nowait("models", compute)
+            return value if found else None
         models: list[dict[str, Any]] = self._drift_cache.get("models", compute)
         return models
 
@@ -459,11 +464,20 @@ class FleetConsole:
             "states": states,
             "refusing": refusing,
             "groups": dv.group_summaries(rows),
-            "rollouts": [summary(r) for r in active],
+            "rollouts": [_short_selector(summary(r)) for r in active],
             "alerts": {"open": alerts["open"], "items": alerts["items"]},
-            "drift_models": self.drift_models(),
+            # None while it is being computed: the overview does not wait for it.
+            "drift_models": self.drift_models(wait=False),
             "now": self.clock(),
         }
+
+
+def _short_selector(row: dict[str, Any], limit: int = 80) -> dict[str, Any]:
+    """An ``ids=`` selector of 100 devices is 1 KB: the overview shows only its start."""
+    selector = row["selector"]
+    if len(selector) > limit:
+        row = {**row, "selector": selector[:limit] + "..."}
+    return row
 
 
 def drift_headline(

@@ -297,7 +297,7 @@ def create_app(
 
     @app.get(f"{v1}/drift", tags=["drift"])
     def drift_models() -> dict[str, Any]:
-        return {"items": console.drift_models()}
+        return {"items": console.drift_models() or []}
 
     @app.get(f"{v1}/drift/{{model}}", tags=["drift"])
     def drift(

@@ -101,9 +101,10 @@ async function overviewPage() {
   const rollouts = o.rollouts.length ? table(["rollout", "model", "state", "phase", "devices"], o.rollouts.map((r) => [
     link(`#/rollout/${enc(r.rollout)}`, r.rollout), `${r.model}:${r.version}`, r.state, `${r.phase || "-"}/${r.phase_count}`, r.devices]))
     : h("p", { class: "muted" }, "no active rollouts");
-  const drift = o.drift_models.length ? h("ul", {}, o.drift_models.map((m) =>
-    h("li", {}, link(`#/drift/${enc(m.model)}?scope=device`, `${m.model} (versions ${m.versions.join(", ")})`))))
-    : h("p", { class: "muted" }, "no telemetry yet");
+  const drift = o.drift_models === null ? h("p", { class: "muted" }, "looking up the models with telemetry...")
+    : o.drift_models.length ? h("ul", {}, o.drift_models.map((m) =>
+      h("li", {}, link(`#/drift/${enc(m.model)}?scope=device`, `${m.model} (versions ${m.versions.join(", ")})`))))
+      : h("p", { class: "muted" }, "no telemetry yet");
   const alerts = o.alerts.items.length ? alertTable(o.alerts.items, false) : h("p", { class: "muted" }, "no open alerts");
   const refusing = o.refusing.length ? h("p", {}, "Refusing: ", o.refusing.map((d, i) => [i ? ", " : "", link(`#/device/${enc(d)}`, d)])) : null;
   return h("div", {}, h("h1", {}, "Fleet overview"), cards, refusing,
