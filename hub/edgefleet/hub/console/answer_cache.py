@@ -30,6 +30,7 @@ class AnswerCache:
         self._lock = threading.Lock()
         self._computing: dict[Any, threading.Lock] = {}
         self._generation = 0
+        self._threads: list[threading.Thread] = []
 
     def _lookup(self, key: Any) -> tuple[float | None, Any, threading.Lock, int]:
         with self._lock:
@@ -51,9 +52,7 @@ class AnswerCache:
             return value
         if age is not None and age < self.ttl_s + self.stale_s:
             if gate.acquire(blocking=False):
-                threading.Thread(
-                    target=self._refresh, args=(key, compute, gate, generation), daemon=True
-                ).start()
+                self._behind(key, compute, gate, generation)
             return value
         with gate:
             age, value, _gate, generation = self._lookup(key)
@@ -70,15 +69,30 @@ class AnswerCache:
         age, value, gate, generation = self._lookup(key)
         if age is not None and age < self.ttl_s + self.stale_s:
             if age >= self.ttl_s and gate.acquire(blocking=False):
-                threading.Thread(
-                    target=self._refresh, args=(key, compute, gate, generation), daemon=True
-                ).start()
+                self._behind(key, compute, gate, generation)
             return True, value
         if gate.acquire(blocking=False):
-            threading.Thread(
-                target=self._refresh, args=(key, compute, gate, generation), daemon=True
-            ).start()
+            self._behind(key, compute, gate, generation)
         return False, None
+
+    def _behind(
+        self, key: Any, compute: Callable[[], Any], gate: threading.Lock, generation: int
+    ) -> None:
+        thread = threading.Thread(
+            target=self._refresh, args=(key, compute, gate, generation), daemon=True
+        )
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
+        thread.start()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait for the background computations; True when none is left running."""
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(timeout_s)
+        return not any(t.is_alive() for t in threads)
 
     def _refresh(
         self, key: Any, compute: Callable[[], Any], gate: threading.Lock, generation: int

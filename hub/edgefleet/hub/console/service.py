@@ -83,8 +83,12 @@ class FleetConsole:
         self._cache.clear()
         self._drift_cache.clear()
 
-    def close(self) -> None:
-        if self._view is not None:
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Close the fleet database once no background computation uses it; one still
+        running after ``timeout_s`` keeps it open (the process is ending: closing a
+        connection under a running query could crash it)."""
+        idle = self._cache.wait_idle(timeout_s) and self._drift_cache.wait_idle(timeout_s)
+        if self._view is not None and idle:
             self._view.db.close()
             self._view = None
 
