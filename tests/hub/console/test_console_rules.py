@@ -151,3 +151,12 @@ def test_get_nowait_answers_at_once_and_computes_behind() -> None:
             break
         threading.Event().wait(0.01)
     assert (found, value) == (True, "scored")
+
+
+def test_wait_idle_waits_for_background_computations() -> None:
+    cache = AnswerCache(60.0, Clock())
+    release = threading.Event()
+    cache.get_nowait("k", lambda: release.wait(10))
+    assert cache.wait_idle(0.05) is False  # still computing
+    release.set()
+    assert cache.wait_idle(10) is True
