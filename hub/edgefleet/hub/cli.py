@@ -13,7 +13,7 @@ def _cmd(module: str, attribute: str, summary: str) -> RoleCommand:
 
 HUB_COMMANDS: dict[str, RoleCommand] = {
     "serve": _cmd("serve_cmd", "serve", "Run the hub service."),
-    "device": _cmd("device_cmd", "device", "Enroll devices."),
+    "device": _cmd("device_cmd", "device", "Enroll, revoke, remove devices."),
     "devices": _cmd("devices_cmd", "devices", "List the fleet."),
     "broker-config": _cmd("broker_config_cmd", "broker_config", "Write Mosquitto config + ACL."),
     "publish": _cmd("publish_cmd", "publish", "Verify and store a bundle."),
@@ -24,6 +24,9 @@ HUB_COMMANDS: dict[str, RoleCommand] = {
     "alerts": _cmd("alerts_cmd", "alerts", "Open and resolved alerts."),
     "service-unit": _cmd("service_unit_cmd", "service_unit", "Print a systemd unit."),
     "store": _cmd("store_cmd", "store", "Move the hub store to PostgreSQL."),
+    "api": _cmd("api_cmd", "api", "REST API and dashboard."),
+    "openapi": _cmd("api_cmd", "openapi", "Print the API's OpenAPI document."),
+    "token": _cmd("token_cmd", "token", "API tokens with roles."),
 }
 
 

@@ -20,6 +20,8 @@
     shared_subscriptions = false     # $share/edgefleet-hub/... (Mosquitto 2, EMQX)
     device_host = "hub.example.org"  # what devices are told (default: host)
     device_port = 1883               # default: port
+    config_dir = "broker"            # passwd + acl rewritten by hub device revoke/remove/reissue
+    reload_command = "pkill -HUP -x mosquitto"   # run after they are rewritten
 
     [directives]
     expiry_s = 604800                # a directive is valid this long
@@ -137,6 +139,10 @@ class BrokerSettings:
     shared_subscriptions: bool = False
     device_host: str | None = None
     device_port: int | None = None
+    # Where `hub broker-config --out` wrote passwd and acl, and how to make the broker
+    # re-read them: device revoke/remove/reissue rewrite both and run the command.
+    config_dir: Path | None = None
+    reload_command: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:

@@ -10,6 +10,7 @@ import click
 from edgefleet.core.cli.output import emit, json_option
 from edgefleet.hub.broker_config import write_broker_config
 from edgefleet.hub.commands.common import config_option, hub_store
+from edgefleet.hub.console.lifecycle import broker_devices
 
 
 @click.command("broker-config")
@@ -51,7 +52,7 @@ def broker_config(
         files = write_broker_config(
             out_dir,
             config,
-            store.list_devices(),
+            broker_devices(store.list_devices()),  # revoked devices stay out
             port=port,
             bind=bind,
             tls_hosts=list(tls_hosts),

@@ -16,7 +16,7 @@ from edgefleet.hub.enrollment import DEFAULT_STATE_DIR, enroll_device
 
 @click.group()
 def device() -> None:
-    """Enroll devices."""
+    """Enroll, re-key, revoke and remove devices."""
 
 
 @device.command("add")
@@ -91,3 +91,13 @@ def _render(result: dict[str, Any]) -> str:
     if result["ca_crt"]:
         parts += ["# ---- ca.crt", result["ca_crt"].rstrip()]
     return "\n".join(parts)
+
+
+def _lifecycle() -> None:
+    from edgefleet.hub.commands import device_lifecycle_cmd as lc
+
+    for command in (lc.reissue, lc.revoke, lc.remove):
+        device.add_command(command)
+
+
+_lifecycle()

@@ -12,9 +12,6 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -22,21 +19,13 @@ import click
 from edgefleet.core.cli.output import emit, json_option
 from edgefleet.core.drift import DriftThresholds
 from edgefleet.hub.commands.common import config_option, fleet_db_option, now
-from edgefleet.hub.config import load_config
-from edgefleet.hub.errors import HubNotFoundError, HubStoreError
+from edgefleet.hub.console.fleet_access import FleetView as FleetView
+from edgefleet.hub.console.fleet_access import open_fleet
+from edgefleet.hub.console.service import drift_headline
+from edgefleet.hub.errors import HubStoreError
 from edgefleet.hub.fleet.aggregate import BY_CHOICES, DriftQuery, FleetAggregator
-from edgefleet.hub.fleet.database import FleetDatabase
-from edgefleet.hub.fleet.references import (
-    ReferenceLoader,
-    References,
-    ValidationLoader,
-    bundle_loaders,
-)
 from edgefleet.hub.fleet.report_html import render_html
 from edgefleet.hub.fleet.report_text import render_drift
-from edgefleet.hub.fleet.settings import FleetSettings, fleet_db_path
-from edgefleet.hub.fleet.window_store import FleetWindowStore
-from edgefleet.hub.store import open_store
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -59,47 +48,6 @@ def parse_target(text: str) -> tuple[str, int | None]:
         raise click.BadParameter(f"{text!r} is not MODEL or MODEL:VERSION")
     version = match.group(2)
     return match.group(1), None if version is None else int(version)
-
-
-@dataclass
-class FleetView:
-    """What a read-only fleet command needs."""
-
-    store: FleetWindowStore
-    references: References
-    db: FleetDatabase
-    thresholds: DriftThresholds = field(default_factory=DriftThresholds)
-    thresholds_from: str = "defaults"  # or the hub.toml whose [fleet.thresholds] they are
-
-
-@contextmanager
-def open_fleet(config_path: Path | None, db_path: Path | None) -> Iterator[FleetView]:
-    """The fleet database from ``--db`` or from the hub config; never creates one."""
-    hub_store = None
-    loaders: tuple[ReferenceLoader | None, ValidationLoader | None] = (None, None)
-    thresholds, thresholds_from = DriftThresholds(), "defaults"
-    if db_path is None or config_path is not None:
-        config = load_config(config_path)
-        thresholds = config.fleet.policy.thresholds
-        thresholds_from = str(config.source)
-        if db_path is None:
-            db_path = fleet_db_path(config.store.path)
-        if not config.store.is_sqlite or config.store.path.exists():
-            hub_store = open_store(config.store.location)
-            loaders = bundle_loaders(hub_store, config.store.bundles_dir)
-    if not db_path.exists():
-        if hub_store is not None:
-            hub_store.close()
-        raise HubNotFoundError(f"no fleet database at {db_path} (has the hub received telemetry?)")
-    db = FleetDatabase(db_path)
-    store = FleetWindowStore(db, FleetSettings())
-    try:
-        references = References(*loaders, cache=store, write_cache=False)
-        yield FleetView(store, references, db, thresholds, thresholds_from)
-    finally:
-        db.close()
-        if hub_store is not None:
-            hub_store.close()
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -158,6 +106,9 @@ def drift(
     with open_fleet(config_path, db_path) as view:
         aggregator = FleetAggregator(view.store, view.references, view.thresholds)
         result = aggregator.query(DriftQuery(model, version, by, since_s), current)
+        # The first line names every drifting group and device and every open drift alert:
+        # a clean pooled fleet must not hide them.
+        head = drift_headline(view, model, result.version, since_s, current)
         thresholds, thresholds_from = view.thresholds, view.thresholds_from
     if html_path is not None:
         write_atomically(html_path, render_html(result, current))
@@ -166,11 +117,14 @@ def drift(
     out["thresholds"] = thresholds.to_dict()
     out["thresholds_from"] = thresholds_from
     out["html"] = None if html_path is None else str(html_path)
+    out["headline"], out["drifting_scopes"] = head["headline"], head["drifting"]
     emit(
         as_json,
         out,
         lambda _r: (
-            render_drift(result)
+            head["headline"]
+            + "\n"
+            + render_drift(result)
             + _thresholds_note(thresholds, thresholds_from)
             + _html_note(html_path)
         ),

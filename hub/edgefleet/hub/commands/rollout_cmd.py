@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +13,9 @@ import click
 from edgefleet.core.cli.output import emit, json_option
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.profiles import load_profile
-from edgefleet.hub.commands.common import config_option, hub_store, now, table
+from edgefleet.hub.commands.common import config_option, hub_store, table
+from edgefleet.hub.console.service import FleetConsole
 from edgefleet.hub.errors import HubUsageError
-from edgefleet.hub.rollout.engine import RolloutEngine, summary
 from edgefleet.hub.rollout.plan import DEFAULT_PHASES
 from edgefleet.hub.rollout.timing import PhaseTiming, phase_timing
 
@@ -62,30 +64,20 @@ def create(
     """Plan a rollout; the running hub starts it on its next tick."""
     model, version = _model_version(model_version)
     with hub_store(config_path) as (config, store):
-        record = RolloutEngine(store).create(
-            model,
-            version,
-            selector,
-            now(),
-            phases_text=phases,
-            gate_overrides=gates,
-            rollout_id=rollout_id,
+        result = FleetConsole(config, store).create_rollout(
+            model, version, selector, phases=phases, gates=gates, rollout_id=rollout_id
         )
-        timing = phase_timing(
-            record.plan,
-            [d.profile for d in map(store.get_device, record.plan.devices) if d is not None],
-            _profile_window_s,
-        )
-        result = {
-            **summary(record),
-            "gates": record.plan.gates.to_dict(),
-            "timing": timing.to_dict(),
-        }
+        record = store.get_rollout(result["rollout"])
+        if record is not None:
+            planned = set(record.plan.devices)
+            profiles = [d.profile for d in store.list_devices() if d.device_id in planned]
+            timing = phase_timing(record.plan, profiles, _profile_window_s)
+            result = {**result, "timing": timing.to_dict()}
     warning = _lookback_warning(
-        record.plan.gates.baseline_lookback_s, config.store.telemetry_retention_s
+        result["gates"]["baseline_lookback_s"], config.store.telemetry_retention_s
     )
     if warning:
-        click.echo(f"warning: rollout {record.rollout_id}: {warning}", err=True)
+        click.echo(f"warning: rollout {result['rollout']}: {warning}", err=True)
     emit(as_json, result, _render_created)
 
 
@@ -127,19 +119,36 @@ def _render_created(r: dict[str, Any]) -> str:
 
 @rollout.command()
 @click.argument("rollout_id", required=False)
+@click.option("--watch", is_flag=True, help="Redraw every --interval seconds until it finishes.")
+@click.option(
+    "--interval", type=click.FloatRange(min=0.5, max=3600), default=5.0, show_default=True
+)
 @config_option
 @json_option
-def status(rollout_id: str | None, config_path: Path | None, as_json: bool) -> None:
-    """Show all rollouts, or one rollout per phase and per device."""
-    current = now()
-    with hub_store(config_path) as (_config, store):
-        engine = RolloutEngine(store)
+def status(
+    rollout_id: str | None, watch: bool, interval: float, config_path: Path | None, as_json: bool
+) -> None:
+    """Show all rollouts, or one rollout per phase and per device, and why it waits."""
+    with hub_store(config_path) as (config, store):
+        console = FleetConsole(config, store)
         if rollout_id is None:
-            result: dict[str, Any] = {"rollouts": [summary(r) for r in store.list_rollouts()]}
+            result: dict[str, Any] = {"rollouts": console.rollouts()}
             emit(as_json, result, _render_list)
             return
-        detail = engine.status(rollout_id, current)
-    emit(as_json, detail, _render_detail)
+        while True:
+            detail = console.rollout(rollout_id)
+            if watch and not as_json and sys.stdout.isatty():
+                click.clear()
+            emit(as_json, detail, _render_detail)
+            if not watch or detail["state"] not in WATCHED_STATES:
+                return
+            time.sleep(interval)
+            if not as_json:
+                click.echo("")
+
+
+#: ``--watch`` returns once the rollout leaves these states.
+WATCHED_STATES = frozenset({"created", "running", "paused"})
 
 
 def _when(at: float | None) -> str:
@@ -173,8 +182,14 @@ def _render_detail(r: dict[str, Any]) -> str:
         f"rollout {r['rollout']}: {r['model']}:{r['version']} to {r['selector']}",
         f"state {r['state']}, phase {r['phase'] or '-'}/{r['phase_count']}"
         + (f" ({r['reason']})" if r["reason"] else ""),
-        "",
     ]
+    if r.get("waiting"):
+        lines.append("waiting for:")
+        for w in r["waiting"]:
+            until = "" if w["until"] is None else f" (expected by {_when(w['until'])}"
+            until += "; overdue)" if w["overdue"] else (")" if until else "")
+            lines.append(f"  {w['gate']}: {w['waits_for']}{until}")
+    lines.append("")
     for p in r["phases"]:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(p["counts"].items()))
         marker = "*" if p["current"] else " "
@@ -219,12 +234,8 @@ def _action(name: str, help_text: str) -> click.Command:
     def command(
         rollout_id: str, reason: str | None, config_path: Path | None, as_json: bool
     ) -> None:
-        with hub_store(config_path) as (_config, store):
-            engine = RolloutEngine(store)
-            method = getattr(engine, name)
-            kwargs = {"reason": reason} if reason else {}
-            record = method(rollout_id, now(), **kwargs)
-            result = summary(record)
+        with hub_store(config_path) as (config, store):
+            result = FleetConsole(config, store).rollout_action(rollout_id, name, reason)
         emit(as_json, result, lambda r: f"rollout {r['rollout']} is now {r['state']}")
 
     return command

@@ -13,6 +13,7 @@ import click
 
 from edgefleet.core.keys import load_private_key
 from edgefleet.core.mqtt import MqttSettings, MqttTransport, TlsSettings
+from edgefleet.hub.commands.api_cmd import parse_listen, start_api, tls_files, tls_options
 from edgefleet.hub.commands.common import config_option
 from edgefleet.hub.config import HubConfig, load_config
 from edgefleet.hub.credentials import generate_password, mosquitto_hash
@@ -105,10 +106,25 @@ def _log_started(transport: MqttTransport, config: HubConfig, store_where: str) 
     default="info",
     show_default=True,
 )
+@click.option(
+    "--api",
+    "api_listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="Also serve the REST API and dashboard.",
+)
+@tls_options
 @config_option
-def serve(embedded_broker: bool, log_level: str, config_path: Path | None) -> None:
+def serve(
+    embedded_broker: bool,
+    log_level: str,
+    api_listen: str | None,
+    cert: Path | None,
+    key_file: Path | None,
+    config_path: Path | None,
+) -> None:
     """Run the hub: device tracking, chunk server, telemetry, rollouts, directives,
-    drift alerts and (with fleet.metrics_port) Prometheus metrics."""
+    drift alerts, (with fleet.metrics_port) Prometheus metrics and (with --api) the API."""
     from edgefleet.core.mqtt.client import MqttClient
     from edgefleet.hub.service import HubService
 
@@ -120,6 +136,9 @@ def serve(embedded_broker: bool, log_level: str, config_path: Path | None) -> No
     if config.keys.hub_signing_key is None:
         raise HubConfigError("keys.hub_signing_key must be set to sign directives")
     key = load_private_key(config.keys.hub_signing_key)
+    api_tls = tls_files(cert, key_file)
+    if api_listen is not None:
+        parse_listen(api_listen)  # a bad --api fails before anything starts
     password = config.broker.resolved_password()
     # SQLite: one hub serve per store file (PostgreSQL stores are shared by design).
     lock = ServeLock(config.store.path).acquire() if config.store.is_sqlite else None
@@ -137,6 +156,7 @@ def serve(embedded_broker: bool, log_level: str, config_path: Path | None) -> No
             lock.release()
         raise
     broker = None
+    api = None
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -152,8 +172,16 @@ def serve(embedded_broker: bool, log_level: str, config_path: Path | None) -> No
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         service.start()
+        if api_listen is not None:
+            try:
+                api = start_api(config, store, api_listen, api_tls)
+            except BaseException:
+                service.stop()
+                raise
         _log_started(service.transport, config, store.where)
         stop.wait()
+        if api is not None:
+            api.stop()
         service.stop()
     finally:
         if broker is not None:

@@ -17,6 +17,8 @@ Invariants every implementation keeps:
   first (``lock_rollout``; the device row in ``record_directive``);
 - the schema is versioned (``schema_version``); opening migrates an older store or
   refuses it, and refuses a newer one, with one line;
+- ``remove_device`` deletes the device with its assignments and directives in one
+  transaction; its rows in rollouts and its telemetry stay (history);
 - every foreign failure surfaces as ``HubStoreError`` (exit code 1).
 """
 
@@ -62,6 +64,7 @@ class HubStore(Protocol):
     def set_presence(self, device_id: str, online: bool, at: float) -> None: ...
     def set_device_state(self, device_id: str, state: Mapping[str, Any], at: float) -> None: ...
     def touch_device(self, device_id: str, at: float) -> None: ...
+    def remove_device(self, device_id: str) -> None: ...
 
     # desired assignments (what directives are built from)
     def get_assignments(self, device_id: str) -> dict[str, DesiredAssignment]: ...

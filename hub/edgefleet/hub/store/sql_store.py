@@ -185,6 +185,13 @@ class SqlHubStore(SqlTelemetryMixin, SqlLeaseMixin):
                 (at, device_id),
             )
 
+    def remove_device(self, device_id: str) -> None:
+        with self.transaction():
+            self._run("DELETE FROM assignments WHERE device=?", (device_id,))
+            self._run("DELETE FROM directives WHERE device=?", (device_id,))
+            if self._run("DELETE FROM devices WHERE id=?", (device_id,)) != 1:
+                raise HubStoreError(f"no such device {device_id}")
+
     # -- assignments and directives -------------------------------------------
 
     def get_assignments(self, device_id: str) -> dict[str, DesiredAssignment]:
