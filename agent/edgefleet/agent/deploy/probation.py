@@ -15,7 +15,7 @@ starts when the live phase starts. The verdict itself is
 from __future__ import annotations
 
 from edgefleet.agent.config import ProbationSettings
-from edgefleet.agent.deploy.health import Verdict, HealthReport, evaluate_probation
+from edgefleet.agent.deploy.health import HealthReport, Verdict, evaluate_probation
 from edgefleet.agent.deploy.hooks import ProbationTap
 from edgefleet.agent.telemetry.recorder import LiveStats
 
