@@ -27,7 +27,7 @@ from edgefleet.core.protocol import Topics
 from edgefleet.core.testing.brokers import MosquittoBroker
 from edgefleet.core.trust import TrustStore
 from edgefleet.hub.broker_config import write_broker_config
-from edgefleet.hub.bundles import BundleStore
+from edgefleet.hub.bundles import PublishedBundleStore
 from edgefleet.hub.commands.serve_cmd import mqtt_settings
 from edgefleet.hub.config import HubConfig
 from edgefleet.hub.enrollment import build_trust_store, enroll_device, publisher_trust
@@ -98,7 +98,7 @@ class Hub:
             version=version,
             payload_bytes=size,
         )
-        BundleStore(self.config.store.bundles_dir, self.store).publish(
+        PublishedBundleStore(self.config.store.bundles_dir, self.store).publish(
             info.path, publisher_trust(self.config), time.time()
         )
         return info.sha256

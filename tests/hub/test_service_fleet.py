@@ -31,7 +31,7 @@ from edgefleet.core.keys import load_private_key
 from edgefleet.core.manifest import Manifest
 from edgefleet.core.protocol import Ack, TelemetryBatch, TelemetryRecord, encode_json
 from edgefleet.core.testing.brokers import MosquittoBroker, free_port
-from edgefleet.hub.bundles import BundleStore
+from edgefleet.hub.bundles import PublishedBundleStore
 from edgefleet.hub.enrollment import publisher_trust
 from edgefleet.hub.fleet import DeviceInfo, DriftQuery, FleetAggregator, FleetTelemetry, References
 from edgefleet.hub.fleet.settings import fleet_db_path
@@ -87,7 +87,7 @@ def publish_reference_bundle(hub: Hub, profile: ReferenceProfile) -> None:
         "reference.json": profile.to_json().encode(),
     }
     write_bundle(path, manifest, members, [load_private_key(hub.fx.publisher_key)])
-    BundleStore(hub.config.store.bundles_dir, hub.store).publish(
+    PublishedBundleStore(hub.config.store.bundles_dir, hub.store).publish(
         path, publisher_trust(hub.config), time.time()
     )
 

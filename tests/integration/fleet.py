@@ -36,7 +36,7 @@ from tests.agent.bundles import write_signed_bundle
 from edgefleet.core.bundle_writer import BundleInfo
 from edgefleet.core.keys import generate_keypair, load_private_key
 from edgefleet.core.mqtt.client import MqttClient
-from edgefleet.hub.bundles import BundleStore
+from edgefleet.hub.bundles import PublishedBundleStore
 from edgefleet.hub.commands.serve_cmd import mqtt_settings
 from edgefleet.hub.config import HubConfig
 from edgefleet.hub.enrollment import enroll_device, publisher_trust
@@ -247,7 +247,7 @@ class Fleet:
             base_dir=root,
         )
         self.store = SqliteHubStore(self.config.store.path)
-        self.bundles = BundleStore(self.config.store.bundles_dir, self.store)
+        self.bundles = PublishedBundleStore(self.config.store.bundles_dir, self.store)
         self.engine = RolloutEngine(self.store)
         self.service: HubService | None = None
         self.devices: list[Device] = []

@@ -72,7 +72,7 @@ from edgefleet.core.protocol import (
     encode_json,
 )
 from edgefleet.core.protocol.telemetry import EVENT, WINDOW
-from edgefleet.hub.bundles import BundleStore
+from edgefleet.hub.bundles import PublishedBundleStore
 from edgefleet.hub.chunk_server import ChunkServer
 from edgefleet.hub.config import HubConfig
 from edgefleet.hub.directives import DirectiveIssuer, ResyncAnswers
@@ -123,7 +123,7 @@ class HubService:
         self.transport = transport
         self.clock = clock
         self.topics = Topics(config.broker.topic_root)
-        self.bundles = BundleStore(config.store.bundles_dir, store)
+        self.bundles = PublishedBundleStore(config.store.bundles_dir, store)
         self.engine = RolloutEngine(store)
         self.issuer = DirectiveIssuer(store, signing_key, config.directives)
         self.retention = TelemetryRetention(store, config.store.telemetry_retention_s, self.tally)

@@ -78,7 +78,7 @@ from edgefleet.agent.deploy.machine import (
 from edgefleet.agent.deploy.probation import ProbationWatch
 from edgefleet.agent.deploy.record import DeploymentRecord, DeployState, DeployStateFile
 from edgefleet.agent.deploy.slots import SlotPointers, SlotTable
-from edgefleet.agent.deploy.store import BundleStore, sweep_leftovers
+from edgefleet.agent.deploy.store import ExtractedBundleStore, sweep_leftovers
 from edgefleet.agent.errors import (
     DeploymentError,
     ModelNotFoundError,
@@ -127,7 +127,7 @@ class DeploymentDriver:
         self.clock = clock
         self.pause = pause
         self.slots = SlotTable(layout)
-        self.store = BundleStore(layout)
+        self.store = ExtractedBundleStore(layout)
         self.intake = BundleIntake(
             layout,
             profile=profile,

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from edgefleet.core.cli.output import emit, json_option
-from edgefleet.hub.bundles import BundleStore
+from edgefleet.hub.bundles import PublishedBundleStore
 from edgefleet.hub.commands.common import ago, config_option, hub_store, now, table
 from edgefleet.hub.enrollment import publisher_trust
 
@@ -20,7 +20,7 @@ from edgefleet.hub.enrollment import publisher_trust
 def publish(bundle_file: Path, config_path: Path | None, as_json: bool) -> None:
     """Verify BUNDLE_FILE against the trusted publisher keys and store it."""
     with hub_store(config_path) as (config, store):
-        bundles = BundleStore(config.store.bundles_dir, store)
+        bundles = PublishedBundleStore(config.store.bundles_dir, store)
         result = bundles.publish(bundle_file, publisher_trust(config), now())
     out = {**result.bundle.to_dict(), "created": result.created}
     emit(as_json, out, _render_published)
