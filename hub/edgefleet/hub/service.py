@@ -12,7 +12,7 @@ Threads share one :class:`HubStore` (its own lock serialises them):
   last seen, deployment progress for the rollout engine); telemetry batches
   are stored in the hub store (what the rollout gates read) and handed to the
   fleet ingest worker;
-- the fleet ingest worker (:mod:`edgefleet.hub.fleet.runtime`) stores
+- the fleet ingest worker (:mod:`edgefleet.hub.fleet.workers`) stores
   telemetry in the fleet database, many batches per transaction, and only
   then publishes each batch's ack; the fleet monitor evaluates alerts in a
   thread of its own;
@@ -77,7 +77,7 @@ from edgefleet.hub.chunk_server import ChunkServer
 from edgefleet.hub.config import HubConfig
 from edgefleet.hub.directives import DirectiveIssuer, ResyncAnswers
 from edgefleet.hub.fleet.ingest import DeviceInfo, IngestResult
-from edgefleet.hub.fleet.runtime import FleetRuntime
+from edgefleet.hub.fleet.workers import FleetWorkers
 from edgefleet.hub.rollout.engine import RolloutEngine
 from edgefleet.hub.store import DeviceRecord, DirectiveRecord, HubStore, TelemetryRow
 from edgefleet.hub.telemetry_retention import TelemetryRetention
@@ -127,7 +127,7 @@ class HubService:
         self.engine = RolloutEngine(store)
         self.issuer = DirectiveIssuer(store, signing_key, config.directives)
         self.retention = TelemetryRetention(store, config.store.telemetry_retention_s, self.tally)
-        self.fleet = FleetRuntime(
+        self.fleet = FleetWorkers(
             config.fleet,
             config.store.path,
             config.store.bundles_dir,
