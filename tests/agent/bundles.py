@@ -19,7 +19,7 @@ Model kinds (:data:`MODEL_KINDS`), each trained once per test process:
 Every bundle carries ``model.onnx`` (skl2onnx, zipmap off), ``smoke.npz``
 (first 20 test rows with onnxruntime's own outputs, ``atol`` 1e-4),
 ``reference.json`` (a drift ReferenceProfile when the drift module is
-importable, else a placeholder) and a manifest following CONTRACTS.
+importable, else a placeholder) and a manifest following docs/bundle-format.md.
 Knobs for fault tests: ``overrides`` (deep-merged into the manifest dict, e.g.
 ``{"target": {"arch": "aarch64"}}``), ``break_smoke=True`` (expected outputs
 that cannot match), ``extra_members``, and signing with any key(s).

@@ -8,7 +8,7 @@ a :class:`Signal`:
 ``HIGH``  at or above the firing threshold       ``MID``   between clear and fire thresholds
 ``LOW``   below the clear threshold              ``NONE``  not enough data to say
 
-Rules and their defaults (DESIGN.md §6 for the drift thresholds; the rest are ours)::
+Rules and their defaults (docs/drift.md for the drift thresholds; the rest are ours)::
 
     feature_drift     HIGH: some feature's verdict is "drift" (PSI >= 0.2 or JS >= 0.1, or
                       W1/std >= 0.1 at n >= 1000, each with p < 0.001); MID: some "warn"
