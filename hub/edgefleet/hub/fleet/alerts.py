@@ -107,11 +107,6 @@ class Tracker:
     state: TrackerState = TrackerState.OK
     count: int = 0
 
-    @property
-    def alerting(self) -> bool:
-        """An alert is open (firing, or firing and on its way to resolve)."""
-        return self.state in (TrackerState.FIRING, TrackerState.RESOLVING)
-
 
 @dataclass(frozen=True)
 class AlertPolicy:
