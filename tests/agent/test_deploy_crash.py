@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.agent.state_env import AgentEnv, infer, kill, make_env, stop, wait_stopped
+from tests.support.agents import AgentEnv, infer, kill, make_env, stop, wait_stopped
+from tests.support.waiting import wait_until
 
 from edgefleet.agent.deploy import inbox
 from edgefleet.agent.deploy.context import AgentContext
@@ -41,14 +42,15 @@ def served_version(url: str) -> int:
 
 def wait_idle(env: AgentEnv, request_id: str, timeout: float = 60) -> dict[str, Any]:
     state_file = DeployStateFile(env.state_dir / "deploy.json")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def finished() -> dict[str, Any] | None:
         state = state_file.load()
         outcome = state.find_outcome(request_id)
-        if state.current is None and outcome is not None:
-            return outcome
-        time.sleep(0.05)
-    raise AssertionError(f"deployment did not finish: {state_file.load()} {env.log_tail()}")
+        return outcome if state.current is None and outcome is not None else None
+
+    return wait_until(
+        lambda: f"the deployment to finish: {state_file.load()} {env.log_tail()}", finished, timeout
+    )
 
 
 def leftovers(env: AgentEnv) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from tests.hub.hubkit import make_hub
-from tests.hub.mqttkit import ProbeClient
+from tests.support.brokers import ProbeClient
 
 from edgefleet.core.protocol.topics import Topics
 from edgefleet.core.testing.brokers import MosquittoBroker, find_mosquitto, free_port
