@@ -62,10 +62,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # the signed test bundles are built by tests/agent/bundles.py
+sys.path.insert(0, str(ROOT))  # the signed test bundles are built by tests/support/bundles.py
 
 from tests.agent import attack_client  # noqa: E402
-from tests.agent.bundles import make_signer, trained_model, write_signed_bundle  # noqa: E402
+from tests.support.bundles import make_signer, trained_model, write_signed_bundle  # noqa: E402
 
 TARGETS = {"predict_ratio": 1.25, "http_rps_ratio": 1.0, "rss_ratio": 1.25, "startup_s": 1.0}
 

@@ -75,7 +75,7 @@ from edgefleet.core.protocol import Topics
 from edgefleet.core.testing.brokers import MosquittoBroker, free_port
 from edgefleet.core.trust import TrustStore
 from edgefleet.hub.broker_config import write_broker_config
-from edgefleet.hub.bundles import BundleStore
+from edgefleet.hub.bundles import PublishedBundleStore
 from edgefleet.hub.config import HubConfig
 from edgefleet.hub.enrollment import enroll_device, publisher_trust
 from edgefleet.hub.rollout.engine import RolloutEngine
@@ -342,7 +342,7 @@ tick_s = 1.0
     store = SqliteHubStore(config.store.path)
     bundle_path = make_bundle(root, keys / "publisher.key", size)
     bundle = (
-        BundleStore(config.store.bundles_dir, store)
+        PublishedBundleStore(config.store.bundles_dir, store)
         .publish(bundle_path, publisher_trust(config), time.time())
         .bundle
     )

@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.agent import AGENT_TOML, free_port, rss_mb, start_measured, stop  # noqa: E402
-from tests.agent.bundles import make_signer  # noqa: E402
+from tests.support.bundles import make_signer  # noqa: E402
 
 TARGETS = {
     "endpoint_p50_ratio": 1.10,

@@ -21,6 +21,7 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner
+from tests.support.waiting import wait_until
 
 from edgefleet.core.cli.main import cli
 
@@ -308,13 +309,8 @@ def write_user_inputs(work: Path) -> list[list[float]]:
 
 
 def wait_for(what: str, check: Any, run: ReadmeRun, timeout_s: float) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(1.0)
-    raise AssertionError(f"timed out waiting for {what}\n{run.logs()}")
+    """The support package's wait, naming the README run's logs when it times out."""
+    return wait_until(lambda: f"{what}\n{run.logs()}", check, timeout_s)
 
 
 @pytest.mark.slow

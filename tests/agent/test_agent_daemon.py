@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.agent.state_env import http_json, infer, kill, make_env, stop
+from tests.support.agents import http_json, infer, kill, make_env, stop
+from tests.support.waiting import wait_until
 
 from edgefleet.agent.deploy.record import DeployStateFile
 from edgefleet.agent.telemetry import TelemetryBuffer
@@ -44,11 +45,12 @@ def test_daemon_lifecycle(tmp_path: Path) -> None:
         assert second.returncode == 1 and "another agent" in second.stderr
         for _ in range(3):
             served(url)
-        deadline = time.monotonic() + 30
         state_file = DeployStateFile(env.state_dir / "deploy.json")
-        while state_file.load().models.get("iris", {}).get("state") != "committed":
-            assert time.monotonic() < deadline, env.log_tail()
-            time.sleep(0.05)
+        wait_until(
+            lambda: f"version 1 committed: {env.log_tail()}",
+            lambda: state_file.load().models.get("iris", {}).get("state") == "committed",
+            30,
+        )
 
         # install through the running daemon, waiting for the final outcome while
         # live traffic completes probation
@@ -59,10 +61,7 @@ def test_daemon_lifecycle(tmp_path: Path) -> None:
             )
         )
         waiter.start()
-        deadline = time.monotonic() + 60
-        while served(url) != 2:
-            assert time.monotonic() < deadline, env.log_tail()
-            time.sleep(0.05)
+        wait_until(lambda: f"version 2 to serve: {env.log_tail()}", lambda: served(url) == 2, 60)
         for _ in range(3):
             served(url)
         waiter.join(60)
@@ -80,7 +79,7 @@ def test_daemon_lifecycle(tmp_path: Path) -> None:
         assert code == 200 and answer["accepted"] == 1
 
         # a bundle from an unknown publisher is refused; version 2 keeps serving
-        from tests.agent.bundles import make_signer
+        from tests.support.bundles import make_signer
 
         stranger = make_signer(None)
         bad = env.cli("install", str(env.bundle(3, signer=stranger.private_key)))

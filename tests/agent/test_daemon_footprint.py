@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.agent.state_env import infer, kill, make_env, stop
+from tests.support.agents import infer, kill, make_env, stop
+from tests.support.waiting import wait_until
 
 from edgefleet.agent.commands.run_cmd import interpreter_options
 
@@ -43,10 +44,11 @@ def test_agent_run_becomes_the_lean_daemon_in_the_same_process(tmp_path: Path) -
         result = env.cli("install", str(env.bundle(2)), "--json")
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["via"] == "daemon"
-        deadline = time.monotonic() + 30
-        while infer(url, "iris", ROW)[1]["model_version"] != "2":
-            assert time.monotonic() < deadline, env.log_tail()
-            time.sleep(0.05)
+        wait_until(
+            lambda: f"version 2 to serve: {env.log_tail()}",
+            lambda: infer(url, "iris", ROW)[1]["model_version"] == "2",
+            30,
+        )
         maps = mapped_libraries(proc.pid)
         for package, library in FOREIGN_LIBRARIES.items():
             assert library not in maps, f"{package} is loaded in the daemon"

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.agent.state_env import make_env
+from tests.support.agents import make_env
 
 from edgefleet.agent.daemon import setup_logging
 from edgefleet.agent.deploy.context import AgentContext

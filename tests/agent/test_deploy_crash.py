@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.agent.state_env import AgentEnv, infer, kill, make_env, stop, wait_stopped
+from tests.support.agents import AgentEnv, infer, kill, make_env, stop, wait_stopped
+from tests.support.waiting import wait_until
 
 from edgefleet.agent.deploy import inbox
 from edgefleet.agent.deploy.context import AgentContext
 from edgefleet.agent.deploy.record import DeployStateFile
 from edgefleet.agent.deploy.slots import SlotTable
-from edgefleet.agent.deploy.store import BundleStore
+from edgefleet.agent.deploy.store import ExtractedBundleStore
 from edgefleet.agent.deploy.submit import install_bundle
 
 ROW = [[5.1, 3.5, 1.4, 0.2]]
@@ -41,14 +42,15 @@ def served_version(url: str) -> int:
 
 def wait_idle(env: AgentEnv, request_id: str, timeout: float = 60) -> dict[str, Any]:
     state_file = DeployStateFile(env.state_dir / "deploy.json")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def finished() -> dict[str, Any] | None:
         state = state_file.load()
         outcome = state.find_outcome(request_id)
-        if state.current is None and outcome is not None:
-            return outcome
-        time.sleep(0.05)
-    raise AssertionError(f"deployment did not finish: {state_file.load()} {env.log_tail()}")
+        return outcome if state.current is None and outcome is not None else None
+
+    return wait_until(
+        lambda: f"the deployment to finish: {state_file.load()} {env.log_tail()}", finished, timeout
+    )
 
 
 def leftovers(env: AgentEnv) -> list[str]:
@@ -56,7 +58,7 @@ def leftovers(env: AgentEnv) -> list[str]:
     found = [str(p) for d in ("downloads", "staging", "inbox") for p in (state / d).iterdir()]
     found += [str(p) for p in state.rglob("*.tmp")]
     found += [str(p) for p in state.rglob(".*") if p.name not in (".",)]
-    stored = set(BundleStore(AgentContext.load(env.config_path).layout).stored())
+    stored = set(ExtractedBundleStore(AgentContext.load(env.config_path).layout).stored())
     found += [str(p) for p in (state / "bundles").iterdir() if p.name not in stored]
     referenced = SlotTable(AgentContext.load(env.config_path).layout).referenced()
     found += [f"unreferenced bundle {sha}" for sha in stored - referenced]
@@ -189,7 +191,7 @@ def test_kill_during_manual_rollback(tmp_path: Path) -> None:
     assert outcome is not None and outcome["state"] == "rolled_back" and outcome["version"] == 1
     pointers = SlotTable(ctx.layout).get("iris")
     assert (pointers.active, pointers.previous) == (v1, None)
-    assert v2 not in BundleStore(ctx.layout).stored()
+    assert v2 not in ExtractedBundleStore(ctx.layout).stored()
     assert leftovers(env) == []
 
 

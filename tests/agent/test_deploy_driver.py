@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from tests.agent.state_env import MAX_BUNDLE_BYTES, AgentEnv, make_env
+from tests.support.agents import MAX_BUNDLE_BYTES, AgentEnv, make_env
 
 from edgefleet.agent.daemon import registration_for
 from edgefleet.agent.deploy.context import AgentContext

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.agent.state_env import MAX_BUNDLE_BYTES, AgentEnv, make_env
+from tests.support.agents import MAX_BUNDLE_BYTES, AgentEnv, make_env
 
 from edgefleet.agent.deploy import inbox
 from edgefleet.agent.deploy.context import AgentContext

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from tests.agent.full_disk import small_disk
-from tests.agent.state_env import AgentEnv, make_env
+from tests.support.agents import AgentEnv, make_env
 
 from edgefleet.agent.deploy import intake
 from edgefleet.agent.deploy.context import AgentContext

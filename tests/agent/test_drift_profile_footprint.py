@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from tests.agent.bundles import reference_json
+from tests.support.bundles import reference_json
 
 from edgefleet.core.drift import ReferenceProfile
 from edgefleet.core.drift.reference import canonical_json

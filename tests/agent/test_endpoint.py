@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from tests.agent.bundles import make_signer, trained_model, write_model_dir
+from tests.support.bundles import make_signer, trained_model, write_model_dir
+from tests.support.waiting import wait_until
 
 from edgefleet.agent.endpoint import EndpointConfig, EndpointServer
 from edgefleet.agent.errors import AgentConfigError, AgentError, EndpointError
@@ -102,15 +102,6 @@ class RawClient:
             return False
         finally:
             self.sock.settimeout(self.timeout)
-
-
-def wait_for(predicate: Any, timeout_s: float = 5.0) -> None:
-    """Telemetry is recorded right after the response is written: wait for it to land."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.005)
 
 
 def infer_body(x: np.ndarray, name: str = "X", **extra: Any) -> bytes:
@@ -379,7 +370,7 @@ def test_schema_violations_are_400_and_reach_telemetry(
     assert status == 400, (case, body)
     message = json.loads(body)["error"]
     assert fragment in message, (case, message)
-    wait_for(lambda: len(sink.errors) > before)
+    wait_until("the error recorded", lambda: len(sink.errors) > before)
     assert sink.errors[before:] == [("iris", 3, kind)], case
 
 
@@ -387,7 +378,7 @@ def test_non_json_bodies(client: RawClient, sink: RecordingTelemetrySink) -> Non
     for body in (b"", b"not json", b"[1, 2", b"\xff\xfe\x00garbage", b"[]", b"42", b"[" * 100_000):
         status, _, reply = client.request("POST", "/v2/models/iris/infer", body)
         assert status == 400 and "error" in json.loads(reply), body[:20]
-    wait_for(lambda: sink.error_kinds()[-1:] == ["json"])
+    wait_until("the json error recorded", lambda: sink.error_kinds()[-1:] == ["json"])
     assert sink.error_kinds()[-7:] == ["json", "json", "json", "json", "request", "request", "json"]
 
 
@@ -395,7 +386,7 @@ def test_inference_reaches_telemetry(client: RawClient, sink: RecordingTelemetry
     x = trained_model("iris").X_test[:3]
     before = len(sink.inferences)
     client.request("POST", "/v2/models/iris/infer", infer_body(x))
-    wait_for(lambda: len(sink.inferences) > before)
+    wait_until("the inference recorded", lambda: len(sink.inferences) > before)
     record = sink.inferences[-1]
     assert record.model == "iris" and record.version == 3
     np.testing.assert_array_equal(record.X, x)
@@ -619,7 +610,7 @@ def test_failing_sink_never_breaks_answers(models: dict[str, LoadedModel]) -> No
                 "POST", "/v2/models/iris/infer", infer_body(trained_model("iris").X_test[:1])
             )
             assert status == 200
-        wait_for(lambda: srv.metrics.sink_failures == 3)
+        wait_until("three sink failures", lambda: srv.metrics.sink_failures == 3)
         c.close()
 
 
@@ -715,7 +706,7 @@ def test_connection_limit_idle_and_slow_requests(models: dict[str, LoadedModel])
         slow_head.send(b"GET /v2/health/live HTTP/1.1\r\n")  # a head that never completes
         assert slow_head.read_response()[0] == 408  # after header_timeout_s
         assert slow_body.read_response()[0] == 408  # after request_timeout_s
-        wait_for(lambda: srv.metrics.connections_refused == 1)
+        wait_until("the refused connection", lambda: srv.metrics.connections_refused == 1)
         for c in (idle, slow_body, extra, slow_head):
             c.close()
 
@@ -760,7 +751,10 @@ def test_requests_answered_together_reach_a_batch_sink_together(
         for _ in bodies:
             outputs = json.loads(c.read_response()[2])["outputs"]
             ids += next(o for o in outputs if o["name"] == "prediction_id")["data"]
-        wait_for(lambda: sum(len(b[4]) for b in sink.batches) + len(sink.inferences) == len(bodies))
+        wait_until(
+            "every request recorded",
+            lambda: sum(len(b[4]) for b in sink.batches) + len(sink.inferences) == len(bodies),
+        )
         c.close()
     # Pipelined requests are answered in one loop pass: at least one batched call.
     assert sink.batches and max(len(b[4]) for b in sink.batches) > 1

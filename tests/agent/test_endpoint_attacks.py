@@ -27,7 +27,7 @@ from tests.agent.attack_client import (
     served,
     unauthenticated_bodies,
 )
-from tests.agent.state_env import PROFILE_NAME, kill, make_env, stop
+from tests.support.agents import PROFILE_NAME, kill, make_env, profile_toml, stop
 
 from edgefleet.core.profiles import load_profile
 
@@ -39,34 +39,12 @@ TOKEN = "attack-test-token-0123456789"
 
 def zero_like_profile() -> str:
     """The test gateway profile with the Pi Zero's memory budget and bundle size."""
-    return f"""\
-name = "{PROFILE_NAME}"
-description = "x86_64 test machine with the memory figures of {ZERO.name}"
-
-[hardware]
-arch = "x86_64"
-cores = 2
-memory_mb = {ZERO.memory_mb}
-storage_budget_mb = 64
-
-[onnxruntime]
-min_onnxruntime = "1.17"
-execution_providers = ["CPUExecutionProvider"]
-intra_op_threads = 1
-inter_op_threads = 1
-
-[model]
-quantization = "none"
-int8_format = "U8S8"
-max_bundle_bytes = {ZERO.max_bundle_bytes}
-
-[telemetry]
-telemetry_budget_bytes = 1048576
-window_s = 60
-
-[agent]
-agent_memory_budget_mb = {ZERO.agent_memory_budget_mb}
-"""
+    return profile_toml(
+        description=f"x86_64 test machine with the memory figures of {ZERO.name}",
+        memory_mb=ZERO.memory_mb,
+        max_bundle_bytes=ZERO.max_bundle_bytes,
+        extra=f"\n[agent]\nagent_memory_budget_mb = {ZERO.agent_memory_budget_mb}\n",
+    )
 
 
 @dataclass

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import socket
-import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -20,8 +19,9 @@ from urllib.parse import quote
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.agent.bundles import make_signer, trained_model, write_model_dir
 from tests.agent.test_endpoint import RawClient
+from tests.support.bundles import make_signer, trained_model, write_model_dir
+from tests.support.waiting import wait_until
 
 from edgefleet.agent.endpoint import EndpointConfig, EndpointServer
 from edgefleet.agent.endpoint.metrics import ERROR_KINDS
@@ -105,13 +105,6 @@ def assert_alive(server: EndpointServer) -> None:
         assert fresh.request("GET", "/v2/health/live")[0] == 200
     finally:
         fresh.close()
-
-
-def wait_for_errors(sink: RecordingTelemetrySink, count: int) -> None:
-    deadline = time.monotonic() + 5.0
-    while len(sink.errors) < count:
-        assert time.monotonic() < deadline, "refusal never reached the telemetry sink"
-        time.sleep(0.001)
 
 
 # --- strategies ------------------------------------------------------------------------
@@ -216,7 +209,7 @@ def test_oip_shaped_requests(
                 assert out["shape"][0] == rows
     elif len(body) <= MAX_BODY:
         # A refused request for a served model is counted, with a known kind.
-        wait_for_errors(sink, before + 1)
+        wait_until("the refusal in the telemetry sink", lambda: len(sink.errors) >= before + 1, 5.0)
         name, version, kind = sink.errors[before]
         assert (name, version) == (model, 3) and kind in ERROR_KINDS
 
@@ -339,7 +332,7 @@ def test_schema_violation_kinds_reach_telemetry(
     before = len(sink.errors)
     status, _, reply = exchange(client, post("/v2/models/iris/infer", json.dumps(doc).encode()))
     assert status == 400, reply
-    wait_for_errors(sink, before + 1)
+    wait_until("the refusal in the telemetry sink", lambda: len(sink.errors) >= before + 1, 5.0)
     assert sink.errors[before] == ("iris", 3, kind)
 
 

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.agent.bundles import make_signer, trained_model, write_model_dir
-from tests.agent.test_endpoint import TOKEN, RawClient, infer_body, wait_for
+from tests.agent.test_endpoint import TOKEN, RawClient, infer_body
+from tests.support.bundles import make_signer, trained_model, write_model_dir
+from tests.support.waiting import wait_until
 
 from edgefleet.agent.endpoint import EndpointConfig, EndpointServer
 from edgefleet.agent.endpoint.app import EndpointApp
@@ -146,7 +147,7 @@ def test_idle_unauthenticated_connections_make_room_for_a_client(iris: LoadedMod
     config = EndpointConfig(port=0, token=TOKEN, max_unauth_connections=4, max_connections=2)
     with EndpointServer(config, ServingSet({"iris": iris})) as srv:
         idle = [socket.create_connection(("127.0.0.1", srv.port), timeout=5) for _ in range(10)]
-        wait_for(lambda: srv.metrics.connections_total == 10)
+        wait_until("ten connections", lambda: srv.metrics.connections_total == 10)
         client = RawClient(srv.port)
         assert client.request("GET", "/v2/health/live", headers=AUTH)[0] == 200
         assert srv.metrics.connections_evicted >= 7
@@ -209,11 +210,11 @@ def test_requests_wait_for_room_in_the_tensor_budget(iris: LoadedModel) -> None:
         first, second, health = RawClient(srv.port), RawClient(srv.port), RawClient(srv.port)
         head = b"POST /v2/models/iris/infer HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body)
         first.send(head + body[:100])  # admitted and charged; its body is slow to come
-        wait_for(lambda: srv.budget.in_use == charge)
+        wait_until("the budget charged", lambda: srv.budget.in_use == charge)
         second.send(head + body)  # no room: waits, nothing of it is decoded
         assert second.sock is not None
         second.sock.shutdown(socket.SHUT_WR)  # a half-closed client still gets its answer
-        wait_for(lambda: srv.metrics.budget_waits == 1)
+        wait_until("one budget wait", lambda: srv.metrics.budget_waits == 1)
         assert health.request("GET", "/v2/health/live")[0] == 200  # costs nothing: never waits
         # A small request passes the big one waiting: it holds its charge for a moment only.
         assert health.request("POST", "/v2/models/iris/infer", infer_body(x[:1]))[0] == 200
@@ -223,7 +224,7 @@ def test_requests_wait_for_room_in_the_tensor_budget(iris: LoadedModel) -> None:
         status, _, answer = second.read_response()
         assert status == 200 and json.loads(answer)["outputs"][0]["shape"] == [3000]
         assert srv.budget.peak <= srv.limits.inflight
-        wait_for(lambda: srv.budget.in_use == 0)
+        wait_until("the budget released", lambda: srv.budget.in_use == 0)
         for c in (first, second, health):
             c.close()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.agent.state_env import PROFILE_NAME, infer, kill, make_env, stop
+from tests.support.agents import PROFILE_NAME, infer, kill, make_env, stop
 
 pytestmark = pytest.mark.slow
 

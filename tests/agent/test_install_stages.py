@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.agent.state_env import make_env, stop
+from tests.support.agents import make_env, stop
 from tests.terminal import run_with_terminal_stderr
 
 

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.agent.state_env import infer, kill, make_env
+from tests.support.agents import infer, kill, make_env
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -115,16 +116,16 @@ def test_agent_run_and_predict_connect_nowhere_and_write_no_tracking_ids(tmp_pat
 
 
 def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 90) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def ready() -> str | None:
         assert proc.poll() is None, f"daemon exited with {proc.returncode}"
         try:
             text = path.read_text()
             json.loads(text)
             return text
         except (OSError, ValueError):
-            time.sleep(0.05)
-    raise AssertionError("daemon not ready")
+            return None
+
+    return wait_until("the daemon to be ready", ready, timeout)
 
 
 def test_foreign_connects_sees_dns_and_remote_hosts() -> None:

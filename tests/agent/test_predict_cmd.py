@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.agent.bundles import Signer, make_signer, trained_model, write_signed_bundle
-from tests.agent.state_env import make_env
+from tests.support.agents import make_env
+from tests.support.bundles import Signer, make_signer, trained_model, write_signed_bundle
 
 from edgefleet.core.cli.main import main
 

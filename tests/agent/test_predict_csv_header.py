@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.agent.bundles import Signer, make_signer, trained_model, write_signed_bundle
+from tests.support.bundles import Signer, make_signer, trained_model, write_signed_bundle
 
 from edgefleet.core.cli.main import main
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.agent.state_env import http_json, infer, kill, make_env, stop
+from tests.support.agents import http_json, infer, kill, make_env, stop
+from tests.support.waiting import wait_until
 
 from edgefleet.agent.commands.status_cmd import render
 from edgefleet.agent.sync.reconcile import InstalledModel
@@ -51,10 +51,11 @@ def test_client_mistakes_during_probation_leave_a_first_install_serving(tmp_path
             target=lambda: results.append(env.cli("install", str(env.bundle(1)), "--wait", "final"))
         )
         waiter.start()
-        deadline = time.monotonic() + 60
-        while http_json(f"{url}/v2/models/iris/ready")[0] != 200:
-            assert time.monotonic() < deadline, env.log_tail()
-            time.sleep(0.05)
+        wait_until(
+            lambda: f"version 1 ready: {env.log_tail()}",
+            lambda: http_json(f"{url}/v2/models/iris/ready")[0] == 200,
+            60,
+        )
         # Seven bad requests while version 1 is on probation: not JSON, wrong shape.
         infer_url = f"{url}/v2/models/iris/infer"
         for body in (b"{not json", b"", b'{"inputs": 3}', b"[1, 2"):

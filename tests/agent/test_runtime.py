@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.agent.bundles import (
+from tests.support.bundles import (
     Signer,
     make_signer,
     trained_model,

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.agent.bundles import Signer, make_signer, write_model_dir, write_signed_bundle
+from tests.support.bundles import Signer, make_signer, write_model_dir, write_signed_bundle
 
 from edgefleet.agent.deploy.layout import StateLayout
 from edgefleet.agent.deploy.loader import BundleLoader

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from amqtt.plugins.base import BasePlugin
 from tests.core.test_brokers import round_trip
+from tests.support.waiting import wait_until
 
 from edgefleet.core.errors import TransportError
 from edgefleet.core.mqtt.amqtt_runner import AmqttRunner
@@ -41,10 +42,7 @@ def thread_names() -> set[str]:
 
 
 def wait_gone(name: str) -> None:
-    deadline = time.monotonic() + 20
-    while name in thread_names():
-        assert time.monotonic() < deadline, f"thread {name} still alive"
-        time.sleep(0.02)
+    wait_until(f"thread {name} to end", lambda: name not in thread_names(), 20)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from tests.support.bundles import placeholder_bundle
 
 from edgefleet.core.bundle_writer import BundleInfo, write_bundle
 from edgefleet.core.cli.main import main
@@ -40,13 +41,15 @@ def make_bundle(
         code, _, _ = run(["keys", "generate", name, "--out", str(tmp_path / "keys")], capsys)
         assert code == 0
         keys.append(load_private_key(tmp_path / "keys" / f"{name}.key"))
-    manifest = Manifest(
+    return placeholder_bundle(
+        tmp_path / "wine.efb",
+        keys,
+        model="wine",
+        version=2,
         bundle_id="cli-test",
-        model={"name": "wine", "version": 2, "task": "classification", "labels": [0, 1, 2]},
-        target={"profile": "rpi4-arm64", "arch": "aarch64"},
+        labels=[0, 1, 2],
         quantization={"method": "dynamic", "format": "QOperator"},
     )
-    return write_bundle(tmp_path / "wine.efb", manifest, MEMBERS, keys)
 
 
 def test_keys_generate_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.agent.state_env import make_env
+from tests.support.agents import make_env
 
 from edgefleet.core.keys import generate_keypair, keyid_of, load_public_key
 from edgefleet.core.trust import TrustStore

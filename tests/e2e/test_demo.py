@@ -13,10 +13,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -44,14 +44,6 @@ def processes_of(marker: str) -> dict[int, str]:
         if marker in cmdline or marker in environ:
             found[int(entry.name)] = cmdline.strip()
     return found
-
-
-def wait_until(what: str, check, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_demo_json_summary_tells_the_story_and_nothing_is_left(tmp_path: Path) -> None:

@@ -1,16 +1,13 @@
-"""Shared builders for hub tests: keys, hub.toml, signed bundles, telemetry windows."""
+"""Shared builders for hub tests: keys, hub.toml, telemetry windows (bundles: tests.support.bundles)."""
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgefleet.core.bundle_writer import BundleInfo, write_bundle
-from edgefleet.core.keys import generate_keypair, load_private_key
-from edgefleet.core.manifest import Manifest
+from edgefleet.core.keys import generate_keypair
 from edgefleet.core.protocol.telemetry import LatencyHistogram, WindowSummary
 from edgefleet.hub.config import HubConfig
 from edgefleet.hub.store import SqliteHubStore
@@ -57,31 +54,6 @@ publisher_keys = ["keys/publisher.pub"]
     config_path = root / "hub.toml"
     config_path.write_text(text)
     return HubFixture(root, config_path, publisher.private, hub.private)
-
-
-def make_bundle(
-    out: Path,
-    key_path: Path,
-    *,
-    model: str = "digits",
-    version: int = 1,
-    profile: str | None = "rpi4-arm64",
-    payload_bytes: int = 4096,
-) -> BundleInfo:
-    target: dict[str, Any] = {"arch": "aarch64"}
-    if profile is not None:
-        target["profile"] = profile
-    manifest = Manifest(
-        bundle_id=f"{model}-{version}-{profile}",
-        model={"name": model, "version": version, "task": "classification"},
-        target=target,
-    )
-    members: dict[str, bytes | Path] = {
-        "model.onnx": os.urandom(payload_bytes),
-        "smoke.npz": b"smoke",
-        "reference.json": b'{"profile_id":"p"}',
-    }
-    return write_bundle(out, manifest, members, [load_private_key(key_path)])
 
 
 def window(

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tests.hub.hubkit import HubFixture, make_bundle, make_hub
-from tests.hub.mqttkit import ProbeClient
+from tests.hub.hubkit import HubFixture, make_hub
+from tests.support.brokers import ProbeClient
+from tests.support.bundles import placeholder_bundle
 
 from edgefleet.core.directive import check_directive
 from edgefleet.core.keys import load_private_key
@@ -27,7 +28,7 @@ from edgefleet.core.protocol import Topics
 from edgefleet.core.testing.brokers import MosquittoBroker
 from edgefleet.core.trust import TrustStore
 from edgefleet.hub.broker_config import write_broker_config
-from edgefleet.hub.bundles import BundleStore
+from edgefleet.hub.bundles import PublishedBundleStore
 from edgefleet.hub.commands.serve_cmd import mqtt_settings
 from edgefleet.hub.config import HubConfig
 from edgefleet.hub.enrollment import build_trust_store, enroll_device, publisher_trust
@@ -38,13 +39,6 @@ T = Topics()
 HUB_PASSWORD = "hub-secret-for-tests"
 DEVICES = ("pi-a", "pi-b", "pi-c")
 WAIT_S = 20.0
-
-
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 @dataclass
@@ -92,13 +86,13 @@ class Hub:
         return client
 
     def publish_bundle(self, version: int, size: int = 4096) -> str:
-        info = make_bundle(
+        info = placeholder_bundle(
             self.fx.root / f"v{version}.efb",
             self.fx.publisher_key,
             version=version,
             payload_bytes=size,
         )
-        BundleStore(self.config.store.bundles_dir, self.store).publish(
+        PublishedBundleStore(self.config.store.bundles_dir, self.store).publish(
             info.path, publisher_trust(self.config), time.time()
         )
         return info.sha256

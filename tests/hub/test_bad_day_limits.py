@@ -10,8 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.hub.hubkit import HubFixture, make_bundle, make_hub
-from tests.hub.servicekit import T, make_service_hub, wait_until
+from tests.hub.hubkit import HubFixture, make_hub
+from tests.hub.servicekit import T, make_service_hub
+from tests.support.bundles import placeholder_bundle
+from tests.support.waiting import wait_until
 
 import edgefleet.core.manifest as manifest_module
 from edgefleet.core.testing.brokers import MosquittoBroker
@@ -52,7 +54,7 @@ def test_publish_refuses_a_version_beyond_two_to_the_53(
     fx = make_hub(tmp_path)
     # A publisher whose tools know no bound signs version 2^63.
     monkeypatch.setattr(manifest_module, "MAX_MODEL_VERSION", 2**64)
-    info = make_bundle(tmp_path / "huge.efb", fx.publisher_key, version=2**63)
+    info = placeholder_bundle(tmp_path / "huge.efb", fx.publisher_key, version=2**63)
     monkeypatch.undo()
     result = hub_cli(fx, "publish", str(info.path))
     assert result.returncode == 3, result.stderr
@@ -85,7 +87,7 @@ def test_nan_and_infinity_in_hub_toml_are_refused(
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "nan%"])
 def test_a_nan_gate_is_refused(tmp_path: Path, value: str) -> None:
     fx = make_hub(tmp_path)
-    info = make_bundle(tmp_path / "d1.efb", fx.publisher_key, version=1)
+    info = placeholder_bundle(tmp_path / "d1.efb", fx.publisher_key, version=1)
     assert hub_cli(fx, "publish", str(info.path)).returncode == 0
     added = hub_cli(
         fx, "device", "add", "pi-1", "--profile", "rpi4-arm64", "--out", str(tmp_path / "pi-1")
@@ -180,11 +182,11 @@ def test_a_flood_of_malformed_messages_is_logged_a_few_times(
             device.client.publish(T.state("pi-a"), b"{not json %d" % i, qos=0)
             device.client.publish(T.fetch("pi-a"), b"[]", qos=0)
         wait_until(
+            "every malformed message counted",
             lambda: (
                 service.counters.get("malformed.state", 0) == flood
                 and service.counters.get("malformed.fetch", 0) == flood
             ),
-            "every malformed message counted",
         )
         about = [r.getMessage() for r in caplog.records if "pi-a" in r.getMessage()]
         # the first five and then every power of two, for each of the two kinds

@@ -5,7 +5,6 @@ from __future__ import annotations
 import getpass
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from tests.hub.hubkit import make_hub
-from tests.hub.mqttkit import ProbeClient
+from tests.support.brokers import ProbeClient
+from tests.support.waiting import wait_until
 
 from edgefleet.core.protocol.topics import Topics
 from edgefleet.core.testing.brokers import MosquittoBroker, find_mosquitto, free_port
@@ -173,15 +173,16 @@ def run_generated_conf(files: BrokerFiles) -> Iterator[subprocess.Popen[bytes]]:
             [binary, "-c", str(files.conf)], stdout=out, stderr=subprocess.STDOUT
         )
     try:
-        deadline = time.monotonic() + 20
-        while True:
+
+        def listening() -> bool:
             assert proc.poll() is None, log.read_text()
             try:
                 socket.create_connection(("127.0.0.1", files.port), timeout=0.5).close()
-                break
             except OSError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.05)
+                return False
+            return True
+
+        wait_until(lambda: f"mosquitto to listen: {log.read_text()}", listening, 20)
         yield proc
     finally:
         proc.kill()

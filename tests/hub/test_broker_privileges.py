@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from tests.hub.hubkit import make_hub
-from tests.hub.mqttkit import ProbeClient
 from tests.hub.test_broker_acl import run_generated_conf
+from tests.support.brokers import ProbeClient
 
 from edgefleet.core.cli.main import cli
 from edgefleet.core.mqtt import MqttSettings, TlsSettings

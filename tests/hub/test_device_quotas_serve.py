@@ -18,8 +18,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from tests.hub.servicekit import Hub, T, make_service_hub, scrape, serve, wait_until
+from tests.hub.servicekit import Hub, T, make_service_hub, scrape, serve
 from tests.hub.test_telemetry_bounds_serve import acked_within, batch_payload, metric, ordinary
+from tests.support.waiting import wait_until
 
 from edgefleet.core.protocol.limits import MAX_TELEMETRY_BYTES
 from edgefleet.core.testing.brokers import MosquittoBroker, free_port
@@ -56,7 +57,7 @@ def served_hub(
     hub.fx.config_path.write_text(text)
     proc = serve(hub.fx.config_path, tmp_path / "hub-serve.log")
     try:
-        wait_until(lambda: scrape(metrics_port) is not None, "hub serve up")
+        wait_until("hub serve up", lambda: scrape(metrics_port) is not None)
         yield hub, metrics_port
     finally:
         proc.kill()

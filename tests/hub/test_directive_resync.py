@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.hub.servicekit import T, directive_from, make_service_hub, wait_until
+from tests.hub.servicekit import T, directive_from, make_service_hub
+from tests.support.waiting import wait_until
 
 from edgefleet.core.canonical import canonical_json
 from edgefleet.core.protocol import ResyncRequest, encode_json
@@ -50,7 +51,7 @@ def test_a_broker_restored_from_an_older_snapshot_serves_the_latest_directive(
         database = hub.broker.workdir / "mosquitto.db"
         snapshot = database.read_bytes()  # retained directive v1 and the hub's session
         hub.broker.start()
-        wait_until(lambda: service.transport.stats.connects >= 2, "hub reconnect")
+        wait_until("hub reconnect", lambda: service.transport.stats.connects >= 2)
         assign(hub, "pi-b", sha2, 2)
         service.tick()
         seq2, at2 = published_seq(hub, "pi-b")
@@ -58,8 +59,8 @@ def test_a_broker_restored_from_an_older_snapshot_serves_the_latest_directive(
         hub.broker.stop()
         database.write_bytes(snapshot)  # the broker comes back from the older snapshot
         hub.broker.start()
-        wait_until(lambda: service.transport.stats.connects >= 3, "hub reconnect")
-        wait_until(lambda: published_seq(hub, "pi-b")[1] != at2, "directives published again")
+        wait_until("hub reconnect", lambda: service.transport.stats.connects >= 3)
+        wait_until("directives published again", lambda: published_seq(hub, "pi-b")[1] != at2)
         device = hub.device("pi-b")  # fresh state: takes whatever is retained
         directive = directive_from(device, "pi-b", hub.trust)
         assert (directive["seq"], directive["assignments"][0]["version"]) == (seq2, 2)
@@ -90,11 +91,11 @@ def test_a_device_that_asks_gets_its_current_directive_over_a_stale_retained_one
         )
         current = json.loads(messages[-1][1])["directive"]
         assert current["assignments"][0]["version"] == 2
-        wait_until(lambda: service.counters.get("directives.resync") == 1, "resync counted")
+        wait_until("resync counted", lambda: service.counters.get("directives.resync") == 1)
         # A device asking again at once is not answered again (each answer is a publish).
         device.publish(T.resync("pi-c"), encode_json(ResyncRequest()))
         device.publish(T.resync("pi-c"), b"{not json")
-        wait_until(lambda: service.counters.get("malformed.resync") == 1, "malformed counted")
+        wait_until("malformed counted", lambda: service.counters.get("malformed.resync") == 1)
         assert service.counters.get("directives.resync") == 1
     finally:
         hub.close()

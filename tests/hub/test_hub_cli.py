@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.hub.hubkit import HubFixture, make_bundle, make_hub
+from tests.hub.hubkit import HubFixture, make_hub
+from tests.support.bundles import placeholder_bundle
 
 from edgefleet.agent.config import AgentConfig
 from edgefleet.core.bundle_verifier import BundleVerifier
@@ -127,7 +128,7 @@ def test_missing_config_is_a_usage_error(
 
 
 def test_publish_verifies_and_stores_content_addressed(cli: Cli, tmp_path: Path) -> None:
-    info = make_bundle(tmp_path / "d2.efb", cli.hub.publisher_key, version=2)
+    info = placeholder_bundle(tmp_path / "d2.efb", cli.hub.publisher_key, version=2)
     published = cli.json("publish", str(info.path))
     assert published["sha256"] == info.sha256 and published["created"] is True
     assert (published["model"], published["version"], published["profile"]) == (
@@ -145,10 +146,10 @@ def test_publish_verifies_and_stores_content_addressed(cli: Cli, tmp_path: Path)
 
 def test_publish_rejects_an_untrusted_or_tampered_bundle(cli: Cli, tmp_path: Path) -> None:
     stranger = make_hub(tmp_path / "other")
-    info = make_bundle(tmp_path / "evil.efb", stranger.publisher_key, version=2)
+    info = placeholder_bundle(tmp_path / "evil.efb", stranger.publisher_key, version=2)
     code, _out, err = cli.run("publish", str(info.path))
     assert code == 3 and "error: " in err
-    good = make_bundle(tmp_path / "good.efb", cli.hub.publisher_key, version=3)
+    good = placeholder_bundle(tmp_path / "good.efb", cli.hub.publisher_key, version=3)
     data = bytearray(good.path.read_bytes())
     data[-2000] ^= 0xFF  # inside model.onnx
     good.path.write_bytes(bytes(data))
@@ -173,7 +174,8 @@ def test_rollout_commands_drive_the_store(cli: Cli, tmp_path: Path) -> None:
             "lab" if i < 2 else "field",
         )
     cli.json(
-        "publish", str(make_bundle(tmp_path / "d2.efb", cli.hub.publisher_key, version=2).path)
+        "publish",
+        str(placeholder_bundle(tmp_path / "d2.efb", cli.hub.publisher_key, version=2).path),
     )
     created = cli.json(
         "rollout",
@@ -259,7 +261,7 @@ def test_publish_with_a_two_publisher_threshold_needs_a_co_signed_bundle(
     )
     hub.config_path.write_text(text)
     cli = Cli(hub, capsys)
-    info = make_bundle(tmp_path / "d2.efb", hub.publisher_key, version=2)
+    info = placeholder_bundle(tmp_path / "d2.efb", hub.publisher_key, version=2)
     code, _out, err = cli.run("publish", str(info.path))
     assert code == 3 and "error: " in err  # one of two publishers signed
     with pytest.raises(SystemExit) as signed:

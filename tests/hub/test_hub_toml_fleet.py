@@ -18,8 +18,8 @@ from edgefleet.core.cli.main import main
 from edgefleet.hub.config import FleetConfig, HubConfig
 from edgefleet.hub.errors import HubConfigError
 from edgefleet.hub.fleet import FleetSettings, FleetTelemetry
-from edgefleet.hub.fleet.runtime import FleetRuntime
 from edgefleet.hub.fleet.settings import fleet_db_path
+from edgefleet.hub.fleet.workers import FleetWorkers
 from edgefleet.hub.store import SqliteHubStore
 
 FLEET = """
@@ -132,7 +132,7 @@ def test_bucket_lengths_are_fixed_by_the_first_writer(
     store = SqliteHubStore(config.store.path)
     try:
         with pytest.raises(HubConfigError, match="bucket_s=1800"):
-            FleetRuntime(
+            FleetWorkers(
                 FleetConfig(settings=FleetSettings()),
                 config.store.path,
                 config.store.bundles_dir,
@@ -151,7 +151,7 @@ def test_a_metrics_port_in_use_is_refused_naming_the_setting(tmp_path: Path) -> 
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     store = SqliteHubStore(config.store.path)
-    runtime = FleetRuntime(
+    workers = FleetWorkers(
         FleetConfig(metrics_port=taken.getsockname()[1]),
         config.store.path,
         config.store.bundles_dir,
@@ -161,9 +161,9 @@ def test_a_metrics_port_in_use_is_refused_naming_the_setting(tmp_path: Path) -> 
     )
     try:
         with pytest.raises(HubConfigError, match="fleet.metrics_port: cannot listen"):
-            runtime.start()
-            runtime.start_metrics()
-        assert runtime.worker._thread is None  # nothing left running
+            workers.start()
+            workers.start_metrics()
+        assert workers.worker._thread is None  # nothing left running
     finally:
         taken.close()
         store.close()

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.hub.hubkit import HubFixture, make_bundle, make_hub
+from tests.hub.hubkit import HubFixture, make_hub
+from tests.support.bundles import placeholder_bundle
 
 from edgefleet.core.cli.main import main
 
@@ -32,7 +33,7 @@ def hub(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> HubFixture:
     for i in range(2):
         code, _, err = run(hub, capsys, "device", "add", f"pi-{i}", "--profile", "rpi4-arm64")
         assert code == 0, err
-    bundle = make_bundle(tmp_path / "d2.efb", hub.publisher_key, version=2).path
+    bundle = placeholder_bundle(tmp_path / "d2.efb", hub.publisher_key, version=2).path
     code, _, err = run(hub, capsys, "publish", str(bundle))
     assert code == 0, err
     return hub

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.hub.hubkit import make_bundle, make_hub
+from tests.hub.hubkit import make_hub
 from tests.hub.test_hub_cli import Cli
+from tests.support.bundles import placeholder_bundle
 
 from edgefleet.hub.rollout.plan import Gates, RolloutPlan
 from edgefleet.hub.rollout.timing import duration, phase_timing
@@ -34,7 +35,7 @@ def test_rollout_create_prints_and_returns_the_earliest_times(
     cli = Cli(make_hub(tmp_path, broker={"device_host": "hub.example.org"}), capsys)
     for i in range(3):
         cli.json("device", "add", f"pi-{i}", "--profile", "rpi4-arm64", "--group", "north")
-    cli.json("publish", str(make_bundle(tmp_path / "d.efb", cli.hub.publisher_key).path))
+    cli.json("publish", str(placeholder_bundle(tmp_path / "d.efb", cli.hub.publisher_key).path))
     code, out, err = cli.run(
         "rollout", "create", "digits:1", "--to", "group=north", "--phases", "10%,50%,100%"
     )

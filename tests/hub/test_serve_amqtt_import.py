@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tests.hub.servicekit import Hub, T, make_service_hub, wait_until
+from tests.hub.servicekit import Hub, T, make_service_hub
+from tests.support.waiting import wait_until
 
 from edgefleet.core.protocol import Status, encode_json
 from edgefleet.core.testing.brokers import LOOPBACK, MosquittoBroker, free_port
@@ -88,11 +89,11 @@ def test_hub_serve_loads_amqtt_only_with_embedded_broker(
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        wait_until(lambda: port_listens(hub.port) or proc.poll() is not None, "the broker")
+        wait_until("the broker", lambda: port_listens(hub.port) or proc.poll() is not None)
         assert proc.poll() is None, "hub serve exited early"
         device = hub.device("pi-a")
         device.publish(T.status("pi-a"), encode_json(Status(online=True)), retain=True)
-        wait_until(lambda: hub.store.get_device("pi-a").online, "status via hub serve")  # type: ignore[union-attr]
+        wait_until("status via hub serve", lambda: hub.store.get_device("pi-a").online)  # type: ignore[union-attr]
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=30)
     finally:

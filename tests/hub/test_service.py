@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 from tests.hub.hubkit import window
-from tests.hub.mqttkit import ProbeClient
 from tests.hub.servicekit import (
     HUB_PASSWORD,
     Hub,
     T,
     directive_from,
     make_service_hub,
-    wait_until,
 )
+from tests.support.brokers import ProbeClient
+from tests.support.waiting import wait_until
 
 from edgefleet.core.protocol import (
     Ack,
@@ -64,7 +64,7 @@ def test_state_tracking_from_status_state_and_lwt(hub: Hub) -> None:
     offline = encode_json(Status(online=False))
     device = hub.device("pi-a", will=(T.status("pi-a"), offline))
     device.publish(T.status("pi-a"), encode_json(Status(online=True, at=time.time())), retain=True)
-    wait_until(lambda: hub.store.get_device("pi-a").online, "online")  # type: ignore[union-attr]
+    wait_until("online", lambda: hub.store.get_device("pi-a").online)  # type: ignore[union-attr]
     state = DeviceState(
         device="pi-a",
         agent_version="0.1.0",
@@ -74,11 +74,11 @@ def test_state_tracking_from_status_state_and_lwt(hub: Hub) -> None:
         directive_error="expired directive: seq 3",
     )
     device.publish(T.state("pi-a"), encode_json(state), retain=True)
-    wait_until(lambda: hub.store.get_device("pi-a").state.get("models"), "state")  # type: ignore[union-attr]
+    wait_until("state", lambda: hub.store.get_device("pi-a").state.get("models"))  # type: ignore[union-attr]
     stored = hub.store.get_device("pi-a")
     assert stored is not None and stored.state["directive_error"] == "expired directive: seq 3"
     device.drop()  # no DISCONNECT: the broker publishes the will
-    wait_until(lambda: not hub.store.get_device("pi-a").online, "offline from LWT")  # type: ignore[union-attr]
+    wait_until("offline from LWT", lambda: not hub.store.get_device("pi-a").online)  # type: ignore[union-attr]
     assert hub.store.get_device("pi-a").last_seen is not None  # type: ignore[union-attr]
 
 
@@ -184,7 +184,7 @@ def test_malformed_and_oversized_payloads_are_counted_not_fatal(hub: Hub) -> Non
     hub_probe.publish(T.status("ghost"), encode_json(Status(online=True)))
     # Still alive: a valid message afterwards is handled.
     device.publish(T.status("pi-a"), encode_json(Status(online=True)))
-    wait_until(lambda: hub.store.get_device("pi-a").online, "valid status after garbage")  # type: ignore[union-attr]
+    wait_until("valid status after garbage", lambda: hub.store.get_device("pi-a").online)  # type: ignore[union-attr]
     counts = service.counters
     for kind in kinds:
         assert counts[f"oversized.{kind}"] == 1, counts
@@ -237,7 +237,7 @@ def test_directives_are_restored_after_a_broker_lost_them(hub: Hub) -> None:
     service.tick()
     assert hub.store.latest_directive("pi-b").published_at is not None  # type: ignore[union-attr]
     hub.broker.restart()  # no persistence: the retained directive is gone
-    wait_until(lambda: service.transport.stats.connects >= 2, "hub reconnect")
+    wait_until("hub reconnect", lambda: service.transport.stats.connects >= 2)
     service.tick()
     device = hub.device("pi-b")
     assert directive_from(device, "pi-b", hub.trust)["assignments"][0]["bundle_sha256"] == sha
@@ -255,8 +255,8 @@ def test_directives_are_restored_without_waiting_for_a_tick(hub: Hub) -> None:
     assert published is not None
     hub.broker.restart()  # no persistence; tick_s is an hour, so only the reconnect can act
     wait_until(
-        lambda: hub.store.latest_directive("pi-c").published_at != published,  # type: ignore[union-attr]
         "directive published again after the reconnect",
+        lambda: hub.store.latest_directive("pi-c").published_at != published,  # type: ignore[union-attr]
     )
     device = hub.device("pi-c")
     assert directive_from(device, "pi-c", hub.trust)["assignments"][0]["bundle_sha256"] == sha
@@ -277,7 +277,7 @@ def test_embedded_amqtt_broker_smoke(hub: Hub) -> None:
         a = hub.device("pi-a")
         a.publish(T.status("pi-b"), encode_json(Status(online=True)))  # not pi-a's topic
         a.publish(T.status("pi-a"), encode_json(Status(online=True)))
-        wait_until(lambda: hub.store.get_device("pi-a").online, "status via amqtt")  # type: ignore[union-attr]
+        wait_until("status via amqtt", lambda: hub.store.get_device("pi-a").online)  # type: ignore[union-attr]
         assert hub.store.get_device("pi-b").online is False  # type: ignore[union-attr]
         a.subscribe(T.desired("pi-b"))
         a.subscribe(f"{T.root}/#")
@@ -316,7 +316,7 @@ def test_hub_serve_command_runs_and_stops_on_sigterm(hub: Hub, tmp_path: Path) -
     try:
         device = hub.device("pi-c")
         device.publish(T.status("pi-c"), encode_json(Status(online=True)), retain=True)
-        wait_until(lambda: hub.store.get_device("pi-c").online, "status via hub serve")  # type: ignore[union-attr]
+        wait_until("status via hub serve", lambda: hub.store.get_device("pi-c").online)  # type: ignore[union-attr]
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err.decode()

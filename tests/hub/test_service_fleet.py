@@ -11,7 +11,6 @@ a stream; every window must end up stored exactly once in both stores.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import time
@@ -22,16 +21,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tests.hub.fleet.fleetkit import MODEL, N_FEATURES, Receiver, reference, run_cli, window_record
-from tests.hub.mqttkit import ProbeClient
-from tests.hub.servicekit import Hub, T, make_service_hub, scrape, serve, wait_until
+from tests.hub.servicekit import Hub, T, make_service_hub, scrape, serve
+from tests.support.brokers import ProbeClient
+from tests.support.bundles import placeholder_bundle
+from tests.support.waiting import wait_until
 
-from edgefleet.core.bundle_writer import write_bundle
 from edgefleet.core.drift import ReferenceProfile
-from edgefleet.core.keys import load_private_key
-from edgefleet.core.manifest import Manifest
 from edgefleet.core.protocol import Ack, TelemetryBatch, TelemetryRecord, encode_json
 from edgefleet.core.testing.brokers import MosquittoBroker, free_port
-from edgefleet.hub.bundles import BundleStore
+from edgefleet.hub.bundles import PublishedBundleStore
 from edgefleet.hub.enrollment import publisher_trust
 from edgefleet.hub.fleet import DeviceInfo, DriftQuery, FleetAggregator, FleetTelemetry, References
 from edgefleet.hub.fleet.settings import fleet_db_path
@@ -74,20 +72,19 @@ def wait_ack(client: ProbeClient, device_id: str, seq: int) -> None:
 
 
 def publish_reference_bundle(hub: Hub, profile: ReferenceProfile) -> None:
-    manifest = Manifest(
+    path = hub.fx.root / f"{MODEL}-1.efb"
+    placeholder_bundle(
+        path,
+        hub.fx.publisher_key,
+        model=MODEL,
+        version=1,
+        payload_bytes=256,
+        reference=profile.to_json().encode(),
         bundle_id=f"{MODEL}-1",
-        model={"name": MODEL, "version": 1, "task": "classification", "labels": [0, 1]},
-        target={"profile": "rpi4-arm64", "arch": "aarch64"},
+        labels=[0, 1],
         validation={"packaged": {"accuracy": 0.95}},
     )
-    path = hub.fx.root / f"{MODEL}-1.efb"
-    members: dict[str, bytes | Path] = {
-        "model.onnx": os.urandom(256),
-        "smoke.npz": b"smoke",
-        "reference.json": profile.to_json().encode(),
-    }
-    write_bundle(path, manifest, members, [load_private_key(hub.fx.publisher_key)])
-    BundleStore(hub.config.store.bundles_dir, hub.store).publish(
+    PublishedBundleStore(hub.config.store.bundles_dir, hub.store).publish(
         path, publisher_trust(hub.config), time.time()
     )
 
@@ -159,7 +156,7 @@ def test_windows_reach_both_stores_and_the_ack_waits_for_the_fleet_commit(
     lock = FleetLock(hub)
     try:
         device.publish(T.telemetry("pi-a"), batch("pi-a", windows(1, 4)))
-        wait_until(lambda: len(hub_store_windows(hub, "pi-a")) == 4, "hub store commit")
+        wait_until("hub store commit", lambda: len(hub_store_windows(hub, "pi-a")) == 4)
         time.sleep(0.5)  # room for a premature ack to arrive
         assert acks(device, "pi-a") == []  # the fleet commit is blocked: no ack yet
     finally:
@@ -193,11 +190,11 @@ def test_a_full_ingest_queue_is_not_acked_and_the_resend_is_stored_once(
     lock = FleetLock(hub)
     try:
         a.publish(T.telemetry("pi-a"), batch("pi-a", windows(1, 2)))
-        wait_until(lambda: worker.stats.submitted == 1 and worker.backlog == 0, "a taken")
+        wait_until("a taken", lambda: worker.stats.submitted == 1 and worker.backlog == 0)
         b.publish(T.telemetry("pi-b"), batch("pi-b", windows(1, 2)))
-        wait_until(lambda: worker.backlog == 1, "b queued")
+        wait_until("b queued", lambda: worker.backlog == 1)
         c.publish(T.telemetry("pi-c"), batch("pi-c", windows(1, 2)))
-        wait_until(lambda: service.counters.get("telemetry.fleet_backlog_full") == 1, "c refused")
+        wait_until("c refused", lambda: service.counters.get("telemetry.fleet_backlog_full") == 1)
     finally:
         lock.release()
     wait_ack(a, "pi-a", 2)
@@ -265,7 +262,7 @@ def test_alerts_reach_mqtt_and_the_webhook_and_metrics_are_served(
         assert {"feature_drift", "dataset_drift"} <= fired
         [*_, (_topic, payload)] = observer.wait_for(lambda t, p: t == T.alerts())
         assert json.loads(payload)["event"] == "fired"
-        wait_until(lambda: len(receiver.bodies) == len(events), "webhook deliveries")
+        wait_until("webhook deliveries", lambda: len(receiver.bodies) == len(events))
         assert {b["alert"]["rule"] for b in receiver.bodies} == fired  # type: ignore[index]
 
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
@@ -298,7 +295,7 @@ def test_hub_serve_killed_mid_stream_loses_and_doubles_nothing(
 
     proc = serve(hub.fx.config_path)
     try:
-        wait_until(lambda: scrape(metrics_port) is not None, "hub serve up")
+        wait_until("hub serve up", lambda: scrape(metrics_port) is not None)
         for sent in range(0, 3 * per_batch, per_batch):
             device.publish(T.telemetry("pi-a"), batch("pi-a", records[sent : sent + per_batch]))
         wait_ack(device, "pi-a", 3 * per_batch)  # committed and acked
@@ -312,7 +309,7 @@ def test_hub_serve_killed_mid_stream_loses_and_doubles_nothing(
         assert 0 < highest < total
 
         proc = serve(hub.fx.config_path)
-        wait_until(lambda: scrape(metrics_port) is not None, "hub serve up again")
+        wait_until("hub serve up again", lambda: scrape(metrics_port) is not None)
         # The agent resends everything above the highest ack it holds.
         rest = [r for r in records if r.seq > highest]
         for i in range(0, len(rest), per_batch):

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.support.waiting import wait_until
 
 from edgefleet.hub.store import FencedError, HubStore, open_store
 
@@ -92,13 +93,6 @@ def turns(store: HubStore) -> list[tuple[str, int]]:
     return out
 
 
-def wait_for(predicate: object, what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_three_hubs_kill_9_and_a_paused_holder_is_fenced_off(
@@ -120,7 +114,7 @@ def test_three_hubs_kill_9_and_a_paused_holder_is_fenced_off(
                 args=(proc.stdout, lines[name]),
                 daemon=True,
             ).start()
-        wait_for(lambda: len(turns(store)) >= 5, "a leader doing the work")
+        wait_until("a leader doing the work", lambda: len(turns(store)) >= 5)
         leader = store.lease_holder(LEASE)
         assert leader is not None
         first, first_epoch = leader[0], leader[1]
@@ -128,9 +122,9 @@ def test_three_hubs_kill_9_and_a_paused_holder_is_fenced_off(
         os.kill(hubs[first].pid, signal.SIGKILL)  # kill -9 the holder
         hubs[first].wait(10)
         killed_at = time.monotonic()
-        wait_for(
-            lambda: (h := store.lease_holder(LEASE)) is not None and h[0] != first,
+        wait_until(
             "takeover after kill -9",
+            lambda: (h := store.lease_holder(LEASE)) is not None and h[0] != first,
         )
         assert time.monotonic() - killed_at < 30
         second, second_epoch, _ = store.lease_holder(LEASE)  # type: ignore[misc]
@@ -139,15 +133,15 @@ def test_three_hubs_kill_9_and_a_paused_holder_is_fenced_off(
         # Pause the new holder between a claim and its write, past its lease; let the last
         # hub take over; wake it up: its write must be refused by the fence.
         seen = len(lines[second])
-        wait_for(lambda: "claimed" in " ".join(lines[second][seen:]), "a claim to pause after")
+        wait_until("a claim to pause after", lambda: "claimed" in " ".join(lines[second][seen:]))
         os.kill(hubs[second].pid, signal.SIGSTOP)
-        wait_for(
-            lambda: (h := store.lease_holder(LEASE)) is not None and h[0] not in (first, second),
+        wait_until(
             "takeover from a paused holder",
+            lambda: (h := store.lease_holder(LEASE)) is not None and h[0] not in (first, second),
         )
         os.kill(hubs[second].pid, signal.SIGCONT)
-        wait_for(lambda: f"refused {second_epoch}" in lines[second], "the fence refusing")
-        wait_for(lambda: len({e for _h, e in turns(store)}) >= 3, "the third holder's work")
+        wait_until("the fence refusing", lambda: f"refused {second_epoch}" in lines[second])
+        wait_until("the third holder's work", lambda: len({e for _h, e in turns(store)}) >= 3)
         history = turns(store)
         epochs = [epoch for _holder, epoch in history]
         assert epochs == sorted(epochs), "a write under an older epoch landed after a newer one"

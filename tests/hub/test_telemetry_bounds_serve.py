@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 from tests.hub.hubkit import window
-from tests.hub.mqttkit import ProbeClient
-from tests.hub.servicekit import Hub, T, make_service_hub, scrape, serve, wait_until
+from tests.hub.servicekit import Hub, T, make_service_hub, scrape, serve
+from tests.support.brokers import ProbeClient
+from tests.support.waiting import wait_until
 
 from edgefleet.core.protocol import Ack
 from edgefleet.core.testing.brokers import MosquittoBroker, free_port
@@ -95,7 +96,7 @@ def served_hub(
     hub.fx.config_path.write_text(text)
     proc = serve(hub.fx.config_path, tmp_path / "hub-serve.log")
     try:
-        wait_until(lambda: scrape(metrics_port) is not None, "hub serve up")
+        wait_until("hub serve up", lambda: scrape(metrics_port) is not None)
         yield hub, metrics_port
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, (tmp_path / "hub-serve.log").read_text()[-3000:]
@@ -179,7 +180,7 @@ def test_healthz_answers_503_while_the_ingest_worker_is_stuck(
             device.publish(
                 T.telemetry("pi-a"), batch_payload("pi-a", [(1, ordinary(time.time() - 60))])
             )
-            wait_until(lambda: healthz(metrics_port) == 503, "/healthz 503")
+            wait_until("/healthz 503", lambda: healthz(metrics_port) == 503)
             text = scrape(metrics_port)
             assert text is not None
             assert metric(text, 'edgefleet_hub_worker_stalled{worker="fleet-ingest"}') == 1
@@ -187,7 +188,7 @@ def test_healthz_answers_503_while_the_ingest_worker_is_stuck(
             lock.execute("ROLLBACK")
             lock.close()
         assert acked_within(device, "pi-a", 1, 20.0)
-        wait_until(lambda: healthz(metrics_port) == 200, "/healthz 200 again")
+        wait_until("/healthz 200 again", lambda: healthz(metrics_port) == 200)
     finally:
         hub.close()
 
@@ -212,13 +213,13 @@ def test_healthz_names_a_stuck_inbound_worker(
             device.publish(
                 T.telemetry("pi-a"), batch_payload("pi-a", [(1, ordinary(time.time() - 60))])
             )
-            wait_until(lambda: healthz(metrics_port) == 503, "/healthz 503")
+            wait_until("/healthz 503", lambda: healthz(metrics_port) == 503)
             # (/metrics also reads the locked hub store: /healthz must not, and names it.)
             assert healthz_answer(metrics_port) == (503, "stalled: hub-inbound\n")
         finally:
             lock.execute("ROLLBACK")
             lock.close()
         assert acked_within(device, "pi-a", 1, 20.0)
-        wait_until(lambda: healthz(metrics_port) == 200, "/healthz 200 again")
+        wait_until("/healthz 200 again", lambda: healthz(metrics_port) == 200)
     finally:
         hub.close()

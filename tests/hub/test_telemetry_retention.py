@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from tests.hub.hubkit import window
-from tests.hub.mqttkit import ProbeClient
 from tests.hub.servicekit import HUB_PASSWORD, Hub, T, make_service_hub
+from tests.support.brokers import ProbeClient
 
 from edgefleet.core.keys import load_private_key
 from edgefleet.core.mqtt.client import MqttClient

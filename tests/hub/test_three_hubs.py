@@ -13,7 +13,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from tests.hub.hubkit import make_bundle, make_hub
+from tests.hub.hubkit import make_hub
+from tests.support.bundles import placeholder_bundle
+from tests.support.waiting import wait_until
 
 from edgefleet.core.cli.main import main
 from edgefleet.core.testing.brokers import MosquittoBroker
@@ -24,13 +26,6 @@ from edgefleet.hub.store import DeviceRecord, HubStore, open_store
 
 pytestmark = [pytest.mark.postgres, pytest.mark.mqtt, pytest.mark.slow]
 DEVICES = [f"pi-{i}" for i in range(6)]
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -81,7 +76,7 @@ def test_kill_9_of_the_holder_hands_the_work_to_another_hub(
     for device in DEVICES:
         store.add_device(DeviceRecord(device, "rpi4-arm64", "$7$1$a$b", 1.0))
     for model in ("digits", "iris"):
-        bundle = make_bundle(tmp_path / f"{model}.efb", first.publisher_key, model=model)
+        bundle = placeholder_bundle(tmp_path / f"{model}.efb", first.publisher_key, model=model)
         cli(capsys, "hub", "publish", str(bundle.path), "--config", str(configs[0]))
 
     hubs: list[subprocess.Popen[bytes]] = []
@@ -97,27 +92,37 @@ def test_kill_9_of_the_holder_hands_the_work_to_another_hub(
                 )
             )
         for config in configs:
-            wait_for(
-                lambda c=config: b"hub: serving" in (c.parent / "serve.log").read_bytes(), "hub up"
+            wait_until(
+                "hub up",
+                lambda c=config: b"hub: serving" in (c.parent / "serve.log").read_bytes(),
+                timeout_s=60.0,
             )
 
         created = cli(capsys, "hub", "rollout", "create", "digits:1", "--to", "all",
                       "--phases", "50%,100%", "--id", "r1", "--config", str(configs[0]))  # fmt: skip
         assert "r1" in created
-        wait_for(lambda: state_of(store, "r1") is RolloutState.RUNNING, "the holder starting r1")
+        wait_until(
+            "the holder starting r1",
+            lambda: state_of(store, "r1") is RolloutState.RUNNING,
+            timeout_s=60.0,
+        )
         holder, epoch, _ = store.lease_holder(LEASE)  # type: ignore[misc]
         pid = int(holder.split(":")[1])
         victim = next(h for h in hubs if h.pid == pid)
         phase_1 = {r.device_id for r in store.list_rollout_devices("r1") if r.phase == 0}
         assert len(phase_1) == 3
-        wait_for(lambda: directive_counts(url) == dict.fromkeys(phase_1, 1), "phase 1 directives")
+        wait_until(
+            "phase 1 directives",
+            lambda: directive_counts(url) == dict.fromkeys(phase_1, 1),
+            timeout_s=60.0,
+        )
 
         victim.send_signal(signal.SIGKILL)  # kill -9, no goodbye
         victim.wait(10)
         killed_at = time.monotonic()
-        wait_for(
-            lambda: (h := store.lease_holder(LEASE)) is not None and h[0] != holder,
+        wait_until(
             "another hub taking over",
+            lambda: (h := store.lease_holder(LEASE)) is not None and h[0] != holder,
             timeout_s=30,
         )
         assert time.monotonic() - killed_at < 30
@@ -127,7 +132,9 @@ def test_kill_9_of_the_holder_hands_the_work_to_another_hub(
         # The new holder carries on: a rollout created now is started by it.
         cli(capsys, "hub", "rollout", "create", "iris:1", "--to", "ids=pi-5",
             "--phases", "100%", "--id", "r2", "--config", str(configs[1]))  # fmt: skip
-        wait_for(lambda: state_of(store, "r2") is not RolloutState.CREATED, "r2 started")
+        wait_until(
+            "r2 started", lambda: state_of(store, "r2") is not RolloutState.CREATED, timeout_s=60.0
+        )
         time.sleep(1.5)  # a few more ticks of every surviving hub
         for rollout_id in ("r1", "r2"):
             events = [e.event for e in store.rollout_events(rollout_id)]

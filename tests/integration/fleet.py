@@ -20,23 +20,29 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from tests.agent.bundles import write_signed_bundle
+from tests.support.agents import (
+    PROFILE_NAME,
+    agent_run_command,
+    infer,
+    profile_toml,
+    wait_endpoint,
+    wait_stopped,
+)
+from tests.support.bundles import write_signed_bundle
+from tests.support.waiting import wait_until
 
 from edgefleet.core.bundle_writer import BundleInfo
 from edgefleet.core.keys import generate_keypair, load_private_key
 from edgefleet.core.mqtt.client import MqttClient
-from edgefleet.hub.bundles import BundleStore
+from edgefleet.hub.bundles import PublishedBundleStore
 from edgefleet.hub.commands.serve_cmd import mqtt_settings
 from edgefleet.hub.config import HubConfig
 from edgefleet.hub.enrollment import enroll_device, publisher_trust
@@ -45,32 +51,13 @@ from edgefleet.hub.service import HubService
 from edgefleet.hub.store import SqliteHubStore
 
 REPO = Path(__file__).resolve().parents[2]
-PROFILE = "x86_64-gateway"
-PROFILE_TOML = f"""\
-name = "{PROFILE}"
-description = "test gateway: one thread, small budgets"
-
-[hardware]
-arch = "x86_64"
-cores = 2
-memory_mb = 1024
-storage_budget_mb = 64
-
-[onnxruntime]
-min_onnxruntime = "1.17"
-execution_providers = ["CPUExecutionProvider"]
-intra_op_threads = 1
-inter_op_threads = 1
-
-[model]
-quantization = "none"
-int8_format = "U8S8"
-max_bundle_bytes = 8388608
-
-[telemetry]
-telemetry_budget_bytes = 4194304
-window_s = 1
-"""
+PROFILE = PROFILE_NAME
+PROFILE_TOML = profile_toml(
+    description="test gateway: one thread, small budgets",
+    max_bundle_bytes=8388608,
+    telemetry_budget_bytes=4194304,
+    window_s=1,
+)
 # Loose gates except the error rate: these tests are about distribution, and latency
 # on a shared CI machine is noise. Phases pass once every moved device committed and
 # reported 20 inferences of the new version, after one second of bake time.
@@ -82,38 +69,6 @@ GATES = (
     "device_timeout_s=180",
 )
 WAIT_S = 90.0
-IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
-
-
-def wait_for(what: str, predicate: Callable[[], Any], timeout_s: float = WAIT_S) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.1)
-
-
-def http_json(url: str, body: Any | None = None, timeout: float = 10) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-
-
-def infer(url: str, rows: Sequence[Sequence[float]] = IRIS_ROWS) -> tuple[int, Any]:
-    body = {
-        "inputs": [
-            {"name": "X", "shape": [len(rows), len(rows[0])], "datatype": "FP32", "data": rows}
-        ]
-    }
-    return http_json(f"{url}/v2/models/iris/infer", body)
 
 
 @dataclass
@@ -139,15 +94,7 @@ class Device:
         env = {**os.environ, **self.env, **(extra_env or {})}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "edgefleet.core.cli.main",
-                    "agent",
-                    "run",
-                    "--config",
-                    str(self.config),
-                ],
+                agent_run_command(self.config),
                 cwd=REPO,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
@@ -159,18 +106,8 @@ class Device:
         return self.proc is not None and self.proc.poll() is None
 
     def url(self, timeout_s: float = 60.0) -> str:
-        def ready() -> str | None:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"{self.id} exited {self.proc.returncode}: {self.log_tail()}")
-            try:
-                info = json.loads((self.state_dir / "endpoint.json").read_text())
-            except (OSError, ValueError):
-                return None
-            if self.proc is None or info.get("pid") != self.proc.pid:
-                return None
-            return str(info["url"])
-
-        return str(wait_for(f"{self.id} to serve", ready, timeout_s))
+        assert self.proc is not None
+        return wait_endpoint(self.id, self.state_dir, self.proc, timeout_s, self.log_tail)
 
     def stop(self) -> None:
         if self.running:
@@ -190,15 +127,8 @@ class Device:
 
     def wait_paused(self, timeout_s: float = WAIT_S) -> None:
         """Wait for the SIGSTOP of the test pause hook."""
-
-        def stopped() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.id} exited before pausing: {self.log_tail()}")
-            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-            return stat.rsplit(")", 1)[1].split()[0] == "T"
-
-        wait_for(f"{self.id} to pause", stopped, timeout_s)
+        assert self.proc is not None
+        wait_stopped(self.proc, timeout_s, self.log_tail)
 
     def resume(self) -> None:
         assert self.proc is not None
@@ -247,7 +177,7 @@ class Fleet:
             base_dir=root,
         )
         self.store = SqliteHubStore(self.config.store.path)
-        self.bundles = BundleStore(self.config.store.bundles_dir, self.store)
+        self.bundles = PublishedBundleStore(self.config.store.bundles_dir, self.store)
         self.engine = RolloutEngine(self.store)
         self.service: HubService | None = None
         self.devices: list[Device] = []
@@ -373,7 +303,7 @@ class Fleet:
             return state if state in states else None
 
         try:
-            return str(wait_for(f"rollout {rollout_id} to reach {states}", reached, timeout_s))
+            return str(wait_until(f"rollout {rollout_id} to reach {states}", reached, timeout_s))
         except AssertionError as e:
             status = self.engine.status(rollout_id, time.time())
             raise AssertionError(f"{e}: {json.dumps(status, default=str)[:3000]}") from None

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from tests.hub.mqttkit import ProbeClient
-from tests.integration.fleet import Device, Fleet, Traffic, infer, wait_for
+from tests.integration.fleet import WAIT_S, Device, Fleet, Traffic
+from tests.support.agents import infer
+from tests.support.brokers import ProbeClient
+from tests.support.waiting import wait_until
 
 from edgefleet.core.canonical import canonical_json
 from edgefleet.core.directive import Assignment, Directive, sign_directive
@@ -40,16 +42,18 @@ def still_serves_v1(device: Device) -> None:
 
 def reaches_hub(fleet: Fleet, device: Device, reason: str) -> None:
     """The reason shows in the device's retained state and in a stored event."""
-    wait_for(
+    wait_until(
         f"the hub to see {reason!r} in the state",
         lambda: reason in (fleet.device_state(device).get("directive_error") or ""),
+        timeout_s=WAIT_S,
     )
-    wait_for(
+    wait_until(
         f"the hub to store a {reason!r} event",
         lambda: any(
             e.get("state") == "directive_rejected" and reason in (e.get("reason") or "")
             for e in fleet.events(device)
         ),
+        timeout_s=WAIT_S,
     )
 
 
@@ -90,9 +94,10 @@ def test_bad_directives_and_a_bad_bundle_are_refused_while_serving(fleet: Fleet)
 
     # The hub re-signs (a newer seq); the old, validly signed envelope replayed is refused.
     fleet.hub_issue(device.id)
-    wait_for(
+    wait_until(
         "the device to accept the re-signed directive",
         lambda: fleet.device_state(device).get("directive_seq", 0) > first.seq,
+        timeout_s=WAIT_S,
     )
     probe.publish(desired, canonical_json(dict(first.envelope)), retain=True)
     reaches_hub(fleet, device, "replayed directive")
@@ -111,7 +116,7 @@ def test_bad_directives_and_a_bad_bundle_are_refused_while_serving(fleet: Fleet)
                 return e
         return None
 
-    event = wait_for("the hash mismatch to reach the hub", rejected)
+    event = wait_until("the hash mismatch to reach the hub", rejected, timeout_s=WAIT_S)
     assert "bundle hash mismatch" in event["reason"] and event["rollout_id"] == r2
     # The failed install breaks the rollout's failure-share gate: the hub aborts it.
     assert fleet.wait_rollout(r2, "aborted", "rolled_back") in ("aborted", "rolled_back")

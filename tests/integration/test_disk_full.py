@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 from tests.agent.full_disk import small_disk
-from tests.integration.fleet import Device, Fleet, Traffic, infer, wait_for
+from tests.integration.fleet import WAIT_S, Device, Fleet, Traffic
+from tests.support.agents import infer
+from tests.support.waiting import wait_until
 
 from edgefleet.core.testing.brokers import MosquittoBroker
 
@@ -73,17 +75,19 @@ def test_a_full_disk_during_install_is_retried_with_backoff_and_reported(
     with small_disk(staging, TMPFS_BYTES), Traffic([device]):
         fleet.rollout(2)
         # The hub's device view (what `hub devices` prints) names the reason.
-        reported = wait_for(
+        reported = wait_until(
             "the hub to show failed_disk_full",
             lambda: (
                 deployment(fleet, device).get("state") == "failed_disk_full"
                 and deployment(fleet, device)
             ),
+            timeout_s=WAIT_S,
         )
         assert reported["version"] == 2 and "No space left on device" in reported["reason"]
-        events = wait_for(
+        events = wait_until(
             "three disk-full attempts at the hub",
             lambda: (found := disk_full_events(fleet, device))[2:] and found,
+            timeout_s=WAIT_S,
         )
         # Each attempt waits longer than the one before (the backoff policy).
         waits = [e["retry_in_s"] for e in events[:3]]
@@ -104,7 +108,7 @@ def test_a_full_disk_during_install_is_retried_with_backoff_and_reported(
     lines = [line for line in log.splitlines() if "disk full" in line]
     assert attempts <= len(lines) <= attempts + 1, lines
     # Space is back: the next attempt installs the new version (no re-download needed).
-    wait_for("v2 to run once the disk has room", lambda: fleet.runs(device, v2))
+    wait_until("v2 to run once the disk has room", lambda: fleet.runs(device, v2), timeout_s=WAIT_S)
     code, body = infer(url)
     assert code == 200 and body["model_version"] == "2"
     # The handed-over bundle was never copied: the sync's download is gone after the install

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.integration.fleet import Fleet, infer, wait_for
+from tests.integration.fleet import WAIT_S, Fleet
+from tests.support.agents import infer
+from tests.support.waiting import wait_until
 
 from edgefleet.core.testing.brokers import MosquittoBroker
 
@@ -50,13 +52,15 @@ def start_paused_download(fleet: Fleet):  # type: ignore[no-untyped-def]
 
 
 def finished_download(fleet: Fleet, device, bundle) -> dict:  # type: ignore[no-untyped-def]
-    wait_for(f"{device.id} to run the bundle", lambda: fleet.runs(device, bundle))
+    wait_until(
+        f"{device.id} to run the bundle", lambda: fleet.runs(device, bundle), timeout_s=WAIT_S
+    )
 
     def serves_v1() -> bool:
         code, body = infer(device.url())
         return code == 200 and body["model_version"] == "1"
 
-    wait_for(f"{device.id} to serve it", serves_v1)
+    wait_until(f"{device.id} to serve it", serves_v1, timeout_s=WAIT_S)
 
     def downloaded() -> dict | None:
         for event in fleet.events(device):
@@ -64,7 +68,7 @@ def finished_download(fleet: Fleet, device, bundle) -> dict:  # type: ignore[no-
                 return dict(event["transfer"])
         return None
 
-    return wait_for("the downloaded event at the hub", downloaded)
+    return wait_until("the downloaded event at the hub", downloaded, timeout_s=WAIT_S)
 
 
 def test_broker_crash_mid_download(fleet: Fleet, broker: MosquittoBroker) -> None:

@@ -6,7 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.integration.fleet import Device, Fleet, Traffic, infer, wait_for
+from tests.integration.fleet import WAIT_S, Device, Fleet, Traffic
+from tests.support.agents import infer
+from tests.support.waiting import wait_until
 
 from edgefleet.core.testing.brokers import AmqttBroker
 
@@ -35,13 +37,15 @@ def test_enroll_roll_out_and_upgrade_over_amqtt(fleet: Fleet) -> None:
         assert all(fleet.runs(d, v1) for d in devices)
         r2 = fleet.rollout(2, phases="50%,100%")
         assert fleet.wait_rollout(r2, "completed", "aborted") == "completed"
-    wait_for("both devices on v2", lambda: all(fleet.runs(d, v2) for d in devices))
+    wait_until(
+        "both devices on v2", lambda: all(fleet.runs(d, v2) for d in devices), timeout_s=WAIT_S
+    )
     for device in devices:
 
         def serves_v2(d: Device = device) -> bool:
             code, body = infer(d.url())
             return code == 200 and body["model_version"] == "2"
 
-        wait_for(f"{device.id} to serve v2", serves_v2)
+        wait_until(f"{device.id} to serve v2", serves_v2, timeout_s=WAIT_S)
         states = [e["state"] for e in fleet.events(device)]
         assert "downloaded" in states and "committed" in states

@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.integration.fleet import Device, Fleet, Traffic, infer, wait_for
+from tests.integration.fleet import WAIT_S, Device, Fleet, Traffic
+from tests.support.agents import infer
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
 
@@ -43,15 +45,21 @@ def test_five_devices_v1_then_v2_in_phases_then_a_bad_v3_rolled_back(fleet: Flee
 
         r2 = fleet.rollout(2, phases="20%,100%")
         # Phase one moves one device; the others stay on v1 until it passes its gates.
-        wait_for(
-            "the first phase to move a device", lambda: any(fleet.runs(d, v2) for d in devices)
+        wait_until(
+            "the first phase to move a device",
+            lambda: any(fleet.runs(d, v2) for d in devices),
+            timeout_s=WAIT_S,
         )
         first = [d for d in devices if fleet.runs(d, v2)]
         assert len(first) == 1
         assert fleet.wait_rollout(r2, "completed", "aborted", "rolled_back") == "completed"
-        wait_for("every device on v2", lambda: all(fleet.runs(d, v2) for d in devices))
+        wait_until(
+            "every device on v2", lambda: all(fleet.runs(d, v2) for d in devices), timeout_s=WAIT_S
+        )
         for device in devices:
-            wait_for(f"{device.id} to serve v2", lambda d=device: serves(d, "2"))
+            wait_until(
+                f"{device.id} to serve v2", lambda d=device: serves(d, "2"), timeout_s=WAIT_S
+            )
 
         # v3 expects 64 features: every request the fleet sends it fails its schema check,
         # so its error rate breaks the gate in the first phase.
@@ -63,10 +71,16 @@ def test_five_devices_v1_then_v2_in_phases_then_a_bad_v3_rolled_back(fleet: Flee
         moved = [row["device"] for row in status["devices"] if row["assigned_at"] is not None]
         assert len(moved) == 1
         assert any("gate failed" in e["detail"] for e in status["events"])
-        wait_for("every device back on v2", lambda: all(fleet.runs(d, v2) for d in devices))
+        wait_until(
+            "every device back on v2",
+            lambda: all(fleet.runs(d, v2) for d in devices),
+            timeout_s=WAIT_S,
+        )
         for device in devices:
             # The slot pointer moves first, then the loaded model is swapped in.
-            wait_for(f"{device.id} to serve v2 again", lambda d=device: serves(d, "2"))
+            wait_until(
+                f"{device.id} to serve v2 again", lambda d=device: serves(d, "2"), timeout_s=WAIT_S
+            )
         mover = next(d for d in devices if d.id == moved[0])
         states = [e["state"] for e in fleet.events(mover) if e.get("bundle_sha256") == v3.sha256]
         assert "committed" in states  # it did run v3 before the hub pulled it back

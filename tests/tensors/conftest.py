@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.agent.state_env import AgentEnv, make_env
+from tests.support.agents import AgentEnv, make_env
 
 from edgefleet.core.cli.main import main
 

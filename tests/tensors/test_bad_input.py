@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from tests.agent.state_env import PROFILE_NAME, AgentEnv, make_env
+from tests.support.agents import PROFILE_NAME, AgentEnv, make_env
 from tests.tensors import graphs
 
 pytestmark = pytest.mark.subprocess  # pack records the source revision with git

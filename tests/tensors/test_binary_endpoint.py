@@ -19,8 +19,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
-from tests.agent.state_env import PROFILE_NAME, make_env
 from tests.agent.test_endpoint import RawClient
+from tests.support.agents import PROFILE_NAME, make_env
 from tests.tensors import graphs
 
 from edgefleet.agent.endpoint import EndpointConfig, EndpointServer

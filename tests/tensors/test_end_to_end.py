@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
-from tests.agent.state_env import PROFILE_NAME, AgentEnv
+from tests.support.agents import PROFILE_NAME, AgentEnv
 from tests.tensors import graphs
 
 pytestmark = pytest.mark.subprocess  # pack records the source revision with git
@@ -215,7 +215,7 @@ def test_daemon_serves_a_conv_net_through_the_endpoint(
     cli: Cli, env: AgentEnv, tmp_path: Path
 ) -> None:
     """The real `agent run` process: install, serve over OIP JSON, outputs as onnxruntime's."""
-    from tests.agent.state_env import http_json, stop
+    from tests.support.agents import http_json, stop
 
     model, samples = graphs.save(tmp_path / "src", "conv", graphs.conv_net())
     through_the_fleet(cli, env, tmp_path, "cnn", model, samples, "--task", "classifier")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from tests.agent.state_env import PROFILE_NAME, AgentEnv
+from tests.support.agents import PROFILE_NAME, AgentEnv
 from tests.tensors import graphs
 
 from edgefleet.agent.errors import ModelLoadError

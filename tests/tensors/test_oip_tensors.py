@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
-from tests.agent.state_env import PROFILE_NAME, make_env
+from tests.support.agents import PROFILE_NAME, make_env
 from tests.tensors import graphs
 
 from edgefleet.agent.errors import InputSchemaError

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from tests.agent.state_env import PROFILE_NAME, make_env
+from tests.support.agents import PROFILE_NAME, make_env
 from tests.tensors import graphs
 from tests.tensors.conftest import Cli
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests.agent.state_env import PROFILE_NAME, make_env
 from tests.agent.test_endpoint import RawClient
+from tests.support.agents import PROFILE_NAME, make_env
 from tests.tensors import graphs
 
 from edgefleet.agent.endpoint import EndpointConfig, EndpointServer

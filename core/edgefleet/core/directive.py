@@ -1,6 +1,6 @@
 """Directives: what the hub wants on one device, signed by hub keys.
 
-Invariants (DESIGN §4):
+Invariants (docs/security.md):
 
 - Everything here is pure: the clock is the ``now`` argument (epoch seconds),
   the last accepted sequence number is an argument; nothing is read or stored.

@@ -114,7 +114,7 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
 
 
 def exit_code_for(error: BaseException) -> int:
-    """The process exit code for ``error`` (DESIGN.md §2).
+    """The process exit code for ``error`` (docs/architecture.md, Command line).
 
     >>> exit_code_for(SignatureError("bad"))
     3

@@ -20,7 +20,7 @@ Invariants a loaded :class:`DeviceProfile` guarantees:
   when absent) is at most ``memory_mb``; the agent derives its endpoint limits
   from it (docs/agent-endpoint.md).
 
-Search order for a profile name (DESIGN.md §1): the ``profiles_dir`` argument
+Search order for a profile name (docs/device-profiles.md): the ``profiles_dir`` argument
 (``--profiles DIR``), then every directory in ``$EDGEFLEET_PROFILES``
 (``os.pathsep``-separated), then the copy shipped in the wheel. The first
 directory holding ``NAME.toml`` wins, so a custom directory may override one

@@ -10,7 +10,7 @@
 - ``acl``: the hub account may read and write everything under the topic
   root; every other account is a device whose username is its device id and
   which may publish only its own status/state/fetch/telemetry and read only
-  its own desired/chunk/ack (DESIGN.md §5), via ``pattern`` lines with ``%u``.
+  its own desired/chunk/ack (docs/protocol.md), via ``pattern`` lines with ``%u``.
 
 Invariants: the rendering functions are pure; every topic filter comes from
 :class:`edgefleet.core.protocol.Topics`; files are replaced atomically; a

@@ -15,7 +15,7 @@ and records it in the hub store. Invariants:
   derived from anything but a stored sha256;
 - a bundle file is immutable once stored (its name is its sha256), so an open
   file handle stays valid for as long as it is kept: the chunk server keeps a
-  few open (:meth:`BundleStore.read_range`) instead of opening the file for
+  few open (:meth:`PublishedBundleStore.read_range`) instead of opening the file for
   every chunk.
 """
 
@@ -48,7 +48,7 @@ class PublishResult:
     created: bool  # False when the same bytes were already published
 
 
-class BundleStore:
+class PublishedBundleStore:
     """Bundles on disk under ``root``, indexed by the hub store."""
 
     def __init__(self, root: Path, store: HubStore) -> None:

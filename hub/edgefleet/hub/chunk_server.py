@@ -30,7 +30,7 @@ from edgefleet.core.errors import EdgefleetError, ProtocolError
 from edgefleet.core.mqtt.interface import MqttTransport
 from edgefleet.core.protocol import ChunkPlan, FetchRequest, Topics, encode_chunk
 from edgefleet.core.protocol.limits import MAX_WINDOW_BYTES
-from edgefleet.hub.bundles import BundleStore
+from edgefleet.hub.bundles import PublishedBundleStore
 from edgefleet.hub.store import DirectiveRecord, HubStore
 
 log = logging.getLogger("edgefleet.hub")
@@ -62,7 +62,7 @@ class ChunkServer:
     def __init__(
         self,
         store: HubStore,
-        bundles: BundleStore,
+        bundles: PublishedBundleStore,
         transport: MqttTransport,
         topics: Topics,
         stop: threading.Event,

@@ -12,7 +12,7 @@ Threads share one :class:`HubStore` (its own lock serialises them):
   last seen, deployment progress for the rollout engine); telemetry batches
   are stored in the hub store (what the rollout gates read) and handed to the
   fleet ingest worker;
-- the fleet ingest worker (:mod:`edgefleet.hub.fleet.runtime`) stores
+- the fleet ingest worker (:mod:`edgefleet.hub.fleet.workers`) stores
   telemetry in the fleet database, many batches per transaction, and only
   then publishes each batch's ack; the fleet monitor evaluates alerts in a
   thread of its own;
@@ -73,12 +73,12 @@ from edgefleet.core.protocol import (
     encode_json,
 )
 from edgefleet.core.protocol.telemetry import EVENT, WINDOW
-from edgefleet.hub.bundles import BundleStore
+from edgefleet.hub.bundles import PublishedBundleStore
 from edgefleet.hub.chunk_server import ChunkServer
 from edgefleet.hub.config import HubConfig
 from edgefleet.hub.directives import DirectiveIssuer, ResyncAnswers
 from edgefleet.hub.fleet.ingest import DeviceInfo, IngestResult
-from edgefleet.hub.fleet.runtime import FleetRuntime
+from edgefleet.hub.fleet.workers import FleetWorkers
 from edgefleet.hub.rollout.engine import RolloutEngine
 from edgefleet.hub.singleton import LEASE, SingletonWork
 from edgefleet.hub.store import DeviceRecord, DirectiveRecord, HubStore, TelemetryRow
@@ -125,7 +125,7 @@ class HubService:
         self.transport = transport
         self.clock = clock
         self.topics = Topics(config.broker.topic_root)
-        self.bundles = BundleStore(config.store.bundles_dir, store)
+        self.bundles = PublishedBundleStore(config.store.bundles_dir, store)
         self.engine = RolloutEngine(store)
         self.issuer = DirectiveIssuer(store, signing_key, config.directives)
         self.retention = TelemetryRetention(store, config.store.telemetry_retention_s, self.tally)
@@ -133,7 +133,7 @@ class HubService:
             store, config.service.tick_s, shared=not config.store.is_sqlite
         )
         self._tick_lock = threading.Lock()
-        self.fleet = FleetRuntime(
+        self.fleet = FleetWorkers(
             config.fleet,
             config.store.path,
             config.store.bundles_dir,

@@ -1,7 +1,7 @@
 """The smoke set: a few reference rows with the packaged model's own outputs.
 
 A device runs it after installing a bundle and before serving (probation).
-``smoke.npz`` keys (CONTRACTS "io_schema and smoke set"): ``inputs`` float32
+``smoke.npz`` keys (docs/bundle-format.md, "io schema" and "smoke set"): ``inputs`` float32
 (n, d); ``expected_labels`` (n,) for classifiers or ``expected_values`` (n,)
 for regressors; ``expected_probabilities`` (n, k) when the model has them;
 ``atol``, the absolute tolerance for probabilities and values.

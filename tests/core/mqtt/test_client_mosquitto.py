@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.waiting import wait_until
 
 from edgefleet.core.errors import TransportError
 from edgefleet.core.mqtt import (
@@ -32,15 +33,6 @@ FAST = BackoffPolicy(initial_s=0.05, max_s=0.5, stable_after_s=0.0)
 WAIT_S = 15.0
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
 class Inbox:
     """Collects messages from a handler, thread-safely."""
 
@@ -58,7 +50,7 @@ class Inbox:
             return [m.payload for m in self.messages]
 
     def wait_for(self, n: int) -> bool:
-        return wait_until(lambda: len(self.messages) >= n)
+        return wait_until(f"{n} messages", lambda: len(self.messages) >= n, WAIT_S)
 
 
 @pytest.fixture
@@ -207,7 +199,9 @@ def test_bounded_queue_while_the_broker_is_down(
     strict = make_client(broker, "strict", max_queued=2, queue_full="raise")
     assert dropping.wait_connected(WAIT_S) and strict.wait_connected(WAIT_S)
     broker.stop()
-    assert wait_until(lambda: not dropping.connected and not strict.connected)
+    assert wait_until(
+        "both clients dropped", lambda: not dropping.connected and not strict.connected, WAIT_S
+    )
     for i in range(10):
         dropping.publish("q/drop", bytes([i]))
     strict.publish("q/strict", b"1")
@@ -295,7 +289,9 @@ def test_tls_with_username_and_password(
     )
     plain = make_client(broker, "pi-4", username="pi-1", password="s3cret")
     for client in (wrong, untrusted, plain):
-        assert wait_until(lambda c=client: c.stats.connect_failures >= 2)
+        assert wait_until(
+            "two connect failures", lambda c=client: c.stats.connect_failures >= 2, WAIT_S
+        )
         assert not client.connected
     assert "refused" in (wrong.stats.last_error or "")
     assert "CERTIFICATE_VERIFY_FAILED" in (untrusted.stats.last_error or "")
@@ -337,7 +333,9 @@ def test_hub_subscriptions_split_work_and_give_every_hub_the_status(
     assert all(hub.wait_subscribed(WAIT_S) for hub in hubs)
     for i in range(20):
         device.publish(topics.telemetry("pi-1"), bytes([i]))
-    assert wait_until(lambda: sum(len(i.messages) for i in inboxes.values()) >= 22)
+    assert wait_until(
+        "22 messages", lambda: sum(len(i.messages) for i in inboxes.values()) >= 22, WAIT_S
+    )
     for inbox in inboxes.values():
         parsed = [(topics.parse(m.topic).kind, m.payload) for m in inbox.messages]
         assert (TopicKind.STATUS, b"retained status") in parsed

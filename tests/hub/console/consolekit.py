@@ -15,9 +15,10 @@ from typing import Any
 import httpx
 import numpy as np
 from tests.hub.fleet.fleetkit import MODEL, N_FEATURES, SimDevice, reference
-from tests.hub.hubkit import HubFixture, make_bundle, make_hub
+from tests.hub.hubkit import HubFixture, make_hub
+from tests.support.bundles import placeholder_bundle
 
-from edgefleet.hub.bundles import BundleStore
+from edgefleet.hub.bundles import PublishedBundleStore
 from edgefleet.hub.config import HubConfig
 from edgefleet.hub.console.access_store import AccessStore, console_db_path
 from edgefleet.hub.console.api.server import ApiThread
@@ -97,9 +98,9 @@ def populate(root: Path, *, broker: dict[str, Any] | None = None) -> ConsoleHub:
             state_report(1, error=REFUSAL if device_id == REFUSING_DEVICE else None),
             now - 5,
         )
-    bundles = BundleStore(config.store.bundles_dir, store)
+    bundles = PublishedBundleStore(config.store.bundles_dir, store)
     for version in (1, 2):
-        info = make_bundle(
+        info = placeholder_bundle(
             root / f"{MODEL}-v{version}.efb", fx.publisher_key, model=MODEL, version=version
         )
         bundles.publish(info.path, publisher_trust(config), now - 600)

@@ -22,7 +22,7 @@ from tests.hub.console.consolekit import (
     serve_api,
 )
 from tests.hub.fleet.fleetkit import MODEL, run_cli
-from tests.hub.hubkit import make_bundle
+from tests.support.bundles import placeholder_bundle
 
 from edgefleet.core.keys import generate_keypair
 from edgefleet.hub.commands.api_cmd import openapi_document
@@ -375,7 +375,7 @@ def test_client_round_trips_each_resource(base: str, hub: ConsoleHub) -> None:
 def test_publish_a_bundle_over_the_api(fresh: tuple[ConsoleHub, str], tmp_path: Path) -> None:
     hub, base = fresh
     op = client(base, hub.token("operator"))
-    info = make_bundle(tmp_path / "v3.efb", hub.fx.publisher_key, model=MODEL, version=3)
+    info = placeholder_bundle(tmp_path / "v3.efb", hub.fx.publisher_key, model=MODEL, version=3)
     body = info.path.read_bytes()
     r = op.post(
         "/api/v1/bundles", content=body, headers={"Content-Type": "application/octet-stream"}
@@ -385,7 +385,7 @@ def test_publish_a_bundle_over_the_api(fresh: tuple[ConsoleHub, str], tmp_path: 
     assert op.post("/api/v1/bundles", content=body).json()["created"] is False
     # Signed by a key the hub does not trust: the verifier's rejection, as `hub publish` has it.
     stranger = generate_keypair("stranger", tmp_path / "keys")
-    forged = make_bundle(tmp_path / "v4.efb", stranger.private, model=MODEL, version=4)
+    forged = placeholder_bundle(tmp_path / "v4.efb", stranger.private, model=MODEL, version=4)
     r = op.post("/api/v1/bundles", content=forged.path.read_bytes())
     assert r.status_code == 400
     assert r.json()["detail"].startswith("uploaded bundle: manifest.json signature check failed")

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from tests.hub.console.consolekit import ROLLOUT, ConsoleHub, client, free_port, populate
 from tests.hub.console.test_cli_console import _wait_http
-from tests.hub.mqttkit import ProbeClient
+from tests.support.brokers import ProbeClient
 
 from edgefleet.core.testing.brokers import MosquittoBroker
 from edgefleet.hub.broker_config import write_broker_config

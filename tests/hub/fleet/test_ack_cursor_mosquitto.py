@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from tests.hub.fleet.fleetkit import MODEL, N_FEATURES, reference, window_record
 from tests.hub.servicekit import make_service_hub
+from tests.support.waiting import wait_until
 
 from edgefleet.agent.sync.uploader import TelemetryUploader
 from edgefleet.agent.telemetry.buffer import TelemetryBuffer
@@ -54,14 +55,6 @@ def windows(seqs: list[int]) -> list[TelemetryRecord]:
         window_record(s, PROFILE, rng.normal(size=(20, N_FEATURES)), T0 + 60 * s, T0 + 60 * s + 60)
         for s in seqs
     ]
-
-
-def wait_until(predicate: Callable[[], bool], what: str, tick: Callable[[], None]) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        tick()
-        time.sleep(0.05)
 
 
 class FleetEndpoint:
@@ -173,7 +166,7 @@ def test_batches_lost_before_and_after_the_hubs_first_subscription_are_stored_on
     hub = FleetEndpoint(port, root / "fleet.db")
     parts["hub"] = hub
     hub.lose = lambda n: n == 2  # and one more lost after the hub is up
-    wait_until(lambda: device.buffer.records() == [], "every record acked", device.tick)
+    wait_until("every record acked", lambda: device.buffer.records() == [], WAIT_S, device.tick)
     assert hub.worker.wait_idle(WAIT_S)
 
     assert hub.stored() == seqs
@@ -243,7 +236,7 @@ def test_through_the_hub_service_as_it_is_a_batch_lost_at_start_is_stored_once(
         device.tick()  # no hub yet: the broker drops the first batch
         assert device.uploader.batches_sent == 1 and device.client.flush(WAIT_S)
         service = hub.start()
-        wait_until(lambda: device.buffer.records() == [], "every record acked", device.tick)
+        wait_until("every record acked", lambda: device.buffer.records() == [], WAIT_S, device.tick)
         assert service.fleet.drain(WAIT_S)
         assert device.uploader.resends >= 1
         with sqlite3.connect(fleet_db_path(hub.config.store.path)) as conn:

@@ -9,7 +9,6 @@ accuracy with the bundle's validation accuracy.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -17,10 +16,8 @@ import numpy as np
 import pytest
 from tests.hub.fleet.fleetkit import MODEL, N_FEATURES, classify, fleet, reference, run_cli
 from tests.hub.hubkit import make_hub
+from tests.support.bundles import placeholder_bundle
 
-from edgefleet.core.bundle_writer import write_bundle
-from edgefleet.core.keys import load_private_key
-from edgefleet.core.manifest import Manifest
 from edgefleet.hub.fleet.ingest import FleetTelemetry
 from edgefleet.hub.fleet.settings import fleet_db_path
 
@@ -37,22 +34,17 @@ def test_drift_with_hub_config_uses_the_published_bundle(
 ) -> None:
     hub = make_hub(tmp_path)
     profile = reference(np.random.default_rng(51))
-    manifest = Manifest(
-        bundle_id="sensor-1",
-        model={"name": MODEL, "version": 1, "task": "classification", "labels": [0, 1]},
-        target={"profile": "rpi4-arm64", "arch": "aarch64"},
-        validation=VALIDATION,
-    )
     bundle = tmp_path / "sensor-1.efb"
-    write_bundle(
+    placeholder_bundle(
         bundle,
-        manifest,
-        {
-            "model.onnx": os.urandom(256),
-            "smoke.npz": b"smoke",
-            "reference.json": profile.to_json().encode(),
-        },
-        [load_private_key(hub.publisher_key)],
+        hub.publisher_key,
+        model=MODEL,
+        version=1,
+        payload_bytes=256,
+        reference=profile.to_json().encode(),
+        bundle_id="sensor-1",
+        labels=[0, 1],
+        validation=VALIDATION,
     )
     code, _out, err = run_cli(
         capsys, "hub", "publish", str(bundle), "--config", str(hub.config_path)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tests.hub.fleet.fleetkit import fleet, reference
-from tests.hub.mqttkit import ProbeClient
+from tests.support.brokers import ProbeClient
 
 from edgefleet.core.mqtt import InboundMessage, MqttSettings
 from edgefleet.core.mqtt.client import MqttClient

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tests.hub.fleet.fleetkit import MODEL, N_FEATURES, classify, fleet, reference, run_cli
-from tests.hub.mqttkit import ProbeClient
+from tests.support.brokers import ProbeClient
 
 from edgefleet.core.mqtt import MqttSettings
 from edgefleet.core.mqtt.client import MqttClient

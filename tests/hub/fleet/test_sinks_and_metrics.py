@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from tests.hub.fleet.fleetkit import Receiver
+from tests.support.waiting import wait_until
 
 from edgefleet.core.mqtt import BackoffPolicy
 from edgefleet.hub.fleet.alert_sinks import AlertEvent, WebhookSink
@@ -36,22 +37,13 @@ def receiver_factory() -> Iterator[list[Receiver]]:
         r.close()
 
 
-def wait_until(predicate: object, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def test_webhook_retries_server_errors_then_delivers(receiver_factory: list[Receiver]) -> None:
     receiver = Receiver([503, 500, 200])
     receiver_factory.append(receiver)
     sink = WebhookSink(receiver.url, backoff=FAST).start()
     try:
         sink.send(event(7))
-        assert wait_until(lambda: sink.stats.delivered == 1)
+        assert wait_until("the delivery", lambda: sink.stats.delivered == 1)
     finally:
         sink.stop()
     assert sink.stats.retries == 2 and sink.stats.failed == 0
@@ -70,7 +62,9 @@ def test_webhook_gives_up_on_client_errors_and_unreachable_hosts(
     try:
         sink.send(event())
         closed.send(event())
-        assert wait_until(lambda: sink.stats.failed == 1 and closed.stats.failed == 1)
+        assert wait_until(
+            "both failures", lambda: sink.stats.failed == 1 and closed.stats.failed == 1
+        )
     finally:
         sink.stop()
         closed.stop()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from tests.hub.fleet.fleetkit import reference, window_record
+from tests.support.waiting import wait_until
 
 from edgefleet.core.protocol import TelemetryBatch, TelemetryRecord
 from edgefleet.hub.fleet.ingest import DeviceInfo, FleetTelemetry, IngestResult, IngestWorker
@@ -102,16 +103,10 @@ def test_a_worker_held_up_is_reported_stalled_until_it_moves_again(tmp_path: Pat
         lock.execute("BEGIN IMMEDIATE")  # the worker's next commit waits on this lock
         stored = threading.Event()
         worker.submit(DeviceInfo("d"), TelemetryBatch.of("d", windows([1])), lambda r: stored.set())
-        deadline = time.monotonic() + 20
-        while not worker.stalled:
-            assert time.monotonic() < deadline, "never reported stalled"
-            time.sleep(0.05)
+        wait_until("the worker to report stalled", lambda: worker.stalled, 20)
         lock.execute("ROLLBACK")
         assert stored.wait(30)
-        deadline = time.monotonic() + 20
-        while worker.stalled:
-            assert time.monotonic() < deadline, "still stalled after the lock went"
-            time.sleep(0.05)
+        wait_until("the worker to recover after the lock went", lambda: not worker.stalled, 20)
     finally:
         lock.close()
         worker.stop()

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgefleet.agent.config import ProbationSettings
 from edgefleet.agent.deploy.atomic_files import remove_path
-from edgefleet.agent.deploy.health import Decision, run_smoke
+from edgefleet.agent.deploy.health import Verdict, run_smoke
 from edgefleet.agent.deploy.hooks import (
     PAUSE_ENV,
     EventSink,
@@ -78,7 +78,7 @@ from edgefleet.agent.deploy.machine import (
 from edgefleet.agent.deploy.probation import ProbationWatch
 from edgefleet.agent.deploy.record import DeploymentRecord, DeployState, DeployStateFile
 from edgefleet.agent.deploy.slots import SlotPointers, SlotTable
-from edgefleet.agent.deploy.store import BundleStore, sweep_leftovers
+from edgefleet.agent.deploy.store import ExtractedBundleStore, sweep_leftovers
 from edgefleet.agent.errors import (
     DeploymentError,
     ModelNotFoundError,
@@ -127,7 +127,7 @@ class DeploymentDriver:
         self.clock = clock
         self.pause = pause
         self.slots = SlotTable(layout)
-        self.store = BundleStore(layout)
+        self.store = ExtractedBundleStore(layout)
         self.intake = BundleIntake(
             layout,
             profile=profile,
@@ -426,7 +426,7 @@ class DeploymentDriver:
             if not self.live:
                 # Without a serving daemon there is no traffic: pass now only when
                 # no live phase is configured, else the daemon finishes probation.
-                if watch.without_traffic(self.clock()).decision is Decision.PASS:
+                if watch.without_traffic(self.clock()).verdict is Verdict.PASS:
                     self._fire(
                         Event.PROBATION_PASSED,
                         reason="smoke set passed; no live probation configured",
@@ -436,11 +436,11 @@ class DeploymentDriver:
             record = replace(record, probation_started_at=self.clock())
             self._save(self._state.with_current(record))
         started = record.probation_started_at or self.clock()
-        verdict = watch.judge(model, version, started, self.clock())
-        if verdict.decision is Decision.PASS:
-            self._fire(Event.PROBATION_PASSED, reason=verdict.reason)
-        elif verdict.decision is Decision.FAIL:
-            self._fire(Event.PROBATION_FAILED, reason=verdict.reason)
+        report = watch.judge(model, version, started, self.clock())
+        if report.verdict is Verdict.PASS:
+            self._fire(Event.PROBATION_PASSED, reason=report.reason)
+        elif report.verdict is Verdict.FAIL:
+            self._fire(Event.PROBATION_FAILED, reason=report.reason)
 
     def _roll_back(self, record: DeploymentRecord) -> None:
         assert record.model is not None

@@ -36,15 +36,15 @@ if TYPE_CHECKING:
     from edgefleet.agent.model.served import ServedModel
 
 
-class Decision(StrEnum):
+class Verdict(StrEnum):
     PASS = "pass"
     FAIL = "fail"
     WAIT = "wait"
 
 
 @dataclass(frozen=True)
-class Verdict:
-    decision: Decision
+class HealthReport:
+    verdict: Verdict
     reason: str
 
 
@@ -55,33 +55,33 @@ def _describe(stats: LiveStats) -> str:
 
 def evaluate_probation(
     settings: ProbationSettings, started_at: float, now: float, stats: LiveStats
-) -> Verdict:
+) -> HealthReport:
     """Pass, fail or keep waiting, from what the version did since ``started_at``."""
     allowed_errors = math.floor(settings.max_error_rate * max(settings.min_requests, 1))
     if stats.errors > allowed_errors and stats.error_rate > settings.max_error_rate:
-        return Verdict(
-            Decision.FAIL,
+        return HealthReport(
+            Verdict.FAIL,
             f"probation failed: error rate {stats.error_rate:.1%} over the limit "
             f"{settings.max_error_rate:.1%} ({_describe(stats)})",
         )
     enough = stats.requests >= settings.min_requests
     timed_out = now - started_at >= settings.max_seconds
     if not (enough or timed_out):
-        return Verdict(Decision.WAIT, f"probation running ({_describe(stats)})")
+        return HealthReport(Verdict.WAIT, f"probation running ({_describe(stats)})")
     if stats.requests and stats.error_rate > settings.max_error_rate:
-        return Verdict(
-            Decision.FAIL,
+        return HealthReport(
+            Verdict.FAIL,
             f"probation failed: error rate {stats.error_rate:.1%} over the limit "
             f"{settings.max_error_rate:.1%} ({_describe(stats)})",
         )
     if stats.p95_latency_ms is not None and stats.p95_latency_ms > settings.max_p95_latency_ms:
-        return Verdict(
-            Decision.FAIL,
+        return HealthReport(
+            Verdict.FAIL,
             f"probation failed: p95 latency {stats.p95_latency_ms:.1f} ms over the limit "
             f"{settings.max_p95_latency_ms:.1f} ms ({_describe(stats)})",
         )
     why = "requests" if enough else "seconds"
-    return Verdict(Decision.PASS, f"probation passed after enough {why} ({_describe(stats)})")
+    return HealthReport(Verdict.PASS, f"probation passed after enough {why} ({_describe(stats)})")
 
 
 def run_smoke(loaded: ServedModel, bundle_dir: Path, smoke_path: str) -> str | None:

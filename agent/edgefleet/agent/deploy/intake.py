@@ -43,7 +43,7 @@ from edgefleet.agent.deploy.layout import StateLayout
 from edgefleet.agent.deploy.machine import Event
 from edgefleet.agent.deploy.record import DeploymentRecord
 from edgefleet.agent.deploy.slots import SlotTable
-from edgefleet.agent.deploy.store import BundleStore
+from edgefleet.agent.deploy.store import ExtractedBundleStore
 from edgefleet.agent.errors import BundleRejectedError, DeploymentError, ModelLoadError
 from edgefleet.core.errors import StorageError, VerificationError
 from edgefleet.core.profiles import DeviceProfile
@@ -78,7 +78,7 @@ class BundleIntake:
         layout: StateLayout,
         *,
         profile: DeviceProfile,
-        store: BundleStore,
+        store: ExtractedBundleStore,
         slots: SlotTable,
         onnxruntime_version: str,
         trust: TrustStore | None = None,

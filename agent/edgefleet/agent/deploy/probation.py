@@ -15,7 +15,7 @@ starts when the live phase starts. The verdict itself is
 from __future__ import annotations
 
 from edgefleet.agent.config import ProbationSettings
-from edgefleet.agent.deploy.health import Decision, Verdict, evaluate_probation
+from edgefleet.agent.deploy.health import HealthReport, Verdict, evaluate_probation
 from edgefleet.agent.deploy.hooks import ProbationTap
 from edgefleet.agent.telemetry.recorder import LiveStats
 
@@ -49,16 +49,16 @@ class ProbationWatch:
         self._counting = None
         self.running = True
 
-    def without_traffic(self, now: float) -> Verdict:
+    def without_traffic(self, now: float) -> HealthReport:
         """The verdict where no traffic can come (no serving daemon): pass only with no live phase."""
         return evaluate_probation(self.settings, now, now, LiveStats())
 
-    def judge(self, model: str, version: int, started_at: float, now: float) -> Verdict:
+    def judge(self, model: str, version: int, started_at: float, now: float) -> HealthReport:
         """Pass, fail or wait; a final verdict stops the counter."""
         assert self.tap is not None
         stats = self.tap.probation_stats(model, version)
-        verdict = evaluate_probation(self.settings, started_at, now, stats)
-        if verdict.decision is not Decision.WAIT:
+        report = evaluate_probation(self.settings, started_at, now, stats)
+        if report.verdict is not Verdict.WAIT:
             self.tap.stop_probation(model, version)
             self.running = False
-        return verdict
+        return report

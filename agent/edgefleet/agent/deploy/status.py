@@ -15,11 +15,11 @@ from edgefleet.agent.deploy.layout import lock_is_held_elsewhere
 from edgefleet.agent.deploy.not_served import not_served_reason
 from edgefleet.agent.deploy.record import DeployStateFile
 from edgefleet.agent.deploy.slots import SlotTable
-from edgefleet.agent.deploy.store import BundleStore
+from edgefleet.agent.deploy.store import ExtractedBundleStore
 from edgefleet.agent.errors import TelemetryBufferError
 
 
-def _bundle(store: BundleStore, sha: str | None) -> dict[str, Any] | None:
+def _bundle(store: ExtractedBundleStore, sha: str | None) -> dict[str, Any] | None:
     if sha is None:
         return None
     info = store.describe(sha)
@@ -48,7 +48,7 @@ def _telemetry(ctx: AgentContext) -> dict[str, Any] | None:
 
 def collect_status(ctx: AgentContext) -> dict[str, Any]:
     layout = ctx.layout
-    store = BundleStore(layout)
+    store = ExtractedBundleStore(layout)
     state = DeployStateFile(layout.deploy_file).load()
     running = lock_is_held_elsewhere(layout)
     endpoint = None

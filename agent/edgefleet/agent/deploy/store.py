@@ -6,9 +6,9 @@ Invariants:
   appears by a rename of a staging directory whose every member was verified
   (``BundleVerifier.verify_and_extract`` into ``staging/ID``, then rename).
 - Anything else in ``bundles/`` (a half-extracted temp directory after a
-  crash) is garbage and :meth:`BundleStore.sweep` removes it.
+  crash) is garbage and :meth:`ExtractedBundleStore.sweep` removes it.
 - A bundle is kept while a slot points at it or the deployment in progress
-  names it; :meth:`BundleStore.collect` removes the rest, so the store holds
+  names it; :meth:`ExtractedBundleStore.collect` removes the rest, so the store holds
   at most two versions per model (active and previous).
 - Reading a stored manifest for display (:meth:`describe`) checks nothing;
   loading goes through the loader, which verifies signatures and hashes again.
@@ -37,7 +37,7 @@ def sweep_leftovers(
     calls it at start when no deployment is in progress, without building a
     deployment driver.
     """
-    store = BundleStore(layout)
+    store = ExtractedBundleStore(layout)
     removed = store.sweep(keep_staging=deployment_id, keep_download=deployment_id)
     keep = SlotTable(layout).referenced()
     if bundle_sha256 is not None:
@@ -45,7 +45,7 @@ def sweep_leftovers(
     return len(removed) + len(store.collect(keep))
 
 
-class BundleStore:
+class ExtractedBundleStore:
     def __init__(self, layout: StateLayout) -> None:
         self.layout = layout
 

@@ -1,4 +1,4 @@
-"""The local Open Inference Protocol v2 endpoint (DESIGN.md §7).
+"""The local Open Inference Protocol v2 endpoint (docs/agent-endpoint.md).
 
 ``EndpointServer(EndpointConfig(...), serving_set, telemetry_sink).start()``
 serves every model of a :class:`~edgefleet.agent.serving.ServingSet` over

@@ -3,7 +3,7 @@
 :meth:`EndpointApp.route` maps a parsed :class:`Request` to either an
 :class:`Outcome` (cheap routes and refusals) or a :class:`Job` (inference and
 feedback: JSON decoding plus model work), which the server runs inline or on a
-worker thread. Routes (DESIGN.md §7, OIP v2 REST)::
+worker thread. Routes (docs/agent-endpoint.md, OIP v2 REST)::
 
     GET  /v2/health/live | /v2/health/ready | /v2
     GET  /v2/models/{m}[/versions/{v}]            model metadata

@@ -1,6 +1,6 @@
 """The endpoint's HTTP/1.1 server: one event-loop thread on ``selectors``, one object per connection.
 
-Why hand-written: the agent may not depend on an HTTP framework (DESIGN.md §1)
+Why hand-written: the agent may not depend on an HTTP framework (docs/architecture.md, Import rules)
 and a bare event loop does less per request than any of them: one
 ``bytes.find`` for the head, one ``json.loads``, the model call inline, one
 ``send``. Why not asyncio: importing it costs about 2 MB resident (it pulls

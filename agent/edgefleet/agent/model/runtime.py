@@ -294,13 +294,6 @@ class LoadedModel:
     def n_features(self) -> int | None:
         return self._input.n_features
 
-    def next_ids(self, n: int) -> list[str]:
-        """``n`` fresh prediction ids: ``<prefix><call>`` for one row, ``..._<row>`` for more."""
-        base = f"{self._id_prefix}{next(self._id_counter):x}"
-        if n == 1:
-            return [base]
-        return [f"{base}_{i:x}" for i in range(n)]
-
     def validate(self, X: Any) -> np.ndarray:
         """``X`` checked and converted for the model's single input."""
         if (

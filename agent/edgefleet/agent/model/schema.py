@@ -1,7 +1,7 @@
 """The io schema of a bundle, parsed once at load into what validation needs.
 
 Pure: no onnxruntime, no file access. :class:`ModelSchema` is built from the
-manifest's ``io_schema`` (CONTRACTS: inputs, outputs with roles, features) and
+manifest's ``io_schema`` (docs/bundle-format.md: inputs, outputs with roles, features) and
 :func:`coerce_input` checks one input array against an :class:`InputSpec`.
 
 Invariants:

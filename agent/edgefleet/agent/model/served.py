@@ -9,7 +9,7 @@ into them unnoticed and nothing threads an untyped ``Any`` through.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -49,8 +49,4 @@ class ServedModel(Protocol):
 
     def predict_inputs(self, feeds: Mapping[str, Any]) -> Prediction:
         """A batch given by input name (every input of the model)."""
-        ...
-
-    def next_ids(self, n: int) -> Sequence[str]:
-        """``n`` fresh prediction ids."""
         ...

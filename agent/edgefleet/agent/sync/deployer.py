@@ -34,7 +34,7 @@ from edgefleet.agent.deploy.deployment_queue import (
 from edgefleet.agent.deploy.layout import StateLayout
 from edgefleet.agent.deploy.record import DeployState
 from edgefleet.agent.deploy.slots import SlotTable
-from edgefleet.agent.deploy.store import BundleStore
+from edgefleet.agent.deploy.store import ExtractedBundleStore
 from edgefleet.agent.deploy.worker import outcome_from_record
 from edgefleet.agent.sync.reconcile import InstalledModel
 
@@ -92,7 +92,7 @@ class QueueDeployer:
         self.layout = layout
         self._deploy_state = deploy_state
         self._slots = SlotTable(layout)
-        self._store = BundleStore(layout)
+        self._store = ExtractedBundleStore(layout)
         self._tickets: dict[str, DeploymentTicket] = {}
         self._notify: Callable[[], None] | None = None
 

@@ -78,7 +78,7 @@ class AcceptedDirective:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class DirectiveCheck:
     """What to do with one message on the desired topic."""
 
     kind: str  # "accepted" | "redelivered" | "rejected" | "deferred" | "cleared"
@@ -101,27 +101,27 @@ def judge(
     device_id: str,
     accepted: AcceptedDirective | None,
     now: float,
-) -> Verdict:
+) -> DirectiveCheck:
     """Accept, ignore as a redelivery, or reject (with the reason) one desired payload."""
     if payload == b"":
         # An empty retained message clears the topic: it says nothing about what to run.
-        return Verdict("cleared")
+        return DirectiveCheck("cleared")
     digest = envelope_digest(payload)
     if accepted is not None and digest == accepted.digest:
-        return Verdict("redelivered", accepted=accepted)
+        return DirectiveCheck("redelivered", accepted=accepted)
     try:
         envelope = decode_desired(payload)
     except ProtocolError as e:
-        return Verdict("rejected", reason=f"malformed directive: {e}", digest=digest)
+        return DirectiveCheck("rejected", reason=f"malformed directive: {e}", digest=digest)
     last_seq = None if accepted is None else accepted.seq
     try:
         directive = as_checker(trust).check(envelope, device_id, last_seq, now)
     except DirectiveCheckUnavailable as e:
         # Not a verdict on the directive: accept nothing, check it again later.
-        return Verdict("deferred", reason=str(e), digest=digest)
+        return DirectiveCheck("deferred", reason=str(e), digest=digest)
     except DirectiveError as e:
-        return Verdict("rejected", reason=str(e), digest=digest)
-    return Verdict("accepted", accepted=AcceptedDirective(directive, digest, now))
+        return DirectiveCheck("rejected", reason=str(e), digest=digest)
+    return DirectiveCheck("accepted", accepted=AcceptedDirective(directive, digest, now))
 
 
 class DirectiveFile:

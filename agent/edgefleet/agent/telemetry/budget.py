@@ -1,4 +1,4 @@
-"""Keeping the telemetry buffer within its byte budget (DESIGN.md §7).
+"""Keeping the telemetry buffer within its byte budget (docs/agent.md, Budget).
 
 The database plus its WAL stay within ``budget_bytes``; the shared-memory
 index (``-shm``, a fixed 32 KiB) is not counted. The WAL gets

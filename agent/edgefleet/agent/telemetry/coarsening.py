@@ -1,6 +1,6 @@
 """Which buffered records to merge or drop when the telemetry store is over budget.
 
-DESIGN.md §7: when the store is full, old windows are merged into coarser ones
+docs/agent.md (Telemetry buffer, Budget): when the store is full, old windows are merged into coarser ones
 (totals stay exact) before anything is dropped, and drops are counted.
 
 The policy, as a pure function of the buffered records' metadata:

@@ -28,7 +28,6 @@ produced the bytes.
 from __future__ import annotations
 
 import base64
-import math
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -108,20 +107,6 @@ def latency_bucket(latency_ms: float) -> int:
     return bisect_left(LATENCY_EDGES_MS, latency_ms)
 
 
-def histogram_quantile(counts: Sequence[int], q: float) -> float | None:
-    """Upper edge of the bucket holding quantile ``q``; inf above the last edge."""
-    total = sum(counts)
-    if total == 0:
-        return None
-    rank = max(1, math.ceil(q * total - 1e-9))
-    seen = 0
-    for i, count in enumerate(counts):
-        seen += count
-        if seen >= rank:
-            return LATENCY_EDGES_MS[i] if i < len(LATENCY_EDGES_MS) else math.inf
-    return math.inf
-
-
 def label_key(value: Any) -> str:
     """JSON object keys are strings: ``3`` -> ``"3"``, ``np.int64(3)`` -> ``"3"``."""
     if isinstance(value, bytes):
@@ -154,9 +139,6 @@ class WindowAccumulator:
     # far more than the inference itself, so rows are folded in vectorised batches.
     pending: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     pending_rows: int = 0
-
-    def add_inference(self, latency_ms: float, labels: np.ndarray | None) -> None:
-        self.add_inferences((latency_ms,), labels)
 
     def add_inferences(self, latencies_ms: Sequence[float], labels: np.ndarray | None) -> None:
         """Requests answered (one latency each) and the labels of all their rows."""

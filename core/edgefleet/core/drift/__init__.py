@@ -1,6 +1,6 @@
 """Drift statistics: reference profiles, mergeable device windows, scores.
 
-Pipeline (DESIGN.md §6)::
+Pipeline (docs/drift.md)::
 
     packager  ReferenceProfile.build(X_ref, names, kinds, outputs=...)  -> reference.json
     device    w = WindowStats.empty(profile); w.update(X); w.update_outputs(y); w.to_bytes()

@@ -1,7 +1,7 @@
 """Per-feature verdicts, dataset drift and prediction drift for one window.
 
 Verdict of a feature (numeric or categorical) with ``n`` finite values in the
-window, thresholds ``t`` (defaults from DESIGN.md §6):
+window, thresholds ``t`` (defaults in docs/drift.md, Decisions):
 
 1. ``n < t.min_n`` (300): ``"insufficient_data"`` — never ``"no_drift"``; the
    hub merges small windows over time until they qualify.
@@ -71,7 +71,7 @@ DRIFT, WARN, NO_DRIFT, INSUFFICIENT = "drift", "warn", "no_drift", "insufficient
 
 @dataclass(frozen=True)
 class DriftThresholds:
-    """Decision thresholds; defaults from DESIGN.md §6 (plus the significance gate)."""
+    """Decision thresholds; defaults in docs/drift.md (plus the significance gate)."""
 
     psi_warn: float = 0.1
     psi_drift: float = 0.2

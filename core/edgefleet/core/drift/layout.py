@@ -103,14 +103,6 @@ class WindowLayout:
         for name, value in derived.items():
             object.__setattr__(self, name, value)
 
-    @property
-    def numeric_features(self) -> int:
-        return self.k_num - (self.output == OUTPUT_NUMERIC)
-
-    @property
-    def categorical_features(self) -> int:
-        return self.k_cat - (self.output == OUTPUT_CATEGORICAL)
-
     def bin_range(self, column: int) -> slice:
         start = int(self.bin_starts[column])
         return slice(start, start + self.bins[column])

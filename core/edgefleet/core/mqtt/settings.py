@@ -1,6 +1,6 @@
 """Connection settings of the MQTT client wrapper, validated on construction.
 
-Defaults follow DESIGN.md §5: MQTT 3.1.1, QoS 1, a persistent session
+Defaults follow docs/protocol.md: MQTT 3.1.1, QoS 1, a persistent session
 (``clean_session=False``) so the broker queues QoS 1 messages for a device while it is
 offline. A hub that shares subscriptions may turn the persistent session off.
 """

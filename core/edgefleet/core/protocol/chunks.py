@@ -277,10 +277,6 @@ class DownloadProgress:
         return len(self._held) == self.plan.total_chunks
 
     @property
-    def held_bytes(self) -> int:
-        return sum(self.plan.length(i) for i in self._held)
-
-    @property
     def fraction(self) -> float:
         return len(self._held) / self.plan.total_chunks
 

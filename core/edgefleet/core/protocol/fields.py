@@ -164,11 +164,6 @@ class FieldReader:
             raise self.fail(f"field {name!r} must be true or false")
         return value
 
-    def opt_flag(self, name: str, default: bool) -> bool:
-        if self.data.get(name) is None:
-            return default
-        return self.flag(name)
-
     def obj(self, name: str) -> dict[str, Any]:
         value = self._get(name)
         if not isinstance(value, dict):

@@ -1,6 +1,6 @@
 """An in-memory MQTT broker and client with the public interface of MqttClient.
 
-For unit tests of pure logic only (DESIGN.md §9): every protocol path also has a test over
+For unit tests of pure logic only (docs/testing.md): every protocol path also has a test over
 a real Mosquitto. What it models:
 
 - QoS 1 delivery, wildcards, retained messages (an empty retained payload clears), LWT,

@@ -24,7 +24,7 @@ from typing import Any
 
 from edgefleet.core.errors import ProfileError
 from edgefleet.core.profiles import load_profile
-from edgefleet.hub.bundles import BundleStore
+from edgefleet.hub.bundles import PublishedBundleStore
 from edgefleet.hub.config import HubConfig
 from edgefleet.hub.console import devices as dv
 from edgefleet.hub.console import drift as dr
@@ -181,7 +181,7 @@ class FleetConsole:
 
     def publish_bundle(self, source: Path) -> dict[str, Any]:
         """Verify a bundle file against the trusted publisher keys and store it."""
-        bundles = BundleStore(self.config.store.bundles_dir, self.store)
+        bundles = PublishedBundleStore(self.config.store.bundles_dir, self.store)
         try:
             result = bundles.publish(source, publisher_trust(self.config), self.clock())
         finally:

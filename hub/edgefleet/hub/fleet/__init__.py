@@ -12,7 +12,7 @@ Parts (docs/drift-monitoring.md tells the whole story)::
     alert_sinks.py   log, MQTT ``{root}/alerts``, webhook (background retries)
     report_html.py   the self-contained HTML report; report_text.py the terminal one
     metrics.py       Prometheus text and a tiny /metrics server
-    runtime.py       FleetRuntime: the parts above as ``hub serve`` runs them
+    workers.py       FleetWorkers: the parts above as ``hub serve`` runs them
 
 The names below are imported on first use, so ``import edgefleet.hub.fleet.settings``
 (hub.toml parsing, every hub command) does not load aggregation, HTTP and report code.
@@ -46,7 +46,7 @@ _EXPORTS = {
     "FleetMonitor": "monitor",
     "References": "references",
     "bundle_loaders": "references",
-    "FleetRuntime": "runtime",
+    "FleetWorkers": "workers",
     "FleetSettings": "settings",
     "fleet_db_path": "settings",
 }
@@ -62,7 +62,7 @@ __all__ = [
     "FleetAggregator",
     "FleetDriftResult",
     "FleetMonitor",
-    "FleetRuntime",
+    "FleetWorkers",
     "FleetSettings",
     "FleetTelemetry",
     "HubMetrics",
@@ -104,5 +104,5 @@ if TYPE_CHECKING:
     from edgefleet.hub.fleet.metrics import HubMetrics, MetricsServer, collect, render_metrics
     from edgefleet.hub.fleet.monitor import FleetMonitor
     from edgefleet.hub.fleet.references import References, bundle_loaders
-    from edgefleet.hub.fleet.runtime import FleetRuntime
     from edgefleet.hub.fleet.settings import FleetSettings, fleet_db_path
+    from edgefleet.hub.fleet.workers import FleetWorkers

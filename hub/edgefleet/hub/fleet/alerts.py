@@ -8,7 +8,7 @@ a :class:`Signal`:
 ``HIGH``  at or above the firing threshold       ``MID``   between clear and fire thresholds
 ``LOW``   below the clear threshold              ``NONE``  not enough data to say
 
-Rules and their defaults (DESIGN.md §6 for the drift thresholds; the rest are ours)::
+Rules and their defaults (docs/drift.md for the drift thresholds; the rest are ours)::
 
     feature_drift     HIGH: some feature's verdict is "drift" (PSI >= 0.2 or JS >= 0.1, or
                       W1/std >= 0.1 at n >= 1000, each with p < 0.001); MID: some "warn"
@@ -108,11 +108,6 @@ FIRED, RESOLVED = "fired", "resolved"
 class Tracker:
     state: TrackerState = TrackerState.OK
     count: int = 0
-
-    @property
-    def alerting(self) -> bool:
-        """An alert is open (firing, or firing and on its way to resolve)."""
-        return self.state in (TrackerState.FIRING, TrackerState.RESOLVING)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Operational totals of telemetry windows: requests, errors, latency, predictions, labels.
 
 The drift statistics of a window live in its ``WindowStats`` blob; everything else a window
-body carries (DESIGN.md §5, CONTRACTS "Telemetry record bodies") is summed here.
+body carries (docs/protocol.md, TelemetryBatch) is summed here.
 
 Invariants:
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from edgefleet.hub.rollout.evidence import VersionStats, prediction_psi
 from edgefleet.hub.rollout.gates import (
-    Decision,
     DeviceReport,
     GateResult,
     GateStatus,
     InstallStatus,
+    PhaseEvaluation,
     Verdict,
     evaluate_phase,
 )
@@ -28,7 +28,7 @@ from edgefleet.hub.rollout.plan import Gates, Phase, RolloutPlan, parse_phases
 
 __all__ = [
     "TRANSITIONS",
-    "Decision",
+    "PhaseEvaluation",
     "DeviceReport",
     "GateResult",
     "GateStatus",

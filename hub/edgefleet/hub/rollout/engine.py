@@ -35,7 +35,7 @@ from typing import Any
 
 from edgefleet.hub.errors import HubNotFoundError, HubUsageError, RolloutStateError
 from edgefleet.hub.rollout.evaluation import evaluate_rollout
-from edgefleet.hub.rollout.gates import Decision, InstallStatus, Verdict
+from edgefleet.hub.rollout.gates import InstallStatus, PhaseEvaluation, Verdict
 from edgefleet.hub.rollout.machine import (
     ACTIVE_STATES,
     RolloutEvent,
@@ -75,7 +75,7 @@ TICKED_STATES = frozenset({RolloutState.CREATED, RolloutState.RUNNING})
 class TickResult:
     rollout_id: str
     event: RolloutEvent | None
-    decision: Decision | None
+    decision: PhaseEvaluation | None
 
 
 class RolloutEngine:
@@ -315,7 +315,7 @@ class RolloutEngine:
         *,
         rows: Sequence[RolloutDeviceRecord] | None = None,
         devices: Mapping[str, DeviceHead] | None = None,
-    ) -> Decision | None:
+    ) -> PhaseEvaluation | None:
         """The gate decision for the current phase (None unless running).
 
         ``rows`` (the rollout's device rows) and ``devices`` (every device's head) are read
@@ -345,7 +345,7 @@ class RolloutEngine:
                 results.append(self._act(rollout, decision, now))
         return results
 
-    def _act(self, rollout: RolloutRecord, decision: Decision, now: float) -> TickResult:
+    def _act(self, rollout: RolloutRecord, decision: PhaseEvaluation, now: float) -> TickResult:
         plan = rollout.plan
         with self.store.transaction():
             current = self.store.get_rollout(plan.rollout_id)
@@ -391,7 +391,7 @@ class RolloutEngine:
         event: RolloutEvent,
         now: float,
         reason: str,
-        decision: Decision | None,
+        decision: PhaseEvaluation | None,
     ) -> TickResult:
         with self.store.transaction():
             current = self.store.get_rollout(rollout.rollout_id)

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 from edgefleet.core.evidence import pool
 from edgefleet.hub.rollout.evidence import VersionStats
-from edgefleet.hub.rollout.gates import Decision, DeviceReport, evaluate_phase
+from edgefleet.hub.rollout.gates import DeviceReport, PhaseEvaluation, evaluate_phase
 from edgefleet.hub.rollout.machine import RolloutState
 from edgefleet.hub.store import DeviceHead, HubStore, RolloutDeviceRecord, RolloutRecord
 
@@ -33,7 +33,7 @@ def evaluate_rollout(
     *,
     rows: Sequence[RolloutDeviceRecord] | None = None,
     devices: Mapping[str, DeviceHead] | None = None,
-) -> Decision | None:
+) -> PhaseEvaluation | None:
     """The gate decision for the current phase (None unless running).
 
     ``rows`` (the rollout's device rows) and ``devices`` (every device's head) are read

@@ -1,6 +1,6 @@
 """Inference evidence of one model version on one device, from its telemetry windows.
 
-A telemetry window body (DESIGN.md §5) carries ``requests``, ``errors``
+A telemetry window body (docs/protocol.md) carries ``requests``, ``errors``
 (kind -> n), a latency histogram ``{"edges": [...], "counts": [...]}`` and
 prediction counts (label -> n). :class:`VersionStats` adds one device's windows up exactly
 (counts add), so the order windows arrive in does not matter. Evidence of *several*

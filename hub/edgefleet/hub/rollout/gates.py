@@ -104,7 +104,7 @@ class GateResult:
 
 
 @dataclass(frozen=True)
-class Decision:
+class PhaseEvaluation:
     verdict: Verdict
     gates: tuple[GateResult, ...]
     timed_out: tuple[str, ...] = ()  # devices that time out as of ``now``
@@ -142,7 +142,7 @@ def evaluate_phase(
     phase: int,
     phase_started_at: float,
     baseline: PooledEvidence | VersionStats | None = None,
-) -> Decision:
+) -> PhaseEvaluation:
     """Decide whether phase ``phase`` passes, waits or aborts (see module doc).
 
     ``baseline``: the previous versions' evidence pooled across devices (a bare
@@ -264,7 +264,9 @@ def evaluate_phase(
         "evidence_devices": new.devices,
         "baseline_devices": baseline.devices,
     }
-    return Decision(verdict, tuple(results), timed_out, counts, new.summary(), baseline.summary())
+    return PhaseEvaluation(
+        verdict, tuple(results), timed_out, counts, new.summary(), baseline.summary()
+    )
 
 
 def _error_rate_gate(new: PooledEvidence, enough: bool, limit: float) -> GateResult:

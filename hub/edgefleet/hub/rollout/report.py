@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from edgefleet.hub.rollout.gates import Decision
+from edgefleet.hub.rollout.gates import PhaseEvaluation
 from edgefleet.hub.store import (
     DeviceHead,
     RolloutDeviceRecord,
@@ -25,7 +25,7 @@ def status_report(
     rollout: RolloutRecord,
     rows: Sequence[RolloutDeviceRecord],
     devices: Mapping[str, DeviceHead],
-    decision: Decision | None,
+    decision: PhaseEvaluation | None,
     events: Sequence[RolloutEventRecord],
 ) -> dict[str, Any]:
     """Phases, devices, gates, the current decision and the history of one rollout."""

@@ -1,10 +1,12 @@
-"""A throwaway agent installation for deployment and daemon tests.
+"""Agent processes for tests: a throwaway installation, its daemon, and talking to it.
 
 ``make_env(tmp_path)`` writes a publisher key and trust store, a device
 profile (``x86_64-gateway`` with a 1 MiB bundle budget, so oversize bundles
 are cheap to build), and an ``agent.toml`` whose endpoint listens on a free
 port. ``env.bundle(version, ...)`` writes a real signed iris bundle through
-``tests.agent.bundles``.
+``tests.support.bundles``. The functions below wait for a daemon's endpoint or its
+pause hook, stop it, and call its local endpoint; the integration fleet's devices
+use them too.
 """
 
 from __future__ import annotations
@@ -14,25 +16,37 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.agent.bundles import Signer, make_signer, write_signed_bundle
+from tests.support.bundles import Signer, make_signer, write_signed_bundle
+from tests.support.waiting import wait_until
 
 PROFILE_NAME = "x86_64-gateway"
 MAX_BUNDLE_BYTES = 1 << 20
 
-PROFILE_TOML = f"""\
+
+def profile_toml(
+    *,
+    description: str = "test gateway with small budgets",
+    memory_mb: int = 1024,
+    max_bundle_bytes: int = MAX_BUNDLE_BYTES,
+    telemetry_budget_bytes: int = 1048576,
+    window_s: int = 60,
+    extra: str = "",
+) -> str:
+    """The test gateway profile (one onnxruntime thread, small budgets) as a profile file."""
+    return f"""\
 name = "{PROFILE_NAME}"
-description = "test gateway with small budgets"
+description = "{description}"
 
 [hardware]
 arch = "x86_64"
 cores = 2
-memory_mb = 1024
+memory_mb = {memory_mb}
 storage_budget_mb = 64
 
 [onnxruntime]
@@ -44,12 +58,15 @@ inter_op_threads = 1
 [model]
 quantization = "none"
 int8_format = "U8S8"
-max_bundle_bytes = {MAX_BUNDLE_BYTES}
+max_bundle_bytes = {max_bundle_bytes}
 
 [telemetry]
-telemetry_budget_bytes = 1048576
-window_s = 60
-"""
+telemetry_budget_bytes = {telemetry_budget_bytes}
+window_s = {window_s}
+{extra}"""
+
+
+PROFILE_TOML = profile_toml()
 
 
 @dataclass
@@ -96,15 +113,7 @@ class AgentEnv:
 
     def start_daemon(self, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "edgefleet.core.cli.main",
-                "agent",
-                "run",
-                "--config",
-                str(self.config_path),
-            ],
+            agent_run_command(self.config_path),
             stdout=subprocess.DEVNULL,
             stderr=open(self.root / "daemon.log", "a"),  # noqa: SIM115 - closed with the process
             text=True,
@@ -113,19 +122,7 @@ class AgentEnv:
 
     def endpoint_url(self, proc: subprocess.Popen[str], timeout: float = 60) -> str:
         """Wait until the daemon is ready and return its endpoint URL."""
-        deadline = time.monotonic() + timeout
-        path = self.state_dir / "endpoint.json"
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"daemon exited with {proc.returncode}: {self.log_tail()}")
-            try:
-                info = json.loads(path.read_text())
-                if info.get("pid") == proc.pid:
-                    return str(info["url"])
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"daemon not ready: {self.log_tail()}")
+        return wait_endpoint("the daemon", self.state_dir, proc, timeout, self.log_tail)
 
     def log_tail(self) -> str:
         try:
@@ -175,6 +172,43 @@ def make_env(
     return AgentEnv(tmp_path, config_path, state_dir, signer)
 
 
+def agent_run_command(config: Path) -> list[str]:
+    """``edgefleet agent run`` for ``config``, in this interpreter."""
+    return [
+        sys.executable,
+        "-m",
+        "edgefleet.core.cli.main",
+        "agent",
+        "run",
+        "--config",
+        str(config),
+    ]
+
+
+IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
+
+
+def wait_endpoint(
+    what: str,
+    state_dir: Path,
+    proc: subprocess.Popen[Any],
+    timeout_s: float,
+    log_tail: Callable[[], str],
+) -> str:
+    """The URL in ``state_dir/endpoint.json`` once the daemon ``proc`` wrote it (its own pid)."""
+
+    def ready() -> str | None:
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited with {proc.returncode}: {log_tail()}")
+        try:
+            info = json.loads((state_dir / "endpoint.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return str(info["url"]) if info.get("pid") == proc.pid else None
+
+    return str(wait_until(f"{what} to serve", ready, timeout_s))
+
+
 def http_json(url: str, body: Any | None = None, timeout: float = 10) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
@@ -185,7 +219,9 @@ def http_json(url: str, body: Any | None = None, timeout: float = 10) -> tuple[i
         return e.code, json.loads(e.read() or b"null")
 
 
-def infer(url: str, model: str, rows: list[list[float]]) -> tuple[int, Any]:
+def infer(
+    url: str, model: str = "iris", rows: Sequence[Sequence[float]] = IRIS_ROWS
+) -> tuple[int, Any]:
     body = {
         "inputs": [
             {"name": "X", "shape": [len(rows), len(rows[0])], "datatype": "FP32", "data": rows}
@@ -206,17 +242,20 @@ def kill(proc: subprocess.Popen[str]) -> None:
     proc.wait(30)
 
 
-def wait_stopped(proc: subprocess.Popen[str], timeout: float = 90) -> None:
+def wait_stopped(
+    proc: subprocess.Popen[Any], timeout: float = 90, log_tail: Callable[[], str] = lambda: ""
+) -> None:
     """Wait until ``proc`` stopped itself with SIGSTOP (the test pause hook)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def paused() -> bool:
         if proc.poll() is not None:
-            raise AssertionError(f"process exited with {proc.returncode} before pausing")
+            raise AssertionError(
+                f"process exited with {proc.returncode} before pausing {log_tail()}"
+            )
         try:
             fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            if fields[0] == "T":
-                return
         except OSError:
-            pass
-        time.sleep(0.02)
-    raise AssertionError("process never reached the pause point")
+            return False
+        return fields[0] == "T"
+
+    wait_until("the process to reach the pause point", paused, timeout)

@@ -1,8 +1,8 @@
-"""Real signed bundles for agent tests, built from scikit-learn models trained on bundled datasets.
+"""Signed bundles for tests: real models trained on bundled datasets, and placeholders.
 
 Usage::
 
-    from tests.agent.bundles import make_signer, trained_model, write_signed_bundle, write_model_dir
+    from tests.support.bundles import make_signer, trained_model, write_signed_bundle, write_model_dir
 
     signer = make_signer(tmp_path)                      # key pair + trust.json (signer.trust_path)
     info = write_signed_bundle(tmp_path / "iris-1.efb", "iris", signer, version=1)
@@ -19,10 +19,14 @@ Model kinds (:data:`MODEL_KINDS`), each trained once per test process:
 Every bundle carries ``model.onnx`` (skl2onnx, zipmap off), ``smoke.npz``
 (first 20 test rows with onnxruntime's own outputs, ``atol`` 1e-4),
 ``reference.json`` (a drift ReferenceProfile when the drift module is
-importable, else a placeholder) and a manifest following CONTRACTS.
+importable, else a placeholder) and a manifest following docs/bundle-format.md.
 Knobs for fault tests: ``overrides`` (deep-merged into the manifest dict, e.g.
 ``{"target": {"arch": "aarch64"}}``), ``break_smoke=True`` (expected outputs
 that cannot match), ``extra_members``, and signing with any key(s).
+
+:func:`placeholder_bundle` signs a bundle whose members are placeholder bytes (a
+random ``model.onnx`` of ``payload_bytes``): for tests of the hub, the store and
+the bundle commands, which never run the model.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import copy
 import functools
 import io
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -284,7 +289,7 @@ def reference_json(model: str | TrainedModel) -> bytes:
 def smoke_npz(model: str | TrainedModel, *, break_smoke: bool = False) -> bytes:
     """The smoke set; ``break_smoke`` makes the expected outputs impossible to meet."""
     m = _model(model)
-    arrays: dict[str, np.ndarray] = {"inputs": m.X_test[:SMOKE_ROWS].astype(np.float32)}
+    arrays: dict[str, Any] = {"inputs": m.X_test[:SMOKE_ROWS].astype(np.float32)}
     if m.task == "classification":
         expected = m.expected[:SMOKE_ROWS].copy()
         probabilities = m.expected_probabilities
@@ -395,3 +400,41 @@ def write_model_dir(
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
     return dest
+
+
+def placeholder_bundle(
+    out: Path,
+    key: Path | Ed25519PrivateKey | Sequence[Ed25519PrivateKey],
+    *,
+    model: str = "digits",
+    version: int = 1,
+    profile: str | None = "rpi4-arm64",
+    payload_bytes: int = 4096,
+    reference: bytes = b'{"profile_id":"p"}',
+    bundle_id: str | None = None,
+    **manifest_fields: Any,
+) -> BundleInfo:
+    """A signed ``.efb`` of placeholder members (never loaded by a runtime) at ``out``.
+
+    ``key`` is a private key file, a key or several keys; ``manifest_fields`` go into the
+    manifest as they are, and ``labels`` into its ``model`` section.
+    """
+    target: dict[str, Any] = {"arch": "aarch64"}
+    if profile is not None:
+        target["profile"] = profile
+    model_section: dict[str, Any] = {"name": model, "version": version, "task": "classification"}
+    if "labels" in manifest_fields:
+        model_section["labels"] = manifest_fields.pop("labels")
+    manifest = Manifest(
+        bundle_id=bundle_id or f"{model}-{version}-{profile}",
+        model=model_section,
+        target=target,
+        **manifest_fields,
+    )
+    members: dict[str, bytes | Path] = {
+        "model.onnx": os.urandom(payload_bytes),
+        "smoke.npz": b"smoke",
+        "reference.json": reference,
+    }
+    keys = [load_private_key(key)] if isinstance(key, Path) else _keys(key)
+    return write_bundle(Path(out), manifest, members, keys)

@@ -1,4 +1,5 @@
-"""A small synchronous paho client for hub tests (plays a device or an observer)."""
+"""Broker-side helpers for tests: a small synchronous paho client that plays a device or an
+observer (the brokers themselves: edgefleet.core.testing.brokers and the conftest fixtures)."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ class ProbeClient:
 
     def wait_for(self, predicate: Callable[[str, bytes], bool]) -> list[tuple[str, bytes]]:
         """Messages up to and including the first one matching ``predicate``."""
-        seen = []
+        seen: list[tuple[str, bytes]] = []
         deadline = time.monotonic() + WAIT_S
         while True:
             remaining = deadline - time.monotonic()

@@ -1,6 +1,6 @@
 """Fleet telemetry inside ``hub serve``: ingest worker, alert monitor, alert sinks, /metrics.
 
-:class:`FleetRuntime` builds the running parts from the ``[fleet]`` section of hub.toml and
+:class:`FleetWorkers` builds the running parts from the ``[fleet]`` section of hub.toml and
 the hub store, and starts and stops them in an order that loses nothing:
 
 - ``start``: the ingest worker first (so batches submitted as soon as MQTT delivers them
@@ -53,7 +53,7 @@ class FleetHubStore(Protocol):
     def count_devices(self) -> tuple[int, int]: ...
 
 
-class FleetRuntime:
+class FleetWorkers:
     def __init__(
         self,
         config: FleetConfig,
