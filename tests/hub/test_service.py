@@ -221,7 +221,11 @@ def test_rollout_state_survives_a_hub_restart_mid_phase(hub: Hub) -> None:
     first_client.wait_for(lambda t, p: t == T.ack(first))
     service.tick()
     status = hub.store.get_rollout(rollout.rollout_id).status  # type: ignore[union-attr]
-    assert (status.state, status.phase) == (RolloutState.RUNNING, 1)
+    # The deployment event also wakes the service's own tick thread, so phase 1 may
+    # already have been judged (the first device's evidence counts): it went on from
+    # where it was before the restart, never back to phase 0 and never past phase 1.
+    assert status.phase == 1
+    assert status.state in (RolloutState.RUNNING, RolloutState.COMPLETED)
     for device_id in rest:
         client = hub.device(device_id)
         assert directive_from(client, device_id, hub.trust)["assignments"][0]["version"] == 1

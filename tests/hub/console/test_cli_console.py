@@ -94,6 +94,7 @@ def test_drift_headline_names_the_drifting_device(
     assert ("device", DRIFTING_DEVICE) in {(s["kind"], s["name"]) for s in scopes}
 
 
+@pytest.mark.subprocess
 def test_device_lifecycle_rewrites_the_password_file(
     hub: ConsoleHub, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -127,6 +128,7 @@ def test_device_lifecycle_rewrites_the_password_file(
     assert code == 2 and "no such device" in err
 
 
+@pytest.mark.subprocess
 def test_a_failing_reload_command_is_an_error_after_the_write(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -203,6 +205,7 @@ def _wait_http(url: str) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.subprocess
 def test_api_on_a_busy_port_is_one_error_line(hub: ConsoleHub) -> None:
     import socket
 
