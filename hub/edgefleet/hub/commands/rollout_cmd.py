@@ -73,7 +73,7 @@ def create(
         )
         timing = phase_timing(
             record.plan,
-            [d.profile for d in map(store.get_device, record.plan.devices) if d is not None],
+            [p for p in map(store.device_profiles().get, record.plan.devices) if p is not None],
             _profile_window_s,
         )
         result = {

@@ -153,6 +153,10 @@ class SqlHubStore(SqlTelemetryMixin, SqlLeaseMixin):
         rows = self._all("SELECT id, online, desired_rev FROM devices ORDER BY id")
         return {r["id"]: DeviceHead(bool(r["online"]), r["desired_rev"]) for r in rows}
 
+    def device_profiles(self) -> dict[str, str]:
+        """Every device's profile in one query, without decoding states or tags."""
+        return {r["id"]: r["profile"] for r in self._all("SELECT id, profile FROM devices")}
+
     def count_devices(self) -> tuple[int, int]:
         """(enrolled, online) without reading every device's row into a record."""
         row = self._one(
