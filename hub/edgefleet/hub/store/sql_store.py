@@ -181,6 +181,15 @@ class SqlHubStore(SqlTelemetryMixin, SqlLeaseMixin):
                 (to_json(dict(state)), at, at, device_id),
             )
 
+    def touch_devices(self, seen: Sequence[tuple[str, float]]) -> None:
+        """``touch_device`` for many devices in one transaction, in id order (lock order)."""
+        with self.transaction():
+            self._run_many(
+                f"UPDATE devices SET last_seen={self.engine.greatest}(COALESCE(last_seen, 0), ?)"
+                " WHERE id=?",
+                [(at, device_id) for device_id, at in sorted(seen)],
+            )
+
     def touch_device(self, device_id: str, at: float) -> None:
         with self.transaction():
             self._run(
