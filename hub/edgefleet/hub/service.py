@@ -110,6 +110,7 @@ class _Inbound:
     device_id: str
     kind: TopicKind
     payload: bytes
+    received_at: float  # taken off the socket: orders status and state between hubs
 
 
 @dataclass(frozen=True)
@@ -320,7 +321,8 @@ class HubService:
             return  # over the device's quota: dropped unacked, the device resends later
         try:
             self._inbound.put(
-                _Inbound(device_id, kind, message.payload), timeout=INBOUND_PUT_TIMEOUT_S
+                _Inbound(device_id, kind, message.payload, self.clock()),
+                timeout=INBOUND_PUT_TIMEOUT_S,
             )
         except queue.Full:
             self.count(f"inbound_overload.{kind.value}")
@@ -356,7 +358,7 @@ class HubService:
             if item.kind is not TopicKind.TELEMETRY:
                 self._store_telemetry(screened)  # a status or state keeps its place
                 screened = []
-            self.dispatch(item.device_id, item.kind, item.payload, screened)
+            self.dispatch(item.device_id, item.kind, item.payload, screened, item.received_at)
         self._store_telemetry(screened)
 
     def dispatch(
@@ -365,11 +367,14 @@ class HubService:
         kind: TopicKind,
         payload: bytes,
         screened: list[_Screened] | None = None,
+        received_at: float | None = None,
     ) -> None:
         """Handle one status, state or telemetry message (the inbound worker); never raises.
 
         With ``screened`` a telemetry batch is only decoded and screened onto it: the
-        caller stores the list with :meth:`_store_telemetry`.
+        caller stores the list with :meth:`_store_telemetry`. ``received_at`` (default:
+        now) is when the message came off the socket: presence and state are stored only
+        if nothing received later is stored already.
         """
         handler = self._handlers[kind]
         try:
@@ -382,6 +387,10 @@ class HubService:
                 self._devices[device_id] = device
             if screened is not None and kind is TopicKind.TELEMETRY:
                 screened.extend(self._screen_telemetry(device, payload))
+            elif kind is TopicKind.STATUS:
+                self._on_status(device, payload, received_at)
+            elif kind is TopicKind.STATE:
+                self._on_state(device, payload, received_at)
             else:
                 handler(device, payload)
         except ProtocolError as e:
@@ -391,22 +400,35 @@ class HubService:
         except Exception:
             self.count(f"failed.{kind.value}", detail=f"from {device_id}", exc_info=True)
 
-    def _on_status(self, device: DeviceRecord, payload: bytes) -> None:
+    # Every hub handles the status and state reports its share of the broker delivers,
+    # each stamped when it came off the socket. The store keeps a report only if no
+    # later-received one is stored (the comparison is in the UPDATE), so a hub that is
+    # slow to handle the last will of an old connection ("offline", no timestamp in it)
+    # cannot overwrite the "online" of the device's new connection another hub stored.
+    def _on_status(
+        self, device: DeviceRecord, payload: bytes, received_at: float | None = None
+    ) -> None:
         if payload == b"":
             return  # a cleared retained message says nothing
         status = decode_status(payload)
-        self.store.set_presence(device.device_id, status.online, self.clock())
+        at = self.clock() if received_at is None else received_at
+        if not self.store.set_presence(device.device_id, status.online, at):
+            self.tally("presence.stale")
 
-    def _on_state(self, device: DeviceRecord, payload: bytes) -> None:
+    def _on_state(
+        self, device: DeviceRecord, payload: bytes, received_at: float | None = None
+    ) -> None:
         if payload == b"":
             return
         device_id = device.device_id
         state = decode_state(payload)
         if state.device != device_id:
             raise ProtocolError(f"state names device {state.device!r} on {device_id}'s topic")
-        now = self.clock()
+        now = self.clock() if received_at is None else received_at
         report = state.to_dict()
-        self.store.set_device_state(device_id, report, now)
+        if not self.store.set_device_state(device_id, report, now):
+            self.tally("state.stale")
+            return
         self.engine.on_device_state(device_id, report, now)
 
     def _on_telemetry(self, device: DeviceRecord, payload: bytes) -> None:

@@ -164,22 +164,34 @@ class SqlHubStore(SqlTelemetryMixin, SqlLeaseMixin):
         )
         return (int(row["enrolled"]), int(row["online"])) if row else (0, 0)
 
-    def set_presence(self, device_id: str, online: bool, at: float) -> None:
-        with self.transaction():
-            self._run(
-                f"UPDATE devices SET online=?, last_seen={self.engine.greatest}(COALESCE(last_seen, 0), ?)"
-                " WHERE id=?",
-                (int(online), at, device_id),
-            )
+    def set_presence(self, device_id: str, online: bool, at: float) -> bool:
+        """Record a status report received at ``at``; False when a report received later
+        is stored already (that one stands: presence never goes back in time).
 
-    def set_device_state(self, device_id: str, state: Mapping[str, Any], at: float) -> None:
+        The comparison sits in the UPDATE's WHERE, so it holds between hubs: a slow hub
+        handling an old last-will "offline" cannot overwrite the "online" another hub
+        stored from the device's newer connection. Equal times: the later write wins.
+        """
         with self.transaction():
-            self._run(
+            n = self._run(
+                f"UPDATE devices SET online=?, presence_at=?,"
+                f" last_seen={self.engine.greatest}(COALESCE(last_seen, 0), ?)"
+                " WHERE id=? AND (presence_at IS NULL OR presence_at <= ?)",
+                (int(online), at, at, device_id, at),
+            )
+            return n == 1
+
+    def set_device_state(self, device_id: str, state: Mapping[str, Any], at: float) -> bool:
+        """Store a state report received at ``at``; False (nothing written) when one
+        received later is stored already, as for presence."""
+        with self.transaction():
+            n = self._run(
                 f"UPDATE devices SET state=?, state_at=?,"
                 f" last_seen={self.engine.greatest}(COALESCE(last_seen, 0), ?)"
-                " WHERE id=?",
-                (to_json(dict(state)), at, at, device_id),
+                " WHERE id=? AND (state_at IS NULL OR state_at <= ?)",
+                (to_json(dict(state)), at, at, device_id, at),
             )
+            return n == 1
 
     def touch_devices(self, seen: Sequence[tuple[str, float]]) -> None:
         """``touch_device`` for many devices in one transaction, in id order (lock order)."""
