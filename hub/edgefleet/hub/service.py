@@ -158,6 +158,7 @@ class HubService:
             self.topics.alerts(),
             clock=clock,
         )
+        self.fleet.leader = self.singleton.holds
         self._counts: Counter[str] = Counter()
         self._unsaved: Counter[str] = Counter()
         self._count_lock = threading.Lock()

@@ -1,9 +1,14 @@
-"""Presence and state with two hub services on one PostgreSQL store: each message is
-stamped when it comes off the socket, and a report handled late by a slow hub never
-overwrites a newer one another hub stored (the last will carries no timestamp)."""
+"""Two hub services on one PostgreSQL store, driven by hand (no broker connection):
+
+- presence and state: each message is stamped when it comes off the socket, and a report
+  handled late by a slow hub never overwrites a newer one another hub stored (the last
+  will carries no timestamp);
+- the fleet alert monitor runs only in the hub holding the once-per-fleet work.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -120,3 +125,30 @@ def test_an_older_state_report_handled_late_is_not_stored(
     device = fast.store.get_device("pi-a")
     assert device is not None and device.state.get("directive_seq") == 2
     assert slow.counters.get("state.stale") == 1
+
+
+def test_only_the_lease_holder_runs_the_alert_monitor(
+    two_hubs: tuple[HubService, HubService, Clock, Clock],
+) -> None:
+    first, second, _, _ = two_hubs
+    first.tick()
+    second.tick()
+    leaders = [s for s in (first, second) if s.fleet.leader()]
+    assert len(leaders) == 1  # before: every hub evaluated, alerts fired once per hub
+    runs = {id(first): threading.Event(), id(second): threading.Event()}
+    for service in (first, second):
+        done = runs[id(service)]
+        service.fleet.monitor.run_once = lambda now, done=done: done.set() or []  # type: ignore[method-assign]
+        service.fleet.monitor.start(0.05, service.clock, service.fleet.leader)
+    try:
+        leader = leaders[0]
+        follower = second if leader is first else first
+        assert runs[id(leader)].wait(10)
+        assert not runs[id(follower)].wait(0.5)  # many intervals: it would have run by now
+        leader.singleton.release()  # the follower's next claim takes the work over
+        follower.tick()
+        assert follower.fleet.leader() and not leader.fleet.leader()
+        assert runs[id(follower)].wait(10)
+    finally:
+        for service in (first, second):
+            service.fleet.monitor.stop(5)
