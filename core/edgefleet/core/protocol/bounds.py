@@ -130,28 +130,29 @@ def record_refusals(
     out: list[Refusal | None] = []
     drift: list[tuple[int, str]] = []  # (index, blob) of windows passing the other rules
     for record in records:
-        refusal = _record_refusal(record, limits)
-        if refusal is None and record.kind == WINDOW:
-            blob = record.window().drift  # parsed fine just now
-            if blob is not None:
-                drift.append((len(out), blob))
+        refusal, window = _record_refusal(record, limits)
+        if refusal is None and window is not None and window.drift is not None:
+            drift.append((len(out), window.drift))
         out.append(refusal)
     for (index, _), refusal in zip(drift, drift_refusals([b for _, b in drift]), strict=True):
         out[index] = refusal
     return out
 
 
-def _record_refusal(record: TelemetryRecord, limits: WindowLimits) -> Refusal | None:
+def _record_refusal(
+    record: TelemetryRecord, limits: WindowLimits
+) -> tuple[Refusal | None, WindowSummary | None]:
+    """The refusal by every rule but the drift statistics', and the parsed window."""
     problem = number_problem(record.body)
     if problem is not None:
-        return Refusal("number_out_of_range", problem)
+        return Refusal("number_out_of_range", problem), None
     if record.kind != WINDOW:
-        return None
+        return None, None
     try:
         window = record.window()
     except ProtocolError:
-        return None  # malformed: stored and counted as such by the ingest
-    return window_refusal(window, limits, drift=False)
+        return None, None  # malformed: stored and counted as such by the ingest
+    return window_refusal(window, limits, drift=False), window
 
 
 def window_refusal(w: WindowSummary, limits: WindowLimits, *, drift: bool = True) -> Refusal | None:
