@@ -43,6 +43,7 @@ from edgefleet.hub.store.rows import (
     bundle_from_row,
     device_from_row,
     directive_from_row,
+    multi_row_inserts,
     rollout_device_from_row,
     rollout_device_values,
     rollout_from_row,
@@ -359,10 +360,9 @@ class SqlHubStore(SqlTelemetryMixin, SqlLeaseMixin):
                     rollout.created_at,
                 ),
             )
-            self._run_many(
-                "INSERT INTO rollout_devices VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                [rollout_device_values(device) for device in devices],
-            )
+            rows = [rollout_device_values(device) for device in devices]
+            for sql, params in multi_row_inserts("INSERT INTO rollout_devices", rows):
+                self._run(sql, params)
 
     def get_rollout(self, rollout_id: str) -> RolloutRecord | None:
         row = self._one("SELECT * FROM rollouts WHERE id=?", (rollout_id,))

@@ -19,14 +19,10 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.hub.store.records import StoredWindow, TelemetryRow
-from edgefleet.hub.store.rows import Row, to_json
+from edgefleet.hub.store.rows import INSERT_CHUNK, Row, multi_row_inserts, to_json
 
 if TYPE_CHECKING:
     from edgefleet.hub.store.schema import Engine
-
-#: Rows (and devices) per statement: 7 parameters a row stays far below both engines'
-#: parameter limits, and a fleet-wide group is still a handful of statements.
-_CHUNK = 500
 
 #: One device's batch for :meth:`SqlTelemetryMixin.add_telemetry_many`.
 TelemetryBatchRows = tuple[str, Sequence[TelemetryRow], float]
@@ -68,8 +64,8 @@ class SqlTelemetryMixin:
         with self.transaction():
             devices = sorted({device for device, _, _ in batches})
             pruned: dict[str, int] = {}
-            for lo in range(0, len(devices), _CHUNK):
-                some = devices[lo : lo + _CHUNK]
+            for lo in range(0, len(devices), INSERT_CHUNK):
+                some = devices[lo : lo + INSERT_CHUNK]
                 marks = ",".join("?" * len(some))
                 for r in self._all(
                     f"SELECT device, seq FROM telemetry_pruned WHERE device IN ({marks})", some
@@ -96,16 +92,10 @@ class SqlTelemetryMixin:
                 key=lambda value: (value[0], value[1]),
             )
             inserted = 0
-            for lo in range(0, len(values), _CHUNK):
-                part = values[lo : lo + _CHUNK]
-                tuples = ",".join(["(?,?,?,?,?,?,?)"] * len(part))
-                inserted += max(
-                    self._run(
-                        f"INSERT INTO telemetry VALUES {tuples} ON CONFLICT DO NOTHING",
-                        [v for value in part for v in value],
-                    ),
-                    0,
-                )
+            for sql, params in multi_row_inserts(
+                "INSERT INTO telemetry", values, " ON CONFLICT DO NOTHING"
+            ):
+                inserted += max(self._run(sql, params), 0)
             return inserted
 
     def prune_telemetry(
