@@ -99,16 +99,20 @@ def test_modes_come_from_the_table_whatever_the_umask(tmp_path: Path) -> None:
     gid = pwd.getpwnam(BROKER_USER).pw_gid
     old = os.umask(0)
     try:
-        files, _ = _fleet(tmp_path, bind="0.0.0.0", tls_hosts=("h",), run_as=BROKER_USER)
+        files, _ = _fleet(tmp_path, bind="0.0.0.0", tls_hosts=("h",), run_as=BROKER_USER, hubs=2)
     finally:
         os.umask(old)
     out = tmp_path / "broker"
-    assert {p.name for p in out.iterdir()} | {"."} == {f.name for f in BROKER_FILES}
+    # Every file written is in the table, every row of it written (a "*" row per hub).
+    matched = {spec.name: _matches(out, spec.name) for spec in BROKER_FILES}
+    assert all(matched.values()), matched
+    assert set(out.iterdir()) == {p for ps in matched.values() for p in ps if p != out}
     for spec in BROKER_FILES:
-        st = (out / spec.name).stat()
-        assert stat.S_IMODE(st.st_mode) == spec.mode, spec.name
-        if spec.broker_reads:
-            assert st.st_gid == gid, (spec.name, grp.getgrgid(st.st_gid).gr_name)
+        for path in matched[spec.name]:
+            st = path.stat()
+            assert stat.S_IMODE(st.st_mode) == spec.mode, path.name
+            if spec.broker_reads:
+                assert st.st_gid == gid, (path.name, grp.getgrgid(st.st_gid).gr_name)
     # Without a broker account (broker-config not run as root, no --run-as) the files
     # stay private to the writer, again whatever the umask.
     old = os.umask(0o022)
@@ -117,7 +121,12 @@ def test_modes_come_from_the_table_whatever_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     for spec in BROKER_FILES:
-        assert stat.S_IMODE((out / spec.name).stat().st_mode) == spec.mode_alone, spec.name
+        for path in _matches(out, spec.name):
+            assert stat.S_IMODE(path.stat().st_mode) == spec.mode_alone, path.name
+
+
+def _matches(out: Path, name: str) -> list[Path]:
+    return sorted(out.glob(name)) if "*" in name else [out / name]
 
 
 @pytest.mark.mqtt

@@ -227,6 +227,7 @@ def test_a_schema_2_postgresql_store_gains_the_leases_table_on_open(
     store.close()
     with psycopg.connect(location) as conn:  # the layout the first PostgreSQL hub wrote
         conn.execute("DROP TABLE leases")
+        conn.execute("ALTER TABLE devices DROP COLUMN presence_at")
         conn.execute("UPDATE meta SET value='2' WHERE key='schema'")
     store = open_store(location)
     try:
@@ -266,7 +267,7 @@ def test_a_schema_1_sqlite_store_is_migrated_on_open(tmp_path: Path) -> None:
     db.close()
     store = SqliteHubStore(path)
     try:
-        assert store.schema_version() == SCHEMA_VERSION == 3
+        assert store.schema_version() == SCHEMA_VERSION == 4
         got = store.get_device("pi-1")
         assert got is not None and got.desired_rev == 3  # rows kept
         assert store.add_telemetry("pi-1", [TelemetryRow(1, "window", {})], 1.0) == 1

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 from tests.hub.hubkit import window
 
-from edgefleet.hub.errors import HubStoreError
+from edgefleet.hub.errors import HubStoreError, RolloutStateError
 from edgefleet.hub.rollout import Gates, RolloutPlan, RolloutStatus, parse_phases
-from edgefleet.hub.rollout.machine import RolloutState
+from edgefleet.hub.rollout.engine import RolloutEngine
+from edgefleet.hub.rollout.machine import RolloutEvent, RolloutState
+from edgefleet.hub.rollout.transitions import apply_transition
 from edgefleet.hub.store import (
     DeviceRecord,
     DirectiveRecord,
@@ -138,3 +140,41 @@ def test_a_postgresql_store_that_cannot_connect_says_so_in_one_line() -> None:
         PostgresHubStore(url, connect_timeout_s=1.0)
     message = str(refused.value)
     assert "\n" not in message and "secret" not in message and "127.0.0.1" in message
+
+
+def test_an_operator_command_racing_a_transition_waits_and_sees_it(
+    store_location: Path | str,
+) -> None:
+    """``RolloutEngine.pause`` reads the rollout with ``lock_rollout``: while another hub's
+    transition holds the row, the command waits and then refuses the stale pause instead
+    of writing a second "paused" over it (with a plain read both would be recorded)."""
+    first, second = open_store(store_location), open_store(store_location)
+    plan = RolloutPlan.build(
+        "r1", "digits", 2, "all", ["a", "b"], parse_phases("50%,100%"), Gates()
+    )
+    rows = [RolloutDeviceRecord("r1", d, plan.phase_of(d), SHA, 10) for d in plan.devices]
+    running = RolloutStatus(RolloutState.RUNNING, 0, 1.0, 1.0, "")
+    first.create_rollout(RolloutRecord(plan, running, 1.0), rows)
+    locked = threading.Event()
+
+    def pause_holding_the_lock() -> None:
+        with first.transaction():
+            current = first.lock_rollout("r1")
+            assert current is not None
+            locked.set()
+            time.sleep(0.5)  # hold the lock while the operator command runs
+            apply_transition(first, current, RolloutEvent.PAUSE, 2.0, "first")
+
+    holder = threading.Thread(target=pause_holding_the_lock)
+    holder.start()
+    assert locked.wait(30)
+    try:
+        with pytest.raises(RolloutStateError):
+            RolloutEngine(second).pause("r1", 3.0, "second")
+        holder.join(30)
+        events = [e.event for e in first.rollout_events("r1")]
+        assert events.count(RolloutEvent.PAUSE.value) == 1
+    finally:
+        holder.join(30)
+        first.close()
+        second.close()

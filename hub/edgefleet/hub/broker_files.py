@@ -48,6 +48,9 @@ BROKER_FILES: tuple[BrokerFile, ...] = (
     BrokerFile("data", 0o770, 0o700, True, "persistence directory (retained directives)"),
     BrokerFile("hub.password", 0o600, 0o600, False, "the hub's broker password, if generated"),
     BrokerFile("hub-broker.toml", 0o644, 0o644, False, "the [broker] section hub.toml needs"),
+    # With --hubs N: one broker account per hub process (hub-1 .. hub-N).
+    BrokerFile("hub-*.password", 0o600, 0o600, False, "hub process K's broker password"),
+    BrokerFile("hub-*-broker.toml", 0o644, 0o644, False, "the [broker] section of hub process K"),
 )
 
 
@@ -83,12 +86,10 @@ def broker_gid(run_as: str | None) -> int | None:
 
 
 def apply_modes(out_dir: Path, gid: int | None) -> list[tuple[Path, int]]:
-    """Set the table's mode (and group) on every file of it present in ``out_dir``."""
+    """Set the table's mode (and group) on every file of it present in ``out_dir``
+    (a name with ``*`` stands for every file it matches)."""
     applied = []
-    for spec in BROKER_FILES:
-        path = out_dir / spec.name
-        if not path.exists():
-            continue
+    for spec, path in _present(out_dir):
         group = gid if spec.broker_reads else None
         mode = spec.mode if group is not None else spec.mode_alone
         try:
@@ -105,6 +106,14 @@ def apply_modes(out_dir: Path, gid: int | None) -> list[tuple[Path, int]]:
             raise HubStoreError(f"cannot set the mode of {path}: {e.strerror or e}") from e
         applied.append((path, mode))
     return applied
+
+
+def _present(out_dir: Path) -> list[tuple[BrokerFile, Path]]:
+    found = []
+    for spec in BROKER_FILES:
+        paths = sorted(out_dir.glob(spec.name)) if "*" in spec.name else [out_dir / spec.name]
+        found += [(spec, path) for path in paths if path.exists()]
+    return found
 
 
 def _group_name(gid: int | None) -> str:

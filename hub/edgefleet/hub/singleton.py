@@ -2,7 +2,8 @@
 
 Several ``hub serve`` processes may share one PostgreSQL store. The work of the tick that
 must happen once per fleet, not once per hub — rollout transitions, directive issuance,
-re-signing and publication, hub-store telemetry retention — is done by the holder of the
+re-signing and publication, hub-store telemetry retention, the fleet alert monitor (so an
+alert and its webhook fire once) — is done by the holder of the
 store lease :data:`LEASE` only, inside ``store.fenced(LEASE, epoch)`` so a holder that
 lost the lease (paused, cut off) cannot write after another took over.
 
@@ -114,6 +115,10 @@ class SingletonWork:
                 log.warning("hub: lost the singleton work (epoch %d) to another hub", self.epoch)
         self.epoch = epoch
         return epoch is not None, epoch
+
+    def holds(self) -> bool:
+        """Whether this hub did the singleton work at its last claim (always, unshared)."""
+        return not self.shared or self.epoch is not None
 
     def release(self) -> None:
         if self.shared and self.epoch is not None:

@@ -35,6 +35,14 @@ from edgefleet.hub.console.lifecycle import broker_devices
     help="Account mosquitto switches to when started as root (writes `user`); the files "
     "it reads are given to that account's group.",
 )
+@click.option(
+    "--hubs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Hub processes sharing this broker: with 2 or more, each gets its own account, "
+    "client id and hub-K-broker.toml.",
+)
 @config_option
 @json_option
 def broker_config(
@@ -44,6 +52,7 @@ def broker_config(
     tls_hosts: tuple[str, ...],
     no_persistence: bool,
     run_as: str | None,
+    hubs: int,
     config_path: Path | None,
     as_json: bool,
 ) -> None:
@@ -58,6 +67,7 @@ def broker_config(
             tls_hosts=list(tls_hosts),
             persistence=not no_persistence,
             run_as=run_as,
+            hubs=hubs,
         )
     result: dict[str, Any] = {
         "conf": str(files.conf),
@@ -72,6 +82,15 @@ def broker_config(
         "hub_toml": files.hub_toml,
         "hub_toml_file": str(files.hub_toml_file),
         "hub_toml_mismatches": list(files.mismatches),
+        "hub_processes": [
+            {
+                "username": a.username,
+                "client_id": a.username,
+                "password_file": str(a.password_file),
+                "hub_toml_file": str(a.hub_toml_file),
+            }
+            for a in files.hub_processes
+        ],
     }
     emit(as_json, result, _render)
 
@@ -94,5 +113,9 @@ def _render(r: dict[str, Any]) -> str:
             f"use these settings (also in {r['hub_toml_file']}):"
         )
         lines.append(r["hub_toml"].rstrip())
+    for a in r["hub_processes"]:
+        lines.append(
+            f"hub process {a['username']}: its [broker] section is in {a['hub_toml_file']}"
+        )
     lines.append(f"run: mosquitto -c {r['conf']}")
     return "\n".join(lines)

@@ -69,8 +69,8 @@ def create(
         )
         record = store.get_rollout(result["rollout"])
         if record is not None:
-            planned = set(record.plan.devices)
-            profiles = [d.profile for d in store.list_devices() if d.device_id in planned]
+            known = store.device_profiles()
+            profiles = [p for p in map(known.get, record.plan.devices) if p is not None]
             timing = phase_timing(record.plan, profiles, _profile_window_s)
             result = {**result, "timing": timing.to_dict()}
     warning = _lookback_warning(

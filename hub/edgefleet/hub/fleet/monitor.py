@@ -313,8 +313,15 @@ class FleetMonitor:
         return carry.totals.requests >= self.policy.min_requests
 
     # -- background thread -----------------------------------------------------------
-    def start(self, interval_s: float = 60.0, clock: Callable[[], float] = time.time) -> None:
-        """Run ``run_once`` every ``interval_s`` in a thread of its own (not the ingest one)."""
+    def start(
+        self,
+        interval_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
+        active: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """Run ``run_once`` every ``interval_s`` in a thread of its own (not the ingest one),
+        each time ``active()`` says so: with several hubs on one store only the holder of
+        the once-per-fleet work evaluates, so an alert and its webhook fire once."""
         if self._thread is not None:
             return
         self._stop.clear()
@@ -322,6 +329,8 @@ class FleetMonitor:
         def loop() -> None:
             while not self._stop.wait(interval_s):
                 try:
+                    if not active():
+                        continue
                     self.run_once(clock())
                 except EdgefleetError as e:
                     log.error("alert evaluation failed: %s", e)

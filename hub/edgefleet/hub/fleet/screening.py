@@ -32,7 +32,7 @@ from edgefleet.core.protocol.bounds import (
     Refusal,
     WindowLimits,
     batch_refusal,
-    record_refusal,
+    record_refusals,
 )
 
 log = logging.getLogger(__name__)
@@ -86,8 +86,8 @@ class TelemetryScreen:
         limits = WindowLimits(now, self.max_age_s, self._profile_ceiling(profile))
         records: list[TelemetryRecord] = []
         changed = False
-        for record in batch.records:
-            refusal = record_refusal(record, limits)
+        refusals = record_refusals(batch.records, limits)
+        for record, refusal in zip(batch.records, refusals, strict=True):
             if refusal is None:
                 records.append(record)
                 continue

@@ -82,13 +82,16 @@ class FleetWorkers:
             sinks.append(self.webhook)
         self.monitor = FleetMonitor(self.telemetry, self.references, config.policy, sinks)
         self.metrics: MetricsServer | None = None
+        # Whether this hub does the once-per-fleet work now (the service sets it from its
+        # lease; alone on a store it always does): the alert monitor runs only then.
+        self.leader: Callable[[], bool] = lambda: True
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
         self.worker.start()
         if self.webhook is not None:
             self.webhook.start()
-        self.monitor.start(self.config.monitor_interval_s, self.clock)
+        self.monitor.start(self.config.monitor_interval_s, self.clock, lambda: self.leader())
 
     def start_metrics(self) -> None:
         """Open ``/metrics``; the service calls it once it is subscribed, so a scrape

@@ -6,9 +6,10 @@ state. Invariants:
 
 - every state change goes through :func:`~edgefleet.hub.rollout.machine.handle`
   and is written in one store transaction together with its side effects
-  (device assignments, rollout-device rows, the event log); a tick re-reads the
-  rollout inside that transaction and drops its decision if an operator
-  changed the rollout meanwhile;
+  (device assignments, rollout-device rows, the event log); a tick and an operator
+  command both read the rollout with ``store.lock_rollout`` inside that transaction
+  (``SELECT ... FOR UPDATE`` on PostgreSQL), so the second waits for the first's
+  commit, and a tick drops its decision if the status changed meanwhile;
 - the engine never publishes anything: it changes *desired assignments*, and
   the directive issuer turns changed assignments into signed directives;
 - a device is "moved" once its phase started (``assigned_at`` set); rollback
@@ -58,6 +59,7 @@ from edgefleet.hub.rollout.transitions import apply_transition
 from edgefleet.hub.selectors import Selector
 from edgefleet.hub.store import (
     BundleRecord,
+    DesiredAssignment,
     DeviceHead,
     DeviceRecord,
     HubStore,
@@ -132,10 +134,16 @@ class RolloutEngine:
             rollout_id, model, version, str(selector), selected, phases, gates, phases_text
         )
         rows = []
+        # One query for every device's assignments (not one per device: 10,000 devices
+        # would be 10,000 round trips), and each bundle a device reports looked up once.
+        assignments = self.store.all_assignments()
+        known: dict[str, BundleRecord | None] = {}
         for device_id in plan.devices:
             bundle = _pick(by_profile, devices[device_id])
             assert bundle is not None
-            prev = self._previous(devices[device_id], model)
+            prev = self._previous(
+                devices[device_id], assignments.get(device_id, {}).get(model), model, known
+            )
             rows.append(
                 RolloutDeviceRecord(
                     rollout_id=rollout_id,
@@ -172,9 +180,13 @@ class RolloutEngine:
         return busy
 
     def _previous(
-        self, device: DeviceRecord, model: str
+        self,
+        device: DeviceRecord,
+        current: DesiredAssignment | None,
+        model: str,
+        known: dict[str, BundleRecord | None],
     ) -> tuple[int | None, str | None, int | None]:
-        current = self.store.get_assignments(device.device_id).get(model)
+        """What the device runs of ``model`` before the rollout (``known``: bundle cache)."""
         if current is not None:
             return current.version, current.bundle_sha256, current.size
         # Not assigned by this hub: trust what the device says it runs.
@@ -183,11 +195,13 @@ class RolloutEngine:
                 active = entry.get("active")
                 if isinstance(active, Mapping) and isinstance(active.get("version"), int):
                     sha = active.get("bundle_sha256")
-                    known = self.store.get_bundle(sha) if isinstance(sha, str) else None
+                    if isinstance(sha, str) and sha not in known:
+                        known[sha] = self.store.get_bundle(sha)
+                    bundle = known.get(sha) if isinstance(sha, str) else None
                     return (
                         active["version"],
                         sha if isinstance(sha, str) else None,
-                        (known.size if known else None),
+                        (bundle.size if bundle else None),
                     )
         return None, None, None
 
@@ -217,7 +231,11 @@ class RolloutEngine:
         self, rollout_id: str, event: RolloutEvent, now: float, reason: str
     ) -> RolloutRecord:
         with self.store.transaction():
-            rollout = self.get(rollout_id)
+            # Locked (FOR UPDATE on PostgreSQL) until the commit: a tick of another hub
+            # that read the rollout before waits here and then sees the changed status.
+            rollout = self.store.lock_rollout(rollout_id)
+            if rollout is None:
+                raise HubNotFoundError(f"no such rollout {rollout_id}")
             apply_transition(self.store, rollout, event, now, reason)
             return self.get(rollout_id)
 
@@ -348,7 +366,7 @@ class RolloutEngine:
     def _act(self, rollout: RolloutRecord, decision: PhaseEvaluation, now: float) -> TickResult:
         plan = rollout.plan
         with self.store.transaction():
-            current = self.store.get_rollout(plan.rollout_id)
+            current = self.store.lock_rollout(plan.rollout_id)
             if current is None or current.status != rollout.status:
                 return TickResult(plan.rollout_id, None, None)  # an operator got there first
             if decision.timed_out:
@@ -394,7 +412,7 @@ class RolloutEngine:
         decision: PhaseEvaluation | None,
     ) -> TickResult:
         with self.store.transaction():
-            current = self.store.get_rollout(rollout.rollout_id)
+            current = self.store.lock_rollout(rollout.rollout_id)
             if current is None or current.status != rollout.status:
                 return TickResult(rollout.rollout_id, None, None)
             try:

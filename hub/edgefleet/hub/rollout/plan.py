@@ -22,6 +22,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from typing import Any
 
 from edgefleet.hub.errors import HubUsageError
@@ -264,11 +265,12 @@ class RolloutPlan:
         return self.devices[start : self.phase_sizes[phase]]
 
     def phase_of(self, device_id: str) -> int:
-        index = self.devices.index(device_id)
-        for k, size in enumerate(self.phase_sizes):
-            if index < size:
-                return k
-        raise AssertionError("every device is in a phase")  # pragma: no cover
+        return self._phases[device_id]
+
+    @cached_property
+    def _phases(self) -> dict[str, int]:
+        # Built once: a lookup per device through the tuple was quadratic in the fleet.
+        return {d: k for k in range(self.phase_count) for d in self.devices_of(k)}
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -10,6 +10,7 @@ index by column name), decoding the JSON columns;
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from edgefleet.hub.rollout.gates import InstallStatus
@@ -28,6 +29,22 @@ class Row(Protocol):
     """A database row read by column name (``sqlite3.Row``, a psycopg ``dict_row``)."""
 
     def __getitem__(self, key: str) -> Any: ...
+
+
+#: Rows per multi-row statement: a few thousand parameters, far below both engines' limits.
+INSERT_CHUNK = 500
+
+
+def multi_row_inserts(
+    head: str, rows: Sequence[Sequence[Any]], tail: str = ""
+) -> Iterator[tuple[str, list[Any]]]:
+    """``head VALUES (?,..),(?,..) tail`` statements covering ``rows``, ``INSERT_CHUNK`` rows
+    each: one round trip per chunk instead of one per row (PostgreSQL's executemany)."""
+    for lo in range(0, len(rows), INSERT_CHUNK):
+        part = rows[lo : lo + INSERT_CHUNK]
+        one = "(" + ",".join("?" * len(part[0])) + ")"
+        values = ",".join([one] * len(part))
+        yield f"{head} VALUES {values}{tail}", [v for row in part for v in row]
 
 
 def to_json(value: Any) -> str:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from edgefleet.hub.errors import HubStoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Tables in an order that respects foreign keys (``hub store migrate`` copies in it).
 # ``leases`` is not among them: who holds the singleton work is not fleet state.
@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS devices (
     id TEXT PRIMARY KEY, profile TEXT NOT NULL, grp TEXT, tags TEXT NOT NULL,
     password_hash TEXT NOT NULL, created_at REAL NOT NULL, last_seen REAL,
     online INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL DEFAULT '{}', state_at REAL,
-    desired_rev INTEGER NOT NULL DEFAULT 0);
+    desired_rev INTEGER NOT NULL DEFAULT 0, presence_at REAL);
 CREATE TABLE IF NOT EXISTS assignments (
     device TEXT NOT NULL REFERENCES devices(id), model TEXT NOT NULL, body TEXT NOT NULL,
     updated_at REAL NOT NULL, PRIMARY KEY (device, model));
@@ -100,7 +100,7 @@ CREATE TABLE IF NOT EXISTS devices (
     password_hash TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
     last_seen DOUBLE PRECISION, online INTEGER NOT NULL DEFAULT 0,
     state TEXT NOT NULL DEFAULT '{}', state_at DOUBLE PRECISION,
-    desired_rev BIGINT NOT NULL DEFAULT 0);
+    desired_rev BIGINT NOT NULL DEFAULT 0, presence_at DOUBLE PRECISION);
 CREATE TABLE IF NOT EXISTS assignments (
     device TEXT NOT NULL REFERENCES devices(id), model TEXT NOT NULL, body TEXT NOT NULL,
     updated_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (device, model));
@@ -143,9 +143,15 @@ _SQLITE_MIGRATIONS: Mapping[int, tuple[str, ...]] = {
     # ever read it (the acks come from the fleet database's own cursor).
     2: ("DROP TABLE IF EXISTS telemetry_cursor",),
     3: (_SQLITE_LEASES,),
+    # When the presence now stored was received: an older status report handled late
+    # (by a slower hub) must not overwrite a newer one (see set_presence).
+    4: ("ALTER TABLE devices ADD COLUMN presence_at REAL",),
 }
 # The first PostgreSQL layout is version 2.
-_POSTGRES_MIGRATIONS: Mapping[int, tuple[str, ...]] = {3: (_POSTGRES_LEASES,)}
+_POSTGRES_MIGRATIONS: Mapping[int, tuple[str, ...]] = {
+    3: (_POSTGRES_LEASES,),
+    4: ("ALTER TABLE devices ADD COLUMN IF NOT EXISTS presence_at DOUBLE PRECISION",),
+}
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from edgefleet.hub.store.rows import (
     bundle_from_row,
     device_from_row,
     directive_from_row,
+    multi_row_inserts,
     rollout_device_from_row,
     rollout_device_values,
     rollout_from_row,
@@ -153,6 +154,10 @@ class SqlHubStore(SqlTelemetryMixin, SqlLeaseMixin):
         rows = self._all("SELECT id, online, desired_rev FROM devices ORDER BY id")
         return {r["id"]: DeviceHead(bool(r["online"]), r["desired_rev"]) for r in rows}
 
+    def device_profiles(self) -> dict[str, str]:
+        """Every device's profile in one query, without decoding states or tags."""
+        return {r["id"]: r["profile"] for r in self._all("SELECT id, profile FROM devices")}
+
     def count_devices(self) -> tuple[int, int]:
         """(enrolled, online) without reading every device's row into a record."""
         row = self._one(
@@ -160,21 +165,42 @@ class SqlHubStore(SqlTelemetryMixin, SqlLeaseMixin):
         )
         return (int(row["enrolled"]), int(row["online"])) if row else (0, 0)
 
-    def set_presence(self, device_id: str, online: bool, at: float) -> None:
-        with self.transaction():
-            self._run(
-                f"UPDATE devices SET online=?, last_seen={self.engine.greatest}(COALESCE(last_seen, 0), ?)"
-                " WHERE id=?",
-                (int(online), at, device_id),
-            )
+    def set_presence(self, device_id: str, online: bool, at: float) -> bool:
+        """Record a status report received at ``at``; False when a report received later
+        is stored already (that one stands: presence never goes back in time).
 
-    def set_device_state(self, device_id: str, state: Mapping[str, Any], at: float) -> None:
+        The comparison sits in the UPDATE's WHERE, so it holds between hubs: a slow hub
+        handling an old last-will "offline" cannot overwrite the "online" another hub
+        stored from the device's newer connection. Equal times: the later write wins.
+        """
         with self.transaction():
-            self._run(
+            n = self._run(
+                f"UPDATE devices SET online=?, presence_at=?,"
+                f" last_seen={self.engine.greatest}(COALESCE(last_seen, 0), ?)"
+                " WHERE id=? AND (presence_at IS NULL OR presence_at <= ?)",
+                (int(online), at, at, device_id, at),
+            )
+            return n == 1
+
+    def set_device_state(self, device_id: str, state: Mapping[str, Any], at: float) -> bool:
+        """Store a state report received at ``at``; False (nothing written) when one
+        received later is stored already, as for presence."""
+        with self.transaction():
+            n = self._run(
                 f"UPDATE devices SET state=?, state_at=?,"
                 f" last_seen={self.engine.greatest}(COALESCE(last_seen, 0), ?)"
+                " WHERE id=? AND (state_at IS NULL OR state_at <= ?)",
+                (to_json(dict(state)), at, at, device_id, at),
+            )
+            return n == 1
+
+    def touch_devices(self, seen: Sequence[tuple[str, float]]) -> None:
+        """``touch_device`` for many devices in one transaction, in id order (lock order)."""
+        with self.transaction():
+            self._run_many(
+                f"UPDATE devices SET last_seen={self.engine.greatest}(COALESCE(last_seen, 0), ?)"
                 " WHERE id=?",
-                (to_json(dict(state)), at, at, device_id),
+                [(at, device_id) for device_id, at in sorted(seen)],
             )
 
     def touch_device(self, device_id: str, at: float) -> None:
@@ -341,10 +367,9 @@ class SqlHubStore(SqlTelemetryMixin, SqlLeaseMixin):
                     rollout.created_at,
                 ),
             )
-            self._run_many(
-                "INSERT INTO rollout_devices VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                [rollout_device_values(device) for device in devices],
-            )
+            rows = [rollout_device_values(device) for device in devices]
+            for sql, params in multi_row_inserts("INSERT INTO rollout_devices", rows):
+                self._run(sql, params)
 
     def get_rollout(self, rollout_id: str) -> RolloutRecord | None:
         row = self._one("SELECT * FROM rollouts WHERE id=?", (rollout_id,))

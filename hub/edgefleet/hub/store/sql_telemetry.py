@@ -19,10 +19,13 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.hub.store.records import StoredWindow, TelemetryRow
-from edgefleet.hub.store.rows import Row, to_json
+from edgefleet.hub.store.rows import INSERT_CHUNK, Row, multi_row_inserts, to_json
 
 if TYPE_CHECKING:
     from edgefleet.hub.store.schema import Engine
+
+#: One device's batch for :meth:`SqlTelemetryMixin.add_telemetry_many`.
+TelemetryBatchRows = tuple[str, Sequence[TelemetryRow], float]
 
 
 class SqlTelemetryMixin:
@@ -47,18 +50,29 @@ class SqlTelemetryMixin:
     def add_telemetry(
         self, device_id: str, rows: Sequence[TelemetryRow], received_at: float
     ) -> int:
+        return self.add_telemetry_many([(device_id, rows, received_at)])
+
+    def add_telemetry_many(self, batches: Sequence[TelemetryBatchRows]) -> int:
+        """Store several devices' batches ``(device, rows, received_at)`` in one
+        transaction: one query for the retention marks, multi-row inserts, one commit.
+
+        Rows go in ``(device, seq)`` order, so two hubs inserting overlapping batches take
+        the key locks in the same order and cannot deadlock. Returns how many were new.
+        """
+        if not batches:
+            return 0
         with self.transaction():
-            pruned = self._one("SELECT seq FROM telemetry_pruned WHERE device=?", (device_id,))
-            if pruned is not None:
-                # Retention deleted everything up to here: a record at or below it was
-                # stored once already (or, in a batch lost for longer than the retention,
-                # is older than anything kept) and must not come back.
-                rows = [row for row in rows if row.seq > pruned["seq"]]
-                if not rows:
-                    return 0
-            inserted = self._run_many(
-                "INSERT INTO telemetry VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-                [
+            devices = sorted({device for device, _, _ in batches})
+            pruned: dict[str, int] = {}
+            for lo in range(0, len(devices), INSERT_CHUNK):
+                some = devices[lo : lo + INSERT_CHUNK]
+                marks = ",".join("?" * len(some))
+                for r in self._all(
+                    f"SELECT device, seq FROM telemetry_pruned WHERE device IN ({marks})", some
+                ):
+                    pruned[r["device"]] = r["seq"]
+            values = sorted(
+                (
                     (
                         device_id,
                         row.seq,
@@ -68,10 +82,21 @@ class SqlTelemetryMixin:
                         received_at,
                         to_json(dict(row.body)),
                     )
+                    for device_id, rows, received_at in batches
+                    # Retention deleted everything up to the mark: a record at or below it
+                    # was stored once already (or, in a batch lost for longer than the
+                    # retention, is older than anything kept) and must not come back.
                     for row in rows
-                ],
+                    if device_id not in pruned or row.seq > pruned[device_id]
+                ),
+                key=lambda value: (value[0], value[1]),
             )
-            return max(inserted, 0)
+            inserted = 0
+            for sql, params in multi_row_inserts(
+                "INSERT INTO telemetry", values, " ON CONFLICT DO NOTHING"
+            ):
+                inserted += max(self._run(sql, params), 0)
+            return inserted
 
     def prune_telemetry(
         self, before: float, *, batch_size: int = 1000, max_rows: int | None = None
