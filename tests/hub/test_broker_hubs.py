@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from tests.hub.hubkit import make_hub
-from tests.support.brokers import ProbeClient
 from tests.hub.test_broker_acl import REFUSED, connect, run_generated_conf
+from tests.support.brokers import ProbeClient
 
 from edgefleet.core.protocol.topics import Topics
 from edgefleet.core.testing.brokers import free_port
