@@ -59,6 +59,7 @@ def convert_estimator(est: Any, n_features: int, target: OnnxTarget) -> Converte
 def run_skl2onnx(est: Any, initial_types: list[Any], target: OnnxTarget) -> onnx.ModelProto:
     """skl2onnx on ``est`` with edgefleet's checks, fixes, options and one-line errors."""
     from edgefleet.packager.estimators import (
+        _components,
         check_libraries,
         converter_opsets,
         libraries_of,
@@ -66,13 +67,19 @@ def run_skl2onnx(est: Any, initial_types: list[Any], target: OnnxTarget) -> onnx
         register_boosters,
         tree_fixes,
     )
+    from edgefleet.packager.function_transformers import (
+        check_function_transformers,
+        register_function_transformer,
+    )
 
     check_libraries(est)
+    check_function_transformers(_components(est))
     import skl2onnx
     from skl2onnx.common.exceptions import MissingConverter, MissingShapeCalculator
     from sklearn.base import is_classifier, is_outlier_detector
 
     register_boosters(libraries_of(est))
+    register_function_transformer()
 
     options: dict[Any, Any] = {}
     if is_classifier(est):
