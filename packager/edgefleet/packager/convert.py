@@ -60,6 +60,7 @@ def run_skl2onnx(est: Any, initial_types: list[Any], target: OnnxTarget) -> onnx
     """skl2onnx on ``est`` with edgefleet's checks, fixes, options and one-line errors."""
     from edgefleet.packager.estimators import (
         _components,
+        calibrated_pipeline_options,
         check_libraries,
         converter_opsets,
         libraries_of,
@@ -86,6 +87,7 @@ def run_skl2onnx(est: Any, initial_types: list[Any], target: OnnxTarget) -> onnx
         # Keyed by the final estimator's id so pipelines get the option where it applies.
         final = est.steps[-1][1] if getattr(est, "steps", None) else est
         options[id(final)] = {"zipmap": False}
+        options.update(calibrated_pipeline_options(est))
     ceiling = int(skl2onnx.get_latest_tested_opset_version())
     try:
         with tree_fixes(libraries_of(est)):
