@@ -140,8 +140,19 @@ def calibrated_pipeline_options(est: Any) -> dict[int, dict[str, Any]]:
             continue
         for calibrated in getattr(part, "calibrated_classifiers_", None) or []:
             base = getattr(calibrated, "estimator", None)
-            if isinstance(base, Pipeline) and hasattr(base.steps[-1][1], "decision_function"):
-                options[id(base.steps[-1][1])] = {"raw_scores": True}
+            if not isinstance(base, Pipeline):
+                continue
+            final = base.steps[-1][1]
+            if not hasattr(final, "predict_proba"):
+                # skl2onnx gives such a step a ZipMap option it then rejects.
+                name = type(final).__name__
+                raise UnsupportedModelError(
+                    f"CalibratedClassifierCV over a Pipeline ending in {name} (no "
+                    f"predict_proba) does not convert: calibrate the bare {name} inside "
+                    f"the Pipeline instead (Pipeline(..., CalibratedClassifierCV({name}())))"
+                )
+            if hasattr(final, "decision_function"):
+                options[id(final)] = {"raw_scores": True}
     return options
 
 
