@@ -59,6 +59,8 @@ def convert_estimator(est: Any, n_features: int, target: OnnxTarget) -> Converte
 def run_skl2onnx(est: Any, initial_types: list[Any], target: OnnxTarget) -> onnx.ModelProto:
     """skl2onnx on ``est`` with edgefleet's checks, fixes, options and one-line errors."""
     from edgefleet.packager.estimators import (
+        _components,
+        calibrated_pipeline_options,
         check_libraries,
         converter_opsets,
         libraries_of,
@@ -66,19 +68,26 @@ def run_skl2onnx(est: Any, initial_types: list[Any], target: OnnxTarget) -> onnx
         register_boosters,
         tree_fixes,
     )
+    from edgefleet.packager.function_transformers import (
+        check_function_transformers,
+        register_function_transformer,
+    )
 
     check_libraries(est)
+    check_function_transformers(_components(est))
     import skl2onnx
     from skl2onnx.common.exceptions import MissingConverter, MissingShapeCalculator
     from sklearn.base import is_classifier, is_outlier_detector
 
     register_boosters(libraries_of(est))
+    register_function_transformer()
 
     options: dict[Any, Any] = {}
     if is_classifier(est):
         # Keyed by the final estimator's id so pipelines get the option where it applies.
         final = est.steps[-1][1] if getattr(est, "steps", None) else est
         options[id(final)] = {"zipmap": False}
+        options.update(calibrated_pipeline_options(est))
     ceiling = int(skl2onnx.get_latest_tested_opset_version())
     try:
         with tree_fixes(libraries_of(est)):

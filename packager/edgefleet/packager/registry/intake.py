@@ -14,7 +14,7 @@ from __future__ import annotations
 import getpass
 import io
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,12 @@ from edgefleet.packager.onnx_io import (
     check_runs,
     declare_schema,
     metadata_declarations,
+)
+from edgefleet.packager.registry.mlflow_signature import (
+    InputSignature,
+    fit_column,
+    frame_dtypes,
+    table_features,
 )
 from edgefleet.packager.registry.records import FeatureSpec
 from edgefleet.packager.registry.refs import check_model_name, parse_versioned_ref
@@ -63,6 +69,8 @@ class RegistrationInput:
     output_roles: dict[str, str] = field(default_factory=dict)
     state: tuple[tuple[str, str], ...] = ()
     batch_axes: dict[str, int | None] = field(default_factory=dict)
+    # The inputs an MLflow signature declares (registry import), checked against the model.
+    signature: InputSignature | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,8 @@ def prepare_registration(req: RegistrationInput) -> NewVersion:
         if is_frame_model(loaded.obj, req.reference_path):
             return _prepare_frame(req, loaded, parent)
     described = _describe(loaded, str(req.model_path), req)
+    if req.signature is not None and described.io_schema is None:
+        described = replace(described, features=table_features(req.signature, described.features))
     features = described.features
     reference_x = reference_y = None
     rows = 0
@@ -162,6 +172,8 @@ def _prepare_frame(req: RegistrationInput, loaded: LoadedModel, parent: Any) -> 
         )
     names = [str(n) for n in est.feature_names_in_]
     frame = fit_to_model(load_frame(req.reference_path), names, req.reference_path)
+    if req.signature is not None:
+        frame = _declared_frame(frame, req.signature, names)
     task = {"classification": "classifier", "regression": "regressor"}.get(info.task)
     if task is None:
         raise UnsupportedModelError(f"a DataFrame {info.task} model is not supported yet")
@@ -206,6 +218,16 @@ def _prepare_frame(req: RegistrationInput, loaded: LoadedModel, parent: Any) -> 
         io_schema=schema.to_dict(),
         notice=None,
     )
+
+
+def _declared_frame(frame: Any, sig: InputSignature, names: list[str]) -> Any:
+    """The reference frame typed as the signature declares (mlflow_signature's rules)."""
+    from edgefleet.packager.frames import Frame
+
+    dtypes = frame_dtypes(sig, names, frame.dtypes)
+    types = {c.name: c.mlflow_type for c in sig.columns}
+    columns = {n: fit_column(n, types[n], dtypes[n], frame.columns[n]) for n in names}
+    return Frame(columns, dtypes, frame.labels)
 
 
 def _plain_array(values: np.ndarray) -> np.ndarray:

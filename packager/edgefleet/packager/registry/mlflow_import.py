@@ -16,8 +16,11 @@ What is taken (first match wins for the flavor):
   metrics and params, and tags ``mlflow_run_id``, ``mlflow_experiment``,
   ``mlflow_datasets`` (``name@digest`` of the run's dataset inputs) and
   ``git_commit`` (MLflow's ``mlflow.source.git.commit`` tag) for lineage;
-- the signature, kept as tag ``mlflow_signature_inputs`` (the column names and
-  types); the io schema itself comes from the model, which knows its inputs.
+- the signature: checked against the converted model and carried into the
+  registered version (column names and types of a DataFrame model's inputs,
+  feature names of a table model), see :mod:`mlflow_signature`; a signature
+  that disagrees with the model is refused with one line naming the column.
+  The raw signature is kept as tag ``mlflow_signature_inputs``.
 
 MLflow is the optional extra ``edgefleet[mlflow]``; nothing else imports it.
 """
@@ -37,6 +40,7 @@ from typing import Any
 from edgefleet.packager.errors import DataFileError, UnsupportedModelError
 from edgefleet.packager.estimators import one_line
 from edgefleet.packager.registry.intake import RegistrationInput
+from edgefleet.packager.registry.mlflow_signature import parse_signature
 
 FLAVORS = ("sklearn", "lightgbm", "xgboost", "onnx")
 URI_SCHEMES = ("runs:/", "models:/")
@@ -109,8 +113,14 @@ def _model_file(mlflow: Any, flavor: str, folder: Path, conf: dict[str, Any], wo
     return path
 
 
-def _example_csv(model: Any, folder: Path, work: Path) -> Path | None:
-    """The input example as a CSV with a header, or None when there is none."""
+def _example_csv(
+    model: Any, folder: Path, work: Path, names: list[str] | None = None
+) -> Path | None:
+    """The input example as a CSV with a header, or None when there is none.
+
+    A numpy example has no column names: it takes ``names`` (the signature's
+    columns) when they fit, else ``f0..fN``.
+    """
     info = getattr(model, "saved_input_example_info", None) or {}
     name = info.get("artifact_path")
     if not name or not (folder / name).is_file():
@@ -128,7 +138,8 @@ def _example_csv(model: Any, folder: Path, work: Path) -> Path | None:
         rows = doc["inputs"] if isinstance(doc, dict) else doc
         if not rows or not isinstance(rows[0], list):
             return None
-        columns = [f"f{i}" for i in range(len(rows[0]))]
+        width = len(rows[0])
+        columns = names if names and len(names) == width else [f"f{i}" for i in range(width)]
     else:
         return None
     path = work / "input_example.csv"
@@ -199,15 +210,19 @@ def prepared_import(req: ImportRequest) -> Iterator[RegistrationInput]:
             raise DataFileError(one_line(f"cannot read {folder / 'MLmodel'}: {e}")) from e
         flavor = _pick_flavor(dict(model.flavors), req.source)
         path = _model_file(mlflow, flavor, folder, dict(model.flavors[flavor]), work)
-        reference = req.reference_path or _example_csv(model, folder, work)
         metrics: dict[str, float] = {}
         params: dict[str, Any] = {}
         tags: dict[str, Any] = {"mlflow_flavor": flavor, "mlflow_source": req.source}
         if model.run_id:
             metrics, params, run_tags = run_details(mlflow, model.run_id)
             tags.update(run_tags)
+        signature = None
         if model.signature is not None and model.signature.inputs is not None:
-            tags["mlflow_signature_inputs"] = json.dumps(model.signature.inputs.to_dict())
+            items = model.signature.inputs.to_dict()
+            tags["mlflow_signature_inputs"] = json.dumps(items)
+            signature = parse_signature(items)
+        names = [c.name for c in signature.columns] if signature else None
+        reference = req.reference_path or _example_csv(model, folder, work, names)
         tags.update(req.extra_tags)
         yield replace(
             RegistrationInput(model_path=path, name=req.name),
@@ -216,4 +231,5 @@ def prepared_import(req: ImportRequest) -> Iterator[RegistrationInput]:
             tags=tags,
             reference_path=reference,
             labels_path=req.labels_path,
+            signature=signature,
         )
