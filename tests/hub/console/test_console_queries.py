@@ -21,6 +21,8 @@ def _state(i: int) -> dict[str, Any]:
         return {"directive_error": f"directive rejected: unknown key {i % 2}"}
     if i % 7 == 5:
         return {"directive_error": "", "note": "directive_error is empty: not refusing"}
+    if i % 11 == 6:
+        return {"directive_error": None}
     if i % 5 == 0:
         return {}
     version = 1 + i % 3

@@ -42,6 +42,7 @@ from edgefleet.hub.rollout.engine import RolloutEngine, summary
 from edgefleet.hub.rollout.machine import RolloutState
 from edgefleet.hub.rollout.plan import DEFAULT_PHASES
 from edgefleet.hub.store import DirectiveHead, HubStore
+from edgefleet.hub.store.rows import to_json
 
 ROLLOUT_ACTIONS = ("pause", "resume", "abort", "rollback")
 DRIFT_SCOPES = ("fleet", "group", "profile", "device")
@@ -159,7 +160,7 @@ class FleetConsole:
             online = sum(n for row, n in tallies if row["online"])
             refusing = [
                 device_id
-                for device_id, state in self.store.devices_whose_state_mentions("directive_error")
+                for device_id, state in self.store.devices_whose_state_mentions(_REFUSAL_MARK)
                 if dv.refusal(state)
             ][:20]
             return {
@@ -523,6 +524,11 @@ class FleetConsole:
             "drift_models": self.drift_models(wait=False),
             "now": self.clock(),
         }
+
+
+# How a state report with a string ``directive_error`` starts that entry as the store writes
+# it (sorted keys, compact separators): reports with ``"directive_error": null`` are not read.
+_REFUSAL_MARK = to_json({"directive_error": ""})[1:-2]
 
 
 def _short_selector(row: dict[str, Any], limit: int = 80) -> dict[str, Any]:
