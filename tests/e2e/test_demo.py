@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -89,21 +92,60 @@ def test_demo_json_summary_tells_the_story_and_nothing_is_left(tmp_path: Path) -
         "all_devices_on_v2": True,
         "v3_rolled_back": True,
         "drift_on_drifted_devices_only": True,
+        "console_lists_devices": True,
     }
+    # The dashboard's URL and a viewer token were printed, and while the hub ran the
+    # API behind that URL listed every device to that token (checked by the demo).
+    console = summary["console"]
+    assert console["url"].startswith("http://127.0.0.1:") and console["role"] == "viewer"
+    assert console["token"] and console["devices_listed"] == sorted(devices)
     assert summary["ok"] is True
     assert processes_of(str(workdir)) == {}
+
+
+def printed_console(narration: str) -> tuple[str, str] | None:
+    """The dashboard URL and the viewer token the demo printed, once both are out."""
+    url = re.search(r"fleet console: open (http://\S+/) while the demo runs", narration)
+    token = re.search(r"viewer token \(paste it into the dashboard\): (\S+)", narration)
+    return None if url is None or token is None else (url.group(1), token.group(1))
+
+
+def get_json(url: str, token: str | None = None) -> tuple[int, object]:
+    request = urllib.request.Request(url)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, None
 
 
 def test_ctrl_c_during_the_demo_stops_every_process(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     marker = str(workdir)
-    demo = subprocess.Popen(
-        edgefleet("demo", "--devices", "3", "--workdir", marker),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    narration = tmp_path / "narration.txt"
+    with narration.open("wb") as out:
+        demo = subprocess.Popen(
+            edgefleet("demo", "--devices", "3", "--workdir", marker),
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     try:
+        # While the demo runs, the URL it printed serves the API, and the viewer token
+        # it printed reads the fleet (the three devices are enrolled before the agents).
+        wait_until(
+            "the dashboard URL and token",
+            lambda: printed_console(narration.read_text(encoding="utf-8")) is not None,
+            120,
+        )
+        found = printed_console(narration.read_text(encoding="utf-8"))
+        assert found is not None
+        url, token = found
+        assert get_json(f"{url}api/v1/health") == (200, {"status": "ok", "api": "v1"})
+        assert get_json(f"{url}api/v1/devices")[0] == 401
+
         # Interrupt while long-lived children (hub, agents) and short commands (the
         # registry or the packager) run at the same time.
         def busy() -> bool:
@@ -113,6 +155,9 @@ def test_ctrl_c_during_the_demo_stops_every_process(tmp_path: Path) -> None:
             return agents == 3 and commands >= 1 and any(" hub serve " in c for c in cmdlines)
 
         wait_until("the hub, the agents and a packaging command", busy, 300)
+        status, page = get_json(f"{url}api/v1/devices", token)
+        assert status == 200 and isinstance(page, dict), (status, page)
+        assert sorted(d["device"] for d in page["items"]) == ["gw-1", "pi-1", "pi-2"]
         demo.send_signal(signal.SIGINT)
         code = demo.wait(timeout=90)
     finally:

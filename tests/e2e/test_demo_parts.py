@@ -11,9 +11,10 @@ import pytest
 
 from edgefleet.agent.config import AgentConfig
 from edgefleet.core.errors import UsageError
+from edgefleet.demo.console_probe import ConsoleAccess
 from edgefleet.demo.fleet_view import DeviceFacts, rollout_facts
 from edgefleet.demo.processes import RUN_MARKER_ENV, ProcessSupervisor
-from edgefleet.demo.summary import DemoSummary, RolloutOutcome, drift_verdicts
+from edgefleet.demo.summary import DemoSummary, RolloutOutcome, drift_verdicts, render_summary
 from edgefleet.demo.workspace import AgentTuning, hub_toml, plan_fleet, tune_agent_config
 from edgefleet.hub.config import HubConfig
 
@@ -84,7 +85,17 @@ def _outcome(version: int, outcome: str) -> RolloutOutcome:
     return RolloutOutcome.of(rollout_facts(status))
 
 
-def _summary(versions: dict[str, int], verdicts: dict[str, str], v3: str) -> DemoSummary:
+CONSOLE = ConsoleAccess("http://127.0.0.1:8090/", "secret-token")
+EVERY_DEVICE = ["gw-1", "pi-1", "pi-2"]
+
+
+def _summary(
+    versions: dict[str, int],
+    verdicts: dict[str, str],
+    v3: str,
+    listed: list[str] = EVERY_DEVICE,
+    console: ConsoleAccess | None = CONSOLE,
+) -> DemoSummary:
     fleet = plan_fleet(3)
     return DemoSummary(
         workdir=None,
@@ -92,6 +103,8 @@ def _summary(versions: dict[str, int], verdicts: dict[str, str], v3: str) -> Dem
         device_facts={d: _facts(d, v) for d, v in versions.items()},
         rollouts=[_outcome(3, v3)],
         drift={d: {"verdict": v} for d, v in verdicts.items()},
+        console=console,
+        console_devices=listed,
     )
 
 
@@ -103,6 +116,27 @@ def test_summary_checks_hold_for_the_story() -> None:
     out = summary.to_dict()
     assert out["ok"] is True
     assert out["rollouts"][0]["abort_reason"] == "gate failed: max_failure_share"
+    assert out["console"] == {
+        "url": CONSOLE.url,
+        "token": CONSOLE.token,
+        "role": "viewer",
+        "devices_listed": EVERY_DEVICE,
+    }
+    assert CONSOLE.url in render_summary(out) and CONSOLE.token in render_summary(out)
+
+
+@pytest.mark.parametrize(
+    ("listed", "console"),
+    [(["pi-1", "pi-2"], CONSOLE), ([], CONSOLE), (EVERY_DEVICE, None)],
+)
+def test_summary_checks_catch_a_console_that_did_not_list_the_fleet(
+    listed: list[str], console: ConsoleAccess | None
+) -> None:
+    summary = _summary(
+        {"pi-1": 2, "gw-1": 2, "pi-2": 2}, GOOD_VERDICTS, "rolled_back", listed, console
+    )
+    checks = summary.checks()
+    assert [name for name, ok in checks.items() if not ok] == ["console_lists_devices"]
 
 
 @pytest.mark.parametrize(

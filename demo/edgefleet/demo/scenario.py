@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 
 from edgefleet.core.errors import OperationalError
+from edgefleet.demo.console_probe import devices_seen
 from edgefleet.demo.fleet_view import RolloutFacts
 from edgefleet.demo.harness import DemoOptions
 from edgefleet.demo.setup_steps import FleetSetupSteps
@@ -243,3 +244,18 @@ class DemoRun(FleetSetupSteps):
         except OperationalError as e:
             self.say.warn(str(e))
         self.summary.counters = self._view().counters()
+        self._check_console()
+
+    def _check_console(self) -> None:
+        """The dashboard's API, with the viewer token, lists the fleet (while the hub runs)."""
+        if self.summary.console is None:
+            return
+        try:
+            self.summary.console_devices = devices_seen(self.summary.console)
+        except OperationalError as e:
+            self.say.warn(f"fleet console: {e}")
+            return
+        self.say.say(
+            f"fleet console at {self.summary.console.url}: the viewer token lists "
+            f"{len(self.summary.console_devices)} devices"
+        )

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.core.errors import OperationalError
+from edgefleet.demo.console_probe import ConsoleAccess, api_healthy
 from edgefleet.demo.fleet_view import DeviceFacts
 from edgefleet.demo.harness import DemoHarness
 from edgefleet.demo.processes import ManagedProcess, edgefleet_argv
@@ -59,11 +60,26 @@ class FleetSetupSteps(DemoHarness):
         port = free_port()
         write_hub_files(self.ws, port, HUB_TICK_S)
         self.say.say(f"hub.toml: store hub.db, broker 127.0.0.1:{port}, tick {HUB_TICK_S}s")
-        argv = ["hub", "serve", "--embedded-broker", "--config", str(self.ws.hub_config)]
+        api = f"127.0.0.1:{free_port()}"
+        argv = [
+            "hub", "serve", "--embedded-broker", "--api", api, "--config", str(self.ws.hub_config),
+        ]  # fmt: skip
         self.say.command(self._show(argv))
         self.hub = self.procs.spawn("hub", edgefleet_argv(*argv))
         self.wait_for("the hub's broker to listen", lambda: _port_open(port), 30.0)
+        url = f"http://{api}/"
+        self.wait_for("the hub's API to answer", lambda: api_healthy(url), 30.0)
         self.say.ok(f"hub running (pid {self.hub.pid}), amqtt broker on port {port}")
+        self.step_console_token(url)
+
+    def step_console_token(self, url: str) -> None:
+        """A viewer token for the dashboard, printed once like `hub token create` does."""
+        args = ["hub", "token", "create", "demo", "--role", "viewer"]
+        created = self.edgefleet("token", *args, "--config", str(self.ws.hub_config))
+        access = ConsoleAccess(url, str(created["token"]), str(created.get("role", "viewer")))
+        self.summary.console = access
+        self.say.ok(f"fleet console: open {url} while the demo runs")
+        self.say.say(f"viewer token (paste it into the dashboard): {access.token}")
 
     def step_enroll(self) -> None:
         self.say.step(f"Enroll {len(self.fleet)} devices in two groups with two profiles")

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgefleet.demo.console_probe import ConsoleAccess
 from edgefleet.demo.fleet_view import DeviceFacts, RolloutFacts
 from edgefleet.demo.training import MODEL_NAME
 from edgefleet.demo.workspace import DemoDevice
@@ -126,6 +127,8 @@ class DemoSummary:
     counters: Mapping[str, int] = field(default_factory=dict)
     report: str | None = None
     wall_time_s: float | None = None
+    console: ConsoleAccess | None = None
+    console_devices: list[str] = field(default_factory=list)  # listed by the API, viewer token
 
     def checks(self) -> dict[str, bool]:
         facts = self.device_facts
@@ -142,6 +145,8 @@ class DemoSummary:
             "all_devices_on_v2": on_final,
             "v3_rolled_back": bool(broken) and broken[-1].outcome == "rolled_back",
             "drift_on_drifted_devices_only": drift_ok,
+            "console_lists_devices": self.console is not None
+            and self.console_devices == sorted(d.device_id for d in self.devices),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,6 +188,14 @@ class DemoSummary:
             "workdir": self.workdir,
             "traffic": dict(self.traffic),
             "hub_counters": dict(self.counters),
+            "console": None
+            if self.console is None
+            else {
+                "url": self.console.url,
+                "token": self.console.token,
+                "role": self.console.role,
+                "devices_listed": list(self.console_devices),
+            },
             "checks": checks,
             "ok": all(checks.values()),
             "wall_time_s": self.wall_time_s,
@@ -249,6 +262,12 @@ def render_summary(summary: Mapping[str, Any]) -> str:
         "",
         "Story checks: " + ", ".join(f"{name} {'✓' if ok else '✗'}" for name, ok in checks.items()),
     ]
+    console = summary.get("console")
+    if console:
+        parts.append(
+            f"Fleet console (served while the demo ran): {console['url']}, "
+            f"{console['role']} token {console['token']}"
+        )
     if summary["report"]:
         parts.append(f"HTML drift report: {summary['report']}")
     if summary["workdir"]:

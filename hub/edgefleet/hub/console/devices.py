@@ -164,19 +164,35 @@ def page(rows: Sequence[dict[str, Any]], request: PageRequest) -> dict[str, Any]
 
 def group_summaries(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per group: devices, online, states, and how many devices run each model version."""
+    return tally_summaries((row, 1) for row in rows)
+
+
+def tally_summaries(tallies: Iterable[tuple[Mapping[str, Any], int]]) -> list[dict[str, Any]]:
+    """:func:`group_summaries` over (row, number of devices with that row) pairs."""
     groups: dict[str, dict[str, Any]] = {}
-    for row in rows:
+    for row, n in tallies:
         name = row["group"] or ""
         g = groups.setdefault(
             name, {"group": name or None, "devices": 0, "online": 0, "states": {}, "versions": {}}
         )
-        g["devices"] += 1
-        g["online"] += int(row["online"])
-        g["states"][row["state"]] = g["states"].get(row["state"], 0) + 1
+        g["devices"] += n
+        g["online"] += n * int(row["online"])
+        g["states"][row["state"]] = g["states"].get(row["state"], 0) + n
         for model, m in row["models"].items():
             key = f"{model}:{m['version']}" if m["version"] is not None else f"{model}:-"
-            g["versions"][key] = g["versions"].get(key, 0) + 1
+            g["versions"][key] = g["versions"].get(key, 0) + n
     return [groups[k] for k in sorted(groups)]
+
+
+def tally_row(group: str | None, online: bool, state: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields :func:`tally_summaries` reads, for a device without assignments."""
+    current = current_models(state)
+    return {
+        "group": group,
+        "online": online,
+        "state": device_state(current, {}, refusal(state)),
+        "models": current,
+    }
 
 
 #: A password hash no password matches (mosquitto's hashes start with ``$``): the device's

@@ -42,6 +42,7 @@ from edgefleet.hub.rollout.engine import RolloutEngine, summary
 from edgefleet.hub.rollout.machine import RolloutState
 from edgefleet.hub.rollout.plan import DEFAULT_PHASES
 from edgefleet.hub.store import DirectiveHead, HubStore
+from edgefleet.hub.store.rows import to_json
 
 ROLLOUT_ACTIONS = ("pause", "resume", "abort", "rollback")
 DRIFT_SCOPES = ("fleet", "group", "profile", "device")
@@ -112,7 +113,65 @@ class FleetConsole:
 
     def devices(self, f: dv.DeviceFilter, p: dv.PageRequest) -> dict[str, Any]:
         """One page of the devices matching ``f`` (the API's listing)."""
-        return {**dv.page(self.device_rows(f), p), "now": self.clock()}
+        if f.state is not None or f.model is not None:
+            # Both filter on the device's state report against its assignments: every row.
+            return {**dv.page(self.device_rows(f), p), "now": self.clock()}
+        records, total = self.store.device_page(
+            group=f.group,
+            profile=f.profile,
+            online=f.online,
+            search=f.search,
+            limit=p.limit,
+            offset=p.offset,
+        )
+        ids = [d.device_id for d in records]
+        assignments = self.store.assignments_of(ids)
+        heads = self.store.directive_heads_of(ids)
+        items = [
+            dv.device_summary(d, assignments.get(d.device_id, {}), heads.get(d.device_id))
+            for d in records
+        ]
+        return {
+            "items": items,
+            "total": total,
+            "limit": p.limit,
+            "offset": p.offset,
+            "now": self.clock(),
+        }
+
+    def _device_overview(self) -> dict[str, Any]:
+        """Totals, states, refusing devices and groups from counts, not from every row:
+        devices without assignments come grouped by (group, presence, state report)."""
+
+        def compute() -> dict[str, Any]:
+            tallies = [
+                (dv.tally_row(t.group, t.online, t.state), t.devices)
+                for t in self.store.device_tallies()
+            ]
+            assignments = self.store.all_assignments()
+            tallies += [
+                (dv.device_summary(d, assignments.get(d.device_id, {}), None), 1)
+                for d in self.store.assigned_devices()
+            ]
+            states: dict[str, int] = {}
+            for row, n in tallies:
+                states[row["state"]] = states.get(row["state"], 0) + n
+            total = sum(n for _row, n in tallies)
+            online = sum(n for row, n in tallies if row["online"])
+            refusing = [
+                device_id
+                for device_id, state in self.store.devices_whose_state_mentions(_REFUSAL_MARK)
+                if dv.refusal(state)
+            ][:20]
+            return {
+                "devices": {"total": total, "online": online, "offline": total - online},
+                "states": states,
+                "refusing": refusing,
+                "groups": dv.tally_summaries(tallies),
+            }
+
+        answer: dict[str, Any] = self._cache.get("overview", compute)
+        return answer
 
     def device(self, device_id: str) -> dict[str, Any]:
         """One device: summary, state document, deployment history in every rollout."""
@@ -251,7 +310,7 @@ class FleetConsole:
         """``hub rollout status ID`` plus what each waiting gate waits for and until when."""
         now = self.clock()
         detail = self.engine.status(rollout_id, now)
-        profiles = {r["device"]: r["profile"] for r in self._device_rows()}
+        profiles = self.store.device_profiles([dev["device"] for dev in detail["devices"]])
         windows = {
             dev["device"]: _window_s(profiles[dev["device"]])
             for dev in detail["devices"]
@@ -453,27 +512,23 @@ class FleetConsole:
     # -- overview --------------------------------------------------------------------------
 
     def overview(self) -> dict[str, Any]:
-        rows = self._device_rows()
-        states: dict[str, int] = {}
-        for r in rows:
-            states[r["state"]] = states.get(r["state"], 0) + 1
-        online = sum(1 for r in rows if r["online"])
         active = self.store.list_rollouts(
             [RolloutState.CREATED, RolloutState.RUNNING, RolloutState.PAUSED]
         )
         alerts = self.alerts("open", 20)
-        refusing = [r["device"] for r in rows if r["state"] == "refusing"][:20]
         return {
-            "devices": {"total": len(rows), "online": online, "offline": len(rows) - online},
-            "states": states,
-            "refusing": refusing,
-            "groups": dv.group_summaries(rows),
+            **self._device_overview(),
             "rollouts": [_short_selector(summary(r)) for r in active],
             "alerts": {"open": alerts["open"], "items": alerts["items"]},
             # None while it is being computed: the overview does not wait for it.
             "drift_models": self.drift_models(wait=False),
             "now": self.clock(),
         }
+
+
+# How a state report with a string ``directive_error`` starts that entry as the store writes
+# it (sorted keys, compact separators): reports with ``"directive_error": null`` are not read.
+_REFUSAL_MARK = to_json({"directive_error": ""})[1:-2]
 
 
 def _short_selector(row: dict[str, Any], limit: int = 80) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from edgefleet.hub.store.records import (
     DeviceHead,
     DeviceRecord,
     DeviceRolloutRow,
+    DeviceTally,
     DirectiveHead,
     DirectiveRecord,
     RolloutDeviceRecord,
@@ -132,3 +133,23 @@ class HubStore(Protocol):
     # counters (malformed payloads and the like; survive restarts)
     def bump_counter(self, name: str, n: int = 1) -> None: ...
     def counters(self) -> dict[str, int]: ...
+
+    # console reads: a page, a tally, a few devices (store/sql_store.py)
+    def device_page(
+        self,
+        *,
+        group: str | None = None,
+        profile: str | None = None,
+        online: bool | None = None,
+        search: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[DeviceRecord], int]: ...
+    def assignments_of(
+        self, device_ids: Sequence[str]
+    ) -> dict[str, dict[str, DesiredAssignment]]: ...
+    def directive_heads_of(self, device_ids: Sequence[str]) -> dict[str, DirectiveHead]: ...
+    def device_profiles(self, device_ids: Sequence[str]) -> dict[str, str]: ...
+    def device_tallies(self) -> list[DeviceTally]: ...
+    def assigned_devices(self) -> list[DeviceRecord]: ...
+    def devices_whose_state_mentions(self, text: str) -> list[tuple[str, dict[str, Any]]]: ...

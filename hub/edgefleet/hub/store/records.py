@@ -216,3 +216,14 @@ class RolloutEventRecord:
     at: float
     event: str
     detail: str
+
+
+@dataclass(frozen=True)
+class DeviceTally:
+    """Devices without desired assignments that share a group, a presence and a state report
+    (the fleet overview counts them without reading each device's row)."""
+
+    group: str | None
+    online: bool
+    state: Mapping[str, Any]
+    devices: int

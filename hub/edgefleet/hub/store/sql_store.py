@@ -32,6 +32,7 @@ from edgefleet.hub.store.records import (
     DeviceHead,
     DeviceRecord,
     DeviceRolloutRow,
+    DeviceTally,
     DirectiveHead,
     DirectiveRecord,
     RolloutDeviceRecord,
@@ -466,3 +467,116 @@ class SqlHubStore(SqlTelemetryMixin, SqlLeaseMixin):
 
     def counters(self) -> dict[str, int]:
         return {r["name"]: r["value"] for r in self._all("SELECT * FROM counters ORDER BY name")}
+
+    # -- console reads: a page, a tally, a few devices (a dashboard on 10,000 devices) -----
+
+    def device_page(
+        self,
+        *,
+        group: str | None = None,
+        profile: str | None = None,
+        online: bool | None = None,
+        search: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[DeviceRecord], int]:
+        """One page of devices in id order, filtered in SQL, and how many match in all.
+
+        ``group`` "" matches devices without a group; ``search`` is a case-insensitive
+        substring of the device id (device ids are ASCII, so SQL's ``LOWER`` agrees with
+        Python's)."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if group is not None:
+            clauses.append("COALESCE(grp, '') = ?")
+            params.append(group)
+        if profile is not None:
+            clauses.append("profile = ?")
+            params.append(profile)
+        if online is not None:
+            clauses.append("online <> 0" if online else "online = 0")
+        if search:
+            clauses.append("LOWER(id) LIKE ? ESCAPE '!'")
+            params.append(_containing(search.lower()))
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        total = self._one(f"SELECT COUNT(*) AS n FROM devices{where}", params)
+        rows = self._all(
+            f"SELECT * FROM devices{where} ORDER BY id LIMIT ? OFFSET ?", [*params, limit, offset]
+        )
+        return [device_from_row(r) for r in rows], int(total["n"]) if total else 0
+
+    def _by_ids(self, sql: str, device_ids: Sequence[str]) -> list[Row]:
+        """``sql`` (with one ``IN ({})``) over ``device_ids`` in chunks both engines accept."""
+        rows: list[Row] = []
+        ids = list(dict.fromkeys(device_ids))
+        for start in range(0, len(ids), _ID_CHUNK):
+            chunk = ids[start : start + _ID_CHUNK]
+            rows += self._all(sql.format(",".join("?" * len(chunk))), chunk)
+        return rows
+
+    def assignments_of(self, device_ids: Sequence[str]) -> dict[str, dict[str, DesiredAssignment]]:
+        """:meth:`all_assignments` for these devices only."""
+        out: dict[str, dict[str, DesiredAssignment]] = {}
+        sql = "SELECT device, model, body FROM assignments WHERE device IN ({}) ORDER BY device, model"
+        for r in self._by_ids(sql, device_ids):
+            out.setdefault(r["device"], {})[r["model"]] = DesiredAssignment.from_dict(
+                json.loads(r["body"])
+            )
+        return out
+
+    def directive_heads_of(self, device_ids: Sequence[str]) -> dict[str, DirectiveHead]:
+        """:meth:`directive_heads` for these devices only."""
+        sql = (
+            "SELECT device, seq, expires_at, desired_rev, published_at FROM directives"
+            " WHERE (device, seq) IN (SELECT device, MAX(seq) FROM directives"
+            " WHERE device IN ({}) GROUP BY device)"
+        )
+        return {
+            r["device"]: DirectiveHead(
+                r["seq"], r["expires_at"], r["desired_rev"], r["published_at"]
+            )
+            for r in self._by_ids(sql, device_ids)
+        }
+
+    def device_profiles(self, device_ids: Sequence[str]) -> dict[str, str]:
+        """Device id -> profile for these devices (enrolled ones only)."""
+        rows = self._by_ids("SELECT id, profile FROM devices WHERE id IN ({})", device_ids)
+        return {r["id"]: r["profile"] for r in rows}
+
+    def device_tallies(self) -> list[DeviceTally]:
+        """Devices without assignments, counted per (group, presence, state report)."""
+        rows = self._all(
+            "SELECT grp, online, state, COUNT(*) AS n FROM devices d WHERE NOT EXISTS"
+            " (SELECT 1 FROM assignments a WHERE a.device = d.id) GROUP BY grp, online, state"
+        )
+        return [
+            DeviceTally(r["grp"], bool(r["online"]), json.loads(r["state"]), int(r["n"]))
+            for r in rows
+        ]
+
+    def assigned_devices(self) -> list[DeviceRecord]:
+        """The devices that have a desired assignment, in id order."""
+        rows = self._all(
+            "SELECT * FROM devices d WHERE EXISTS"
+            " (SELECT 1 FROM assignments a WHERE a.device = d.id) ORDER BY id"
+        )
+        return [device_from_row(r) for r in rows]
+
+    def devices_whose_state_mentions(self, text: str) -> list[tuple[str, dict[str, Any]]]:
+        """(id, state report) of the devices whose report contains ``text``, in id order: a
+        narrow first cut (e.g. ``directive_error``) the caller checks exactly."""
+        rows = self._all(
+            "SELECT id, state FROM devices WHERE state LIKE ? ESCAPE '!' ORDER BY id",
+            (_containing(text),),
+        )
+        return [(r["id"], json.loads(r["state"])) for r in rows]
+
+
+# SQLite before 3.32 accepts 999 parameters per statement.
+_ID_CHUNK = 500
+
+
+def _containing(text: str) -> str:
+    """A LIKE pattern (``ESCAPE '!'``) matching any value that contains ``text``."""
+    escaped = text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+    return f"%{escaped}%"
