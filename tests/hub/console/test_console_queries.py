@@ -103,11 +103,11 @@ def test_the_overview_counts_what_every_row_says(console: FleetConsole) -> None:
 
 def test_profiles_of_a_few_devices(any_store: HubStore) -> None:
     ids = _fleet(any_store)
-    assert any_store.device_profiles([ids[1], ids[2], "nobody", ids[1]]) == {
+    assert any_store.profiles_of([ids[1], ids[2], "nobody", ids[1]]) == {
         ids[1]: "rpi4-arm64",
         ids[2]: "x86_64-gateway",
     }
-    many = any_store.device_profiles(ids * 30)  # more ids than one statement takes
+    many = any_store.profiles_of(ids * 30)  # more ids than one statement takes
     assert sorted(many) == sorted(ids)
     assert any_store.directive_heads_of(ids) == any_store.directive_heads()
     assert any_store.assignments_of(ids) == any_store.all_assignments()

@@ -310,7 +310,7 @@ class FleetConsole:
         """``hub rollout status ID`` plus what each waiting gate waits for and until when."""
         now = self.clock()
         detail = self.engine.status(rollout_id, now)
-        profiles = self.store.device_profiles([dev["device"] for dev in detail["devices"]])
+        profiles = self.store.profiles_of([dev["device"] for dev in detail["devices"]])
         windows = {
             dev["device"]: _window_s(profiles[dev["device"]])
             for dev in detail["devices"]

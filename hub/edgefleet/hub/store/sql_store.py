@@ -538,7 +538,7 @@ class SqlHubStore(SqlTelemetryMixin, SqlLeaseMixin):
             for r in self._by_ids(sql, device_ids)
         }
 
-    def device_profiles(self, device_ids: Sequence[str]) -> dict[str, str]:
+    def profiles_of(self, device_ids: Sequence[str]) -> dict[str, str]:
         """Device id -> profile for these devices (enrolled ones only)."""
         rows = self._by_ids("SELECT id, profile FROM devices WHERE id IN ({})", device_ids)
         return {r["id"]: r["profile"] for r in rows}
