@@ -50,8 +50,9 @@ test: lint typecheck pytest
 # The pure-logic lane: no broker, browser, database server or other process
 # (tests/support/marker_guard.py fails a test that starts one without its marker).
 FAST_MARKERS := not mqtt and not subprocess and not postgres and not chromium and not slow
+# Two workers (pytest-xdist): these tests share nothing but the CPU.
 test-fast: deps-dev
-	$(BIN)/python -m pytest -q -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
 
 bench: deps-dev system-deps
 	@for b in bench/*.py; do echo "== $$b" >&2; $(BIN)/python $$b || exit 1; done

@@ -26,8 +26,9 @@ import pytest
 #: Markers that take a test out of the fast lane; any of them admits a process start.
 PROCESS_MARKERS = frozenset({"subprocess", "mqtt", "postgres", "chromium", "slow"})
 #: Local tools that answer in milliseconds and start nothing that outlives them: the
-#: registry asks ``git`` for the commit it records as lineage on every register.
-INSTANT_TOOLS = frozenset({"git"})
+#: registry asks ``git`` for the commit it records as lineage on every register; joblib
+#: (under LightGBM) asks ``lscpu`` once per process for the number of physical cores.
+INSTANT_TOOLS = frozenset({"git", "lscpu"})
 #: Fixtures that mean "this test talks to a broker".
 BROKER_FIXTURES = frozenset({"mosquitto", "mosquitto_factory", "amqtt_broker"})
 
