@@ -17,7 +17,6 @@ value, passed explicitly to whoever needs it.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
 import tomllib
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.agent.errors import AgentConfigError
+from edgefleet.core.hosts import is_loopback_host
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgefleet/agent.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/edgefleet")
@@ -42,16 +42,6 @@ def _is_int(value: object) -> bool:
 def _is_number(value: object) -> bool:
     """A finite int or float: TOML has nan and inf, and NaN passes no comparison."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (the endpoint needs no token there)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)

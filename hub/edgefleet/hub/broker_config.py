@@ -24,7 +24,6 @@ here too, so the hub, the devices and the broker cannot disagree on TLS or port.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.core.fsmodes import BROKER_DIR, make_dirs
+from edgefleet.core.hosts import is_loopback_host
 from edgefleet.core.protocol.topics import DEVICE_PUBLISHES, DEVICE_SUBSCRIBES, Topics
 from edgefleet.hub.broker_files import apply_modes, broker_gid, effective_run_as
 from edgefleet.hub.broker_tls import TlsFiles, write_tls_files
@@ -250,16 +250,6 @@ def hub_broker_settings(
     elif bind not in _WILDCARDS and not is_loopback_host(bind):
         settings["device_host"] = bind
     return settings
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for an address only the machine itself reaches (a device could not)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _mismatches(config: HubConfig, settings: dict[str, object]) -> tuple[str, ...]:

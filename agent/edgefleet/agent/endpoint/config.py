@@ -14,24 +14,14 @@ derived body limit.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
 from edgefleet.agent.endpoint.budget import EndpointLimits
 from edgefleet.agent.errors import AgentConfigError
+from edgefleet.core.hosts import is_loopback_host
 
 MIN_TOKEN_CHARS = 16
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses; hostnames are not resolved."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _positive_int(value: Any, field: str, minimum: int = 1) -> None:
