@@ -22,14 +22,12 @@ a CLI command when no daemon runs). The lock dies with its process, so a kill
 
 from __future__ import annotations
 
-import fcntl
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from edgefleet.agent.errors import DeploymentError
+from edgefleet.core.pid_lock import PidLock
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -96,7 +94,7 @@ class StateLayout:
         return self.slots / f"{model}.json"
 
 
-class StateLock:
+class StateLock(PidLock):
     """The exclusive ``flock`` on ``agent.lock``.
 
     ``acquire(wait=False)`` returns False when another process holds it
@@ -105,50 +103,13 @@ class StateLock:
     """
 
     def __init__(self, layout: StateLayout) -> None:
-        self._path = layout.lock_file
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
+        super().__init__(layout.lock_file)
 
     def acquire(self, wait: bool = False) -> bool:
-        if self._fd is not None:
-            return True
-        self._path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o640)
+            return self.try_acquire(wait=wait)
         except OSError as e:
-            raise DeploymentError(f"cannot open {self._path}: {e.strerror}") from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        except OSError as e:
-            os.close(fd)
-            raise DeploymentError(f"cannot lock {self._path}: {e.strerror}") from e
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> StateLock:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
+            raise DeploymentError(f"cannot lock {self.path}: {e.strerror or e}") from e
 
 
 def lock_is_held_elsewhere(layout: StateLayout) -> bool:
