@@ -124,7 +124,7 @@ def bench_predict(bundle: Path, trust: Any, profile: Any, iterations: int) -> di
     are the median of the per-block ratios (robust to a burst of load from
     other processes during one block), the pooled percentiles are reported too.
     """
-    from edgefleet.agent.runtime import load_bundle
+    from edgefleet.agent.model.runtime import load_bundle
 
     model = load_bundle(bundle, trust, profile)
     session = model.session  # the very session the agent runs: only the overhead differs
@@ -211,7 +211,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from edgefleet.agent.runtime import select_providers, session_options
+from edgefleet.agent.model.runtime import select_providers, session_options
 from edgefleet.core.profiles import load_profile
 
 profile = load_profile(sys.argv[2])
@@ -273,8 +273,8 @@ LEAN_SERVER = """\
 import signal, sys, tempfile, threading
 from pathlib import Path
 from edgefleet.agent.endpoint import EndpointConfig, EndpointServer
-from edgefleet.agent.runtime import MODEL_MEMBER, load_model_dir
-from edgefleet.agent.serving import ServingSet
+from edgefleet.agent.model.runtime import MODEL_MEMBER, load_model_dir
+from edgefleet.agent.model.serving import ServingSet
 from edgefleet.agent.verify_process import ChildBundleChecker, VerifyProcess
 from edgefleet.core.profiles import load_profile
 
@@ -318,7 +318,7 @@ daemon = [
     ("sqlite3", ["sqlite3"]),
     ("drift statistics", ["edgefleet.core.drift"]),
     ("telemetry buffer and recorder", ["edgefleet.agent.telemetry"]),
-    ("runtime", ["edgefleet.agent.runtime", "edgefleet.agent.serving"]),
+    ("runtime", ["edgefleet.agent.model.runtime", "edgefleet.agent.model.serving"]),
     ("endpoint", ["edgefleet.agent.endpoint"]),
     ("daemon, deployment state, verification client",
      ["edgefleet.agent.daemon", "edgefleet.agent.deploy.context", "edgefleet.agent.deploy.loader",
@@ -632,7 +632,7 @@ def main() -> None:
         return
     load_at_start = [round(x, 2) for x in os.getloadavg()]
 
-    from edgefleet.agent.runtime import select_providers
+    from edgefleet.agent.model.runtime import select_providers
     from edgefleet.core.profiles import load_profile
 
     profile = load_profile(args.profile)

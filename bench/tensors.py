@@ -318,7 +318,7 @@ def main() -> None:
     import onnx
     import onnxruntime as ort
 
-    from edgefleet.agent.runtime import select_providers
+    from edgefleet.agent.model.runtime import select_providers
     from edgefleet.core.profiles import load_profile
 
     profile = load_profile(args.profile)
@@ -377,7 +377,7 @@ def main() -> None:
             stop(proc)
 
         # The same session as the agent's, in this process.
-        from edgefleet.agent.runtime import session_options
+        from edgefleet.agent.model.runtime import session_options
 
         opts = session_options(profile)
         packed_model = work / "packed.onnx"
@@ -443,7 +443,7 @@ def _extract_model(bundle: Path, out: Path) -> None:
     """The model file the bundle carries (what the agent serves)."""
     import tarfile
 
-    from edgefleet.agent.runtime import MODEL_MEMBER
+    from edgefleet.agent.model.runtime import MODEL_MEMBER
 
     with tarfile.open(bundle) as tar:
         member = tar.extractfile(MODEL_MEMBER)

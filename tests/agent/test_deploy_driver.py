@@ -19,7 +19,7 @@ from edgefleet.agent.deploy.driver import DeploymentDriver
 from edgefleet.agent.deploy.machine import State
 from edgefleet.agent.deploy.slots import SlotTable
 from edgefleet.agent.deploy.status import collect_status
-from edgefleet.agent.serving import ServingSet
+from edgefleet.agent.model.serving import ServingSet
 from edgefleet.agent.telemetry import WindowRecorder
 from edgefleet.core.testing.clock import FakeClock
 

@@ -15,8 +15,8 @@ from tests.support.waiting import wait_until
 
 from edgefleet.agent.endpoint import EndpointConfig, EndpointServer
 from edgefleet.agent.errors import AgentConfigError, AgentError, EndpointError
-from edgefleet.agent.runtime import LoadedModel, load_bundle
-from edgefleet.agent.serving import ServingSet
+from edgefleet.agent.model.runtime import LoadedModel, load_bundle
+from edgefleet.agent.model.serving import ServingSet
 from edgefleet.agent.telemetry_sink import RecordingTelemetrySink
 from edgefleet.core.errors import OperationalError
 from edgefleet.core.profiles import load_profile

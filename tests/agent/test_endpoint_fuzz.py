@@ -25,8 +25,8 @@ from tests.support.waiting import wait_until
 
 from edgefleet.agent.endpoint import EndpointConfig, EndpointServer
 from edgefleet.agent.endpoint.metrics import ERROR_KINDS
-from edgefleet.agent.runtime import load_bundle
-from edgefleet.agent.serving import ServingSet
+from edgefleet.agent.model.runtime import load_bundle
+from edgefleet.agent.model.serving import ServingSet
 from edgefleet.agent.telemetry_sink import RecordingTelemetrySink
 from edgefleet.core.profiles import load_profile
 

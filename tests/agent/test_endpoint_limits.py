@@ -29,8 +29,8 @@ from edgefleet.agent.endpoint.budget import (
 )
 from edgefleet.agent.endpoint.http11 import Head, Request
 from edgefleet.agent.endpoint.metrics import EndpointMetrics
-from edgefleet.agent.runtime import LoadedModel, load_bundle
-from edgefleet.agent.serving import ServingSet
+from edgefleet.agent.model.runtime import LoadedModel, load_bundle
+from edgefleet.agent.model.serving import ServingSet
 from edgefleet.agent.telemetry_sink import RecordingTelemetrySink
 from edgefleet.core.errors import ProfileError
 from edgefleet.core.profiles import DeviceProfile, list_profiles, load_profile

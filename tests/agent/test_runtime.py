@@ -22,14 +22,14 @@ from edgefleet.agent.errors import (
     ModelLoadError,
     ModelNotFoundError,
 )
-from edgefleet.agent.runtime import (
+from edgefleet.agent.model.runtime import (
     LoadedModel,
     ThreadSettings,
     load_bundle,
     load_model_dir,
     select_providers,
 )
-from edgefleet.agent.serving import ServingSet
+from edgefleet.agent.model.serving import ServingSet
 from edgefleet.core.errors import (
     BundleError,
     OperationalError,

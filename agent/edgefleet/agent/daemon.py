@@ -203,7 +203,7 @@ class AgentDaemon:
         from edgefleet.agent.deploy.store import sweep_leftovers
         from edgefleet.agent.deploy.worker import DeploymentWorker
         from edgefleet.agent.endpoint import EndpointConfig, EndpointServer
-        from edgefleet.agent.serving import ServingSet
+        from edgefleet.agent.model.serving import ServingSet
         from edgefleet.agent.telemetry.recorder import WindowRecorder
 
         ctx = self.ctx

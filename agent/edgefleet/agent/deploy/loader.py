@@ -87,7 +87,7 @@ class BundleLoader:
         return self.trust_path is not None
 
     def load(self, sha256: str) -> LoadedModel:
-        from edgefleet.agent.runtime import MODEL_MEMBER
+        from edgefleet.agent.model.runtime import MODEL_MEMBER
 
         bundle_dir = self.layout.bundle_dir(sha256)
         model_bytes: bytes | None = None
@@ -112,7 +112,7 @@ class BundleLoader:
         return self._build(sha256, manifest, None)
 
     def _build(self, sha256: str, manifest: Any, model_bytes: bytes | None) -> LoadedModel:
-        from edgefleet.agent.runtime import load_model_dir
+        from edgefleet.agent.model.runtime import load_model_dir
 
         bundle_dir = self.layout.bundle_dir(sha256)
         check_target(

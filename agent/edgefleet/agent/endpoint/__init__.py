@@ -1,7 +1,7 @@
 """The local Open Inference Protocol v2 endpoint (docs/agent-endpoint.md).
 
 ``EndpointServer(EndpointConfig(...), serving_set, telemetry_sink).start()``
-serves every model of a :class:`~edgefleet.agent.serving.ServingSet` over
+serves every model of a :class:`~edgefleet.agent.model.serving.ServingSet` over
 HTTP/1.1 on 127.0.0.1 by default. Layers, outermost first: ``server`` (the
 selectors loop, listening sockets, worker pool), ``connection`` (one client
 socket: buffering, back-pressure, request order), ``http11`` (sans-IO framing),

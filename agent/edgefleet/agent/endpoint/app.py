@@ -61,8 +61,8 @@ from edgefleet.agent.endpoint.oip import (
 )
 from edgefleet.agent.endpoint.telemetry_rows import TelemetryRows
 from edgefleet.agent.errors import InferenceError, InputSchemaError, ModelNotFoundError
-from edgefleet.agent.runtime import LoadedModel
-from edgefleet.agent.serving import ServingSet
+from edgefleet.agent.model.runtime import LoadedModel
+from edgefleet.agent.model.serving import ServingSet
 from edgefleet.agent.telemetry_sink import TelemetrySink
 
 log = logging.getLogger("edgefleet.agent.endpoint")

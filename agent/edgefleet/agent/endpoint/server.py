@@ -52,7 +52,7 @@ from edgefleet.agent.endpoint.connection import _Connection
 from edgefleet.agent.endpoint.http11 import DateHeader
 from edgefleet.agent.endpoint.metrics import EndpointMetrics
 from edgefleet.agent.errors import EndpointError
-from edgefleet.agent.serving import ServingSet
+from edgefleet.agent.model.serving import ServingSet
 from edgefleet.agent.telemetry_sink import NullTelemetrySink, TelemetrySink
 
 log = logging.getLogger("edgefleet.agent.endpoint")

@@ -1,3 +1,0 @@
-"""Former import path of :mod:`edgefleet.agent.model.schema` (kept so existing imports work)."""
-
-from edgefleet.agent.model.schema import *  # noqa: F403
