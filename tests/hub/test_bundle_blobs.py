@@ -2,11 +2,12 @@
 one store handle is served by a hub whose bundle folder is empty (a second store object,
 a second folder), materialised whole or not at all; damaged stored bytes are refused;
 republishing writes nothing twice; schema 4 stores are migrated; a deleted bundle row
-takes its bytes with it.
+takes its bytes with it; temporary files a dead process left are removed.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from tests.support.bundles import placeholder_bundle
 
 from edgefleet.core.bundle_writer import BundleInfo
 from edgefleet.core.trust import TrustStore
-from edgefleet.hub.bundles import PublishedBundleStore
+from edgefleet.hub.bundles import STALE_TEMP_S, PublishedBundleStore
 from edgefleet.hub.enrollment import publisher_trust
 from edgefleet.hub.errors import CorruptBundleError, HubStoreError
 from edgefleet.hub.store import BundleRecord, HubStore, open_store
@@ -251,3 +252,19 @@ def test_a_schema_4_store_gains_bundle_bytes_from_the_hub_holding_the_files(
         assert blob_rows(store, bundle.sha256) == 3
     finally:
         store.close()
+
+
+def test_temporary_files_a_dead_process_left_are_removed_once_old(
+    any_store: HubStore, tmp_path: Path
+) -> None:
+    bundles = PublishedBundleStore(tmp_path / "bundles", any_store)
+    (tmp_path / "bundles" / "ab").mkdir(parents=True)
+    old = tmp_path / "bundles" / "ab" / ".fetching-x.efb"
+    fresh = tmp_path / "bundles" / ".incoming-y.efb"
+    other = tmp_path / "bundles" / ".keep"
+    for path in (old, fresh, other):
+        path.write_bytes(b"half")
+    os.utime(old, (1000.0, 1000.0))
+    os.utime(other, (1000.0, 1000.0))
+    assert bundles.remove_stale_temporaries(1000.0 + STALE_TEMP_S + 1) == 1
+    assert not old.exists() and fresh.exists() and other.exists()

@@ -21,7 +21,8 @@ on the first read. Invariants:
   from the store again for :data:`REFUSE_S`;
 - materialisations in one process run one at a time (a second fetch of the same
   bundle waits and then finds the file); processes sharing a folder each write their
-  own temporary file and rename the same bytes into place;
+  own temporary file and rename the same bytes into place; a temporary file left by a
+  process that died is removed by the next ``hub serve`` once it is an hour old;
 - publishing the same bytes twice is a no-op that reports the existing record (it
   stores the bytes if the record predates them);
 - a chunk read never goes past the end of the file and never opens a path
@@ -63,6 +64,10 @@ OPEN_FILES = 16
 # A bundle whose stored bytes did not hash to its name is not read again for this long
 # (every device's retry would otherwise read tens of MB from the store).
 REFUSE_S = 60.0
+# Temporary files older than this were left by a process that died mid-write (kill -9,
+# power cut): no publish or materialisation takes that long.
+STALE_TEMP_S = 3600.0
+_TEMP_PREFIXES = (".incoming-", ".fetching-")
 
 log = logging.getLogger("edgefleet.hub")
 
@@ -229,6 +234,23 @@ class PublishedBundleStore:
                 continue
             stored.append(sha256)
         return stored, missing
+
+    def remove_stale_temporaries(self, now: float) -> int:
+        """Delete temporary files a dead process left (older than :data:`STALE_TEMP_S`);
+        how many. They never carry a bundle's name, so nothing ever served them."""
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        for path in (*self.root.glob(".*"), *self.root.glob("??/.*")):
+            if not path.name.startswith(_TEMP_PREFIXES):
+                continue
+            try:
+                if now - path.stat().st_mtime > STALE_TEMP_S:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                continue  # gone meanwhile, or not ours to remove
+        return removed
 
     def close(self) -> None:
         """Close the bundle files kept open for chunk reads."""

@@ -534,8 +534,10 @@ class HubService:
 
     def _store_missing_bundle_bytes(self) -> None:
         """Once at start: put into the store the bytes of bundles recorded before the
-        store held bundle bytes, from this hub's files, so every hub can serve them."""
+        store held bundle bytes, from this hub's files, so every hub can serve them; and
+        remove temporary files a dead hub left in the folder."""
         try:
+            self.bundles.remove_stale_temporaries(time.time())
             stored, missing = self.bundles.store_missing_bytes()
         except EdgefleetError as e:
             self.count("failed.bundle_bytes", detail=str(e))
