@@ -1,14 +1,18 @@
 """Bundle bytes in the hub store (schema 5), on both engines: a bundle published through
 one store handle is served by a hub whose bundle folder is empty (a second store object,
 a second folder), materialised whole or not at all; damaged stored bytes are refused;
-republishing writes nothing twice; schema 4 stores are migrated; a deleted bundle row
+republishing writes nothing twice; two hubs storing the same bytes at once both succeed;
+schema 4 stores are migrated; a deleted bundle row
 takes its bytes with it; temporary files a dead process left are removed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -268,3 +272,35 @@ def test_temporary_files_a_dead_process_left_are_removed_once_old(
     os.utime(other, (1000.0, 1000.0))
     assert bundles.remove_stale_temporaries(1000.0 + STALE_TEMP_S + 1) == 1
     assert not old.exists() and fresh.exists() and other.exists()
+
+
+class SlowSource(io.BytesIO):
+    """A file that takes its time, so two writers overlap."""
+
+    def read(self, n: int | None = -1) -> bytes:
+        time.sleep(0.05)
+        return super().read(n)
+
+
+def test_two_hubs_storing_the_same_missing_bytes_at_once_both_succeed(
+    any_store: HubStore, second: HubStore
+) -> None:
+    data = os.urandom(2 * BLOB_PART_BYTES + 1)
+    sha = hashlib.sha256(data).hexdigest()
+    record = BundleRecord(sha, "digits", 1, None, len(data), "x", {}, (), 1.0)
+    any_store.add_bundle(record)  # recorded before the store held bytes
+    errors: list[BaseException] = []
+
+    def store_from(handle: HubStore) -> None:
+        try:
+            handle.add_bundle_with_bytes(record, SlowSource(data))
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=store_from, args=(h,)) for h in (any_store, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert b"".join(second.bundle_parts(sha)) == data and blob_rows(any_store, sha) == 3

@@ -230,7 +230,8 @@ class PublishedBundleStore:
                 with open(self.path_for(sha256), "rb") as source:
                     self.store.add_bundle_with_bytes(record, source)
             except (OSError, HubStoreError):
-                missing.append(sha256)  # no file here, or not these bytes: another hub's job
+                if not self.store.has_bundle_bytes(sha256, record.size):
+                    missing.append(sha256)  # no file here, or not these bytes
                 continue
             stored.append(sha256)
         return stored, missing

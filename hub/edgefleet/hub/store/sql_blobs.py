@@ -112,7 +112,10 @@ class SqlBlobMixin:
             if size > bundle.size:
                 break
             self._run(
-                "INSERT INTO bundle_blobs (sha256, part, data) VALUES (?,?,?)",
+                # Another hub storing the same bundle at once (PostgreSQL) commits
+                # first; its parts are these bytes (same name, same part size).
+                "INSERT INTO bundle_blobs (sha256, part, data) VALUES (?,?,?)"
+                " ON CONFLICT (sha256, part) DO NOTHING",
                 (bundle.sha256, part, block),
             )
             part += 1
