@@ -2,8 +2,8 @@
 one store handle is served by a hub whose bundle folder is empty (a second store object,
 a second folder), materialised whole or not at all; damaged stored bytes are refused;
 republishing writes nothing twice; two hubs storing the same bytes at once both succeed;
-schema 4 stores are migrated; a deleted bundle row
-takes its bytes with it; temporary files a dead process left are removed.
+schema 4 stores are migrated; a deleted bundle row takes its bytes with it; temporary
+files a dead process left are removed.
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ class PublishResult:
 
 
 class PublishedBundleStore:
-    """Bundles on disk under ``root``, indexed by the hub store."""
+    """Bundles in the hub store, cached as files under ``root`` (chunks are read from those)."""
 
     def __init__(self, root: Path, store: HubStore) -> None:
         self.root = Path(root)
