@@ -1,7 +1,8 @@
 """A hub service on PostgreSQL whose bundle folder lacks what another hub published: it
 serves the chunks from the store (real mosquitto, a device client with its own
 credentials), and drops a fetch of a bundle whose stored bytes are damaged, counted as
-``bundle_corrupt``, without writing that bundle to its folder."""
+``bundle_corrupt``, without writing that bundle to its folder. At start a hub stores the
+bytes of bundles recorded before the store held any, from its files."""
 
 from __future__ import annotations
 
@@ -73,3 +74,13 @@ def test_a_hub_without_the_files_serves_from_the_store_and_drops_damaged_bytes(
     wait_until("bundle_corrupt counted", lambda: service.counters.get("bundle_corrupt") == 1)
     cached = sorted(p.name for p in folder.rglob("*") if p.is_file())
     assert cached == [f"{good}.efb"]  # the good bundle, now cached; no damaged or half file
+
+
+def test_hub_serve_stores_the_bytes_of_bundles_published_before_schema_5(hub: Hub) -> None:
+    sha = hub.publish_bundle(1)
+    with hub.store.transaction():
+        hub.store._run("DELETE FROM bundle_blobs", ())  # type: ignore[attr-defined]
+    assert hub.store.bundles_without_bytes() == [sha]
+    hub.start()
+    wait_until("the bytes stored", lambda: hub.store.bundles_without_bytes() == [])
+    assert hub.store.has_bundle_bytes(sha, hub.store.get_bundle(sha).size)  # type: ignore[union-attr]

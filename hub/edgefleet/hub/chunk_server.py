@@ -13,10 +13,10 @@ the service's tick drops every device whose ``desired_rev`` moved
 files stay open, bundle sizes never change (a bundle is named by the hash of its bytes),
 and encoded frames are cached, least recently used dropped first, so every device
 fetching a bundle gets the same bytes. Counting stays with the service: the server is
-given its ``count`` (problems, logged) and ``tally`` (traffic) callables. A bundle missing from this hub's
-folder is materialised from the hub store on its first chunk read (the worker waits for
-it); one whose stored bytes do not match its sha256 is counted as ``bundle_corrupt`` and
-never served.
+given its ``count`` (problems, logged) and ``tally`` (traffic) callables. A bundle
+missing from this hub's folder is materialised from the hub store on its first chunk read
+(the worker waits for it); one whose stored bytes do not match its sha256 is counted as
+``bundle_corrupt`` and never served.
 """
 
 from __future__ import annotations

@@ -530,8 +530,6 @@ class HubService:
         """Publish the requested chunks now; returns how many frames were queued."""
         return self.chunks.serve_fetch(device_id, request)
 
-    # -- tick ------------------------------------------------------------------------
-
     def _store_missing_bundle_bytes(self) -> None:
         """Once at start: put into the store the bytes of bundles recorded before the
         store held bundle bytes, from this hub's files, so every hub can serve them; and
@@ -550,6 +548,8 @@ class HubService:
                 " only a hub holding its file can serve it (or publish it again)",
                 sha256[:16],
             )
+
+    # -- tick ------------------------------------------------------------------------
 
     def _tick_loop(self) -> None:
         interval = self.config.service.tick_s
