@@ -267,7 +267,7 @@ def test_a_schema_1_sqlite_store_is_migrated_on_open(tmp_path: Path) -> None:
     db.close()
     store = SqliteHubStore(path)
     try:
-        assert store.schema_version() == SCHEMA_VERSION == 4
+        assert store.schema_version() == SCHEMA_VERSION == 5
         got = store.get_device("pi-1")
         assert got is not None and got.desired_rev == 3  # rows kept
         assert store.add_telemetry("pi-1", [TelemetryRow(1, "window", {})], 1.0) == 1
@@ -279,7 +279,14 @@ def test_a_schema_1_sqlite_store_is_migrated_on_open(tmp_path: Path) -> None:
     finally:
         db.close()
     assert "telemetry_cursor" not in tables
-    assert {"telemetry", "telemetry_pruned", "rollouts", "counters", "leases"} <= tables
+    assert {
+        "telemetry",
+        "telemetry_pruned",
+        "rollouts",
+        "counters",
+        "leases",
+        "bundle_blobs",
+    } <= tables
 
 
 def test_sqlite_store_commits_with_synchronous_full(tmp_path: Path) -> None:

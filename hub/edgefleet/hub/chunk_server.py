@@ -13,7 +13,10 @@ the service's tick drops every device whose ``desired_rev`` moved
 files stay open, bundle sizes never change (a bundle is named by the hash of its bytes),
 and encoded frames are cached, least recently used dropped first, so every device
 fetching a bundle gets the same bytes. Counting stays with the service: the server is
-given its ``count`` (problems, logged) and ``tally`` (traffic) callables.
+given its ``count`` (problems, logged) and ``tally`` (traffic) callables. A bundle
+missing from this hub's folder is materialised from the hub store on its first chunk read
+(the worker waits for it); one whose stored bytes do not match its sha256 is counted as
+``bundle_corrupt`` and never served.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from edgefleet.core.mqtt.interface import MqttTransport
 from edgefleet.core.protocol import ChunkPlan, FetchRequest, Topics, encode_chunk
 from edgefleet.core.protocol.limits import MAX_WINDOW_BYTES
 from edgefleet.hub.bundles import PublishedBundleStore
+from edgefleet.hub.errors import CorruptBundleError
 from edgefleet.hub.store import DirectiveRecord, HubStore
 
 log = logging.getLogger("edgefleet.hub")
@@ -107,6 +111,8 @@ class ChunkServer:
             # Logged by count(), rate-limited: a flood of bad fetches stays a few lines.
             except ProtocolError as e:
                 self._count("malformed.fetch", detail=f"from {fetch.device_id}: {e}")
+            except CorruptBundleError as e:
+                self._count("bundle_corrupt", detail=f"fetch from {fetch.device_id}: {e}")
             except EdgefleetError as e:
                 self._count("failed.fetch", detail=f"from {fetch.device_id}: {e}")
             except Exception:

@@ -8,6 +8,7 @@ The tree::
     ├── HubNotFoundError (NotFoundError)          no such device, bundle, rollout            -> 2
     ├── RolloutStateError (UsageError)            illegal rollout transition (e.g. resume a completed one) -> 2
     ├── HubStoreError (StorageError)              the hub store failed                       -> 1
+    │   └── CorruptBundleError                    stored bundle bytes do not match their sha256 -> 1
     └── PublishRejectedError (VerificationError)  bundle not signed by trusted publishers    -> 3
 """
 
@@ -45,6 +46,10 @@ class RolloutStateError(HubError, UsageError):
 
 class HubStoreError(HubError, StorageError):
     """The hub store could not be read or written."""
+
+
+class CorruptBundleError(HubStoreError):
+    """A bundle's bytes in the store do not hash to its name: never served."""
 
 
 class PublishRejectedError(HubError, VerificationError):

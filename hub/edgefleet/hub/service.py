@@ -210,7 +210,11 @@ class HubService:
         )
         self._inbound_thread.start()
         self.transport.start()
-        for name, target in (("chunks", self.chunks.run), ("tick", self._tick_loop)):
+        for name, target in (
+            ("chunks", self.chunks.run),
+            ("tick", self._tick_loop),
+            ("bundle-bytes", self._store_missing_bundle_bytes),
+        ):
             thread = threading.Thread(target=target, name=f"hub-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -525,6 +529,25 @@ class HubService:
     def serve_fetch(self, device_id: str, request: FetchRequest) -> int:
         """Publish the requested chunks now; returns how many frames were queued."""
         return self.chunks.serve_fetch(device_id, request)
+
+    def _store_missing_bundle_bytes(self) -> None:
+        """Once at start: put into the store the bytes of bundles recorded before the
+        store held bundle bytes, from this hub's files, so every hub can serve them; and
+        remove temporary files a dead hub left in the folder."""
+        try:
+            self.bundles.remove_stale_temporaries(time.time())
+            stored, missing = self.bundles.store_missing_bytes()
+        except EdgefleetError as e:
+            self.count("failed.bundle_bytes", detail=str(e))
+            return
+        if stored:
+            log.info("hub: stored the bytes of %d bundle(s) in the hub store", len(stored))
+        for sha256 in missing:
+            log.warning(
+                "hub: bundle %s has no bytes in the hub store and no file here;"
+                " only a hub holding its file can serve it (or publish it again)",
+                sha256[:16],
+            )
 
     # -- tick ------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ def migrate(target_url: str, config_path: Path | None, as_json: bool) -> None:
     Stop `hub serve` first (a running one is refused). The SQLite file is left as it
     was; point hub.toml at the new store with `[store] url = "..."` afterwards.
     """
+    from edgefleet.hub.bundles import PublishedBundleStore
     from edgefleet.hub.store.migrate import copy_store
     from edgefleet.hub.store.postgres import PostgresHubStore, is_postgres_url, redact_url
     from edgefleet.hub.store.serve_lock import ServeLock
@@ -52,6 +53,11 @@ def migrate(target_url: str, config_path: Path | None, as_json: bool) -> None:
             target = PostgresHubStore(target_url)
             try:
                 copied = copy_store(source, target)
+                # Bundles recorded before the store held their bytes: from this host's
+                # files, so every hub on the new store can serve them.
+                stored, missing = PublishedBundleStore(
+                    config.store.bundles_dir, target
+                ).store_missing_bytes()
             finally:
                 target.close()
         finally:
@@ -60,6 +66,8 @@ def migrate(target_url: str, config_path: Path | None, as_json: bool) -> None:
         "from": str(config.store.path),
         "to": redact_url(target_url),
         "rows": copied,
+        "bundle_bytes_stored": len(stored),
+        "bundles_without_bytes": missing,
         "next": f'set [store] url = "{redact_url(target_url)}" in {config.source}',
     }
     emit(as_json, result, _render)
@@ -69,5 +77,9 @@ def _render(result: dict[str, Any]) -> str:
     rows = result["rows"]
     lines = [f"copied {result['from']} -> {result['to']}"]
     lines += [f"  {table:<17} {n}" for table, n in rows.items()]
+    if result["bundle_bytes_stored"]:
+        lines.append(f"stored the bytes of {result['bundle_bytes_stored']} bundle(s) from files")
+    for sha256 in result["bundles_without_bytes"]:
+        lines.append(f"warning: bundle {sha256[:16]} has no file here; publish it again")
     lines.append(f"next: {result['next']}, then start hub serve")
     return "\n".join(lines)

@@ -17,6 +17,8 @@ Invariants every implementation keeps:
   first (``lock_rollout``; the device row in ``record_directive``);
 - the schema is versioned (``schema_version``); opening migrates an older store or
   refuses it, and refuses a newer one, with one line;
+- a bundle record and its bytes (``bundle_blobs``, in parts) are written in one
+  transaction, checked against the record's sha256 and size on the way in;
 - ``remove_device`` deletes the device with its assignments and directives in one
   transaction; its rows in rollouts and its telemetry stay (history);
 - every foreign failure surfaces as ``HubStoreError`` (exit code 1).
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from edgefleet.hub.rollout.machine import RolloutState, RolloutStatus
 from edgefleet.hub.store.records import (
@@ -88,6 +90,12 @@ class HubStore(Protocol):
     def get_bundle(self, sha256: str) -> BundleRecord | None: ...
     def list_bundles(self) -> list[BundleRecord]: ...
     def find_bundles(self, model: str, version: int) -> list[BundleRecord]: ...
+
+    # bundle bytes, in parts (store/sql_blobs.py)
+    def add_bundle_with_bytes(self, bundle: BundleRecord, source: BinaryIO) -> bool: ...
+    def has_bundle_bytes(self, sha256: str, size: int) -> bool: ...
+    def bundle_parts(self, sha256: str) -> Iterator[bytes]: ...
+    def bundles_without_bytes(self) -> list[str]: ...
 
     # rollouts
     def create_rollout(

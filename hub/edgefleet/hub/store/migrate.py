@@ -4,7 +4,8 @@ Invariants:
 
 - the source is opened as a store first, so it is at the current schema before a row
   is read; every table of :data:`~edgefleet.hub.store.schema.TABLES` but ``meta`` is
-  copied row for row (JSON columns byte for byte), in foreign-key order;
+  copied row for row (JSON columns byte for byte, bundle bytes a few parts per batch),
+  in foreign-key order;
 - the target must be empty: a store that already holds any row is refused, never
   merged into;
 - the whole copy is one target transaction, checked table by table (row counts) before
@@ -24,6 +25,8 @@ from edgefleet.hub.store.schema import TABLES
 from edgefleet.hub.store.sqlite import SqliteHubStore
 
 COPY_BATCH = 2000
+# Rows per batch where a row is large: bundle_blobs rows are 1 MiB parts.
+TABLE_BATCH = {"bundle_blobs": 4}
 COPIED_TABLES = tuple(t for t in TABLES if t != "meta")
 
 
@@ -54,7 +57,9 @@ def copy_store(
         with source.transaction():
             expected = row_counts(source)
             for table in COPIED_TABLES:
-                _copy_table(source, target, table, batch, progress)
+                _copy_table(
+                    source, target, table, min(batch, TABLE_BATCH.get(table, batch)), progress
+                )
         # rollout_events rows came with their ids: move the identity past them.
         target._one(
             "SELECT setval(pg_get_serial_sequence('rollout_events', 'id'),"

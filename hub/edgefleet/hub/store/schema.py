@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from edgefleet.hub.errors import HubStoreError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Tables in an order that respects foreign keys (``hub store migrate`` copies in it).
 # ``leases`` is not among them: who holds the singleton work is not fleet state.
@@ -34,6 +34,7 @@ TABLES = (
     "assignments",
     "directives",
     "bundles",
+    "bundle_blobs",
     "rollouts",
     "rollout_devices",
     "rollout_events",
@@ -93,6 +94,19 @@ _POSTGRES_LEASES = (
     " epoch BIGINT NOT NULL, expires_at DOUBLE PRECISION NOT NULL)"
 )
 
+# A bundle's bytes in parts of a fixed size (store/sql_blobs.py), so every hub can serve
+# any bundle; a bundle row deleted takes its bytes with it.
+_SQLITE_BLOBS = (
+    "CREATE TABLE IF NOT EXISTS bundle_blobs ("
+    " sha256 TEXT NOT NULL REFERENCES bundles(sha256) ON DELETE CASCADE,"
+    " part INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (sha256, part))"
+)
+_POSTGRES_BLOBS = (
+    "CREATE TABLE IF NOT EXISTS bundle_blobs ("
+    " sha256 TEXT NOT NULL REFERENCES bundles(sha256) ON DELETE CASCADE,"
+    " part INTEGER NOT NULL, data BYTEA NOT NULL, PRIMARY KEY (sha256, part))"
+)
+
 _POSTGRES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS devices (
@@ -146,11 +160,15 @@ _SQLITE_MIGRATIONS: Mapping[int, tuple[str, ...]] = {
     # When the presence now stored was received: an older status report handled late
     # (by a slower hub) must not overwrite a newer one (see set_presence).
     4: ("ALTER TABLE devices ADD COLUMN presence_at REAL",),
+    # Bundle bytes in the store (bundles published before keep only their file until
+    # a hub holding it stores them: PublishedBundleStore.store_missing_bytes).
+    5: (_SQLITE_BLOBS,),
 }
 # The first PostgreSQL layout is version 2.
 _POSTGRES_MIGRATIONS: Mapping[int, tuple[str, ...]] = {
     3: (_POSTGRES_LEASES,),
     4: ("ALTER TABLE devices ADD COLUMN IF NOT EXISTS presence_at DOUBLE PRECISION",),
+    5: (_POSTGRES_BLOBS,),
 }
 
 
@@ -167,6 +185,7 @@ class Engine:
     for_share: str  # shared row lock: held rows cannot be updated until the commit
     now: str  # the database's clock in epoch seconds (one clock for every hub host)
     leases: str
+    blobs: str
 
 
 SQLITE = Engine(
@@ -179,6 +198,7 @@ SQLITE = Engine(
     "",
     "SELECT (julianday('now') - 2440587.5) * 86400.0 AS now",
     _SQLITE_LEASES,
+    _SQLITE_BLOBS,
 )
 POSTGRES = Engine(
     "postgresql",
@@ -190,11 +210,15 @@ POSTGRES = Engine(
     " FOR SHARE",
     "SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8 AS now",
     _POSTGRES_LEASES,
+    _POSTGRES_BLOBS,
 )
 
 
 def create_statements(engine: Engine) -> list[str]:
-    return [s.strip() for s in engine.create.split(";") if s.strip()] + [engine.leases]
+    return [s.strip() for s in engine.create.split(";") if s.strip()] + [
+        engine.leases,
+        engine.blobs,
+    ]
 
 
 def plan_schema(engine: Engine, found: int | None, where: str) -> list[str]:

@@ -13,7 +13,8 @@ Read-modify-writes are safe on both engines: SQLite serialises every write trans
 inserts that may race use ``ON CONFLICT``.
 
 The telemetry methods live in :mod:`edgefleet.hub.store.sql_telemetry`, the leases
-and fencing in :mod:`edgefleet.hub.store.sql_lease` (mixins). An engine calls
+and fencing in :mod:`edgefleet.hub.store.sql_lease`, bundle bytes in
+:mod:`edgefleet.hub.store.sql_blobs` (mixins). An engine calls
 ``_check_fence()`` first thing in every outermost transaction.
 """
 
@@ -51,11 +52,12 @@ from edgefleet.hub.store.rows import (
     to_json,
 )
 from edgefleet.hub.store.schema import SCHEMA_VERSION, Engine, create_statements, plan_schema
+from edgefleet.hub.store.sql_blobs import SqlBlobMixin
 from edgefleet.hub.store.sql_lease import SqlLeaseMixin
 from edgefleet.hub.store.sql_telemetry import SqlTelemetryMixin
 
 
-class SqlHubStore(SqlTelemetryMixin, SqlLeaseMixin):
+class SqlHubStore(SqlTelemetryMixin, SqlLeaseMixin, SqlBlobMixin):
     """The queries of :class:`~edgefleet.hub.store.base.HubStore`; engines subclass it."""
 
     engine: Engine
