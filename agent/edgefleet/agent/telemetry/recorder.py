@@ -44,11 +44,16 @@ from edgefleet.agent.telemetry.window_body import (
     label_key,
     latency_bucket,
 )
-from edgefleet.core.drift.tensor_summary import CLASS_TASKS, SCORE_TASKS
+from edgefleet.core.drift.tensor_summary import (
+    CLASS_TASKS,
+    SCORE_TASKS,
+    SEGMENT_TASKS,
+    SEQUENCE_TASKS,
+)
 from edgefleet.core.evidence import LatencySummary
 
 # Tasks whose per-sample keys are counted for the rollout gates without being classes.
-COUNTED_TASKS = (*SCORE_TASKS, "embedding")
+COUNTED_TASKS = (*SCORE_TASKS, "embedding", *SEGMENT_TASKS, *SEQUENCE_TASKS)
 
 log = logging.getLogger("edgefleet.agent.telemetry")
 
@@ -304,7 +309,8 @@ class WindowRecorder:
                 reg = self._registrations.get((model, version))
                 # Format 1 says "classification", a declared tensor classifier "classifier";
                 # detectors, anomaly models and embeddings count binned keys instead of
-                # classes (prediction_keys), which feedback never matches.
+                # classes, segmenters a class per pixel, sequence models a key per step
+                # (prediction_keys), which feedback never matches.
                 task = "classification" if reg is None else reg.task
                 classifier = task in CLASS_TASKS
                 counted = classifier or task in COUNTED_TASKS
