@@ -25,7 +25,7 @@ from typing import Any
 from edgefleet.core.drift import ConfusionCounts
 from edgefleet.core.errors import DriftError
 from edgefleet.core.evidence import LatencySummary
-from edgefleet.core.protocol import LatencyHistogram, WindowSummary
+from edgefleet.core.protocol import WindowSummary
 
 
 def _add_counts(into: dict[str, int], other: Mapping[str, int]) -> None:
@@ -109,13 +109,6 @@ class WindowTotals:
     def schema_violation_rate(self) -> float | None:
         """Schema violations per request (violating requests are counted in ``requests``)."""
         return self.schema_violations / self.requests if self.requests else None
-
-    def latency_histogram(self) -> LatencyHistogram | None:
-        """The histogram holding the most observations (all of them when edges agree)."""
-        if not self.latency:
-            return None
-        edges, counts = max(self.latency.items(), key=lambda item: sum(item[1]))
-        return LatencyHistogram(edges, tuple(counts))
 
     def latency_summary(self) -> dict[str, Any]:
         """p50 and p95 by core's one quantile rule (the rollout gates' and alerts' p95)."""
