@@ -193,7 +193,7 @@ def test_live_probation_rolls_back_on_errors_and_latency(tmp_path: Path) -> None
     assert h.driver.run() is State.IDLE
     outcome = h.driver.state.find_outcome(record.id)
     assert outcome is not None and outcome["state"] == "rolled_back"
-    assert "p95 latency 400.0 ms" in outcome["reason"]
+    assert "p95 latency 485.0 ms" in outcome["reason"]  # in (200, 500], interpolated
     assert h.active() == sha1 and h.serving.get("iris").version == 1
     # version 3 fails requests: rolled back early, before min_requests
     record = h.driver.submit_install(env.bundle(3))

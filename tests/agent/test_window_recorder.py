@@ -162,7 +162,8 @@ def test_probation_counters(setup: tuple[TelemetryBuffer, WindowRecorder, FakeCl
     stats = rec.probation_stats("iris", 1)
     assert stats.requests == 20 and stats.errors == 1
     assert stats.error_rate == pytest.approx(0.05)
-    assert stats.p95_latency_ms == 19.0  # nearest rank over the 19 successful requests
+    # counted in the window buckets: 9 of 19 in (10, 20], p95 interpolated in it
+    assert stats.p95_latency_ms == pytest.approx(10 + 10 * (0.95 * 19 - 10) / 9)
     rec.stop_probation("iris", 1)
     assert rec.probation_stats("iris", 1).requests == 0
 

@@ -4,17 +4,14 @@ no transition or directive is recorded twice, and the new holder carries the wor
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psycopg
 import pytest
 from tests.hub.hubkit import make_hub
 from tests.support.bundles import placeholder_bundle
+from tests.support.hub_cluster import HubCluster, directive_counts
 from tests.support.waiting import wait_until
 
 from edgefleet.core.cli.main import main
@@ -42,12 +39,6 @@ def state_of(store: HubStore, rollout_id: str) -> RolloutState:
     return record.status.state
 
 
-def directive_counts(url: str) -> dict[str, int]:
-    with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT device, COUNT(*) FROM directives GROUP BY device").fetchall()
-    return {device: n for device, n in rows}
-
-
 def test_kill_9_of_the_holder_hands_the_work_to_another_hub(
     tmp_path: Path,
     mosquitto_factory: Callable[..., MosquittoBroker],
@@ -56,22 +47,16 @@ def test_kill_9_of_the_holder_hands_the_work_to_another_hub(
 ) -> None:
     broker = mosquitto_factory()
     url = postgres_server.dsn(postgres_server.create_database())
-    first = make_hub(tmp_path / "hub-0")
-    configs = []
-    for i in range(3):
-        folder = tmp_path / f"hub-{i}"
-        folder.mkdir(exist_ok=True)
-        config = folder / "hub.toml" if i else tmp_path / "hub-0" / "hub.toml"
-        config.write_text(
-            f'[store]\npath = "hub.db"\nurl = "{url}"\n'
-            f'bundles_dir = "{tmp_path / "bundles"}"\n'
-            f'[broker]\nport = {broker.port}\nclient_id = "hub-{i}"\n'
-            "shared_subscriptions = true\n"
-            f'[keys]\nhub_signing_key = "{first.hub_key}"\n'
-            f'publisher_keys = ["{first.publisher_key.with_suffix(".pub")}"]\n'
-            "[service]\ntick_s = 0.5\n"
-        )
-        configs.append(config)
+    first = make_hub(tmp_path / "keys-home")
+    cluster = HubCluster(
+        tmp_path,
+        url,
+        broker.port,
+        first.hub_key,
+        first.publisher_key.with_suffix(".pub"),
+        tmp_path / "bundles",
+    )
+    configs = cluster.configs
     store = open_store(url)
     for device in DEVICES:
         store.add_device(DeviceRecord(device, "rpi4-arm64", "$7$1$a$b", 1.0))
@@ -79,24 +64,8 @@ def test_kill_9_of_the_holder_hands_the_work_to_another_hub(
         bundle = placeholder_bundle(tmp_path / f"{model}.efb", first.publisher_key, model=model)
         cli(capsys, "hub", "publish", str(bundle.path), "--config", str(configs[0]))
 
-    hubs: list[subprocess.Popen[bytes]] = []
     try:
-        for config in configs:
-            log = open(config.parent / "serve.log", "wb")  # noqa: SIM115 - the child owns it
-            hubs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "edgefleet.core.cli.main", "hub", "serve"]
-                    + ["--config", str(config)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        for config in configs:
-            wait_until(
-                "hub up",
-                lambda c=config: b"hub: serving" in (c.parent / "serve.log").read_bytes(),
-                timeout_s=60.0,
-            )
+        cluster.start()
 
         created = cli(capsys, "hub", "rollout", "create", "digits:1", "--to", "all",
                       "--phases", "50%,100%", "--id", "r1", "--config", str(configs[0]))  # fmt: skip
@@ -106,9 +75,8 @@ def test_kill_9_of_the_holder_hands_the_work_to_another_hub(
             lambda: state_of(store, "r1") is RolloutState.RUNNING,
             timeout_s=60.0,
         )
-        holder, epoch, _ = store.lease_holder(LEASE)  # type: ignore[misc]
-        pid = int(holder.split(":")[1])
-        victim = next(h for h in hubs if h.pid == pid)
+        holder, epoch, victim = cluster.holder(store)
+        pid = victim.pid
         phase_1 = {r.device_id for r in store.list_rollout_devices("r1") if r.phase == 0}
         assert len(phase_1) == 3
         wait_until(
@@ -117,15 +85,8 @@ def test_kill_9_of_the_holder_hands_the_work_to_another_hub(
             timeout_s=60.0,
         )
 
-        victim.send_signal(signal.SIGKILL)  # kill -9, no goodbye
-        victim.wait(10)
-        killed_at = time.monotonic()
-        wait_until(
-            "another hub taking over",
-            lambda: (h := store.lease_holder(LEASE)) is not None and h[0] != holder,
-            timeout_s=30,
-        )
-        assert time.monotonic() - killed_at < 30
+        cluster.kill_holder(store)  # kill -9, no goodbye
+        assert cluster.wait_takeover(store, holder, timeout_s=30) < 30
         new_holder, new_epoch, _ = store.lease_holder(LEASE)  # type: ignore[misc]
         assert new_epoch == epoch + 1 and int(new_holder.split(":")[1]) != pid
 
@@ -143,12 +104,5 @@ def test_kill_9_of_the_holder_hands_the_work_to_another_hub(
         expected = {d: (d in phase_1) + (d == "pi-5") for d in DEVICES}
         assert directive_counts(url) == {d: n for d, n in expected.items() if n}
     finally:
-        for hub in hubs:
-            if hub.poll() is None:
-                hub.terminate()
-        for hub in hubs:
-            try:
-                hub.wait(30)
-            except subprocess.TimeoutExpired:
-                hub.kill()
+        cluster.stop()
         store.close()

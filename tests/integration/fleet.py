@@ -48,7 +48,7 @@ from edgefleet.hub.config import HubConfig
 from edgefleet.hub.enrollment import enroll_device, publisher_trust
 from edgefleet.hub.rollout.engine import RolloutEngine
 from edgefleet.hub.service import HubService
-from edgefleet.hub.store import SqliteHubStore
+from edgefleet.hub.store import HubStore, SqliteHubStore
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = PROFILE_NAME
@@ -141,6 +141,45 @@ class Device:
             return ""
 
 
+def enroll_agent(
+    store: HubStore,
+    config: HubConfig,
+    device_id: str,
+    root: Path,
+    profiles: Path,
+    *,
+    window_s: float = 1,
+    flush_interval_s: float = 0.2,
+    env: Mapping[str, str] | None = None,
+) -> Device:
+    """Enroll ``device_id`` as ``hub device add`` does and write its ``agent.toml`` under
+    ``root`` with the test settings (the profiles folder, smoke-only probation so that the
+    hub's gates judge live traffic, short telemetry windows)."""
+    enroll_device(
+        store,
+        config,
+        device_id,
+        PROFILE,
+        time.time(),
+        state_dir=str(root / "state"),
+        endpoint_port=0,
+        profiles_dir=profiles,
+        out_dir=root,
+    )
+    toml = (root / "agent.toml").read_text()
+    toml = toml.replace(
+        'trust_store = "trust.json"',
+        f'trust_store = "trust.json"\nprofiles_dir = "{profiles}"\nshutdown_timeout_s = 5',
+    )
+    toml += (
+        "\n[probation]\nsmoke = true\nmin_requests = 0\nmax_seconds = 0\n"
+        "max_error_rate = 1.0\n"
+        f"\n[telemetry]\nwindow_s = {window_s}\nflush_interval_s = {flush_interval_s}\n"
+    )
+    (root / "agent.toml").write_text(toml)
+    return Device(device_id, root, env=dict(env or {}))
+
+
 class Fleet:
     """Hub + devices under ``root``, talking through the broker at ``host:port``."""
 
@@ -208,45 +247,17 @@ class Fleet:
 
     # --- devices -----------------------------------------------------------------------
     def enroll(self, count: int, prefix: str = "pi") -> list[Device]:
+        env = {
+            "EDGEFLEET_SYNC_CHUNK_SIZE": str(self.chunk_size),
+            "EDGEFLEET_SYNC_WINDOW_BYTES": str(self.window_bytes),
+        }
         made = []
-        for i in range(count):
+        for _ in range(count):
             device_id = f"{prefix}-{len(self.devices) + 1:02d}"
             root = self.root / "devices" / device_id
-            enroll_device(
-                self.store,
-                self.config,
-                device_id,
-                PROFILE,
-                time.time(),
-                state_dir=str(root / "state"),
-                endpoint_port=0,
-                profiles_dir=self.profiles,
-                out_dir=root,
-            )
-            toml = (root / "agent.toml").read_text()
-            toml = toml.replace(
-                'trust_store = "trust.json"',
-                f'trust_store = "trust.json"\nprofiles_dir = "{self.profiles}"\n'
-                "shutdown_timeout_s = 5",
-            )
-            toml += (
-                # Smoke set only: the hub's gates judge live traffic in these tests.
-                "\n[probation]\nsmoke = true\nmin_requests = 0\nmax_seconds = 0\n"
-                "max_error_rate = 1.0\n"
-                "\n[telemetry]\nwindow_s = 1\nflush_interval_s = 0.2\n"
-            )
-            (root / "agent.toml").write_text(toml)
-            device = Device(
-                device_id,
-                root,
-                env={
-                    "EDGEFLEET_SYNC_CHUNK_SIZE": str(self.chunk_size),
-                    "EDGEFLEET_SYNC_WINDOW_BYTES": str(self.window_bytes),
-                },
-            )
+            device = enroll_agent(self.store, self.config, device_id, root, self.profiles, env=env)
             self.devices.append(device)
             made.append(device)
-            del i
         return made
 
     def device_state(self, device: Device) -> dict[str, Any]:

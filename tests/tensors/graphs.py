@@ -101,6 +101,41 @@ def sequence_mlp() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     return _model(graph), {"x": rng.normal(0, 1, (24, 8, 64)).astype(np.float32)}
 
 
+def tiny_segmenter() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """image [N,3,8,8] -> Conv 1x1 (4 classes) -> Softmax over the classes: [N,4,8,8]."""
+    rng = np.random.default_rng(12)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["image", "w", "b"], ["logits"], kernel_shape=[1, 1]),
+            helper.make_node("Softmax", ["logits"], ["mask_scores"], axis=1),
+        ],
+        "segmenter",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("mask_scores", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [
+            numpy_helper.from_array(rng.normal(0, 2.0, (4, 3, 1, 1)).astype(np.float32), "w"),
+            numpy_helper.from_array(np.array([0.5, 0, -0.2, 0], np.float32), "b"),
+        ],
+    )
+    return _model(graph), {"image": rng.random((40, 3, 8, 8)).astype(np.float32)}
+
+
+def tiny_sequence() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """x [N,T,6] -> MatMul(6x5) -> Softmax per step: [N,T,5] (a per-frame tagger)."""
+    rng = np.random.default_rng(13)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["step_probs"], axis=-1),
+        ],
+        "sequence",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", 6])],
+        [helper.make_tensor_value_info("step_probs", TensorProto.FLOAT, ["N", "T", 5])],
+        [numpy_helper.from_array(rng.normal(0, 1.0, (6, 5)).astype(np.float32), "w")],
+    )
+    return _model(graph), {"x": rng.normal(0, 1, (40, 7, 6)).astype(np.float32)}
+
+
 def big_input_net() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """[N,3,224,224] -> ReduceMean over H,W -> [N,3]: a large input, a tiny model."""
     rng = np.random.default_rng(2)

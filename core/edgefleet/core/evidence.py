@@ -84,6 +84,16 @@ class LatencySummary:
                 buckets[key] = buckets.get(key, 0) + n
         return cls(buckets)
 
+    @classmethod
+    def of_histograms(
+        cls, histograms: Iterable[tuple[Sequence[float], Sequence[int]]]
+    ) -> LatencySummary:
+        """Several ``(edges, counts)`` histograms (edges may differ) as one summary."""
+        out = cls()
+        for edges, counts in histograms:
+            out = out.merge(cls.from_histogram(edges, counts))
+        return out
+
     @property
     def total(self) -> int:
         return sum(self.buckets.values())
@@ -94,26 +104,40 @@ class LatencySummary:
             out[bucket] = out.get(bucket, 0) + n
         return LatencySummary(out)
 
-    def quantile(self, q: float) -> float | None:
-        """The ``q`` quantile in ms (None without data), interpolated inside its bucket."""
+    def _locate(self, q: float) -> tuple[Bucket, float] | None:
+        """The bucket holding the ``q`` quantile and the quantile's share into it."""
         total = self.total
         if total == 0:
             return None
         rank = q * total
         seen = 0
         ordered = sorted(self.buckets.items(), key=lambda kv: (kv[0][1], kv[0][0]))
-        for (low, high), n in ordered:
+        for bucket, n in ordered:
             if n == 0:
                 continue
             if seen + n >= rank:
-                if math.isinf(high):
-                    return low  # the open top bucket: report its lower edge
-                return low + (high - low) * (rank - seen) / n
+                return bucket, (rank - seen) / n
             seen += n
-        return max(low for low, _ in self.buckets)  # pragma: no cover (rounding)
+        return ordered[-1][0], 1.0  # pragma: no cover (rounding)
+
+    def quantile(self, q: float) -> float | None:
+        """The ``q`` quantile in ms (None without data), interpolated inside its bucket."""
+        found = self._locate(q)
+        if found is None:
+            return None
+        (low, high), into = found
+        if math.isinf(high):
+            return low  # the open top bucket: report its lower edge
+        return low + (high - low) * into
+
+    def beyond_top(self, q: float) -> bool:
+        """Whether the ``q`` quantile lies in the open top bucket (only known to exceed
+        :meth:`quantile`'s answer)."""
+        found = self._locate(q)
+        return found is not None and math.isinf(found[0][1])
 
     def p95(self) -> float | None:
-        """THE p95 of edgefleet: rollout gates and fleet alerts both use this."""
+        """THE p95 of edgefleet: agent probation, rollout gates, fleet alerts and reports."""
         return self.quantile(0.95)
 
 
@@ -220,6 +244,8 @@ def robust_mean(values: Sequence[tuple[float, float]], rule: EvidenceRule) -> fl
     n = len(items)
     if n == 0:
         return None
+    if n == 1:  # one device's value as it is (v * w / w may be off by a rounding step)
+        return items[0][0]
     if n >= 3 and rule.trim_share > 0:
         k = max(1, math.floor(rule.trim_share * n))
         items = items[k : n - k]

@@ -29,9 +29,11 @@ def drift_reference(
     n: int,
     outputs_of: Callable[[np.ndarray], list[Any]],
     labels: Sequence[Any] | None = None,
+    task: str | None = None,
 ) -> tuple[bytes | None, dict[str, Any]]:
-    """``(reference.json bytes, validation note)``; no bytes when nothing can be profiled."""
-    plan = TensorDriftPlan.from_io_schema(schema)
+    """``(reference.json bytes, validation note)``; no bytes when nothing can be profiled.
+    ``task`` and ``labels`` are the manifest's: the agent derives the same plan from them."""
+    plan = TensorDriftPlan.from_io_schema(schema, task, labels)
     if plan.empty:
         return None, {
             "reference": None,

@@ -378,7 +378,12 @@ def pack_tensor(
         drift_info: dict[str, Any] = {"reference": REFERENCE_PATH, "note": COLUMN_DRIFT_NOTE}
     else:
         reference_json, drift_info = drift_reference(
-            schema, samples, n, lambda index: outputs_of(choice.model, index), mv.labels
+            schema,
+            samples,
+            n,
+            lambda index: outputs_of(choice.model, index),
+            mv.labels,
+            mv.task,
         )
     manifest = Manifest(
         format_version=TENSOR_FORMAT_VERSION,

@@ -339,17 +339,6 @@ def test_pack_takes_the_longest_prefix_that_fits() -> None:
         TelemetryBatch.pack("pi", records, max_bytes=50)
 
 
-def test_latency_quantiles() -> None:
-    from edgefleet.core.protocol import LatencyHistogram
-
-    h = LatencyHistogram(edges=(1.0, 5.0, 10.0), counts=(50, 45, 4, 1))
-    assert h.quantile(0.5) == 1.0
-    assert h.quantile(0.95) == 5.0
-    assert h.quantile(0.99) == 10.0
-    assert h.quantile(1.0) == float("inf")
-    assert LatencyHistogram().quantile(0.95) is None
-
-
 def test_fetch_for_indexes_is_compact() -> None:
     contiguous = FetchRequest.for_indexes(SHA, 65536, [5, 3, 4])
     assert (contiguous.first, contiguous.count, contiguous.bitmap) == (3, 3, None)

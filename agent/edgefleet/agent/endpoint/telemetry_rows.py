@@ -6,7 +6,8 @@ features. A tensor bundle (format 2) hands over one key
 per sample whose mix the rollout gates compare between versions
 (:func:`~edgefleet.core.drift.tensor_summary.prediction_keys`: the class of a
 classifier, the score bin of a detector or anomaly model, the norm bin of an
-embedding) and, when it
+embedding; one per pixel for a segmenter, one per step for a sequence model) and,
+when it
 carries a drift reference, a small fixed vector per sample instead of the
 input (:class:`~edgefleet.core.drift.tensor_summary.TensorDriftPlan`:
 per-channel mean/std/min/max of each input, output monitors), so the window
@@ -45,7 +46,7 @@ class TelemetryRows:
         if io is not None and not is_column_model(model):
             manifest = model.manifest
             referenced = manifest is not None and manifest.reference_path is not None
-            found = (TensorDriftPlan.from_io_schema(io), referenced)
+            found = (TensorDriftPlan.from_io_schema(io, model.task, model.labels), referenced)
         self._plans[model] = found
         return found
 

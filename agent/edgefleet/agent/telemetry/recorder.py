@@ -38,11 +38,22 @@ from typing import Any, overload
 import numpy as np
 
 from edgefleet.agent.telemetry.buffer import RingEntry, TelemetryBuffer
-from edgefleet.agent.telemetry.window_body import WindowAccumulator, label_key
-from edgefleet.core.drift.tensor_summary import CLASS_TASKS, SCORE_TASKS
+from edgefleet.agent.telemetry.window_body import (
+    LATENCY_EDGES_MS,
+    WindowAccumulator,
+    label_key,
+    latency_bucket,
+)
+from edgefleet.core.drift.tensor_summary import (
+    CLASS_TASKS,
+    SCORE_TASKS,
+    SEGMENT_TASKS,
+    SEQUENCE_TASKS,
+)
+from edgefleet.core.evidence import LatencySummary
 
 # Tasks whose per-sample keys are counted for the rollout gates without being classes.
-COUNTED_TASKS = (*SCORE_TASKS, "embedding")
+COUNTED_TASKS = (*SCORE_TASKS, "embedding", *SEGMENT_TASKS, *SEQUENCE_TASKS)
 
 log = logging.getLogger("edgefleet.agent.telemetry")
 
@@ -55,35 +66,43 @@ except ImportError:  # pragma: no cover - only without the serving module
         return kind == "runtime"
 
 
-# Latencies kept per model version on probation (for an exact p95).
-PROBATION_SAMPLE_LIMIT = 10_000
-
-
 @dataclass(frozen=True)
 class LiveStats:
-    """What a version on probation did since probation started."""
+    """What a version on probation did since probation started.
+
+    Latencies are counted in the telemetry windows' buckets (``LATENCY_EDGES_MS``) and
+    their p95 is core's one p95 rule (:meth:`LatencySummary.p95`), so probation, the hub's
+    rollout gates and fleet alerts give the same number for the same requests.
+    """
 
     requests: int = 0
     errors: int = 0
-    p95_latency_ms: float | None = None
+    latency: LatencySummary = field(default_factory=LatencySummary)
 
     @property
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def p95_latency_ms(self) -> float | None:
+        return self.latency.p95()
 
 
 @dataclass
 class _ProbationCounter:
     requests: int = 0
     errors: int = 0
-    latencies: list[float] = field(default_factory=list)
+    # One count per window latency bucket: bounded memory whatever the traffic.
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_EDGES_MS) + 1))
+
+    def add_latencies(self, latencies_ms: Sequence[float]) -> None:
+        self.requests += len(latencies_ms)
+        for latency in latencies_ms:
+            self.latency_counts[latency_bucket(latency)] += 1
 
     def stats(self) -> LiveStats:
-        p95 = None
-        if self.latencies:
-            ordered = sorted(self.latencies)
-            p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
-        return LiveStats(self.requests, self.errors, p95)
+        latency = LatencySummary.from_histogram(LATENCY_EDGES_MS, self.latency_counts)
+        return LiveStats(self.requests, self.errors, latency)
 
 
 @dataclass(frozen=True)
@@ -290,7 +309,8 @@ class WindowRecorder:
                 reg = self._registrations.get((model, version))
                 # Format 1 says "classification", a declared tensor classifier "classifier";
                 # detectors, anomaly models and embeddings count binned keys instead of
-                # classes (prediction_keys), which feedback never matches.
+                # classes, segmenters a class per pixel, sequence models a key per step
+                # (prediction_keys), which feedback never matches.
                 task = "classification" if reg is None else reg.task
                 classifier = task in CLASS_TASKS
                 counted = classifier or task in COUNTED_TASKS
@@ -308,10 +328,7 @@ class WindowRecorder:
                 self._ring.add(model, version, prediction_ids[:n], labels)
                 counter = self._probation.get((model, version))
                 if counter is not None:
-                    counter.requests += len(latencies_ms)
-                    room = PROBATION_SAMPLE_LIMIT - len(counter.latencies)
-                    if room > 0:
-                        counter.latencies.extend(float(v) for v in latencies_ms[:room])
+                    counter.add_latencies(latencies_ms)
         except Exception:  # a failing sink never turns a good answer into an error
             self.sink_failures += 1
             log.exception("telemetry: record_inference failed")

@@ -30,7 +30,6 @@ Invariants:
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,24 +69,6 @@ class LatencyHistogram:
     @property
     def total(self) -> int:
         return sum(self.counts)
-
-    def quantile(self, q: float) -> float | None:
-        """Upper edge of the bucket holding quantile ``q`` (None when empty).
-
-        Above the last edge the answer is ``inf``: the histogram cannot say more.
-        """
-        if not 0.0 <= q <= 1.0:
-            raise ValueError("q must be within 0..1")
-        total = self.total
-        if total == 0:
-            return None
-        rank = max(1, math.ceil(q * total - 1e-9))
-        seen = 0
-        for i, count in enumerate(self.counts):
-            seen += count
-            if seen >= rank:
-                return self.edges[i] if i < len(self.edges) else float("inf")
-        return float("inf")
 
     def to_dict(self) -> dict[str, Any]:
         return {"edges": list(self.edges), "counts": list(self.counts)}

@@ -282,10 +282,7 @@ def accuracy_drop(obs: Observation, policy: AlertPolicy) -> RuleOutcome:
 
 def latency_of(totals: WindowTotals) -> LatencySummary:
     """Every latency histogram of ``totals`` as one summary (edges may differ)."""
-    out = LatencySummary()
-    for edges, counts in totals.latency.items():
-        out = out.merge(LatencySummary.from_histogram(edges, counts))
-    return out
+    return LatencySummary.of_histograms(totals.latency.items())
 
 
 def device_evidence(device: str, totals: WindowTotals) -> DeviceEvidence:

@@ -24,7 +24,8 @@ from typing import Any
 
 from edgefleet.core.drift import ConfusionCounts
 from edgefleet.core.errors import DriftError
-from edgefleet.core.protocol import LatencyHistogram, WindowSummary
+from edgefleet.core.evidence import LatencySummary
+from edgefleet.core.protocol import WindowSummary
 
 
 def _add_counts(into: dict[str, int], other: Mapping[str, int]) -> None:
@@ -109,25 +110,18 @@ class WindowTotals:
         """Schema violations per request (violating requests are counted in ``requests``)."""
         return self.schema_violations / self.requests if self.requests else None
 
-    def latency_histogram(self) -> LatencyHistogram | None:
-        """The histogram holding the most observations (all of them when edges agree)."""
-        if not self.latency:
-            return None
-        edges, counts = max(self.latency.items(), key=lambda item: sum(item[1]))
-        return LatencyHistogram(edges, tuple(counts))
-
     def latency_summary(self) -> dict[str, Any]:
-        hist = self.latency_histogram()
-        if hist is None or hist.total == 0:
+        """p50 and p95 by core's one quantile rule (the rollout gates' and alerts' p95)."""
+        latency = LatencySummary.of_histograms(self.latency.items())
+        if latency.total == 0:
             return {"count": 0, "p50_ms": None, "p95_ms": None, "mixed_edges": False}
-        # A quantile above the last edge is only known to exceed it: report that edge.
-        top = hist.edges[-1] if hist.edges else None
-        p50, p95 = hist.quantile(0.5), hist.quantile(0.95)
+        p95 = latency.p95()
         return {
-            "count": hist.total,
-            "p50_ms": _finite(p50),
-            "p95_ms": _finite(p95),
-            "p95_above_ms": top if p95 == float("inf") else None,
+            "count": latency.total,
+            "p50_ms": latency.quantile(0.5),
+            "p95_ms": p95,
+            # In the open top bucket the p95 is only known to exceed that bucket's edge.
+            "p95_above_ms": p95 if latency.beyond_top(0.95) else None,
             "mixed_edges": len(self.latency) > 1,
         }
 
@@ -183,9 +177,3 @@ def _pick(fn: Any, a: float | None, b: float | None) -> float | None:
     if b is None:
         return a
     return float(fn(a, b))
-
-
-def _finite(value: float | None) -> float | None:
-    if value is None or value == float("inf"):
-        return None
-    return value

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from edgefleet.core.drift.tensor_summary import SEGMENT_TASKS, class_axis
 from edgefleet.core.io_schema import IoSchema
 from edgefleet.packager.errors import DataFileError, UnsupportedModelError
 from edgefleet.packager.graph import target_for
@@ -320,6 +321,10 @@ def _describe_onnx(loaded: LoadedModel, label: str, req: RegistrationInput) -> _
     if labels is not None:
         probabilities = schema.output_with_role("probabilities")
         width = probabilities.fixed(probabilities.rank - 1) if probabilities else None
+        if probabilities is not None and task in SEGMENT_TASKS:
+            # Per-pixel scores: the class axis is found as the drift summary finds it.
+            axis = class_axis(probabilities)
+            width = None if axis is None else probabilities.fixed(axis)
         if width is not None and width != len(labels):
             raise UnsupportedModelError(
                 f"{len(labels)} class names for output {probabilities.name!r} "  # type: ignore[union-attr]
