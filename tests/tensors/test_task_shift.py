@@ -24,7 +24,7 @@ from tests.tensors import graphs
 
 from edgefleet.agent.endpoint import EndpointConfig, EndpointServer
 from edgefleet.agent.model.runtime import ThreadSettings, load_bundle
-from edgefleet.agent.serving import ServingSet
+from edgefleet.agent.model.serving import ServingSet
 from edgefleet.core.cli.main import main
 from edgefleet.core.drift import ReferenceProfile, WindowStats, score_window
 from edgefleet.core.drift.tensor_summary import TensorDriftPlan, prediction_keys
