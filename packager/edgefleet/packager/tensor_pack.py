@@ -6,7 +6,8 @@ Steps, each refusing with one line rather than writing a doubtful bundle:
    int8 variants kept only when faithful (:mod:`.tensor_quantize`);
 2. the registered graph is normalised for the profile's onnxruntime (opsets,
    IR version) and must still load there;
-3. fidelity: the packaged graph and the registered file run on the reference
+3. fidelity: the packaged graph (optimised offline at onnxruntime's basic
+   level, :mod:`.graph_optimize`) and the registered file run on the reference
    samples (at most :data:`FIDELITY_SAMPLES`); per output the max abs diff,
    max relative error and cosine similarity; float outputs must agree within
    ``1e-4 * max(1, max |value|)``, other outputs exactly;
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgefleet.core.bundle_writer import write_bundle
@@ -46,9 +48,9 @@ from edgefleet.packager.errors import (
     ConversionError,
     FidelityError,
     OutputFolderError,
-    QuantizationNotApplicableError,
 )
 from edgefleet.packager.graph import opsets, target_for
+from edgefleet.packager.graph_optimize import optimise
 from edgefleet.packager.loading import load_onnx_bytes
 from edgefleet.packager.onnx_io import check_runs, graph_io
 from edgefleet.packager.registry.records import ModelVersion
@@ -260,8 +262,8 @@ def _add_latency(
         )
     except Exception:  # a run that failed here already failed the fidelity check above
         return
-    for row in quantization["variants"]:
-        if row["variant"] in timed:
+    for row in quantization["variants"]:  # the float graph and the chosen candidate
+        if row["variant"] in timed and (row["variant"] == "float32" or row["status"] == "chosen"):
             row.update(timed[row["variant"]].to_dict())
     quantization["latency_measured_on"] = (
         f"{platform.machine()} (this machine's architecture, not the target's), one sample, "
@@ -285,11 +287,6 @@ def pack_tensor(
 ) -> tuple[Path, Any]:
     """Write ``out_dir/NAME-V-PROFILE.efb`` (see the module docstring); path and write info."""
     assert mv.io_schema is not None
-    if quantize not in ("none", "auto", "static", "dynamic"):
-        raise QuantizationNotApplicableError(
-            f"--quantize {quantize} does not apply to {mv.ref}: tensor models are packed "
-            "as their float graph, static int8 (conv nets) or dynamic int8 in this version"
-        )
     schema = IoSchema.from_dict(mv.io_schema)
     samples = registry.read_tensor_reference(mv)
     n = batch_count(schema, samples, f"reference data of {mv.ref}")
@@ -312,7 +309,11 @@ def pack_tensor(
         model, schema = folded.model, folded.schema
         samples, registered_samples = folded.raw_samples, folded.float_samples
         folded_info = pre.to_dict()
-    packaged = model.SerializeToString()
+    progress("optimising the graph (onnxruntime basic level)")
+    optimised = optimise(model.SerializeToString(), target_for(profile.min_onnxruntime))
+    packaged = optimised.model
+    if optimised.info["applied"]:
+        model = onnx.load_model_from_string(packaged)  # variants are built from this graph
     check_runs(packaged, f"{mv.ref} (packaged)")
     inputs, outputs = graph_io(model)
     if [t.name for t in inputs] != schema.input_names or [
@@ -344,7 +345,7 @@ def pack_tensor(
         )
 
     if quantize != "none":
-        progress("measuring int8 variants")
+        progress("measuring quantized variants")
 
     sessions: dict[int, Any] = {id(packaged): packaged_session}
 
@@ -365,6 +366,7 @@ def pack_tensor(
         int8_format=profile.int8_format,
         min_cosine=min_cosine,
         allow_batch_dependent=allow_batch_dependent,
+        profile_quantization=profile.quantization,
         feeds_for=lambda index: _feeds(schema, _take(schema, samples, index)),
         outputs_of=outputs_of,
     )
@@ -402,6 +404,7 @@ def pack_tensor(
             "drift": drift_info,
             "size_bytes": len(choice.model),
             "float32_size_bytes": len(packaged),
+            "graph_optimization": optimised.info,
             "measured_on": platform.machine(),
         },
         lineage=lineage,
