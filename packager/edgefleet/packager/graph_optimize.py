@@ -2,7 +2,10 @@
 
 onnxruntime optimises a graph at every session start; doing the portable part
 once at pack time means the device loads a smaller, simpler graph and the
-fidelity check runs on exactly what the device will run.
+fidelity check runs on exactly what the device will run. Used for tensor
+models' float graph (the quantizers get the graph as registered: the basic
+level's MatMul + Add -> Gemm fusion makes static QDQ store int32 biases and
+onnxruntime's quantizer fails on a [1, N] Gemm bias).
 
 Only ``ORT_ENABLE_BASIC`` is applied: its rewrites (constant folding,
 redundant node elimination, Conv+Add/Mul/BatchNorm fusions, ...) run before

@@ -183,6 +183,8 @@ def choose_variant(
         )
         if best.p50_ms is not None and base.p50_ms is not None:
             reason += f", p50 {best.p50_ms:.3f} ms vs {base.p50_ms:.3f} ms float32"
+            if not gate_latency:
+                reason += " (timed here, not a criterion for this profile)"
     final = [replace(r, status="chosen") if r is best else r for r in marked]
     return final, best.name, reason
 
