@@ -312,7 +312,9 @@ def bundle_figures(report: dict[str, Any], bundle: Path, model: Path) -> dict[st
     return {
         "bundle_bytes": bundle.stat().st_size,
         "model_bytes": float_size,
-        "overhead_bytes": bundle.stat().st_size - float_size,
+        # What the bundle adds to the model it carries (the chosen variant's bytes).
+        "overhead_bytes": bundle.stat().st_size
+        - int((report.get("validation") or {}).get("size_bytes") or float_size),
         "chosen": quant.get("variant"),
         "calibration": (quant.get("settings") or {}).get("calibration"),
         "reason": quant.get("reason"),

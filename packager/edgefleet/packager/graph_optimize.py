@@ -19,8 +19,9 @@ Both stay online on the device, where onnxruntime applies them for its own
 hardware at session start.
 
 The optimised graph is kept only when it still loads, has the same inputs and
-outputs, stays within the target's opsets and IR version, and has fewer nodes
-or bytes; otherwise the graph is packed as it was and the report says why.
+outputs, stays within the target's opsets and IR version, and has no more
+nodes and no more weight bytes (and is not the same graph); otherwise the
+graph is packed as it was and the report says why.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from edgefleet.packager.graph import OnnxTarget, op_counts, opsets
@@ -49,6 +51,19 @@ def _io(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
     return [i.name for i in model.graph.input if i.name not in _init_names(model)], [
         o.name for o in model.graph.output
     ]
+
+
+def _weight_bytes(model: onnx.ModelProto) -> int:
+    # Weight values, not file or proto size: onnxruntime names every node and stamps its
+    # producer when it saves a graph, bytes that are not a larger model.
+    total = 0
+    for t in model.graph.initializer:
+        if t.data_type == onnx.TensorProto.STRING:
+            total += sum(len(v) for v in t.string_data)
+            continue
+        size = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        total += int(np.prod(t.dims, dtype=np.int64)) * size
+    return total
 
 
 def _init_names(model: onnx.ModelProto) -> set[str]:
@@ -88,11 +103,15 @@ def optimise(data: bytes, target: OnnxTarget) -> Optimised:
         optimised = after.SerializeToString()
     info.update(nodes_after=len(after.graph.node), bytes_after=len(optimised))
     why = _refusal(before, after, target)
-    if why is None and (len(after.graph.node), len(optimised)) >= (
-        len(before.graph.node),
-        len(data),
-    ):
+    nodes, weights = len(after.graph.node), _weight_bytes(after)
+    if why is None and (nodes, weights) == (len(before.graph.node), _weight_bytes(before)):
         why = "nothing to optimise at the basic level"
+    elif why is None and weights > _weight_bytes(before):
+        # Constant folding can materialise weights that nodes compute (the onnx package's
+        # SqueezeNet file, weights as ConstantOfShape: 15 KB -> 3.7 MB).
+        why = f"the optimised graph holds more weight bytes ({weights} > {_weight_bytes(before)})"
+    elif why is None and nodes > len(before.graph.node):
+        why = f"the optimised graph has more nodes ({nodes} > {len(before.graph.node)})"
     if why is not None:
         return Optimised(data, {**info, "reason": why})
     return Optimised(optimised, {**info, "applied": True, "reason": ""})
