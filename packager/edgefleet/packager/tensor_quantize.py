@@ -258,9 +258,7 @@ def _family_reason(family: str, model: onnx.ModelProto, schema: IoSchema) -> str
 
 def _label(name: str, variant: TensorVariant | None) -> str:
     kind = {"static": "static int8", "dynamic": "dynamic int8", "fp16": "fp16"}[name]
-    method = (
-        (variant.settings.get("calibration") if variant else None) if name == "static" else None
-    )
+    method = variant.settings.get("calibration") if variant is not None else None  # static only
     return f"{kind} ({method})" if method else kind
 
 
