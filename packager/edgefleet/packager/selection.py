@@ -95,6 +95,11 @@ class VariantRow:
 _ARCH_NAMES = {"amd64": "x86_64", "x86_64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64"}
 
 
+def arch_name(machine: str) -> str:
+    """``platform.machine()`` spelt as profiles spell ``arch`` (AMD64 -> x86_64, ...)."""
+    return _ARCH_NAMES.get(machine.lower(), machine.lower())
+
+
 def latency_not_gated_because(
     profile: Any, providers: Sequence[str], machine: str | None = None
 ) -> str | None:
@@ -105,7 +110,7 @@ def latency_not_gated_because(
     here = machine if machine is not None else platform.machine()
     if providers[0] != profile.execution_providers[0]:
         return f"{profile.execution_providers[0]} is not available on this machine"
-    if _ARCH_NAMES.get(here.lower(), here.lower()) != profile.arch:
+    if arch_name(here) != profile.arch:
         return (
             f"latency measured on {here}, the profile's architecture is {profile.arch}: int8 "
             "and float kernels differ between them"

@@ -212,6 +212,16 @@ def _tensor_variant_lines(q: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _measured_on(machine: str, target: dict[str, Any]) -> str:
+    """Where latency was measured, against the target's architecture."""
+    from edgefleet.packager.selection import arch_name
+
+    arch = target.get("arch", "?")
+    if arch_name(machine) == arch:
+        return f"measured on this {machine} machine, the target's architecture, not the device"
+    return f"measured on {machine}: this machine's architecture, not the target's {arch}"
+
+
 def render_report(result: dict[str, Any]) -> str:
     """The readable pack report (the same facts as ``--json``)."""
     if result.get("format_version", 1) > 1:
@@ -250,8 +260,7 @@ def render_report(result: dict[str, Any]) -> str:
         f"max value diff {_num(fidelity['max_value_diff'], '.3g')}",
         f"  latency       p50 {_num(v['latency_ms']['p50'], '.3f')} ms, p95 "
         f"{_num(v['latency_ms']['p95'], '.3f')} ms (1 row, {v['latency_ms']['intra_op_threads']} "
-        f"intra-op threads, measured on {v['latency_ms']['measured_on']}: this machine's "
-        f"architecture, not the target's {target.get('arch', '?')})",
+        f"intra-op threads, {_measured_on(v['latency_ms']['measured_on'], target)})",
         f"  smoke set     {v['smoke']['rows']} rows, atol {v['smoke']['atol']:.3g}",
         f"  took          {result['seconds']:.1f} s",
     ]
