@@ -54,6 +54,7 @@ from edgefleet.packager.loading import load_onnx_bytes
 from edgefleet.packager.onnx_io import check_runs, graph_io
 from edgefleet.packager.registry.records import ModelVersion
 from edgefleet.packager.registry.store import Registry
+from edgefleet.packager.selection import arch_name
 from edgefleet.packager.tensor_data import batch_count, npz_bytes
 from edgefleet.packager.tensor_drift import REFERENCE_PATH, drift_reference
 from edgefleet.packager.tensor_quantize import choose_variant
@@ -245,6 +246,7 @@ def _add_latency(
     session_of: Callable[[bytes], Any],
     packaged: bytes,
     chosen: bytes,
+    target_arch: str,
 ) -> None:
     """p50/p95 of one sample on the float graph and the chosen variant (this machine)."""
     feeds = _feeds(schema, _take(schema, samples, np.arange(1)))
@@ -264,10 +266,13 @@ def _add_latency(
     for row in quantization["variants"]:  # the float graph and the chosen candidate
         if row["variant"] in timed and (row["variant"] == "float32" or row["status"] == "chosen"):
             row.update(timed[row["variant"]].to_dict())
-    quantization["latency_measured_on"] = (
-        f"{platform.machine()} (this machine's architecture, not the target's), one sample, "
-        "alternating variants"
+    here = platform.machine()
+    where = (
+        "this machine, the target's architecture but not the device"
+        if arch_name(here) == target_arch
+        else f"this machine's architecture, not the target's {target_arch}"
     )
+    quantization["latency_measured_on"] = f"{here} ({where}), one sample, alternating variants"
 
 
 def pack_tensor(
@@ -371,7 +376,9 @@ def pack_tensor(
         outputs_of=outputs_of,
     )
     chosen_session = session_of(choice.model)
-    _add_latency(choice.quantization, schema, samples, session_of, packaged, choice.model)
+    _add_latency(
+        choice.quantization, schema, samples, session_of, packaged, choice.model, profile.arch
+    )
     progress("building the smoke set")
     smoke_bytes, smoke_info = _smoke(schema, samples, n, chosen_session, choice.smoke_atol)
     progress("profiling the reference samples for drift")
