@@ -444,7 +444,7 @@ def _chosen(
         "variant": family,
         "format": variant.format,
         "settings": variant.settings,
-        "reason": f"{label} is {ratio:.2f}x the float32 size with cosine >= "
+        "reason": f"{label} is {ratio:.3f}x the float32 size with cosine >= "
         f"{row['worst_cosine']:.4f}{agree}",
     }
     return Choice(variant.model, quantization, atol)
