@@ -12,6 +12,11 @@ then extracted from the verified bundle and re-scored with onnxruntime here,
 so ``accuracy_packaged_recomputed`` checks the manifest's claim.
 
 Prints one JSON object: ``{"mlp": {...}, "forest": {...}, "families": {...}}``;
+Per model, ``variants`` gives every measured variant's status, size ratio,
+metric drop, p50, ``batch_dependence`` (a row scored alone vs in a batch) and
+the operator types static int8 quantized (MatMul/Gemm for the MLP), and
+``latency_not_gated_because`` says why timings on this machine did not
+decide (an aarch64 profile packed on x86_64).
 ``families`` holds the boosted-tree and anomaly figures of
 ``bench/packager_families.py`` (max_abs_diff, label_agreement with the flipped
 rows named, served_p50_ratio, bundle_bytes, convert_pack_s). Sizes are of
@@ -120,6 +125,22 @@ def _run(kind: str, work: Path, key: Path, public: Path, registry: Path) -> dict
         "p95_ms_float32": round(base["p95_ms"], 4),
         "p95_ms_packaged": round(chosen["p95_ms"], 4),
         "evaluation_rows": v["dataset"]["rows"],
+        "variants": {
+            name: {
+                "status": row["status"],
+                "size_ratio": round(row["size_bytes"] / base["size_bytes"], 4)
+                if row.get("size_bytes")
+                else None,
+                "metric_drop": row.get("metric_drop"),
+                "p50_ms": row.get("p50_ms"),
+                "batch_dependence": row.get("batch_dependence"),
+                "op_types": (row.get("settings") or {}).get("op_types"),
+                "reason": row.get("reason"),
+            }
+            for name, row in rows.items()
+        },
+        "latency_gated": q["criteria"].get("latency_gated"),
+        "latency_not_gated_because": q["criteria"].get("latency_not_gated_because"),
         "pack_s": round(pack_s, 3),
         "pack_s_in_process": result["seconds"],
     }

@@ -94,6 +94,7 @@ def test_digits_mlp_round_trip(
         "rpi4-arm64",
         "--quantize",
         "dynamic",
+        "--allow-batch-dependent",
     )
     bundle = Path(result["bundle"])
     assert bundle.name == "digits-1-rpi4-arm64.efb" and bundle.stat().st_size == result["size"]
@@ -159,10 +160,23 @@ def test_auto_choice_follows_the_rule_on_the_measured_table(
     result = _pack(cli, registry_dir, "digits", signing_key[0], tmp_path, "rpi5")
     q = result["quantization"]
     rows = {row["variant"]: row for row in q["variants"]}
-    assert set(rows) == {"float32", "dynamic"} and "static" in q["not_applicable"]
-    dynamic, base = rows["dynamic"], rows["float32"]
-    qualifies = dynamic["metric_drop"] <= 0.01 and dynamic["p50_ms"] <= 1.10 * base["p50_ms"]
-    assert q["variant"] == ("dynamic" if qualifies else "float32")
+    assert set(rows) == {"float32", "static", "dynamic"} and not q["not_applicable"]
+    # rpi5 is aarch64: timings taken elsewhere neither qualify nor refuse a variant.
+    gated = q["criteria"]["latency_gated"]
+    assert gated == (q["criteria"]["latency_not_gated_because"] is None)
+    static, dynamic, base = rows["static"], rows["dynamic"], rows["float32"]
+
+    def qualifies(row: dict[str, Any], batch_free: bool = True) -> bool:
+        fast = not gated or row["p50_ms"] <= 1.10 * base["p50_ms"]
+        return row["metric_drop"] <= 0.01 and fast and batch_free
+
+    assert static["batch_dependence"] <= 1e-5  # static int8 does not depend on the batch
+    expected = "float32"
+    if qualifies(static):
+        expected = "static"
+    elif qualifies(dynamic, dynamic["batch_dependence"] <= 1e-5):
+        expected = "dynamic"
+    assert q["variant"] == expected
     assert [r["variant"] for r in q["variants"] if r["status"] == "chosen"] == [q["variant"]]
     for row in rows.values():
         assert row["size_bytes"] > 0 and row["p95_ms"] >= row["p50_ms"] > 0
@@ -268,6 +282,13 @@ def test_onnx_file_from_the_helper_api(
     )
     assert registered["framework"] == "onnx" and registered["labels"] == [0, 1, 2]
     assert registered["reference"]["has_labels"] is False
+    # Dynamic int8 scales activations per batch: refused unless the user accepts it.
+    refused = cli(
+        "pack", "tiny:1", "--profile", "rpi4-arm64", "--key", signing_key[0],
+        "--out", tmp_path / "refused", "--registry", registry_dir, "--quantize", "dynamic",
+    )  # fmt: skip
+    assert refused.code == 1 and "--quantize dynamic refused: batch-dependent" in refused.err
+    assert not (tmp_path / "refused").exists()
     result = _pack(
         cli,
         registry_dir,
@@ -279,6 +300,7 @@ def test_onnx_file_from_the_helper_api(
         "dynamic",
         "--max-accuracy-drop",
         "0.2",
+        "--allow-batch-dependent",
     )
     v, q = result["validation"], result["quantization"]
     assert (

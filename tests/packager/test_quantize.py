@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -31,8 +32,8 @@ CONV_OPS = Counter({("ai.onnx", "Conv"): 1, ("ai.onnx", "Relu"): 1, ("ai.onnx", 
 @pytest.mark.parametrize(
     ("name", "requested", "profile_q", "ops", "candidates", "skipped"),
     [
-        ("mlp_int8", "auto", "int8", MLP_OPS, ("float32", "dynamic"), {"static"}),
-        ("conv_int8", "auto", "int8", CONV_OPS, ("float32", "dynamic", "static"), set()),
+        ("mlp_int8", "auto", "int8", MLP_OPS, ("float32", "static", "dynamic"), set()),
+        ("conv_int8", "auto", "int8", CONV_OPS, ("float32", "static", "dynamic"), set()),
         ("forest_int8", "auto", "int8", FOREST_OPS, ("float32",), {"dynamic", "static"}),
         ("linear_int8", "auto", "int8", LINEAR_OPS, ("float32",), {"dynamic", "static"}),
         ("mlp_fp16", "auto", "fp16", MLP_OPS, ("float32", "fp16"), set()),
@@ -141,6 +142,38 @@ def test_choose_variant(case: str, rows: list[VariantRow], gate: bool, expected:
     assert chosen == expected, reason
     assert [r.name for r in marked if r.status == "chosen"] == [expected]
     assert reason.startswith(expected)
+
+
+def test_dynamic_is_used_only_where_no_static_variant_qualifies() -> None:
+    rows = [_row("float32", 100, 0, 1.0), _row("static", 29, 0.0, 1.0), _row("dynamic", 27, 0, 1.0)]
+    marked, chosen, _ = choose_variant(rows, max_drop=0.01)
+    assert chosen == "static"
+    assert "dynamic int8 is used only where no static variant does" in marked[2].reason
+    rows[1] = _row("static", 29, 0.5, 1.0)
+    assert choose_variant(rows, max_drop=0.01)[1] == "dynamic"
+
+
+def test_batch_dependent_variant_needs_the_flag() -> None:
+    dependent = replace(_row("dynamic", 27, 0.0, 1.0), batch_dependence=0.0855)
+    rows = [_row("float32", 100, 0, 1.0), dependent]
+    marked, chosen, _ = choose_variant(rows, max_drop=0.01)
+    assert chosen == "float32" and marked[1].reason.startswith("batch-dependent: a row scored")
+    assert choose_variant(rows, max_drop=0.01, allow_batch_dependent=True)[1] == "dynamic"
+
+
+def test_latency_is_not_gated_off_the_target_architecture() -> None:
+    from edgefleet.core.profiles import load_profile
+    from edgefleet.packager.selection import latency_not_gated_because
+
+    pi, gateway = load_profile("rpi4-arm64"), load_profile("x86_64-gateway")
+    cpu = ["CPUExecutionProvider"]
+    assert latency_not_gated_because(gateway, cpu, machine="x86_64") is None
+    assert "architecture is aarch64" in str(latency_not_gated_because(pi, cpu, machine="x86_64"))
+    assert latency_not_gated_because(pi, cpu, machine="aarch64") is None
+    jetson = load_profile("jetson-orin-nano")
+    assert "CUDAExecutionProvider is not available" in str(
+        latency_not_gated_because(jetson, cpu, machine="aarch64")
+    )
 
 
 def test_failed_variant_is_listed_not_chosen() -> None:

@@ -217,9 +217,9 @@ def test_bad_prediction_input(
     assert not out.exists()
 
 
-def test_pack_refuses_quantizing_a_tensor_model(cli: Cli, tmp_path: Path) -> None:
+def test_pack_refuses_a_quantization_that_does_not_apply(cli: Cli, tmp_path: Path) -> None:
     env = make_env(tmp_path / "agent")
-    model, samples = graphs.save(tmp_path / "src", "conv", graphs.conv_net())
+    model, samples = graphs.save(tmp_path / "src", "sum", graphs.big_input_net())
     registry = tmp_path / "registry"
     code, _, err = cli(
         "registry", "register", model, "--name", "c", "--registry", registry,
@@ -231,5 +231,5 @@ def test_pack_refuses_quantizing_a_tensor_model(cli: Cli, tmp_path: Path) -> Non
         "--out", tmp_path / "out", "--registry", registry, "--quantize", "fp16",
     )  # fmt: skip
     assert code == 2
-    _one_line(err, "--quantize fp16 does not apply to c:1: tensor models are packed as their")
+    _one_line(err, "--quantize fp16 does not apply: the graph has no MatMul, Gemm or Conv")
     assert not (tmp_path / "out").exists()

@@ -299,7 +299,7 @@ def test_static_int8_conv_net_is_chosen_when_faithful_and_served(
         "--out", tmp_path / "strict", "--registry", registry, "--quantize", "static",
         "--min-cosine", "1.0",
     )  # fmt: skip
-    assert code == 1 and "--quantize static refused: static int8 keeps a cosine of" in err
+    assert code == 1 and "--quantize static refused: static int8 (MinMax) keeps a cosine of" in err
     assert not (tmp_path / "strict").exists()
 
 
@@ -354,7 +354,7 @@ def test_model_zoo_architectures_shipped_in_the_onnx_package(
     assert_same(got, raw_outputs_looped(model, arrays))
 
 
-def test_dynamic_int8_is_batch_dependent_and_needs_the_flag(
+def test_static_int8_covers_matmul_and_dynamic_int8_needs_the_flag(
     cli: Cli, env: AgentEnv, tmp_path: Path
 ) -> None:
     model, samples = graphs.save(tmp_path / "src", "mlp", graphs.sequence_mlp())
@@ -374,13 +374,14 @@ def test_dynamic_int8_is_batch_dependent_and_needs_the_flag(
     code, out, err = pack("auto")
     assert code == 0, err
     q = json.loads(out)["quantization"]
-    dynamic = next(r for r in q["variants"] if r["variant"] == "dynamic")
-    assert q["method"] == "none" and dynamic["status"] == "rejected"
-    assert dynamic["batch_dependence"] > 1e-5 and "batch-dependent" in q["reason"]
-    assert q["not_applicable"]["static"] == "the graph has no Conv operators to quantize"
+    # Static QDQ covers MatMul and is batch-independent, so auto keeps it and never
+    # measures dynamic int8.
+    assert q["method"] == "static", q["reason"]
+    assert {r["variant"] for r in q["variants"]} == {"float32", "static"}
+    assert all(r["batch_dependence"] == 0.0 for r in q["variants"] if r["variant"] == "static")
     code, _, err = pack("explicit", "--quantize", "dynamic")
     assert code == 1 and "--quantize dynamic refused: dynamic int8 is batch-dependent" in err
-    code, out, err = pack("allowed", "--allow-batch-dependent")
+    code, out, err = pack("allowed", "--quantize", "dynamic", "--allow-batch-dependent")
     assert code == 0, err
     report = json.loads(out)
     assert report["quantization"]["method"] == "dynamic"

@@ -59,7 +59,11 @@ from edgefleet.packager.quantize import calibration_rows, plan_variants
 from edgefleet.packager.registry.records import ModelVersion, iso_utc
 from edgefleet.packager.registry.refs import ModelRef
 from edgefleet.packager.registry.store import Registry
-from edgefleet.packager.selection import Selection, evaluate_variants
+from edgefleet.packager.selection import (
+    Selection,
+    evaluate_variants,
+    latency_not_gated_because,
+)
 from edgefleet.packager.smoke import build_smoke
 from edgefleet.packager.tables import check_finite
 from edgefleet.packager.validate import (
@@ -85,7 +89,7 @@ class PackRequest:
     max_accuracy_drop: float = 0.01
     profiles_dir: Path | None = None
     min_cosine: float = 0.99  # tensor models: what a quantized variant must keep per output
-    allow_batch_dependent: bool = False  # tensor models: accept per-batch activation scales
+    allow_batch_dependent: bool = False  # accept per-batch activation scales (dynamic int8)
     preprocess: str | None = None  # tensor models: image preprocessing folded into the graph
 
     def __post_init__(self) -> None:
@@ -186,6 +190,7 @@ def pack(
     plan = plan_variants(
         req.quantize, profile.quantization, profile.name, op_counts(converted.model)
     )
+    not_gated = latency_not_gated_because(profile, providers)
     selection = evaluate_variants(
         converted.model,
         converted.signature,
@@ -197,8 +202,9 @@ def pack(
         x_calibration=calibration_rows(x32),
         int8_format=profile.int8_format,
         settings=settings,
-        gate_latency=providers[0] == profile.execution_providers[0],
+        gate_latency=not_gated is None,
         max_drop=req.max_accuracy_drop,
+        allow_batch_dependent=req.allow_batch_dependent,
         progress=progress,
     )
     chosen = selection.built[selection.chosen]
@@ -384,6 +390,10 @@ def _quantization(
             "max_accuracy_drop": req.max_accuracy_drop,
             "max_slowdown": 1.10,
             "latency_gated": selection.latency_gated,
+            "latency_not_gated_because": latency_not_gated_because(
+                profile, available_providers(profile.execution_providers)
+            ),
+            "allow_batch_dependent": req.allow_batch_dependent,
         },
         "profile_quantization": profile.quantization,
         "variants": [r.to_dict() for r in selection.rows],

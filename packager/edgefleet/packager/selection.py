@@ -4,11 +4,15 @@ Every candidate variant is built, run on the evaluation rows and timed; then
 :func:`choose_variant` (pure) applies the rule:
 
 - ``--quantize auto``: the smallest variant whose metric drop against float32
-  is at most ``max_drop`` (absolute) and whose p50 latency is at most
-  ``max_slowdown`` (1.10) times float32's; float32 when none qualifies. When
-  the profile's first execution provider is not available on this machine
-  (e.g. CUDA for a Jetson profile measured on a laptop), latency is recorded
-  but not used to decide: a CPU timing says nothing about the device.
+  is at most ``max_drop`` (absolute), whose p50 latency is at most
+  ``max_slowdown`` (1.10) times float32's and which is batch-independent
+  (a row scored alone gives what it gives inside a batch; dynamic int8
+  scales activations per batch and is refused unless ``allow_batch_dependent``);
+  dynamic int8 only where no static variant qualifies; float32 when none
+  qualifies. When the profile's first execution provider is not available on
+  this machine (e.g. CUDA for a Jetson profile measured on a laptop), or the
+  profile's architecture is not this machine's, latency is recorded but not
+  used to decide: such a timing says nothing about the device.
 - an explicit variant is chosen if it meets ``max_drop``; otherwise the pack
   is refused with the numbers (:class:`AccuracyDropError`).
 
@@ -45,6 +49,8 @@ from edgefleet.packager.validate import (
 )
 
 MAX_SLOWDOWN = 1.10
+BATCH_DEPENDENCE_ROWS = 16
+BATCH_DEPENDENCE_TOL = 1e-5
 Progress = Callable[[str], None]
 
 
@@ -65,6 +71,7 @@ class VariantRow:
     p50_ms: float | None = None
     p95_ms: float | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    batch_dependence: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,7 +88,34 @@ class VariantRow:
             "p50_ms": self.p50_ms,
             "p95_ms": self.p95_ms,
             "settings": dict(self.settings),
+            "batch_dependence": self.batch_dependence,
         }
+
+
+_ARCH_NAMES = {"amd64": "x86_64", "x86_64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64"}
+
+
+def arch_name(machine: str) -> str:
+    """``platform.machine()`` spelt as profiles spell ``arch`` (AMD64 -> x86_64, ...)."""
+    return _ARCH_NAMES.get(machine.lower(), machine.lower())
+
+
+def latency_not_gated_because(
+    profile: Any, providers: Sequence[str], machine: str | None = None
+) -> str | None:
+    """Why this machine's timings cannot qualify or refuse a variant for ``profile``
+    (None: they can): its first provider is missing here, or its CPU architecture differs."""
+    import platform
+
+    here = machine if machine is not None else platform.machine()
+    if providers[0] != profile.execution_providers[0]:
+        return f"{profile.execution_providers[0]} is not available on this machine"
+    if arch_name(here) != profile.arch:
+        return (
+            f"latency measured on {here}, the profile's architecture is {profile.arch}: int8 "
+            "and float kernels differ between them"
+        )
+    return None
 
 
 def choose_variant(
@@ -91,6 +125,7 @@ def choose_variant(
     max_slowdown: float = MAX_SLOWDOWN,
     gate_latency: bool = True,
     prefer: str | None = None,
+    allow_batch_dependent: bool = False,
 ) -> tuple[list[VariantRow], str, str]:
     """Pure: mark each row eligible/rejected, pick one; returns (rows, chosen, reason).
 
@@ -116,8 +151,26 @@ def choose_variant(
             problems.append(
                 f"p50 {row.p50_ms:.3f} ms > {max_slowdown:.2f} x float32 {base.p50_ms:.3f} ms"
             )
+        dependence = row.batch_dependence or 0.0
+        if dependence > BATCH_DEPENDENCE_TOL and not allow_batch_dependent:
+            problems.append(
+                f"batch-dependent: a row scored alone differs by {dependence:.3g} from the "
+                "same row in a batch (--allow-batch-dependent)"
+            )
         status = "rejected" if problems else "eligible"
         marked.append(replace(row, status=status, reason="; ".join(problems) or row.reason))
+    if prefer is None and any(r.name == "static" and r.status == "eligible" for r in marked):
+        marked = [
+            replace(
+                r,
+                status="rejected",
+                reason="static int8 qualifies; dynamic int8 is used only where no static "
+                "variant does",
+            )
+            if r.name == "dynamic" and r.status == "eligible"
+            else r
+            for r in marked
+        ]
     eligible = [r for r in marked if r.status == "eligible"]
     # Smallest wins; on equal size the earlier (float32 first) is kept.
     best = min(eligible, key=lambda r: (r.size_bytes or 0, marked.index(r)))
@@ -135,6 +188,8 @@ def choose_variant(
         )
         if best.p50_ms is not None and base.p50_ms is not None:
             reason += f", p50 {best.p50_ms:.3f} ms vs {base.p50_ms:.3f} ms float32"
+            if not gate_latency:
+                reason += " (timed here, not a criterion for this profile)"
     final = [replace(r, status="chosen") if r is best else r for r in marked]
     return final, best.name, reason
 
@@ -171,6 +226,7 @@ def evaluate_variants(
     settings: SessionSettings,
     gate_latency: bool,
     max_drop: float,
+    allow_batch_dependent: bool = False,
     progress: Progress = lambda _: None,
 ) -> Selection:
     """Build, run, time and choose among ``plan.candidates``."""
@@ -232,6 +288,11 @@ def evaluate_variants(
                 p50_ms=latency[name].p50_ms,
                 p95_ms=latency[name].p95_ms,
                 settings=built[name].settings,
+                batch_dependence=(
+                    None
+                    if name == "float32"
+                    else batch_dependence(sessions[name], signature, x_eval[:BATCH_DEPENDENCE_ROWS])
+                ),
             )
         )
         progress(
@@ -244,9 +305,12 @@ def evaluate_variants(
         max_drop=max_drop,
         gate_latency=gate_latency and not explicit,
         prefer=requested if explicit else None,
+        allow_batch_dependent=allow_batch_dependent,
     )
     if explicit and chosen != requested:
         row = next(r for r in marked if r.name == requested)
+        if row.reason.startswith("batch-dependent"):
+            raise AccuracyDropError(f"--quantize {requested} refused: {row.reason}")
         raise AccuracyDropError(
             f"--quantize {requested} loses too much: {row.reason} "
             f"(float32 {base_metric:.4f}, {requested} {row.metric:.4f}); "
@@ -263,6 +327,27 @@ def evaluate_variants(
         metric=metric_name(task, has_labels),
         latency_gated=gate_latency and not explicit,
     )
+
+
+def batch_dependence(session: Any, signature: OnnxSignature, rows: np.ndarray) -> float:
+    """Largest difference (scaled by max(1, |value|)) between a row's probabilities or
+    values scored alone and the same row inside the batch ``rows``."""
+    if len(rows) < 2:
+        return 0.0
+    together = outputs_of(session, signature, rows)
+    worst = 0.0
+    for i in range(len(rows)):
+        alone = outputs_of(session, signature, rows[i : i + 1])
+        for a, b in (
+            (together.probabilities, alone.probabilities),
+            (together.values, alone.values),
+        ):
+            if a is None or b is None:
+                continue
+            row = np.asarray(a[i : i + 1], dtype=np.float64)
+            scale = max(1.0, float(np.max(np.abs(row)))) if row.size else 1.0
+            worst = max(worst, float(np.max(np.abs(row - np.asarray(b, np.float64)))) / scale)
+    return worst
 
 
 def _differences(base: Outputs, other: Outputs) -> tuple[float | None, ...]:

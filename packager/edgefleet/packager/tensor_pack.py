@@ -6,7 +6,8 @@ Steps, each refusing with one line rather than writing a doubtful bundle:
    int8 variants kept only when faithful (:mod:`.tensor_quantize`);
 2. the registered graph is normalised for the profile's onnxruntime (opsets,
    IR version) and must still load there;
-3. fidelity: the packaged graph and the registered file run on the reference
+3. fidelity: the packaged graph (optimised offline at onnxruntime's basic
+   level, :mod:`.graph_optimize`) and the registered file run on the reference
    samples (at most :data:`FIDELITY_SAMPLES`); per output the max abs diff,
    max relative error and cosine similarity; float outputs must agree within
    ``1e-4 * max(1, max |value|)``, other outputs exactly;
@@ -46,13 +47,14 @@ from edgefleet.packager.errors import (
     ConversionError,
     FidelityError,
     OutputFolderError,
-    QuantizationNotApplicableError,
 )
 from edgefleet.packager.graph import opsets, target_for
+from edgefleet.packager.graph_optimize import optimise
 from edgefleet.packager.loading import load_onnx_bytes
 from edgefleet.packager.onnx_io import check_runs, graph_io
 from edgefleet.packager.registry.records import ModelVersion
 from edgefleet.packager.registry.store import Registry
+from edgefleet.packager.selection import arch_name
 from edgefleet.packager.tensor_data import batch_count, npz_bytes
 from edgefleet.packager.tensor_drift import REFERENCE_PATH, drift_reference
 from edgefleet.packager.tensor_quantize import choose_variant
@@ -244,6 +246,7 @@ def _add_latency(
     session_of: Callable[[bytes], Any],
     packaged: bytes,
     chosen: bytes,
+    target_arch: str,
 ) -> None:
     """p50/p95 of one sample on the float graph and the chosen variant (this machine)."""
     feeds = _feeds(schema, _take(schema, samples, np.arange(1)))
@@ -260,13 +263,16 @@ def _add_latency(
         )
     except Exception:  # a run that failed here already failed the fidelity check above
         return
-    for row in quantization["variants"]:
-        if row["variant"] in timed:
+    for row in quantization["variants"]:  # the float graph and the chosen candidate
+        if row["variant"] in timed and (row["variant"] == "float32" or row["status"] == "chosen"):
             row.update(timed[row["variant"]].to_dict())
-    quantization["latency_measured_on"] = (
-        f"{platform.machine()} (this machine's architecture, not the target's), one sample, "
-        "alternating variants"
+    here = platform.machine()
+    where = (
+        "this machine, the target's architecture but not the device"
+        if arch_name(here) == target_arch
+        else f"this machine's architecture, not the target's {target_arch}"
     )
+    quantization["latency_measured_on"] = f"{here} ({where}), one sample, alternating variants"
 
 
 def pack_tensor(
@@ -285,11 +291,6 @@ def pack_tensor(
 ) -> tuple[Path, Any]:
     """Write ``out_dir/NAME-V-PROFILE.efb`` (see the module docstring); path and write info."""
     assert mv.io_schema is not None
-    if quantize not in ("none", "auto", "static", "dynamic"):
-        raise QuantizationNotApplicableError(
-            f"--quantize {quantize} does not apply to {mv.ref}: tensor models are packed "
-            "as their float graph, static int8 (conv nets) or dynamic int8 in this version"
-        )
     schema = IoSchema.from_dict(mv.io_schema)
     samples = registry.read_tensor_reference(mv)
     n = batch_count(schema, samples, f"reference data of {mv.ref}")
@@ -312,7 +313,12 @@ def pack_tensor(
         model, schema = folded.model, folded.schema
         samples, registered_samples = folded.raw_samples, folded.float_samples
         folded_info = pre.to_dict()
-    packaged = model.SerializeToString()
+    progress("optimising the graph (onnxruntime basic level)")
+    optimised = optimise(model.SerializeToString(), target_for(profile.min_onnxruntime))
+    # The quantizers get the graph as registered: the basic level fuses MatMul + Add into
+    # Gemm, whose bias static QDQ stores as int32 and whose [1, N] bias onnxruntime's
+    # quantizer fails on; the device optimises a quantized graph at session start.
+    packaged = optimised.model
     check_runs(packaged, f"{mv.ref} (packaged)")
     inputs, outputs = graph_io(model)
     if [t.name for t in inputs] != schema.input_names or [
@@ -344,7 +350,7 @@ def pack_tensor(
         )
 
     if quantize != "none":
-        progress("measuring int8 variants")
+        progress("measuring quantized variants")
 
     sessions: dict[int, Any] = {id(packaged): packaged_session}
 
@@ -365,11 +371,14 @@ def pack_tensor(
         int8_format=profile.int8_format,
         min_cosine=min_cosine,
         allow_batch_dependent=allow_batch_dependent,
+        profile_quantization=profile.quantization,
         feeds_for=lambda index: _feeds(schema, _take(schema, samples, index)),
         outputs_of=outputs_of,
     )
     chosen_session = session_of(choice.model)
-    _add_latency(choice.quantization, schema, samples, session_of, packaged, choice.model)
+    _add_latency(
+        choice.quantization, schema, samples, session_of, packaged, choice.model, profile.arch
+    )
     progress("building the smoke set")
     smoke_bytes, smoke_info = _smoke(schema, samples, n, chosen_session, choice.smoke_atol)
     progress("profiling the reference samples for drift")
@@ -407,6 +416,7 @@ def pack_tensor(
             "drift": drift_info,
             "size_bytes": len(choice.model),
             "float32_size_bytes": len(packaged),
+            "graph_optimization": optimised.info,
             "measured_on": platform.machine(),
         },
         lineage=lineage,

@@ -1,55 +1,74 @@
-"""int8 for tensor models: static QDQ for conv nets, dynamic where no static variant qualifies.
+"""Quantization of tensor models: static QDQ int8, dynamic int8 where no static variant
+qualifies, float16 for GPU profiles.
 
-A format-2 model whose graph has Conv layers and whose data inputs are
-float32 gets one candidate besides its float graph: static QDQ int8 (weights
-int8 per channel, activations int8 or uint8 as the profile's ``int8_format``
-says, MinMax ranges) calibrated on every fourth reference sample (at most
-:data:`CALIBRATION_MAX_SAMPLES`; all samples when there are fewer than 8),
-fed by input name along the declared batch axes.
+Candidates besides the float graph, in families measured in this order (the
+first family with a qualifying member wins; within it the most faithful):
 
-It qualifies when, on the other (held-out) samples, every float output keeps
-a cosine similarity of at least ``min_cosine`` (default 0.99) with the float
-graph's, every other output is identical, and it is smaller. ``--quantize
-auto`` keeps it when it qualifies and says why otherwise; ``--quantize
-static`` refuses a graph it does not apply to (exit 2) and a variant that
-does not qualify (exit 1).
+- **static** (``int8`` profiles; graphs with Conv, MatMul or Gemm and float32
+  data inputs): QDQ int8, weights per channel, only the compute operators
+  quantized (:data:`edgefleet.packager.quantize.STATIC_OP_TYPES`), activations
+  int8 or uint8 as the profile's ``int8_format`` says. One candidate per
+  calibration method (:data:`CALIBRATION_METHODS`), calibrated on every fourth
+  reference sample: MinMax on at most :data:`CALIBRATION_MAX_SAMPLES`, the
+  histogram methods (Entropy, Percentile) on at most
+  :data:`HISTOGRAM_MAX_SAMPLES` evenly spread ones in equal batches (their
+  histograms cost memory per activation, and onnxruntime's histogram collector
+  fails on batches of different sizes). The qualifying one with the highest
+  worst-output cosine is kept (MinMax on a tie): the method is chosen by
+  measurement, not fixed.
+- **dynamic** (``int8`` profiles; MatMul/Gemm/LSTM/GRU/Attention), only when
+  no static candidate qualifies: its activation scales are computed per batch,
+  so a sample scored alone must give what it gives inside a batch
+  (:func:`batch_dependence`), unless ``--allow-batch-dependent``.
+- **fp16** (``fp16`` profiles, i.e. with a GPU provider): float16 weights and
+  compute, float32 inputs and outputs (``keep_io_types``), so the io schema is
+  unchanged.
 
-Dynamic int8 (MatMul/Gemm/LSTM/GRU/Attention) is measured by ``auto`` only
-when no static variant qualifies, under the same criteria plus one: its
-activation scales are computed per batch, so a sample scored alone must give
-what it gives inside a batch (:func:`batch_dependence`), unless the user
-passes ``--allow-batch-dependent``. fp16 is not offered for tensor models in
-this version.
+A candidate qualifies when, on the held-out samples (every sample not used for
+calibration, at most 64), every float output keeps a cosine similarity of at
+least ``min_cosine`` (default 0.99) with the float graph's, every
+``probabilities`` output keeps its top-1 class on at least
+:data:`MIN_TOP1_AGREEMENT` of the samples, every other output is identical,
+the variant is smaller, and it is batch-independent (or allowed not to be).
+``--quantize auto`` keeps the first qualifying family's best and says why
+otherwise; an explicit ``--quantize static|dynamic|fp16`` refuses a graph it
+does not apply to (exit 2) and a variant that does not qualify (exit 1).
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
 from edgefleet.core.io_schema import IoSchema
-from edgefleet.packager.errors import QuantizationError, QuantizationNotApplicableError
+from edgefleet.packager.errors import (
+    AccuracyDropError,
+    QuantizationError,
+    QuantizationNotApplicableError,
+)
 from edgefleet.packager.graph import op_counts
-from edgefleet.packager.quantize import _check_quantized, _quiet_quantizer, graph_reason
+from edgefleet.packager.quantize import STATIC_OP_TYPES, graph_reason, static_qdq
 
+CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile")
 CALIBRATION_MAX_SAMPLES = 256
+HISTOGRAM_MAX_SAMPLES = 64
 CALIBRATION_BATCH = 8
 MIN_COSINE = 0.99
+MIN_TOP1_AGREEMENT = 0.98
+EVALUATION_MAX_SAMPLES = 64
 
 
 @dataclass(frozen=True)
 class TensorVariant:
     """One measured variant of a tensor model."""
 
-    name: str  # "float32" | "static"
+    name: str  # "float32" | "static" | "dynamic" | "fp16"
     model: bytes
-    format: str  # "float32" | "U8S8" | "S8S8"
+    format: str  # "float32" | "U8S8" | "S8S8" | "float16"
     settings: dict[str, Any]
 
 
@@ -73,6 +92,21 @@ def split_samples(n: int) -> tuple[np.ndarray, np.ndarray]:
     return index[::4][:CALIBRATION_MAX_SAMPLES], index[index % 4 != 0]
 
 
+def calibration_batches(calibration: np.ndarray, method: str, one_at_a_time: bool) -> list[Any]:
+    """The sample index batches a calibration method sees (see the module docstring)."""
+    size = 1 if one_at_a_time else CALIBRATION_BATCH
+    if method == "MinMax":
+        return [calibration[i : i + size] for i in range(0, len(calibration), size)]
+    if len(calibration) > HISTOGRAM_MAX_SAMPLES:
+        spread = np.linspace(0, len(calibration) - 1, HISTOGRAM_MAX_SAMPLES).round().astype(int)
+        calibration = calibration[spread]
+    if len(calibration) >= size:  # equal batches: drop the remainder
+        calibration = calibration[: len(calibration) // size * size]
+    else:
+        size = len(calibration)
+    return [calibration[i : i + size] for i in range(0, len(calibration), size)]
+
+
 def _reader(batches: Iterator[dict[str, np.ndarray]]) -> Any:
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -89,50 +123,31 @@ def build_static(
     feeds_for: Callable[[np.ndarray], dict[str, np.ndarray]],
     calibration: np.ndarray,
     int8_format: str,
+    method: str = "MinMax",
 ) -> TensorVariant:
-    """Static QDQ int8 of ``model`` calibrated on the samples ``calibration`` indexes."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
+    """Static QDQ int8 of ``model`` calibrated by ``method`` on the ``calibration`` samples."""
     one_at_a_time = any(s.fixed_batch == 1 for s in schema.inputs)
-    size = 1 if one_at_a_time else CALIBRATION_BATCH
-    chunks = [calibration[i : i + size] for i in range(0, len(calibration), size)]
-    batches = (feeds_for(chunk) for chunk in chunks)
-    activation = QuantType.QInt8 if int8_format == "S8S8" else QuantType.QUInt8
-    # onnxruntime's quantizer moves the initializers of the ModelProto it is given to
-    # external data in a temporary folder it then deletes: quantizing the caller's
-    # model left it pointing at missing files (the dynamic variant built next failed).
-    own = onnx.ModelProto()
-    own.CopyFrom(model)
-    with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
-        out = Path(tmp) / "static.onnx"
-        try:
-            quantize_static(
-                own,
-                out,
-                _reader(batches),
-                quant_format=QuantFormat.QDQ,
-                activation_type=activation,
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-                calibrate_method=CalibrationMethod.MinMax,
-            )
-            data = out.read_bytes()
-        except Exception as e:  # the quantizer raises many types with long texts
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            raise QuantizationError(f"static int8 quantization failed: {first}") from e
-    try:
-        _check_quantized("static int8", data)
-    except QuantizationNotApplicableError:
-        raise
+    chunks = calibration_batches(calibration, method, one_at_a_time)
+    data = static_qdq(model, _reader(feeds_for(c) for c in chunks), int8_format, method)
     settings = {
         "quant_format": "QDQ",
         "activation_type": "int8" if int8_format == "S8S8" else "uint8",
         "weight_type": "int8",
         "per_channel": True,
-        "calibration": "MinMax",
-        "calibration_samples": int(len(calibration)),
+        "op_types": STATIC_OP_TYPES,
+        "calibration": method,
+        "calibration_samples": int(sum(len(c) for c in chunks)),
     }
     return TensorVariant("static", data, int8_format, settings)
+
+
+def _top1(spec: Any, a: np.ndarray, b: np.ndarray) -> float | None:
+    """Share of samples whose top-1 class agrees, for a batched ``probabilities`` output."""
+    if spec.role != "probabilities" or spec.batch_axis is None or a.ndim < 2 or not a.size:
+        return None
+    x, y = np.moveaxis(a, spec.batch_axis, 0), np.moveaxis(b, spec.batch_axis, 0)
+    x, y = x.reshape(len(x), -1), y.reshape(len(y), -1)
+    return float(np.mean(np.argmax(x, axis=1) == np.argmax(y, axis=1)))
 
 
 def agreement(
@@ -154,6 +169,10 @@ def agreement(
             cosine = float(np.dot(x, y) / norms) if norms > 0 else (1.0 if diff == 0 else 0.0)
             rows[spec.name] = {"cosine": cosine, "max_abs_diff": diff}
             ok &= cosine >= min_cosine
+            top1 = _top1(spec, a, b)
+            if top1 is not None:
+                rows[spec.name]["top1_agreement"] = top1
+                ok &= top1 >= MIN_TOP1_AGREEMENT
         else:
             same = bool(np.array_equal(a.astype(str), b.astype(str)))
             rows[spec.name] = {"equal": same}
@@ -172,6 +191,7 @@ class Choice:
 
 FLOAT_SMOKE_ATOL = 1e-3  # relative to max(1, |expected|): float kernels differ across CPUs
 INT8_SMOKE_FLOOR, INT8_SMOKE_CAP = 0.02, 0.1
+FP16_SMOKE_FLOOR = 0.01
 
 
 def batch_dependence(
@@ -200,20 +220,55 @@ Outputs = Callable[[bytes, np.ndarray], list[Any]]
 BATCH_DEPENDENCE_TOL = 1e-5
 
 
-def _build(
-    name: str,
+def _candidates(
+    family: str,
     model: onnx.ModelProto,
     schema: IoSchema,
     feeds_for: Callable[[np.ndarray], dict[str, np.ndarray]],
     calibration: np.ndarray,
     int8_format: str,
-) -> TensorVariant:
-    if name == "static":
-        return build_static(model, schema, feeds_for, calibration, int8_format)
-    from edgefleet.packager.quantize import build_dynamic
+) -> Iterator[Callable[[], TensorVariant]]:
+    """Builders of a family's candidates (one per calibration method for static)."""
+    if family == "static":
+        for method in CALIBRATION_METHODS:
+            yield lambda m=method: build_static(  # type: ignore[misc]
+                model, schema, feeds_for, calibration, int8_format, m
+            )
+        return
+    from edgefleet.packager.quantize import build_dynamic, build_fp16
 
-    built = build_dynamic(model)
-    return TensorVariant("dynamic", built.model, built.format, dict(built.settings))
+    def private() -> onnx.ModelProto:
+        own = onnx.ModelProto()
+        own.CopyFrom(model)
+        return own
+
+    build = build_dynamic if family == "dynamic" else build_fp16
+    yield lambda: _tensor_variant(build(private()))
+
+
+def _tensor_variant(built: Any) -> TensorVariant:
+    return TensorVariant(built.name, built.model, built.format, dict(built.settings))
+
+
+def _family_reason(family: str, model: onnx.ModelProto, schema: IoSchema) -> str | None:
+    if family == "static":
+        return static_reason(model, schema)
+    return graph_reason(op_counts(model), family)
+
+
+def _label(name: str, variant: TensorVariant | None) -> str:
+    kind = {"static": "static int8", "dynamic": "dynamic int8", "fp16": "fp16"}[name]
+    method = variant.settings.get("calibration") if variant is not None else None  # static only
+    return f"{kind} ({method})" if method else kind
+
+
+def families_for(requested: str, profile_quantization: str) -> list[str]:
+    """The variant families ``--quantize requested`` measures, in order."""
+    if requested == "none":
+        return []
+    if requested != "auto":
+        return [requested]
+    return {"int8": ["static", "dynamic"], "fp16": ["fp16"]}.get(profile_quantization, [])
 
 
 def choose_variant(
@@ -226,12 +281,11 @@ def choose_variant(
     int8_format: str,
     min_cosine: float,
     allow_batch_dependent: bool = False,
+    profile_quantization: str = "int8",
     feeds_for: Callable[[np.ndarray], dict[str, np.ndarray]],
     outputs_of: Outputs,
 ) -> Choice:
-    """float32, or the first int8 variant that qualifies (module docstring): static for
-    Conv graphs, then dynamic (MatMul/Gemm/LSTM/GRU/Attention) only where no static
-    variant qualifies, and only when batch-independent or ``allow_batch_dependent``."""
+    """float32, or the best candidate of the first family that qualifies (module docstring)."""
     float_row: dict[str, Any] = {
         "variant": "float32",
         "size_bytes": len(packaged),
@@ -248,91 +302,149 @@ def choose_variant(
         "not_applicable": not_applicable,
         "criteria": {
             "min_cosine": min_cosine,
+            "min_top1_agreement": MIN_TOP1_AGREEMENT,
             "non_float_outputs": "identical",
             "allow_batch_dependent": allow_batch_dependent,
         },
+        "profile_quantization": profile_quantization,
         "variants": rows,
     }
-    if requested == "none":
-        return Choice(packaged, {**base, "reason": "--quantize none"}, FLOAT_SMOKE_ATOL)
-    wanted = ["static", "dynamic"] if requested == "auto" else [requested]
+    families = families_for(requested, profile_quantization)
+    if not families:
+        why: str | None = (
+            "--quantize none"
+            if requested == "none"
+            else f"the profile's quantization is {profile_quantization!r}"
+        )
+        return Choice(packaged, {**base, "reason": why}, FLOAT_SMOKE_ATOL)
     reasons: list[str] = []
     calibration, evaluation = split_samples(n)
-    evaluation = evaluation[:64]
+    evaluation = evaluation[:EVALUATION_MAX_SAMPLES]
     float_out: list[Any] | None = None
-    for name in wanted:
-        why = (
-            static_reason(model, schema)
-            if name == "static"
-            else graph_reason(op_counts(model), "dynamic")
-        )
+    explicit = requested != "auto"
+    for family in families:
+        why = _family_reason(family, model, schema)
         if why is not None:
-            if requested == name:
-                raise QuantizationNotApplicableError(f"--quantize {name} does not apply: {why}")
-            not_applicable[name] = why
-            reasons.append(f"{name} int8: {why}")
-            continue
-        try:
-            variant = _build(name, model, schema, feeds_for, calibration, int8_format)
-        except (QuantizationError, QuantizationNotApplicableError) as e:
-            if requested == name:
-                raise
-            rows.append({"variant": name, "status": "failed", "reason": str(e)})
-            reasons.append(f"{name} int8 failed: {e}")
+            if explicit:
+                raise QuantizationNotApplicableError(f"--quantize {family} does not apply: {why}")
+            not_applicable[family] = why
+            reasons.append(f"{_label(family, None)}: {why}")
             continue
         if float_out is None:
             float_out = outputs_of(packaged, evaluation)
-        ok, per_output = agreement(
-            schema, float_out, outputs_of(variant.model, evaluation), min_cosine
-        )
-        worst = min((r["cosine"] for r in per_output.values() if "cosine" in r), default=1.0)
-        dependence = batch_dependence(schema, variant.model, evaluation[:16], outputs_of)
-        row: dict[str, Any] = {
-            "variant": name,
-            "size_bytes": len(variant.model),
-            "format": variant.format,
-            "settings": variant.settings,
-            "evaluation_samples": int(len(evaluation)),
-            "outputs": per_output,
-            "batch_dependence": dependence,
-        }
-        problem = None
-        if not ok:
-            problem = f"{name} int8 keeps a cosine of {worst:.4f} (< {min_cosine})"
-        elif len(variant.model) >= len(packaged):
-            problem = f"{name} int8 is not smaller ({len(variant.model)} >= {len(packaged)} bytes)"
-        elif dependence > BATCH_DEPENDENCE_TOL and not allow_batch_dependent:
-            problem = (
-                f"{name} int8 is batch-dependent: a sample scored alone differs by "
-                f"{dependence:.3g} from the same sample in a batch (--allow-batch-dependent)"
-            )
-        if problem is not None:
-            if requested == name:
-                from edgefleet.packager.errors import AccuracyDropError
-
-                raise AccuracyDropError(f"--quantize {name} refused: {problem}")
-            rows.append({**row, "status": "rejected", "reason": problem})
-            reasons.append(problem)
+        measured: list[tuple[dict[str, Any], TensorVariant]] = []
+        problems: list[str] = []
+        for build in _candidates(family, model, schema, feeds_for, calibration, int8_format):
+            try:
+                variant = build()
+            except (QuantizationError, QuantizationNotApplicableError) as e:
+                if explicit and family != "static":
+                    raise
+                rows.append({"variant": family, "status": "failed", "reason": str(e)})
+                problems.append(f"{_label(family, None)} failed: {e}")
+                continue
+            row, problem = _measure(
+                family, variant, packaged, schema, evaluation, float_out,
+                min_cosine, allow_batch_dependent, outputs_of,
+            )  # fmt: skip
+            if problem is not None:
+                rows.append({**row, "status": "rejected", "reason": problem})
+                problems.append(problem)
+                continue
+            row = {**row, "status": "eligible", "reason": ""}
+            rows.append(row)
+            measured.append((row, variant))
+        if not measured:
+            if explicit:
+                raise AccuracyDropError(f"--quantize {family} refused: {problems[0]}")
+            reasons.extend(problems)
             continue
+        row, variant = max(measured, key=lambda m: (m[0]["worst_cosine"], -measured.index(m)))
+        row["status"] = "chosen"
         float_row["status"] = "eligible"
-        rows.append({**row, "status": "chosen", "reason": ""})
-        scale = [max(1.0, float(np.max(np.abs(np.asarray(a, np.float64))))) for a in float_out]
-        observed = max(
-            (
-                r.get("max_abs_diff", 0.0) / sc
-                for r, sc in zip(per_output.values(), scale, strict=True)
-            ),
-            default=0.0,
-        )
-        atol = min(max(INT8_SMOKE_FLOOR, 2.0 * observed), INT8_SMOKE_CAP)
-        ratio = len(variant.model) / len(packaged)
-        quantization = {
-            **base,
-            "method": name,
-            "variant": name,
-            "format": variant.format,
-            "settings": variant.settings,
-            "reason": f"{name} int8 is {ratio:.2f}x the float32 size with cosine >= {worst:.4f}",
-        }
-        return Choice(variant.model, quantization, atol)
+        return _chosen(base, family, variant, row, float_out, len(packaged))
     return Choice(packaged, {**base, "reason": "; ".join(reasons)}, FLOAT_SMOKE_ATOL)
+
+
+def _measure(
+    family: str,
+    variant: TensorVariant,
+    packaged: bytes,
+    schema: IoSchema,
+    evaluation: np.ndarray,
+    float_out: list[Any],
+    min_cosine: float,
+    allow_batch_dependent: bool,
+    outputs_of: Outputs,
+) -> tuple[dict[str, Any], str | None]:
+    """A candidate's row (size, per-output agreement, batch dependence) and its problem."""
+    ok, per_output = agreement(schema, float_out, outputs_of(variant.model, evaluation), min_cosine)
+    worst = min((r["cosine"] for r in per_output.values() if "cosine" in r), default=1.0)
+    top1 = [r["top1_agreement"] for r in per_output.values() if "top1_agreement" in r]
+    dependence = batch_dependence(schema, variant.model, evaluation[:16], outputs_of)
+    row: dict[str, Any] = {
+        "variant": family,
+        "size_bytes": len(variant.model),
+        "format": variant.format,
+        "settings": variant.settings,
+        "evaluation_samples": int(len(evaluation)),
+        "outputs": per_output,
+        "worst_cosine": worst,
+        "batch_dependence": dependence,
+    }
+    if "calibration" in variant.settings:
+        row["calibration"] = variant.settings["calibration"]
+    label = _label(family, variant)
+    problem: str | None = None
+    if not ok:
+        low_top1 = [t for t in top1 if t < MIN_TOP1_AGREEMENT]
+        parts = [f"a cosine of {worst:.4f} (< {min_cosine})"] if worst < min_cosine else []
+        if low_top1:
+            parts.append(f"a top-1 agreement of {min(low_top1):.3f} (< {MIN_TOP1_AGREEMENT})")
+        problem = (
+            f"{label} keeps " + " and ".join(parts)
+            if parts
+            else f"{label} changes a non-float output"
+        )
+    elif len(variant.model) >= len(packaged):
+        problem = f"{label} is not smaller ({len(variant.model)} >= {len(packaged)} bytes)"
+    elif dependence > BATCH_DEPENDENCE_TOL and not allow_batch_dependent:
+        problem = (
+            f"{label} is batch-dependent: a sample scored alone differs by "
+            f"{dependence:.3g} from the same sample in a batch (--allow-batch-dependent)"
+        )
+    return row, problem
+
+
+def _chosen(
+    base: dict[str, Any],
+    family: str,
+    variant: TensorVariant,
+    row: dict[str, Any],
+    float_out: list[Any],
+    float_size: int,
+) -> Choice:
+    scale = [max(1.0, float(np.max(np.abs(np.asarray(a, np.float64))))) for a in float_out]
+    observed = max(
+        (
+            r.get("max_abs_diff", 0.0) / sc
+            for r, sc in zip(row["outputs"].values(), scale, strict=True)
+        ),
+        default=0.0,
+    )
+    floor = FP16_SMOKE_FLOOR if family == "fp16" else INT8_SMOKE_FLOOR
+    atol = min(max(floor, 2.0 * observed), INT8_SMOKE_CAP)
+    ratio = len(variant.model) / float_size
+    label = _label(family, variant)
+    top1 = [r["top1_agreement"] for r in row["outputs"].values() if "top1_agreement" in r]
+    agree = f", top-1 agreement {min(top1):.3f}" if top1 else ""
+    quantization = {
+        **base,
+        "method": family,
+        "variant": family,
+        "format": variant.format,
+        "settings": variant.settings,
+        "reason": f"{label} is {ratio:.3f}x the float32 size with cosine >= "
+        f"{row['worst_cosine']:.4f}{agree}",
+    }
+    return Choice(variant.model, quantization, atol)

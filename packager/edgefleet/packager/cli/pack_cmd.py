@@ -142,6 +142,7 @@ def render_tensor_report(result: dict[str, Any]) -> str:
         f"  signed by     {', '.join(k[:16] for k in result.get('signer_keyids', []))}",
         f"  quantization  {q['method']}: {q['reason']}",
         *_tensor_variant_lines(q),
+        f"  graph         {_optimisation_line(v.get('graph_optimization'))}",
         f"  fidelity      packaged vs {v['fidelity']['compared_with']} on "
         f"{v['fidelity']['samples']} samples",
     ]
@@ -164,6 +165,18 @@ def render_tensor_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _optimisation_line(info: Any) -> str:
+    if not isinstance(info, dict):
+        return "not optimised offline"
+    if not info.get("applied"):
+        return f"packed as registered ({info.get('level')} optimisation: {info.get('reason')})"
+    return (
+        f"optimised offline at onnxruntime's {info['level']} level (portable across CPUs and "
+        f"providers): {info['nodes_before']} -> {info['nodes_after']} nodes, "
+        f"{_size(info['bytes_before'])} -> {_size(info['bytes_after'])}"
+    )
+
+
 def _drift_line(drift: Any) -> str:
     if not isinstance(drift, dict):
         return str(drift)
@@ -183,15 +196,30 @@ def _tensor_variant_lines(q: dict[str, Any]) -> list[str]:
         cosine = f", min cosine {min(cosines):.4f}" if cosines else ""
         note = f"  {row['reason']}" if row.get("reason") else ""
         p50 = f", p50 {row['p50_ms']:.3f} ms" if row.get("p50_ms") is not None else ""
+        top1 = [
+            o["top1_agreement"] for o in row.get("outputs", {}).values() if "top1_agreement" in o
+        ]
+        agree = f", top-1 {min(top1):.3f}" if top1 else ""
+        name = row["variant"] + (f"/{row['calibration']}" if row.get("calibration") else "")
         lines.append(
-            f"    {row['variant']:<9} {row['status']:<9} {_size(row.get('size_bytes')):>10}"
-            f"{cosine}{p50}{note}"
+            f"    {name:<18} {row['status']:<9} {_size(row.get('size_bytes')):>10}"
+            f"{cosine}{agree}{p50}{note}"
         )
     for name, why in sorted(q.get("not_applicable", {}).items()):
-        lines.append(f"    {name:<9} n/a       {why}")
+        lines.append(f"    {name:<18} n/a       {why}")
     if q.get("latency_measured_on"):
         lines.append(f"    latency measured on {q['latency_measured_on']}")
     return lines
+
+
+def _measured_on(machine: str, target: dict[str, Any]) -> str:
+    """Where latency was measured, against the target's architecture."""
+    from edgefleet.packager.selection import arch_name
+
+    arch = target.get("arch", "?")
+    if arch_name(machine) == arch:
+        return f"measured on this {machine} machine, the target's architecture, not the device"
+    return f"measured on {machine}: this machine's architecture, not the target's {arch}"
 
 
 def render_report(result: dict[str, Any]) -> str:
@@ -232,7 +260,7 @@ def render_report(result: dict[str, Any]) -> str:
         f"max value diff {_num(fidelity['max_value_diff'], '.3g')}",
         f"  latency       p50 {_num(v['latency_ms']['p50'], '.3f')} ms, p95 "
         f"{_num(v['latency_ms']['p95'], '.3f')} ms (1 row, {v['latency_ms']['intra_op_threads']} "
-        f"intra-op threads, measured on {v['latency_ms']['measured_on']})",
+        f"intra-op threads, {_measured_on(v['latency_ms']['measured_on'], target)})",
         f"  smoke set     {v['smoke']['rows']} rows, atol {v['smoke']['atol']:.3g}",
         f"  took          {result['seconds']:.1f} s",
     ]
