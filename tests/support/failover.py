@@ -88,6 +88,7 @@ class FailoverRun:
     open_alerts: dict[str, int] = field(default_factory=dict)
     requests_by_status: dict[int, int] = field(default_factory=dict)
     agent_rss_mb: list[float] = field(default_factory=list)
+    hub_rss_mb: list[float] = field(default_factory=list)  # the surviving hubs, at the end
 
 
 def quiet_cli(*argv: str) -> str:
@@ -264,6 +265,7 @@ def run_failover(work: Path, url: str, broker_port: int, settings: FailoverSetti
             run.first_seq[device.device_id] = 1
             run.acked[device.device_id] = device.acked
             run.accepted[device.device_id] = len(device.accepted_directives)
+        run.hub_rss_mb = [rss_mb(p.pid) for p in cluster.procs if p.poll() is None]
         run.transitions = transition_sequence(store, ROLLOUT)
         databases = cluster.fleet_databases()
         run.shared_fleet_tables = shared_fleet_tables(url)
