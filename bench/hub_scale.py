@@ -32,7 +32,8 @@ devices) at fleet size, through the same scenario code (tests/support/failover.p
 ``hub serve`` processes on one PostgreSQL store, ``--agents`` real ``agent run`` processes
 (2 s telemetry windows, inference traffic to every one) and ``--simulated`` simulated
 devices (tests/support/simulated_devices.py), a rollout in three phases (10%, 50%, 100%),
-and ``kill -9`` of the hub holding the singleton lease as phase 2 starts. It prints
+``kill -9`` of the hub holding the singleton lease as phase 2 starts, and the killed hub
+started again once the rollout ended (its broker session holds device messages). It prints
 ``takeover_s`` (kill to another holder), ``rollout_finished``, ``transitions`` in order
 and ``phases_recorded_once``, ``duplicates`` ((device, seq) held twice in the hub store,
 or in the fleet tables: shared in the store's database when ``shared_fleet_tables``, else

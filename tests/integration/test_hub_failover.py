@@ -1,7 +1,8 @@
 """Three ``hub serve`` processes on one PostgreSQL store and one mosquitto; a three-phase
 rollout over 5 real ``agent run`` processes and 45 simulated devices with telemetry
-flowing; ``kill -9`` of the hub holding the singleton lease during phase 2. Nothing is
-lost or doubled and the rollout finishes (tests/support/failover.py runs the scenario;
+flowing; ``kill -9`` of the hub holding the singleton lease during phase 2 (started again
+once the rollout ended, as its service manager would). Nothing is lost or doubled and
+the rollout finishes (tests/support/failover.py runs the scenario;
 ``bench/hub_scale.py --scenario failover`` runs it with 50 agents)."""
 
 from __future__ import annotations

@@ -66,17 +66,36 @@ class HubCluster:
 
     def launch(self) -> None:
         """Start the ``hub serve`` processes without waiting for them."""
-        for config in self.configs:
-            log = open(config.parent / "serve.log", "wb")  # noqa: SIM115 - the child owns it
-            self.procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "edgefleet.core.cli.main", "hub", "serve"]
-                    + ["--config", str(config)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=config.parent,
-                )
-            )
+        self.procs = [self._serve(config) for config in self.configs]
+
+    @staticmethod
+    def _serve(config: Path) -> subprocess.Popen[bytes]:
+        log = open(config.parent / "serve.log", "ab")  # noqa: SIM115 - the child owns it
+        return subprocess.Popen(
+            [sys.executable, "-m", "edgefleet.core.cli.main", "hub", "serve"]
+            + ["--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=config.parent,
+        )
+
+    def restart_dead(self, timeout_s: float = 60.0) -> int:
+        """Start again every hub whose process ended (what its service manager does after
+        a ``kill -9``) and wait until it serves; returns how many were restarted."""
+        restarted = []
+        for i, (config, proc) in enumerate(zip(self.configs, self.procs, strict=True)):
+            if proc.poll() is not None:
+                served = (config.parent / "serve.log").read_bytes().count(b"hub: serving")
+                self.procs[i] = self._serve(config)
+                restarted.append((i, served))
+        deadline = time.monotonic() + timeout_s
+        for i, served in restarted:
+            log_path = self.folder(i) / "serve.log"
+            while log_path.read_bytes().count(b"hub: serving") <= served:
+                if self.procs[i].poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"hub serve did not start: {log_path.read_text()[-2000:]}")
+                time.sleep(0.1)
+        return len(restarted)
 
     def wait_serving(self, timeout_s: float = 60.0) -> None:
         """Until every hub says it serves (raises with its log when one exits first)."""
