@@ -1,5 +1,6 @@
 """Several ``hub serve`` processes on one PostgreSQL store and one broker, and what to read
-back from them: the harness of the hub failover test (tests/hub/test_three_hubs.py) and of
+back from them: the harness of the hub failover tests (tests/hub/test_three_hubs.py,
+tests/integration/test_hub_failover.py through tests/support/failover.py) and of
 ``bench/hub_scale.py --scenario failover``.
 
 Each hub has its own folder, ``hub.toml`` (its own broker client id, shared subscriptions,
