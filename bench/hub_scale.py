@@ -26,17 +26,22 @@ hub.toml, client id and fleet database; on PostgreSQL one shared hub store, with
 Prints one JSON object. ``python bench/hub_scale.py [--quick]``. Timing on a loaded
 machine is noisy: read the figures, never assert on them in tests.
 
-``python bench/hub_scale.py --scenario failover [--agents 50]`` runs the hub failover test
-(tests/hub/test_three_hubs.py, same harness: tests/support/hub_cluster.py) at fleet size:
-three ``hub serve`` processes on one PostgreSQL store, ``--agents`` real ``agent run``
-processes (2 s telemetry windows, inference traffic to every one), a rollout in three
-phases (10%, 50%, 100%), and ``kill -9`` of the hub holding the singleton lease as phase 2
-starts. It prints ``takeover_s`` (kill to another holder), ``rollout_finished``,
-``transitions`` and ``phases_recorded_once``, ``duplicates`` ((device, seq) held twice in
-the store, or across the hubs' fleet databases), ``losses`` (records a device issued from
-its first stored seq on that no store holds, minus those it merged, dropped or still
-holds), directives per device (one assignment change each), open alerts per key, agent
-and hub RSS, and ``wall_s``.
+``python bench/hub_scale.py --scenario failover [--agents 50] [--simulated 0]`` runs the
+hub failover test (tests/integration/test_hub_failover.py: 5 agents and 45 simulated
+devices) at fleet size, through the same scenario code (tests/support/failover.py): three
+``hub serve`` processes on one PostgreSQL store, ``--agents`` real ``agent run`` processes
+(2 s telemetry windows, inference traffic to every one) and ``--simulated`` simulated
+devices (tests/support/simulated_devices.py), a rollout in three phases (10%, 50%, 100%),
+``kill -9`` of the hub holding the singleton lease as phase 2 starts, and the killed hub
+started again once the rollout ended (its broker session holds device messages). It prints
+``takeover_s`` (kill to another holder), ``rollout_finished``, ``transitions`` in order
+and ``phases_recorded_once``, ``duplicates`` ((device, seq) held twice in the hub store,
+or in the fleet tables: shared in the store's database when ``shared_fleet_tables``, else
+across the hubs' own fleet databases), ``losses`` (records a device issued from its first
+stored seq on that the hub store does not hold, minus those it merged, dropped or still
+holds), ``unacked_after_drain``, ``wrong_ack_cursors`` (devices whose fleet ack cursor is
+not their highest contiguous stored seq), directives per device against assignment
+changes, open alerts per key, agent and hub RSS, the scenario's timings and ``wall_s``.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +67,6 @@ from edgefleet.core.keys import generate_keypair
 from edgefleet.core.testing.brokers import MosquittoBroker
 from edgefleet.core.testing.postgres import PostgresServer
 from edgefleet.hub.rollout.engine import RolloutEngine
-from edgefleet.hub.singleton import LEASE as LEASE_NAME
 from edgefleet.hub.store import (
     BundleRecord,
     DesiredAssignment,
@@ -362,201 +367,86 @@ def storm(root: Path, server: PostgresServer, reference: Path, quick: bool) -> d
     }
 
 
-# -- failover with real agents ----------------------------------------------------------------
-FAILOVER_GATES = ("min_inferences=20", "bake_s=1", "max_latency_p95_ratio=1000",
-                  "max_prediction_psi=1000", "device_timeout_s=300")  # fmt: skip
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def wait_for(what: str, check: Any, timeout_s: float, poll_s: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(poll_s)
-
-
-def buffered_records(state_dir: Path) -> int:
-    """Telemetry records a device still holds (not acknowledged by a hub)."""
-    db = state_dir / "telemetry.db"
-    if not db.exists():
-        return 0
-    with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM records").fetchone()[0])
-
-
-def device_meta(state_dir: Path) -> dict[str, int]:
-    """The telemetry buffer's counters (next_seq, dropped_records, merges, ...)."""
-    with contextlib.closing(sqlite3.connect(state_dir / "telemetry.db", timeout=30)) as conn:
-        return {k: int(v) for k, v in conn.execute("SELECT key, value FROM meta")}
-
-
-def lost_records(meta: dict[str, int], stored: list[int], unacked: int) -> int:
-    """Records a device issued from its first stored seq on that the store does not hold,
-    not counting those it dropped or merged on purpose or still holds."""
-    if not stored:
-        return 0
-    issued = meta["next_seq"] - min(stored)
-    gone = meta.get("dropped_records", 0) + meta.get("merges", 0)
-    return max(0, issued - len(set(stored)) - gone - unacked)
-
-
-def failover(root: Path, server: PostgresServer, agents: int) -> dict[str, Any]:
-    """Three hubs, a three-phase rollout over ``agents`` real agent processes with telemetry
-    flowing; ``kill -9`` of the hub holding the singleton lease when phase 2 starts. The
-    harness is the failover test's (tests/support/hub_cluster.py, tests/integration/fleet.py).
-    """
+# -- failover ------------------------------------------------------------------------------
+def failover(root: Path, server: PostgresServer, agents: int, simulated: int) -> dict[str, Any]:
+    """The hub failover scenario of tests/integration/test_hub_failover.py at fleet size
+    (tests/support/failover.py runs it), summed up as JSON."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' harness
-    from tests.integration.fleet import PROFILE, PROFILE_TOML, Traffic, enroll_agent
-    from tests.support.bundles import write_signed_bundle
-    from tests.support.hub_cluster import (
-        HubCluster,
-        directive_counts,
-        fleet_record_counts,
-        open_alerts_per_key,
-        stored_seqs,
-        transitions,
-    )
+    from tests.support.failover import FailoverSettings, run_failover
+    from tests.support.hub_cluster import highest_contiguous
 
-    from edgefleet.core.keys import load_private_key
-    from edgefleet.hub.config import HubConfig
-    from edgefleet.hub.rollout.machine import RolloutState
-
-    started = time.monotonic()
     work = root / "failover"
     work.mkdir()
-    keys = work / "keys"
-    hub_key = generate_keypair("hub", keys).private
-    publisher = generate_keypair("publisher", keys)
-    profiles = work / "profiles"
-    profiles.mkdir()
-    (profiles / f"{PROFILE}.toml").write_text(PROFILE_TOML)
     broker = MosquittoBroker(work / "broker").start()
-    url = server.dsn(server.create_database())
-    cluster = HubCluster(
-        work, url, broker.port, hub_key, publisher.private.with_suffix(".pub"), work / "bundles"
-    )
-    config = HubConfig.load(cluster.configs[0])
-    store = open_store(url)
-    devices = [
-        enroll_agent(
-            store,
-            config,
-            f"pi-{i:02d}",
-            work / "devices" / f"pi-{i:02d}",
-            profiles,
-            window_s=2,
-            flush_interval_s=0.5,
-        )  # fmt: skip
-        for i in range(agents)
-    ]
-    bundle = write_signed_bundle(
-        work / "iris-1.efb", "iris", load_private_key(publisher.private), name="iris", version=1
-    )
-    quiet_cli("hub", "publish", str(bundle.path), "--config", str(cluster.configs[0]))
-    result: dict[str, Any] = {"hubs": cluster.n, "agents": agents}
     try:
-        cluster.start()
-        for i, device in enumerate(devices):
-            device.start()
-            if i % 10 == 9:  # a few at a time: each one loads onnxruntime
-                time.sleep(2.0)
-        online = lambda: sum(1 for d in store.list_devices() if d.online) == agents  # noqa: E731
-        wait_for("every agent online", online, 300)
-        result["agents_up_s"] = round(time.monotonic() - started, 1)
-        with Traffic(devices, interval_s=0.2) as traffic:
-            gates = [a for g in FAILOVER_GATES for a in ("--gate", g)]
-            quiet_cli("hub", "rollout", "create", "iris:1", "--to", "all", "--id", "f1",
-                      "--phases", "10%,50%,100%", *gates, "--config", str(cluster.configs[0]))  # fmt: skip
-
-            def phase() -> int:
-                record = store.get_rollout("f1")
-                return -1 if record is None else record.status.phase
-
-            wait_for("phase 2", lambda: phase() >= 1, 600)
-            result["agent_rss_mb"] = rss_summary([d.proc.pid for d in devices if d.proc])
-            holder, epoch = cluster.kill_holder(store)
-            result["killed_in_phase"] = phase() + 1
-            result["takeover_s"] = round(cluster.wait_takeover(store, holder, 60), 3)
-            result["new_epoch"] = store.lease_holder(LEASE_NAME)[1]  # type: ignore[index]
-            result["old_epoch"] = epoch
-
-            def settled() -> bool:
-                record = store.get_rollout("f1")
-                return record is not None and record.status.state not in (
-                    RolloutState.CREATED,
-                    RolloutState.RUNNING,
-                )
-
-            wait_for("the rollout to end", settled, 600)
-            record = store.get_rollout("f1")
-            assert record is not None
-            result["rollout_state"] = record.status.state.value
-            result["rollout_finished"] = record.status.state is RolloutState.COMPLETED
-            result["requests_by_status"] = {str(k): v for k, v in sorted(traffic.codes.items())}
-        drained = lambda: all(buffered_records(d.state_dir) == 0 for d in devices)  # noqa: E731
-        with contextlib.suppress(RuntimeError):
-            wait_for("every device's telemetry acknowledged", drained, 120, poll_s=1.0)
-        for device in devices:  # what a device holds after a clean stop counts as unacked
-            device.stop()
-        result["unacked_after_drain"] = sum(buffered_records(d.state_dir) for d in devices)
-        recorded = transitions(store, "f1")
-        result["transitions"] = dict(sorted(recorded.items()))
-        result["phases_recorded_once"] = all(n == 1 for n in recorded.values()) and all(
-            f"{e}" in recorded for e in ("start:1", "advance:2", "advance:3", "complete")
+        run = run_failover(
+            work,
+            server.dsn(server.create_database()),
+            broker.port,
+            FailoverSettings(agents=agents, simulated=simulated, window_s=2),
         )
-        seqs = stored_seqs(url)
-        result["stored_records"] = sum(len(v) for v in seqs.values())
-        result["duplicates"] = {
-            "store": sum(len(v) - len(set(v)) for v in seqs.values()),
-            "fleet_databases": sum(
-                n - 1 for n in fleet_record_counts(cluster.fleet_databases()).values() if n > 1
-            ),
-        }
-        result["losses"] = sum(
-            lost_records(
-                device_meta(d.state_dir), seqs.get(d.id, []), buffered_records(d.state_dir)
-            )
-            for d in devices
-        )
-        counts = directive_counts(url)
-        result["directives_per_assignment_change"] = {
-            "assignment_changes_per_device": 1,
-            "devices_by_directive_count": {
-                str(n): sum(1 for d in devices if counts.get(d.id, 0) == n)
-                for n in sorted({counts.get(d.id, 0) for d in devices})
-            },
-        }
-        alerts = open_alerts_per_key(url, cluster.fleet_databases())
-        result["open_alerts_per_key"] = {
-            "keys": len(alerts),
-            "max": max(alerts.values(), default=0),
-        }
-        result["hub_rss_mb"] = rss_summary([p.pid for p in cluster.procs if p.poll() is None])
     finally:
-        for device in devices:
-            device.stop()
-        cluster.stop()
-        store.close()
         broker.kill()
-    result["wall_s"] = round(time.monotonic() - started, 1)
-    return result
+    doubled_fleet = sum(n - 1 for n in run.fleet_records.values() if n > 1)
+    wrong_cursors = sum(
+        1
+        for d in run.devices
+        if run.fleet_cursors.get(d, [])
+        != [c for c in [highest_contiguous(run.stored.get(d, []), run.first_seq[d])] if c]
+    )
+    changes = [run.assignment_changes.get(d, 0) for d in run.devices]
+    counts = [run.directives.get(d, 0) for d in run.devices]
+    return {
+        "hubs": 3,
+        "agents": agents,
+        "simulated": simulated,
+        "killed_in_phase": run.killed_in_phase,
+        "old_epoch": run.old_epoch,
+        "new_epoch": run.new_epoch,
+        "takeover_s": run.takeover_s,
+        "rollout_state": run.rollout_state,
+        "rollout_finished": run.rollout_state == "completed",
+        "transitions": run.transitions,
+        "phases_recorded_once": run.transitions
+        == ["created", "start:1", "advance:2", "advance:3", "complete"],
+        "requests_by_status": {str(k): v for k, v in run.requests_by_status.items()},
+        "shared_fleet_tables": run.shared_fleet_tables,
+        "stored_records": sum(len(v) for v in run.stored.values()),
+        "duplicates": {
+            "store": sum(len(v) - len(set(v)) for v in run.stored.values()),
+            "fleet_tables": doubled_fleet,
+        },
+        "losses": sum(
+            max(
+                0,
+                run.issued[d]
+                - run.first_seq[d]
+                + 1
+                - len(set(run.stored.get(d, [])))
+                - run.given_up.get(d, 0)
+                - run.unacked.get(d, 0),
+            )
+            for d in run.devices
+        ),  # fmt: skip
+        "unacked_after_drain": sum(run.unacked.values()),
+        "wrong_ack_cursors": wrong_cursors,
+        "directives_per_assignment_change": {
+            "devices": len(run.devices),
+            "equal": sum(1 for c, n in zip(changes, counts, strict=True) if c == n),
+            "devices_by_directive_count": dict(sorted(Counter(map(str, counts)).items())),
+        },
+        "open_alerts_per_key": {
+            "keys": len(run.open_alerts),
+            "max": max(run.open_alerts.values(), default=0),
+        },
+        "agent_rss_mb": rss_summary(run.agent_rss_mb),
+        "hub_rss_mb": rss_summary(run.hub_rss_mb),
+        "timings_s": run.timings,
+        "wall_s": run.timings.get("wall_s"),
+    }
 
 
-def rss_summary(pids: list[int]) -> dict[str, float]:
-    values = [rss_mb(pid) for pid in pids]
+def rss_summary(values: list[float]) -> dict[str, float]:
     values = [v for v in values if v > 0] or [0.0]
     return {
         "processes": len(values),
@@ -566,11 +456,14 @@ def rss_summary(pids: list[int]) -> dict[str, float]:
     }
 
 
-def main_failover(agents: int) -> None:
+def main_failover(agents: int, simulated: int) -> None:
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-failover-") as tmp:
         server = PostgresServer().start()
         try:
-            result = {"failover": failover(Path(tmp), server, agents), "cores": os.cpu_count()}
+            result = {
+                "failover": failover(Path(tmp), server, agents, simulated),
+                "cores": os.cpu_count(),
+            }
         finally:
             server.remove()
     print(json.dumps(result))
@@ -586,9 +479,12 @@ def main() -> None:
         help="scale: ingest, 10,000 devices, storm (default); failover: 3 hubs, real agents",
     )
     parser.add_argument("--agents", type=int, default=50, help="agent processes (failover)")
+    parser.add_argument(
+        "--simulated", type=int, default=0, help="simulated devices besides them (failover)"
+    )
     args = parser.parse_args()
     if args.scenario == "failover":
-        main_failover(args.agents)
+        main_failover(args.agents, args.simulated)
         return
     result: dict[str, Any] = {
         "windows_per_s": {},

@@ -1,5 +1,6 @@
 """Several ``hub serve`` processes on one PostgreSQL store and one broker, and what to read
-back from them: the harness of the hub failover test (tests/hub/test_three_hubs.py) and of
+back from them: the harness of the hub failover tests (tests/hub/test_three_hubs.py,
+tests/integration/test_hub_failover.py through tests/support/failover.py) and of
 ``bench/hub_scale.py --scenario failover``.
 
 Each hub has its own folder, ``hub.toml`` (its own broker client id, shared subscriptions,
@@ -61,17 +62,44 @@ class HubCluster:
         return [self.folder(i) / "hub.toml" for i in range(self.n)]
 
     def start(self, timeout_s: float = 60.0) -> None:
-        for config in self.configs:
-            log = open(config.parent / "serve.log", "wb")  # noqa: SIM115 - the child owns it
-            self.procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "edgefleet.core.cli.main", "hub", "serve"]
-                    + ["--config", str(config)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=config.parent,
-                )
-            )
+        self.launch()
+        self.wait_serving(timeout_s)
+
+    def launch(self) -> None:
+        """Start the ``hub serve`` processes without waiting for them."""
+        self.procs = [self._serve(config) for config in self.configs]
+
+    @staticmethod
+    def _serve(config: Path) -> subprocess.Popen[bytes]:
+        log = open(config.parent / "serve.log", "ab")  # noqa: SIM115 - the child owns it
+        return subprocess.Popen(
+            [sys.executable, "-m", "edgefleet.core.cli.main", "hub", "serve"]
+            + ["--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=config.parent,
+        )
+
+    def restart_dead(self, timeout_s: float = 60.0) -> int:
+        """Start again every hub whose process ended (what its service manager does after
+        a ``kill -9``) and wait until it serves; returns how many were restarted."""
+        restarted = []
+        for i, (config, proc) in enumerate(zip(self.configs, self.procs, strict=True)):
+            if proc.poll() is not None:
+                served = (config.parent / "serve.log").read_bytes().count(b"hub: serving")
+                self.procs[i] = self._serve(config)
+                restarted.append((i, served))
+        deadline = time.monotonic() + timeout_s
+        for i, served in restarted:
+            log_path = self.folder(i) / "serve.log"
+            while log_path.read_bytes().count(b"hub: serving") <= served:
+                if self.procs[i].poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"hub serve did not start: {log_path.read_text()[-2000:]}")
+                time.sleep(0.1)
+        return len(restarted)
+
+    def wait_serving(self, timeout_s: float = 60.0) -> None:
+        """Until every hub says it serves (raises with its log when one exits first)."""
         deadline = time.monotonic() + timeout_s
         for config, proc in zip(self.configs, self.procs, strict=True):
             log_path = config.parent / "serve.log"
@@ -139,39 +167,75 @@ def stored_seqs(url: str) -> dict[str, list[int]]:
     return out
 
 
-def fleet_record_counts(databases: list[Path]) -> Counter[tuple[str, int]]:
-    """How many times each (device, seq) is held across the hubs' fleet databases."""
-    counts: Counter[tuple[str, int]] = Counter()
+def shared_fleet_tables(url: str) -> bool:
+    """True when the fleet tables live in the store's PostgreSQL database (shared by every
+    hub); otherwise each hub keeps them in its own ``hub.fleet.db``."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT to_regclass('fleet_records') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def _fleet_rows(url: str, databases: list[Path], sql: str) -> list[tuple[object, ...]]:
+    """``sql`` over the fleet tables: the shared ones when the store holds them, else every
+    hub's own fleet database (rows of all of them together)."""
+    if shared_fleet_tables(url):
+        with psycopg.connect(url) as conn:
+            return [tuple(row) for row in conn.execute(sql).fetchall()]  # type: ignore[arg-type]
+    rows: list[tuple[object, ...]] = []
     for db in databases:
         with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
-            for device, seq in conn.execute("SELECT device, seq FROM fleet_records"):
-                counts[(device, int(seq))] += 1
+            rows += [tuple(row) for row in conn.execute(sql)]
+    return rows
+
+
+def fleet_record_counts(url: str, databases: list[Path]) -> Counter[tuple[str, int]]:
+    """How many times each (device, seq) is held in the fleet tables (the shared ones on
+    PostgreSQL, else across the hubs' own fleet databases)."""
+    counts: Counter[tuple[str, int]] = Counter()
+    for device, seq in _fleet_rows(url, databases, "SELECT device, seq FROM fleet_records"):
+        counts[(str(device), int(seq))] += 1  # type: ignore[call-overload]
     return counts
 
 
+def fleet_ack_cursors(url: str, databases: list[Path]) -> dict[str, list[int]]:
+    """Every ack cursor (``contiguous``) the fleet tables hold per device: one per device
+    in the shared tables; with a fleet database per hub, one per hub that saw the device."""
+    out: dict[str, list[int]] = {}
+    for device, contiguous in _fleet_rows(
+        url, databases, "SELECT device, contiguous FROM fleet_cursor"
+    ):
+        out.setdefault(str(device), []).append(int(contiguous))  # type: ignore[call-overload]
+    return out
+
+
 def open_alerts_per_key(url: str, databases: list[Path]) -> dict[str, int]:
-    """Open alerts per key, over the store and every hub's fleet database."""
-    counts: Counter[str] = Counter()
-    with psycopg.connect(url) as conn:
-        exists = conn.execute("SELECT to_regclass('fleet_alerts') IS NOT NULL").fetchone()
-        if exists and exists[0]:
-            rows = conn.execute("SELECT key FROM fleet_alerts WHERE status = 'open'").fetchall()
-            counts.update(key for (key,) in rows)
-    for db in databases:
-        with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
-            counts.update(
-                key for (key,) in conn.execute("SELECT key FROM fleet_alerts WHERE status = 'open'")
-            )
-    return dict(counts)
+    """Open alerts per key in the fleet tables (shared, or over every hub's)."""
+    sql = "SELECT key FROM fleet_alerts WHERE status = 'open'"
+    return dict(Counter(str(key) for (key,) in _fleet_rows(url, databases, sql)))
+
+
+def highest_contiguous(seqs: list[int], first: int = 1) -> int | None:
+    """The highest ``s`` such that every seq ``first .. s`` is in ``seqs`` (None: not even
+    ``first``)."""
+    have = set(seqs)
+    s = first - 1
+    while s + 1 in have:
+        s += 1
+    return s if s >= first else None
 
 
 PHASE = re.compile(r"phase (\d+)/\d+")
 
 
-def transitions(store: HubStore, rollout_id: str) -> Counter[str]:
-    """Each recorded transition of a rollout (start and advance named by their phase)."""
-    out: Counter[str] = Counter()
+def transition_sequence(store: HubStore, rollout_id: str) -> list[str]:
+    """A rollout's recorded transitions in order (start and advance named by their phase)."""
+    out = []
     for event in store.rollout_events(rollout_id):
         found = PHASE.search(event.detail)
-        out[f"{event.event}:{found.group(1)}" if found else event.event] += 1
+        out.append(f"{event.event}:{found.group(1)}" if found else event.event)
     return out
+
+
+def transitions(store: HubStore, rollout_id: str) -> Counter[str]:
+    """Each recorded transition of a rollout, counted."""
+    return Counter(transition_sequence(store, rollout_id))
