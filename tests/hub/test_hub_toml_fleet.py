@@ -18,7 +18,7 @@ from edgefleet.core.cli.main import main
 from edgefleet.hub.config import FleetConfig, HubConfig
 from edgefleet.hub.errors import HubConfigError
 from edgefleet.hub.fleet import FleetSettings, FleetTelemetry
-from edgefleet.hub.fleet.settings import fleet_db_path
+from edgefleet.hub.fleet.settings import fleet_location
 from edgefleet.hub.fleet.workers import FleetWorkers
 from edgefleet.hub.store import SqliteHubStore
 
@@ -106,7 +106,7 @@ def test_bucket_lengths_are_fixed_by_the_first_writer(
 ) -> None:
     hub = make_hub(tmp_path, extra="[fleet]\nbucket_s = 1800\n")
     config = hub.config()
-    db = fleet_db_path(config.store.path)
+    db = fleet_location(config.store.path)
     profile = reference(np.random.default_rng(81))
     rng = np.random.default_rng(82)
     telemetry = FleetTelemetry(db, config.fleet.settings)

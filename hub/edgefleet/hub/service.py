@@ -151,7 +151,7 @@ class HubService:
         self._tick_lock = threading.Lock()
         self.fleet = FleetWorkers(
             config.fleet,
-            config.store.path,
+            config.store.location,
             config.store.bundles_dir,
             store,
             transport.publish,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from edgefleet.hub.fleet.database import FleetDatabase
+from edgefleet.hub.fleet.database import FleetDatabase, open_fleet_database
 
 
 def _use_in_thread(db: FleetDatabase) -> None:
@@ -17,7 +17,7 @@ def _use_in_thread(db: FleetDatabase) -> None:
 def test_connections_of_ended_threads_are_closed_when_the_next_one_opens(
     tmp_path: Path,
 ) -> None:
-    db = FleetDatabase(tmp_path / "fleet.db")
+    db = open_fleet_database(tmp_path / "fleet.db")
     try:
         assert db.open_connections == 1  # the opening thread's
         for _ in range(20):
@@ -32,7 +32,7 @@ def test_connections_of_ended_threads_are_closed_when_the_next_one_opens(
 
 
 def test_a_live_threads_connection_is_kept(tmp_path: Path) -> None:
-    db = FleetDatabase(tmp_path / "fleet.db")
+    db = open_fleet_database(tmp_path / "fleet.db")
     started, release = threading.Event(), threading.Event()
     results: list[tuple[int, ...]] = []
 

@@ -49,7 +49,7 @@ from typing import Protocol
 from edgefleet.core.errors import ProtocolError
 from edgefleet.core.protocol import TelemetryBatch, TelemetryRecord
 from edgefleet.hub.errors import HubConfigError
-from edgefleet.hub.fleet.database import FleetDatabase
+from edgefleet.hub.fleet.database import open_fleet_database
 from edgefleet.hub.fleet.retention import MaintenanceResult
 from edgefleet.hub.fleet.settings import FleetSettings
 from edgefleet.hub.fleet.totals import WindowTotals
@@ -128,11 +128,13 @@ def record_row(record: TelemetryRecord) -> RecordRow:
 
 
 class FleetTelemetry:
-    """The fleet telemetry store behind one database file."""
+    """The fleet telemetry store: the fleet tables of the hub store's database at
+    ``location`` (an SQLite file path or a ``postgresql://`` URL)."""
 
-    def __init__(self, db_path: Path, settings: FleetSettings | None = None) -> None:
+    def __init__(self, location: Path | str, settings: FleetSettings | None = None) -> None:
         self.settings = settings or FleetSettings()
-        self.db = FleetDatabase(Path(db_path))
+        self.db = open_fleet_database(location)
+        where = self.db.where
         wanted = (self.settings.bucket_s, self.settings.coarse_bucket_s)
         stored = self.db.buckets()
         if stored is None:
@@ -140,7 +142,7 @@ class FleetTelemetry:
         elif stored != wanted:
             self.db.close()
             raise HubConfigError(
-                f"{db_path}: fleet database was bucketed with bucket_s={stored[0]}, "
+                f"{where}: fleet database was bucketed with bucket_s={stored[0]}, "
                 f"coarse_bucket_s={stored[1]}, not {wanted[0]}/{wanted[1]}: keep those "
                 "settings or start a new fleet database"
             )

@@ -19,7 +19,6 @@ cannot change a result.
 
 from __future__ import annotations
 
-import sqlite3
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Any
 from edgefleet.core.drift import WindowStats
 from edgefleet.core.drift.wire_batch import decode_many
 from edgefleet.core.errors import DriftError
+from edgefleet.hub.fleet.database import FleetConnection
 from edgefleet.hub.fleet.settings import FleetSettings
 from edgefleet.hub.fleet.totals import WindowTotals
 
@@ -126,7 +126,7 @@ def rollup_keys(item: FoldItem, settings: FleetSettings, now: float) -> list[Rol
 
 
 def fold(
-    conn: sqlite3.Connection,
+    conn: FleetConnection,
     settings: FleetSettings,
     items: Iterable[FoldItem],
     now: float,
@@ -159,7 +159,7 @@ def fold(
 
 
 def merge_into(
-    conn: sqlite3.Connection,
+    conn: FleetConnection,
     key: RollupKey,
     parts: Sequence[tuple[WindowTotals, WindowStats | None]],
     now: float,
@@ -174,7 +174,7 @@ def merge_into(
 
 
 def _merge_row(
-    conn: sqlite3.Connection,
+    conn: FleetConnection,
     key: RollupKey,
     new_totals: WindowTotals,
     new_stats: Sequence[WindowStats],

@@ -50,13 +50,12 @@ Invariants:
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgefleet.core.protocol.telemetry import MAX_PENDING_SPANS, AckCursor
-from edgefleet.hub.fleet.database import STATS_COLUMNS, FleetDatabase
+from edgefleet.hub.fleet.database import STATS_COLUMNS, FleetConnection, FleetDatabase
 from edgefleet.hub.fleet.retention import MaintenanceResult, maintain
 from edgefleet.hub.fleet.rollups import FoldItem, RollupCache, decode_items, fold
 from edgefleet.hub.fleet.settings import FleetSettings
@@ -179,7 +178,7 @@ class FleetWindowStore:
 
     def _add_one(
         self,
-        conn: sqlite3.Connection,
+        conn: FleetConnection,
         batch: DeviceBatch,
         now: float,
         build: Callable[[Any], RecordRow] | None,
@@ -271,7 +270,7 @@ class FleetWindowStore:
         )
 
     @staticmethod
-    def _read_cursor(conn: sqlite3.Connection, device: str) -> tuple[AckCursor, int]:
+    def _read_cursor(conn: FleetConnection, device: str) -> tuple[AckCursor, int]:
         """The device's ack cursor and ``pruned_through`` (-1: nothing pruned)."""
         row = conn.execute(
             "SELECT contiguous, pruned_through FROM fleet_cursor WHERE device = ?", (device,)
@@ -288,7 +287,7 @@ class FleetWindowStore:
 
     @staticmethod
     def _write_cursor(
-        conn: sqlite3.Connection, device: str, old: AckCursor, new: AckCursor, pruned: int
+        conn: FleetConnection, device: str, old: AckCursor, new: AckCursor, pruned: int
     ) -> None:
         if new.contiguous != old.contiguous:
             conn.execute(
@@ -376,7 +375,7 @@ class FleetWindowStore:
 
     def _rollups(
         self,
-        conn: sqlite3.Connection,
+        conn: FleetConnection,
         model: str,
         version: int,
         fine: int | None,
@@ -402,7 +401,7 @@ class FleetWindowStore:
 
     def _raw(
         self,
-        conn: sqlite3.Connection,
+        conn: FleetConnection,
         model: str,
         version: int,
         fine: int | None,

@@ -38,7 +38,7 @@ from edgefleet.hub.fleet.monitor import FleetMonitor
 from edgefleet.hub.fleet.quotas import DeviceQuotas
 from edgefleet.hub.fleet.references import References, bundle_loaders
 from edgefleet.hub.fleet.screening import TelemetryScreen
-from edgefleet.hub.fleet.settings import fleet_db_path
+from edgefleet.hub.fleet.settings import fleet_location
 
 if TYPE_CHECKING:  # config imports the fleet package: no import cycle at run time
     from edgefleet.hub.config import FleetConfig
@@ -57,7 +57,7 @@ class FleetWorkers:
     def __init__(
         self,
         config: FleetConfig,
-        store_path: Path,
+        store_location: Path | str,
         bundles_dir: Path,
         store: FleetHubStore,
         publish: Callable[[str, bytes], None],
@@ -68,7 +68,7 @@ class FleetWorkers:
         self.config = config
         self.store = store
         self.clock = clock
-        self.telemetry = FleetTelemetry(fleet_db_path(store_path), config.settings)
+        self.telemetry = FleetTelemetry(fleet_location(store_location), config.settings)
         self.worker = IngestWorker(self.telemetry, queue_size=config.ingest_queue_size, clock=clock)
         self.screen = TelemetryScreen(config.settings.raw_retention_s)
         self.quotas = DeviceQuotas(config.quota_settings())
