@@ -217,7 +217,9 @@ class IngestWorker:
     with no group and an empty profile. Maintenance (roll-up, coarsening, retention) runs in
     this thread in steps of ``maintenance_budget`` windows: one every
     ``maintenance_interval_s`` (between commits if the queue never runs dry), and back to
-    back while no batch waits and work is left.
+    back while no batch waits and work is left — only while ``maintains()`` says so: the
+    fleet tables are shared by every hub on a PostgreSQL store, so only the holder of the
+    once-per-fleet work maintains them (``FleetWorkers`` sets it; alone, always).
     """
 
     def __init__(
@@ -251,6 +253,7 @@ class IngestWorker:
         self._devices: dict[str, tuple[float, DeviceInfo]] = {}
         self._last_maintenance = 0.0
         self._maintenance_more = False
+        self.maintains: Callable[[], bool] = lambda: True
         self._last_rate_at: float | None = None
 
     # -- called from any thread ------------------------------------------------------
@@ -461,10 +464,17 @@ class IngestWorker:
         """
         now = self.clock()
         due = now - self._last_maintenance >= self.maintenance_interval_s
-        if due or (idle and self._maintenance_more):
+        if (due or (idle and self._maintenance_more)) and self._maintains_now():
             self._last_maintenance = now
             try:
                 self._maintenance_more = self.telemetry.maintain(now).more
             except Exception as e:
                 self._maintenance_more = False
                 log.error("fleet maintenance failed: %s", e)
+
+    def _maintains_now(self) -> bool:
+        try:
+            return self.maintains()
+        except Exception:  # noqa: BLE001 - a failing check must not stop the worker
+            log.exception("fleet maintenance: cannot tell whether this hub maintains")
+            return False

@@ -5,6 +5,9 @@ the hub store, and starts and stops them in an order that loses nothing:
 
 - ``start``: the ingest worker first (so batches submitted as soon as MQTT delivers them
   are stored), then the webhook sender, the alert monitor and the metrics endpoint;
+- once per fleet: with several hubs on one PostgreSQL store they share the fleet tables
+  (see ``database``); every hub ingests what it receives, only the holder of the singleton
+  lease (``leader``) runs the alert monitor and the fleet maintenance;
 - ``stop``: the metrics endpoint, the monitor (an evaluation in progress finishes and
   commits), the ingest worker (stores what is queued; those acks may no longer reach the
   broker, the agents then resend and the duplicates are ignored), the webhook sender, and
@@ -83,8 +86,11 @@ class FleetWorkers:
         self.monitor = FleetMonitor(self.telemetry, self.references, config.policy, sinks)
         self.metrics: MetricsServer | None = None
         # Whether this hub does the once-per-fleet work now (the service sets it from its
-        # lease; alone on a store it always does): the alert monitor runs only then.
+        # lease; alone on a store it always does): the alert monitor and the maintenance
+        # of the fleet tables (roll-up, coarsening, retention) run only then. Every hub on
+        # a store shares its fleet tables, so the holder sees every hub's windows.
         self.leader: Callable[[], bool] = lambda: True
+        self.worker.maintains = lambda: self.leader()
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
