@@ -330,6 +330,19 @@ class FleetDatabase(ABC):
                 [("bucket_s", str(bucket_s)), ("coarse_bucket_s", str(coarse_bucket_s))],
             )
 
+    def insert_many(
+        self,
+        conn: FleetConnection,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+    ) -> None:
+        """Insert ``rows`` (values of ``columns``) into ``table``, inside the caller's write
+        transaction, the fastest way the engine has (here: ``executemany``)."""
+        if rows:
+            marks = ",".join("?" * len(columns))
+            conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+
     def bump(self, conn: FleetConnection, counts: Mapping[str, int]) -> None:
         """Add to persistent counters inside the caller's write transaction."""
         rows = [(k, int(v)) for k, v in counts.items() if v]

@@ -25,20 +25,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgefleet.core.protocol.telemetry import AckCursor
-from edgefleet.hub.fleet.database import FleetConnection
+from edgefleet.hub.fleet.database import FleetConnection, FleetDatabase
 
 #: Devices (or key tuples) per statement: well inside both engines' parameter limits.
 CHUNK = 200
 
-INSERT_WINDOW = (
-    "INSERT INTO fleet_records (device, seq, kind, received_at, model, version, grp,"
-    " profile, start_s, end_s, bucket_s, requests, errors, summary, drift, rolled)"
-    " VALUES (?,?,'window',?,?,?,?,?,?,?,?,?,?,?,?,?)"
-)
-INSERT_OTHER = (
-    "INSERT INTO fleet_records (device, seq, kind, received_at, model, version)"
-    " VALUES (?,?,?,?,?,?)"
-)
+WINDOW_COLUMNS = (
+    "device", "seq", "kind", "received_at", "model", "version", "grp", "profile", "start_s",
+    "end_s", "bucket_s", "requests", "errors", "summary", "drift", "rolled",
+)  # fmt: skip
+OTHER_COLUMNS = ("device", "seq", "kind", "received_at", "model", "version")
 
 
 @dataclass
@@ -54,8 +50,8 @@ class DeviceCursor:
 class GroupState:
     cursors: dict[str, DeviceCursor] = field(default_factory=dict)
     known: dict[str, set[int]] = field(default_factory=dict)  # stored seqs, per device
-    windows: list[tuple[Any, ...]] = field(default_factory=list)  # rows for INSERT_WINDOW
-    others: list[tuple[Any, ...]] = field(default_factory=list)  # rows for INSERT_OTHER
+    windows: list[tuple[Any, ...]] = field(default_factory=list)  # WINDOW_COLUMNS rows
+    others: list[tuple[Any, ...]] = field(default_factory=list)  # OTHER_COLUMNS rows
 
     @classmethod
     def load(cls, conn: FleetConnection, ranges: dict[str, tuple[int, int] | None]) -> GroupState:
@@ -94,12 +90,10 @@ class GroupState:
                 state.known[str(device)].add(int(seq))
         return state
 
-    def flush(self, conn: FleetConnection) -> None:
+    def flush(self, db: FleetDatabase, conn: FleetConnection) -> None:
         """Write the records, cursors and spans this group produced."""
-        if self.windows:
-            conn.executemany(INSERT_WINDOW, self.windows)
-        if self.others:
-            conn.executemany(INSERT_OTHER, self.others)
+        db.insert_many(conn, "fleet_records", WINDOW_COLUMNS, self.windows)
+        db.insert_many(conn, "fleet_records", OTHER_COLUMNS, self.others)
         moved = [
             (device, c.current.contiguous, c.pruned)
             for device, c in self.cursors.items()

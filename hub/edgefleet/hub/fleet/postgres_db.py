@@ -78,6 +78,22 @@ class PostgresFleetDatabase(FleetDatabase):
         self.connect_timeout_s = connect_timeout_s
         self._prepare()
 
+    def insert_many(
+        self,
+        conn: FleetConnection,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+    ) -> None:
+        """``COPY ... FROM STDIN``: one round trip and no per-row statement, several times
+        faster than an ``executemany`` of window rows (the fleet lock is held meanwhile)."""
+        if not rows:
+            return
+        assert isinstance(conn, _Connection)
+        with conn.raw.cursor().copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
     def _schema(self) -> list[str]:
         return [postgres_ddl(s) for s in super()._schema()]
 

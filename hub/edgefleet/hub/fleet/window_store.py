@@ -168,7 +168,7 @@ class FleetWindowStore:
                     counts["records_stored"] += outcome.stored
                     counts["windows_stored"] += outcome.windows_stored
                     counts["duplicates"] += outcome.duplicates
-                state.flush(conn)
+                state.flush(self.db, conn)
                 if items:
                     counts["undecodable_windows"] = decode_items(items)
                     fold(conn, self.settings, items, now, self.cache)
@@ -219,6 +219,7 @@ class FleetWindowStore:
                 (
                     batch.device,
                     r.seq,
+                    "window",
                     now,
                     r.model,
                     r.version,
