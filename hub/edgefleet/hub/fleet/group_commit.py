@@ -6,7 +6,9 @@ transaction holds the one fleet write lock every hub waits for. Instead
 :class:`GroupState` reads, before the first batch, the ack cursors of every device of
 the group and the seqs already stored in the ranges its batches cover (three statements
 per 200 devices); the batches are applied in memory, in order; :meth:`GroupState.flush`
-writes the new records, cursors and spans (at most five statements).
+writes the new records, cursors and spans (at most five statements). The CPU work —
+building rows, decoding window statistics — is done before the transaction
+(:func:`prepare`), so the lock is held for little more than the statements.
 
 Invariants (what makes the result the same as batch by batch):
 
@@ -20,10 +22,12 @@ Invariants (what makes the result the same as batch by batch):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgefleet.core.drift import WindowStats
+from edgefleet.core.drift.wire_batch import decode_many
 from edgefleet.core.protocol.telemetry import AckCursor
 from edgefleet.hub.fleet.database import FleetConnection, FleetDatabase
 
@@ -79,15 +83,7 @@ class GroupState:
         for device in devices:
             if device not in state.cursors:
                 state.cursors[device] = DeviceCursor(AckCursor(), AckCursor(), -1)
-            state.known[device] = set()
-        spans_wanted = [(d, r) for d, r in sorted(ranges.items()) if r is not None]
-        for chunk_ranges in _chunks(spans_wanted):
-            where = " OR ".join(["(device = ? AND seq BETWEEN ? AND ?)"] * len(chunk_ranges))
-            params = [v for device, (lo, hi) in chunk_ranges for v in (device, lo, hi)]
-            for device, seq in conn.execute(
-                f"SELECT device, seq FROM fleet_records WHERE {where}", params
-            ):
-                state.known[str(device)].add(int(seq))
+        state.known = stored_seqs(conn, ranges)
         return state
 
     def flush(self, db: FleetDatabase, conn: FleetConnection) -> None:
@@ -115,6 +111,22 @@ class GroupState:
                 conn.executemany("INSERT INTO fleet_pending_spans VALUES (?, ?, ?)", rows)
 
 
+def stored_seqs(
+    conn: FleetConnection, ranges: dict[str, tuple[int, int] | None]
+) -> dict[str, set[int]]:
+    """Per device of ``ranges``, the seqs stored within its (lowest, highest) range."""
+    known: dict[str, set[int]] = {device: set() for device in ranges}
+    wanted = [(d, r) for d, r in sorted(ranges.items()) if r is not None]
+    for chunk in _chunks(wanted):
+        where = " OR ".join(["(device = ? AND seq BETWEEN ? AND ?)"] * len(chunk))
+        params = [v for device, (lo, hi) in chunk for v in (device, lo, hi)]
+        for device, seq in conn.execute(
+            f"SELECT device, seq FROM fleet_records WHERE {where}", params
+        ):
+            known[str(device)].add(int(seq))
+    return known
+
+
 def seq_ranges(batches: Sequence[Any]) -> dict[str, tuple[int, int] | None]:
     """Per device, the (lowest, highest) seq its batches hold (None: no records)."""
     out: dict[str, tuple[int, int] | None] = {}
@@ -132,3 +144,49 @@ def seq_ranges(batches: Sequence[Any]) -> dict[str, tuple[int, int] | None]:
 def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), CHUNK):
         yield items[i : i + CHUNK]
+
+
+@dataclass
+class Prepared:
+    """Records built and window statistics decoded *before* the write transaction.
+
+    Building a row (validating and decoding a window body) and decoding its statistics is
+    most of the CPU of a group commit; done inside the transaction it would hold the fleet
+    write lock every hub waits for. :func:`prepare` does it for the records not stored at a
+    snapshot read just before; inside the transaction the authoritative check decides what
+    is new, and a new record not prepared (retention deleted its row in between) is built
+    there as before. A prepared record that another hub stored meanwhile is dropped.
+    """
+
+    rows: dict[tuple[str, int], Any] = field(default_factory=dict)
+    stats: dict[tuple[str, int], WindowStats] = field(default_factory=dict)
+
+    def row(self, device: str, record: Any, build: Callable[[Any], Any]) -> Any:
+        ready = self.rows.pop((device, record.seq), None)
+        return ready if ready is not None else build(record)
+
+
+def prepare(
+    db: FleetDatabase,
+    batches: Sequence[Any],
+    ranges: dict[str, tuple[int, int] | None],
+    build: Callable[[Any], Any],
+    decode: bool,
+) -> Prepared:
+    """Build the rows of records not stored yet and (``decode``) decode their statistics."""
+    with db.read() as conn:
+        known = stored_seqs(conn, ranges)
+    ready = Prepared()
+    for batch in batches:
+        stored = known.get(batch.device, set())
+        for record in batch.rows:
+            key = (batch.device, record.seq)
+            if record.seq not in stored and key not in ready.rows:
+                ready.rows[key] = build(record)
+    if decode:
+        blobs = [(k, r.drift) for k, r in ready.rows.items() if r.kind == "window" and r.drift]
+        decoded = decode_many([bytes(blob) for _, blob in blobs])
+        for (key, _), stats in zip(blobs, decoded, strict=True):
+            if stats is not None:
+                ready.stats[key] = stats
+    return ready

@@ -56,7 +56,7 @@ from typing import Any
 
 from edgefleet.core.protocol.telemetry import MAX_PENDING_SPANS, AckCursor
 from edgefleet.hub.fleet.database import STATS_COLUMNS, FleetConnection, FleetDatabase
-from edgefleet.hub.fleet.group_commit import GroupState, seq_ranges
+from edgefleet.hub.fleet.group_commit import GroupState, Prepared, prepare, seq_ranges
 from edgefleet.hub.fleet.retention import MaintenanceResult, maintain
 from edgefleet.hub.fleet.rollups import FoldItem, RollupCache, decode_items, fold
 from edgefleet.hub.fleet.settings import FleetSettings
@@ -158,12 +158,16 @@ class FleetWindowStore:
         outcomes: list[BatchOutcome] = []
         items: list[FoldItem] = []
         counts = {"records_stored": 0, "windows_stored": 0, "duplicates": 0, "malformed": 0}
+        ranges = seq_ranges(batches)
+        fold_now = self.settings.rollup_delay_s <= 0
+        # Build and decode outside the write transaction (group_commit.prepare).
+        ready = prepare(self.db, batches, ranges, build, fold_now) if build else Prepared()
         try:
             with self.db.write() as conn:
                 # Read once for the whole group, apply in memory, write once (group_commit).
-                state = GroupState.load(conn, seq_ranges(batches))
+                state = GroupState.load(conn, ranges)
                 for batch in batches:
-                    outcome = self._add_one(state, batch, now, build, items, counts)
+                    outcome = self._add_one(state, batch, now, build, ready, items, counts)
                     outcomes.append(outcome)
                     counts["records_stored"] += outcome.stored
                     counts["windows_stored"] += outcome.windows_stored
@@ -185,6 +189,7 @@ class FleetWindowStore:
         batch: DeviceBatch,
         now: float,
         build: Callable[[Any], RecordRow] | None,
+        ready: Prepared,
         items: list[FoldItem],
         counts: dict[str, int],
     ) -> BatchOutcome:
@@ -208,7 +213,9 @@ class FleetWindowStore:
         # Inside the write transaction nobody else inserts: what is not stored now is new.
         known = state.known[batch.device]
         fresh = [r for r in received if r.seq not in known]
-        rows: list[RecordRow] = [build(r) for r in fresh] if build is not None else list(fresh)
+        rows: list[RecordRow] = (
+            [ready.row(batch.device, r, build) for r in fresh] if build is not None else list(fresh)
+        )
         known.update(r.seq for r in rows)
         windows = [r for r in rows if r.kind == "window"]
         others = [r for r in rows if r.kind != "window"]
@@ -245,10 +252,11 @@ class FleetWindowStore:
                 if r.model is None or r.version is None:
                     continue
                 totals = r.totals or WindowTotals.from_json(r.summary or "{}")
+                stats = ready.stats.pop((batch.device, r.seq), None)
                 items.append(
                     FoldItem(
                         r.model, r.version, batch.device, batch.group, batch.profile, bucket,
-                        totals, None, r.drift,
+                        totals, stats, None if stats is not None else r.drift,
                     )
                 )  # fmt: skip
         entry.current = after
