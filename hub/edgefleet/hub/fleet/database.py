@@ -177,6 +177,10 @@ class FleetDatabase(ABC):
     def _schema(self) -> list[str]:
         return schema_statements()
 
+    def _tune(self, conn: FleetConnection) -> None:
+        """Engine settings of the tables, once they exist (inside the opening write)."""
+        return None  # SQLite: none
+
     # -- opening ---------------------------------------------------------------------------
     def _prepare(self) -> None:
         """Create the tables (if missing) and check the schema version; the engine's
@@ -185,6 +189,7 @@ class FleetDatabase(ABC):
             with self.write() as conn:
                 for statement in self._schema():
                     conn.execute(statement)
+                self._tune(conn)
                 conn.execute(
                     "INSERT INTO fleet_meta VALUES ('schema_version', ?)"
                     " ON CONFLICT (key) DO NOTHING",
