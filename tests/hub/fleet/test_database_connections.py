@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
+
+from edgefleet.hub.errors import HubStoreError
 from edgefleet.hub.fleet.database import FleetDatabase, open_fleet_database
 
 
@@ -52,4 +55,17 @@ def test_a_live_threads_connection_is_kept(tmp_path: Path) -> None:
         assert results == [(1,)]
     finally:
         release.set()
+        db.close()
+
+
+def test_a_write_inside_a_read_is_refused(tmp_path: Path) -> None:
+    """It would join the read transaction, not serialised with the other fleet writes."""
+    db = open_fleet_database(tmp_path / "fleet.db")
+    try:
+        with db.read(), pytest.raises(HubStoreError, match="inside a read"), db.write():
+            pass
+        with db.write(), db.write() as conn:  # nested writes join the outer one
+            conn.execute("INSERT INTO fleet_counters VALUES ('x', 1)")
+        assert db.counters() == {"x": 1}
+    finally:
         db.close()

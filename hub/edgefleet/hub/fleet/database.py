@@ -21,7 +21,8 @@ Invariants:
   dedupe check then insert, the ack cursor and the rollup rows are read-modify-writes, and
   the alert monitor's row-id cursor is only safe if row ids are assigned in commit order.
   A batch of telemetry, its dedupe cursor and its counters land together or not at all;
-  blocks nest (an inner ``write()`` joins the outer transaction);
+  blocks nest (an inner ``write()`` joins the outer transaction); a ``write()`` inside a
+  ``read()`` is refused (it would not be serialised);
 - durable commits: a device deletes what the hub acked, so a committed (and acked) window
   must survive a power cut; the ingest worker commits many batches at once to keep the
   fsync count low;
@@ -225,6 +226,7 @@ class FleetDatabase(ABC):
         conn = self._open()
         self._local.conn = conn
         self._local.depth = 0
+        self._local.writing = False
         with self._all_lock:
             ended = [c for thread, c in self._all if not thread.is_alive()]
             self._all = [(t, c) for t, c in self._all if t.is_alive()]
@@ -247,6 +249,9 @@ class FleetDatabase(ABC):
         join the outer one."""
         conn = self.connection()
         depth = self._local.depth
+        if depth and not self._local.writing:
+            # It would join a read transaction: not serialised with the other writes.
+            raise HubStoreError(f"{self.where}: a fleet write inside a read transaction")
         if depth:
             self._local.depth = depth + 1
             try:
@@ -262,16 +267,16 @@ class FleetDatabase(ABC):
             if self._is_error(e):
                 raise HubStoreError(f"{self.where}: cannot start a write: {e}") from e
             raise
-        self._local.depth = 1
+        self._local.depth, self._local.writing = 1, True
         try:
             yield conn
         except BaseException as e:
-            self._local.depth = 0
+            self._local.depth, self._local.writing = 0, False
             self._abandon(conn)
             if self._is_error(e):
                 raise HubStoreError(f"{self.where}: write failed: {e}") from e
             raise
-        self._local.depth = 0
+        self._local.depth, self._local.writing = 0, False
         try:
             conn.execute("COMMIT")
         except Exception as e:
