@@ -43,7 +43,7 @@ from edgefleet.hub.console.api.server import CACHE_S, DRIFT_CACHE_S
 from edgefleet.hub.console.auth import create_token
 from edgefleet.hub.console.service import FleetConsole
 from edgefleet.hub.fleet.ingest import DeviceInfo, FleetTelemetry
-from edgefleet.hub.fleet.settings import FleetSettings, fleet_db_path
+from edgefleet.hub.fleet.settings import FleetSettings, fleet_location
 from edgefleet.hub.rollout.engine import RolloutEngine
 from edgefleet.hub.store import BundleRecord, DeviceRecord, SqliteHubStore
 
@@ -131,7 +131,7 @@ def build_telemetry(config: HubConfig, ids: list[str], seed: int = 1) -> int:
     hist = LatencyHistogram(LATENCY_EDGES, tuple(counts))
     now = time.time()
     start = now - WINDOWS * WINDOW_S
-    telemetry = FleetTelemetry(fleet_db_path(config.store.path), FleetSettings())
+    telemetry = FleetTelemetry(fleet_location(config.store.path), FleetSettings())
     telemetry.store.put_reference(MODEL, 1, profile.to_json(), {"accuracy": 0.9}, now)
     stored = 0
     try:

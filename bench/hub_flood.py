@@ -32,7 +32,7 @@ from edgefleet.core.protocol import Topics
 from edgefleet.core.testing.brokers import MosquittoBroker
 from edgefleet.hub.commands.serve_cmd import mqtt_settings
 from edgefleet.hub.config import BrokerSettings, FleetConfig, HubConfig, StoreSettings
-from edgefleet.hub.fleet.settings import fleet_db_path
+from edgefleet.hub.fleet.settings import fleet_location
 from edgefleet.hub.service import HubService
 from edgefleet.hub.store import DeviceRecord, SqliteHubStore
 
@@ -168,7 +168,7 @@ def run(
         "flooder_windows_stored": flooder_stored,
         "quota_refused_messages": quota_refused,
         "hub_db_mb": round(config.store.path.stat().st_size / 2**20, 1),
-        "fleet_db_mb": round(fleet_db_path(config.store.path).stat().st_size / 2**20, 1),
+        "fleet_db_mb": round(fleet_location(config.store.path).stat().st_size / 2**20, 1),
     }
 
 

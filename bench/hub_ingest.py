@@ -70,8 +70,8 @@ from edgefleet.hub.config import (
     StoreSettings,
 )
 from edgefleet.hub.fleet import DriftQuery, FleetAggregator, FleetSettings, References
-from edgefleet.hub.fleet.database import FleetDatabase
-from edgefleet.hub.fleet.settings import fleet_db_path
+from edgefleet.hub.fleet.database import FleetDatabase, open_fleet_database
+from edgefleet.hub.fleet.settings import fleet_location
 from edgefleet.hub.fleet.window_store import FleetWindowStore
 from edgefleet.hub.service import HubService
 from edgefleet.hub.store import DeviceRecord, SqliteHubStore
@@ -165,8 +165,8 @@ class Hub:
         self.worker = self.service.fleet.worker
 
     @property
-    def fleet_db(self) -> Path:
-        return fleet_db_path(self.config.store.path)
+    def fleet_db(self) -> Path | str:
+        return fleet_location(self.config.store.path)
 
     def start(self) -> None:
         self.service.start()
@@ -337,10 +337,10 @@ def finish(proc: subprocess.Popen[str], timeout_s: float) -> dict[str, Any]:
 
 
 # -- phases -----------------------------------------------------------------------------
-def open_query(db: Path, reference: Path) -> tuple[FleetAggregator, FleetDatabase]:
+def open_query(db: Path | str, reference: Path) -> tuple[FleetAggregator, FleetDatabase]:
     """What ``hub drift --db`` opens: its own connection, read only."""
     profile = ReferenceProfile.from_json(reference.read_text())
-    database = FleetDatabase(db)
+    database = open_fleet_database(db)
     store = FleetWindowStore(database, FleetSettings())
     return FleetAggregator(store, References(lambda m, v: profile)), database
 

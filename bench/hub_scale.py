@@ -4,7 +4,7 @@
 Everything is real and started here: mosquitto on a free loopback port, a PostgreSQL
 server from the distribution's binaries (``edgefleet.core.testing.postgres``: initdb in a
 temp dir, its own port), ``edgefleet hub serve`` subprocesses (each with its own folder,
-hub.toml, client id and fleet database; on PostgreSQL one shared hub store, with
+hub.toml and client id; on PostgreSQL one shared hub store and fleet tables, with
 ``shared_subscriptions`` when there are several), and the device simulators of
 ``bench/hub_ingest.py`` in their own processes (windows with 64-feature drift stats).
 
@@ -20,8 +20,10 @@ hub.toml, client id and fleet database; on PostgreSQL one shared hub store, with
 - ``storm_*``: 1,000 devices connect at once against two hubs on PostgreSQL with shared
   subscriptions and publish 12 buffered windows each: ``storm_drain_s`` until every
   window is in the hub store and every device holds its ack; ``storm_losses`` windows
-  published but not stored; ``storm_duplicates`` windows the hubs' fleet databases hold
-  more than once between them.
+  published but not stored; ``storm_duplicates`` windows the fleet tables (shared by the
+  hubs) hold more than once.
+- ``fleet_windows_per_s.<run>``: the same windows until every one is in the fleet tables
+  too (drift, alerts; on PostgreSQL every hub's fleet writes take turns under one lock).
 
 Prints one JSON object. ``python bench/hub_scale.py [--quick]``. Timing on a loaded
 machine is noisy: read the figures, never assert on them in tests.
@@ -52,7 +54,6 @@ import io
 import json
 import os
 import resource
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -66,6 +67,7 @@ from edgefleet.core.cli.main import main as cli_main
 from edgefleet.core.keys import generate_keypair
 from edgefleet.core.testing.brokers import MosquittoBroker
 from edgefleet.core.testing.postgres import PostgresServer
+from edgefleet.hub.fleet.database import open_fleet_database
 from edgefleet.hub.rollout.engine import RolloutEngine
 from edgefleet.hub.store import (
     BundleRecord,
@@ -118,6 +120,7 @@ class HubProcs:
     def __init__(self, work: Path, port: int, n: int, url: str | None, key: Path) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.folders: list[Path] = []
+        self.url = url
         for i in range(n):
             folder = work / f"hub-{i}"
             folder.mkdir(parents=True)
@@ -153,15 +156,10 @@ class HubProcs:
         return sum(cpu_s(p.pid) for p in self.procs)
 
     def fleet_windows(self) -> int:
-        total = 0
-        for folder in self.folders:
-            db = folder / "hub.fleet.db"
-            if db.exists():
-                with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
-                    total += conn.execute(
-                        "SELECT COUNT(*) FROM fleet_records WHERE kind = 'window'"
-                    ).fetchone()[0]
-        return total
+        """Windows in the fleet tables: in the hub store's database (one, shared, on
+        PostgreSQL; each hub's own file on SQLite)."""
+        locations = [self.url] if self.url else [f / "hub.db" for f in self.folders]
+        return sum(fleet_count(location) for location in locations)
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -180,6 +178,18 @@ def telemetry_count(location: Path | str) -> int:
         return sum(1 for _ in store.telemetry_windows(hub_ingest.MODEL, [1], None, 0.0))
     finally:
         store.close()
+
+
+def fleet_count(location: Path | str) -> int:
+    if isinstance(location, Path) and not location.exists():
+        return 0
+    db = open_fleet_database(location)
+    try:
+        with db.read() as conn:
+            row = conn.execute("SELECT COUNT(*) FROM fleet_records WHERE kind = 'window'")
+            return int(row.fetchone()[0])
+    finally:
+        db.close()
 
 
 def stored_count(location: Path | str) -> int:
@@ -238,8 +248,9 @@ def ingest_run(
         after = (procs.cpu_s(), database_cpu_s(server), cpu_s(broker.pid or 0))
         report = hub_ingest.finish(publisher, 600)
         children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        time.sleep(2.0)  # let the fleet ingest workers finish their queues
-        fleet = procs.fleet_windows()
+        while (fleet := procs.fleet_windows()) < total and time.monotonic() < deadline:
+            time.sleep(0.2)  # the fleet ingest workers finishing their queues
+        fleet_done = time.time()
     finally:
         procs.stop()
         broker.kill()
@@ -251,6 +262,7 @@ def ingest_run(
         "windows": total,
         "windows_per_s": round(total / (done - report["started"]), 1),
         "fleet_db_windows": fleet,
+        "fleet_windows_per_s": round(total / (fleet_done - report["started"]), 1),
         "cpu_s_per_1000_windows": {
             "hub": round((after[0] - before[0]) * per_k, 3),
             "database": round((after[1] - before[1]) * per_k, 3),
@@ -508,6 +520,7 @@ def main() -> None:
                 result["windows_per_s"][name] = run["windows_per_s"]
                 result["cpu_s_per_1000_windows"][name] = run["cpu_s_per_1000_windows"]
                 result.setdefault("fleet_db_windows", {})[name] = run["fleet_db_windows"]
+                result.setdefault("fleet_windows_per_s", {})[name] = run["fleet_windows_per_s"]
                 result["ingest_windows"] = run["windows"]
             result["fleet10k"] = {
                 engine: fleet10k(engine, root, server, args.quick)

@@ -11,11 +11,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from tests.hub.hubkit import HubFixture, make_hub
 from tests.support.brokers import ProbeClient
@@ -169,3 +171,22 @@ def scrape(port: int, path: str = "/metrics") -> str | None:
             return str(response.read().decode())
     except OSError:
         return None
+
+
+class FleetCommitHold:
+    """Holds the fleet ingest worker's next commit back until :meth:`release` (the fleet
+    tables share the hub store's file: a database lock would stop the hub store too)."""
+
+    def __init__(self, service: HubService) -> None:
+        self._gate = threading.Event()
+        telemetry = service.fleet.telemetry
+        commit = telemetry.ingest_many
+
+        def held(items: Any, now: float) -> Any:
+            self._gate.wait(60)
+            return commit(items, now)
+
+        telemetry.ingest_many = held  # type: ignore[method-assign]
+
+    def release(self) -> None:
+        self._gate.set()

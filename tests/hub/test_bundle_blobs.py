@@ -304,3 +304,29 @@ def test_two_hubs_storing_the_same_missing_bytes_at_once_both_succeed(
         t.join(60)
     assert errors == []
     assert b"".join(second.bundle_parts(sha)) == data and blob_rows(any_store, sha) == 3
+
+
+def test_a_hub_that_never_saw_a_bundle_finds_its_drift_reference(
+    hub: HubFixture, any_store: HubStore, second: HubStore, trust: TrustStore, tmp_path: Path
+) -> None:
+    """The lease holder scores drift against the reference of a bundle another hub
+    published: the loader writes the file into its own folder from the store."""
+    import numpy as np
+
+    from edgefleet.core.drift import ReferenceProfile
+    from edgefleet.hub.fleet.references import bundle_loaders
+
+    rows = np.random.default_rng(3).normal(0, 1, (40, 2))
+    profile = ReferenceProfile.build(rows, ["a", "b"])
+    bundle = placeholder_bundle(
+        tmp_path / "ref.efb", hub.publisher_key, reference=profile.to_json().encode()
+    )
+    PublishedBundleStore(tmp_path / "host-a", any_store).publish(bundle.path, trust, 10.0)
+    other = PublishedBundleStore(tmp_path / "host-b", second)
+    try:
+        reference, _ = bundle_loaders(second, other.local_path)
+        loaded = reference("digits", 1)
+    finally:
+        other.close()
+    assert loaded is not None and loaded.profile_id == profile.profile_id
+    assert files_in(tmp_path / "host-b") == [other.path_for(bundle.sha256)]

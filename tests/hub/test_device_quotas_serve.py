@@ -24,7 +24,7 @@ from tests.support.waiting import wait_until
 
 from edgefleet.core.protocol.limits import MAX_TELEMETRY_BYTES
 from edgefleet.core.testing.brokers import MosquittoBroker, free_port
-from edgefleet.hub.fleet.settings import fleet_db_path
+from edgefleet.hub.fleet.settings import fleet_location
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
 
@@ -119,6 +119,6 @@ def test_a_flooding_device_slows_only_itself(served_hub: tuple[Hub, int]) -> Non
         for limit in ("messages", "bytes", "records")
     )
     assert refused > 0
-    with sqlite3.connect(fleet_db_path(hub.config.store.path)) as conn:
+    with sqlite3.connect(fleet_location(hub.config.store.path)) as conn:
         [(stored,)] = conn.execute("SELECT COUNT(*) FROM fleet_records WHERE device = 'pi-a'")
     assert 0 < stored <= 5 * FLOOD_RECORDS  # a burst's worth, not 480,000 records

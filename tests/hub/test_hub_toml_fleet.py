@@ -18,7 +18,7 @@ from edgefleet.core.cli.main import main
 from edgefleet.hub.config import FleetConfig, HubConfig
 from edgefleet.hub.errors import HubConfigError
 from edgefleet.hub.fleet import FleetSettings, FleetTelemetry
-from edgefleet.hub.fleet.settings import fleet_db_path
+from edgefleet.hub.fleet.settings import fleet_location
 from edgefleet.hub.fleet.workers import FleetWorkers
 from edgefleet.hub.store import SqliteHubStore
 
@@ -106,7 +106,7 @@ def test_bucket_lengths_are_fixed_by_the_first_writer(
 ) -> None:
     hub = make_hub(tmp_path, extra="[fleet]\nbucket_s = 1800\n")
     config = hub.config()
-    db = fleet_db_path(config.store.path)
+    db = fleet_location(config.store.path)
     profile = reference(np.random.default_rng(81))
     rng = np.random.default_rng(82)
     telemetry = FleetTelemetry(db, config.fleet.settings)
@@ -135,7 +135,7 @@ def test_bucket_lengths_are_fixed_by_the_first_writer(
             FleetWorkers(
                 FleetConfig(settings=FleetSettings()),
                 config.store.path,
-                config.store.bundles_dir,
+                lambda sha256: config.store.bundles_dir / sha256,
                 store,
                 lambda topic, payload: None,
                 "edgefleet/v1/alerts",
@@ -154,7 +154,7 @@ def test_a_metrics_port_in_use_is_refused_naming_the_setting(tmp_path: Path) -> 
     workers = FleetWorkers(
         FleetConfig(metrics_port=taken.getsockname()[1]),
         config.store.path,
-        config.store.bundles_dir,
+        lambda sha256: config.store.bundles_dir / sha256,
         store,
         lambda topic, payload: None,
         "edgefleet/v1/alerts",

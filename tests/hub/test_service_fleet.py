@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tests.hub.fleet.fleetkit import MODEL, N_FEATURES, Receiver, reference, run_cli, window_record
-from tests.hub.servicekit import Hub, T, make_service_hub, scrape, serve
+from tests.hub.servicekit import FleetCommitHold, Hub, T, make_service_hub, scrape, serve
 from tests.support.brokers import ProbeClient
 from tests.support.bundles import placeholder_bundle
 from tests.support.waiting import wait_until
@@ -32,7 +32,7 @@ from edgefleet.core.testing.brokers import MosquittoBroker, free_port
 from edgefleet.hub.bundles import PublishedBundleStore
 from edgefleet.hub.enrollment import publisher_trust
 from edgefleet.hub.fleet import DeviceInfo, DriftQuery, FleetAggregator, FleetTelemetry, References
-from edgefleet.hub.fleet.settings import fleet_db_path
+from edgefleet.hub.fleet.settings import fleet_location
 from edgefleet.hub.service import gate_body
 from edgefleet.hub.store import SqliteHubStore, TelemetryRow
 
@@ -95,7 +95,7 @@ def hub_store_windows(hub: Hub, device_id: str) -> list[dict[str, object]]:
 
 def fleet_seqs(hub: Hub) -> dict[str, list[int]]:
     """Window seqs per device in the fleet database (a seq twice would show twice)."""
-    with sqlite3.connect(fleet_db_path(hub.config.store.path)) as conn:
+    with sqlite3.connect(fleet_location(hub.config.store.path)) as conn:
         rows = conn.execute(
             "SELECT device, seq FROM fleet_records WHERE kind = 'window' ORDER BY device, seq"
         ).fetchall()
@@ -107,7 +107,7 @@ def fleet_seqs(hub: Hub) -> dict[str, list[int]]:
 
 def fleet_windows_counted(hub: Hub) -> int:
     """Windows a fleet drift query counts (raw rows and rollups alike)."""
-    telemetry = FleetTelemetry(fleet_db_path(hub.config.store.path))
+    telemetry = FleetTelemetry(fleet_location(hub.config.store.path))
     try:
         result = FleetAggregator(telemetry.store, References(lambda m, v: PROFILE)).query(
             DriftQuery(MODEL, timeline=False), time.time()
@@ -115,18 +115,6 @@ def fleet_windows_counted(hub: Hub) -> int:
         return result.fleet.windows
     finally:
         telemetry.close()
-
-
-class FleetLock:
-    """Holds the fleet database's write lock: the ingest worker cannot commit meanwhile."""
-
-    def __init__(self, hub: Hub) -> None:
-        self.conn = sqlite3.connect(fleet_db_path(hub.config.store.path), isolation_level=None)
-        self.conn.execute("BEGIN IMMEDIATE")
-
-    def release(self) -> None:
-        self.conn.execute("ROLLBACK")
-        self.conn.close()
 
 
 @pytest.fixture
@@ -153,7 +141,7 @@ def test_windows_reach_both_stores_and_the_ack_waits_for_the_fleet_commit(
     publish_reference_bundle(hub, PROFILE)
     service = hub.start()
     device = hub.device("pi-a")
-    lock = FleetLock(hub)
+    lock = FleetCommitHold(service)
     try:
         device.publish(T.telemetry("pi-a"), batch("pi-a", windows(1, 4)))
         wait_until("hub store commit", lambda: len(hub_store_windows(hub, "pi-a")) == 4)
@@ -187,7 +175,7 @@ def test_a_full_ingest_queue_is_not_acked_and_the_resend_is_stored_once(
     service = hub.start()
     worker = service.fleet.worker
     a, b, c = (hub.device(d) for d in ("pi-a", "pi-b", "pi-c"))
-    lock = FleetLock(hub)
+    lock = FleetCommitHold(service)
     try:
         a.publish(T.telemetry("pi-a"), batch("pi-a", windows(1, 2)))
         wait_until("a taken", lambda: worker.stats.submitted == 1 and worker.backlog == 0)
@@ -222,7 +210,7 @@ def test_state_left_by_a_crash_between_the_commits_heals_on_resend(
         "pi-a", [TelemetryRow(r.seq, r.kind, gate_body(r.kind, r.body)) for r in first], time.time()
     )
     # pi-b: the other way round (a hub store restored from an older backup).
-    telemetry = FleetTelemetry(fleet_db_path(hub.config.store.path))
+    telemetry = FleetTelemetry(fleet_location(hub.config.store.path))
     telemetry.ingest(DeviceInfo("pi-b", None, "rpi4-arm64"), first, time.time())
     telemetry.close()
 

@@ -13,7 +13,9 @@ import pytest
 from tests.hub.hubkit import HubFixture, make_hub, window
 
 from edgefleet.core.cli.main import main
+from edgefleet.core.protocol import TelemetryRecord
 from edgefleet.core.testing.postgres import PostgresServer
+from edgefleet.hub.fleet.ingest import DeviceInfo, FleetTelemetry
 from edgefleet.hub.rollout import Gates, RolloutPlan, RolloutStatus, parse_phases
 from edgefleet.hub.rollout.machine import RolloutState
 from edgefleet.hub.store import (
@@ -90,12 +92,18 @@ def snapshot(store: HubStore) -> dict[str, Any]:
     }
 
 
+FLEET_RECORDS = [TelemetryRecord(s, "event", {"model": "digits", "state": "x"}) for s in (1, 2, 3)]
+
+
 @pytest.fixture
 def hub(tmp_path: Path) -> HubFixture:
     hub = make_hub(tmp_path)
     store = open_store(hub.config().store.path)
     fill(store)
     store.close()
+    fleet = FleetTelemetry(hub.config().store.path)  # the fleet tables, in the same file
+    fleet.ingest(DeviceInfo("pi-0", "lab"), FLEET_RECORDS, 100.0)
+    fleet.close()
     return hub
 
 
@@ -113,6 +121,7 @@ def test_migrate_copies_the_whole_store_and_the_copy_carries_on(
     assert report["rows"]["bundle_blobs"] == 3
     # SHA's record predates bundle bytes and this host has no file for it.
     assert report["bundle_bytes_stored"] == 0 and report["bundles_without_bytes"] == [SHA]
+    assert report["rows"]["fleet_records"] == 3 and report["rows"]["fleet_cursor"] == 1
 
     source, target = open_store(hub.config().store.path), open_store(url)
     try:
@@ -127,6 +136,16 @@ def test_migrate_copies_the_whole_store_and_the_copy_carries_on(
     finally:
         source.close()
         target.close()
+    # The fleet tables came along: dedupe, the ack cursor and the row ids carry on.
+    fleet = FleetTelemetry(url)
+    try:
+        again = fleet.ingest(DeviceInfo("pi-0", "lab"), FLEET_RECORDS, 400.0)
+        assert (again.stored, again.duplicates, again.highest_contiguous_seq) == (0, 3, 3)
+        more = [TelemetryRecord(4, "event", {"model": "digits", "state": "x"})]
+        assert fleet.ingest(DeviceInfo("pi-0", "lab"), more, 400.0).stored == 1
+        assert fleet.store.max_rid() == 4
+    finally:
+        fleet.close()
 
 
 def test_migrate_refuses_a_target_that_holds_a_store_and_changes_nothing(

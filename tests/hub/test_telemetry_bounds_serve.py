@@ -22,13 +22,13 @@ from typing import Any
 
 import pytest
 from tests.hub.hubkit import window
-from tests.hub.servicekit import Hub, T, make_service_hub, scrape, serve
+from tests.hub.servicekit import FleetCommitHold, Hub, T, make_service_hub, scrape, serve
 from tests.support.brokers import ProbeClient
 from tests.support.waiting import wait_until
 
 from edgefleet.core.protocol import Ack
 from edgefleet.core.testing.brokers import MosquittoBroker, free_port
-from edgefleet.hub.fleet.settings import fleet_db_path
+from edgefleet.hub.fleet.settings import fleet_location
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
 
@@ -147,7 +147,7 @@ def test_absurd_numbers_are_refused_and_every_other_device_is_still_acked(
     assert metric(text, 'edgefleet_hub_worker_stalled{worker="fleet-ingest"}') == 0
     assert healthz(port) == 200
 
-    with sqlite3.connect(fleet_db_path(hub.config.store.path)) as conn:
+    with sqlite3.connect(fleet_location(hub.config.store.path)) as conn:
         rows = conn.execute(
             "SELECT device, seq, kind, requests FROM fleet_records ORDER BY device, seq"
         ).fetchall()
@@ -174,8 +174,7 @@ def test_healthz_answers_503_while_the_ingest_worker_is_stuck(
         service.fleet.worker.stall_after_s = 0.5
         assert healthz(metrics_port) == 200
         device = hub.device("pi-a")
-        lock = sqlite3.connect(fleet_db_path(hub.config.store.path), isolation_level=None)
-        lock.execute("BEGIN IMMEDIATE")  # the worker's next commit hangs on this lock
+        lock = FleetCommitHold(service)  # the worker's next commit hangs on it
         try:
             device.publish(
                 T.telemetry("pi-a"), batch_payload("pi-a", [(1, ordinary(time.time() - 60))])
@@ -185,8 +184,7 @@ def test_healthz_answers_503_while_the_ingest_worker_is_stuck(
             assert text is not None
             assert metric(text, 'edgefleet_hub_worker_stalled{worker="fleet-ingest"}') == 1
         finally:
-            lock.execute("ROLLBACK")
-            lock.close()
+            lock.release()
         assert acked_within(device, "pi-a", 1, 20.0)
         wait_until("/healthz 200 again", lambda: healthz(metrics_port) == 200)
     finally:

@@ -1,6 +1,8 @@
 """Three ``hub serve`` processes on one PostgreSQL store and one mosquitto; ``kill -9`` of
 the one holding the singleton work: another takes over within 30 s with the next epoch,
-no transition or directive is recorded twice, and the new holder carries the work on."""
+no transition or directive is recorded twice, and the new holder carries the work on.
+Telemetry sent before and after the kill, spread over the hubs by the shared
+subscription, lands once in the fleet tables they share, one ack cursor per device."""
 
 from __future__ import annotations
 
@@ -8,13 +10,22 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
-from tests.hub.hubkit import make_hub
+from tests.hub.hubkit import make_hub, window
+from tests.support.brokers import ProbeClient
 from tests.support.bundles import placeholder_bundle
 from tests.support.hub_cluster import HubCluster, directive_counts
 from tests.support.waiting import wait_until
 
 from edgefleet.core.cli.main import main
+from edgefleet.core.protocol import (
+    TelemetryBatch,
+    TelemetryRecord,
+    Topics,
+    WindowSummary,
+    encode_json,
+)
 from edgefleet.core.testing.brokers import MosquittoBroker
 from edgefleet.core.testing.postgres import PostgresServer
 from edgefleet.hub.rollout.machine import RolloutState
@@ -37,6 +48,37 @@ def state_of(store: HubStore, rollout_id: str) -> RolloutState:
     record = store.get_rollout(rollout_id)
     assert record is not None
     return record.status.state
+
+
+def send_telemetry(port: int, seqs: range, devices: list[str] = DEVICES) -> None:
+    """The devices' windows ``seqs``, one batch per device, as the agents send them."""
+    sender = ProbeClient(port)
+    assert sender.connect() == 0
+    try:
+        for device in devices:
+            records = [
+                TelemetryRecord.of_window(
+                    s, WindowSummary.from_dict(window("digits", 1, requests=5))
+                )
+                for s in seqs
+            ]
+            batch = TelemetryBatch.of(device, records, after_seq=seqs[0] - 1)
+            sender.client.publish(
+                Topics().telemetry(device), encode_json(batch), qos=1
+            ).wait_for_publish(10)
+    finally:
+        sender.client.disconnect()
+        sender.client.loop_stop()
+
+
+def fleet_rows(url: str) -> tuple[int, int, dict[str, int]]:
+    """(fleet records, distinct (device, seq), ack cursor per device) in the shared tables."""
+    with psycopg.connect(url) as conn:
+        total, distinct = conn.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT (device, seq)) FROM fleet_records"
+        ).fetchone()  # type: ignore[misc]
+        cursors = conn.execute("SELECT device, contiguous FROM fleet_cursor").fetchall()
+    return int(total), int(distinct), {d: int(c) for d, c in cursors}
 
 
 def test_kill_9_of_the_holder_hands_the_work_to_another_hub(
@@ -84,6 +126,8 @@ def test_kill_9_of_the_holder_hands_the_work_to_another_hub(
             lambda: directive_counts(url) == dict.fromkeys(phase_1, 1),
             timeout_s=60.0,
         )
+        send_telemetry(broker.port, range(1, 3))  # spread over the three hubs
+        wait_until("telemetry in", lambda: fleet_rows(url)[0] == 2 * len(DEVICES), timeout_s=60.0)
 
         cluster.kill_holder(store)  # kill -9, no goodbye
         assert cluster.wait_takeover(store, holder, timeout_s=30) < 30
@@ -96,7 +140,17 @@ def test_kill_9_of_the_holder_hands_the_work_to_another_hub(
         wait_until(
             "r2 started", lambda: state_of(store, "r2") is not RolloutState.CREATED, timeout_s=60.0
         )
+        # The dead hub's broker session still takes its share of the shared subscription:
+        # like agents, resend what is not acked yet until every batch is stored.
+        deadline = time.monotonic() + 60
+        while missing := [d for d in DEVICES if fleet_rows(url)[2].get(d) != 4]:
+            assert time.monotonic() < deadline, fleet_rows(url)
+            send_telemetry(broker.port, range(3, 5), missing)
+            time.sleep(1.0)
         time.sleep(1.5)  # a few more ticks of every surviving hub
+        # Every (device, seq) once, whichever hub received it; one ack cursor per device
+        # that followed every hub's batches of that device.
+        assert fleet_rows(url) == (4 * len(DEVICES), 4 * len(DEVICES), dict.fromkeys(DEVICES, 4))
         for rollout_id in ("r1", "r2"):
             events = [e.event for e in store.rollout_events(rollout_id)]
             assert len(events) == len(set(events)), events  # every transition once

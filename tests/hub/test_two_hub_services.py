@@ -135,6 +135,8 @@ def test_only_the_lease_holder_runs_the_alert_monitor(
     second.tick()
     leaders = [s for s in (first, second) if s.fleet.leader()]
     assert len(leaders) == 1  # before: every hub evaluated, alerts fired once per hub
+    # Fleet maintenance too: the fleet tables are shared, one hub maintains them.
+    assert [s for s in (first, second) if s.fleet.worker.maintains()] == leaders
     runs = {id(first): threading.Event(), id(second): threading.Event()}
     for service in (first, second):
         done = runs[id(service)]
@@ -148,6 +150,7 @@ def test_only_the_lease_holder_runs_the_alert_monitor(
         leader.singleton.release()  # the follower's next claim takes the work over
         follower.tick()
         assert follower.fleet.leader() and not leader.fleet.leader()
+        assert follower.fleet.worker.maintains() and not leader.fleet.worker.maintains()
         assert runs[id(follower)].wait(10)
     finally:
         for service in (first, second):

@@ -219,17 +219,19 @@ def test_hub_loader_takes_a_null_reference_path_as_no_reference(tmp_path: Path) 
     bundles = {
         1: SimpleNamespace(
             manifest={"reference_path": None},
+            sha256="v1",
             path=write("v1.efb", {"reference_path": None}, {}).name,
             published_at=1,
         ),
         2: SimpleNamespace(  # written before the field existed: reference.json by default
             manifest={},
+            sha256="v2",
             path=write("v2.efb", {}, {"reference.json": profile.to_json().encode()}).name,
             published_at=1,
         ),
     }
     index = SimpleNamespace(find_bundles=lambda model, version: [bundles[version]])
-    reference, _ = bundle_loaders(index, tmp_path)
+    reference, _ = bundle_loaders(index, lambda sha256: tmp_path / f"{sha256}.efb")
     assert reference("m", 1) is None
     loaded = reference("m", 2)
     assert loaded is not None and loaded.profile_id == profile.profile_id

@@ -6,7 +6,7 @@ Layout of the work directory::
     registry/   the model registry
     models/     trained models and their data (joblib, npz)
     bundles/    packed .efb files, one per version and device profile
-    hub/        hub.toml, hub.password, hub.db (+ hub.fleet.db), bundles/
+    hub/        hub.toml, hub.password, hub.db (hub store and fleet tables), bundles/
     devices/ID/ agent.toml, trust.json (from ``hub device add``), state/
     logs/       one log per process the demo started
     drift-report.html

@@ -151,8 +151,8 @@ class HubService:
         self._tick_lock = threading.Lock()
         self.fleet = FleetWorkers(
             config.fleet,
-            config.store.path,
-            config.store.bundles_dir,
+            config.store.location,
+            self.bundles.local_path,  # drift references: any hub finds any bundle's
             store,
             transport.publish,
             self.topics.alerts(),

@@ -3,9 +3,14 @@
 Several ``hub serve`` processes may share one PostgreSQL store. The work of the tick that
 must happen once per fleet, not once per hub — rollout transitions, directive issuance,
 re-signing and publication, hub-store telemetry retention, the fleet alert monitor (so an
-alert and its webhook fire once) — is done by the holder of the
+alert and its webhook fire once) and the maintenance of the fleet tables every hub shares
+(roll-up, coarsening, retention) — is done by the holder of the
 store lease :data:`LEASE` only, inside ``store.fenced(LEASE, epoch)`` so a holder that
-lost the lease (paused, cut off) cannot write after another took over.
+lost the lease (paused, cut off) cannot write after another took over. The fleet monitor
+and maintenance write the fleet tables, which are not fenced: they check ``holds()`` before
+each round, and a round an old holder finishes late is harmless — fleet writes are
+serialised (see ``fleet/database.py``), a roll-up step takes only rows not rolled up yet,
+and an alert is opened only where none is open for its key.
 
 Rules (pure timing, the store decides ownership):
 

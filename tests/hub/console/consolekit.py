@@ -26,7 +26,7 @@ from edgefleet.hub.console.auth import create_token
 from edgefleet.hub.credentials import mosquitto_hash
 from edgefleet.hub.enrollment import publisher_trust
 from edgefleet.hub.fleet.ingest import DeviceInfo, FleetTelemetry
-from edgefleet.hub.fleet.settings import FleetSettings, fleet_db_path
+from edgefleet.hub.fleet.settings import FleetSettings, fleet_location
 from edgefleet.hub.rollout.engine import RolloutEngine
 from edgefleet.hub.store import DeviceRecord, SqliteHubStore
 
@@ -123,7 +123,7 @@ def _telemetry(config: HubConfig, now: float) -> None:
     rng = np.random.default_rng(7)
     profile = reference(rng)
     settings = FleetSettings()
-    telemetry = FleetTelemetry(fleet_db_path(config.store.path), settings)
+    telemetry = FleetTelemetry(fleet_location(config.store.path), settings)
     try:
         telemetry.store.put_reference(MODEL, 1, profile.to_json(), {"accuracy": 0.95}, now)
         start = now - 3600

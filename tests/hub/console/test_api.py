@@ -28,8 +28,8 @@ from edgefleet.core.keys import generate_keypair
 from edgefleet.hub.commands.api_cmd import openapi_document
 from edgefleet.hub.console.access_store import AccessStore, console_db_path
 from edgefleet.hub.fleet.alert_store import AlertStore, NewAlert
-from edgefleet.hub.fleet.database import FleetDatabase
-from edgefleet.hub.fleet.settings import fleet_db_path
+from edgefleet.hub.fleet.database import open_fleet_database
+from edgefleet.hub.fleet.settings import fleet_location
 
 # Every route with a request a viewer would be refused for (mutating) or allowed (GET).
 READS = [
@@ -229,7 +229,7 @@ def test_open_alert_is_never_contradicted_and_can_be_acknowledged(
     fresh: tuple[ConsoleHub, str],
 ) -> None:
     hub, base = fresh
-    db = FleetDatabase(fleet_db_path(hub.config.store.path))
+    db = open_fleet_database(fleet_location(hub.config.store.path))
     try:
         with db.write() as conn:
             alert = AlertStore.open_alert(

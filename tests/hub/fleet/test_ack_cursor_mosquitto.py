@@ -40,7 +40,7 @@ from edgefleet.core.protocol import (
 from edgefleet.core.protocol.telemetry import AckCursor
 from edgefleet.core.testing.brokers import MosquittoBroker
 from edgefleet.hub.fleet.ingest import FleetTelemetry, IngestResult, IngestWorker
-from edgefleet.hub.fleet.settings import fleet_db_path
+from edgefleet.hub.fleet.settings import fleet_location
 
 T = Topics()
 DEVICE = "pi-lossy"
@@ -239,7 +239,7 @@ def test_through_the_hub_service_as_it_is_a_batch_lost_at_start_is_stored_once(
         wait_until("every record acked", lambda: device.buffer.records() == [], WAIT_S, device.tick)
         assert service.fleet.drain(WAIT_S)
         assert device.uploader.resends >= 1
-        with sqlite3.connect(fleet_db_path(hub.config.store.path)) as conn:
+        with sqlite3.connect(fleet_location(hub.config.store.path)) as conn:
             stored = [int(r[0]) for r in conn.execute("SELECT seq FROM fleet_records ORDER BY seq")]
         assert stored == seqs
         assert service.fleet.telemetry.store.count_windows()["in_rollups"] == len(seqs)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from edgefleet.hub.fleet.database import FleetDatabase
+import pytest
+
+from edgefleet.hub.errors import HubStoreError
+from edgefleet.hub.fleet.database import FleetDatabase, open_fleet_database
 
 
 def _use_in_thread(db: FleetDatabase) -> None:
@@ -17,7 +20,7 @@ def _use_in_thread(db: FleetDatabase) -> None:
 def test_connections_of_ended_threads_are_closed_when_the_next_one_opens(
     tmp_path: Path,
 ) -> None:
-    db = FleetDatabase(tmp_path / "fleet.db")
+    db = open_fleet_database(tmp_path / "fleet.db")
     try:
         assert db.open_connections == 1  # the opening thread's
         for _ in range(20):
@@ -32,7 +35,7 @@ def test_connections_of_ended_threads_are_closed_when_the_next_one_opens(
 
 
 def test_a_live_threads_connection_is_kept(tmp_path: Path) -> None:
-    db = FleetDatabase(tmp_path / "fleet.db")
+    db = open_fleet_database(tmp_path / "fleet.db")
     started, release = threading.Event(), threading.Event()
     results: list[tuple[int, ...]] = []
 
@@ -52,4 +55,17 @@ def test_a_live_threads_connection_is_kept(tmp_path: Path) -> None:
         assert results == [(1,)]
     finally:
         release.set()
+        db.close()
+
+
+def test_a_write_inside_a_read_is_refused(tmp_path: Path) -> None:
+    """It would join the read transaction, not serialised with the other fleet writes."""
+    db = open_fleet_database(tmp_path / "fleet.db")
+    try:
+        with db.read(), pytest.raises(HubStoreError, match="inside a read"), db.write():
+            pass
+        with db.write(), db.write() as conn:  # nested writes join the outer one
+            conn.execute("INSERT INTO fleet_counters VALUES ('x', 1)")
+        assert db.counters() == {"x": 1}
+    finally:
         db.close()

@@ -18,7 +18,7 @@ from tests.hub.fleet.fleetkit import MODEL, build_fleet, reference, run_cli
 from tests.hub.hubkit import make_hub
 
 from edgefleet.core.drift import DriftThresholds
-from edgefleet.hub.fleet.settings import fleet_db_path
+from edgefleet.hub.fleet.settings import fleet_location
 
 DEFAULTS = DriftThresholds().to_dict()
 
@@ -38,7 +38,7 @@ def verdicts(result: dict[str, Any]) -> dict[str, str]:
 def plain(tmp_path: Path) -> tuple[Path, Path]:
     """A hub.toml without [fleet.thresholds] and the fleet database next to its store."""
     hub = make_hub(tmp_path / "plain")
-    db = fleet_db_path(hub.config().store.path)
+    db = fleet_location(hub.config().store.path)
     build_fleet(db, reference(np.random.default_rng(61)), 2, np.random.default_rng(62))
     return hub.config_path, db
 

@@ -4,6 +4,7 @@ Twenty devices see different slices of one data set. Some go offline and come ba
 backlog whose hour is already rolled up (late windows re-open the rollup); some lose acks
 and send the same records again. The merged fleet statistics must equal a single window
 built from every row of every device: counts exactly, scores to 1e-9, each window once.
+The storage tests run on both engines (``store_location``: SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -139,11 +140,13 @@ def test_fleet_statistics_equal_pooled_raw_data(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("delay_s", [0.0, 60.0])
-def test_windows_late_for_a_rolled_up_hour_reopen_it(tmp_path: Path, delay_s: float) -> None:
+def test_windows_late_for_a_rolled_up_hour_reopen_it(
+    store_location: Path | str, delay_s: float
+) -> None:
     """Rolled up as they are stored (delay 0) or by maintenance later: the same rollups."""
     rng = np.random.default_rng(8)
     profile = reference(rng)
-    telemetry = FleetTelemetry(tmp_path / "fleet.db", FleetSettings(rollup_delay_s=delay_s))
+    telemetry = FleetTelemetry(store_location, FleetSettings(rollup_delay_s=delay_s))
     by_maintenance = 1 if delay_s else 0
     (dev,) = fleet(["a"], 1)
     X1, X2 = rng.normal(size=(200, 8)), rng.normal(size=(150, 8)) + 1.0
@@ -166,10 +169,12 @@ def test_windows_late_for_a_rolled_up_hour_reopen_it(tmp_path: Path, delay_s: fl
     assert_same_counts(profile, merged, pooled_window(profile, [X1, X2]))
 
 
-def test_a_batch_twice_in_one_commit_is_stored_and_rolled_up_once(tmp_path: Path) -> None:
+def test_a_batch_twice_in_one_commit_is_stored_and_rolled_up_once(
+    store_location: Path | str,
+) -> None:
     rng = np.random.default_rng(11)
     profile = reference(rng)
-    telemetry = FleetTelemetry(tmp_path / "fleet.db")
+    telemetry = FleetTelemetry(store_location)
     (dev,) = fleet(["a"], 1)
     for k in range(3):
         dev.record(profile, rng.normal(size=(50, 8)), T0 + k * 60, T0 + (k + 1) * 60)
@@ -188,13 +193,13 @@ def test_a_batch_twice_in_one_commit_is_stored_and_rolled_up_once(tmp_path: Path
 
 
 def test_decoded_rollups_kept_by_a_writer_never_hide_another_writers_windows(
-    tmp_path: Path,
+    store_location: Path | str,
 ) -> None:
     """Each writer keeps the rollups it wrote decoded; a row changed since is read again."""
     rng = np.random.default_rng(12)
     profile = reference(rng)
-    a = FleetTelemetry(tmp_path / "fleet.db")
-    b = FleetTelemetry(tmp_path / "fleet.db")  # a second hub process on the same file
+    a = FleetTelemetry(store_location)
+    b = FleetTelemetry(store_location)  # a second hub process on the same store
     (dev,) = fleet(["a"], 1)
     for k, writer in enumerate((a, b, a, a)):
         dev.record(profile, rng.normal(size=(40, 8)), T0 + k * 60, T0 + (k + 1) * 60)
@@ -208,7 +213,7 @@ def test_decoded_rollups_kept_by_a_writer_never_hide_another_writers_windows(
     b.close()
 
 
-def test_coarsening_and_retention_keep_totals_exact(tmp_path: Path) -> None:
+def test_coarsening_and_retention_keep_totals_exact(store_location: Path | str) -> None:
     rng = np.random.default_rng(9)
     profile = reference(rng)
     settings = FleetSettings(
@@ -218,7 +223,7 @@ def test_coarsening_and_retention_keep_totals_exact(tmp_path: Path) -> None:
         monitor_lookback_s=1800.0,
         maintenance_budget=7,  # several small steps, as the worker does them
     )
-    telemetry = FleetTelemetry(tmp_path / "fleet.db", settings)
+    telemetry = FleetTelemetry(store_location, settings)
     devices = fleet(["a", "b"], 2)
     now = T0
     for step in range(12):  # two days of 4-hourly windows
@@ -247,16 +252,16 @@ def test_coarsening_and_retention_keep_totals_exact(tmp_path: Path) -> None:
     assert (result.stored, result.duplicates) == (0, 1)
 
 
-def test_restarted_store_still_dedupes(tmp_path: Path) -> None:
+def test_restarted_store_still_dedupes(store_location: Path | str) -> None:
     rng = np.random.default_rng(10)
     profile = reference(rng)
     (dev,) = fleet(["a"], 1)
     for k in range(3):
         dev.record(profile, rng.normal(size=(20, 8)), T0 + k * 60, T0 + (k + 1) * 60)
-    first = FleetTelemetry(tmp_path / "fleet.db")
+    first = FleetTelemetry(store_location)
     assert first.ingest(dev.info, dev.unacked, T0 + 200).stored == 3
     first.close()
-    second = FleetTelemetry(tmp_path / "fleet.db")
+    second = FleetTelemetry(store_location)
     result = second.ingest(dev.info, dev.unacked, T0 + 300)
     assert (result.stored, result.duplicates, result.highest_contiguous_seq) == (0, 3, 3)
     counts = second.store.count_windows()  # stored once and rolled up once

@@ -19,7 +19,7 @@ from tests.hub.hubkit import make_hub
 from tests.support.bundles import placeholder_bundle
 
 from edgefleet.hub.fleet.ingest import FleetTelemetry
-from edgefleet.hub.fleet.settings import fleet_db_path
+from edgefleet.hub.fleet.settings import fleet_location
 
 VALIDATION = {
     "metric": "accuracy",
@@ -52,7 +52,7 @@ def test_drift_with_hub_config_uses_the_published_bundle(
     assert code == 0, err
 
     rng = np.random.default_rng(52)
-    telemetry = FleetTelemetry(fleet_db_path(hub.config().store.path))
+    telemetry = FleetTelemetry(fleet_location(hub.config().store.path))
     start = time.time() - 3600
     for dev in fleet(["a", "b"], 3):
         for k in range(4):

@@ -142,3 +142,21 @@ def _window_body() -> dict[str, object]:
         "end_s": T0 + 60,
         "requests": 3,
     }
+
+
+def test_a_hub_that_does_not_hold_the_fleet_work_never_maintains(tmp_path: Path) -> None:
+    """Hubs on one store share the fleet tables: only the lease holder maintains them."""
+    telemetry = FleetTelemetry(tmp_path / "fleet.db")
+    worker = IngestWorker(telemetry, maintenance_interval_s=0.0)
+    steps: list[float] = []
+    telemetry.maintain = lambda now: steps.append(now) or telemetry.store.maintain(now)  # type: ignore[method-assign]
+    try:
+        holds = False
+        worker.maintains = lambda: holds
+        worker._maintain(idle=True)
+        assert steps == []
+        holds = True  # it took the lease over
+        worker._maintain(idle=True)
+        assert len(steps) == 1
+    finally:
+        telemetry.close()

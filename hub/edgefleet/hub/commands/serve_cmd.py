@@ -18,7 +18,6 @@ from edgefleet.hub.commands.common import config_option
 from edgefleet.hub.config import HubConfig, load_config
 from edgefleet.hub.credentials import generate_password, mosquitto_hash
 from edgefleet.hub.errors import HubConfigError
-from edgefleet.hub.fleet.settings import fleet_db_path
 from edgefleet.hub.store import HubStore, open_store
 from edgefleet.hub.store.serve_lock import ServeLock
 
@@ -80,11 +79,10 @@ def _log_started(transport: MqttTransport, config: HubConfig, store_where: str) 
     where = f"{config.broker.host}:{config.broker.port}"
     if transport.connected:
         log.info(
-            "hub: serving %s through the broker at %s (store %s, fleet telemetry %s)",
+            "hub: serving %s through the broker at %s (store and fleet telemetry %s)",
             config.broker.topic_root,
             where,
             store_where,
-            fleet_db_path(config.store.path),
         )
     else:
         log.warning(

@@ -29,7 +29,8 @@ def store() -> None:
 @config_option
 @json_option
 def migrate(target_url: str, config_path: Path | None, as_json: bool) -> None:
-    """Copy the SQLite hub store of hub.toml into an empty PostgreSQL database.
+    """Copy the SQLite hub store of hub.toml, fleet tables included, into an empty
+    PostgreSQL database.
 
     Stop `hub serve` first (a running one is refused). The SQLite file is left as it
     was; point hub.toml at the new store with `[store] url = "..."` afterwards.
@@ -76,7 +77,7 @@ def migrate(target_url: str, config_path: Path | None, as_json: bool) -> None:
 def _render(result: dict[str, Any]) -> str:
     rows = result["rows"]
     lines = [f"copied {result['from']} -> {result['to']}"]
-    lines += [f"  {table:<17} {n}" for table, n in rows.items()]
+    lines += [f"  {table:<20} {n}" for table, n in rows.items()]
     if result["bundle_bytes_stored"]:
         lines.append(f"stored the bytes of {result['bundle_bytes_stored']} bundle(s) from files")
     for sha256 in result["bundles_without_bytes"]:

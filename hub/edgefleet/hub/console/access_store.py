@@ -51,7 +51,7 @@ def digest(secret: str) -> str:
 
 
 def console_db_path(store_path: Path) -> Path:
-    """``hub.db`` -> ``hub.console.db`` (next to the fleet database ``hub.fleet.db``)."""
+    """``hub.db`` -> ``hub.console.db`` (beside the hub store, which holds the fleet tables)."""
     return store_path.with_name(f"{store_path.stem}.console.db")
 
 

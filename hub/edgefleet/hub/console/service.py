@@ -37,7 +37,8 @@ from edgefleet.hub.enrollment import DEFAULT_STATE_DIR, enroll_device, publisher
 from edgefleet.hub.errors import HubNotFoundError, HubUsageError
 from edgefleet.hub.fleet.aggregate import DriftQuery, FleetAggregator
 from edgefleet.hub.fleet.alert_store import AlertStore
-from edgefleet.hub.fleet.settings import fleet_db_path
+from edgefleet.hub.fleet.database import fleet_database_exists
+from edgefleet.hub.fleet.settings import fleet_location
 from edgefleet.hub.rollout.engine import RolloutEngine, summary
 from edgefleet.hub.rollout.machine import RolloutState
 from edgefleet.hub.rollout.plan import DEFAULT_PHASES
@@ -68,7 +69,7 @@ class FleetConsole:
         cache_s: float = 0.0,
         drift_cache_s: float = 0.0,
         stale_factor: float = 0.0,
-        fleet_db: Path | None = None,
+        fleet_db: Path | str | None = None,
     ) -> None:
         self.config, self.store, self.access, self.clock = config, store, access, clock
         self.engine = RolloutEngine(store)
@@ -76,7 +77,7 @@ class FleetConsole:
         # Drift moves with telemetry windows (minutes apart) and a per-device breakdown of a
         # large fleet takes long to score: it is kept longer than the device rows.
         self._drift_cache = AnswerCache(drift_cache_s, clock, stale_s=drift_cache_s * stale_factor)
-        self._fleet_db = fleet_db or fleet_db_path(config.store.path)
+        self._fleet_db = fleet_db or fleet_location(config.store.location)
         self._view: FleetView | None = None
         self._view_lock = threading.Lock()
 
@@ -368,7 +369,7 @@ class FleetConsole:
     def drift_models(self, *, wait: bool = True) -> list[dict[str, Any]] | None:
         """Models and versions with telemetry; with ``wait=False`` None (and computed in the
         background) when no answer is held: on a large fleet database it takes seconds."""
-        if not self._fleet_db.exists():
+        if not fleet_database_exists(self._fleet_db):
             return []
 
         def compute() -> list[dict[str, Any]]:
@@ -477,7 +478,7 @@ class FleetConsole:
             raise HubUsageError("status must be open, resolved or all")
         if not 1 <= limit <= 1000 or offset < 0:
             raise HubUsageError("limit must be 1..1000 and offset not negative")
-        if not self._fleet_db.exists():
+        if not fleet_database_exists(self._fleet_db):
             return {"items": [], "open": 0, "limit": limit, "offset": offset, "total": 0}
         alerts = AlertStore(self._fleet().db)
         records = alerts.list_alerts(status, limit + offset)
@@ -498,7 +499,7 @@ class FleetConsole:
     def acknowledge(self, alert_id: int, by: str, note: str = "") -> dict[str, Any]:
         if self.access is None:  # pragma: no cover (the API always has one)
             raise HubUsageError("acknowledging needs the console store")
-        if not self._fleet_db.exists():
+        if not fleet_database_exists(self._fleet_db):
             raise HubNotFoundError(f"no such alert {alert_id}")
         with self._fleet().db.read() as conn:
             row = conn.execute("SELECT 1 FROM fleet_alerts WHERE id = ?", (alert_id,)).fetchone()

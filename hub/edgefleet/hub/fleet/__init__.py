@@ -48,7 +48,7 @@ _EXPORTS = {
     "bundle_loaders": "references",
     "FleetWorkers": "workers",
     "FleetSettings": "settings",
-    "fleet_db_path": "settings",
+    "fleet_location": "settings",
 }
 
 __all__ = [
@@ -75,7 +75,7 @@ __all__ = [
     "WebhookSink",
     "bundle_loaders",
     "collect",
-    "fleet_db_path",
+    "fleet_location",
     "render_metrics",
 ]
 
@@ -104,5 +104,5 @@ if TYPE_CHECKING:
     from edgefleet.hub.fleet.metrics import HubMetrics, MetricsServer, collect, render_metrics
     from edgefleet.hub.fleet.monitor import FleetMonitor
     from edgefleet.hub.fleet.references import References, bundle_loaders
-    from edgefleet.hub.fleet.settings import FleetSettings, fleet_db_path
+    from edgefleet.hub.fleet.settings import FleetSettings, fleet_location
     from edgefleet.hub.fleet.workers import FleetWorkers

@@ -14,13 +14,12 @@ Invariants:
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from edgefleet.hub.fleet.alerts import Tracker, TrackerState
-from edgefleet.hub.fleet.database import FleetDatabase
+from edgefleet.hub.fleet.database import FleetConnection, FleetDatabase
 
 OPEN, RESOLVED = "open", "resolved"
 
@@ -126,9 +125,11 @@ class AlertStore:
         return 0 if row is None else int(row[0])
 
     @staticmethod
-    def save_cursor(conn: sqlite3.Connection, model: str, version: int, rid: int) -> None:
+    def save_cursor(conn: FleetConnection, model: str, version: int, rid: int) -> None:
         conn.execute(
-            "INSERT OR REPLACE INTO fleet_alert_cursors VALUES (?, ?, ?)", (model, version, rid)
+            "INSERT INTO fleet_alert_cursors VALUES (?, ?, ?) ON CONFLICT (model, version)"
+            " DO UPDATE SET rid = excluded.rid",
+            (model, version, rid),
         )
 
     def scope(self, scope_key: str) -> ScopeCarry:
@@ -152,25 +153,29 @@ class AlertStore:
         return {str(k): t for k, t in rows}
 
     @staticmethod
-    def save_scope(conn: sqlite3.Connection, scope_key: str, carry: ScopeCarry) -> None:
+    def save_scope(conn: FleetConnection, scope_key: str, carry: ScopeCarry) -> None:
         conn.execute(
-            "INSERT OR REPLACE INTO fleet_alert_scopes VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO fleet_alert_scopes VALUES (?, ?, ?, ?, ?) ON CONFLICT (scope_key)"
+            " DO UPDATE SET last_data_at = excluded.last_data_at, carry = excluded.carry,"
+            " carry_totals = excluded.carry_totals, carry_since = excluded.carry_since",
             (scope_key, carry.last_data_at, carry.stats, carry.totals, carry.since),
         )
 
     @staticmethod
-    def save_tracker(conn: sqlite3.Connection, key: str, tracker: Tracker, now: float) -> None:
+    def save_tracker(conn: FleetConnection, key: str, tracker: Tracker, now: float) -> None:
         if tracker.state is TrackerState.OK and tracker.count == 0:
             conn.execute("DELETE FROM fleet_alert_trackers WHERE key = ?", (key,))
             return
         conn.execute(
-            "INSERT OR REPLACE INTO fleet_alert_trackers VALUES (?, ?, ?, ?)",
+            "INSERT INTO fleet_alert_trackers VALUES (?, ?, ?, ?) ON CONFLICT (key)"
+            " DO UPDATE SET state = excluded.state, count = excluded.count,"
+            " updated_at = excluded.updated_at",
             (key, tracker.state.value, tracker.count, now),
         )
 
     # -- alerts ----------------------------------------------------------------------
     @staticmethod
-    def open_alert(conn: sqlite3.Connection, alert: NewAlert, now: float) -> AlertRecord | None:
+    def open_alert(conn: FleetConnection, alert: NewAlert, now: float) -> AlertRecord | None:
         exists = conn.execute(
             "SELECT 1 FROM fleet_alerts WHERE status = ? AND key = ?", (OPEN, alert.key)
         ).fetchone()
@@ -179,7 +184,7 @@ class AlertStore:
         cur = conn.execute(
             "INSERT INTO fleet_alerts (key, rule, model, version, scope_kind, scope, severity,"
             " status, opened_at, resolved_at, summary, details)"
-            " VALUES (?,?,?,?,?,?,?,?,?,NULL,?,?)",
+            " VALUES (?,?,?,?,?,?,?,?,?,NULL,?,?) RETURNING id",
             (
                 alert.key,
                 alert.rule,
@@ -194,14 +199,15 @@ class AlertStore:
                 json.dumps(dict(alert.details), sort_keys=True, default=str),
             ),
         )
+        (new_id,) = cur.fetchone()
         row = conn.execute(
-            f"SELECT {_COLUMNS} FROM fleet_alerts WHERE id = ?", (cur.lastrowid,)
+            f"SELECT {_COLUMNS} FROM fleet_alerts WHERE id = ?", (new_id,)
         ).fetchone()
         return _record(row)
 
     @staticmethod
     def resolve_alert(
-        conn: sqlite3.Connection, key: str, now: float, reason: str
+        conn: FleetConnection, key: str, now: float, reason: str
     ) -> AlertRecord | None:
         row = conn.execute(
             f"SELECT {_COLUMNS} FROM fleet_alerts WHERE status = ? AND key = ?", (OPEN, key)

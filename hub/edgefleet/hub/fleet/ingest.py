@@ -49,7 +49,7 @@ from typing import Protocol
 from edgefleet.core.errors import ProtocolError
 from edgefleet.core.protocol import TelemetryBatch, TelemetryRecord
 from edgefleet.hub.errors import HubConfigError
-from edgefleet.hub.fleet.database import FleetDatabase
+from edgefleet.hub.fleet.database import open_fleet_database
 from edgefleet.hub.fleet.retention import MaintenanceResult
 from edgefleet.hub.fleet.settings import FleetSettings
 from edgefleet.hub.fleet.totals import WindowTotals
@@ -128,11 +128,13 @@ def record_row(record: TelemetryRecord) -> RecordRow:
 
 
 class FleetTelemetry:
-    """The fleet telemetry store behind one database file."""
+    """The fleet telemetry store: the fleet tables of the hub store's database at
+    ``location`` (an SQLite file path or a ``postgresql://`` URL)."""
 
-    def __init__(self, db_path: Path, settings: FleetSettings | None = None) -> None:
+    def __init__(self, location: Path | str, settings: FleetSettings | None = None) -> None:
         self.settings = settings or FleetSettings()
-        self.db = FleetDatabase(Path(db_path))
+        self.db = open_fleet_database(location)
+        where = self.db.where
         wanted = (self.settings.bucket_s, self.settings.coarse_bucket_s)
         stored = self.db.buckets()
         if stored is None:
@@ -140,7 +142,7 @@ class FleetTelemetry:
         elif stored != wanted:
             self.db.close()
             raise HubConfigError(
-                f"{db_path}: fleet database was bucketed with bucket_s={stored[0]}, "
+                f"{where}: fleet database was bucketed with bucket_s={stored[0]}, "
                 f"coarse_bucket_s={stored[1]}, not {wanted[0]}/{wanted[1]}: keep those "
                 "settings or start a new fleet database"
             )
@@ -215,7 +217,9 @@ class IngestWorker:
     with no group and an empty profile. Maintenance (roll-up, coarsening, retention) runs in
     this thread in steps of ``maintenance_budget`` windows: one every
     ``maintenance_interval_s`` (between commits if the queue never runs dry), and back to
-    back while no batch waits and work is left.
+    back while no batch waits and work is left — only while ``maintains()`` says so: the
+    fleet tables are shared by every hub on a PostgreSQL store, so only the holder of the
+    once-per-fleet work maintains them (``FleetWorkers`` sets it; alone, always).
     """
 
     def __init__(
@@ -249,6 +253,7 @@ class IngestWorker:
         self._devices: dict[str, tuple[float, DeviceInfo]] = {}
         self._last_maintenance = 0.0
         self._maintenance_more = False
+        self.maintains: Callable[[], bool] = lambda: True
         self._last_rate_at: float | None = None
 
     # -- called from any thread ------------------------------------------------------
@@ -459,10 +464,17 @@ class IngestWorker:
         """
         now = self.clock()
         due = now - self._last_maintenance >= self.maintenance_interval_s
-        if due or (idle and self._maintenance_more):
+        if (due or (idle and self._maintenance_more)) and self._maintains_now():
             self._last_maintenance = now
             try:
                 self._maintenance_more = self.telemetry.maintain(now).more
             except Exception as e:
                 self._maintenance_more = False
                 log.error("fleet maintenance failed: %s", e)
+
+    def _maintains_now(self) -> bool:
+        try:
+            return self.maintains()
+        except Exception:  # noqa: BLE001 - a failing check must not stop the worker
+            log.exception("fleet maintenance: cannot tell whether this hub maintains")
+            return False

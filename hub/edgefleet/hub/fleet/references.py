@@ -84,10 +84,15 @@ def read_bundle_member(path: Path, member: str, max_bytes: int = MAX_REFERENCE_B
 
 
 def bundle_loaders(
-    index: BundleIndex, bundles_root: Path
+    index: BundleIndex, bundle_file: Callable[[str], Path]
 ) -> tuple[ReferenceLoader, ValidationLoader]:
     """Loaders reading the hub's published bundles (the most recently published one wins
-    when several target profiles share a model version)."""
+    when several target profiles share a model version).
+
+    ``bundle_file(sha256)`` is the bundle's local file; with several hubs it is written
+    from the store on demand (``PublishedBundleStore.local_path``), so a hub that never
+    published or served a bundle still finds its reference.
+    """
 
     def latest(model: str, version: int) -> Any | None:
         bundles = index.find_bundles(model, version)
@@ -103,7 +108,7 @@ def bundle_loaders(
         member = bundle.manifest.get("reference_path", "reference.json")
         if member is None:
             return None
-        data = read_bundle_member(Path(bundles_root) / bundle.path, str(member))
+        data = read_bundle_member(bundle_file(bundle.sha256), str(member))
         return ReferenceProfile.from_json(data)
 
     def validation(model: str, version: int) -> Mapping[str, Any] | None:

@@ -150,7 +150,8 @@ def prune(db: FleetDatabase, settings: FleetSettings, now: float) -> tuple[int, 
         ).fetchall()
         conn.executemany(
             "INSERT INTO fleet_cursor VALUES (?, ?, ?) ON CONFLICT (device) DO UPDATE"
-            " SET pruned_through = MAX(pruned_through, excluded.pruned_through)",
+            " SET pruned_through = CASE WHEN excluded.pruned_through > fleet_cursor.pruned_through"
+            " THEN excluded.pruned_through ELSE fleet_cursor.pruned_through END",
             [(d, seq, seq) for d, seq in highest],
         )
         pruned = conn.execute(f"DELETE FROM fleet_records WHERE {where}", (cutoff,)).rowcount

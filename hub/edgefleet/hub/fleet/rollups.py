@@ -19,7 +19,6 @@ cannot change a result.
 
 from __future__ import annotations
 
-import sqlite3
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Any
 from edgefleet.core.drift import WindowStats
 from edgefleet.core.drift.wire_batch import decode_many
 from edgefleet.core.errors import DriftError
+from edgefleet.hub.fleet.database import FleetConnection
 from edgefleet.hub.fleet.settings import FleetSettings
 from edgefleet.hub.fleet.totals import WindowTotals
 
@@ -126,7 +126,7 @@ def rollup_keys(item: FoldItem, settings: FleetSettings, now: float) -> list[Rol
 
 
 def fold(
-    conn: sqlite3.Connection,
+    conn: FleetConnection,
     settings: FleetSettings,
     items: Iterable[FoldItem],
     now: float,
@@ -149,17 +149,18 @@ def fold(
         if item.stats is not None:
             entry[1].append(item.stats)
     by_group: dict[RollupKey, tuple[WindowTotals, list[WindowStats]]] = {}
+    merges: list[tuple[RollupKey, WindowTotals, Sequence[WindowStats]]] = []
     for device_key, (totals, stats, group_key) in by_device.items():
-        _merge_row(conn, device_key, totals, stats, now, cache)
+        merges.append((device_key, totals, stats))
         group = by_group.setdefault(group_key, (WindowTotals(), []))
         group[0].add(totals)
         group[1].extend(stats)
-    for group_key, (totals, stats) in by_group.items():
-        _merge_row(conn, group_key, totals, stats, now, cache)
+    merges += [(key, totals, stats) for key, (totals, stats) in by_group.items()]
+    _merge_rows(conn, merges, now, cache)
 
 
 def merge_into(
-    conn: sqlite3.Connection,
+    conn: FleetConnection,
     key: RollupKey,
     parts: Sequence[tuple[WindowTotals, WindowStats | None]],
     now: float,
@@ -170,52 +171,88 @@ def merge_into(
     for part_totals, _ in parts:
         totals.add(part_totals)
     stats = [s for _, s in parts if s is not None]
-    _merge_row(conn, key, totals, stats, now, cache)
+    _merge_rows(conn, [(key, totals, stats)], now, cache)
 
 
-def _merge_row(
-    conn: sqlite3.Connection,
-    key: RollupKey,
-    new_totals: WindowTotals,
-    new_stats: Sequence[WindowStats],
+def _merge_rows(
+    conn: FleetConnection,
+    merges: Sequence[tuple[RollupKey, WindowTotals, Sequence[WindowStats]]],
     now: float,
     cache: RollupCache | None,
 ) -> None:
-    totals = WindowTotals()
-    windows: list[WindowStats] = []
-    head = conn.execute(
-        f"SELECT windows, updated_at FROM fleet_rollups WHERE {_KEY_WHERE}", key
-    ).fetchone()
-    if head is not None:
+    """Add each (key, totals, stats) to its rollup row (created when missing); distinct
+    keys. A few statements for all of them, not a few per row: on PostgreSQL every
+    statement is a round trip made while holding the fleet write lock."""
+    keys = [_normal(key) for key, _, _ in merges]
+    heads = _select_rows(conn, "windows, updated_at", keys)
+    entries: dict[RollupKey, _Entry] = {}
+    misses = []
+    for key, head in heads.items():
         entry = None if cache is None else cache.get(key, int(head[0]), float(head[1]))
         if entry is None:
-            summary, blob = conn.execute(
-                f"SELECT summary, drift FROM fleet_rollups WHERE {_KEY_WHERE}", key
-            ).fetchone()
-            entry = _Entry(0, 0.0, WindowTotals.from_json(summary), decode(blob)[0])
-        totals.add(entry.totals)
-        if entry.stats is not None:
-            windows.append(entry.stats)
-    totals.add(new_totals)
-    windows.extend(new_stats)
-    merged = WindowStats.merge_all(windows) if len(windows) > 1 else next(iter(windows), None)
-    values = (
-        totals.windows,
-        totals.start_s,
-        totals.end_s,
-        totals.to_json(),
-        None if merged is None else merged.to_bytes(),
-        now,
-    )
-    if head is None:
-        conn.execute(
-            "INSERT INTO fleet_rollups VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", (*key, *values)
+            misses.append(key)
+        else:
+            entries[key] = entry
+    for key, (summary, blob) in _select_rows(conn, "summary, drift", misses).items():
+        entries[key] = _Entry(0, 0.0, WindowTotals.from_json(summary), decode(blob)[0])
+    inserts, updates = [], []
+    for key, (_, new_totals, new_stats) in zip(keys, merges, strict=True):
+        totals = WindowTotals()
+        windows: list[WindowStats] = []
+        entry = entries.get(key)
+        if entry is not None:
+            totals.add(entry.totals)
+            if entry.stats is not None:
+                windows.append(entry.stats)
+        totals.add(new_totals)
+        windows.extend(new_stats)
+        merged = WindowStats.merge_all(windows) if len(windows) > 1 else next(iter(windows), None)
+        values = (
+            totals.windows,
+            totals.start_s,
+            totals.end_s,
+            totals.to_json(),
+            None if merged is None else merged.to_bytes(),
+            now,
         )
-    else:  # an UPDATE in place costs less than a REPLACE (delete, insert, re-index)
-        conn.execute(
+        if key in heads:  # an UPDATE in place costs less than a REPLACE
+            updates.append((*values, *key))
+        else:
+            inserts.append((*key, *values))
+        if cache is not None:
+            cache.put(key, _Entry(totals.windows, now, totals, merged))
+    if inserts:
+        conn.executemany("INSERT INTO fleet_rollups VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", inserts)
+    if updates:
+        conn.executemany(
             "UPDATE fleet_rollups SET windows = ?, start_s = ?, end_s = ?, summary = ?,"
             f" drift = ?, updated_at = ? WHERE {_KEY_WHERE}",
-            (*values, *key),
+            updates,
         )
-    if cache is not None:
-        cache.put(key, _Entry(totals.windows, now, totals, merged))
+
+
+_KEY_COLUMNS = "level, model, version, bucket_s, device, grp, profile, profile_id"
+_ROWS_PER_SELECT = 100
+
+
+def _normal(key: RollupKey) -> RollupKey:
+    """A key as the database gives it back (so stored and computed keys compare equal)."""
+    level, model, version, bucket, device, grp, profile, pid = key
+    return (int(level), str(model), int(version), int(bucket), str(device), str(grp),
+            str(profile), str(pid))  # fmt: skip
+
+
+def _select_rows(
+    conn: FleetConnection, columns: str, keys: Sequence[RollupKey]
+) -> dict[RollupKey, tuple[Any, ...]]:
+    """``columns`` of the stored rollups among ``keys``, by (normalised) key."""
+    found: dict[RollupKey, tuple[Any, ...]] = {}
+    for i in range(0, len(keys), _ROWS_PER_SELECT):
+        chunk = keys[i : i + _ROWS_PER_SELECT]
+        where = " OR ".join([f"({_KEY_WHERE})"] * len(chunk))
+        params = [v for key in chunk for v in key]
+        for row in conn.execute(
+            f"SELECT {_KEY_COLUMNS}, {columns} FROM fleet_rollups WHERE {where}", params
+        ):
+            found[_normal(tuple(row[:8]))] = tuple(row[8:])
+    return found

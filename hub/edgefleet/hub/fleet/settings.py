@@ -1,4 +1,4 @@
-"""Settings of fleet telemetry: time buckets, retention and where the fleet database lives.
+"""Settings of fleet telemetry: time buckets, retention and where the fleet tables live.
 
 Invariants checked in ``__post_init__``:
 
@@ -19,13 +19,10 @@ HOUR_S = 3600
 DAY_S = 86400
 
 
-def fleet_db_path(store_path: Path) -> Path:
-    """The fleet database next to the hub store: ``hub.db`` -> ``hub.fleet.db``.
-
-    A file of its own so that ingest transactions never hold the write lock the rollout
-    engine needs on the hub store.
-    """
-    return store_path.with_name(f"{store_path.stem}.fleet.db")
+def fleet_location(store_location: Path | str) -> Path | str:
+    """Where the fleet tables live: in the hub store's own database — its SQLite file or
+    its PostgreSQL database (``[store] url``), so every hub on one store shares them."""
+    return store_location
 
 
 @dataclass(frozen=True)

@@ -50,13 +50,13 @@ Invariants:
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgefleet.core.protocol.telemetry import MAX_PENDING_SPANS, AckCursor
-from edgefleet.hub.fleet.database import STATS_COLUMNS, FleetDatabase
+from edgefleet.hub.fleet.database import STATS_COLUMNS, FleetConnection, FleetDatabase
+from edgefleet.hub.fleet.group_commit import GroupState, Prepared, prepare, seq_ranges
 from edgefleet.hub.fleet.retention import MaintenanceResult, maintain
 from edgefleet.hub.fleet.rollups import FoldItem, RollupCache, decode_items, fold
 from edgefleet.hub.fleet.settings import FleetSettings
@@ -158,15 +158,21 @@ class FleetWindowStore:
         outcomes: list[BatchOutcome] = []
         items: list[FoldItem] = []
         counts = {"records_stored": 0, "windows_stored": 0, "duplicates": 0, "malformed": 0}
-        seen: dict[str, set[int]] = {}  # stored by this transaction, per device
+        ranges = seq_ranges(batches)
+        fold_now = self.settings.rollup_delay_s <= 0
+        # Build and decode outside the write transaction (group_commit.prepare).
+        ready = prepare(self.db, batches, ranges, build, fold_now) if build else Prepared()
         try:
             with self.db.write() as conn:
+                # Read once for the whole group, apply in memory, write once (group_commit).
+                state = GroupState.load(conn, ranges)
                 for batch in batches:
-                    outcome = self._add_one(conn, batch, now, build, seen, items, counts)
+                    outcome = self._add_one(state, batch, now, build, ready, items, counts)
                     outcomes.append(outcome)
                     counts["records_stored"] += outcome.stored
                     counts["windows_stored"] += outcome.windows_stored
                     counts["duplicates"] += outcome.duplicates
+                state.flush(self.db, conn)
                 if items:
                     counts["undecodable_windows"] = decode_items(items)
                     fold(conn, self.settings, items, now, self.cache)
@@ -179,15 +185,16 @@ class FleetWindowStore:
 
     def _add_one(
         self,
-        conn: sqlite3.Connection,
+        state: GroupState,
         batch: DeviceBatch,
         now: float,
         build: Callable[[Any], RecordRow] | None,
-        seen: dict[str, set[int]],
+        ready: Prepared,
         items: list[FoldItem],
         counts: dict[str, int],
     ) -> BatchOutcome:
-        cursor, pruned = self._read_cursor(conn, batch.device)
+        entry = state.cursors[batch.device]
+        cursor, pruned = entry.current, entry.pruned
         highest = batch.highest_seq
         if highest is None:
             highest = max((r.seq for r in batch.rows), default=None)
@@ -204,30 +211,22 @@ class FleetWindowStore:
         # A row retention deleted is a duplicate only where the cursor covers it.
         received = [r for r in batch.rows if r.seq > pruned or not cursor.covers(r.seq)]
         # Inside the write transaction nobody else inserts: what is not stored now is new.
-        known = seen.setdefault(batch.device, set())
-        if received:
-            known |= {
-                int(r[0])
-                for r in conn.execute(
-                    "SELECT seq FROM fleet_records WHERE device = ? AND seq BETWEEN ? AND ?",
-                    (batch.device, min(r.seq for r in received), max(r.seq for r in received)),
-                )
-            }
+        known = state.known[batch.device]
         fresh = [r for r in received if r.seq not in known]
-        rows: list[RecordRow] = [build(r) for r in fresh] if build is not None else list(fresh)
+        rows: list[RecordRow] = (
+            [ready.row(batch.device, r, build) for r in fresh] if build is not None else list(fresh)
+        )
         known.update(r.seq for r in rows)
         windows = [r for r in rows if r.kind == "window"]
         others = [r for r in rows if r.kind != "window"]
         fold_now = self.settings.rollup_delay_s <= 0
         buckets = [self.settings.bucket_of(r.start_s or 0.0) for r in windows]
-        conn.executemany(
-            "INSERT INTO fleet_records (device, seq, kind, received_at, model, version, grp,"
-            " profile, start_s, end_s, bucket_s, requests, errors, summary, drift, rolled)"
-            " VALUES (?,?,'window',?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        state.windows.extend(
             [
                 (
                     batch.device,
                     r.seq,
+                    "window",
                     now,
                     r.model,
                     r.version,
@@ -243,13 +242,9 @@ class FleetWindowStore:
                     int(fold_now),
                 )
                 for r, bucket in zip(windows, buckets, strict=True)
-            ],
+            ]
         )
-        conn.executemany(
-            "INSERT INTO fleet_records (device, seq, kind, received_at, model, version)"
-            " VALUES (?,?,?,?,?,?)",
-            [(batch.device, r.seq, r.kind, now, r.model, r.version) for r in others],
-        )
+        state.others.extend((batch.device, r.seq, r.kind, now, r.model, r.version) for r in others)
         malformed = sum(1 for r in others if r.kind == "malformed")
         counts["malformed"] += malformed
         if fold_now:
@@ -257,21 +252,21 @@ class FleetWindowStore:
                 if r.model is None or r.version is None:
                     continue
                 totals = r.totals or WindowTotals.from_json(r.summary or "{}")
+                stats = ready.stats.pop((batch.device, r.seq), None)
                 items.append(
                     FoldItem(
                         r.model, r.version, batch.device, batch.group, batch.profile, bucket,
-                        totals, None, r.drift,
+                        totals, stats, None if stats is not None else r.drift,
                     )
                 )  # fmt: skip
-        if after != cursor:
-            self._write_cursor(conn, batch.device, cursor, after, pruned)
+        entry.current = after
         stored = len(rows)
         return BatchOutcome(
             stored, len(batch.rows) - stored, len(windows), after.contiguous, malformed
         )
 
     @staticmethod
-    def _read_cursor(conn: sqlite3.Connection, device: str) -> tuple[AckCursor, int]:
+    def _read_cursor(conn: FleetConnection, device: str) -> tuple[AckCursor, int]:
         """The device's ack cursor and ``pruned_through`` (-1: nothing pruned)."""
         row = conn.execute(
             "SELECT contiguous, pruned_through FROM fleet_cursor WHERE device = ?", (device,)
@@ -285,23 +280,6 @@ class FleetWindowStore:
         ).fetchall()
         pending = tuple((int(a), int(b)) for a, b in spans)
         return AckCursor(int(row[0]), pending), int(row[1])
-
-    @staticmethod
-    def _write_cursor(
-        conn: sqlite3.Connection, device: str, old: AckCursor, new: AckCursor, pruned: int
-    ) -> None:
-        if new.contiguous != old.contiguous:
-            conn.execute(
-                "INSERT INTO fleet_cursor VALUES (?, ?, ?) ON CONFLICT (device)"
-                " DO UPDATE SET contiguous = excluded.contiguous",
-                (device, new.contiguous, pruned),
-            )
-        if new.pending != old.pending:
-            conn.execute("DELETE FROM fleet_pending_spans WHERE device = ?", (device,))
-            conn.executemany(
-                "INSERT INTO fleet_pending_spans VALUES (?, ?, ?)",
-                [(device, a, b) for a, b in new.pending],
-            )
 
     def cursor(self, device: str) -> int | None:
         """What the hub acks to ``device`` (None: nothing received from it yet)."""
@@ -376,7 +354,7 @@ class FleetWindowStore:
 
     def _rollups(
         self,
-        conn: sqlite3.Connection,
+        conn: FleetConnection,
         model: str,
         version: int,
         fine: int | None,
@@ -402,7 +380,7 @@ class FleetWindowStore:
 
     def _raw(
         self,
-        conn: sqlite3.Connection,
+        conn: FleetConnection,
         model: str,
         version: int,
         fine: int | None,

@@ -5,6 +5,9 @@ the hub store, and starts and stops them in an order that loses nothing:
 
 - ``start``: the ingest worker first (so batches submitted as soon as MQTT delivers them
   are stored), then the webhook sender, the alert monitor and the metrics endpoint;
+- once per fleet: with several hubs on one PostgreSQL store they share the fleet tables
+  (see ``database``); every hub ingests what it receives, only the holder of the singleton
+  lease (``leader``) runs the alert monitor and the fleet maintenance;
 - ``stop``: the metrics endpoint, the monitor (an evaluation in progress finishes and
   commits), the ingest worker (stores what is queued; those acks may no longer reach the
   broker, the agents then resend and the duplicates are ignored), the webhook sender, and
@@ -38,7 +41,7 @@ from edgefleet.hub.fleet.monitor import FleetMonitor
 from edgefleet.hub.fleet.quotas import DeviceQuotas
 from edgefleet.hub.fleet.references import References, bundle_loaders
 from edgefleet.hub.fleet.screening import TelemetryScreen
-from edgefleet.hub.fleet.settings import fleet_db_path
+from edgefleet.hub.fleet.settings import fleet_location
 
 if TYPE_CHECKING:  # config imports the fleet package: no import cycle at run time
     from edgefleet.hub.config import FleetConfig
@@ -57,8 +60,8 @@ class FleetWorkers:
     def __init__(
         self,
         config: FleetConfig,
-        store_path: Path,
-        bundles_dir: Path,
+        store_location: Path | str,
+        bundle_file: Callable[[str], Path],
         store: FleetHubStore,
         publish: Callable[[str, bytes], None],
         alerts_topic: str,
@@ -68,13 +71,15 @@ class FleetWorkers:
         self.config = config
         self.store = store
         self.clock = clock
-        self.telemetry = FleetTelemetry(fleet_db_path(store_path), config.settings)
+        self.telemetry = FleetTelemetry(fleet_location(store_location), config.settings)
         self.worker = IngestWorker(self.telemetry, queue_size=config.ingest_queue_size, clock=clock)
         self.screen = TelemetryScreen(config.settings.raw_retention_s)
         self.quotas = DeviceQuotas(config.quota_settings())
         self._watched: dict[str, Callable[[], bool]] = {"fleet-ingest": lambda: self.worker.stalled}
         self.references = References(
-            *bundle_loaders(store, bundles_dir), cache=self.telemetry.store, clock=clock
+            *bundle_loaders(store, bundle_file),
+            cache=self.telemetry.store,
+            clock=clock,
         )
         self.webhook = WebhookSink(config.webhook_url) if config.webhook_url else None
         sinks: list[AlertSink] = [LogSink(), MqttAlertSink(publish, alerts_topic)]
@@ -83,8 +88,11 @@ class FleetWorkers:
         self.monitor = FleetMonitor(self.telemetry, self.references, config.policy, sinks)
         self.metrics: MetricsServer | None = None
         # Whether this hub does the once-per-fleet work now (the service sets it from its
-        # lease; alone on a store it always does): the alert monitor runs only then.
+        # lease; alone on a store it always does): the alert monitor and the maintenance
+        # of the fleet tables (roll-up, coarsening, retention) run only then. Every hub on
+        # a store shares its fleet tables, so the holder sees every hub's windows.
         self.leader: Callable[[], bool] = lambda: True
+        self.worker.maintains = lambda: self.leader()
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:

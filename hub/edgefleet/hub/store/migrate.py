@@ -6,6 +6,11 @@ Invariants:
   is read; every table of :data:`~edgefleet.hub.store.schema.TABLES` but ``meta`` is
   copied row for row (JSON columns byte for byte, bundle bytes a few parts per batch),
   in foreign-key order;
+- the fleet tables live in the store's database (``fleet/database.py``), so they move
+  with it, in the same target transaction: every one row for row with its ids (the
+  alert monitor's row-id cursors stay right), ``fleet_meta`` merged (the target's own
+  schema version row exists as soon as its fleet tables do). They are created on both
+  sides first; an older hub's separate fleet file beside the source is absorbed into it;
 - the target must be empty: a store that already holds any row is refused, never
   merged into;
 - the whole copy is one target transaction, checked table by table (row counts) before
@@ -20,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from edgefleet.hub.errors import HubStoreError, HubUsageError
+from edgefleet.hub.fleet.database import TABLES as FLEET_TABLES
+from edgefleet.hub.fleet.database import open_fleet_database
 from edgefleet.hub.store.postgres import PostgresHubStore
 from edgefleet.hub.store.schema import TABLES
 from edgefleet.hub.store.sqlite import SqliteHubStore
@@ -27,7 +34,10 @@ from edgefleet.hub.store.sqlite import SqliteHubStore
 COPY_BATCH = 2000
 # Rows per batch where a row is large: bundle_blobs rows are 1 MiB parts.
 TABLE_BATCH = {"bundle_blobs": 4}
-COPIED_TABLES = tuple(t for t in TABLES if t != "meta")
+FLEET_COPIED = tuple(t for t in FLEET_TABLES if t != "fleet_meta")
+COPIED_TABLES = tuple(t for t in TABLES if t != "meta") + FLEET_COPIED
+# Identity columns whose sequence must move past the ids copied along.
+_IDENTITIES = (("rollout_events", "id"), ("fleet_records", "rid"), ("fleet_alerts", "id"))
 
 
 def row_counts(store: SqliteHubStore | PostgresHubStore) -> dict[str, int]:
@@ -46,6 +56,8 @@ def copy_store(
     progress: Callable[[str, int], None] | None = None,
 ) -> dict[str, int]:
     """Copy every row of ``source`` into the empty ``target``; the rows copied per table."""
+    for location in (source.path, target.url):  # the fleet tables on both sides
+        open_fleet_database(location).close()
     with target.transaction():
         held = {t: n for t, n in row_counts(target).items() if n}
         if held:
@@ -60,11 +72,20 @@ def copy_store(
                 _copy_table(
                     source, target, table, min(batch, TABLE_BATCH.get(table, batch)), progress
                 )
-        # rollout_events rows came with their ids: move the identity past them.
-        target._one(
-            "SELECT setval(pg_get_serial_sequence('rollout_events', 'id'),"
-            " COALESCE((SELECT MAX(id) FROM rollout_events), 0) + 1, false)"
+            settings = source._all(
+                "SELECT key, value FROM fleet_meta WHERE key != 'schema_version'"
+            )
+        target._run_many(
+            "INSERT INTO fleet_meta VALUES (?, ?) ON CONFLICT (key)"
+            " DO UPDATE SET value = excluded.value",
+            [(r["key"], r["value"]) for r in settings],
         )
+        # Rows came with their ids: move each identity past them.
+        for table, column in _IDENTITIES:
+            target._one(
+                f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'),"
+                f" COALESCE((SELECT MAX({column}) FROM {table}), 0) + 1, false)"
+            )
         copied = row_counts(target)
         if copied != expected:
             wrong = sorted(t for t in expected if expected[t] != copied.get(t))
