@@ -54,12 +54,8 @@ def test_kill_9_of_the_lease_holder_during_a_rollout_loses_and_doubles_nothing(
         seqs = run.stored.get(device, [])
         assert len(seqs) == len(set(seqs)), f"{device}: a seq stored twice in the hub store"
 
-    if not run.shared_fleet_tables:
-        # With one fleet database per hub (an SQLite file each), each hub keeps its own ack
-        # cursor: a device whose batches went to several hubs is acked by none past what
-        # the killed hub had seen, and a record resent to another hub is held twice. The
-        # rest holds only with the fleet tables shared in the store's database.
-        pytest.xfail("fleet tables per hub: ack cursors and fleet records are per hub")
+    # The fleet tables are the store's, shared by the three hubs.
+    assert run.shared_fleet_tables
 
     # Nothing lost: each device's stored seqs are exactly its first .. the highest it
     # issued (no agent gave records up on purpose at this size), nothing left unacked.

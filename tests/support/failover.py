@@ -238,16 +238,15 @@ def run_failover(work: Path, url: str, broker_port: int, settings: FailoverSetti
             run.requests_by_status = dict(sorted(traffic.codes.items()))
         record = store.get_rollout(ROLLOUT)
         run.rollout_state = record.status.state.value if record else "missing"
-        # The killed hub's service manager starts it again. Until then the broker keeps its
-        # session (hubs connect with clean_session=False) and Mosquitto goes on handing
-        # that session its share of the devices' shared-subscription messages (telemetry,
-        # fetches), which the devices only get through by resending (an agent after 15 s);
-        # the restarted hub takes them, and they come to the store as late copies.
-        cluster.restart_dead()
-        run.timings["killed_hub_back_s"] = round(time.monotonic() - started, 1)
-        # Drain: no new telemetry; every device's records acked (the agents' last window
-        # closes within window_s of the traffic's end).
+        # The killed hub stays dead: hubs in a shared-subscription group connect with a
+        # clean session, so the broker hands the survivors every message (with a saved
+        # session Mosquitto kept giving the dead hub its share, and the drain below failed).
+        # Drain: no new telemetry; every device's records acked. An agent's last window
+        # closes within window_s + its flush interval of the traffic's end; until then its
+        # buffer may be empty with the window still open (a stop would then leave it
+        # unacked), so the drain is judged only after that.
         fleet.stop_producing()
+        time.sleep(settings.window_s + 1.0)
 
         def drained() -> bool:
             return fleet.drained and all(agent_buffer(a.state_dir)[0] == 0 for a in agents)

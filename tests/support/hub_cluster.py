@@ -80,24 +80,6 @@ class HubCluster:
             cwd=config.parent,
         )
 
-    def restart_dead(self, timeout_s: float = 60.0) -> int:
-        """Start again every hub whose process ended (what its service manager does after
-        a ``kill -9``) and wait until it serves; returns how many were restarted."""
-        restarted = []
-        for i, (config, proc) in enumerate(zip(self.configs, self.procs, strict=True)):
-            if proc.poll() is not None:
-                served = (config.parent / "serve.log").read_bytes().count(b"hub: serving")
-                self.procs[i] = self._serve(config)
-                restarted.append((i, served))
-        deadline = time.monotonic() + timeout_s
-        for i, served in restarted:
-            log_path = self.folder(i) / "serve.log"
-            while log_path.read_bytes().count(b"hub: serving") <= served:
-                if self.procs[i].poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"hub serve did not start: {log_path.read_text()[-2000:]}")
-                time.sleep(0.1)
-        return len(restarted)
-
     def wait_serving(self, timeout_s: float = 60.0) -> None:
         """Until every hub says it serves (raises with its log when one exits first)."""
         deadline = time.monotonic() + timeout_s

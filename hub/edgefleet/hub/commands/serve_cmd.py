@@ -41,8 +41,13 @@ def mqtt_settings(config: HubConfig, password: str | None) -> MqttSettings:
         username=broker.username,
         password=password,
         tls=tls,
-        # A persistent session: the broker keeps fetches and telemetry for us while we restart.
-        clean_session=False,
+        # Alone, a persistent session: the broker keeps fetches and telemetry for us while
+        # we restart. In a shared-subscription group, a clean one: Mosquitto goes on
+        # handing a dead member's saved session its share of the group's messages until
+        # the session expires, so a hub killed for good would hold back a share of the
+        # fleet's telemetry and fetches; with a clean session the survivors get them all
+        # (the devices resend what was in flight to the dead hub).
+        clean_session=broker.shared_subscriptions,
         # Chunk frames are paced by the service (back pressure); this is headroom.
         max_queued=4096,
         # Unacknowledged QoS 1 messages: chunk frames are sent no faster than this window
