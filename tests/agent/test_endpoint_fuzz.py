@@ -90,13 +90,48 @@ def post(path: str, body: bytes, extra_headers: bytes = b"") -> bytes:
     )
 
 
-def check_answer(status: int, body: bytes) -> Any:
+ITEM_BYTES = {"BOOL": 1, "INT8": 1, "UINT8": 1, "INT16": 2, "UINT16": 2, "FP16": 2}
+ITEM_BYTES |= {"INT32": 4, "UINT32": 4, "FP32": 4, "INT64": 8, "UINT64": 8, "FP64": 8}
+
+
+def binary_elements(datatype: str, raw: bytes) -> list[Any]:
+    """The elements of one binary output (only their number is checked): fixed-size
+    items, or BYTES as 4-byte little-endian lengths each followed by its bytes."""
+    if datatype != "BYTES":
+        assert len(raw) % ITEM_BYTES[datatype] == 0
+        return [None] * (len(raw) // ITEM_BYTES[datatype])
+    items, at = [], 0
+    while at < len(raw):
+        n = int.from_bytes(raw[at : at + 4], "little")
+        items.append(raw[at + 4 : at + 4 + n])
+        at += 4 + n
+    assert at == len(raw)
+    return items
+
+
+def check_answer(status: int, body: bytes, headers: dict[str, str] | None = None) -> Any:
+    """The answer's JSON document; with the binary tensor extension (a request may ask for
+    ``binary_data_output``) the JSON header, each binary output's bytes checked against
+    its declared ``binary_data_size`` and put back as ``data``."""
     assert status < 500, body[:300]
     if status >= 400:
         doc = json.loads(body)
         assert isinstance(doc, dict) and isinstance(doc.get("error"), str) and doc["error"]
         return doc
-    return json.loads(body) if body else None
+    header_length = (headers or {}).get("inference-header-content-length")
+    if header_length is None:
+        return json.loads(body) if body else None
+    doc = json.loads(body[: int(header_length)])
+    rest = memoryview(body)[int(header_length) :]
+    for out in doc["outputs"]:
+        size = (out.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            assert "data" not in out
+            assert len(rest) >= size
+            out["data"] = binary_elements(out["datatype"], bytes(rest[:size]))
+            rest = rest[size:]
+    assert len(rest) == 0, "bytes past the binary outputs"
+    return doc
 
 
 def assert_alive(server: EndpointServer) -> None:
@@ -198,8 +233,8 @@ def test_oip_shaped_requests(
 ) -> None:
     body = json.dumps(doc).encode()  # NaN/Infinity literals included
     before = len(sink.errors)
-    status, _, reply = exchange(client, post(f"/v2/models/{model}/infer", body))
-    answer = check_answer(status, reply)
+    status, headers, reply = exchange(client, post(f"/v2/models/{model}/infer", body))
+    answer = check_answer(status, reply, headers)
     if status == 200:
         outputs = {o["name"]: o for o in answer["outputs"]}
         rows = outputs["prediction_id"]["shape"][0] if "prediction_id" in outputs else None
