@@ -8,6 +8,7 @@ names what a full scan of the windows names.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,4 +162,36 @@ def test_the_console_pages_the_device_heat_map_drifting_first(db: Path, tmp_path
         assert all(f"device {d}" in first["headline"] for d in DRIFTED)
         assert console.drift_models() == [{"model": MODEL, "versions": [1]}]
     finally:
+        store.close()
+
+
+def test_a_request_never_waits_for_the_board_beyond_its_wait(db: Path, tmp_path: Path) -> None:
+    """Behind the API (answers kept), the first request waits at most ``drift_wait_s``,
+    then says ``computing``; once the board is built, the answer has its verdicts."""
+    config = HubConfig(store=StoreSettings(path=tmp_path / "hub.db", bundles_dir=tmp_path / "b"))
+    store = SqliteHubStore(config.store.path)
+    console = FleetConsole(config, store, fleet_db=db, drift_cache_s=60.0, drift_wait_s=0.05)
+    board = console._board
+    release = threading.Event()
+    build = board._build
+
+    def slow_build(*args: Any) -> Any:
+        release.wait(30)
+        return build(*args)
+
+    board._build = slow_build  # type: ignore[method-assign]
+    try:
+        first = console.drift(MODEL, scope="device", since_s=None)
+        assert first["computing"] is True and first["devices_scored"] is False
+        assert first["headline"].endswith("drift is being computed (this page refreshes by itself)")
+        assert first["heatmap"]["rows"] == []
+        release.set()
+        assert board.wait_idle(30)
+        done = console.drift(MODEL, scope="device", since_s=None)
+        assert done["computing"] is False and done["as_of"] is not None
+        drifting = sorted((s["kind"], s["name"]) for s in done["drifting"])
+        assert drifting == sorted([("group", "east")] + [("device", d) for d in DRIFTED])
+    finally:
+        release.set()
+        console.close()
         store.close()
