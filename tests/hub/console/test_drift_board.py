@@ -76,8 +76,8 @@ def _same(board: DriftSnapshot, fresh: DriftSnapshot) -> None:
 def test_the_board_scores_as_the_aggregator_does(view: FleetView) -> None:
     snap = _board(view).snapshot(MODEL, 1, None)
     assert snap is not None
-    assert sorted(snap.drifting("device")) == sorted(DRIFTED)
-    assert list(snap.drifting("group")) == ["east"]
+    assert sorted(snap.drifting("device", 100)) == sorted(DRIFTED)
+    assert list(snap.drifting("group", 100)) == ["east"]
     aggregator = FleetAggregator(view.store, view.references, view.thresholds)
     for kind in ("group", "device"):
         result = aggregator.query(DriftQuery(MODEL, 1, kind, None), time.time()).to_dict()
@@ -93,7 +93,7 @@ def test_new_windows_update_the_board_as_a_rebuild_would(
 ) -> None:
     board = _board(view)
     before = board.snapshot(MODEL, 1, None)
-    assert before is not None and "west-d03" not in before.drifting("device")
+    assert before is not None and "west-d03" not in before.drifting("device", 100)
     # One clean device starts to drift, one moves group, one device is new.
     telemetry = FleetTelemetry(db, FleetSettings())
     rng = np.random.default_rng(9)
@@ -113,7 +113,7 @@ def test_new_windows_update_the_board_as_a_rebuild_would(
 
     after = board.snapshot(MODEL, 1, None)
     assert after is not None and after.fleet["windows"] == before.fleet["windows"] + 12
-    assert "west-d03" in after.drifting("device")
+    assert "west-d03" in after.drifting("device", 100)
     assert "new" in after.order["group"] and "x86_64-gateway" in after.order["profile"]
     _same(after, _board(view).snapshot(MODEL, 1, None))  # type: ignore[arg-type]
     assert before.fleet["windows"] == 120  # a published snapshot never changes

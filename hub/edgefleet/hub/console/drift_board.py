@@ -29,6 +29,7 @@ Invariants:
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -82,23 +83,25 @@ class DriftSnapshot:
     fleet: Mapping[str, Any]
     histograms: Mapping[str, Any]
     timeline: list[dict[str, Any]]
-    #: per scope kind: name -> the scope's verdicts (what the heat map and headline read)
-    scopes: Mapping[str, Mapping[str, Mapping[str, Any]]]
     #: per scope kind: names with drifting ones first, then by name (the heat map's order)
     order: Mapping[str, list[str]]
+    #: per scope kind: the drifting ones, most drifted features first (the headline's order)
+    ranked: Mapping[str, list[str]]
+    #: per scope kind: name -> the scope's result (answers are made from it on request,
+    #: a page at a time: 10,000 devices' answers would be millions of objects to keep)
     results: Mapping[str, Mapping[str, ScopeResult]]
     as_of: float
     built_at: float
     windows: int
 
-    def drifting(self, kind: str) -> dict[str, Mapping[str, Any]]:
-        scopes = self.scopes[kind]
-        out: dict[str, Mapping[str, Any]] = {}
-        for name in self.order[kind]:
-            if not scopes[name].get("drifting"):
-                break
-            out[name] = scopes[name]
-        return out
+    def drifting(self, kind: str, limit: int) -> dict[str, Mapping[str, Any]]:
+        """The ``limit`` most drifted scopes of ``kind`` (``ranked``) with their verdicts."""
+        return {name: verdicts(self.results[kind][name]) for name in self.ranked[kind][:limit]}
+
+    def page(self, kind: str, offset: int, limit: int) -> dict[str, Mapping[str, Any]]:
+        """The verdicts of ``limit`` scopes from ``offset`` in the heat map's order."""
+        names = self.order[kind][offset : offset + limit]
+        return {name: verdicts(self.results[kind][name]) for name in names}
 
     def selected(self, kind: str, name: str) -> dict[str, Any] | None:
         result = self.results[kind].get(name)
@@ -121,8 +124,8 @@ def verdicts(result: ScopeResult) -> dict[str, Any]:
     }
 
 
-def _order(scopes: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    return sorted(scopes, key=lambda name: (not scopes[name].get("drifting"), name))
+def _order(results: Mapping[str, ScopeResult]) -> list[str]:
+    return sorted(results, key=lambda name: (not results[name].drifting, name))
 
 
 @dataclass
@@ -198,6 +201,9 @@ class _Scorer:
                 left.add(("profile", row.profile or NO_NAME))
                 digest.group, digest.profile = row.group, row.profile
             totals = row.totals()
+            if row.device not in touched:
+                # A published device result holds this object: add to a copy.
+                digest.totals = _copy(digest.totals)
             digest.totals.add(totals)
             touched.add(row.device)
             parts = fresh.setdefault(row.device, [])
@@ -234,9 +240,12 @@ class _Scorer:
     def score(self, kind: str, name: str, members: list[DeviceDigest]) -> ScopeResult:
         """One scope from its members' digests: their exact merge unless one device holds
         more than its share (then pooled), scored against the reference."""
-        totals = WindowTotals()
-        for d in members:
-            totals.add(d.totals)
+        if len(members) == 1:
+            totals = members[0].totals  # never changed in place (see ``add``)
+        else:
+            totals = WindowTotals()
+            for d in members:
+                totals.add(d.totals)
         parts = [d.merged for d in members if d.merged is not None]
         pooled = bool(parts) and needs_pooling(parts, self.rule)
         merged: WindowStats | None = None
@@ -296,6 +305,17 @@ class _Scorer:
         end = last.end_s if last.end_s is not None else float(buckets[-1] + self.bucket_s)
         windows = sum(self.buckets[b].windows for b in buckets)
         return TimelinePoint(float(buckets[0]), end, windows, report).to_dict()
+
+
+def _ranked(results: Mapping[str, ScopeResult]) -> list[str]:
+    drifting = {n: len(r.drifted_features()) for n, r in results.items() if r.drifting}
+    return sorted(drifting, key=lambda n: (-drifting[n], n))
+
+
+def _copy(totals: WindowTotals) -> WindowTotals:
+    out = WindowTotals()
+    out.add(totals)
+    return out
 
 
 def _merged(old: WindowStats | None, new: list[WindowStats]) -> WindowStats | None:
@@ -401,9 +421,10 @@ class DriftBoard:
                 self._working[key] = thread
                 thread.start()
             self._used[key] = self.clock()
+            # Boards nobody asked for lately go (each holds a digest per device).
             for old in sorted(self._used, key=self._used.__getitem__)[: -self.max_boards]:
-                self._boards.pop(old, None)
-                self._used.pop(old, None)
+                for held in (self._boards, self._used, self._checked, self._ready):
+                    held.pop(old, None)
         if (board is None or board.snapshot is None) and started:
             # Only the request that started the build waits (a small fleet's board is
             # there by then); the ones after it answer at once.
@@ -428,6 +449,11 @@ class DriftBoard:
     def _work_behind(self, key: _Key) -> None:
         try:
             self._work(key)
+            # A board of 10,000 devices is millions of long-lived objects: left to the
+            # cyclic collector, every full collection walks them all (a second's pause of
+            # whatever request triggers it). They are freed by reference counting when a
+            # newer snapshot replaces them.
+            gc.freeze()
         except Exception:  # the last snapshot stays; the next request tries again
             log.exception("updating the drift board of %s:%s failed", *key)
         finally:
@@ -498,10 +524,8 @@ class DriftBoard:
             for kind in ("group", "profile"):
                 members[kind].setdefault(_scope_key(kind, device, digest), []).append(digest)
         results: dict[str, dict[str, ScopeResult]] = {}
-        scopes: dict[str, dict[str, Mapping[str, Any]]] = {}
         for kind in SCOPES:
             results[kind] = dict(last.results[kind]) if last is not None else {}
-            scopes[kind] = dict(last.scopes[kind]) if last is not None else {}
             if kind == "device":
                 stale = [n for n in results[kind] if n not in digests]
                 todo = [(d, [digests[d]]) for d in touched]
@@ -513,11 +537,8 @@ class DriftBoard:
                 todo = [(n, members[kind][n]) for n in sorted(names)]
             for name in stale:
                 results[kind].pop(name, None)
-                scopes[kind].pop(name, None)
             for name, group in todo:
-                result = scorer.score(kind, name, group)
-                results[kind][name] = result
-                scopes[kind][name] = verdicts(result)
+                results[kind][name] = scorer.score(kind, name, group)
         fleet = scorer.score("fleet", "fleet", list(digests.values()))
         return DriftSnapshot(
             model=board.model,
@@ -529,8 +550,8 @@ class DriftBoard:
             fleet=fleet.to_dict(board.validation),
             histograms=dr.histograms(scorer.profile, fleet.merged),
             timeline=scorer.timeline(),
-            scopes=scopes,
-            order={kind: _order(scopes[kind]) for kind in SCOPES},
+            order={kind: _order(results[kind]) for kind in SCOPES},
+            ranked={kind: _ranked(results[kind]) for kind in SCOPES},
             results=results,
             as_of=now,
             built_at=board.built_at,

@@ -629,21 +629,23 @@ def _from_snapshot(
 ) -> dict[str, Any]:
     """The API's drift answer from a board snapshot: only the heat map page is built."""
     fleet_like = {"fleet": snap.fleet}
-    scopes = dr.drifting_scopes(
-        {"groups": snap.drifting("group")}, {"groups": snap.drifting("device")}, open_drift
-    )
+    # The most drifted scopes only: on a large fleet thousands of devices may drift.
+    by_group = snap.drifting("group", MAX_HEATMAP_ROWS)
+    by_device = snap.drifting("device", MAX_HEATMAP_ROWS)
+    scopes = dr.drifting_scopes({"groups": by_group}, {"groups": by_device}, open_drift)
+    hidden = len(snap.ranked["group"]) - len(by_group) + len(snap.ranked["device"]) - len(by_device)
     out: dict[str, Any] = {
         "model": snap.model,
         "version": snap.version,
         "versions": versions,
         "scope": scope,
-        "headline": dr.headline(fleet_like, scopes),
+        "headline": dr.headline(fleet_like, scopes, more=hidden),
         "devices_scored": True,
         "computing": False,
         "as_of": snap.as_of,
         "since": snap.since,
         "drifting": scopes[:MAX_HEATMAP_ROWS],
-        "drifting_total": len(scopes),
+        "drifting_total": len(scopes) + hidden,
         "fleet": snap.fleet,
         "timeline": snap.timeline,
         "histograms": snap.histograms,
@@ -652,10 +654,10 @@ def _from_snapshot(
         "open_alerts": [a["id"] for a in open_drift],
     }
     if scope != "fleet":
-        names = snap.order[scope]
-        page = {n: snap.scopes[scope][n] for n in names[offset : offset + limit]}
+        page = snap.page(scope, offset, limit)
         hm = dr.heatmap({"groups": page, "fleet": snap.fleet}, open_drift, scope)
-        out["heatmap"] = {**hm, "total": len(names), "offset": offset, "limit": limit}
+        total = len(snap.order[scope])
+        out["heatmap"] = {**hm, "total": total, "offset": offset, "limit": limit}
         if name is not None:
             selected = snap.selected(scope, name)
             if selected is None:
