@@ -271,8 +271,10 @@ def drift_start(client: httpx.Client, path: str, limit_s: float = 3600.0) -> dic
 def drift_update(
     client: httpx.Client, fleet_db: Any, ids: list[str], path: str, limit_s: float = 3600.0
 ) -> dict[str, Any]:
-    """New windows from 1% of the devices: how long until the answers count them."""
-    before = client.get(path).json()["fleet"]["windows"]
+    """New windows from 1% of the devices: how long until the answers count them (their
+    windows end later than any stored before; a count of windows would not do: when the
+    hour moves the start of the span, the board is rebuilt without the oldest hour)."""
+    last_end = client.get(path).json()["fleet"]["end_s"]
     stored = more_telemetry(fleet_db, ids[: max(1, len(ids) // 100)])
     t0 = time.monotonic()
     during = []
@@ -280,7 +282,7 @@ def drift_update(
         r = client.get(path)
         r.raise_for_status()
         during.append(server_ms(r))
-        if r.json()["fleet"]["windows"] >= before + stored:
+        if r.json()["fleet"]["end_s"] > last_end:
             break
         if time.monotonic() - t0 > limit_s:
             raise SystemExit(f"new windows did not show within {limit_s:.0f} s")
