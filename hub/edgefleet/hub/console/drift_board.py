@@ -53,7 +53,9 @@ from edgefleet.hub.fleet.window_store import StoredStats
 log = logging.getLogger(__name__)
 
 SCOPES = ("group", "profile", "device")
-_CHUNK = 20_000  # windows decoded at a time while a board is built
+# Windows decoded at a time while a board is built: decoding holds the interpreter lock,
+# and requests answered meanwhile wait for a chunk (20,000 windows: over a second).
+_CHUNK = 2_000
 _Key = tuple[str, int, float | None]  # model, version, window_s
 REBUILD_S = 900.0
 
@@ -172,6 +174,7 @@ class _Scorer:
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
             self._add_chunk(digests, chunk, touched, left)
+            time.sleep(0)  # let a waiting request thread run between chunks
         for key in left:
             self.exact.pop(key, None)
         return touched, left
