@@ -4,7 +4,7 @@ abort, rollback, restart."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -294,6 +294,7 @@ class CountingStore:
     def __init__(self, inner: HubStore) -> None:
         self._inner = inner
         self.reads: Counter[str] = Counter()
+        self.heads_asked: list[int] = []
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._inner, name)
@@ -301,6 +302,11 @@ class CountingStore:
     def device_heads(self) -> dict[str, DeviceHead]:
         self.reads["device_heads"] += 1
         return self._inner.device_heads()
+
+    def device_heads_of(self, device_ids: Sequence[str]) -> dict[str, DeviceHead]:
+        self.reads["device_heads_of"] += 1
+        self.heads_asked.append(len(device_ids))
+        return self._inner.device_heads_of(device_ids)
 
     def list_rollout_devices(self, rollout_id: str) -> list[RolloutDeviceRecord]:
         self.reads["list_rollout_devices"] += 1
@@ -331,7 +337,9 @@ def test_a_tick_reads_device_heads_once_for_all_running_rollouts(fleet: Fleet) -
     assert store.reads["device_heads"] == 0  # nothing running: nothing to evaluate
 
 
-def test_status_reads_rows_and_heads_once_and_matches_evaluate(fleet: Fleet) -> None:
+def test_status_reads_rows_and_its_own_devices_heads_once_and_matches_evaluate(
+    fleet: Fleet,
+) -> None:
     store = CountingStore(fleet.store)
     fleet.engine = RolloutEngine(store)  # type: ignore[arg-type]
     r = fleet.engine.create("digits", 2, "all", 10.0, phases_text="20%,100%", gate_overrides=GATES)
@@ -340,7 +348,9 @@ def test_status_reads_rows_and_heads_once_and_matches_evaluate(fleet: Fleet) -> 
 
     store.reads.clear()
     status = fleet.engine.status(r.rollout_id, 13.0)
-    assert store.reads == Counter({"device_heads": 1, "list_rollout_devices": 1})
+    # Only the rollout's own devices' heads, never the whole fleet's.
+    assert store.reads == Counter({"device_heads_of": 1, "list_rollout_devices": 1})
+    assert store.heads_asked == [len(status["devices"])]
     decision = fleet.engine.evaluate(fleet.engine.get(r.rollout_id), 13.0)
     assert decision is not None and decision.verdict is Verdict.PASS
     assert status["decision"] == decision.to_dict()

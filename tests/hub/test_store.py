@@ -307,6 +307,8 @@ def test_heads_name_each_devices_latest_directive(store: HubStore) -> None:
         "b": (True, 1),
         "c": (False, 0),
     }
+    heads = store.device_heads_of(["b", "nope", "b"])
+    assert {i: (h.online, h.desired_rev) for i, h in heads.items()} == {"b": (True, 1)}
     for seq, published in ((1, 2.0), (2, None)):
         store.record_directive(DirectiveRecord("a", seq, 1.0, 10.0 + seq, seq, {"n": seq}))
         if published is not None:

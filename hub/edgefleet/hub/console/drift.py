@@ -88,8 +88,10 @@ def drifting_scopes(
 def headline(
     fleet: Mapping[str, Any],
     scopes: Sequence[Mapping[str, Any]],
+    more: int = 0,
 ) -> str:
-    """One line naming every drifting scope before the pooled verdict."""
+    """One line naming every drifting scope before the pooled verdict (``more``: drifting
+    scopes left out of ``scopes``, counted in the "and N more")."""
     pooled = fleet.get("fleet") or {}
     if pooled.get("dataset_drift") is None and not pooled.get("features"):
         pooled_text = "pooled fleet: not enough data"
@@ -99,14 +101,14 @@ def headline(
         pooled_text = f"pooled fleet: {verdict}" + (
             f" ({share:.1%} of features)" if isinstance(share, float) else ""
         )
-    if not scopes:
+    if not scopes and not more:
         return f"no drift on any group or device; {pooled_text}"
     named = []
     for s in scopes[:6]:
         what = f"{len(s['features'])} feature(s)" if s["features"] else "open alert"
         named.append(f"{s['kind']} {s['name']} ({what})")
-    more = f" and {len(scopes) - 6} more" if len(scopes) > 6 else ""
-    return f"DRIFT on {', '.join(named)}{more}; {pooled_text}"
+    rest = len(scopes) - len(named) + more
+    return f"DRIFT on {', '.join(named)}{f' and {rest} more' if rest else ''}; {pooled_text}"
 
 
 def heatmap(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from edgefleet.hub.console import drift as dr
 from edgefleet.hub.console import lifecycle
 from edgefleet.hub.console.access_store import AccessStore
 from edgefleet.hub.console.answer_cache import AnswerCache
+from edgefleet.hub.console.drift_board import DriftBoard, DriftSnapshot
 from edgefleet.hub.console.fleet_access import FleetView, open_view
 from edgefleet.hub.console.rollouts import explain_waiting, rollout_headline
 from edgefleet.hub.enrollment import DEFAULT_STATE_DIR, enroll_device, publisher_trust
@@ -70,6 +71,7 @@ class FleetConsole:
         drift_cache_s: float = 0.0,
         stale_factor: float = 0.0,
         fleet_db: Path | str | None = None,
+        drift_wait_s: float = 1.0,
     ) -> None:
         self.config, self.store, self.access, self.clock = config, store, access, clock
         self.engine = RolloutEngine(store)
@@ -80,16 +82,32 @@ class FleetConsole:
         self._fleet_db = fleet_db or fleet_location(config.store.location)
         self._view: FleetView | None = None
         self._view_lock = threading.Lock()
+        # With answers kept (the API), drift comes from a board updated behind the requests;
+        # without (commands, tests), the board is brought up to date inside each call.
+        self._board = DriftBoard(self._fleet, clock, background=drift_cache_s > 0)
+        self.drift_wait_s = drift_wait_s
+
+    @property
+    def fleet_db(self) -> Path | str:
+        """Where this console reads the fleet tables (windows, rollups, alerts)."""
+        return self._fleet_db
 
     def clear_caches(self) -> None:
+        """Drop every kept answer; the drift board checks the database on the next
+        request (it is not an answer: it mirrors the database, see ``drift_board``)."""
         self._cache.clear()
         self._drift_cache.clear()
+        self._board.invalidate()
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Close the fleet database once no background computation uses it; one still
         running after ``timeout_s`` keeps it open (the process is ending: closing a
         connection under a running query could crash it)."""
-        idle = self._cache.wait_idle(timeout_s) and self._drift_cache.wait_idle(timeout_s)
+        idle = (
+            self._cache.wait_idle(timeout_s)
+            and self._drift_cache.wait_idle(timeout_s)
+            and self._board.wait_idle(timeout_s)
+        )
         if self._view is not None and idle:
             self._view.db.close()
             self._view = None
@@ -366,21 +384,11 @@ class FleetConsole:
                 self._view = open_view(self._fleet_db, self.store, self.config)
             return self._view
 
-    def drift_models(self, *, wait: bool = True) -> list[dict[str, Any]] | None:
-        """Models and versions with telemetry; with ``wait=False`` None (and computed in the
-        background) when no answer is held: on a large fleet database it takes seconds."""
+    def drift_models(self) -> list[dict[str, Any]]:
+        """Models and versions with telemetry (index lookups, no scan of the windows)."""
         if not fleet_database_exists(self._fleet_db):
             return []
-
-        def compute() -> list[dict[str, Any]]:
-            store = self._fleet().store
-            return [{"model": m, "versions": store.versions(m)} for m in store.models()]
-
-        if not wait and self._drift_cache.ttl_s > 0:
-            found, value = self._drift_cache.get_nowait("models", compute)
-            return value if found else None
-        models: list[dict[str, Any]] = self._drift_cache.get("models", compute)
-        return models
+        return [{"model": m, "versions": v} for m, v in self._board.models().items()]
 
     def _compute_query(self, q: DriftQuery) -> Callable[[], dict[str, Any]]:
         def compute() -> dict[str, Any]:
@@ -413,14 +421,47 @@ class FleetConsole:
         scope: str = "group",
         since_s: float | None = None,
         name: str | None = None,
+        limit: int = MAX_HEATMAP_ROWS,
+        offset: int = 0,
     ) -> dict[str, Any]:
         """Drift of ``model`` per ``scope`` with a headline naming every drifting group or
-        device, and a feature x scope heat map whose verdicts agree with the open alerts."""
+        device, and a feature x scope heat map (``limit`` rows from ``offset``, drifting
+        scopes first) whose verdicts agree with the open alerts.
+
+        Over whole days (``since_s`` a multiple of 86,400, or None: everything stored) the
+        answer comes from the drift board: its last snapshot at once (``as_of`` says when
+        it was taken, ``since`` where its windows start), never a wait for a whole fleet to
+        be scored; ``computing`` while the first one is still being built. Other spans are
+        a query of their own (cached)."""
         if scope not in DRIFT_SCOPES:
             raise HubUsageError(f"scope must be one of {', '.join(DRIFT_SCOPES)}")
+        if not 1 <= limit <= 1000 or offset < 0:
+            raise HubUsageError("limit must be 1..1000 and offset not negative")
+        if since_s is not None and since_s % 86400:
+            return self._drift_since(model, version, scope, since_s, name, limit, offset)
+        if not fleet_database_exists(self._fleet_db):
+            raise HubNotFoundError(f"no telemetry stored for model {model!r}")
+        version, versions = self._board.resolve(model, version)
+        open_drift = dr.drift_alerts(self.alerts("open", 1000)["items"], model)
+        snap = self._board.snapshot(model, version, since_s, self.drift_wait_s)
+        if snap is None:
+            return _computing(model, version, versions, scope, open_drift)
+        return _from_snapshot(snap, versions, scope, name, open_drift, limit, offset)
+
+    def _drift_since(
+        self,
+        model: str,
+        version: int | None,
+        scope: str,
+        since_s: float,
+        name: str | None,
+        limit: int,
+        offset: int,
+    ) -> dict[str, Any]:
+        """A window of time: a query of its own over the stored windows (cached)."""
         # Queries start on whole hours anyway (fleet buckets); rounding here lets a repeated
         # question find its cached answer.
-        since = None if since_s is None else float(int((self.clock() - since_s) // 3600) * 3600)
+        since = float(int((self.clock() - since_s) // 3600) * 3600)
         by = None if scope == "fleet" else scope
         main = self._query(DriftQuery(model, version, by, since))
         version = main["version"]
@@ -446,7 +487,11 @@ class FleetConsole:
             "headline": dr.headline(main, scopes)
             + ("" if by_device is not None else " (per-device breakdown still being computed)"),
             "devices_scored": by_device is not None,
-            "drifting": scopes,
+            "computing": by_device is None,
+            "as_of": self.clock(),
+            "since": since,
+            "drifting": scopes[:MAX_HEATMAP_ROWS],
+            "drifting_total": len(scopes),
             "fleet": main["fleet"],
             "timeline": main["timeline"],
             "histograms": main["histograms"],
@@ -456,7 +501,13 @@ class FleetConsole:
         }
         if by is not None:
             hm = dr.heatmap(main, open_drift, scope)
-            out["heatmap"] = {**hm, "rows": hm["rows"][:MAX_HEATMAP_ROWS], "total": len(hm["rows"])}
+            out["heatmap"] = {
+                **hm,
+                "rows": hm["rows"][offset : offset + limit],
+                "total": len(hm["rows"]),
+                "offset": offset,
+                "limit": limit,
+            }
             if name is not None:
                 if name not in main["groups"]:
                     raise HubNotFoundError(
@@ -521,8 +572,7 @@ class FleetConsole:
             **self._device_overview(),
             "rollouts": [_short_selector(summary(r)) for r in active],
             "alerts": {"open": alerts["open"], "items": alerts["items"]},
-            # None while it is being computed: the overview does not wait for it.
-            "drift_models": self.drift_models(wait=False),
+            "drift_models": self.drift_models(),
             "now": self.clock(),
         }
 
@@ -530,6 +580,93 @@ class FleetConsole:
 # How a state report with a string ``directive_error`` starts that entry as the store writes
 # it (sorted keys, compact separators): reports with ``"directive_error": null`` are not read.
 _REFUSAL_MARK = to_json({"directive_error": ""})[1:-2]
+
+
+def _computing(
+    model: str,
+    version: int,
+    versions: list[int],
+    scope: str,
+    open_drift: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """The answer while the first snapshot of a model version is being built: the open
+    drift alerts (they are known at once), no verdicts yet."""
+    scopes = dr.drifting_scopes(None, None, open_drift)
+    named = dr.headline({}, scopes).replace("; pooled fleet: not enough data", "")
+    return {
+        "model": model,
+        "version": version,
+        "versions": versions,
+        "scope": scope,
+        "headline": f"{named}; drift is being computed (this page refreshes by itself)",
+        "devices_scored": False,
+        "computing": True,
+        "as_of": None,
+        "since": None,
+        "drifting": scopes,
+        "drifting_total": len(scopes),
+        "fleet": {},
+        "timeline": [],
+        "histograms": {},
+        "thresholds": None,
+        "reference": None,
+        "open_alerts": [a["id"] for a in open_drift],
+        **(
+            {"heatmap": {"kind": scope, "features": [], "rows": [], "total": 0}}
+            if scope != "fleet"
+            else {}
+        ),
+    }
+
+
+def _from_snapshot(
+    snap: DriftSnapshot,
+    versions: list[int],
+    scope: str,
+    name: str | None,
+    open_drift: Sequence[Mapping[str, Any]],
+    limit: int,
+    offset: int,
+) -> dict[str, Any]:
+    """The API's drift answer from a board snapshot: only the heat map page is built."""
+    fleet_like = {"fleet": snap.fleet}
+    # The most drifted scopes only: on a large fleet thousands of devices may drift.
+    by_group = snap.drifting("group", MAX_HEATMAP_ROWS)
+    by_device = snap.drifting("device", MAX_HEATMAP_ROWS)
+    scopes = dr.drifting_scopes({"groups": by_group}, {"groups": by_device}, open_drift)
+    hidden = len(snap.ranked["group"]) - len(by_group) + len(snap.ranked["device"]) - len(by_device)
+    out: dict[str, Any] = {
+        "model": snap.model,
+        "version": snap.version,
+        "versions": versions,
+        "scope": scope,
+        "headline": dr.headline(fleet_like, scopes, more=hidden),
+        "devices_scored": True,
+        "computing": False,
+        "as_of": snap.as_of,
+        "since": snap.since,
+        "drifting": scopes[:MAX_HEATMAP_ROWS],
+        "drifting_total": len(scopes) + hidden,
+        "fleet": snap.fleet,
+        "timeline": snap.timeline,
+        "histograms": snap.histograms,
+        "thresholds": snap.thresholds,
+        "reference": snap.reference,
+        "open_alerts": [a["id"] for a in open_drift],
+    }
+    if scope != "fleet":
+        page = snap.page(scope, offset, limit)
+        hm = dr.heatmap({"groups": page, "fleet": snap.fleet}, open_drift, scope)
+        total = len(snap.order[scope])
+        out["heatmap"] = {**hm, "total": total, "offset": offset, "limit": limit}
+        if name is not None:
+            selected = snap.selected(scope, name)
+            if selected is None:
+                raise HubNotFoundError(
+                    f"no telemetry from {scope} {name} for {snap.model}:{snap.version}"
+                )
+            out["selected"] = selected
+    return out
 
 
 def _short_selector(row: dict[str, Any], limit: int = 80) -> dict[str, Any]:

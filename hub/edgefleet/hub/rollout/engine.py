@@ -427,7 +427,8 @@ class RolloutEngine:
         """Everything ``hub rollout status ID`` shows: phases, devices, gates, history."""
         rollout = self.get(rollout_id)
         rows = self.store.list_rollout_devices(rollout_id)
-        devices = self.store.device_heads()
+        # Only this rollout's devices: a status report must not read the whole fleet.
+        devices = self.store.device_heads_of([r.device_id for r in rows])
         decision = self.evaluate(rollout, now, rows=rows, devices=devices)
         events = self.store.rollout_events(rollout_id)
         return status_report(rollout, rows, devices, decision, events)

@@ -36,8 +36,8 @@ def evaluate_rollout(
 ) -> PhaseEvaluation | None:
     """The gate decision for the current phase (None unless running).
 
-    ``rows`` (the rollout's device rows) and ``devices`` (every device's head) are read
-    from the store when not given.
+    ``rows`` (the rollout's device rows) and ``devices`` (device heads, at least of the
+    rollout's devices) are read from the store when not given: only the rollout's own.
     """
     if rollout.status.state is not RolloutState.RUNNING or rollout.status.phase < 0:
         return None
@@ -45,7 +45,7 @@ def evaluate_rollout(
     if rows is None:
         rows = store.list_rollout_devices(plan.rollout_id)
     if devices is None:
-        devices = store.device_heads()
+        devices = store.device_heads_of([r.device_id for r in rows])
     moved = [r for r in rows if r.assigned_at is not None]
     new_stats = version_stats(
         store, plan.model, [plan.version], [r.device_id for r in moved], rollout.created_at

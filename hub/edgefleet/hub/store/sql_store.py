@@ -540,6 +540,13 @@ class SqlHubStore(SqlTelemetryMixin, SqlLeaseMixin, SqlBlobMixin):
             for r in self._by_ids(sql, device_ids)
         }
 
+    def device_heads_of(self, device_ids: Sequence[str]) -> dict[str, DeviceHead]:
+        """:meth:`device_heads` for these devices only (by primary key)."""
+        rows = self._by_ids(
+            "SELECT id, online, desired_rev FROM devices WHERE id IN ({})", device_ids
+        )
+        return {r["id"]: DeviceHead(bool(r["online"]), r["desired_rev"]) for r in rows}
+
     def profiles_of(self, device_ids: Sequence[str]) -> dict[str, str]:
         """Device id -> profile for these devices (enrolled ones only)."""
         rows = self._by_ids("SELECT id, profile FROM devices WHERE id IN ({})", device_ids)

@@ -306,8 +306,12 @@ def create_app(
         scope: Annotated[Literal[DRIFT_SCOPES], Query()] = "group",  # type: ignore[valid-type]
         since_s: Annotated[float | None, Query(gt=0, le=400 * 86400)] = 86400.0,
         name: Annotated[str | None, Query(max_length=128)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+        offset: Annotated[int, Query(ge=0)] = 0,
     ) -> dict[str, Any]:
-        return console.drift(model, version, scope=scope, since_s=since_s, name=name)
+        return console.drift(
+            model, version, scope=scope, since_s=since_s, name=name, limit=limit, offset=offset
+        )
 
     @app.get(f"{v1}/alerts", tags=["alerts"])
     def alerts(

@@ -35,6 +35,9 @@ CACHE_S = 2.0
 #: Drift is scored from windows that arrive minutes apart (and the alert monitor runs every
 #: minute); a per-device breakdown of a large fleet is expensive, so it is reused this long.
 DRIFT_CACHE_S = 60.0
+#: How long the first drift request for a model version waits for its drift board to be
+#: built before answering ``computing`` (the dashboard says so and polls again).
+DRIFT_WAIT_S = 1.0
 #: An answer past its lifetime is still given, while a new one is computed, for this many
 #: lifetimes more (device rows: 2 s fresh, then 20 s served while refreshed).
 STALE_FACTOR = 10.0
@@ -75,6 +78,7 @@ def build_app(
         cache_s=CACHE_S,
         drift_cache_s=DRIFT_CACHE_S,
         stale_factor=STALE_FACTOR,
+        drift_wait_s=DRIFT_WAIT_S,
     )
     return create_app(console, access, secure_cookies=secure), console
 

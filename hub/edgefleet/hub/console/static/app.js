@@ -242,7 +242,8 @@ function bars(h) {
 
 async function driftPage(model, params) {
   const scope = params.get("scope") || "group";
-  const d = await api(`/drift/${enc(model)}?scope=${enc(scope)}`);
+  const offset = Math.max(0, parseInt(params.get("offset") || "0", 10) || 0);
+  const d = await api(`/drift/${enc(model)}?scope=${enc(scope)}&offset=${offset}`);
   const drifting = d.drifting.length ? table(["scope", "features", "open alerts"], d.drifting.map((s) => [
     s.kind === "device" ? link(`#/device/${enc(s.name)}`, `device ${s.name}`) : s.kind === "group" ? link(`#/devices?group=${enc(s.name)}`, `group ${s.name}`) : `${s.kind} ${s.name}`,
     s.features.join(", ") || "-", s.alerts.length ? s.alerts.join(", ") : "-"])) : null;
@@ -263,11 +264,24 @@ async function driftPage(model, params) {
     Object.entries(d.histograms).map(([f, hg]) => [f, bars(hg), num(((d.fleet.features || {})[f] || {}).psi)])) : null;
   return h("div", {}, h("h1", {}, `Drift of ${d.model}:${d.version}`),
     h("p", { class: "headline" + (d.drifting.length ? " drift" : ""), id: "drift-headline" }, d.headline),
+    h("p", { class: "muted", id: "drift-as-of" }, d.computing
+      ? "Computing the drift of every device: the open alerts are shown now, the verdicts when they are ready (this page refreshes by itself)."
+      : `Verdicts as of ${fmtTime(d.as_of)}, windows since ${d.since ? fmtTime(d.since) : "the first stored"}.`),
     h("p", {}, "Break down by ", link(`#/drift/${enc(model)}?scope=group`, "group"), " · ", link(`#/drift/${enc(model)}?scope=device`, "device"), " · ", link(`#/drift/${enc(model)}?scope=profile`, "profile")),
     drifting ? [h("h2", {}, "Drifting scopes"), drifting] : null,
-    heat ? [h("h2", {}, `Feature × ${scope} (PSI)`), heat, d.heatmap.total > d.heatmap.rows.length ? h("p", { class: "muted" }, `first ${d.heatmap.rows.length} of ${d.heatmap.total}`) : null] : null,
+    heat ? [h("h2", {}, `Feature × ${scope} (PSI)`), heat, heatPager(model, scope, d.heatmap)] : null,
     series ? [h("h2", {}, "Time series"), series] : null,
     hist ? [h("h2", {}, "Reference vs current (pooled fleet)"), hist] : null);
+}
+
+function heatPager(model, scope, hm) {
+  // Drifting scopes come first; a large fleet's rows come a page at a time.
+  if (!hm.total || hm.total <= hm.rows.length) return null;
+  const from = hm.offset || 0, to = from + hm.rows.length, size = hm.limit || hm.rows.length;
+  const at = (o) => `#/drift/${enc(model)}?scope=${enc(scope)}&offset=${o}`;
+  return h("p", { class: "muted" }, `${scope}s ${from + 1}-${to} of ${hm.total} `,
+    from > 0 ? link(at(Math.max(0, from - size)), "previous") : null, from > 0 && to < hm.total ? " · " : null,
+    to < hm.total ? link(at(to), "next") : null);
 }
 
 function alertTable(items, withAck) {
