@@ -48,6 +48,10 @@ class HubStoreError(HubError, StorageError):
     """The hub store could not be read or written."""
 
 
+class FencedError(HubStoreError):
+    """A write under a lease epoch that another holder has since taken over."""
+
+
 class CorruptBundleError(HubStoreError):
     """A bundle's bytes in the store do not hash to its name: never served."""
 

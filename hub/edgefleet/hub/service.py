@@ -159,6 +159,7 @@ class HubService:
             clock=clock,
         )
         self.fleet.leader = self.singleton.holds
+        self.fleet.epoch = lambda: self.singleton.epoch if self.singleton.shared else None
         self._counts: Counter[str] = Counter()
         self._unsaved: Counter[str] = Counter()
         self._count_lock = threading.Lock()

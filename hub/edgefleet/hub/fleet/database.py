@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from edgefleet.hub.errors import HubStoreError
+from edgefleet.hub.errors import FencedError, HubStoreError
 
 SCHEMA_VERSION = 1
 
@@ -242,6 +242,38 @@ class FleetDatabase(ABC):
         self._close_connection(conn)
         self._local.conn = None
 
+    # -- fencing ---------------------------------------------------------------------------
+    #: How the lease row is read under a shared lock ("": an SQLite write holds the file).
+    lease_lock: str = ""
+
+    @contextmanager
+    def fenced(self, lease: str, epoch: int) -> Iterator[None]:
+        """Write transactions this thread opens in the block are refused (``FencedError``,
+        nothing written) unless the hub store's lease ``lease`` still has ``epoch``: the
+        lease row lives in the same database, so the check and the write are one
+        transaction, and a hub that was paused or cut off after another took over its
+        once-per-fleet work (alert monitor, maintenance) cannot write its late result."""
+        previous = getattr(self._local, "fence", None)
+        self._local.fence = (lease, epoch)
+        try:
+            yield
+        finally:
+            self._local.fence = previous
+
+    def _check_fence(self, conn: FleetConnection) -> None:
+        fence = getattr(self._local, "fence", None)
+        if fence is None:
+            return
+        lease, epoch = fence
+        row = conn.execute(
+            f"SELECT epoch FROM leases WHERE name = ?{self.lease_lock}", (lease,)
+        ).fetchone()
+        current = int(row[0]) if row is not None else None
+        if current != epoch:
+            raise FencedError(
+                f"lease {lease} epoch {epoch} was taken over (now {current}); fleet write refused"
+            )
+
     # -- transactions ----------------------------------------------------------------------
     @contextmanager
     def write(self) -> Iterator[FleetConnection]:
@@ -262,6 +294,7 @@ class FleetDatabase(ABC):
         try:
             for statement in self.begin_write:
                 conn.execute(statement)
+            self._check_fence(conn)
         except Exception as e:
             self._abandon(conn)
             if self._is_error(e):

@@ -42,6 +42,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -254,6 +255,8 @@ class IngestWorker:
         self._last_maintenance = 0.0
         self._maintenance_more = False
         self.maintains: Callable[[], bool] = lambda: True
+        # Where a maintenance step runs: the lease fence of the once-per-fleet work.
+        self.singleton_scope: Callable[[], AbstractContextManager[None]] = nullcontext
         self._last_rate_at: float | None = None
 
     # -- called from any thread ------------------------------------------------------
@@ -467,7 +470,8 @@ class IngestWorker:
         if (due or (idle and self._maintenance_more)) and self._maintains_now():
             self._last_maintenance = now
             try:
-                self._maintenance_more = self.telemetry.maintain(now).more
+                with self.singleton_scope():
+                    self._maintenance_more = self.telemetry.maintain(now).more
             except Exception as e:
                 self._maintenance_more = False
                 log.error("fleet maintenance failed: %s", e)

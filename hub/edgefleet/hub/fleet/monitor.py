@@ -33,6 +33,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -318,10 +319,13 @@ class FleetMonitor:
         interval_s: float = 60.0,
         clock: Callable[[], float] = time.time,
         active: Callable[[], bool] = lambda: True,
+        scope: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         """Run ``run_once`` every ``interval_s`` in a thread of its own (not the ingest one),
         each time ``active()`` says so: with several hubs on one store only the holder of
-        the once-per-fleet work evaluates, so an alert and its webhook fire once."""
+        the once-per-fleet work evaluates, so an alert and its webhook fire once; each round
+        runs inside ``scope()`` (the lease fence: a round a paused hub finishes after another
+        took over writes nothing and notifies no one)."""
         if self._thread is not None:
             return
         self._stop.clear()
@@ -331,7 +335,8 @@ class FleetMonitor:
                 try:
                     if not active():
                         continue
-                    self.run_once(clock())
+                    with scope():
+                        self.run_once(clock())
                 except EdgefleetError as e:
                     log.error("alert evaluation failed: %s", e)
                 except Exception:

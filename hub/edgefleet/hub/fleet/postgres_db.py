@@ -64,6 +64,7 @@ class PostgresFleetDatabase(FleetDatabase):
 
     begin_read = "BEGIN ISOLATION LEVEL REPEATABLE READ"
     begin_write = ("BEGIN", f"SELECT pg_advisory_xact_lock({FLEET_WRITE_LOCK})")
+    lease_lock = " FOR SHARE"  # a takeover's UPDATE of the lease row waits for this write
 
     def __init__(self, url: str, *, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -42,6 +43,7 @@ from edgefleet.hub.fleet.quotas import DeviceQuotas
 from edgefleet.hub.fleet.references import References, bundle_loaders
 from edgefleet.hub.fleet.screening import TelemetryScreen
 from edgefleet.hub.fleet.settings import fleet_location
+from edgefleet.hub.singleton import LEASE
 
 if TYPE_CHECKING:  # config imports the fleet package: no import cycle at run time
     from edgefleet.hub.config import FleetConfig
@@ -92,14 +94,28 @@ class FleetWorkers:
         # of the fleet tables (roll-up, coarsening, retention) run only then. Every hub on
         # a store shares its fleet tables, so the holder sees every hub's windows.
         self.leader: Callable[[], bool] = lambda: True
+        # The lease epoch that work carries (None: no fence, a hub alone on its store):
+        # its fleet writes are refused once another hub took the lease over.
+        self.epoch: Callable[[], int | None] = lambda: None
         self.worker.maintains = lambda: self.leader()
+        self.worker.singleton_scope = self.singleton_scope
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
         self.worker.start()
         if self.webhook is not None:
             self.webhook.start()
-        self.monitor.start(self.config.monitor_interval_s, self.clock, lambda: self.leader())
+        self.monitor.start(
+            self.config.monitor_interval_s,
+            self.clock,
+            lambda: self.leader(),
+            scope=self.singleton_scope,
+        )
+
+    def singleton_scope(self) -> AbstractContextManager[None]:
+        """Where the once-per-fleet work writes: fenced by the lease epoch this hub holds."""
+        epoch = self.epoch()
+        return nullcontext() if epoch is None else self.telemetry.db.fenced(LEASE, epoch)
 
     def start_metrics(self) -> None:
         """Open ``/metrics``; the service calls it once it is subscribed, so a scrape

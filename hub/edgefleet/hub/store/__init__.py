@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgefleet.hub.errors import FencedError
 from edgefleet.hub.store.base import HubStore
 from edgefleet.hub.store.records import (
     BundleRecord,
@@ -24,7 +25,6 @@ from edgefleet.hub.store.records import (
     StoredWindow,
     TelemetryRow,
 )
-from edgefleet.hub.store.sql_lease import FencedError
 from edgefleet.hub.store.sqlite import SqliteHubStore
 
 

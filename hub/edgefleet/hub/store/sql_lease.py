@@ -21,15 +21,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from edgefleet.hub.errors import HubStoreError
+from edgefleet.hub.errors import FencedError
 from edgefleet.hub.store.rows import Row
 
 if TYPE_CHECKING:
     from edgefleet.hub.store.schema import Engine
-
-
-class FencedError(HubStoreError):
-    """A write under a lease epoch that another holder has since taken over."""
 
 
 class SqlLeaseMixin:
