@@ -161,6 +161,7 @@ def pack(
             keys,
             quantize=req.quantize,
             min_cosine=req.min_cosine,
+            max_accuracy_drop=req.max_accuracy_drop,
             allow_batch_dependent=req.allow_batch_dependent,
             preprocess=req.preprocess,
             out_dir=req.out_dir,

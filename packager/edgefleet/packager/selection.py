@@ -40,8 +40,10 @@ from edgefleet.packager.validate import (
     Latency,
     Outputs,
     SessionSettings,
+    drop_problem,
     make_session,
     measure_latency,
+    metric_drop,
     metric_name,
     outputs_of,
     same_labels,
@@ -138,9 +140,9 @@ def choose_variant(
             marked.append(row)
             continue
         problems = []
-        drop = row.metric_drop or 0.0
-        if row.name != "float32" and drop > max_drop + 1e-12:
-            problems.append(f"metric drop {drop:.4f} > {max_drop:g}")
+        too_much = drop_problem(row.metric_drop or 0.0, max_drop)
+        if row.name != "float32" and too_much is not None:
+            problems.append(too_much)
         if (
             gate_latency
             and row.name != "float32"
@@ -281,7 +283,7 @@ def evaluate_variants(
                 format=built[name].format,
                 size_bytes=len(built[name].model),
                 metric=metric,
-                metric_drop=max(0.0, base_metric - metric) if name != "float32" else 0.0,
+                metric_drop=metric_drop(base_metric, metric) if name != "float32" else 0.0,
                 label_agreement=agreement,
                 max_probability_diff=prob_diff,
                 max_value_diff=value_diff,

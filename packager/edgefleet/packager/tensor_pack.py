@@ -3,7 +3,9 @@
 Steps, each refusing with one line rather than writing a doubtful bundle:
 
 1. ``--quantize`` must be ``none``, ``auto``, ``static`` or ``dynamic``:
-   int8 variants kept only when faithful (:mod:`.tensor_quantize`);
+   int8 variants kept only when faithful (:mod:`.tensor_quantize`); a
+   classifier registered with ``--labels`` is judged by its accuracy drop
+   (``--max-accuracy-drop``) on the held-out samples;
 2. the registered graph is normalised for the profile's onnxruntime (opsets,
    IR version) and must still load there;
 3. fidelity: the packaged graph (optimised offline at onnxruntime's basic
@@ -283,6 +285,7 @@ def pack_tensor(
     *,
     quantize: str,
     min_cosine: float = 0.99,
+    max_accuracy_drop: float = 0.01,
     allow_batch_dependent: bool = False,
     preprocess: str | None = None,
     out_dir: Path,
@@ -371,6 +374,9 @@ def pack_tensor(
         int8_format=profile.int8_format,
         min_cosine=min_cosine,
         allow_batch_dependent=allow_batch_dependent,
+        labels=registry.read_tensor_labels(mv) if mv.task == "classifier" else None,
+        class_names=mv.labels,
+        max_accuracy_drop=max_accuracy_drop,
         profile_quantization=profile.quantization,
         feeds_for=lambda index: _feeds(schema, _take(schema, samples, index)),
         outputs_of=outputs_of,

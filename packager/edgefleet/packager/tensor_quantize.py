@@ -26,10 +26,17 @@ first family with a qualifying member wins; within it the most faithful):
 
 A candidate qualifies when, on the held-out samples (every sample not used for
 calibration, at most 64), every float output keeps a cosine similarity of at
-least ``min_cosine`` (default 0.99) with the float graph's, every
-``probabilities`` output keeps its top-1 class on at least
-:data:`MIN_TOP1_AGREEMENT` of the samples, every other output is identical,
-the variant is smaller, and it is batch-independent (or allowed not to be).
+least ``min_cosine`` (default 0.99) with the float graph's, every other output
+is identical, the variant is smaller, and it is batch-independent (or allowed
+not to be); and for a classifier:
+
+- registered with ``--labels``: its accuracy on those held-out samples drops by
+  at most ``max_accuracy_drop`` (``--max-accuracy-drop``, default 0.01) against
+  the float graph's (:func:`edgefleet.packager.validate.drop_problem`, the rule
+  of table models); top-1 agreement with float32 is then reported, not gated;
+- without labels: every ``probabilities`` output keeps its top-1 class on at
+  least :data:`MIN_TOP1_AGREEMENT` of the samples.
+
 ``--quantize auto`` keeps the first qualifying family's best and says why
 otherwise; an explicit ``--quantize static|dynamic|fp16`` refuses a graph it
 does not apply to (exit 2) and a variant that does not qualify (exit 1).
@@ -52,6 +59,8 @@ from edgefleet.packager.errors import (
 )
 from edgefleet.packager.graph import op_counts
 from edgefleet.packager.quantize import STATIC_OP_TYPES, graph_reason, static_qdq
+from edgefleet.packager.tensor_accuracy import tensor_accuracy
+from edgefleet.packager.validate import drop_problem, metric_drop
 
 CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile")
 CALIBRATION_MAX_SAMPLES = 256
@@ -151,9 +160,14 @@ def _top1(spec: Any, a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def agreement(
-    schema: IoSchema, base: list[Any], other: list[Any], min_cosine: float
+    schema: IoSchema,
+    base: list[Any],
+    other: list[Any],
+    min_cosine: float,
+    gate_top1: bool = True,
 ) -> tuple[bool, dict[str, Any]]:
-    """Whether ``other`` outputs stay faithful to ``base`` (see the module docstring)."""
+    """Whether ``other`` outputs stay faithful to ``base`` (see the module docstring);
+    top-1 agreement is measured always, gated only with ``gate_top1`` (no labels)."""
     rows: dict[str, Any] = {}
     ok = True
     for spec, a, b in zip(schema.outputs, base, other, strict=True):
@@ -172,12 +186,46 @@ def agreement(
             top1 = _top1(spec, a, b)
             if top1 is not None:
                 rows[spec.name]["top1_agreement"] = top1
-                ok &= top1 >= MIN_TOP1_AGREEMENT
+                ok &= top1 >= MIN_TOP1_AGREEMENT or not gate_top1
         else:
             same = bool(np.array_equal(a.astype(str), b.astype(str)))
             rows[spec.name] = {"equal": same}
             ok &= same
     return ok, rows
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """A labelled classifier's held-out labels and float32's accuracy on them."""
+
+    schema: IoSchema
+    truth: np.ndarray
+    class_names: list[Any] | None
+    float32: float
+    max_drop: float
+
+    def of(self, outputs: list[Any]) -> float:
+        value = tensor_accuracy(self.schema, outputs, self.truth, self.class_names)
+        assert value is not None  # the float graph's outputs gave one
+        return value
+
+
+def labelled(
+    schema: IoSchema,
+    labels: np.ndarray | None,
+    class_names: list[Any] | None,
+    evaluation: np.ndarray,
+    float_out: list[Any],
+    max_drop: float,
+) -> Accuracy | None:
+    """The accuracy rule when ``labels`` are given and the model predicts a class."""
+    if labels is None:
+        return None
+    truth = np.asarray(labels)[evaluation]
+    base = tensor_accuracy(schema, float_out, truth, class_names)
+    if base is None:
+        return None
+    return Accuracy(schema, truth, class_names, base, max_drop)
 
 
 @dataclass(frozen=True)
@@ -284,13 +332,29 @@ def choose_variant(
     profile_quantization: str = "int8",
     feeds_for: Callable[[np.ndarray], dict[str, np.ndarray]],
     outputs_of: Outputs,
+    labels: np.ndarray | None = None,
+    class_names: list[Any] | None = None,
+    max_accuracy_drop: float = 0.01,
 ) -> Choice:
-    """float32, or the best candidate of the first family that qualifies (module docstring)."""
+    """float32, or the best candidate of the first family that qualifies (module docstring).
+
+    ``labels`` (one per reference sample) switch a classifier to the accuracy rule.
+    """
     float_row: dict[str, Any] = {
         "variant": "float32",
         "size_bytes": len(packaged),
         "status": "chosen",
     }
+    calibration, evaluation = split_samples(n)
+    evaluation = evaluation[:EVALUATION_MAX_SAMPLES]
+    float_out: list[Any] | None = None
+    rule: Accuracy | None = None
+    if labels is not None:
+        float_out = outputs_of(packaged, evaluation)
+        rule = labelled(schema, labels, class_names, evaluation, float_out, max_accuracy_drop)
+    if rule is not None:
+        float_row["accuracy"] = rule.float32
+        float_row["evaluation_samples"] = int(len(evaluation))
     rows: list[dict[str, Any]] = [float_row]
     not_applicable: dict[str, str] = {}
     base: dict[str, Any] = {
@@ -302,7 +366,8 @@ def choose_variant(
         "not_applicable": not_applicable,
         "criteria": {
             "min_cosine": min_cosine,
-            "min_top1_agreement": MIN_TOP1_AGREEMENT,
+            "min_top1_agreement": MIN_TOP1_AGREEMENT if rule is None else None,
+            "max_accuracy_drop": None if rule is None else max_accuracy_drop,
             "non_float_outputs": "identical",
             "allow_batch_dependent": allow_batch_dependent,
         },
@@ -318,9 +383,6 @@ def choose_variant(
         )
         return Choice(packaged, {**base, "reason": why}, FLOAT_SMOKE_ATOL)
     reasons: list[str] = []
-    calibration, evaluation = split_samples(n)
-    evaluation = evaluation[:EVALUATION_MAX_SAMPLES]
-    float_out: list[Any] | None = None
     explicit = requested != "auto"
     for family in families:
         why = _family_reason(family, model, schema)
@@ -345,7 +407,7 @@ def choose_variant(
                 continue
             row, problem = _measure(
                 family, variant, packaged, schema, evaluation, float_out,
-                min_cosine, allow_batch_dependent, outputs_of,
+                min_cosine, allow_batch_dependent, outputs_of, rule,
             )  # fmt: skip
             if problem is not None:
                 rows.append({**row, "status": "rejected", "reason": problem})
@@ -362,7 +424,7 @@ def choose_variant(
         row, variant = max(measured, key=lambda m: (m[0]["worst_cosine"], -measured.index(m)))
         row["status"] = "chosen"
         float_row["status"] = "eligible"
-        return _chosen(base, family, variant, row, float_out, len(packaged))
+        return _chosen(base, family, variant, row, float_out, len(packaged), rule)
     return Choice(packaged, {**base, "reason": "; ".join(reasons)}, FLOAT_SMOKE_ATOL)
 
 
@@ -376,9 +438,12 @@ def _measure(
     min_cosine: float,
     allow_batch_dependent: bool,
     outputs_of: Outputs,
+    rule: Accuracy | None = None,
 ) -> tuple[dict[str, Any], str | None]:
-    """A candidate's row (size, per-output agreement, batch dependence) and its problem."""
-    ok, per_output = agreement(schema, float_out, outputs_of(variant.model, evaluation), min_cosine)
+    """A candidate's row (size, per-output agreement, accuracy, batch dependence) and its
+    problem."""
+    out = outputs_of(variant.model, evaluation)
+    ok, per_output = agreement(schema, float_out, out, min_cosine, gate_top1=rule is None)
     worst = min((r["cosine"] for r in per_output.values() if "cosine" in r), default=1.0)
     top1 = [r["top1_agreement"] for r in per_output.values() if "top1_agreement" in r]
     dependence = batch_dependence(schema, variant.model, evaluation[:16], outputs_of)
@@ -395,9 +460,19 @@ def _measure(
     if "calibration" in variant.settings:
         row["calibration"] = variant.settings["calibration"]
     label = _label(family, variant)
+    lost: str | None = None
+    if rule is not None:
+        row["accuracy"] = rule.of(out)
+        row["accuracy_drop"] = metric_drop(rule.float32, row["accuracy"])
+        too_much = drop_problem(row["accuracy_drop"], rule.max_drop, "accuracy")
+        if too_much is not None:
+            lost = (
+                f"{label} loses accuracy: {too_much} (float32 {rule.float32:.4f}, "
+                f"{family} {row['accuracy']:.4f} on {len(evaluation)} labelled samples)"
+            )
     problem: str | None = None
     if not ok:
-        low_top1 = [t for t in top1 if t < MIN_TOP1_AGREEMENT]
+        low_top1 = [t for t in top1 if t < MIN_TOP1_AGREEMENT and rule is None]
         parts = [f"a cosine of {worst:.4f} (< {min_cosine})"] if worst < min_cosine else []
         if low_top1:
             parts.append(f"a top-1 agreement of {min(low_top1):.3f} (< {MIN_TOP1_AGREEMENT})")
@@ -406,6 +481,10 @@ def _measure(
             if parts
             else f"{label} changes a non-float output"
         )
+        if lost is not None:
+            problem += f"; {lost}"
+    elif lost is not None:
+        problem = lost
     elif len(variant.model) >= len(packaged):
         problem = f"{label} is not smaller ({len(variant.model)} >= {len(packaged)} bytes)"
     elif dependence > BATCH_DEPENDENCE_TOL and not allow_batch_dependent:
@@ -423,6 +502,7 @@ def _chosen(
     row: dict[str, Any],
     float_out: list[Any],
     float_size: int,
+    rule: Accuracy | None = None,
 ) -> Choice:
     scale = [max(1.0, float(np.max(np.abs(np.asarray(a, np.float64))))) for a in float_out]
     observed = max(
@@ -438,6 +518,11 @@ def _chosen(
     label = _label(family, variant)
     top1 = [r["top1_agreement"] for r in row["outputs"].values() if "top1_agreement" in r]
     agree = f", top-1 agreement {min(top1):.3f}" if top1 else ""
+    if rule is not None:
+        agree += (
+            f", accuracy {row['accuracy']:.4f} vs float32 {rule.float32:.4f} (drop "
+            f"{row['accuracy_drop']:.4f} <= {rule.max_drop:g})"
+        )
     quantization = {
         **base,
         "method": family,

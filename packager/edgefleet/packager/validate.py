@@ -145,6 +145,22 @@ def r2(truth: np.ndarray, predicted: np.ndarray) -> float:
     return 1.0 - residual / total
 
 
+def metric_drop(base: float, metric: float) -> float:
+    """What a variant's ``metric`` lost against float32's ``base`` (a gain is no drop)."""
+    return max(0.0, base - metric)
+
+
+def drop_problem(drop: float, max_drop: float, metric: str = "metric") -> str | None:
+    """Why ``drop`` refuses a variant under ``--max-accuracy-drop`` (None: it does not).
+
+    The one rule for labelled tasks, tables and tensors alike: when labels are
+    given, this drop decides and agreement with float32 is only reported.
+    """
+    if drop > max_drop + 1e-12:
+        return f"{metric} drop {drop:.4f} > {max_drop:g}"
+    return None
+
+
 def metric_name(task: str, has_labels: bool) -> str:
     if task == "classification":
         return "accuracy" if has_labels else "agreement_with_float32"

@@ -37,7 +37,8 @@ from edgefleet.packager.registry.refs import parse_ref
     type=float,
     default=0.01,
     show_default=True,
-    help="Largest absolute metric drop a quantized variant may have against float32.",
+    help="Largest absolute metric drop a quantized variant may have against float32 "
+    "(accuracy for classifiers registered with --labels).",
 )
 @click.option(
     "--min-cosine",
@@ -200,6 +201,8 @@ def _tensor_variant_lines(q: dict[str, Any]) -> list[str]:
             o["top1_agreement"] for o in row.get("outputs", {}).values() if "top1_agreement" in o
         ]
         agree = f", top-1 {min(top1):.3f}" if top1 else ""
+        if row.get("accuracy") is not None:
+            agree += f", accuracy {row['accuracy']:.4f}"
         name = row["variant"] + (f"/{row['calibration']}" if row.get("calibration") else "")
         lines.append(
             f"    {name:<18} {row['status']:<9} {_size(row.get('size_bytes')):>10}"

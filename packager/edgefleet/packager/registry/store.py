@@ -446,6 +446,12 @@ class Registry:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             return {name: z[name] for name in z.files}
 
+    def read_tensor_labels(self, mv: ModelVersion) -> np.ndarray | None:
+        """The labels registered with a tensor model's reference samples (or ``None``)."""
+        if mv.reference is None or mv.reference.y_sha256 is None:
+            return None
+        return _load_npy(self.artifacts.read_bytes(mv.reference.y_sha256))
+
     def lineage(self, ref: ModelRef) -> list[ModelVersion]:
         """``ref`` followed by its parent, grandparent, ... (oldest last)."""
         chain = [self.get(ref)]
