@@ -77,6 +77,22 @@ def test_trained_conv_net_gets_static_int8_with_the_calibration_measured(digits:
     assert "Softmax" not in chosen["settings"]["op_types"]
 
 
+def test_max_abs_diff_refuses_a_variant_the_cosine_would_pass(digits: Any) -> None:
+    """``--max-abs-diff``: a bound on every element of every float output, besides the
+    cosine; the reason names it."""
+    model, samples, _ = digits
+    x = samples["image"][:96]
+    loose = _choose(model, x, _schema(10, (1, 8, 8)), requested="auto", max_abs_diff=1.0)
+    assert loose.quantization["method"] == "static"
+    assert loose.quantization["criteria"]["max_abs_diff"] == 1.0
+    tight = _choose(model, x, _schema(10, (1, 8, 8)), requested="auto", max_abs_diff=0.0)
+    static = [r for r in tight.quantization["variants"] if r["variant"] == "static"]
+    assert static and all(r["status"] == "rejected" for r in static)
+    assert all(r["worst_cosine"] >= 0.99 for r in static)  # the cosine alone would pass
+    assert all("max abs diff" in r["reason"] for r in static)
+    assert tight.quantization["method"] != "static"
+
+
 def test_softmax_over_many_classes_stays_faithful(digits: Any) -> None:
     """A quantized Softmax has its output range pinned to [0, 1]: with 300 classes every
     probability is below one uint8 step (1/256) and the cosine fell to about 0.6."""
@@ -165,3 +181,15 @@ def test_graph_is_optimised_offline_and_checked(cli: Cli, tmp_path: Path) -> Non
     assert code == 0, err
     assert "optimised offline at onnxruntime's basic level" in out and "3 -> 1 nodes" in out, out
     assert "fidelity      packaged vs the registered ONNX file" in out
+
+
+def test_a_negative_max_abs_diff_is_refused(tmp_path: Path) -> None:
+    from edgefleet.packager.build import PackRequest
+    from edgefleet.packager.errors import DataFileError
+    from edgefleet.packager.registry.refs import parse_ref
+
+    with pytest.raises(DataFileError, match="--max-abs-diff must be a number >= 0"):
+        PackRequest(
+            ref=parse_ref("m:1"), profile="p", key_paths=(tmp_path / "k",), out_dir=tmp_path,
+            max_abs_diff=-0.5,
+        )  # fmt: skip

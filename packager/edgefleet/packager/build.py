@@ -89,6 +89,7 @@ class PackRequest:
     max_accuracy_drop: float = 0.01
     profiles_dir: Path | None = None
     min_cosine: float = 0.99  # tensor models: what a quantized variant must keep per output
+    max_abs_diff: float | None = None  # tensor models: the float outputs' largest difference
     allow_batch_dependent: bool = False  # accept per-batch activation scales (dynamic int8)
     preprocess: str | None = None  # tensor models: image preprocessing folded into the graph
 
@@ -99,6 +100,8 @@ class PackRequest:
             raise DataFileError("--max-accuracy-drop must be between 0 and 1")
         if not -1.0 <= self.min_cosine <= 1.0:
             raise DataFileError("--min-cosine must be between -1 and 1")
+        if self.max_abs_diff is not None and not self.max_abs_diff >= 0.0:
+            raise DataFileError("--max-abs-diff must be a number >= 0")
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,7 @@ def pack(
             keys,
             quantize=req.quantize,
             min_cosine=req.min_cosine,
+            max_abs_diff=req.max_abs_diff,
             max_accuracy_drop=req.max_accuracy_drop,
             allow_batch_dependent=req.allow_batch_dependent,
             preprocess=req.preprocess,

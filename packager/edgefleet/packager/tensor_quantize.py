@@ -26,7 +26,8 @@ first family with a qualifying member wins; within it the most faithful):
 
 A candidate qualifies when, on the held-out samples (every sample not used for
 calibration, at most 64), every float output keeps a cosine similarity of at
-least ``min_cosine`` (default 0.99) with the float graph's, every other output
+least ``min_cosine`` (default 0.99) with the float graph's (and, with
+``--max-abs-diff``, no element further from it than that), every other output
 is identical, the variant is smaller, and it is batch-independent (or allowed
 not to be); and for a classifier:
 
@@ -165,6 +166,7 @@ def agreement(
     other: list[Any],
     min_cosine: float,
     gate_top1: bool = True,
+    max_abs_diff: float | None = None,
 ) -> tuple[bool, dict[str, Any]]:
     """Whether ``other`` outputs stay faithful to ``base`` (see the module docstring);
     top-1 agreement is measured always, gated only with ``gate_top1`` (no labels)."""
@@ -183,6 +185,7 @@ def agreement(
             cosine = float(np.dot(x, y) / norms) if norms > 0 else (1.0 if diff == 0 else 0.0)
             rows[spec.name] = {"cosine": cosine, "max_abs_diff": diff}
             ok &= cosine >= min_cosine
+            ok &= max_abs_diff is None or diff <= max_abs_diff
             top1 = _top1(spec, a, b)
             if top1 is not None:
                 rows[spec.name]["top1_agreement"] = top1
@@ -328,6 +331,7 @@ def choose_variant(
     requested: str,
     int8_format: str,
     min_cosine: float,
+    max_abs_diff: float | None = None,
     allow_batch_dependent: bool = False,
     profile_quantization: str = "int8",
     feeds_for: Callable[[np.ndarray], dict[str, np.ndarray]],
@@ -366,6 +370,7 @@ def choose_variant(
         "not_applicable": not_applicable,
         "criteria": {
             "min_cosine": min_cosine,
+            "max_abs_diff": max_abs_diff,
             "min_top1_agreement": MIN_TOP1_AGREEMENT if rule is None else None,
             "max_accuracy_drop": None if rule is None else max_accuracy_drop,
             "non_float_outputs": "identical",
@@ -407,7 +412,7 @@ def choose_variant(
                 continue
             row, problem = _measure(
                 family, variant, packaged, schema, evaluation, float_out,
-                min_cosine, allow_batch_dependent, outputs_of, rule,
+                min_cosine, allow_batch_dependent, outputs_of, rule, max_abs_diff,
             )  # fmt: skip
             if problem is not None:
                 rows.append({**row, "status": "rejected", "reason": problem})
@@ -439,12 +444,16 @@ def _measure(
     allow_batch_dependent: bool,
     outputs_of: Outputs,
     rule: Accuracy | None = None,
+    max_abs_diff: float | None = None,
 ) -> tuple[dict[str, Any], str | None]:
     """A candidate's row (size, per-output agreement, accuracy, batch dependence) and its
     problem."""
     out = outputs_of(variant.model, evaluation)
-    ok, per_output = agreement(schema, float_out, out, min_cosine, gate_top1=rule is None)
+    ok, per_output = agreement(
+        schema, float_out, out, min_cosine, gate_top1=rule is None, max_abs_diff=max_abs_diff
+    )
     worst = min((r["cosine"] for r in per_output.values() if "cosine" in r), default=1.0)
+    largest = max((r["max_abs_diff"] for r in per_output.values() if "cosine" in r), default=0.0)
     top1 = [r["top1_agreement"] for r in per_output.values() if "top1_agreement" in r]
     dependence = batch_dependence(schema, variant.model, evaluation[:16], outputs_of)
     row: dict[str, Any] = {
@@ -474,6 +483,8 @@ def _measure(
     if not ok:
         low_top1 = [t for t in top1 if t < MIN_TOP1_AGREEMENT and rule is None]
         parts = [f"a cosine of {worst:.4f} (< {min_cosine})"] if worst < min_cosine else []
+        if max_abs_diff is not None and largest > max_abs_diff:
+            parts.append(f"a max abs diff of {largest:.4g} (> {max_abs_diff})")
         if low_top1:
             parts.append(f"a top-1 agreement of {min(low_top1):.3f} (< {MIN_TOP1_AGREEMENT})")
         problem = (

@@ -48,6 +48,13 @@ from edgefleet.packager.registry.refs import parse_ref
     help="Tensor models: lowest cosine similarity per output a quantized variant may have.",
 )
 @click.option(
+    "--max-abs-diff",
+    type=float,
+    default=None,
+    help="Tensor models: largest absolute difference any float output of a quantized "
+    "variant may have against float32 (default: not gated; the cosine decides).",
+)
+@click.option(
     "--allow-batch-dependent",
     is_flag=True,
     help="Tensor models: accept a variant whose output for a sample depends on the rest of "
@@ -85,6 +92,7 @@ def pack(
     quantize: str,
     max_accuracy_drop: float,
     min_cosine: float,
+    max_abs_diff: float | None,
     allow_batch_dependent: bool,
     preprocess: str | None,
     out_dir: Path,
@@ -105,6 +113,7 @@ def pack(
         max_accuracy_drop=max_accuracy_drop,
         profiles_dir=profiles_dir,
         min_cosine=min_cosine,
+        max_abs_diff=max_abs_diff,
         allow_batch_dependent=allow_batch_dependent,
         preprocess=preprocess,
     )
