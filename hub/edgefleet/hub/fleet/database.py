@@ -45,7 +45,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from edgefleet.hub.errors import FencedError, HubStoreError
+from edgefleet.hub.errors import HubStoreError
+from edgefleet.hub.store.sql_lease import check_fence, lease_epoch_query
 
 SCHEMA_VERSION = 1
 
@@ -265,14 +266,8 @@ class FleetDatabase(ABC):
         if fence is None:
             return
         lease, epoch = fence
-        row = conn.execute(
-            f"SELECT epoch FROM leases WHERE name = ?{self.lease_lock}", (lease,)
-        ).fetchone()
-        current = int(row[0]) if row is not None else None
-        if current != epoch:
-            raise FencedError(
-                f"lease {lease} epoch {epoch} was taken over (now {current}); fleet write refused"
-            )
+        row = conn.execute(lease_epoch_query(self.lease_lock), (lease,)).fetchone()
+        check_fence(lease, epoch, int(row[0]) if row is not None else None, "fleet write")
 
     # -- transactions ----------------------------------------------------------------------
     @contextmanager

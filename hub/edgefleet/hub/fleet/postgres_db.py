@@ -30,6 +30,7 @@ from edgefleet.hub.errors import HubStoreError
 from edgefleet.hub.fleet.database import FleetConnection, FleetCursor, FleetDatabase
 from edgefleet.hub.fleet.dialect import postgres_ddl, postgres_sql
 from edgefleet.hub.store.postgres import CONNECT_TIMEOUT_S, redact_url
+from edgefleet.hub.store.schema import POSTGRES
 
 #: The advisory lock every fleet write transaction holds (the hub store's schema lock is
 #: ``0x6564_6765_0001``).
@@ -64,7 +65,7 @@ class PostgresFleetDatabase(FleetDatabase):
 
     begin_read = "BEGIN ISOLATION LEVEL REPEATABLE READ"
     begin_write = ("BEGIN", f"SELECT pg_advisory_xact_lock({FLEET_WRITE_LOCK})")
-    lease_lock = " FOR SHARE"  # a takeover's UPDATE of the lease row waits for this write
+    lease_lock = POSTGRES.for_share  # a takeover's UPDATE of the lease row waits for this write
 
     def __init__(self, url: str, *, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         try:

@@ -28,6 +28,19 @@ if TYPE_CHECKING:
     from edgefleet.hub.store.schema import Engine
 
 
+def lease_epoch_query(lock_clause: str) -> str:
+    """The statement reading a lease's epoch (``lock_clause``: the engine's shared lock)."""
+    return f"SELECT epoch FROM leases WHERE name=?{lock_clause}"
+
+
+def check_fence(name: str, epoch: int, current: int | None, what: str = "write") -> None:
+    """Raise ``FencedError`` unless the lease ``name`` still has the ``epoch`` held."""
+    if current != epoch:
+        raise FencedError(
+            f"lease {name} epoch {epoch} was taken over (now {current}); {what} refused"
+        )
+
+
 class SqlLeaseMixin:
     """Lease methods of the hub store; uses its query helpers and transactions."""
 
@@ -102,9 +115,5 @@ class SqlLeaseMixin:
         if fence is None:
             return
         name, epoch = fence
-        row = self._one(f"SELECT epoch FROM leases WHERE name=?{self.engine.for_share}", (name,))
-        current = int(row["epoch"]) if row is not None else None
-        if current != epoch:
-            raise FencedError(
-                f"lease {name} epoch {epoch} was taken over (now {current}); write refused"
-            )
+        row = self._one(lease_epoch_query(self.engine.for_share), (name,))
+        check_fence(name, epoch, int(row["epoch"]) if row is not None else None)
