@@ -28,8 +28,8 @@ from typing import Any
 
 from edgefleet.hub.errors import HubStoreError
 from edgefleet.hub.fleet.database import FleetConnection, FleetCursor, FleetDatabase
-from edgefleet.hub.fleet.dialect import postgres_ddl, postgres_sql
-from edgefleet.hub.store.postgres import CONNECT_TIMEOUT_S, redact_url
+from edgefleet.hub.fleet.dialect import postgres_ddl
+from edgefleet.hub.store.postgres import CONNECT_TIMEOUT_S, placeholders, redact_url
 from edgefleet.hub.store.schema import POSTGRES
 
 #: The advisory lock every fleet write transaction holds (the hub store's schema lock is
@@ -47,7 +47,7 @@ class _Connection:
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> FleetCursor:
         cursor: FleetCursor = self.raw.execute(
-            postgres_sql(sql), parameters if parameters else None
+            placeholders(sql), parameters if parameters else None
         )
         return cursor
 
@@ -55,7 +55,7 @@ class _Connection:
         cursor = self.raw.cursor()
         rows = list(parameters)
         if rows:
-            cursor.executemany(postgres_sql(sql), rows)
+            cursor.executemany(placeholders(sql), rows)
         result: FleetCursor = cursor
         return result
 

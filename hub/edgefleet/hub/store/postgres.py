@@ -158,7 +158,7 @@ class PostgresHubStore(SqlHubStore):
     def _execute(self, sql: str, params: Sequence[Any]) -> Any:
         with self._connection() as conn:
             try:
-                return conn.execute(_placeholders(sql), params)
+                return conn.execute(placeholders(sql), params)
             except self._psycopg_error as e:
                 raise self._failed(e) from e
 
@@ -171,7 +171,7 @@ class PostgresHubStore(SqlHubStore):
         with self._connection() as conn:
             try:
                 cur = conn.cursor()
-                cur.executemany(_placeholders(sql), params)
+                cur.executemany(placeholders(sql), params)
                 return int(cur.rowcount)
             except self._psycopg_error as e:
                 raise self._failed(e) from e
@@ -179,14 +179,14 @@ class PostgresHubStore(SqlHubStore):
     def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         with self._connection() as conn:
             try:
-                return list(conn.execute(_placeholders(sql), params).fetchall())
+                return list(conn.execute(placeholders(sql), params).fetchall())
             except self._psycopg_error as e:
                 raise self._failed(e) from e
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         with self._connection() as conn:
             try:
-                row: Row | None = conn.execute(_placeholders(sql), params).fetchone()
+                row: Row | None = conn.execute(placeholders(sql), params).fetchone()
                 return row
             except self._psycopg_error as e:
                 raise self._failed(e) from e
@@ -195,7 +195,7 @@ class PostgresHubStore(SqlHubStore):
 _converted: dict[str, str] = {}
 
 
-def _placeholders(sql: str) -> str:
+def placeholders(sql: str) -> str:
     """The shared SQL's ``?`` placeholders as psycopg's ``%s`` (no literal ``?`` or ``%``)."""
     done = _converted.get(sql)
     if done is None:
