@@ -19,7 +19,8 @@ simulated in a separate process with real MQTT connections. Windows carry 64-fea
   every device holds its ack; ``storm_duplicates`` counts windows counted more than once
   by a fleet drift query (windows in the aggregate minus distinct stored windows);
   ``storm_losses`` counts windows published but not stored; ``storm_hub_store_windows`` is
-  what the rollout gates' store holds; ``storm_retransmits``/``storm_redundant_receipts``
+  what the rollout gates read through the hub store (the same fleet rows: telemetry is
+  stored once); ``storm_retransmits``/``storm_redundant_receipts``
   say how often the at-least-once path was exercised.
 - ``drift_query_s``: ``hub drift``'s query (fleet level, with the timeline, its own
   database connection as the command has) over the 10,000 windows, started the moment the

@@ -1,4 +1,5 @@
-"""Shared builders for hub tests: keys, hub.toml, telemetry windows (bundles: tests.support.bundles)."""
+"""Shared builders for hub tests: keys, hub.toml, telemetry windows and storing them
+(bundles: tests.support.bundles)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.core.keys import generate_keypair
-from edgefleet.core.protocol.telemetry import LatencyHistogram, WindowSummary
+from edgefleet.core.protocol.telemetry import LatencyHistogram, TelemetryRecord, WindowSummary
 from edgefleet.hub.config import HubConfig
-from edgefleet.hub.store import SqliteHubStore
+from edgefleet.hub.fleet.ingest import DeviceInfo, FleetTelemetry, IngestResult
+from edgefleet.hub.fleet.totals import WindowTotals
+from edgefleet.hub.rollout.evidence import VersionStats
+from edgefleet.hub.store import HubStore, SqliteHubStore
 
 LATENCY_EDGES = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 
@@ -87,3 +91,37 @@ def window(
         else {"0": requests // 2, "1": requests - requests // 2},
     )
     return summary.to_dict()
+
+
+def stats_of(body: dict[str, Any]) -> VersionStats:
+    """A window body's evidence as the rollout gates read it once the fleet stored it."""
+    return VersionStats.from_totals(WindowTotals.of_window(WindowSummary.from_dict(body)))
+
+
+def location_of(store: HubStore) -> Path | str:
+    """The database an open hub store is in (its fleet tables are there too)."""
+    url = getattr(store, "url", None)
+    return url if isinstance(url, str) else Path(getattr(store, "path"))  # noqa: B009
+
+
+class TelemetryWriter:
+    """Stores telemetry windows the way the hub does: through the fleet ingest, into the
+    fleet tables of the store's database, which the rollout gates read."""
+
+    def __init__(self, store_or_location: HubStore | Path | str) -> None:
+        location = (
+            store_or_location
+            if isinstance(store_or_location, (Path, str))
+            else location_of(store_or_location)
+        )
+        self.fleet = FleetTelemetry(location)
+
+    def windows(
+        self, device: str, bodies: list[tuple[int, dict[str, Any]]], at: float, *, group: str = ""
+    ) -> IngestResult:
+        """Store ``(seq, window body)`` pairs of one device, received at ``at``."""
+        records = [TelemetryRecord(seq, "window", body) for seq, body in bodies]
+        return self.fleet.ingest(DeviceInfo(device, group or None), records, at)
+
+    def close(self) -> None:
+        self.fleet.close()

@@ -241,7 +241,7 @@ def test_a_schema_4_store_gains_bundle_bytes_from_the_hub_holding_the_files(
     to_schema_4(store_location)
     store = open_store(store_location)
     try:
-        assert store.schema_version() == SCHEMA_VERSION == 5
+        assert store.schema_version() == SCHEMA_VERSION == 6
         assert store.get_bundle(bundle.sha256) is not None  # rows kept
         assert store.bundles_without_bytes() == [bundle.sha256]
         # A hub without the file cannot fill it; the hub that has it does.

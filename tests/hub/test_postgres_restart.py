@@ -20,20 +20,16 @@ from edgefleet.core.protocol.telemetry import WindowSummary
 from edgefleet.core.testing.brokers import MosquittoBroker
 from edgefleet.core.testing.postgres import PostgresServer
 from edgefleet.hub.errors import HubStoreError
-from edgefleet.hub.store import TelemetryRow, open_store
+from edgefleet.hub.store import open_store
 
 pytestmark = pytest.mark.postgres
-
-
-def rows(seqs: range) -> list[TelemetryRow]:
-    return [TelemetryRow(s, "window", window("digits", 1, requests=5)) for s in seqs]
 
 
 def test_after_a_server_restart_only_one_operation_fails(postgres_server: PostgresServer) -> None:
     url = postgres_server.dsn(postgres_server.create_database())
     store = open_store(url)
     try:
-        assert store.add_telemetry("pi-1", rows(range(1, 6)), 1.0) == 5
+        store.bump_counter("writes")
         # Several idle connections in the pool, as a busy hub has.
         gate = threading.Barrier(4)
 
@@ -52,16 +48,14 @@ def test_after_a_server_restart_only_one_operation_fails(postgres_server: Postgr
         failures = 0
         for _ in range(6):
             try:
-                inserted = store.add_telemetry("pi-1", rows(range(1, 11)), 2.0)
+                store.bump_counter("writes")
                 break
             except HubStoreError:
                 failures += 1
         else:
             pytest.fail("the store never reconnected")
         assert failures <= 1
-        assert inserted == 5  # 1..5 were stored before the restart: not again
-        stored = list(store.telemetry_windows("digits", [1], ["pi-1"], 0.0))
-        assert len(stored) == 10
+        assert store.counters()["writes"] == 2  # the failed attempt left nothing
     finally:
         store.close()
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from tests.hub.hubkit import window
+from tests.hub.hubkit import TelemetryWriter, window
 
 from edgefleet.core.errors import UsageError
 from edgefleet.hub.errors import HubNotFoundError, RolloutStateError
@@ -21,7 +21,6 @@ from edgefleet.hub.store import (
     DeviceRecord,
     HubStore,
     RolloutDeviceRecord,
-    TelemetryRow,
     open_store,
 )
 
@@ -39,6 +38,7 @@ class Fleet:
     def __init__(self, path: Path | str) -> None:
         self.path = path  # an SQLite file or a PostgreSQL URL
         self.store: HubStore = open_store(path)
+        self.writer = TelemetryWriter(path)
         self.seq: dict[str, int] = {}
         for d in DEVICES:
             self.store.add_device(DeviceRecord(d, "rpi4-arm64", "$7$1$a$b", 0.0))
@@ -63,7 +63,7 @@ class Fleet:
         seq = self.seq.get(device, 0) + 1
         self.seq[device] = seq
         body = window("digits", version, **kw)  # type: ignore[arg-type]
-        self.store.add_telemetry(device, [TelemetryRow(seq, "window", body)], at)
+        self.writer.windows(device, [(seq, body)], at)
 
     def moved(self, rollout_id: str) -> list[str]:
         return [
@@ -88,6 +88,7 @@ class Fleet:
 def fleet(store_location: Path | str) -> Iterator[Fleet]:
     f = Fleet(store_location)
     yield f
+    f.writer.close()
     f.store.close()
 
 

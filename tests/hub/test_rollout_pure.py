@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.hub.hubkit import window
+from tests.hub.hubkit import stats_of, window
 
 from edgefleet.core.errors import UsageError
+from edgefleet.core.protocol import TelemetryRecord
 from edgefleet.hub.errors import RolloutStateError
+from edgefleet.hub.fleet.ingest import record_row
 from edgefleet.hub.rollout import (
     TRANSITIONS,
     DeviceReport,
@@ -182,8 +184,8 @@ def test_rolled_back_is_final() -> None:
 
 
 def test_version_stats_add_exactly() -> None:
-    a = VersionStats.from_window(window("m", 1, requests=100, errors=3, latency_bucket=1))
-    b = VersionStats.from_window(window("m", 1, requests=300, errors=1, latency_bucket=3))
+    a = stats_of(window("m", 1, requests=100, errors=3, latency_bucket=1))
+    b = stats_of(window("m", 1, requests=300, errors=1, latency_bucket=3))
     total = a.merge(b)
     assert (total.requests, total.errors, total.windows) == (400, 4, 2)
     assert total.error_rate == pytest.approx(0.01)
@@ -193,18 +195,19 @@ def test_version_stats_add_exactly() -> None:
 
 
 @pytest.mark.parametrize(
-    "body",
+    "fault",
     [
         {"requests": -1},
-        {"requests": 1, "errors": {"x": "2"}},
-        {"requests": 1, "latency_ms": {"edges": [2, 1], "counts": [0, 0, 0]}},
-        {"requests": 1, "latency_ms": {"edges": [1], "counts": [1, 2, 3, 4]}},
-        {"requests": 1, "predictions": [1, 2]},
+        {"errors": {"x": "2"}},
+        {"latency_ms": {"edges": [2, 1], "counts": [0, 0, 0]}},
+        {"latency_ms": {"edges": [1], "counts": [1, 2, 3, 4]}},
+        {"predictions": [1, 2]},
     ],
 )
-def test_malformed_windows_are_refused(body: dict[str, object]) -> None:
-    with pytest.raises(ValueError):
-        VersionStats.from_window(body)
+def test_malformed_windows_never_reach_the_gates(fault: dict[str, object]) -> None:
+    """The fleet ingest stores them as ``malformed``; the gates read window rows only."""
+    body = {**window("m", 1, requests=1), **fault}
+    assert record_row(TelemetryRecord(1, "window", body)).kind == "malformed"
 
 
 def test_psi_matches_evidently_zero_handling() -> None:
@@ -221,13 +224,13 @@ def test_psi_matches_evidently_zero_handling() -> None:
 def test_merge_is_associative_for_any_counts(counts: list[int]) -> None:
     bodies = [
         {
-            "requests": sum(counts),
+            **window("m", 1, requests=sum(counts)),
             "latency_ms": {"edges": [1, 2, 5, 10, 20, 50, 100], "counts": counts},
             "predictions": {"x": counts[0]},
         }
         for _ in range(3)
     ]
-    a, b, c = (VersionStats.from_window(x) for x in bodies)
+    a, b, c = (stats_of(x) for x in bodies)
     assert a.merge(b).merge(c) == a.merge(b.merge(c))
 
 
@@ -244,7 +247,7 @@ GATES = Gates(
     device_timeout_s=600,
 )
 PLAN = RolloutPlan.build("r1", "m", 2, "all", ["a", "b", "c", "d"], parse_phases("2,100%"), GATES)
-BASELINE = VersionStats.from_window(window("m", 1, requests=1000, latency_bucket=2))
+BASELINE = stats_of(window("m", 1, requests=1000, latency_bucket=2))
 
 
 def report(
@@ -260,7 +263,7 @@ def report(
     settled_at: float | None = 10.0,
 ) -> DeviceReport:
     stats = (
-        VersionStats.from_window(
+        stats_of(
             window(
                 "m",
                 2,

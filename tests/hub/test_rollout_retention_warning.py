@@ -1,4 +1,5 @@
-"""``hub rollout create`` warns when the gates' baseline reaches back past telemetry retention."""
+"""``hub rollout create`` warns when the gates' baseline reaches back past telemetry retention
+(``[fleet] raw_retention_s``: telemetry is stored once, in the fleet tables)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from tests.support.bundles import placeholder_bundle
 
 from edgefleet.core.cli.main import main
 
-RETENTION_S = 86_400  # the lowest hub.toml accepts: the default baseline_lookback_s
+RETENTION_S = 86_400  # [fleet] raw_retention_s: the default baseline_lookback_s
 
 
 def run(hub: HubFixture, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -23,13 +24,7 @@ def run(hub: HubFixture, capsys: pytest.CaptureFixture[str], *args: str) -> tupl
 
 @pytest.fixture
 def hub(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> HubFixture:
-    hub = make_hub(tmp_path)
-    text = hub.config_path.read_text()
-    store_line = 'bundles_dir = "bundles"\n'
-    assert store_line in text
-    hub.config_path.write_text(
-        text.replace(store_line, f"{store_line}telemetry_retention_s = {RETENTION_S}\n", 1)
-    )
+    hub = make_hub(tmp_path, extra=f"[fleet]\nraw_retention_s = {RETENTION_S}\n")
     for i in range(2):
         code, _, err = run(hub, capsys, "device", "add", f"pi-{i}", "--profile", "rpi4-arm64")
         assert code == 0, err
@@ -57,7 +52,7 @@ def test_a_lookback_past_retention_warns_and_still_creates(
     assert json.loads(out)["gates"]["baseline_lookback_s"] == 172_800
     assert err == (
         "warning: rollout r-long: gate baseline_lookback_s (172800 s) exceeds "
-        "store.telemetry_retention_s (86400 s); telemetry older than that may already be "
+        "fleet.raw_retention_s (86400 s); telemetry older than that may already be "
         "deleted, so the baseline may cover only the last 86400 s\n"
     )
     code, out, _ = run(hub, capsys, "rollout", "status", "--json")

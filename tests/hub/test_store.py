@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.hub.hubkit import window
+from tests.hub.hubkit import TelemetryWriter, window
 
 from edgefleet.hub.errors import HubStoreError
 from edgefleet.hub.rollout import Gates, RolloutPlan, RolloutStatus, parse_phases
@@ -26,7 +26,6 @@ from edgefleet.hub.store import (
     RolloutDeviceRecord,
     RolloutRecord,
     SqliteHubStore,
-    TelemetryRow,
     open_store,
 )
 from edgefleet.hub.store.schema import SCHEMA_VERSION
@@ -98,18 +97,26 @@ def test_directive_seq_strictly_increases(store: HubStore) -> None:
     assert latest is not None and latest.seq == 5 and latest.published_at == 3.0
 
 
-def test_telemetry_dedupes_on_device_and_seq(store: HubStore) -> None:
-    rows = [TelemetryRow(i, "window", window("digits", 2, requests=10)) for i in (1, 2, 3)]
-    assert store.add_telemetry("pi-1", rows, 10.0) == 3
-    assert store.add_telemetry("pi-1", rows[1:], 11.0) == 0  # redelivery
-    assert store.add_telemetry("pi-2", rows, 11.0) == 3  # same seqs, another device
-    # A batch overlapping what is stored: only the record not seen before goes in.
-    more = [TelemetryRow(i, "window", window("digits", 2, requests=10)) for i in (3, 4)]
-    assert store.add_telemetry("pi-1", more, 12.0) == 1
+def test_gates_read_the_windows_the_fleet_ingest_stored_once(store: HubStore) -> None:
+    assert list(store.telemetry_windows("digits", [2], None, 0.0)) == []  # no fleet tables yet
+    writer = TelemetryWriter(store)
+    try:
+        bodies = [(i, window("digits", 2, requests=10)) for i in (1, 2, 3)]
+        assert writer.windows("pi-1", bodies, 10.0).stored == 3
+        assert writer.windows("pi-1", bodies[1:], 11.0).stored == 0  # redelivery
+        assert writer.windows("pi-2", bodies, 11.0).stored == 3  # same seqs, another device
+        # A batch overlapping what is stored: only the record not seen before goes in.
+        more = [(i, window("digits", 2, requests=7, errors=1)) for i in (3, 4)]
+        assert writer.windows("pi-1", more, 12.0).stored == 1
+    finally:
+        writer.close()
     windows = list(store.telemetry_windows("digits", [2], ["pi-1"], 0.0))
     assert len(windows) == 4 and all(w.device_id == "pi-1" for w in windows)
+    assert [w.totals.requests for w in windows] == [10, 10, 10, 7]
+    assert [w.totals.error_count for w in windows] == [0, 0, 0, 1]
+    assert [w.received_at for w in windows] == [10.0, 10.0, 10.0, 12.0]
     assert list(store.telemetry_windows("digits", [1], None, 0.0)) == []
-    assert list(store.telemetry_windows("digits", [2], None, 10.5)) != []
+    assert len(list(store.telemetry_windows("digits", [2], None, 10.5))) == 4  # 11.0 and 12.0
 
 
 def test_failed_transaction_leaves_nothing(store: HubStore) -> None:
@@ -267,10 +274,9 @@ def test_a_schema_1_sqlite_store_is_migrated_on_open(tmp_path: Path) -> None:
     db.close()
     store = SqliteHubStore(path)
     try:
-        assert store.schema_version() == SCHEMA_VERSION == 5
+        assert store.schema_version() == SCHEMA_VERSION == 6
         got = store.get_device("pi-1")
         assert got is not None and got.desired_rev == 3  # rows kept
-        assert store.add_telemetry("pi-1", [TelemetryRow(1, "window", {})], 1.0) == 1
     finally:
         store.close()
     db = sqlite3.connect(path)
@@ -278,10 +284,9 @@ def test_a_schema_1_sqlite_store_is_migrated_on_open(tmp_path: Path) -> None:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     finally:
         db.close()
-    assert "telemetry_cursor" not in tables
+    # Telemetry is kept once, in the fleet tables: the store's own copy is gone.
+    assert not {"telemetry_cursor", "telemetry", "telemetry_pruned"} & tables
     assert {
-        "telemetry",
-        "telemetry_pruned",
         "rollouts",
         "counters",
         "leases",

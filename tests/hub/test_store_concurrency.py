@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.hub.hubkit import window
+from tests.hub.hubkit import TelemetryWriter, window
 
 from edgefleet.hub.errors import HubStoreError, RolloutStateError
 from edgefleet.hub.rollout import Gates, RolloutPlan, RolloutStatus, parse_phases
@@ -22,7 +22,6 @@ from edgefleet.hub.store import (
     DirectiveRecord,
     RolloutDeviceRecord,
     RolloutRecord,
-    TelemetryRow,
     open_store,
 )
 
@@ -32,8 +31,11 @@ SHA = "cd" * 32
 def test_concurrent_overlapping_telemetry_is_stored_once_without_errors(
     store_location: Path | str,
 ) -> None:
-    hubs = [open_store(store_location), open_store(store_location)]
-    rows = [TelemetryRow(seq, "window", window("digits", 1, requests=5)) for seq in range(1, 201)]
+    """Two hubs' fleet ingests deliver the same batches at once; the gates' read of the
+    store then sees every window once."""
+    store = open_store(store_location)
+    writers = [TelemetryWriter(store_location), TelemetryWriter(store_location)]
+    bodies = [(seq, window("digits", 1, requests=5)) for seq in range(1, 201)]
     inserted = [0, 0]
     errors: list[BaseException] = []
     start = threading.Barrier(2)
@@ -41,8 +43,8 @@ def test_concurrent_overlapping_telemetry_is_stored_once_without_errors(
     def ingest(i: int) -> None:
         try:
             start.wait()
-            for lo in range(0, len(rows), 20):  # both hubs deliver every batch
-                inserted[i] += hubs[i].add_telemetry("pi-1", rows[lo : lo + 20], 10.0)
+            for lo in range(0, len(bodies), 20):  # both hubs deliver every batch
+                inserted[i] += writers[i].windows("pi-1", bodies[lo : lo + 20], 10.0).stored
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -53,12 +55,13 @@ def test_concurrent_overlapping_telemetry_is_stored_once_without_errors(
         t.join(60)
     try:
         assert errors == []
-        assert sum(inserted) == len(rows)
-        stored = list(hubs[0].telemetry_windows("digits", [1], ["pi-1"], 0.0))
-        assert len(stored) == len(rows)
+        assert sum(inserted) == len(bodies)
+        stored = list(store.telemetry_windows("digits", [1], ["pi-1"], 0.0))
+        assert len(stored) == len(bodies)
     finally:
-        for hub in hubs:
-            hub.close()
+        for writer in writers:
+            writer.close()
+        store.close()
 
 
 def test_a_transition_under_lock_rollout_sees_the_other_writers_commit(

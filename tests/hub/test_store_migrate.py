@@ -15,6 +15,7 @@ from tests.hub.hubkit import HubFixture, make_hub, window
 from edgefleet.core.cli.main import main
 from edgefleet.core.protocol import TelemetryRecord
 from edgefleet.core.testing.postgres import PostgresServer
+from edgefleet.hub.fleet.database import open_fleet_database
 from edgefleet.hub.fleet.ingest import DeviceInfo, FleetTelemetry
 from edgefleet.hub.rollout import Gates, RolloutPlan, RolloutStatus, parse_phases
 from edgefleet.hub.rollout.machine import RolloutState
@@ -26,7 +27,6 @@ from edgefleet.hub.store import (
     HubStore,
     RolloutDeviceRecord,
     RolloutRecord,
-    TelemetryRow,
     open_store,
 )
 from edgefleet.hub.store.serve_lock import ServeLock
@@ -66,10 +66,6 @@ def fill(store: HubStore) -> None:
     store.update_rollout_status("r1", RolloutStatus(RolloutState.RUNNING, 0, 2.0, 2.0, "go"))
     for event in ("create", "start"):
         store.add_rollout_event("r1", 2.0, event, "")
-    telemetry = [TelemetryRow(s, "window", window("digits", 2, requests=9)) for s in range(1, 51)]
-    store.add_telemetry("pi-0", telemetry, 100.0)
-    store.add_telemetry("pi-1", telemetry[:5], 300.0)
-    store.prune_telemetry(200.0, batch_size=7)  # leaves telemetry_pruned marks
     store.bump_counter("malformed", 4)
 
 
@@ -82,7 +78,10 @@ def snapshot(store: HubStore) -> dict[str, Any]:
         "rollouts": store.list_rollouts(),
         "rollout_devices": store.list_rollout_devices("r1"),
         "events": store.rollout_events("r1"),
-        "windows": list(store.telemetry_windows("digits", [2], None, 0.0)),
+        "windows": [
+            (w.device_id, w.version, w.received_at, w.totals.to_dict())
+            for w in store.telemetry_windows("digits", [2], None, 0.0)
+        ],
         "counters": store.counters(),
         "bundle_bytes": {
             b.sha256: b"".join(store.bundle_parts(b.sha256))
@@ -93,6 +92,8 @@ def snapshot(store: HubStore) -> dict[str, Any]:
 
 
 FLEET_RECORDS = [TelemetryRecord(s, "event", {"model": "digits", "state": "x"}) for s in (1, 2, 3)]
+# The windows the rollout gates read: in the fleet tables too (telemetry is stored once).
+WINDOWS = [TelemetryRecord(s, "window", window("digits", 2, requests=9)) for s in range(4, 54)]
 
 
 @pytest.fixture
@@ -102,7 +103,8 @@ def hub(tmp_path: Path) -> HubFixture:
     fill(store)
     store.close()
     fleet = FleetTelemetry(hub.config().store.path)  # the fleet tables, in the same file
-    fleet.ingest(DeviceInfo("pi-0", "lab"), FLEET_RECORDS, 100.0)
+    fleet.ingest(DeviceInfo("pi-0", "lab"), FLEET_RECORDS + WINDOWS, 100.0)
+    fleet.ingest(DeviceInfo("pi-1", "lab"), WINDOWS[:5], 300.0)
     fleet.close()
     return hub
 
@@ -116,19 +118,18 @@ def test_migrate_copies_the_whole_store_and_the_copy_carries_on(
     )
     assert code == 0, err
     report = json.loads(out)
-    assert report["rows"]["devices"] == 3 and report["rows"]["telemetry"] == 5
-    assert report["rows"]["telemetry_pruned"] == 1 and report["rows"]["rollout_events"] == 2
+    assert report["rows"]["devices"] == 3 and report["rows"]["rollout_events"] == 2
+    assert "telemetry" not in report["rows"]  # kept once, in the fleet tables
     assert report["rows"]["bundle_blobs"] == 3
     # SHA's record predates bundle bytes and this host has no file for it.
     assert report["bundle_bytes_stored"] == 0 and report["bundles_without_bytes"] == [SHA]
-    assert report["rows"]["fleet_records"] == 3 and report["rows"]["fleet_cursor"] == 1
+    assert report["rows"]["fleet_records"] == 3 + 50 + 5 and report["rows"]["fleet_cursor"] == 2
 
     source, target = open_store(hub.config().store.path), open_store(url)
     try:
         assert snapshot(target) == snapshot(source)
-        # The copy is a working store: dedupe marks, identities and seqs carried over.
-        again = [TelemetryRow(s, "window", window("digits", 2, requests=1)) for s in (3, 51)]
-        assert target.add_telemetry("pi-0", again, 400.0) == 1  # 3 was pruned
+        assert len(snapshot(target)["windows"]) == 55
+        # The copy is a working store: identities and seqs carried over.
         target.add_rollout_event("r1", 3.0, "advance", "")
         assert [e.event for e in target.rollout_events("r1")] == ["create", "start", "advance"]
         with pytest.raises(Exception, match="not above"):
@@ -140,10 +141,10 @@ def test_migrate_copies_the_whole_store_and_the_copy_carries_on(
     fleet = FleetTelemetry(url)
     try:
         again = fleet.ingest(DeviceInfo("pi-0", "lab"), FLEET_RECORDS, 400.0)
-        assert (again.stored, again.duplicates, again.highest_contiguous_seq) == (0, 3, 3)
-        more = [TelemetryRecord(4, "event", {"model": "digits", "state": "x"})]
+        assert (again.stored, again.duplicates, again.highest_contiguous_seq) == (0, 3, 53)
+        more = [TelemetryRecord(54, "event", {"model": "digits", "state": "x"})]
         assert fleet.ingest(DeviceInfo("pi-0", "lab"), more, 400.0).stored == 1
-        assert fleet.store.max_rid() == 4
+        assert fleet.store.max_rid() == 3 + 50 + 5 + 1
     finally:
         fleet.close()
 
@@ -174,13 +175,15 @@ def test_a_copy_failing_half_way_leaves_the_target_empty(
 
     url = postgres_server.dsn(postgres_server.create_database())
     open_store(url).close()
+    open_fleet_database(url).close()
     with psycopg.connect(url) as conn:  # the server refuses telemetry, after devices went in
         conn.execute(
             "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
             " $$ BEGIN RAISE EXCEPTION 'disk says no'; END $$"
         )
         conn.execute(
-            "CREATE TRIGGER refuse BEFORE INSERT ON telemetry FOR EACH ROW EXECUTE FUNCTION refuse()"
+            "CREATE TRIGGER refuse BEFORE INSERT ON fleet_records FOR EACH ROW"
+            " EXECUTE FUNCTION refuse()"
         )
     code, _out, err = run(
         capsys, "hub", "store", "migrate", "--to", url, "--config", str(hub.config_path)

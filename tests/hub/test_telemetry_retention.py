@@ -1,20 +1,20 @@
-"""Retention of the hub store's telemetry: bounded deletes, dedupe after pruning, the tick.
+"""Retention of telemetry, stored once in the fleet tables: what the rollout gates read is
+held back while a rollout is active, and the retired ``[store] telemetry_retention_s``.
 
-The store tests run on a real SQLite file; faults are injected with a trigger written by a
-second connection (as another process would). The service tests run the hub over a real
-mosquitto with a fake clock, so "eight days later" is one ``advance``.
+The fleet tests run on both engines; the service test runs the hub over a real mosquitto
+with a fake clock, so "a month later" is one ``advance``.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tests.hub.hubkit import window
+from tests.hub.hubkit import TelemetryWriter, window
 from tests.hub.servicekit import HUB_PASSWORD, Hub, T, make_service_hub
 from tests.support.brokers import ProbeClient
 
@@ -26,16 +26,16 @@ from edgefleet.core.testing.brokers import MosquittoBroker
 from edgefleet.core.testing.clock import FakeClock
 from edgefleet.hub.commands.serve_cmd import mqtt_settings
 from edgefleet.hub.config import HubConfig
-from edgefleet.hub.errors import HubConfigError, HubStoreError
+from edgefleet.hub.errors import HubConfigError
 from edgefleet.hub.rollout import Gates, RolloutPlan, RolloutStatus, parse_phases
 from edgefleet.hub.rollout.engine import RolloutEngine
+from edgefleet.hub.rollout.evaluation import gate_horizon
 from edgefleet.hub.rollout.machine import RolloutState
 from edgefleet.hub.service import HubService
-from edgefleet.hub.store import HubStore, RolloutRecord, SqliteHubStore, TelemetryRow, open_store
-from edgefleet.hub.telemetry_retention import RETENTION_INTERVAL_S, retention_cutoff
+from edgefleet.hub.store import HubStore, RolloutRecord, open_store
 
 DAY_S = 86400.0
-
+RAW_RETENTION_S = 2 * DAY_S  # FleetSettings' default
 
 # Windows carry their seq in ``start_s`` modulo this (sent ones start near the hub's clock).
 TAG = 100_000
@@ -43,84 +43,7 @@ TAG = 100_000
 
 def seqs_of(store: HubStore, device: str) -> list[int]:
     windows = store.telemetry_windows("digits", [1], [device], 0.0)
-    return [int(w.body["start_s"]) % TAG for w in windows]
-
-
-def tagged_rows(seqs: range) -> list[TelemetryRow]:
-    """Windows whose ``start_s`` is their seq, so a query shows which records are kept."""
-    return [
-        TelemetryRow(s, "window", window("digits", 1, requests=10, start_s=float(s))) for s in seqs
-    ]
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteHubStore]:
-    s = SqliteHubStore(tmp_path / "hub.db")
-    yield s
-    s.close()
-
-
-def test_prune_deletes_only_older_records_in_batches_and_counts_them(
-    any_store: HubStore,
-) -> None:
-    store = any_store  # SQLite and PostgreSQL
-    store.add_telemetry("pi-1", tagged_rows(range(1, 6)), 100.0)
-    store.add_telemetry("pi-2", tagged_rows(range(1, 4)), 150.0)
-    store.add_telemetry("pi-1", tagged_rows(range(6, 9)), 200.0)
-
-    assert store.prune_telemetry(150.0, batch_size=2, max_rows=3) == 3  # stops at max_rows
-    assert seqs_of(store, "pi-1") == [4, 5, 6, 7, 8]
-    assert store.prune_telemetry(150.0, batch_size=2) == 2  # the rest of what is older
-    assert store.prune_telemetry(150.0, batch_size=2) == 0
-    assert seqs_of(store, "pi-1") == [6, 7, 8]
-    assert seqs_of(store, "pi-2") == [1, 2, 3]  # received exactly at the cutoff: kept
-    with pytest.raises(ValueError, match="batch_size"):
-        store.prune_telemetry(150.0, batch_size=0)
-
-
-def test_a_pruned_record_sent_again_is_not_stored_again(store_location: Path | str) -> None:
-    store = open_store(store_location)
-    store.add_telemetry("pi-1", tagged_rows(range(1, 4)), 100.0)
-    store.add_telemetry("pi-1", tagged_rows(range(4, 6)), 300.0)
-    assert seqs_of(store, "pi-1") == [1, 2, 3, 4, 5]
-    assert store.prune_telemetry(200.0) == 3
-    store.close()
-
-    store = open_store(store_location)  # the mark survives a restart
-    try:
-        # A late retransmission of 1..3 (the ack never reached the device, say).
-        assert store.add_telemetry("pi-1", tagged_rows(range(1, 4)), 400.0) == 0
-        # Mixed with kept and new records: only the new one is stored.
-        assert store.add_telemetry("pi-1", tagged_rows(range(2, 7)), 400.0) == 1
-        assert seqs_of(store, "pi-1") == [4, 5, 6]
-        # Another device's seqs are its own.
-        assert store.add_telemetry("pi-2", tagged_rows(range(1, 4)), 400.0) == 3
-    finally:
-        store.close()
-
-
-def test_each_batch_commits_on_its_own_with_its_dedupe_mark(
-    store: SqliteHubStore, tmp_path: Path
-) -> None:
-    for seq in range(1, 7):
-        store.add_telemetry("pi-1", tagged_rows(range(seq, seq + 1)), float(seq))
-    other = sqlite3.connect(tmp_path / "hub.db")
-    other.execute(
-        "CREATE TRIGGER refuse_five BEFORE DELETE ON telemetry WHEN old.seq = 5"
-        " BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
-    )
-    other.commit()
-
-    with pytest.raises(HubStoreError, match="disk says no"):
-        store.prune_telemetry(100.0, batch_size=2)
-    # Batches {1,2} and {3,4} committed; {5,6} rolled back as a whole, mark included.
-    assert seqs_of(store, "pi-1") == [5, 6]
-    assert store.add_telemetry("pi-1", tagged_rows(range(4, 5)), 50.0) == 0
-    other.execute("DROP TRIGGER refuse_five")
-    other.commit()
-    other.close()
-    assert store.prune_telemetry(100.0, batch_size=2) == 2
-    assert store.add_telemetry("pi-1", tagged_rows(range(5, 8)), 200.0) == 1  # only 7
+    return [int(w.totals.start_s or 0) % TAG for w in windows]
 
 
 def rollout(rollout_id: str, created_at: float, lookback_s: float) -> RolloutRecord:
@@ -136,28 +59,60 @@ def rollout(rollout_id: str, created_at: float, lookback_s: float) -> RolloutRec
     return RolloutRecord(plan, RolloutStatus(), created_at)
 
 
-def test_retention_cutoff_keeps_what_active_rollouts_read() -> None:
-    now = 100 * DAY_S
-    assert retention_cutoff(now, 7 * DAY_S, []) == 93 * DAY_S
-    recent = rollout("r2", 99 * DAY_S, DAY_S)  # reads from day 98: the retention is older
-    assert retention_cutoff(now, 7 * DAY_S, [recent]) == 93 * DAY_S
+def test_the_gate_horizon_is_the_oldest_receipt_an_active_rollout_reads() -> None:
+    assert gate_horizon([]) is None
+    recent = rollout("r2", 99 * DAY_S, DAY_S)  # reads from day 98
+    assert gate_horizon([recent]) == 98 * DAY_S
     old = rollout("r1", 90 * DAY_S, 2 * DAY_S)  # created on day 90, reads from day 88
-    assert retention_cutoff(now, 7 * DAY_S, [recent, old]) == 88 * DAY_S
+    assert gate_horizon([recent, old]) == 88 * DAY_S
 
 
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        (3600, "telemetry_retention_s must be at least 86400"),
-        ("7d", "store.telemetry_retention_s: expected a number"),
-    ],
-)
-def test_retention_setting_is_checked(tmp_path: Path, value: object, message: str) -> None:
-    with pytest.raises(HubConfigError, match=message):
-        HubConfig.from_mapping({"store": {"telemetry_retention_s": value}}, base_dir=tmp_path)
-    config = HubConfig.from_mapping({}, base_dir=tmp_path)
-    assert config.store.telemetry_retention_s == 7 * DAY_S
-    assert "telemetry_retention_s = 604800.0" in config.to_toml()
+def test_fleet_retention_keeps_what_is_held_and_prunes_the_rest(
+    store_location: Path | str,
+) -> None:
+    store = open_store(store_location)
+    writer = TelemetryWriter(store_location)
+    now = 100 * DAY_S
+    try:
+        for device, at in (("pi-1", 90 * DAY_S), ("pi-2", 95 * DAY_S)):
+            base = at - at % TAG
+            bodies = [(s, window("digits", 1, requests=10, start_s=base + s)) for s in (1, 2, 3)]
+            assert writer.windows(device, bodies, at).stored == 3
+        # Both are past the raw retention; a rollout reading from day 94 holds pi-2's.
+        writer.fleet.maintain(now, keep_since=94 * DAY_S)
+        assert seqs_of(store, "pi-1") == []
+        assert seqs_of(store, "pi-2") == [1, 2, 3]
+        writer.fleet.maintain(now, keep_since=None)  # the rollout finished
+        assert seqs_of(store, "pi-2") == []
+        # A late retransmission of a pruned window is acked, not stored again.
+        again = writer.windows("pi-2", [(2, window("digits", 1, requests=10, start_s=now))], now)
+        assert (again.stored, again.highest_contiguous_seq) == (0, 3)
+        assert seqs_of(store, "pi-2") == []
+    finally:
+        writer.close()
+        store.close()
+
+
+def test_the_retired_store_retention_becomes_the_fleet_retention(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, "edgefleet.hub"):
+        config = HubConfig.from_mapping(
+            {"store": {"telemetry_retention_s": 7 * DAY_S}}, base_dir=tmp_path
+        )
+    assert config.fleet.settings.raw_retention_s == 7 * DAY_S
+    assert "is now [fleet] raw_retention_s" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "edgefleet.hub"):
+        config = HubConfig.from_mapping(
+            {"store": {"telemetry_retention_s": 7 * DAY_S}, "fleet": {"raw_retention_s": DAY_S}},
+            base_dir=tmp_path,
+        )
+    assert config.fleet.settings.raw_retention_s == DAY_S
+    assert "is no longer used" in caplog.text
+    assert "telemetry_retention_s" not in config.to_toml()
+    with pytest.raises(HubConfigError, match="raw_retention_s"):
+        HubConfig.from_mapping({"store": {"telemetry_retention_s": "7d"}}, base_dir=tmp_path)
 
 
 # -- the hub service ----------------------------------------------------------------------
@@ -181,8 +136,8 @@ def start_with_clock(hub: Hub, clock: FakeClock) -> HubService:
 
 
 def send(device: ProbeClient, device_id: str, seqs: range, now: float) -> int:
-    """Windows of ``seqs`` tagged as ``tagged_rows`` tags them, recent for the hub at ``now``
-    (the hub refuses windows older than its raw retention)."""
+    """Windows tagged with their seq, recent for the hub at ``now`` (the hub refuses
+    windows older than its raw retention)."""
     base = now - now % TAG
     records = [
         TelemetryRecord.of_window(
@@ -195,50 +150,12 @@ def send(device: ProbeClient, device_id: str, seqs: range, now: float) -> int:
     return Ack.from_dict(json.loads(payload)).highest_seq
 
 
-@pytest.mark.mqtt
-def test_tick_prunes_and_a_late_retransmission_is_acked_not_stored(hub: Hub) -> None:
-    clock = FakeClock(time.time())
-    service = start_with_clock(hub, clock)
-    device = hub.device("pi-a")
-    assert send(device, "pi-a", range(1, 4), clock()) == 3
-
-    clock.advance(8 * DAY_S)
-    service.tick()
-    assert seqs_of(hub.store, "pi-a") == []
-    assert service.counters["telemetry.pruned"] == 3
-    assert hub.store.counters()["telemetry.pruned"] == 3  # saved by the same tick
-
-    # The device never saw the ack and sends the batch again eight days later.
-    assert send(device, "pi-a", range(1, 4), clock()) == 3
-    assert send(device, "pi-a", range(4, 6), clock()) == 5
-    assert seqs_of(hub.store, "pi-a") == [4, 5]
-
-
-@pytest.mark.mqtt
-def test_retention_runs_every_few_minutes_and_never_raises(hub: Hub, tmp_path: Path) -> None:
-    clock = FakeClock(time.time())
-    service = start_with_clock(hub, clock)
-    service.tick()  # the first round: nothing old yet
-    hub.store.add_telemetry("pi-b", tagged_rows(range(1, 3)), clock() - 8 * DAY_S)
-    clock.advance(60)
-    service.tick()
-    assert seqs_of(hub.store, "pi-b") == [1, 2]  # not due yet
-    clock.advance(RETENTION_INTERVAL_S)
-    service.tick()
-    assert seqs_of(hub.store, "pi-b") == []
-
-    hub.store.add_telemetry("pi-c", tagged_rows(range(1, 3)), clock() - 8 * DAY_S)
-    other = sqlite3.connect(hub.config.store.path)
-    other.execute(
-        "CREATE TRIGGER refuse BEFORE DELETE ON telemetry"
-        " BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
-    )
-    other.commit()
-    other.close()
-    clock.advance(RETENTION_INTERVAL_S)
-    service.tick()  # does not raise
-    assert service.counters["failed.telemetry_retention"] == 1
-    assert seqs_of(hub.store, "pi-c") == [1, 2]
+def wait_until(check: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    until = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > until:
+            pytest.fail("the fleet maintenance never got there")
+        time.sleep(0.1)
 
 
 @pytest.mark.mqtt
@@ -246,19 +163,24 @@ def test_an_active_rollout_holds_the_telemetry_its_gates_read(hub: Hub) -> None:
     clock = FakeClock(time.time())
     hub.publish_bundle(1)
     service = start_with_clock(hub, clock)
-    # Baseline evidence from half a day before the rollout (its lookback is one day).
-    hub.store.add_telemetry("pi-a", tagged_rows(range(1, 3)), clock() - DAY_S / 2)
+    # pi-b's windows arrive before anything a rollout will read, pi-a's inside the
+    # rollout's baseline lookback (one day).
+    assert send(hub.device("pi-b"), "pi-b", range(1, 3), clock()) == 2
+    clock.advance(2 * DAY_S)
+    assert send(hub.device("pi-a"), "pi-a", range(1, 3), clock()) == 2
     rollout = RolloutEngine(hub.store).create(
         "digits", 1, "all", clock(), phases_text="1,100%", gate_overrides=["bake=0"]
     )
     service.tick()
-    assert hub.store.get_rollout(rollout.rollout_id).status.state is RolloutState.RUNNING  # type: ignore[union-attr]
+    state = hub.store.get_rollout(rollout.rollout_id).status.state  # type: ignore[union-attr]
+    assert state is RolloutState.RUNNING
+    assert service.fleet.retention_hold() == clock() - DAY_S
 
-    clock.advance(30 * DAY_S)  # stuck for a month, far beyond the 7-day retention
-    service.tick()
-    assert seqs_of(hub.store, "pi-a") == [1, 2]
+    clock.advance(30 * DAY_S)  # stuck for a month, far beyond the raw retention
+    wait_until(lambda: seqs_of(hub.store, "pi-b") == [])  # the maintenance ran
+    assert seqs_of(hub.store, "pi-a") == [1, 2]  # held for the gates
 
     RolloutEngine(hub.store).abort(rollout.rollout_id, clock())
-    clock.advance(RETENTION_INTERVAL_S)
-    service.tick()
-    assert seqs_of(hub.store, "pi-a") == []
+    assert service.fleet.retention_hold() is None
+    clock.advance(60)
+    wait_until(lambda: seqs_of(hub.store, "pi-a") == [])

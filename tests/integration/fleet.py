@@ -278,7 +278,8 @@ class Fleet:
         """Telemetry events the hub stored for ``device``, in seq order."""
         with contextlib.closing(sqlite3.connect(self.config.store.path, timeout=10)) as db:
             rows = db.execute(
-                "SELECT body FROM telemetry WHERE device = ? AND kind = 'event' ORDER BY seq",
+                "SELECT summary FROM fleet_records WHERE device = ? AND kind = 'event'"
+                " ORDER BY seq",
                 (device.id,),
             ).fetchall()
         return [json.loads(row[0]) for row in rows]

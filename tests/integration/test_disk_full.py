@@ -48,7 +48,7 @@ def deployment(fleet: Fleet, device: Device) -> dict[str, Any]:
 def telemetry_seqs(fleet: Fleet, device: Device) -> list[int]:
     with contextlib.closing(sqlite3.connect(fleet.config.store.path, timeout=10)) as db:
         rows = db.execute(
-            "SELECT seq FROM telemetry WHERE device = ? ORDER BY seq", (device.id,)
+            "SELECT seq FROM fleet_records WHERE device = ? ORDER BY seq", (device.id,)
         ).fetchall()
     return [int(row[0]) for row in rows]
 

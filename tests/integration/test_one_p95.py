@@ -55,8 +55,11 @@ def test_probation_gates_alerts_and_reports_agree_on_p95(tmp_path: Path, seed: i
     agent_p95, bodies = served_requests(tmp_path, latencies)
     assert len(bodies) > 1  # the hub has to add several windows up
 
-    # Rollout gates: one device's windows summed, then pooled (one device: its own p95).
-    stats = VersionStats.sum(VersionStats.from_window(b) for b in bodies)
+    # Rollout gates: one device's stored windows summed, then pooled (one device: its own
+    # p95). They read each window's totals, as stored by the fleet ingest.
+    stats = VersionStats.sum(
+        VersionStats.from_totals(WindowTotals.of_window(WindowSummary.from_dict(b))) for b in bodies
+    )
     gates = Gates(min_devices=1, min_inferences=1, bake_s=0)
     plan = RolloutPlan.build("r", "m", 2, "all", [DEVICE], parse_phases("100%"), gates)
     report = DeviceReport(DEVICE, 0, True, InstallStatus.COMMITTED, 0.0, 0.0, stats)

@@ -74,7 +74,7 @@ class FailoverRun:
     takeover_s: float = 0.0
     rollout_state: str = ""
     transitions: list[str] = field(default_factory=list)  # in the order recorded
-    stored: dict[str, list[int]] = field(default_factory=dict)  # hub store (device -> seqs)
+    stored: dict[str, list[int]] = field(default_factory=dict)  # stored telemetry (device -> seqs)
     shared_fleet_tables: bool = False  # the fleet tables in the store's database
     fleet_records: Counter[tuple[str, int]] = field(default_factory=Counter)
     fleet_cursors: dict[str, list[int]] = field(default_factory=dict)

@@ -140,9 +140,10 @@ def directive_counts(url: str) -> dict[str, int]:
 
 
 def stored_seqs(url: str) -> dict[str, list[int]]:
-    """Every telemetry (device, seq) the store holds, duplicates included, per device."""
+    """Every telemetry (device, seq) the store holds (in the fleet tables: telemetry is
+    stored once), duplicates included, per device."""
     with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT device, seq FROM telemetry ORDER BY device, seq").fetchall()
+        rows = conn.execute("SELECT device, seq FROM fleet_records ORDER BY device, seq").fetchall()
     out: dict[str, list[int]] = {}
     for device, seq in rows:
         out.setdefault(device, []).append(int(seq))

@@ -7,7 +7,6 @@
                                      # (fleet telemetry) sits next to it on either engine
     url = "postgresql://hub@db.example.org/edgefleet"   # optional: the store on PostgreSQL
     bundles_dir = "bundles"          # content-addressed bundle store
-    telemetry_retention_s = 604800   # telemetry the rollout gates read is kept this long
 
     [broker]
     host = "127.0.0.1"               # where the hub connects
@@ -47,7 +46,8 @@
     device_records_per_s = 200
     device_quota_burst_s = 30        # a device may burst this many seconds' worth
     hub_processes = 1                # hub serve processes sharing the devices' quotas
-    raw_retention_s = 172800         # any FleetSettings field (fleet/settings.py)
+    raw_retention_s = 172800         # telemetry records (the one copy: gates, drift, alerts)
+                                     # any FleetSettings field (fleet/settings.py)
     coarse_retention_s = "forever"   # a number of seconds, or "forever"
     k_fire = 2                       # any AlertPolicy field (fleet/alerts.py)
     scopes = ["fleet", "group"]
@@ -64,6 +64,7 @@ type-checked in ``__post_init__``.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tomllib
@@ -79,15 +80,12 @@ from edgefleet.hub.errors import HubConfigError
 from edgefleet.hub.fleet.alerts import AlertPolicy
 from edgefleet.hub.fleet.quotas import QuotaSettings
 from edgefleet.hub.fleet.settings import FleetSettings
-from edgefleet.hub.rollout.plan import Gates
 from edgefleet.hub.store.postgres import redact_url
 
 DEFAULT_CONFIG_NAME = "hub.toml"
 ENV_VAR = "EDGEFLEET_HUB_CONFIG"
 
-
-# A new rollout reads the previous version's telemetry this far back (its default gates).
-_DEFAULT_LOOKBACK_S = Gates().baseline_lookback_s
+log = logging.getLogger("edgefleet.hub")
 
 
 @dataclass(frozen=True)
@@ -97,9 +95,6 @@ class StoreSettings:
     # (a password may come from ~/.pgpass or $PGPASSWORD rather than the URL).
     url: str | None = None
     bundles_dir: Path = Path("bundles")
-    # Telemetry records in the hub store (what the rollout gates read) older than this are
-    # deleted, except those an active rollout still reads (see docs/hub.md, "Retention").
-    telemetry_retention_s: float = 7 * 86400.0
 
     @property
     def location(self) -> Path | str:
@@ -117,11 +112,6 @@ class StoreSettings:
                 raise ValueError(
                     f"url must be postgresql://[user@]host[:port]/database: {redact_url(self.url)}"
                 )
-        if self.telemetry_retention_s < _DEFAULT_LOOKBACK_S:
-            raise ValueError(
-                f"telemetry_retention_s must be at least {_DEFAULT_LOOKBACK_S:.0f}"
-                " (the rollout gates' default baseline_lookback_s)"
-            )
 
 
 @dataclass(frozen=True)
@@ -296,6 +286,7 @@ class HubConfig:
         cls, document: Mapping[str, Any], *, base_dir: Path, source: Path | None = None
     ) -> HubConfig:
         where = str(source) if source else "hub config"
+        document = _retired_keys(document, where)
         sections: dict[str, Any] = {}
         for name, kind in _SECTIONS.items():
             raw = document.get(name, {})
@@ -326,6 +317,40 @@ class HubConfig:
         lines += _fleet_toml(self.fleet)
         return "\n".join(lines)
 
+
+def _retired_keys(document: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    """``[store] telemetry_retention_s`` (hubs that kept a second copy of telemetry for the
+    rollout gates) becomes ``[fleet] raw_retention_s``, the retention of the one copy, unless
+    that is set too; either way a warning says so."""
+    store = document.get("store")
+    if not isinstance(store, Mapping) or RETIRED_RETENTION_KEY not in store:
+        return document
+    fleet = document.get("fleet", {})
+    if not isinstance(fleet, Mapping):
+        return document  # reported as it is by the section check
+    value = store[RETIRED_RETENTION_KEY]
+    out = dict(document)
+    out["store"] = {k: v for k, v in store.items() if k != RETIRED_RETENTION_KEY}
+    if "raw_retention_s" in fleet:
+        log.warning(
+            "%s: [store] %s is no longer used (telemetry is stored once);"
+            " [fleet] raw_retention_s applies",
+            where,
+            RETIRED_RETENTION_KEY,
+        )
+    else:
+        out["fleet"] = {**fleet, "raw_retention_s": value}
+        log.warning(
+            "%s: [store] %s is now [fleet] raw_retention_s (telemetry is stored once); using %s",
+            where,
+            RETIRED_RETENTION_KEY,
+            value,
+        )
+    return out
+
+
+# Kept by hubs that stored telemetry twice; read once as [fleet] raw_retention_s.
+RETIRED_RETENTION_KEY = "telemetry_retention_s"
 
 _SECTIONS: dict[str, type[Any]] = {
     "store": StoreSettings,

@@ -10,8 +10,8 @@ Threads share one :class:`HubStore` (its own lock serialises them):
   (one thread, one FIFO queue: a device's messages are handled in the order
   it sent them): status and state update the device (presence from the LWT,
   last seen, deployment progress for the rollout engine); telemetry batches
-  are stored in the hub store (what the rollout gates read) and handed to the
-  fleet ingest worker;
+  update their devices' last seen, feed their deployment events to the rollout
+  engine and go to the fleet ingest worker;
 - the fleet ingest worker (:mod:`edgefleet.hub.fleet.workers`) stores
   telemetry in the fleet database, many batches per transaction, and only
   then publishes each batch's ack; the fleet monitor evaluates alerts in a
@@ -21,17 +21,15 @@ Threads share one :class:`HubStore` (its own lock serialises them):
   until its assignments change), waiting for room in the client's outgoing queue
   (back pressure instead of dropping frames);
 - the tick thread runs the rollout engine, signs and re-signs directives and
-  publishes them retained, deletes expired telemetry from the hub store
-  (:mod:`edgefleet.hub.telemetry_retention`: every few minutes, bounded per
-  tick, never what an active rollout's gates read) and saves the counters.
+  publishes them retained, and saves the counters.
 
-Telemetry is exactly once in both stores, each deduplicating on
-``(device, seq)``. The order is: hub store commit (window bodies without the
-drift blob: the gates never read it), then the fleet database commit (full
-windows), then the ack. A crash or a full ingest queue anywhere before the
-ack means no ack: the agent resends the batch, the store that already holds
-it ignores the copy, the other stores it. Nothing is acked that either store
-lacks, and nothing is counted twice.
+Telemetry is stored once: the fleet tables (in the hub store's database) hold each
+``(device, seq)`` once, written with its rollups and the device's ack cursor in
+one transaction, and the rollout gates, drift, alerts and reports all read those
+rows. The ack follows that commit; a crash or a full ingest queue before it means
+no ack, and the agent resends the batch, which is then recognised as stored.
+Retention is the fleet maintenance's, held back (``FleetWorkers.retention_hold``)
+for what an active rollout's gates still read.
 
 Invariants: nothing a device sends can stop the service — every failure in a
 handler is logged and counted (``malformed.<kind>``, ``oversized.<kind>``,
@@ -72,7 +70,7 @@ from edgefleet.core.protocol import (
     decode_telemetry,
     encode_json,
 )
-from edgefleet.core.protocol.telemetry import EVENT, WINDOW, TelemetryBatch
+from edgefleet.core.protocol.telemetry import EVENT, TelemetryBatch
 from edgefleet.hub.bundles import PublishedBundleStore
 from edgefleet.hub.chunk_server import ChunkServer
 from edgefleet.hub.config import HubConfig
@@ -80,9 +78,10 @@ from edgefleet.hub.directives import DirectiveIssuer, ResyncAnswers
 from edgefleet.hub.fleet.ingest import DeviceInfo, IngestResult
 from edgefleet.hub.fleet.workers import FleetWorkers
 from edgefleet.hub.rollout.engine import RolloutEngine
+from edgefleet.hub.rollout.evaluation import gate_horizon
+from edgefleet.hub.rollout.machine import ACTIVE_STATES
 from edgefleet.hub.singleton import LEASE, SingletonWork
-from edgefleet.hub.store import DeviceRecord, DirectiveRecord, HubStore, TelemetryRow
-from edgefleet.hub.telemetry_retention import TelemetryRetention
+from edgefleet.hub.store import DeviceRecord, DirectiveRecord, HubStore
 
 log = logging.getLogger("edgefleet.hub")
 
@@ -97,9 +96,9 @@ INBOUND_STALL_S = 120.0
 # On stop: how long queued telemetry may take to be stored and acked before the MQTT
 # client goes (later batches are still stored, but their acks are lost: agents resend).
 DRAIN_TIMEOUT_S = 5.0
-# Inbound messages the worker takes off its queue at once: the telemetry among them is
-# stored in one hub-store transaction (one commit, multi-row inserts) instead of one per
-# message, which on PostgreSQL is most of what a message cost.
+# Inbound messages the worker takes off its queue at once: the telemetry among them
+# touches its devices in one hub-store transaction instead of one per message, which on
+# PostgreSQL is most of what a message cost.
 INBOUND_GROUP = 64
 # On start: how long to wait for the broker's SUBACKs before opening /metrics regardless.
 SUBSCRIBE_WAIT_S = 10.0
@@ -120,7 +119,6 @@ class _Screened:
     device: DeviceRecord
     info: DeviceInfo
     batch: TelemetryBatch
-    rows: list[TelemetryRow]
     at: float
 
 
@@ -144,7 +142,6 @@ class HubService:
         self.bundles = PublishedBundleStore(config.store.bundles_dir, store)
         self.engine = RolloutEngine(store)
         self.issuer = DirectiveIssuer(store, signing_key, config.directives)
-        self.retention = TelemetryRetention(store, config.store.telemetry_retention_s, self.tally)
         self.singleton = SingletonWork(
             store, config.service.tick_s, shared=not config.store.is_sqlite
         )
@@ -160,6 +157,8 @@ class HubService:
         )
         self.fleet.leader = self.singleton.holds
         self.fleet.epoch = lambda: self.singleton.epoch if self.singleton.shared else None
+        # Telemetry is stored once: fleet retention keeps what active rollouts' gates read.
+        self.fleet.retention_hold = lambda: gate_horizon(store.list_rollouts(ACTIVE_STATES))
         self._counts: Counter[str] = Counter()
         self._unsaved: Counter[str] = Counter()
         self._count_lock = threading.Lock()
@@ -451,20 +450,17 @@ class HubService:
         screened = self.fleet.screened(info, batch, now)  # numbers bounded before any store
         if screened is None:
             return []  # refused whole (seqs out of range, record quota): not acked, counted
-        rows = [TelemetryRow(r.seq, r.kind, gate_body(r.kind, r.body)) for r in screened.records]
-        return [_Screened(device, info, screened, rows, now)]
+        return [_Screened(device, info, screened, now)]
 
     def _store_telemetry(self, screened: Sequence[_Screened]) -> None:
-        """Store screened batches in the hub store in one transaction, then hand each to
-        the rollout engine (its events) and the fleet ingest (which acks it); never raises.
-        A failed write leaves every batch of the group unacked: the devices resend."""
+        """Note the screened batches' devices as seen (one transaction), then hand each
+        batch to the rollout engine (its events) and the fleet ingest (which stores it and
+        acks it); never raises. A failed write leaves every batch of the group unacked:
+        the devices resend."""
         if not screened:
             return
         try:
             with self.store.transaction():
-                self.store.add_telemetry_many(
-                    [(s.device.device_id, s.rows, s.at) for s in screened]
-                )
                 self.store.touch_devices([(s.device.device_id, s.at) for s in screened])
         except EdgefleetError as e:
             self.count("failed.telemetry", len(screened), detail=str(e))
@@ -515,7 +511,7 @@ class HubService:
                 self.transport.publish(ack_topic, encode_json(Ack(result.highest_contiguous_seq)))
 
         if not self.fleet.submit(info, batch, on_done):
-            # Not acked: the agent sends the batch again and the hub store ignores the copy.
+            # Not acked: the agent sends the batch again.
             self.count("telemetry.fleet_backlog_full")
 
     def _on_fetch(self, device_id: str, payload: bytes) -> None:
@@ -560,9 +556,9 @@ class HubService:
             self._wake_tick.wait(interval)
 
     def tick(self) -> None:
-        """One round of rollouts, directives, telemetry retention and counters; never raises.
+        """One round of rollouts, directives and counters; never raises.
 
-        Rollouts, directives and retention are once-per-fleet work: with several hubs on
+        Rollouts and directives are once-per-fleet work: with several hubs on
         one store only the lease holder does them, fenced by its epoch (singleton.py).
         """
         with self._tick_lock:  # the tick thread and a caller's tick() must not interleave
@@ -600,13 +596,6 @@ class HubService:
         except Exception:
             self.count("failed.directives")
             log.exception("hub: directive publication failed")
-        try:
-            if leader:
-                with fence():
-                    self.retention.run(now)
-        except Exception:
-            self.count("failed.telemetry_retention")
-            log.exception("hub: telemetry retention failed")
         self._save_counters()
 
     def publish_directives(self) -> int:
@@ -677,14 +666,3 @@ def _event_kind(body: Mapping[str, Any]) -> str | None:
     """The driver's deployment kind ("install", "rollback") of a raw event body."""
     kind = body.get("kind")
     return kind if isinstance(kind, str) else None
-
-
-def gate_body(kind: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
-    """What the hub store keeps of a record: a window without its drift blob.
-
-    The rollout gates read requests, errors, latency and predictions; the drift statistics
-    (the bulk of a window) live in the fleet database only.
-    """
-    if kind != WINDOW or "drift" not in body:
-        return body
-    return {k: v for k, v in body.items() if k != "drift"}

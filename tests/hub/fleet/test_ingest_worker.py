@@ -149,14 +149,22 @@ def test_a_hub_that_does_not_hold_the_fleet_work_never_maintains(tmp_path: Path)
     telemetry = FleetTelemetry(tmp_path / "fleet.db")
     worker = IngestWorker(telemetry, maintenance_interval_s=0.0)
     steps: list[float] = []
-    telemetry.maintain = lambda now: steps.append(now) or telemetry.store.maintain(now)  # type: ignore[method-assign]
+    held: list[float | None] = []
+
+    def maintain(now: float, keep_since: float | None = None) -> object:
+        steps.append(now)
+        held.append(keep_since)
+        return telemetry.store.maintain(now, keep_since)
+
+    telemetry.maintain = maintain  # type: ignore[method-assign]
     try:
         holds = False
         worker.maintains = lambda: holds
         worker._maintain(idle=True)
         assert steps == []
         holds = True  # it took the lease over
+        worker.retention_hold = lambda: 42.0  # an active rollout's gates read from then
         worker._maintain(idle=True)
-        assert len(steps) == 1
+        assert len(steps) == 1 and held == [42.0]
     finally:
         telemetry.close()

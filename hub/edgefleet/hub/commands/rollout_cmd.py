@@ -74,7 +74,7 @@ def create(
             timing = phase_timing(record.plan, profiles, _profile_window_s)
             result = {**result, "timing": timing.to_dict()}
     warning = _lookback_warning(
-        result["gates"]["baseline_lookback_s"], config.store.telemetry_retention_s
+        result["gates"]["baseline_lookback_s"], config.fleet.settings.raw_retention_s
     )
     if warning:
         click.echo(f"warning: rollout {result['rollout']}: {warning}", err=True)
@@ -90,7 +90,7 @@ def _lookback_warning(lookback_s: float, retention_s: float) -> str | None:
     if lookback_s <= retention_s:
         return None
     return (
-        f"gate baseline_lookback_s ({lookback_s:.0f} s) exceeds store.telemetry_retention_s "
+        f"gate baseline_lookback_s ({lookback_s:.0f} s) exceeds fleet.raw_retention_s "
         f"({retention_s:.0f} s); telemetry older than that may already be deleted, so the "
         f"baseline may cover only the last {retention_s:.0f} s"
     )

@@ -70,6 +70,8 @@ CREATE INDEX IF NOT EXISTS fleet_records_query
 CREATE INDEX IF NOT EXISTS fleet_records_unrolled
     ON fleet_records (received_at) WHERE kind = 'window' AND rolled = 0;
 CREATE INDEX IF NOT EXISTS fleet_records_received ON fleet_records (received_at);
+CREATE INDEX IF NOT EXISTS fleet_records_gates
+    ON fleet_records (model, version, received_at) WHERE kind = 'window';
 CREATE TABLE IF NOT EXISTS fleet_rollups (
     level INTEGER NOT NULL, model TEXT NOT NULL, version INTEGER NOT NULL,
     bucket_s INTEGER NOT NULL, device TEXT NOT NULL, grp TEXT NOT NULL, profile TEXT NOT NULL,

@@ -38,7 +38,8 @@ WINDOW_COLUMNS = (
     "device", "seq", "kind", "received_at", "model", "version", "grp", "profile", "start_s",
     "end_s", "bucket_s", "requests", "errors", "summary", "drift", "rolled",
 )  # fmt: skip
-OTHER_COLUMNS = ("device", "seq", "kind", "received_at", "model", "version")
+# ``summary`` of a record other than a window holds its body (a deployment event's).
+OTHER_COLUMNS = ("device", "seq", "kind", "received_at", "model", "version", "summary")
 
 
 @dataclass

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 import queue
 import threading
@@ -103,6 +104,9 @@ def record_row(record: TelemetryRecord) -> RecordRow:
             record.kind,
             model if isinstance(model, str) else None,
             version if isinstance(version, int) and not isinstance(version, bool) else None,
+            # Kept as sent (the decoder bounded its size): a deployment event is the
+            # device's install history, and telemetry is stored nowhere else.
+            summary=json.dumps(record.body, separators=(",", ":"), sort_keys=True),
         )
     try:
         summary = record.window()
@@ -173,8 +177,8 @@ class FleetTelemetry:
         outcomes = self.store.add(batches, now, record_row)
         return [IngestResult(o.stored, o.duplicates, o.highest_seq, o.malformed) for o in outcomes]
 
-    def maintain(self, now: float) -> MaintenanceResult:
-        return self.store.maintain(now)
+    def maintain(self, now: float, keep_since: float | None = None) -> MaintenanceResult:
+        return self.store.maintain(now, keep_since)
 
     def close(self) -> None:
         self.db.close()
@@ -255,6 +259,9 @@ class IngestWorker:
         self._last_maintenance = 0.0
         self._maintenance_more = False
         self.maintains: Callable[[], bool] = lambda: True
+        # The oldest receipt time retention must keep (None: none held back); the hub
+        # service holds back what its active rollouts' gates read.
+        self.retention_hold: Callable[[], float | None] = lambda: None
         # Where a maintenance step runs: the lease fence of the once-per-fleet work.
         self.singleton_scope: Callable[[], AbstractContextManager[None]] = nullcontext
         self._last_rate_at: float | None = None
@@ -471,7 +478,9 @@ class IngestWorker:
             self._last_maintenance = now
             try:
                 with self.singleton_scope():
-                    self._maintenance_more = self.telemetry.maintain(now).more
+                    self._maintenance_more = self.telemetry.maintain(
+                        now, self.retention_hold()
+                    ).more
             except Exception as e:
                 self._maintenance_more = False
                 log.error("fleet maintenance failed: %s", e)

@@ -9,7 +9,8 @@
 - ``coarsen``: hourly rollups older than ``fine_retention_s`` are merged into daily ones and
   deleted, in one transaction.
 - ``prune``: rolled-up raw rows older than ``raw_retention_s`` (and non-window records) are
-  deleted, remembering per device the highest seq deleted so a late retransmission still
+  deleted — never one received at or after ``keep_since``, the oldest receipt an active
+  rollout's gates still read (the rows are the gates' evidence too) —, remembering per device the highest seq deleted so a late retransmission still
   counts as a duplicate; daily rollups older than ``coarse_retention_s`` are deleted and
   counted.
 
@@ -46,13 +47,18 @@ class MaintenanceResult:
 
 
 def maintain(
-    db: FleetDatabase, settings: FleetSettings, now: float, cache: RollupCache | None = None
+    db: FleetDatabase,
+    settings: FleetSettings,
+    now: float,
+    cache: RollupCache | None = None,
+    keep_since: float | None = None,
 ) -> MaintenanceResult:
-    """One bounded step of roll-up, coarsening and retention."""
+    """One bounded step of roll-up, coarsening and retention (raw rows received at or
+    after ``keep_since`` are kept whatever their age)."""
     budget = settings.maintenance_budget
     rolled = roll_up(db, settings, now, budget, cache)
     coarsened = coarsen(db, settings, now, budget, cache)
-    pruned, dropped = prune(db, settings, now)
+    pruned, dropped = prune(db, settings, now, keep_since)
     return MaintenanceResult(
         rolled, coarsened, pruned, dropped, more=rolled >= budget or coarsened >= budget
     )
@@ -137,10 +143,15 @@ def coarsen(
     return len(rows)
 
 
-def prune(db: FleetDatabase, settings: FleetSettings, now: float) -> tuple[int, int]:
-    """Delete raw rows past retention (already rolled up) and expired coarse rollups."""
+def prune(
+    db: FleetDatabase, settings: FleetSettings, now: float, keep_since: float | None = None
+) -> tuple[int, int]:
+    """Delete raw rows past retention (already rolled up), but none received at or after
+    ``keep_since``, and expired coarse rollups."""
     s = settings
     cutoff = now - s.raw_retention_s
+    if keep_since is not None:
+        cutoff = min(cutoff, keep_since)
     dropped = 0
     with db.write() as conn:
         where = "received_at < ? AND (rolled = 1 OR kind != 'window')"

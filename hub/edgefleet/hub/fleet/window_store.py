@@ -77,7 +77,7 @@ class RecordRow:
     end_s: float | None = None
     requests: int = 0
     errors: int = 0
-    summary: str | None = None  # WindowTotals JSON
+    summary: str | None = None  # a window's WindowTotals JSON; another record's body JSON
     drift: bytes | None = None  # WindowStats.to_bytes()
     totals: WindowTotals | None = field(default=None, compare=False)  # ``summary`` parsed
 
@@ -244,7 +244,9 @@ class FleetWindowStore:
                 for r, bucket in zip(windows, buckets, strict=True)
             ]
         )
-        state.others.extend((batch.device, r.seq, r.kind, now, r.model, r.version) for r in others)
+        state.others.extend(
+            (batch.device, r.seq, r.kind, now, r.model, r.version, r.summary) for r in others
+        )
         malformed = sum(1 for r in others if r.kind == "malformed")
         counts["malformed"] += malformed
         if fold_now:
@@ -437,10 +439,10 @@ class FleetWindowStore:
         }
 
     # -- maintenance -----------------------------------------------------------------
-    def maintain(self, now: float) -> MaintenanceResult:
+    def maintain(self, now: float, keep_since: float | None = None) -> MaintenanceResult:
         """One bounded step of roll-up, coarsening and retention (see ``retention``)."""
         try:
-            return maintain(self.db, self.settings, now, self.cache)
+            return maintain(self.db, self.settings, now, self.cache, keep_since)
         except BaseException:
             self.cache.clear()
             raise

@@ -97,7 +97,11 @@ class FleetWorkers:
         # The lease epoch that work carries (None: no fence, a hub alone on its store):
         # its fleet writes are refused once another hub took the lease over.
         self.epoch: Callable[[], int | None] = lambda: None
+        # The oldest receipt time maintenance must keep (the service: what an active
+        # rollout's gates still read; None: nothing held back).
+        self.retention_hold: Callable[[], float | None] = lambda: None
         self.worker.maintains = lambda: self.leader()
+        self.worker.retention_hold = lambda: self.retention_hold()
         self.worker.singleton_scope = self.singleton_scope
 
     # -- lifecycle ---------------------------------------------------------------------

@@ -1,5 +1,9 @@
 """The gate decision of a running rollout, from what the hub store holds.
 
+Telemetry comes from the fleet tables' window rows (``HubStore.telemetry_windows``), the
+same rows drift, alerts and reports read; :func:`gate_horizon` says how far back the
+active rollouts read them, so that retention keeps those rows.
+
 Reads only (no transaction needed: a decision is re-checked against the stored rollout
 before it is applied, see :meth:`RolloutEngine.tick
 <edgefleet.hub.rollout.engine.RolloutEngine.tick>`): the rollout's device rows, the
@@ -14,16 +18,13 @@ report reads each once and a tick reads the device heads once for all its rollou
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from edgefleet.core.evidence import pool
 from edgefleet.hub.rollout.evidence import VersionStats
 from edgefleet.hub.rollout.gates import DeviceReport, PhaseEvaluation, evaluate_phase
 from edgefleet.hub.rollout.machine import RolloutState
 from edgefleet.hub.store import DeviceHead, HubStore, RolloutDeviceRecord, RolloutRecord
-
-log = logging.getLogger(__name__)
 
 
 def evaluate_rollout(
@@ -96,10 +97,15 @@ def version_stats(
     if not versions or not device_ids:
         return out
     for window in store.telemetry_windows(model, versions, device_ids, since):
-        try:
-            stats = VersionStats.from_window(window.body)
-        except ValueError as e:
-            log.warning("skipping malformed window from %s: %s", window.device_id, e)
-            continue
+        stats = VersionStats.from_totals(window.totals)
         out[window.device_id] = out.get(window.device_id, VersionStats()).merge(stats)
     return out
+
+
+def gate_horizon(active: Iterable[RolloutRecord]) -> float | None:
+    """The oldest receipt time any of these (created, running or paused) rollouts' gates
+    read: the new version's windows since its creation, the replaced versions' since
+    creation minus ``baseline_lookback_s``. Retention must not delete telemetry received
+    at or after it, or a verdict would change halfway through a rollout. None: no rollout.
+    """
+    return min((r.created_at - r.plan.gates.baseline_lookback_s for r in active), default=None)

@@ -1,17 +1,16 @@
 """Inference evidence of one model version on one device, from its telemetry windows.
 
-A telemetry window body (docs/protocol.md) carries ``requests``, ``errors``
-(kind -> n), a latency histogram ``{"edges": [...], "counts": [...]}`` and
-prediction counts (label -> n). :class:`VersionStats` adds one device's windows up exactly
-(counts add), so the order windows arrive in does not matter. Evidence of *several*
-devices is never added up here: :meth:`VersionStats.evidence` hands each device's sum to
-the fleet-wide rule in :mod:`edgefleet.core.evidence`, which pools them so that no one
-device decides (trimmed, share-capped per-device rates; the p95 rule).
+The gates read the fleet tables' window rows: each carries the window's operational totals
+(:class:`~edgefleet.hub.fleet.totals.WindowTotals`: requests, errors by kind, latency
+histograms, prediction counts), checked when the fleet ingest stored it (a malformed window
+is stored as ``malformed`` and never reaches here). :class:`VersionStats` adds one device's
+windows up exactly (counts add), so the order windows arrive in does not matter. Evidence
+of *several* devices is never added up here: :meth:`VersionStats.evidence` hands each
+device's sum to the fleet-wide rule in :mod:`edgefleet.core.evidence`, which pools them so
+that no one device decides (trimmed, share-capped per-device rates; the p95 rule).
 
-Invariants: every count is a non-negative integer; a malformed window is
-refused with ``ValueError`` (the caller counts it) and never half-added.
-Latency buckets are kept as ``(low, high]`` intervals in milliseconds, so
-windows whose histograms use different edges still merge.
+Latency buckets are kept as ``(low, high]`` intervals in milliseconds, so windows whose
+histograms use different edges still merge.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from typing import Any
 
 from edgefleet.core.drift.scores import psi
 from edgefleet.core.evidence import DeviceEvidence, LatencySummary
+from edgefleet.hub.fleet.totals import WindowTotals
 
 
 @dataclass(frozen=True)
@@ -35,18 +35,15 @@ class VersionStats:
     windows: int = 0
 
     @classmethod
-    def from_window(cls, body: Mapping[str, Any]) -> VersionStats:
-        requests = _count(body.get("requests", 0), "requests")
-        raw_errors = body.get("errors") or {}
-        if not isinstance(raw_errors, Mapping):
-            raise ValueError("errors must be an object of kind -> count")
-        errors = sum(_count(v, f"errors.{k}") for k, v in raw_errors.items())
-        raw_predictions = body.get("predictions") or {}
-        if not isinstance(raw_predictions, Mapping):
-            raise ValueError("predictions must be an object of label -> count")
-        predictions = {str(k): _count(v, f"predictions.{k}") for k, v in raw_predictions.items()}
-        latency = _latency_buckets(body.get("latency_ms"))
-        return cls(requests, errors, latency, predictions, 1)
+    def from_totals(cls, totals: WindowTotals) -> VersionStats:
+        """The evidence of stored windows' totals (one window's, or several merged)."""
+        return cls(
+            totals.requests,
+            totals.error_count,
+            LatencySummary.of_histograms(totals.latency.items()),
+            dict(totals.predictions),
+            totals.windows,
+        )
 
     def merge(self, other: VersionStats) -> VersionStats:
         latency = self.latency.merge(other.latency)
@@ -103,29 +100,3 @@ def prediction_psi(expected: Mapping[str, float], actual: Mapping[str, float]) -
         return None
     labels = sorted(set(expected) | set(actual))
     return psi([expected.get(k, 0) for k in labels], [actual.get(k, 0) for k in labels])
-
-
-def _count(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    return value
-
-
-def _latency_buckets(raw: object) -> LatencySummary:
-    if raw is None:
-        return LatencySummary()
-    if not isinstance(raw, Mapping):
-        raise ValueError("latency_ms must be an object with edges and counts")
-    edges = raw.get("edges")
-    counts = raw.get("counts")
-    if not isinstance(edges, list) or not isinstance(counts, list):
-        raise ValueError("latency_ms needs lists edges and counts")
-    try:
-        bounds = [float(e) for e in edges]
-    except (TypeError, ValueError) as e:
-        raise ValueError("latency_ms.edges must be numbers") from e
-    values = [_count(c, "latency_ms.counts[]") for c in counts]
-    try:
-        return LatencySummary.from_histogram(bounds, values)
-    except ValueError as e:
-        raise ValueError(f"latency_ms: {e}") from e

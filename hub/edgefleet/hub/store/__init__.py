@@ -23,7 +23,6 @@ from edgefleet.hub.store.records import (
     RolloutEventRecord,
     RolloutRecord,
     StoredWindow,
-    TelemetryRow,
 )
 from edgefleet.hub.store.sqlite import SqliteHubStore
 
@@ -53,6 +52,5 @@ __all__ = [
     "RolloutRecord",
     "SqliteHubStore",
     "StoredWindow",
-    "TelemetryRow",
     "open_store",
 ]

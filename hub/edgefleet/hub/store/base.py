@@ -4,12 +4,9 @@ Invariants every implementation keeps:
 
 - ``transaction()`` groups writes atomically and nests (inner blocks join the
   outer one); a failed block leaves nothing behind;
-- telemetry records are unique on ``(device, seq)``: adding one twice is a
-  no-op that reports 0 inserted, also after retention deleted the first copy
-  (``prune_telemetry`` remembers per device the highest seq it deleted, and
-  ``add_telemetry`` ignores records at or below it);
-- ``prune_telemetry`` deletes in bounded batches, one transaction each, so it
-  never holds the write lock for long;
+- telemetry is not stored here twice: ``telemetry_windows`` reads the fleet
+  tables' window rows, which share the store's database (the fleet ingest writes
+  them, exactly once per ``(device, seq)``, see ``edgefleet.hub.fleet``);
 - directive ``seq`` per device is strictly increasing: recording a seq not
   above the last one raises :class:`~edgefleet.hub.errors.HubStoreError`;
 - a read-modify-write inside ``transaction()`` is not interleaved with another
@@ -44,7 +41,6 @@ from edgefleet.hub.store.records import (
     RolloutEventRecord,
     RolloutRecord,
     StoredWindow,
-    TelemetryRow,
 )
 
 
@@ -114,16 +110,7 @@ class HubStore(Protocol):
     def add_rollout_event(self, rollout_id: str, at: float, event: str, detail: str) -> None: ...
     def rollout_events(self, rollout_id: str) -> list[RolloutEventRecord]: ...
 
-    # telemetry
-    def add_telemetry(
-        self, device_id: str, rows: Sequence[TelemetryRow], received_at: float
-    ) -> int: ...
-    def add_telemetry_many(
-        self, batches: Sequence[tuple[str, Sequence[TelemetryRow], float]]
-    ) -> int: ...
-    def prune_telemetry(
-        self, before: float, *, batch_size: int = 1000, max_rows: int | None = None
-    ) -> int: ...
+    # telemetry: the fleet tables' window rows, as the rollout gates read them
     def telemetry_windows(
         self,
         model: str,

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgefleet.hub.fleet.totals import WindowTotals
 from edgefleet.hub.rollout.gates import InstallStatus
 from edgefleet.hub.rollout.machine import RolloutStatus
 from edgefleet.hub.rollout.plan import RolloutPlan
@@ -184,30 +185,13 @@ class DeviceRolloutRow:
 
 
 @dataclass(frozen=True)
-class TelemetryRow:
-    """One telemetry record as stored; ``model``/``version`` are copied out of the body."""
-
-    seq: int
-    kind: str
-    body: Mapping[str, Any]
-
-    @property
-    def model(self) -> str | None:
-        value = self.body.get("model")
-        return str(value) if value is not None else None
-
-    @property
-    def version(self) -> int | None:
-        value = self.body.get("version")
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-@dataclass(frozen=True)
 class StoredWindow:
+    """One telemetry window as the rollout gates read it: its operational totals."""
+
     device_id: str
     version: int
     received_at: float
-    body: Mapping[str, Any]
+    totals: WindowTotals
 
 
 @dataclass(frozen=True)
