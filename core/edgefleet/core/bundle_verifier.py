@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
+from edgefleet.core.durable import fsync_dir
 from edgefleet.core.errors import BundleError, StorageError
 from edgefleet.core.manifest import (
     MANIFEST_NAME,
@@ -385,9 +386,9 @@ class _Extraction:
             directories = {self.tmp} | {p.parent for p in self.tmp.rglob("*")}
             for directory in sorted(directories, reverse=True):
                 directory.chmod(0o755)
-                _fsync_dir(directory)
+                fsync_dir(directory)
             os.rename(self.tmp, self.dest)
-            _fsync_dir(self.dest.parent)
+            fsync_dir(self.dest.parent)
         except OSError as e:
             raise StorageError(
                 f"cannot move the verified bundle to {self.dest}: {e.strerror}"
@@ -395,14 +396,6 @@ class _Extraction:
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _hashing(chunks: Iterator[bytes], digest: hashlib._Hash) -> Iterator[bytes]:

@@ -34,6 +34,7 @@ from typing import BinaryIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgefleet.core.canonical import canonical_json
+from edgefleet.core.durable import fsync_dir
 from edgefleet.core.errors import BundleError, StorageError, UsageError
 from edgefleet.core.keys import keyid_of
 from edgefleet.core.manifest import (
@@ -197,7 +198,7 @@ def _write_archive(
             os.fsync(raw.fileno())
         digest, size = _hash_file(tmp)
         os.replace(tmp, out_path)
-        _fsync_dir(parent)
+        fsync_dir(parent)
     except OSError as e:
         raise StorageError(f"cannot write bundle {out_path}: {e.strerror or e}") from e
     finally:
@@ -234,11 +235,3 @@ def _hash_file(path: Path) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.core.bundle_verifier import BundleVerifier
+from edgefleet.core.durable import fsync_dir
 from edgefleet.core.errors import BundleError, SignatureError
 from edgefleet.core.trust import TrustStore
 from edgefleet.hub.errors import (
@@ -128,7 +129,7 @@ class PublishedBundleStore:
             if not final.exists():
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, final)
-                _fsync_dir(final.parent)
+                fsync_dir(final.parent, best_effort=True)
             return PublishResult(record if created else self._require(record.sha256), created)
         except OSError as e:
             raise HubStoreError(f"cannot store bundle {source}: {e.strerror or e}") from e
@@ -211,7 +212,7 @@ class PublishedBundleStore:
                     f" {digest.hexdigest()[:16]}) do not match it; republish the bundle"
                 )
             os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent, best_effort=True)
         except OSError as e:
             raise HubStoreError(f"cannot write bundle {record.sha256}: {e.strerror or e}") from e
         finally:
@@ -301,14 +302,3 @@ def _copy_and_hash(source: Path, fd: int) -> str:
     except IsADirectoryError as e:
         raise HubNotFoundError(f"{source}: is a directory, not a bundle file") from e
     return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -22,20 +22,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from edgefleet.core.durable import fsync_dir
+
 TEMP_SUFFIX = ".tmp"
 
 
 def temp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}{TEMP_SUFFIX}")
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make renames and unlinks inside ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:

@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from edgefleet.agent.deploy.atomic_files import atomic_write_json, fsync_dir, remove_path
+from edgefleet.agent.deploy.atomic_files import atomic_write_json, remove_path
 from edgefleet.agent.deploy.layout import MODEL_NAME_RE, SHA256_RE, StateLayout
 from edgefleet.agent.errors import DeploymentError
+from edgefleet.core.durable import fsync_dir
 
 
 @dataclass(frozen=True)
