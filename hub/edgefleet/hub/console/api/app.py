@@ -121,20 +121,34 @@ def create_app(
         status = next(code for family, code in STATUS_FOR if isinstance(exc, family))
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
-    def who(request: Request) -> auth.Principal:
-        principal: auth.Principal | None = request.scope.get("state", {}).get("principal")
-        assert principal is not None  # the guard let an unauthenticated call through otherwise
-        return principal
+    _session_routes(app, access, clock, secure_cookies)
+    _fleet_routes(app, console)
+    _bundle_routes(app, console)
+    _rollout_routes(app, console)
+    _drift_and_alert_routes(app, console, access)
+    _dashboard(app, access, clock)
+    return app
 
-    v1 = f"/api/{API_VERSION}"
 
-    # -- health and session ---------------------------------------------------------------
+V1 = f"/api/{API_VERSION}"
 
-    @app.get(f"{v1}/health", tags=["meta"])
+
+def _who(request: Request) -> auth.Principal:
+    principal: auth.Principal | None = request.scope.get("state", {}).get("principal")
+    assert principal is not None  # the guard let an unauthenticated call through otherwise
+    return principal
+
+
+def _session_routes(
+    app: FastAPI, access: AccessStore, clock: Callable[[], float], secure_cookies: bool
+) -> None:
+    """Health, and the dashboard's session cookie from a bearer token."""
+
+    @app.get(f"{V1}/health", tags=["meta"])
     def health() -> dict[str, Any]:
         return {"status": "ok", "api": API_VERSION}
 
-    @app.post(f"{v1}/session", tags=["session"])
+    @app.post(f"{V1}/session", tags=["session"])
     def login(body: SessionRequest, response: Response) -> dict[str, Any]:
         principal = auth.authenticate_bearer(access, f"Bearer {body.token}", clock())
         if principal is None:
@@ -153,14 +167,14 @@ def create_app(
         )
         return {"name": principal.name, "role": principal.role, "csrf": csrf}
 
-    @app.get(f"{v1}/session", tags=["session"])
+    @app.get(f"{V1}/session", tags=["session"])
     def whoami(request: Request) -> dict[str, Any]:
         p: auth.Principal | None = request.scope.get("state", {}).get("principal")
         if p is None:
             return {"authenticated": False}
         return {"authenticated": True, "name": p.name, "role": p.role, "via": p.via, "csrf": p.csrf}
 
-    @app.delete(f"{v1}/session", tags=["session"])
+    @app.delete(f"{V1}/session", tags=["session"])
     def logout(request: Request, response: Response) -> dict[str, Any]:
         cookie = session_cookie({b"cookie": request.headers.get("cookie", "").encode("latin-1")})
         if cookie:
@@ -168,13 +182,15 @@ def create_app(
         response.delete_cookie(SESSION_COOKIE, path="/")
         return {"ok": True}
 
-    # -- fleet ----------------------------------------------------------------------------
 
-    @app.get(f"{v1}/overview", tags=["fleet"])
+def _fleet_routes(app: FastAPI, console: FleetConsole) -> None:
+    """Overview, devices (enroll, reissue, revoke, remove), groups."""
+
+    @app.get(f"{V1}/overview", tags=["fleet"])
     def overview() -> dict[str, Any]:
         return console.overview()
 
-    @app.get(f"{v1}/devices", tags=["devices"])
+    @app.get(f"{V1}/devices", tags=["devices"])
     def devices(
         group: str | None = None,
         profile: str | None = None,
@@ -189,11 +205,11 @@ def create_app(
             DeviceFilter(group, profile, online, state, model, q), PageRequest(limit, offset)
         )
 
-    @app.get(f"{v1}/devices/{{device_id}}", tags=["devices"])
+    @app.get(f"{V1}/devices/{{device_id}}", tags=["devices"])
     def device(device_id: str) -> dict[str, Any]:
         return console.device(device_id)
 
-    @app.post(f"{v1}/devices", tags=["devices"], status_code=201)
+    @app.post(f"{V1}/devices", tags=["devices"], status_code=201)
     def enroll(body: Enroll) -> dict[str, Any]:
         return console.enroll_device(
             body.device,
@@ -204,31 +220,35 @@ def create_app(
             endpoint_port=body.endpoint_port,
         )
 
-    @app.post(f"{v1}/devices/{{device_id}}/reissue", tags=["devices"])
+    @app.post(f"{V1}/devices/{{device_id}}/reissue", tags=["devices"])
     def reissue(device_id: str, body: Annotated[Reissue | None, Body()] = None) -> dict[str, Any]:
         body = body or Reissue()
         return console.reissue_device(
             device_id, state_dir=body.state_dir, endpoint_port=body.endpoint_port
         )
 
-    @app.post(f"{v1}/devices/{{device_id}}/revoke", tags=["devices"])
+    @app.post(f"{V1}/devices/{{device_id}}/revoke", tags=["devices"])
     def revoke(device_id: str) -> dict[str, Any]:
         return console.revoke_device(device_id)
 
-    @app.delete(f"{v1}/devices/{{device_id}}", tags=["devices"])
+    @app.delete(f"{V1}/devices/{{device_id}}", tags=["devices"])
     def remove(device_id: str) -> dict[str, Any]:
         return console.remove_device(device_id)
 
-    @app.get(f"{v1}/groups", tags=["fleet"])
+    @app.get(f"{V1}/groups", tags=["fleet"])
     def groups() -> dict[str, Any]:
         return {"items": console.groups()}
 
-    @app.get(f"{v1}/bundles", tags=["bundles"])
+
+def _bundle_routes(app: FastAPI, console: FleetConsole) -> None:
+    """Published bundles: list, and upload a signed ``.efb``."""
+
+    @app.get(f"{V1}/bundles", tags=["bundles"])
     def bundles() -> dict[str, Any]:
         return {"items": console.bundles()}
 
     @app.post(
-        f"{v1}/bundles",
+        f"{V1}/bundles",
         tags=["bundles"],
         status_code=201,
         openapi_extra={
@@ -259,15 +279,17 @@ def create_app(
                 # Name the upload, not this server's temporary file.
                 raise PublishRejectedError(str(e).replace(str(path), "uploaded bundle")) from e
 
-    # -- rollouts -------------------------------------------------------------------------
 
-    @app.get(f"{v1}/rollouts", tags=["rollouts"])
+def _rollout_routes(app: FastAPI, console: FleetConsole) -> None:
+    """Rollouts: list, create, detail, and the operator actions."""
+
+    @app.get(f"{V1}/rollouts", tags=["rollouts"])
     def rollouts(
         state: Annotated[str | None, Query(max_length=32)] = None,
     ) -> dict[str, Any]:
         return {"items": console.rollouts(state)}
 
-    @app.post(f"{v1}/rollouts", tags=["rollouts"], status_code=201)
+    @app.post(f"{V1}/rollouts", tags=["rollouts"], status_code=201)
     def create_rollout(body: RolloutCreate) -> dict[str, Any]:
         gates = [f"{k}={v}" for k, v in body.gates.items()]
         kwargs: dict[str, Any] = {"gates": gates, "rollout_id": body.id}
@@ -275,7 +297,7 @@ def create_app(
             kwargs["phases"] = body.phases
         return console.create_rollout(body.model, body.version, body.selector, **kwargs)
 
-    @app.get(f"{v1}/rollouts/{{rollout_id}}", tags=["rollouts"])
+    @app.get(f"{V1}/rollouts/{{rollout_id}}", tags=["rollouts"])
     def rollout(rollout_id: str) -> dict[str, Any]:
         return console.rollout(rollout_id)
 
@@ -286,20 +308,22 @@ def create_app(
             return console.rollout_action(rollout_id, name, body.reason if body else None)
 
         handler.__name__ = f"rollout_{name}"
-        app.post(f"{v1}/rollouts/{{rollout_id}}/{name}", tags=["rollouts"], name=f"rollout_{name}")(
+        app.post(f"{V1}/rollouts/{{rollout_id}}/{name}", tags=["rollouts"], name=f"rollout_{name}")(
             handler
         )
 
     for name in ("pause", "resume", "abort", "rollback"):
         action(name)
 
-    # -- drift and alerts -----------------------------------------------------------------
 
-    @app.get(f"{v1}/drift", tags=["drift"])
+def _drift_and_alert_routes(app: FastAPI, console: FleetConsole, access: AccessStore) -> None:
+    """Drift, alerts (and acknowledging them), the audit log."""
+
+    @app.get(f"{V1}/drift", tags=["drift"])
     def drift_models() -> dict[str, Any]:
         return {"items": console.drift_models() or []}
 
-    @app.get(f"{v1}/drift/{{model}}", tags=["drift"])
+    @app.get(f"{V1}/drift/{{model}}", tags=["drift"])
     def drift(
         model: str,
         version: Annotated[int | None, Query(ge=1)] = None,
@@ -313,7 +337,7 @@ def create_app(
             model, version, scope=scope, since_s=since_s, name=name, limit=limit, offset=offset
         )
 
-    @app.get(f"{v1}/alerts", tags=["alerts"])
+    @app.get(f"{V1}/alerts", tags=["alerts"])
     def alerts(
         status: Literal["open", "resolved", "all"] = "open",
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -321,13 +345,13 @@ def create_app(
     ) -> dict[str, Any]:
         return console.alerts(None if status == "all" else status, limit, offset)
 
-    @app.post(f"{v1}/alerts/{{alert_id}}/ack", tags=["alerts"])
+    @app.post(f"{V1}/alerts/{{alert_id}}/ack", tags=["alerts"])
     def acknowledge(
         alert_id: int, request: Request, body: Annotated[Ack | None, Body()] = None
     ) -> dict[str, Any]:
-        return console.acknowledge(alert_id, who(request).name, body.note if body else "")
+        return console.acknowledge(alert_id, _who(request).name, body.note if body else "")
 
-    @app.get(f"{v1}/audit", tags=["meta"])
+    @app.get(f"{V1}/audit", tags=["meta"])
     def audit(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
@@ -335,8 +359,9 @@ def create_app(
         items, total = access.audit_log(limit, offset)
         return {"items": items, "total": total, "limit": limit, "offset": offset}
 
-    # -- dashboard ------------------------------------------------------------------------
 
+def _dashboard(app: FastAPI, access: AccessStore, clock: Callable[[], float]) -> None:
+    """The dashboard's files, the security headers, and the guard in front of everything."""
     assets = static_dir()
 
     @app.get("/", include_in_schema=False)
@@ -360,4 +385,3 @@ def create_app(
 
     # Outermost: nothing (not even routing) runs for a caller the guard refuses.
     app.add_middleware(Guard, access=access, clock=clock)
-    return app
