@@ -127,15 +127,41 @@ def record_refusals(
 ) -> list[Refusal | None]:
     """:func:`record_refusal` of each record; the drift statistics of all the windows are
     decoded together (the batch decoder: a fraction of the per-window cost)."""
-    out: list[Refusal | None] = []
+    return [checked.refusal for checked in check_records(records, limits)]
+
+
+@dataclass(frozen=True)
+class CheckedRecord:
+    """What checking one record found: its refusal (None: within bounds) and, for a window
+    that passed, the parts the check decoded — the window, its drift statistics' bytes and
+    the statistics (None where a part was absent or did not decode: the ingest then decodes
+    and counts it as it would without the check)."""
+
+    refusal: Refusal | None
+    window: WindowSummary | None = None
+    drift: bytes | None = None
+    stats: WindowStats | None = None
+
+
+def check_records(records: Sequence[TelemetryRecord], limits: WindowLimits) -> list[CheckedRecord]:
+    """Check each record against the bounds, keeping what was decoded on the way, so a
+    caller that stores the records need not decode them a second time."""
+    out: list[CheckedRecord] = []
     drift: list[tuple[int, str]] = []  # (index, blob) of windows passing the other rules
     for record in records:
         refusal, window = _record_refusal(record, limits)
         if refusal is None and window is not None and window.drift is not None:
             drift.append((len(out), window.drift))
-        out.append(refusal)
-    for (index, _), refusal in zip(drift, drift_refusals([b for _, b in drift]), strict=True):
-        out[index] = refusal
+        out.append(CheckedRecord(refusal, window if refusal is None else None))
+    for (index, _), (raw, stats) in zip(drift, _decode_drift([b for _, b in drift]), strict=True):
+        refusal = None if stats is None else _stats_refusal(stats)
+        kept = refusal is None and stats is not None
+        out[index] = CheckedRecord(
+            refusal,
+            out[index].window if refusal is None else None,
+            raw if kept else None,
+            stats if kept else None,
+        )
     return out
 
 
@@ -192,6 +218,14 @@ def drift_refusal(blob_b64: str) -> Refusal | None:
 
 def drift_refusals(blobs_b64: Sequence[str]) -> list[Refusal | None]:
     """:func:`drift_refusal` of each blob, decoded together."""
+    return [
+        None if stats is None else _stats_refusal(stats) for _, stats in _decode_drift(blobs_b64)
+    ]
+
+
+def _decode_drift(blobs_b64: Sequence[str]) -> list[tuple[bytes, WindowStats | None]]:
+    """Each blob's bytes and statistics (None: not base64 or not decodable — malformed,
+    not out of range: the ingest counts it)."""
     # The drift package is heavy: loaded on use.
     from edgefleet.core.drift.wire_batch import decode_many
 
@@ -200,8 +234,8 @@ def drift_refusals(blobs_b64: Sequence[str]) -> list[Refusal | None]:
         try:
             raw.append(base64.b64decode(blob, validate=True))
         except (ValueError, binascii.Error):
-            raw.append(b"")  # malformed, not out of range: the ingest counts it
-    return [None if stats is None else _stats_refusal(stats) for stats in decode_many(raw)]
+            raw.append(b"")
+    return list(zip(raw, decode_many(raw), strict=True))
 
 
 def _stats_refusal(stats: WindowStats) -> Refusal | None:

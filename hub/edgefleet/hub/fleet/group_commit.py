@@ -185,7 +185,14 @@ def prepare(
             if record.seq not in stored and key not in ready.rows:
                 ready.rows[key] = build(record)
     if decode:
-        blobs = [(k, r.drift) for k, r in ready.rows.items() if r.kind == "window" and r.drift]
+        blobs = []
+        for key, r in ready.rows.items():
+            if r.kind != "window" or not r.drift:
+                continue
+            if r.stats is not None:  # decoded when the hub screened it
+                ready.stats[key] = r.stats
+            else:
+                blobs.append((key, r.drift))
         decoded = decode_many([bytes(blob) for _, blob in blobs])
         for (key, _), stats in zip(blobs, decoded, strict=True):
             if stats is not None:

@@ -53,6 +53,7 @@ from edgefleet.core.protocol import TelemetryBatch, TelemetryRecord
 from edgefleet.hub.errors import HubConfigError
 from edgefleet.hub.fleet.database import open_fleet_database
 from edgefleet.hub.fleet.retention import MaintenanceResult
+from edgefleet.hub.fleet.screening import ScreenedWindow
 from edgefleet.hub.fleet.settings import FleetSettings
 from edgefleet.hub.fleet.totals import WindowTotals
 from edgefleet.hub.fleet.window_store import DeviceBatch, FleetWindowStore, RecordRow
@@ -108,14 +109,18 @@ def record_row(record: TelemetryRecord) -> RecordRow:
             # device's install history, and telemetry is stored nowhere else.
             summary=json.dumps(record.body, separators=(",", ":"), sort_keys=True),
         )
-    try:
-        summary = record.window()
-        drift = None
-        if summary.drift is not None:
-            drift = base64.b64decode(summary.drift, validate=True)
-    except (ProtocolError, ValueError, binascii.Error) as e:
-        log.debug("malformed telemetry window seq %s: %s", record.seq, e)
-        return RecordRow(record.seq, "malformed")
+    stats = None
+    if isinstance(record, ScreenedWindow):  # checked and decoded by the screen already
+        summary, drift, stats = record.summary, record.drift_bytes, record.stats
+    else:
+        try:
+            summary = record.window()
+            drift = None
+            if summary.drift is not None:
+                drift = base64.b64decode(summary.drift, validate=True)
+        except (ProtocolError, ValueError, binascii.Error) as e:
+            log.debug("malformed telemetry window seq %s: %s", record.seq, e)
+            return RecordRow(record.seq, "malformed")
     totals = WindowTotals.of_window(summary)
     return RecordRow(
         seq=record.seq,
@@ -129,6 +134,7 @@ def record_row(record: TelemetryRecord) -> RecordRow:
         summary=totals.to_json(),
         drift=drift,
         totals=totals,
+        stats=stats,
     )
 
 

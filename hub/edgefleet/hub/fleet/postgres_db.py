@@ -80,6 +80,7 @@ class PostgresFleetDatabase(FleetDatabase):
         self.url = url
         self.where = redact_url(url)
         self.connect_timeout_s = connect_timeout_s
+        self._types: dict[str, dict[str, str]] = {}  # table -> column -> type (insert_many)
         self._prepare()
 
     def insert_many(
@@ -89,14 +90,32 @@ class PostgresFleetDatabase(FleetDatabase):
         columns: Sequence[str],
         rows: Sequence[Sequence[Any]],
     ) -> None:
-        """``COPY ... FROM STDIN``: one round trip and no per-row statement, several times
-        faster than an ``executemany`` of window rows (the fleet lock is held meanwhile)."""
+        """``COPY ... FROM STDIN`` in the binary format: one round trip and no per-row
+        statement, several times faster than an ``executemany`` of window rows (the fleet
+        lock is held meanwhile); binary, because the text format spells every byte of a
+        statistics blob out in hex, which cost the hub more than the rest of the copy."""
         if not rows:
             return
         assert isinstance(conn, _Connection)
-        with conn.raw.cursor().copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        types = self._column_types(conn, table, columns)
+        sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+        with conn.raw.cursor().copy(sql) as copy:
+            copy.set_types(types)
             for row in rows:
                 copy.write_row(row)
+
+    def _column_types(self, conn: _Connection, table: str, columns: Sequence[str]) -> list[str]:
+        """The columns' types as the server declares them (a binary copy must send each
+        value in its column's exact type), read once per table."""
+        known = self._types.get(table)
+        if known is None:
+            rows = conn.execute(
+                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+                " WHERE attrelid = ?::regclass AND attnum > 0 AND NOT attisdropped",
+                (table,),
+            ).fetchall()
+            known = self._types[table] = {str(name): str(kind) for name, kind in rows}
+        return [known[column] for column in columns]
 
     def _schema(self) -> list[str]:
         return [postgres_ddl(s) for s in super()._schema()]

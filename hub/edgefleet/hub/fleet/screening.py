@@ -15,6 +15,11 @@ decoded batch in the hub's inbound worker, before the hub store and the fleet in
 
 The device's ceiling comes from its profile's ``max_requests_per_s`` (looked up once per
 profile name; an unknown profile gets the documented default).
+
+A window that passes goes on as a :class:`ScreenedWindow`: the same record, carrying what
+the check decoded (the window, its statistics' bytes and the statistics), so the ingest
+stores it without parsing and decoding it a second time — decoding the statistics is most
+of what a window costs the hub.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.profiles import DEFAULT_MAX_REQUESTS_PER_S, load_profile
@@ -32,8 +39,12 @@ from edgefleet.core.protocol.bounds import (
     Refusal,
     WindowLimits,
     batch_refusal,
-    record_refusals,
+    check_records,
 )
+from edgefleet.core.protocol.telemetry import WindowSummary
+
+if TYPE_CHECKING:
+    from edgefleet.core.drift import WindowStats
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +66,16 @@ def profile_ceiling(profile: str) -> float:
 
 def refused_record(seq: int, reason: str) -> TelemetryRecord:
     return TelemetryRecord(seq, REFUSED, {"reason": reason})
+
+
+@dataclass(frozen=True)
+class ScreenedWindow(TelemetryRecord):
+    """A window record within the bounds, with what checking it decoded (see the module
+    docstring); in every other respect the record as received."""
+
+    summary: WindowSummary = field(compare=False, repr=False, kw_only=True)
+    drift_bytes: bytes = field(compare=False, repr=False, kw_only=True)
+    stats: WindowStats = field(compare=False, repr=False, kw_only=True)
 
 
 class TelemetryScreen:
@@ -85,17 +106,26 @@ class TelemetryScreen:
             return None
         limits = WindowLimits(now, self.max_age_s, self._profile_ceiling(profile))
         records: list[TelemetryRecord] = []
-        changed = False
-        refusals = record_refusals(batch.records, limits)
-        for record, refusal in zip(batch.records, refusals, strict=True):
-            if refusal is None:
+        for record, checked in zip(
+            batch.records, check_records(batch.records, limits), strict=True
+        ):
+            refusal = checked.refusal
+            if refusal is not None:
+                self.note(device, refusal, 1, seq=record.seq)
+                records.append(refused_record(record.seq, refusal.reason))
+            elif checked.window is not None and checked.stats is not None and checked.drift:
+                records.append(
+                    ScreenedWindow(
+                        record.seq,
+                        record.kind,
+                        record.body,
+                        summary=checked.window,
+                        drift_bytes=checked.drift,
+                        stats=checked.stats,
+                    )
+                )
+            else:
                 records.append(record)
-                continue
-            changed = True
-            self.note(device, refusal, 1, seq=record.seq)
-            records.append(refused_record(record.seq, refusal.reason))
-        if not changed:
-            return batch
         return TelemetryBatch.of(device, records, after_seq=batch.after_seq)
 
     def note(self, device: str, refusal: Refusal, n: int, seq: int | None = None) -> None:

@@ -52,7 +52,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.core.protocol.telemetry import MAX_PENDING_SPANS, AckCursor
 from edgefleet.hub.fleet.database import STATS_COLUMNS, FleetConnection, FleetDatabase
@@ -61,6 +61,9 @@ from edgefleet.hub.fleet.retention import MaintenanceResult, maintain
 from edgefleet.hub.fleet.rollups import FoldItem, RollupCache, decode_items, fold
 from edgefleet.hub.fleet.settings import FleetSettings
 from edgefleet.hub.fleet.totals import WindowTotals
+
+if TYPE_CHECKING:
+    from edgefleet.core.drift import WindowStats
 
 RAW_LEVEL = 0
 
@@ -80,6 +83,7 @@ class RecordRow:
     summary: str | None = None  # a window's WindowTotals JSON; another record's body JSON
     drift: bytes | None = None  # WindowStats.to_bytes()
     totals: WindowTotals | None = field(default=None, compare=False)  # ``summary`` parsed
+    stats: WindowStats | None = field(default=None, compare=False)  # ``drift`` decoded
 
 
 @dataclass(frozen=True)
