@@ -444,6 +444,50 @@ def test_pipelined_requests_answer_in_order(client: RawClient) -> None:
     assert client.connects == 1
 
 
+def test_big_bodies_go_to_a_buffer_of_their_own() -> None:
+    """A body of DIRECT_BODY_BYTES or more is filled in place (recv_into), its tensor
+    offset lands on a 64-byte boundary, and bytes pipelined after it are kept."""
+    from edgefleet.agent.endpoint.http11 import DIRECT_BODY_BYTES, RequestParser
+
+    body = bytes(range(256)) * (DIRECT_BODY_BYTES // 256 + 7)
+    head = b"POST /v2/x HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body)
+    after = b"GET /v2/health/live HTTP/1.1\r\n\r\n"
+    for offset in (0, 1, 166, 1001):
+        parser = RequestParser(max_header_bytes=4096, max_body_bytes=1 << 20)
+        parser.feed(head + body[:100])
+        assert parser.parse_head() is not None and parser.recv_target() is None
+        assert parser.next_request(align=offset) is None  # the body's buffer starts
+        pos = 100
+        while (target := parser.recv_target()) is not None and pos < len(body) - 5000:
+            n = min(len(target), 30_000)
+            target[:n] = body[pos : pos + n]
+            parser.received(n)
+            pos += n
+        assert parser.body_buffered == pos
+        parser.feed(body[pos:] + after)  # the rest and the next request in one read
+        req = parser.next_request()
+        assert req is not None and req.body == body and isinstance(req.body, bytearray)
+        address = np.frombuffer(req.body, np.uint8).ctypes.data
+        assert (address + offset) % 64 == 0
+        nxt = parser.next_request()
+        assert nxt is not None and nxt.target == "/v2/health/live" and parser.idle
+
+
+def test_big_json_bodies_in_pieces_and_pipelined(client: RawClient) -> None:
+    x = trained_model("iris").X_test
+    big = infer_body(np.tile(x, (60, 1)), id="big")
+    assert 64 * 1024 <= len(big) <= 256 * 1024
+    request = b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
+    raw = request % (len(big), big)
+    client.send(raw[:1000])
+    client.send(raw[1000:70_000])
+    client.send(raw[70_000:] + raw + request % (len(big), big.replace(b"big", b"end")))
+    for want in ("big", "big", "end"):
+        status, _, body = client.read_response()
+        assert status == 200 and json.loads(body)["id"] == want
+    assert client.connects == 1
+
+
 def test_body_over_the_limit_is_413_before_upload(
     client: RawClient, server: EndpointServer
 ) -> None:

@@ -408,3 +408,32 @@ def test_binary_tensors_at_odd_offsets_are_decoded_aligned(
     image = call.feeds["image"]
     assert image.flags.aligned and image.dtype == np.float32
     np.testing.assert_array_equal(image, x)
+
+
+def test_binary_tensors_view_the_received_body_without_a_copy(
+    served: dict[str, tuple[LoadedModel, Path]],
+) -> None:
+    """The parser puts the tensors of a big body on a 64-byte boundary (the header's length
+    is in the head), so the decoded input is a view of the very buffer the socket filled."""
+    from edgefleet.agent.endpoint import binary
+    from edgefleet.agent.endpoint.http11 import RequestParser
+
+    model = served["cnn"][0]
+    x = np.random.default_rng(10).random((8, 3, 32, 32)).astype(np.float32)
+    header = json.dumps(
+        {"inputs": [{"name": "image", "datatype": "FP32", "shape": list(x.shape),
+                     "parameters": {"binary_data_size": x.nbytes}}]}
+    ).encode() + b"  "  # fmt: skip
+    assert len(header) % 4 and x.nbytes >= 64 * 1024
+    parser = RequestParser(max_header_bytes=4096, max_body_bytes=1 << 20)
+    parser.feed(
+        b"POST /v2/models/cnn/infer HTTP/1.1\r\nInference-Header-Content-Length: %d\r\n"
+        b"Content-Length: %d\r\n\r\n%s%s"
+        % (len(header), len(header) + x.nbytes, header, x.tobytes())
+    )
+    req = parser.next_request(align=len(header))
+    assert req is not None
+    call, _ = binary.decode_request(req.body, len(header), model)
+    image = call.feeds["image"]
+    assert image.flags.aligned and np.shares_memory(image, np.frombuffer(req.body, np.uint8))
+    np.testing.assert_array_equal(image, x)

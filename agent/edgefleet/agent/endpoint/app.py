@@ -379,7 +379,9 @@ class EndpointApp:
         return lambda: self._feedback(model, req.body)
 
     # --- jobs (may run on a worker thread) ----------------------------------------
-    def _infer(self, model: LoadedModel, body: bytes, hlen: int | None = None) -> Outcome:
+    def _infer(
+        self, model: LoadedModel, body: bytes | bytearray, hlen: int | None = None
+    ) -> Outcome:
         content_type, extra = JSON, b""
         try:
             call, wire = binary.decode_request(body, hlen, model)
@@ -476,7 +478,7 @@ class EndpointApp:
                 log.exception("telemetry sink failed")
             i = j
 
-    def _feedback(self, model: LoadedModel, body: bytes) -> Outcome:
+    def _feedback(self, model: LoadedModel, body: bytes | bytearray) -> Outcome:
         try:
             items = decode_feedback(body, model)
         except InputSchemaError as e:

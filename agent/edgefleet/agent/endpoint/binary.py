@@ -256,7 +256,9 @@ class Wire:
 PLAIN = Wire(frozenset(), {})
 
 
-def decode_request(body: bytes, hlen: int | None, model: LoadedModel) -> tuple[InferCall, Wire]:
+def decode_request(
+    body: bytes | bytearray, hlen: int | None, model: LoadedModel
+) -> tuple[InferCall, Wire]:
     """An inference request (JSON, or JSON header + binary tensors) and how to answer it."""
     if hlen is None:
         header, blob = body, memoryview(b"")

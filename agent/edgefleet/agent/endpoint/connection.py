@@ -96,6 +96,7 @@ class _Connection:
         self.waiting = False  # admitted head waits for room in the tensor budget
         self.charge = 0  # tensor bytes charged for the request in progress
         self.header_wait: int | None = None  # binary request: JSON header bytes to price
+        self.tensor_offset = 0  # binary request: where its tensors start in the body
 
     # --- socket side ------------------------------------------------------------------
     def start(self) -> None:
@@ -131,6 +132,10 @@ class _Connection:
 
     def _on_readable(self) -> None:
         assert self.sock is not None
+        target = self.parser.recv_target()
+        if target is not None:
+            self._read_body(self.sock, target)
+            return
         size = _RECV_BYTES
         if self.header_wait is not None:  # read no binary tensor before it is priced
             size = max(1, self.header_wait - self.parser.body_buffered)
@@ -144,6 +149,29 @@ class _Connection:
         if data:
             self.data_received(data)
         else:
+            self.eof_received()
+        self._update_interest()
+
+    def _read_body(self, sock: socket.socket, target: memoryview) -> None:
+        """A big body straight into its own buffer: all the socket holds, copied once."""
+        got = 0
+        eof = False
+        try:
+            while got < len(target):
+                n = sock.recv_into(target[got:])
+                if not n:
+                    eof = True
+                    break
+                got += n
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self.abort()
+            return
+        if got:
+            self.parser.received(got)
+            self.data_received(b"")
+        if eof and self.sock is not None:
             self.eof_received()
         self._update_interest()
 
@@ -286,7 +314,7 @@ class _Connection:
                     and not self._admit_header(head)
                 ):
                     break
-                req = parser.next_request()
+                req = parser.next_request(align=self.tensor_offset)
             except HttpError as e:
                 self._write(Outcome(e.status, error_body(e.message), close=True), None)
                 return
@@ -329,6 +357,7 @@ class _Connection:
         self.admitted = True
         self.partial_since = time.monotonic()  # the body's clock starts now
         self.header_wait = self.app.binary_header_wait(head)
+        self.tensor_offset = self.header_wait or 0
         return True
 
     def _admit_header(self, head: Head) -> bool:
