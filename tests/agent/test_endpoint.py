@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -410,6 +411,58 @@ def test_feedback_round_trip(client: RawClient, sink: RecordingTelemetrySink) ->
     bad = json.dumps({"prediction_id": ids[0], "label": 7}).encode()
     status, _, reply = client.request("POST", "/v2/models/iris/feedback", bad)
     assert status == 400 and "not one of the model's labels" in json.loads(reply)["error"]
+
+
+def test_big_answers_do_not_wait_for_their_telemetry_rows_and_feedback_waits_for_them(
+    models: dict[str, LoadedModel],
+) -> None:
+    """An offloaded request is answered before its telemetry rows are computed; until they
+    are, it keeps its budget charge, feedback for any id waits (the sink must know the ids
+    first) and stop() waits too: nothing is lost."""
+    sink = RecordingTelemetrySink()
+    config = EndpointConfig(port=0, offload_body_bytes=1024)
+    srv = EndpointServer(config, ServingSet(models), sink)
+    gate = threading.Event()
+    rows = srv.app._telemetry_rows.rows
+
+    def slow_rows(*args: Any) -> Any:
+        assert gate.wait(10)
+        return rows(*args)
+
+    srv.app._telemetry_rows.rows = slow_rows  # type: ignore[method-assign]
+    srv.start()
+    try:
+        x = trained_model("iris").X_test[:30]
+        body = infer_body(x)
+        assert len(body) >= 1024
+        answered, labels = RawClient(srv.port), RawClient(srv.port)
+        status, _, reply = answered.request("POST", "/v2/models/iris/infer", body)
+        assert status == 200 and not gate.is_set()  # answered, its rows not computed
+        assert srv.budget.in_use > 0 and not sink.inferences
+        ids = next(o for o in json.loads(reply)["outputs"] if o["name"] == "prediction_id")
+        one = json.dumps({"prediction_id": ids["data"][0], "label": 1}).encode()
+        labels.send(
+            b"POST /v2/models/iris/feedback HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(one), one)
+        )
+        wait_until("the feedback held", lambda: srv._held)
+        gate.set()
+        status, _, reply = labels.read_response()
+        assert status == 200 and json.loads(reply) == {"accepted": 1, "unknown": []}
+        record = sink.inferences[-1]
+        assert record.prediction_ids == ids["data"] and len(record.X) == 30
+        wait_until("the charge released", lambda: srv.budget.in_use == 0)
+        # stop() while a summary runs: it waits for it.
+        gate.clear()
+        assert answered.request("POST", "/v2/models/iris/infer", body)[0] == 200
+        threading.Timer(0.2, gate.set).start()
+        srv.stop()
+        assert len(sink.inferences) == 2
+        for c in (answered, labels):
+            c.close()
+    finally:
+        gate.set()
+        srv.stop()
 
 
 def test_metrics_are_prometheus_text(client: RawClient) -> None:

@@ -39,9 +39,10 @@ import logging
 import selectors
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from edgefleet.agent.endpoint.app import Outcome, error_body, run_job
+from edgefleet.agent.endpoint.app import Job, Outcome, WaitsForTelemetry, error_body, run_job
 from edgefleet.agent.endpoint.http11 import (
     CONTINUE_RESPONSE,
     Head,
@@ -85,6 +86,7 @@ class _Connection:
         self._mask = 0
         self._close_when_flushed = False
         self.busy = False
+        self.summarising = False  # answered, its telemetry rows still being computed
         self.closing = False
         self.write_paused = False
         self.read_paused = False
@@ -388,19 +390,54 @@ class _Connection:
             routed = Outcome(500, error_body(f"internal error: {type(e).__name__}"))
         if isinstance(routed, Outcome):
             self._write(routed, req)
-        elif len(req.body) < self.offload_at:
-            self._write(run_job(routed), req)
+        elif isinstance(routed, WaitsForTelemetry) and self.server.summaries_running:
+            # Feedback waits until the answers already out are known to the sink.
+            self.busy = True
+            self.server.after_summaries(lambda: self._run_held(routed, req))
+        else:
+            self._run(routed, req)
+
+    def _run(self, job: Job, req: Request) -> None:
+        if len(req.body) < self.offload_at:
+            # Small: inline, summary included (a batch-1 table row costs nothing to summarise).
+            outcome = run_job(job)
+            record = self.app.summarise(outcome)
+            self._write(outcome, req)
+            if record is not None:
+                record()
         else:
             self.busy = True
-            self.server.offload(routed, lambda outcome: self._job_done(outcome, req))
+            self.server.offload(job, lambda outcome: self._job_done(outcome, req))
+
+    def _run_held(self, job: Job, req: Request) -> None:
+        self.busy = False
+        self._run(job, req)
+        self._drain()
 
     def _job_done(self, outcome: Outcome, req: Request) -> None:
-        self.busy = False
+        # With a summary still to come the request keeps the connection (nothing further is
+        # parsed) and its charge (its input is still held) until _summarised.
+        self.summarising = outcome.summary is not None
+        self.busy = self.summarising
         self._write(outcome, req)
+        if self.summarising:
+            self.server.summarise_later(outcome, self._summarised)
+        else:
+            self._drain()
+
+    def _summarised(self, record: Callable[[], None] | None) -> None:
+        """The worker has summarised the answered request: queue it for the sink."""
+        if record is not None:
+            record()
+        self.summarising = False
+        self.busy = False
+        self._release()
+        self.server.summary_finished()
         self._drain()
 
     def _write(self, outcome: Outcome, req: Request | None) -> None:
-        self._release()  # one request at a time: whatever was charged is answered now
+        if not self.summarising:
+            self._release()  # one request at a time: whatever was charged is answered now
         if self.sock is None:
             # The client left before its answer: the work was still done, account for it.
             self._account(outcome)
