@@ -465,6 +465,51 @@ def test_big_answers_do_not_wait_for_their_telemetry_rows_and_feedback_waits_for
         srv.stop()
 
 
+def test_answers_written_by_workers_stay_whole_in_order_and_counted(
+    models: dict[str, LoadedModel],
+) -> None:
+    """A worker writes a big request's answer itself; what the socket does not take at once
+    (three pipelined 1.5 MB answers to a client that reads nothing meanwhile) is finished
+    by the loop, in order, and every request is counted before the one after it is
+    answered. A client that leaves before its answer costs nothing but the work, which is
+    still accounted."""
+    sink = RecordingTelemetrySink()
+    with EndpointServer(EndpointConfig(port=0), ServingSet(models), sink) as srv:
+        x = np.tile(trained_model("iris").X_test, (700, 1))
+        bodies = [infer_body(x, id=f"big{i}") for i in range(3)]
+        assert all(64 * 1024 <= len(b) <= 4 * 1024 * 1024 for b in bodies)
+        c = RawClient(srv.port)
+        c.send(
+            b"".join(
+                b"POST /v2/models/iris/infer HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(b), b)
+                for b in bodies
+            )
+            + b"GET /metrics HTTP/1.1\r\n\r\n"
+        )
+        wait_until("three answers written", lambda: sum(srv.metrics.http_responses.values()) >= 3)
+        for i in range(3):
+            status, _, reply = c.read_response()
+            assert status == 200 and len(reply) > 1024 * 1024
+            doc = json.loads(reply)
+            assert doc["id"] == f"big{i}"
+            ids = next(o for o in doc["outputs"] if o["name"] == "prediction_id")["data"]
+            assert len(ids) == len(x)
+        status, _, text = c.read_response()
+        assert status == 200
+        counted = 'edgefleet_agent_inference_requests_total{model="iris",version="3"} 3'
+        assert counted in text.decode()
+        c.close()
+        gone = RawClient(srv.port)
+        gone.send(
+            b"POST /v2/models/iris/infer HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(bodies[0]), bodies[0])
+        )
+        gone.close()
+        wait_until("every inference recorded", lambda: len(sink.inferences) == 4)
+        assert RawClient(srv.port).request("GET", "/v2/health/live")[0] == 200
+    assert srv.metrics.sink_failures == 0
+
+
 def test_metrics_are_prometheus_text(client: RawClient) -> None:
     client.request("POST", "/v2/models/iris/infer", infer_body(trained_model("iris").X_test[:1]))
     status, headers, body = client.request("GET", "/metrics")

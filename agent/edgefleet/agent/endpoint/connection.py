@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -87,6 +88,13 @@ class _Connection:
         self._close_when_flushed = False
         self.busy = False
         self.summarising = False  # answered, its telemetry rows still being computed
+        # A worker writing a job's answer itself holds this; the loop takes it to close the
+        # socket and to collect what the worker could not send (_answer_from_worker).
+        self.lock = threading.Lock()
+        self._worker_unsent: memoryview | None = None
+        self._worker_failed = False
+        self._worker_accounted = False
+        self._worker_after_failed = False
         self.closing = False
         self.write_paused = False
         self.read_paused = False
@@ -236,7 +244,8 @@ class _Connection:
             self._close_now()
 
     def _close_now(self) -> None:
-        sock, self.sock = self.sock, None
+        with self.lock:  # never under a worker writing an answer (its fd could be reused)
+            sock, self.sock = self.sock, None
         if sock is None:
             return
         if self._mask:
@@ -407,19 +416,69 @@ class _Connection:
                 record()
         else:
             self.busy = True
-            self.server.offload(job, lambda outcome: self._job_done(outcome, req))
+            # Nothing is written while the job runs, so with nothing waiting to be sent now
+            # the worker may write the answer itself.
+            answer = None if self._out else lambda o, post: self._answer_from_worker(o, req, post)
+            self.server.offload(job, lambda outcome: self._job_done(outcome, req), answer)
 
     def _run_held(self, job: Job, req: Request) -> None:
         self.busy = False
         self._run(job, req)
         self._drain()
 
+    def _answer_from_worker(self, outcome: Outcome, req: Request, post: Callable[[], None]) -> None:
+        """Write a job's answer from the worker that ran it (worker thread).
+
+        The answer is accounted first (metrics under their lock, refusals to the sink),
+        then the loop's bookkeeping (:meth:`_job_done`: the budget, what was not sent,
+        the telemetry summary) is queued; it waits for :attr:`lock`, held until the send
+        is done, and the loop runs worker results before reading sockets, so it is done
+        before anything the client sends after its answer is read. The loop closes the
+        socket only under :attr:`lock`.
+        """
+        data = render_response(
+            outcome.status,
+            outcome.body,
+            content_type=outcome.content_type,
+            keep_alive=self._keep_alive(outcome, req),
+            http11=req.http11,
+            date_line=self.server.date.line(),
+            extra_headers=outcome.extra_headers,
+        )
+        with self.lock:
+            sock = self.sock
+            # Accounted before the bytes go out, as on the loop (_write).
+            self._worker_accounted = True
+            self._worker_after_failed = not self._account(
+                outcome, None if sock is None else outcome.status
+            )
+            post()
+            if sock is None:
+                return  # the client left
+            try:
+                sent = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._worker_failed = True
+                return
+            self._worker_unsent = memoryview(data)[sent:]
+
     def _job_done(self, outcome: Outcome, req: Request) -> None:
+        with self.lock:  # a worker writing the answer has finished
+            unsent, self._worker_unsent = self._worker_unsent, None
+            failed, self._worker_failed = self._worker_failed, False
+            accounted, self._worker_accounted = self._worker_accounted, False
+            if self._worker_after_failed:
+                self._worker_after_failed = False
+                self.metrics.sink_failures += 1
         # With a summary still to come the request keeps the connection (nothing further is
         # parsed) and its charge (its input is still held) until _summarised.
         self.summarising = outcome.summary is not None
         self.busy = self.summarising
-        self._write(outcome, req)
+        if failed:
+            self.abort()
+        self._write(outcome, req, unsent, accounted)
         if self.summarising:
             self.server.summarise_later(outcome, self._summarised)
         else:
@@ -435,43 +494,66 @@ class _Connection:
         self.server.summary_finished()
         self._drain()
 
-    def _write(self, outcome: Outcome, req: Request | None) -> None:
+    def _keep_alive(self, outcome: Outcome, req: Request | None) -> bool:
+        return req is not None and req.keep_alive and not outcome.close and not self.server.stopping
+
+    def _write(
+        self,
+        outcome: Outcome,
+        req: Request | None,
+        unsent: memoryview | None = None,
+        accounted: bool = False,
+    ) -> None:
+        """Account for ``outcome`` and send it; ``unsent``: a worker already sent the answer
+        but for these bytes, ``accounted``: and accounted for it (:meth:`_answer_from_worker`)."""
         if not self.summarising:
             self._release()  # one request at a time: whatever was charged is answered now
         if self.sock is None:
             # The client left before its answer: the work was still done, account for it.
-            self._account(outcome)
+            if not accounted and not self._account(outcome):
+                self.metrics.sink_failures += 1
             return
-        keep_alive = (
-            req is not None and req.keep_alive and not outcome.close and not self.server.stopping
-        )
+        keep_alive = self._keep_alive(outcome, req)
         # Accounted before the bytes go out, so a client holding its answer can
         # count on the request being counted (metrics, probation, telemetry);
         # the costly part, the sink call for inferences, still runs at the end
         # of the event-loop pass, after the answers were sent.
-        self.metrics.response(outcome.status)
-        self._account(outcome)
-        self.send(
-            render_response(
-                outcome.status,
-                outcome.body,
-                content_type=outcome.content_type,
-                keep_alive=keep_alive,
-                http11=req.http11 if req is not None else True,
-                date_line=self.server.date.line(),
-                extra_headers=outcome.extra_headers,
+        if not accounted and not self._account(outcome, outcome.status):
+            self.metrics.sink_failures += 1
+        if unsent is None:
+            self.send(
+                render_response(
+                    outcome.status,
+                    outcome.body,
+                    content_type=outcome.content_type,
+                    keep_alive=keep_alive,
+                    http11=req.http11 if req is not None else True,
+                    date_line=self.server.date.line(),
+                    extra_headers=outcome.extra_headers,
+                )
             )
-        )
+        elif unsent:
+            self._out += unsent
+            if len(self._out) > _WRITE_HIGH:
+                self.write_paused = True
+            self._update_interest()
         if not keep_alive:
             self.close()
 
-    def _account(self, outcome: Outcome) -> None:
-        if outcome.after is not None:
+    def _account(self, outcome: Outcome, status: int | None = None) -> bool:
+        """The answer's status (when given) and ``outcome.after``, under the metrics lock
+        (loop or worker thread); False when ``after`` failed (logged; the loop counts it)."""
+        with self.metrics.lock:
+            if status is not None:
+                self.metrics.response(status)
+            if outcome.after is None:
+                return True
             try:
                 outcome.after()
             except Exception:
-                self.metrics.sink_failures += 1
                 log.exception("telemetry sink failed")
+                return False
+            return True
 
     # --- housekeeping (called by the sweeper) -------------------------------------
     def expire(self, now: float) -> None:

@@ -318,18 +318,18 @@ def http_date(epoch_s: int) -> str:
 
 
 class DateHeader:
-    """The ``Date`` header line, formatted at most once per second."""
+    """The ``Date`` header line, formatted at most once per second (any thread: the second
+    and its line are swapped together)."""
 
     def __init__(self) -> None:
-        self._second = -1
-        self._line = b""
+        self._cached: tuple[int, bytes] = (-1, b"")
 
     def line(self) -> bytes:
         now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._line = b"Date: " + http_date(now).encode() + b"\r\n"
-        return self._line
+        cached = self._cached
+        if now != cached[0]:
+            cached = self._cached = (now, b"Date: " + http_date(now).encode() + b"\r\n")
+        return cached[1]
 
 
 _STATUS_LINES: dict[int, bytes] = {

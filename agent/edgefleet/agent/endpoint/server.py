@@ -251,12 +251,30 @@ class EndpointServer:
         except OSError:
             pass  # the wake-up socket is full (a wake-up is pending anyway) or closed
 
-    def offload(self, job: Job, done: Callable[[Outcome], None]) -> None:
-        """Run ``job`` on a worker thread; ``done(outcome)`` then runs on the loop thread."""
+    def offload(
+        self,
+        job: Job,
+        done: Callable[[Outcome], None],
+        answer: Callable[[Outcome, Callable[[], None]], None] | None = None,
+    ) -> None:
+        """Run ``job`` on a worker thread; ``done(outcome)`` then runs on the loop thread.
+
+        With ``answer``, the worker calls ``answer(outcome, post)`` instead of posting
+        ``done`` itself: the connection writes the answer from the worker (no wake-up of
+        the loop between the result and its bytes) and calls ``post`` first, which queues
+        ``done`` (the accounting) for the loop.
+        """
 
         def work() -> None:
             outcome = run_job(job)
-            self.call_soon_threadsafe(lambda: done(outcome))
+
+            def post() -> None:
+                self.call_soon_threadsafe(lambda: done(outcome))
+
+            if answer is None:
+                post()
+            else:
+                answer(outcome, post)
 
         self._pool.submit(work)
 
@@ -300,7 +318,11 @@ class EndpointServer:
                     timeout = 0.02
                 else:
                     timeout = max(0.0, next_sweep - now)
-                for key, mask in self.selector.select(timeout):
+                events = self.selector.select(timeout)
+                # Worker results first: an answer a worker wrote itself is accounted before
+                # anything its client sent after it is read (connection._answer_from_worker).
+                self._run_thread_callbacks()
+                for key, mask in events:
                     try:
                         key.data(mask)
                     except Exception:  # one connection's trouble never stops the loop
@@ -333,13 +355,16 @@ class EndpointServer:
                     if sock is not None:
                         sock.close()
 
-    def _run_callbacks(self) -> None:
+    def _run_thread_callbacks(self) -> None:
         while self._from_threads:
             callback = self._from_threads.popleft()
             try:
                 callback()
             except Exception:
                 log.exception("endpoint callback failed")
+
+    def _run_callbacks(self) -> None:
+        self._run_thread_callbacks()
         soon, self._soon = self._soon, []
         for callback in soon:
             try:
