@@ -243,6 +243,9 @@ class EndpointServer:
     def call_soon_threadsafe(self, callback: Callable[[], object]) -> None:
         """Run ``callback`` on the loop thread soon (any thread)."""
         self._from_threads.append(callback)
+        self._wake()
+
+    def _wake(self) -> None:
         wake = self._wake_w
         if wake is None:
             return
@@ -261,20 +264,22 @@ class EndpointServer:
 
         With ``answer``, the worker calls ``answer(outcome, post)`` instead of posting
         ``done`` itself: the connection writes the answer from the worker (no wake-up of
-        the loop between the result and its bytes) and calls ``post`` first, which queues
-        ``done`` (the accounting) for the loop.
+        the loop between the result and its bytes) and calls ``post`` before sending,
+        which queues ``done`` (the bookkeeping) for the loop; the loop is woken only
+        once the answer is sent, so the woken loop does not contend with the send.
         """
 
         def work() -> None:
             outcome = run_job(job)
+            if answer is None:
+                self.call_soon_threadsafe(lambda: done(outcome))
+                return
 
             def post() -> None:
-                self.call_soon_threadsafe(lambda: done(outcome))
+                self._from_threads.append(lambda: done(outcome))
 
-            if answer is None:
-                post()
-            else:
-                answer(outcome, post)
+            answer(outcome, post)
+            self._wake()
 
         self._pool.submit(work)
 
