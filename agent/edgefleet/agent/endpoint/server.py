@@ -275,11 +275,21 @@ class EndpointServer:
                 self.call_soon_threadsafe(lambda: done(outcome))
                 return
 
+            posted = False
+
             def post() -> None:
+                nonlocal posted
+                posted = True
                 self._from_threads.append(lambda: done(outcome))
 
-            answer(outcome, post)
-            self._wake()
+            try:
+                answer(outcome, post)
+            except Exception:  # a bug: the loop still answers (or closes) and frees the request
+                log.exception("writing an answer from a worker failed")
+                if not posted:
+                    post()
+            finally:
+                self._wake()
 
         self._pool.submit(work)
 
@@ -324,8 +334,10 @@ class EndpointServer:
                 else:
                     timeout = max(0.0, next_sweep - now)
                 events = self.selector.select(timeout)
-                # Worker results first: an answer a worker wrote itself is accounted before
-                # anything its client sent after it is read (connection._answer_from_worker).
+                # Worker results first: the bookkeeping of an answer a worker wrote itself
+                # (the rest of its bytes, the budget, the summary feedback waits for) is done
+                # before anything its client sent after it is read
+                # (connection._answer_from_worker).
                 self._run_thread_callbacks()
                 for key, mask in events:
                     try:
