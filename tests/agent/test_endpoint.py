@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -412,6 +413,103 @@ def test_feedback_round_trip(client: RawClient, sink: RecordingTelemetrySink) ->
     assert status == 400 and "not one of the model's labels" in json.loads(reply)["error"]
 
 
+def test_big_answers_do_not_wait_for_their_telemetry_rows_and_feedback_waits_for_them(
+    models: dict[str, LoadedModel],
+) -> None:
+    """An offloaded request is answered before its telemetry rows are computed; until they
+    are, it keeps its budget charge, feedback for any id waits (the sink must know the ids
+    first) and stop() waits too: nothing is lost."""
+    sink = RecordingTelemetrySink()
+    config = EndpointConfig(port=0, offload_body_bytes=1024)
+    srv = EndpointServer(config, ServingSet(models), sink)
+    gate = threading.Event()
+    rows = srv.app._telemetry_rows.rows
+
+    def slow_rows(*args: Any) -> Any:
+        assert gate.wait(10)
+        return rows(*args)
+
+    srv.app._telemetry_rows.rows = slow_rows  # type: ignore[method-assign]
+    srv.start()
+    try:
+        x = trained_model("iris").X_test[:30]
+        body = infer_body(x)
+        assert len(body) >= 1024
+        answered, labels = RawClient(srv.port), RawClient(srv.port)
+        status, _, reply = answered.request("POST", "/v2/models/iris/infer", body)
+        assert status == 200 and not gate.is_set()  # answered, its rows not computed
+        assert srv.budget.in_use > 0 and not sink.inferences
+        ids = next(o for o in json.loads(reply)["outputs"] if o["name"] == "prediction_id")
+        one = json.dumps({"prediction_id": ids["data"][0], "label": 1}).encode()
+        labels.send(
+            b"POST /v2/models/iris/feedback HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(one), one)
+        )
+        wait_until("the feedback held", lambda: srv._held)
+        gate.set()
+        status, _, reply = labels.read_response()
+        assert status == 200 and json.loads(reply) == {"accepted": 1, "unknown": []}
+        record = sink.inferences[-1]
+        assert record.prediction_ids == ids["data"] and len(record.X) == 30
+        wait_until("the charge released", lambda: srv.budget.in_use == 0)
+        # stop() while a summary runs: it waits for it.
+        gate.clear()
+        assert answered.request("POST", "/v2/models/iris/infer", body)[0] == 200
+        threading.Timer(0.2, gate.set).start()
+        srv.stop()
+        assert len(sink.inferences) == 2
+        for c in (answered, labels):
+            c.close()
+    finally:
+        gate.set()
+        srv.stop()
+
+
+def test_answers_written_by_workers_stay_whole_in_order_and_counted(
+    models: dict[str, LoadedModel],
+) -> None:
+    """A worker writes a big request's answer itself; what the socket does not take at once
+    (three pipelined 1.5 MB answers to a client that reads nothing meanwhile) is finished
+    by the loop, in order, and every request is counted before the one after it is
+    answered. A client that leaves before its answer costs nothing but the work, which is
+    still accounted."""
+    sink = RecordingTelemetrySink()
+    with EndpointServer(EndpointConfig(port=0), ServingSet(models), sink) as srv:
+        x = np.tile(trained_model("iris").X_test, (700, 1))
+        bodies = [infer_body(x, id=f"big{i}") for i in range(3)]
+        assert all(64 * 1024 <= len(b) <= 4 * 1024 * 1024 for b in bodies)
+        c = RawClient(srv.port)
+        c.send(
+            b"".join(
+                b"POST /v2/models/iris/infer HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(b), b)
+                for b in bodies
+            )
+            + b"GET /metrics HTTP/1.1\r\n\r\n"
+        )
+        wait_until("three answers written", lambda: sum(srv.metrics.http_responses.values()) >= 3)
+        for i in range(3):
+            status, _, reply = c.read_response()
+            assert status == 200 and len(reply) > 1024 * 1024
+            doc = json.loads(reply)
+            assert doc["id"] == f"big{i}"
+            ids = next(o for o in doc["outputs"] if o["name"] == "prediction_id")["data"]
+            assert len(ids) == len(x)
+        status, _, text = c.read_response()
+        assert status == 200
+        counted = 'edgefleet_agent_inference_requests_total{model="iris",version="3"} 3'
+        assert counted in text.decode()
+        c.close()
+        gone = RawClient(srv.port)
+        gone.send(
+            b"POST /v2/models/iris/infer HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(bodies[0]), bodies[0])
+        )
+        gone.close()
+        wait_until("every inference recorded", lambda: len(sink.inferences) == 4)
+        assert RawClient(srv.port).request("GET", "/v2/health/live")[0] == 200
+    assert srv.metrics.sink_failures == 0
+
+
 def test_metrics_are_prometheus_text(client: RawClient) -> None:
     client.request("POST", "/v2/models/iris/infer", infer_body(trained_model("iris").X_test[:1]))
     status, headers, body = client.request("GET", "/metrics")
@@ -441,6 +539,50 @@ def test_pipelined_requests_answer_in_order(client: RawClient) -> None:
     ids = [json.loads(client.read_response()[2])["id"] for _ in bodies]
     assert ids == ["p0", "p1", "big", "p2", "p3", "p4"]
     assert client.read_response()[0] == 200
+    assert client.connects == 1
+
+
+def test_big_bodies_go_to_a_buffer_of_their_own() -> None:
+    """A body of DIRECT_BODY_BYTES or more is filled in place (recv_into), its tensor
+    offset lands on a 64-byte boundary, and bytes pipelined after it are kept."""
+    from edgefleet.agent.endpoint.http11 import DIRECT_BODY_BYTES, RequestParser
+
+    body = bytes(range(256)) * (DIRECT_BODY_BYTES // 256 + 7)
+    head = b"POST /v2/x HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body)
+    after = b"GET /v2/health/live HTTP/1.1\r\n\r\n"
+    for offset in (0, 1, 166, 1001):
+        parser = RequestParser(max_header_bytes=4096, max_body_bytes=1 << 20)
+        parser.feed(head + body[:100])
+        assert parser.parse_head() is not None and parser.recv_target() is None
+        assert parser.next_request(align=offset) is None  # the body's buffer starts
+        pos = 100
+        while (target := parser.recv_target()) is not None and pos < len(body) - 5000:
+            n = min(len(target), 30_000)
+            target[:n] = body[pos : pos + n]
+            parser.received(n)
+            pos += n
+        assert parser.body_buffered == pos
+        parser.feed(body[pos:] + after)  # the rest and the next request in one read
+        req = parser.next_request()
+        assert req is not None and req.body == body and isinstance(req.body, bytearray)
+        address = np.frombuffer(req.body, np.uint8).ctypes.data
+        assert (address + offset) % 64 == 0
+        nxt = parser.next_request()
+        assert nxt is not None and nxt.target == "/v2/health/live" and parser.idle
+
+
+def test_big_json_bodies_in_pieces_and_pipelined(client: RawClient) -> None:
+    x = trained_model("iris").X_test
+    big = infer_body(np.tile(x, (60, 1)), id="big")
+    assert 64 * 1024 <= len(big) <= 256 * 1024
+    request = b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
+    raw = request % (len(big), big)
+    client.send(raw[:1000])
+    client.send(raw[1000:70_000])
+    client.send(raw[70_000:] + raw + request % (len(big), big.replace(b"big", b"end")))
+    for want in ("big", "big", "end"):
+        status, _, body = client.read_response()
+        assert status == 200 and json.loads(body)["id"] == want
     assert client.connects == 1
 
 

@@ -24,6 +24,7 @@ from tests.support.agents import PROFILE_NAME, make_env
 from tests.tensors import graphs
 
 from edgefleet.agent.endpoint import EndpointConfig, EndpointServer
+from edgefleet.agent.errors import InputSchemaError
 from edgefleet.agent.model.runtime import LoadedModel, ThreadSettings, load_bundle
 from edgefleet.agent.model.serving import ServingSet
 from edgefleet.agent.telemetry_sink import RecordingTelemetrySink
@@ -408,3 +409,63 @@ def test_binary_tensors_at_odd_offsets_are_decoded_aligned(
     image = call.feeds["image"]
     assert image.flags.aligned and image.dtype == np.float32
     np.testing.assert_array_equal(image, x)
+
+
+def test_binary_tensors_view_the_received_body_without_a_copy(
+    served: dict[str, tuple[LoadedModel, Path]],
+) -> None:
+    """The parser puts the tensors of a big body on a 64-byte boundary (the header's length
+    is in the head), so the decoded input is a view of the very buffer the socket filled."""
+    from edgefleet.agent.endpoint import binary
+    from edgefleet.agent.endpoint.http11 import RequestParser
+
+    model = served["cnn"][0]
+    x = np.random.default_rng(10).random((8, 3, 32, 32)).astype(np.float32)
+    header = json.dumps(
+        {"inputs": [{"name": "image", "datatype": "FP32", "shape": list(x.shape),
+                     "parameters": {"binary_data_size": x.nbytes}}]}
+    ).encode() + b"  "  # fmt: skip
+    assert len(header) % 4 and x.nbytes >= 64 * 1024
+    parser = RequestParser(max_header_bytes=4096, max_body_bytes=1 << 20)
+    parser.feed(
+        b"POST /v2/models/cnn/infer HTTP/1.1\r\nInference-Header-Content-Length: %d\r\n"
+        b"Content-Length: %d\r\n\r\n%s%s"
+        % (len(header), len(header) + x.nbytes, header, x.tobytes())
+    )
+    req = parser.next_request(align=len(header))
+    assert req is not None
+    call, _ = binary.decode_request(req.body, len(header), model)
+    image = call.feeds["image"]
+    assert image.flags.aligned and np.shares_memory(image, np.frombuffer(req.body, np.uint8))
+    np.testing.assert_array_equal(image, x)
+
+
+def test_a_header_sent_again_is_decoded_from_its_layout(
+    served: dict[str, tuple[LoadedModel, Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same JSON header again (what tritonclient sends for every request of one shape)
+    is not parsed or checked again: its layout is reused, with this body's tensors. A body
+    whose binary part does not match that layout is decoded, and refused, as ever."""
+    from edgefleet.agent.endpoint import binary
+
+    model = served["cnn"][0]
+    header = json.dumps(
+        {"inputs": [{"name": "image", "datatype": "FP32", "shape": [2, 3, 32, 32],
+                     "parameters": {"binary_data_size": 2 * 3 * 32 * 32 * 4}}],
+         "parameters": {"binary_data_output": True}}
+    ).encode()  # fmt: skip
+    rng = np.random.default_rng(11)
+    first, second = (rng.random((2, 3, 32, 32)).astype(np.float32) for _ in range(2))
+    call, wire = binary.decode_request(header + first.tobytes(), len(header), model)
+    np.testing.assert_array_equal(call.feeds["image"], first)
+
+    def no_parsing(body: bytes) -> None:
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(binary, "parse_json_body", no_parsing)
+    again, again_wire = binary.decode_request(header + second.tobytes(), len(header), model)
+    np.testing.assert_array_equal(again.feeds["image"], second)
+    assert again_wire == wire and again.outputs == call.outputs
+    monkeypatch.undo()
+    with pytest.raises(InputSchemaError, match="runs past the end of the body"):
+        binary.decode_request(header + second.tobytes()[:-4], len(header), model)

@@ -7,9 +7,10 @@ anything that only serves uses :class:`NullTelemetrySink`.
 
 Invariants every implementation keeps:
 
-- The methods are called after the response was written, from the endpoint's
-  event-loop thread (inference and errors) or a worker thread (feedback of
-  large requests), so implementations are thread-safe, cheap (aggregate in
+- The methods are called from the endpoint's event-loop thread (inference,
+  after the response was written, and errors) or a worker thread (errors of
+  large requests, just before the worker writes their answer, and feedback
+  of large requests), so implementations are thread-safe, cheap (aggregate in
   memory, flush elsewhere) and do not raise: a failing sink never turns a
   good answer into an error. The endpoint still guards each call and counts
   failures in ``/metrics``.

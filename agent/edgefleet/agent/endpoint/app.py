@@ -28,6 +28,15 @@ Invariants:
   it being counted; it is cheap: inference accounting is only queued there and
   handed to the sink at the end of the event-loop pass, after the answers went
   out (:meth:`EndpointApp.flush_telemetry`), one batch per model version.
+- An inference's telemetry rows (a tensor model's per-channel drift summary,
+  :class:`~edgefleet.agent.endpoint.telemetry_rows.TelemetryRows`) are
+  ``Outcome.summary``: work that may wait until the answer is out. The server
+  runs it on the worker thread that ran the job, after handing the answer to
+  the loop; it returns the callback that queues the inference for the sink on
+  the loop thread. Until then the request keeps its connection and its budget
+  charge (its input is still held), and feedback (:class:`WaitsForTelemetry`)
+  waits, so the ids of an answer are known to the sink before any label for
+  them is matched.
 """
 
 from __future__ import annotations
@@ -83,9 +92,27 @@ class Outcome:
     close: bool = False
     extra_headers: bytes = b""
     after: Callable[[], None] | None = None
+    # Telemetry work that may wait until the answer is out (module docstring): returns
+    # what queues the inference for the sink, to be called on the loop thread.
+    summary: Callable[[], Callable[[], None]] | None = None
 
 
 Job = Callable[[], Outcome]
+
+
+class WaitsForTelemetry:
+    """A job that must not start while answered inferences are still being summarised:
+    feedback, whose prediction ids the sink must already know."""
+
+    __slots__ = ("job",)
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def __call__(self) -> Outcome:
+        return self.job()
+
+
 # (model, version, X, predictions, latency_ms, prediction_ids) of one answered request.
 PendingInference = tuple[str, int, np.ndarray, np.ndarray, float, list[str]]
 
@@ -376,10 +403,12 @@ class EndpointApp:
             except InputSchemaError as e:
                 return self._refused(model, error_outcome(400, str(e)), e.kind)
             return lambda: self._infer(model, req.body, hlen)
-        return lambda: self._feedback(model, req.body)
+        return WaitsForTelemetry(lambda: self._feedback(model, req.body))
 
     # --- jobs (may run on a worker thread) ----------------------------------------
-    def _infer(self, model: LoadedModel, body: bytes, hlen: int | None = None) -> Outcome:
+    def _infer(
+        self, model: LoadedModel, body: bytes | bytearray, hlen: int | None = None
+    ) -> Outcome:
         content_type, extra = JSON, b""
         try:
             call, wire = binary.decode_request(body, hlen, model)
@@ -389,7 +418,6 @@ class EndpointApp:
             start = time.perf_counter()
             X, prediction = run_infer(model, call)
             latency = time.perf_counter() - start
-            X, primary = self._telemetry_rows.rows(model, call.feeds, X, prediction)
             if wire.plain:
                 encoder = self._encoders.get(model)
                 if encoder is None:
@@ -416,17 +444,46 @@ class EndpointApp:
             stats.requests += 1
             stats.rows += len(prediction.ids)
             stats.latency.observe(latency)
-            self._pending.append(
-                (model.name, model.version, X, primary, latency * 1000.0, prediction.ids)
-            )
-            if not self._flush_scheduled:
-                if self.schedule is None:
-                    self.flush_telemetry()
-                else:
-                    self._flush_scheduled = True
-                    self.schedule(self.flush_telemetry)
 
-        return Outcome(200, payload, content_type=content_type, extra_headers=extra, after=after)
+        def summary() -> Callable[[], None]:
+            # The drift summary reads the whole input: after the answer, off the loop.
+            rows, primary = self._telemetry_rows.rows(model, call.feeds, X, prediction)
+            entry = (model.name, model.version, rows, primary, latency * 1000.0, prediction.ids)
+            return lambda: self._queue(entry)
+
+        return Outcome(
+            200,
+            payload,
+            content_type=content_type,
+            extra_headers=extra,
+            after=after,
+            summary=summary,
+        )
+
+    def summarise(self, outcome: Outcome) -> Callable[[], None] | None:
+        """Run ``outcome.summary`` (any thread); what to call next on the loop thread, or
+        None when there is nothing to summarise. A failure is logged and counted as a
+        sink failure, never raised."""
+        if outcome.summary is None:
+            return None
+        try:
+            return outcome.summary()
+        except Exception:
+            log.exception("telemetry summary failed")
+            return self._summary_failed
+
+    def _summary_failed(self) -> None:
+        self.metrics.sink_failures += 1
+
+    def _queue(self, entry: PendingInference) -> None:
+        """Queue one answered inference for the sink (loop thread)."""
+        self._pending.append(entry)
+        if not self._flush_scheduled:
+            if self.schedule is None:
+                self.flush_telemetry()
+            else:
+                self._flush_scheduled = True
+                self.schedule(self.flush_telemetry)
 
     def _too_many_rows(self, call: InferCall) -> Outcome | None:
         limits = self.limits
@@ -476,7 +533,7 @@ class EndpointApp:
                 log.exception("telemetry sink failed")
             i = j
 
-    def _feedback(self, model: LoadedModel, body: bytes) -> Outcome:
+    def _feedback(self, model: LoadedModel, body: bytes | bytearray) -> Outcome:
         try:
             items = decode_feedback(body, model)
         except InputSchemaError as e:

@@ -28,8 +28,11 @@ names its classes).
 
 from __future__ import annotations
 
+import json
 import math
 import struct
+import sys
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +58,8 @@ from edgefleet.agent.model.runtime import LoadedModel, Prediction
 HEADER_FIELD = "inference-header-content-length"
 CLASSIFIER_TASKS = ("classifier", "classification")
 _LENGTH = struct.Struct("<I")
+_LITTLE_ENDIAN = sys.byteorder == "little"
+_encode_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
 def _bad(message: str, kind: str = "request") -> InputSchemaError:
@@ -256,12 +261,42 @@ class Wire:
 PLAIN = Wire(frozenset(), {})
 
 
-def decode_request(body: bytes, hlen: int | None, model: LoadedModel) -> tuple[InferCall, Wire]:
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """What a JSON header whose inputs are all numeric binary tensors decodes to, but the
+    bytes: ``(name, dtype, shape, size)`` per input, in body order."""
+
+    request_id: str | None
+    inputs: tuple[tuple[str, np.dtype[Any], tuple[int, ...], int], ...]
+    outputs: tuple[int, ...] | None
+    wire: Wire
+    size: int
+
+
+# Per served model, the layouts of the JSON headers it was sent last: a client sends the
+# same header with every request of one shape (tritonclient does), and decoding the same
+# bytes the same way again costs a JSON parse and every check of the schema. Bounded in
+# count and header size; dropped with the model.
+_LAYOUTS: weakref.WeakKeyDictionary[LoadedModel, dict[bytes, _Layout]] = weakref.WeakKeyDictionary()
+_LAYOUTS_PER_MODEL = 16
+_LAYOUT_HEADER_BYTES = 4096
+
+
+def decode_request(
+    body: bytes | bytearray, hlen: int | None, model: LoadedModel
+) -> tuple[InferCall, Wire]:
     """An inference request (JSON, or JSON header + binary tensors) and how to answer it."""
+    key: bytes | None = None
     if hlen is None:
         header, blob = body, memoryview(b"")
     else:
-        header, blob = body[:hlen], memoryview(body)[hlen:]
+        header, blob = bytes(body[:hlen]), memoryview(body)[hlen:]
+        if hlen <= _LAYOUT_HEADER_BYTES:
+            key = bytes(header)
+            layouts = _LAYOUTS.get(model)
+            layout = None if layouts is None else layouts.get(key)
+            if layout is not None and layout.size == len(blob):
+                return _from_layout(layout, blob), layout.wire
     doc = parse_json_body(header)
     if type(doc) is not dict:
         raise _bad("request body must be a JSON object with 'inputs'")
@@ -273,7 +308,51 @@ def decode_request(body: bytes, hlen: int | None, model: LoadedModel) -> tuple[I
             f"carries {len(blob)}",
             "binary",
         )
-    return call, _wire(doc, call, model)
+    wire = _wire(doc, call, model)
+    if key is not None:
+        _remember(model, key, doc, call, wire, len(blob))
+    return call, wire
+
+
+def _remember(
+    model: LoadedModel,
+    header: bytes,
+    doc: dict[str, Any],
+    call: InferCall,
+    wire: Wire,
+    size: int,
+) -> None:
+    """Keep the layout of a header that decoded without error, when every input is a
+    numeric binary tensor that decoding only viewed (its dtype as sent, its shape)."""
+    inputs = []
+    for raw in doc["inputs"]:
+        size_of = _binary_size(raw, raw["name"])
+        arr = call.feeds[raw["name"]]
+        if (
+            size_of is None
+            or raw["datatype"] in ("BOOL", "BYTES")
+            or arr.dtype != NUMPY_FOR_OIP[raw["datatype"]].newbyteorder("<")
+        ):
+            return
+        inputs.append((raw["name"], arr.dtype, arr.shape, size_of))
+    layouts = _LAYOUTS.get(model)
+    if layouts is None:
+        layouts = _LAYOUTS.setdefault(model, {})
+    if len(layouts) >= _LAYOUTS_PER_MODEL:
+        layouts.clear()
+    layouts[header] = _Layout(call.request_id, tuple(inputs), call.outputs, wire, size)
+
+
+def _from_layout(layout: _Layout, blob: memoryview) -> InferCall:
+    feeds: dict[str, np.ndarray] = {}
+    offset = 0
+    for name, dtype, shape, size in layout.inputs:
+        arr = np.frombuffer(blob[offset : offset + size], dtype=dtype)
+        if not arr.flags.aligned:
+            arr = arr.copy()  # as _binary_tensor does
+        feeds[name] = arr.reshape(shape)
+        offset += size
+    return InferCall(layout.request_id, feeds, layout.outputs)
 
 
 def _flag(params: Any, key: str, where: str) -> bool:
@@ -356,11 +435,45 @@ def _raw_bytes(arr: np.ndarray) -> bytes:
         return b"".join(parts)
     if arr.dtype.kind == "b":
         return np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
+    if _LITTLE_ENDIAN and arr.dtype.byteorder != ">":
+        return arr.tobytes()  # already little-endian; tobytes writes row-major
     return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+
+
+def _ids_bytes(ids: list[str]) -> bytes:
+    """The prediction ids as a BYTES tensor (what _raw_bytes makes of them, without the
+    object array)."""
+    parts = []
+    for value in ids:
+        data = value.encode()
+        parts.append(_LENGTH.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
 
 
 def _json_data(arr: np.ndarray) -> bytes:
     return b"[" + b"".join(data_pieces(arr)) + b"]"
+
+
+# Per served model: the answer's opening and each output entry's opening up to its shape
+# (they are the same for every answer; dropped with the model).
+_OPENINGS: weakref.WeakKeyDictionary[LoadedModel, tuple[bytes, dict[tuple[str, str], bytes]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _openings(model: LoadedModel) -> tuple[bytes, dict[tuple[str, str], bytes]]:
+    found = _OPENINGS.get(model)
+    if found is None:
+        opening = (
+            b'{"model_name":'
+            + _json_str(model.name)
+            + b',"model_version":'
+            + _json_str(str(model.version))
+            + b',"outputs":['
+        )
+        found = _OPENINGS[model] = (opening, {})
+    return found
 
 
 def encode_response(
@@ -368,12 +481,21 @@ def encode_response(
 ) -> tuple[bytes, int | None]:
     """The answer and its JSON header length (None when nothing went binary)."""
     selected = [*range(len(prediction.outputs)), -1] if call.outputs is None else list(call.outputs)
+    opening, heads = _openings(model)
     entries: list[bytes] = []
     blobs: list[bytes] = []
     for i in selected:
+        data: bytes | None = None
         if i < 0:
             name, datatype = PREDICTION_ID_OUTPUT, "BYTES"
-            arr = np.array(prediction.ids, dtype=object)
+            ids = prediction.ids
+            if i in wire.binary:
+                arr = None
+                shape: tuple[int, ...] = (len(ids),)
+                data = _ids_bytes(ids)
+            else:
+                arr = np.array(ids, dtype=object)
+                shape = arr.shape
         else:
             name = model.output_names[i]
             arr = np.asarray(prediction.outputs[i])
@@ -381,27 +503,28 @@ def encode_response(
             if i in wire.classify:
                 arr = classifications(arr, wire.classify[i], model.labels)
                 datatype = "BYTES"
-        head = (
-            b'{"name":'
-            + _json_str(name)
-            + b',"datatype":"'
-            + datatype.encode()
-            + b'","shape":['
-            + ",".join(map(str, arr.shape)).encode()
-            + b"]"
-        )
+            shape = arr.shape
+        head = heads.get((name, datatype))
+        if head is None:
+            head = heads[(name, datatype)] = (
+                b'{"name":'
+                + _json_str(name)
+                + b',"datatype":"'
+                + datatype.encode()
+                + b'","shape":['
+            )
+        head += ",".join(map(str, shape)).encode() + b"]"
         if i in wire.binary:
-            data = _raw_bytes(arr)
+            if data is None:
+                assert arr is not None
+                data = _raw_bytes(arr)
             blobs.append(data)
             entries.append(head + b',"parameters":{"binary_data_size":%d}}' % len(data))
         else:
+            assert arr is not None
             entries.append(head + b',"data":' + _json_data(arr) + b"}")
     header = (
-        b'{"model_name":'
-        + _json_str(model.name)
-        + b',"model_version":'
-        + _json_str(str(model.version))
-        + b',"outputs":['
+        opening
         + b",".join(entries)
         + b"]"
         + (b"" if call.request_id is None else b',"id":' + _json_str(call.request_id))
@@ -413,6 +536,5 @@ def encode_response(
 
 
 def _json_str(text: str) -> bytes:
-    import json
-
-    return json.dumps(text).encode()
+    """``json.dumps(text)`` for a string (its C encoder, without the dispatch)."""
+    return _encode_str(text).encode()

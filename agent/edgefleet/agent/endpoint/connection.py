@@ -38,10 +38,12 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
+import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from edgefleet.agent.endpoint.app import Outcome, error_body, run_job
+from edgefleet.agent.endpoint.app import Job, Outcome, WaitsForTelemetry, error_body, run_job
 from edgefleet.agent.endpoint.http11 import (
     CONTINUE_RESPONSE,
     Head,
@@ -85,6 +87,14 @@ class _Connection:
         self._mask = 0
         self._close_when_flushed = False
         self.busy = False
+        self.summarising = False  # answered, its telemetry rows still being computed
+        # A worker writing a job's answer itself holds this; the loop takes it to close the
+        # socket and to collect what the worker could not send (_answer_from_worker).
+        self.lock = threading.Lock()
+        self._worker_unsent: memoryview | None = None
+        self._worker_failed = False
+        self._worker_accounted = False
+        self._worker_after_failed = False
         self.closing = False
         self.write_paused = False
         self.read_paused = False
@@ -96,6 +106,7 @@ class _Connection:
         self.waiting = False  # admitted head waits for room in the tensor budget
         self.charge = 0  # tensor bytes charged for the request in progress
         self.header_wait: int | None = None  # binary request: JSON header bytes to price
+        self.tensor_offset = 0  # binary request: where its tensors start in the body
 
     # --- socket side ------------------------------------------------------------------
     def start(self) -> None:
@@ -131,6 +142,10 @@ class _Connection:
 
     def _on_readable(self) -> None:
         assert self.sock is not None
+        target = self.parser.recv_target()
+        if target is not None:
+            self._read_body(self.sock, target)
+            return
         size = _RECV_BYTES
         if self.header_wait is not None:  # read no binary tensor before it is priced
             size = max(1, self.header_wait - self.parser.body_buffered)
@@ -144,6 +159,29 @@ class _Connection:
         if data:
             self.data_received(data)
         else:
+            self.eof_received()
+        self._update_interest()
+
+    def _read_body(self, sock: socket.socket, target: memoryview) -> None:
+        """A big body straight into its own buffer: all the socket holds, copied once."""
+        got = 0
+        eof = False
+        try:
+            while got < len(target):
+                n = sock.recv_into(target[got:])
+                if not n:
+                    eof = True
+                    break
+                got += n
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self.abort()
+            return
+        if got:
+            self.parser.received(got)
+            self.data_received(b"")
+        if eof and self.sock is not None:
             self.eof_received()
         self._update_interest()
 
@@ -206,7 +244,8 @@ class _Connection:
             self._close_now()
 
     def _close_now(self) -> None:
-        sock, self.sock = self.sock, None
+        with self.lock:  # never under a worker writing an answer (its fd could be reused)
+            sock, self.sock = self.sock, None
         if sock is None:
             return
         if self._mask:
@@ -286,7 +325,7 @@ class _Connection:
                     and not self._admit_header(head)
                 ):
                     break
-                req = parser.next_request()
+                req = parser.next_request(align=self.tensor_offset)
             except HttpError as e:
                 self._write(Outcome(e.status, error_body(e.message), close=True), None)
                 return
@@ -329,6 +368,7 @@ class _Connection:
         self.admitted = True
         self.partial_since = time.monotonic()  # the body's clock starts now
         self.header_wait = self.app.binary_header_wait(head)
+        self.tensor_offset = self.header_wait or 0
         return True
 
     def _admit_header(self, head: Head) -> bool:
@@ -359,53 +399,161 @@ class _Connection:
             routed = Outcome(500, error_body(f"internal error: {type(e).__name__}"))
         if isinstance(routed, Outcome):
             self._write(routed, req)
-        elif len(req.body) < self.offload_at:
-            self._write(run_job(routed), req)
+        elif isinstance(routed, WaitsForTelemetry) and self.server.summaries_running:
+            # Feedback waits until the answers already out are known to the sink.
+            self.busy = True
+            self.server.after_summaries(lambda: self._run_held(routed, req))
+        else:
+            self._run(routed, req)
+
+    def _run(self, job: Job, req: Request) -> None:
+        if len(req.body) < self.offload_at:
+            # Small: inline, summary included (a batch-1 table row costs nothing to summarise).
+            outcome = run_job(job)
+            record = self.app.summarise(outcome)
+            self._write(outcome, req)
+            if record is not None:
+                record()
         else:
             self.busy = True
-            self.server.offload(routed, lambda outcome: self._job_done(outcome, req))
+            # Nothing is written while the job runs, so with nothing waiting to be sent now
+            # the worker may write the answer itself.
+            answer = None if self._out else lambda o, post: self._answer_from_worker(o, req, post)
+            self.server.offload(job, lambda outcome: self._job_done(outcome, req), answer)
 
-    def _job_done(self, outcome: Outcome, req: Request) -> None:
+    def _run_held(self, job: Job, req: Request) -> None:
         self.busy = False
-        self._write(outcome, req)
+        self._run(job, req)
         self._drain()
 
-    def _write(self, outcome: Outcome, req: Request | None) -> None:
-        self._release()  # one request at a time: whatever was charged is answered now
+    def _answer_from_worker(self, outcome: Outcome, req: Request, post: Callable[[], None]) -> None:
+        """Write a job's answer from the worker that ran it (worker thread).
+
+        The answer is accounted first (metrics under their lock, refusals to the sink),
+        then the loop's bookkeeping (:meth:`_job_done`: the budget, what was not sent,
+        the telemetry summary) is queued; it waits for :attr:`lock`, held until the send
+        is done, and the loop runs worker results before reading sockets, so it is done
+        before anything the client sends after its answer is read. The loop closes the
+        socket only under :attr:`lock`.
+        """
+        data = render_response(
+            outcome.status,
+            outcome.body,
+            content_type=outcome.content_type,
+            keep_alive=self._keep_alive(outcome, req),
+            http11=req.http11,
+            date_line=self.server.date.line(),
+            extra_headers=outcome.extra_headers,
+        )
+        with self.lock:
+            sock = self.sock
+            # Accounted before the bytes go out, as on the loop (_write).
+            self._worker_accounted = True
+            self._worker_after_failed = not self._account(
+                outcome, None if sock is None else outcome.status
+            )
+            post()
+            if sock is None:
+                return  # the client left
+            try:
+                sent = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._worker_failed = True
+                return
+            self._worker_unsent = memoryview(data)[sent:]
+
+    def _job_done(self, outcome: Outcome, req: Request) -> None:
+        with self.lock:  # a worker writing the answer has finished
+            unsent, self._worker_unsent = self._worker_unsent, None
+            failed, self._worker_failed = self._worker_failed, False
+            accounted, self._worker_accounted = self._worker_accounted, False
+            if self._worker_after_failed:
+                self._worker_after_failed = False
+                self.metrics.sink_failures += 1
+        # With a summary still to come the request keeps the connection (nothing further is
+        # parsed) and its charge (its input is still held) until _summarised.
+        self.summarising = outcome.summary is not None
+        self.busy = self.summarising
+        if failed:
+            self.abort()
+        self._write(outcome, req, unsent, accounted)
+        if self.summarising:
+            self.server.summarise_later(outcome, self._summarised)
+        else:
+            self._drain()
+
+    def _summarised(self, record: Callable[[], None] | None) -> None:
+        """The worker has summarised the answered request: queue it for the sink."""
+        if record is not None:
+            record()
+        self.summarising = False
+        self.busy = False
+        self._release()
+        self.server.summary_finished()
+        self._drain()
+
+    def _keep_alive(self, outcome: Outcome, req: Request | None) -> bool:
+        return req is not None and req.keep_alive and not outcome.close and not self.server.stopping
+
+    def _write(
+        self,
+        outcome: Outcome,
+        req: Request | None,
+        unsent: memoryview | None = None,
+        accounted: bool = False,
+    ) -> None:
+        """Account for ``outcome`` and send it; ``unsent``: a worker already sent the answer
+        but for these bytes, ``accounted``: and accounted for it (:meth:`_answer_from_worker`)."""
+        if not self.summarising:
+            self._release()  # one request at a time: whatever was charged is answered now
         if self.sock is None:
             # The client left before its answer: the work was still done, account for it.
-            self._account(outcome)
+            if not accounted and not self._account(outcome):
+                self.metrics.sink_failures += 1
             return
-        keep_alive = (
-            req is not None and req.keep_alive and not outcome.close and not self.server.stopping
-        )
+        keep_alive = self._keep_alive(outcome, req)
         # Accounted before the bytes go out, so a client holding its answer can
         # count on the request being counted (metrics, probation, telemetry);
         # the costly part, the sink call for inferences, still runs at the end
         # of the event-loop pass, after the answers were sent.
-        self.metrics.response(outcome.status)
-        self._account(outcome)
-        self.send(
-            render_response(
-                outcome.status,
-                outcome.body,
-                content_type=outcome.content_type,
-                keep_alive=keep_alive,
-                http11=req.http11 if req is not None else True,
-                date_line=self.server.date.line(),
-                extra_headers=outcome.extra_headers,
+        if not accounted and not self._account(outcome, outcome.status):
+            self.metrics.sink_failures += 1
+        if unsent is None:
+            self.send(
+                render_response(
+                    outcome.status,
+                    outcome.body,
+                    content_type=outcome.content_type,
+                    keep_alive=keep_alive,
+                    http11=req.http11 if req is not None else True,
+                    date_line=self.server.date.line(),
+                    extra_headers=outcome.extra_headers,
+                )
             )
-        )
+        elif unsent:
+            self._out += unsent
+            if len(self._out) > _WRITE_HIGH:
+                self.write_paused = True
+            self._update_interest()
         if not keep_alive:
             self.close()
 
-    def _account(self, outcome: Outcome) -> None:
-        if outcome.after is not None:
+    def _account(self, outcome: Outcome, status: int | None = None) -> bool:
+        """The answer's status (when given) and ``outcome.after``, under the metrics lock
+        (loop or worker thread); False when ``after`` failed (logged; the loop counts it)."""
+        with self.metrics.lock:
+            if status is not None:
+                self.metrics.response(status)
+            if outcome.after is None:
+                return True
             try:
                 outcome.after()
             except Exception:
-                self.metrics.sink_failures += 1
                 log.exception("telemetry sink failed")
+                return False
+            return True
 
     # --- housekeeping (called by the sweeper) -------------------------------------
     def expire(self, now: float) -> None:

@@ -20,10 +20,20 @@ the body is buffered. :meth:`RequestParser.parse_head` hands out a request's
 head before its body, so the connection can check the token and the budget
 first. Every :class:`HttpError` closes the connection, because after a framing
 error the byte stream cannot be trusted.
+
+A body of :data:`DIRECT_BODY_BYTES` or more is not gathered in the parser's
+running buffer: once :meth:`RequestParser.next_request` has checked its
+declared size, it gets a buffer of exactly that size, which the connection
+fills with ``recv_into`` (:meth:`RequestParser.recv_target`), so its bytes are
+copied once, from the socket, and the request's body *is* that buffer (a
+``bytearray``; numpy arrays may view it without copying). ``align`` places a
+given body offset (where binary tensors start) on a 64-byte boundary, so
+the tensors are aligned for numpy and onnxruntime without a copy.
 """
 
 from __future__ import annotations
 
+import ctypes
 import re
 import time
 from dataclasses import dataclass
@@ -52,6 +62,9 @@ _TOKEN_CHARS = frozenset(
     b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
 _MAX_HEADERS = 100
+# Bodies this large get a buffer of their own, filled from the socket (module docstring).
+DIRECT_BODY_BYTES = 64 * 1024
+_ALIGN = 64
 
 
 class HttpError(Exception):
@@ -81,7 +94,7 @@ class Request:
     target: str
     http11: bool
     headers: dict[str, str]  # lower-case names; repeated fields joined with ", "
-    body: bytes
+    body: bytes | bytearray  # a bytearray: bodies of DIRECT_BODY_BYTES or more
     keep_alive: bool
 
 
@@ -94,6 +107,9 @@ class RequestParser:
         self._buf = bytearray()
         self._head: Head | None = None
         self._head_len = 0
+        # The current request's own body buffer (big bodies) and how much of it arrived.
+        self._body: bytearray | None = None
+        self._body_filled = 0
         self.continue_needed = False
         self._continue_sent = False
 
@@ -114,16 +130,40 @@ class RequestParser:
     @property
     def body_buffered(self) -> int:
         """Bytes of the current request's body received so far (0 before its head)."""
+        if self._body is not None:
+            return self._body_filled
         return max(0, len(self._buf) - self._head_len) if self._head is not None else 0
 
     def body_prefix(self, n: int) -> bytes | None:
         """The first ``n`` bytes of the current request's body once received, else None."""
+        if self._body is not None:
+            return bytes(self._body[:n]) if self._body_filled >= n else None
         if self._head is None or len(self._buf) < self._head_len + n:
             return None
         return bytes(self._buf[self._head_len : self._head_len + n])
 
     def feed(self, data: bytes) -> None:
+        body = self._body
+        if body is not None:
+            n = min(len(data), len(body) - self._body_filled)
+            body[self._body_filled : self._body_filled + n] = data[:n]
+            self._body_filled += n
+            if n == len(data):
+                return
+            data = data[n:]
         self._buf += data
+
+    def recv_target(self) -> memoryview | None:
+        """Where the socket's next bytes go directly (``recv_into``): the rest of the body
+        buffer of the request being received, or None (then :meth:`feed` what arrives)."""
+        body = self._body
+        if body is None or self._body_filled == len(body):
+            return None
+        return memoryview(body)[self._body_filled :]
+
+    def received(self, n: int) -> None:
+        """``n`` bytes were written into the last :meth:`recv_target`."""
+        self._body_filled += n
 
     def continue_sent(self) -> None:
         self.continue_needed = False
@@ -150,8 +190,12 @@ class RequestParser:
             self._continue_sent = False
         return self._head
 
-    def next_request(self) -> Request | None:
-        """The next complete request, or None until more bytes arrive. Raises HttpError."""
+    def next_request(self, align: int = 0) -> Request | None:
+        """The next complete request, or None until more bytes arrive. Raises HttpError.
+
+        ``align``: the body offset to put on a 64-byte boundary when the body gets a
+        buffer of its own (module docstring).
+        """
         head = self.parse_head()
         if head is None:
             return None
@@ -160,16 +204,44 @@ class RequestParser:
                 413,
                 f"request body of {head.length} bytes exceeds the limit of {self.max_body_bytes}",
             )
-        total = self._head_len + head.length
-        if len(self._buf) < total:
-            if not self._continue_sent and head.headers.get("expect", "").lower() == "100-continue":
-                self.continue_needed = True
-            return None
-        body = bytes(self._buf[self._head_len : total])
-        del self._buf[:total]
+        if self._body is None and head.length >= DIRECT_BODY_BYTES:
+            self._begin_body(head.length, align)
+        if self._body is not None:
+            if self._body_filled < len(self._body):
+                self._expect_continue(head)
+                return None
+            body: bytes | bytearray = self._body
+            self._body = None
+        else:
+            total = self._head_len + head.length
+            if len(self._buf) < total:
+                self._expect_continue(head)
+                return None
+            body = bytes(self._buf[self._head_len : total])
+            del self._buf[:total]
         self._head = None
         self.continue_needed = False
         return Request(head.method, head.target, head.http11, head.headers, body, head.keep_alive)
+
+    def _expect_continue(self, head: Head) -> None:
+        if not self._continue_sent and head.headers.get("expect", "").lower() == "100-continue":
+            self.continue_needed = True
+
+    def _begin_body(self, length: int, align: int) -> None:
+        """Move the body's first bytes out of the running buffer into one of its own."""
+        body = bytearray(length + _ALIGN - 1)
+        # Deleting from either end of a bytearray moves no bytes and keeps its memory.
+        address = ctypes.addressof(ctypes.c_char.from_buffer(body))
+        skip = -(address + max(0, align)) % _ALIGN
+        del body[:skip]
+        del body[length:]
+        start = self._head_len
+        n = min(length, len(self._buf) - start)
+        body[:n] = memoryview(self._buf)[start : start + n]
+        del self._buf[: start + n]
+        self._head_len = 0
+        self._body = body
+        self._body_filled = n
 
 
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
@@ -246,18 +318,18 @@ def http_date(epoch_s: int) -> str:
 
 
 class DateHeader:
-    """The ``Date`` header line, formatted at most once per second."""
+    """The ``Date`` header line, formatted at most once per second (any thread: the second
+    and its line are swapped together)."""
 
     def __init__(self) -> None:
-        self._second = -1
-        self._line = b""
+        self._cached: tuple[int, bytes] = (-1, b"")
 
     def line(self) -> bytes:
         now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._line = b"Date: " + http_date(now).encode() + b"\r\n"
-        return self._line
+        cached = self._cached
+        if now != cached[0]:
+            cached = self._cached = (now, b"Date: " + http_date(now).encode() + b"\r\n")
+        return cached[1]
 
 
 _STATUS_LINES: dict[int, bytes] = {

@@ -2,8 +2,11 @@
 
 Invariants:
 
-- Only the event-loop thread updates these objects (worker threads hand their
-  results back to the loop first), so plain ints suffice.
+- The event-loop thread updates these objects, and a worker thread that writes
+  a job's answer itself accounts for it first (the status, the model's
+  counters and latency, refusals): that accounting, the loop's, and rendering
+  hold :attr:`EndpointMetrics.lock`; every other field is the loop's alone, so
+  plain ints suffice.
 - Label values are bounded: model names and versions that were actually
   served, error kinds from a fixed vocabulary (anything else is counted as
   ``other``), HTTP status codes. Nothing a client sends becomes a label.
@@ -11,6 +14,7 @@ Invariants:
 
 from __future__ import annotations
 
+import threading
 import time
 from bisect import bisect_left
 from collections.abc import Iterable
@@ -82,6 +86,8 @@ class ModelStats:
 
 class EndpointMetrics:
     def __init__(self) -> None:
+        # Held while an answer is accounted (loop or worker thread) and while rendering.
+        self.lock = threading.Lock()
         self.started_at = time.time()
         self.http_responses: dict[int, int] = {}
         self.models: dict[tuple[str, int], ModelStats] = {}
@@ -109,6 +115,10 @@ class EndpointMetrics:
         stats.errors[kind] = stats.errors.get(kind, 0) + 1
 
     def render(self, served: Iterable[tuple[str, int]], ready: bool) -> bytes:
+        with self.lock:
+            return self._render(served, ready)
+
+    def _render(self, served: Iterable[tuple[str, int]], ready: bool) -> bytes:
         lines: list[str] = []
 
         def family(name: str, kind: str, help_text: str) -> None:

@@ -74,7 +74,7 @@ def _bad(message: str, kind: str = "request") -> InputSchemaError:
     return InputSchemaError(message, kind=kind)
 
 
-def parse_json_body(body: bytes) -> Any:
+def parse_json_body(body: bytes | bytearray) -> Any:
     """The JSON document of ``body``; InputSchemaError(kind="json") if it is not JSON."""
     try:
         return json.loads(body)
@@ -468,7 +468,7 @@ class FeedbackItem:
     label: Any
 
 
-def decode_feedback(body: bytes, model: LoadedModel) -> list[FeedbackItem]:
+def decode_feedback(body: bytes | bytearray, model: LoadedModel) -> list[FeedbackItem]:
     """``{"prediction_id", "label"}`` or ``{"feedback": [{...}, ...]}``; labels checked."""
     doc = parse_json_body(body)
     if type(doc) is not dict:

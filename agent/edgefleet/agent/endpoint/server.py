@@ -72,26 +72,28 @@ def _agent_version() -> str:
 
 
 class _WorkerPool:
-    """Threads running big requests; each result goes back through ``done``."""
+    """Threads running big requests and, after their answers, their telemetry summaries."""
 
     def __init__(self, workers: int) -> None:
         self._max = workers
-        self._queue: SimpleQueue[tuple[Job, Callable[[Outcome], None]] | None] = SimpleQueue()
+        self._queue: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
         self._threads: list[threading.Thread] = []
 
-    def submit(self, job: Job, done: Callable[[Outcome], None]) -> None:
+    def submit(self, work: Callable[[], None]) -> None:
         if len(self._threads) < self._max:
             thread = threading.Thread(
                 target=self._work, name=f"edgefleet-infer-{len(self._threads)}", daemon=True
             )
             self._threads.append(thread)
             thread.start()
-        self._queue.put((job, done))
+        self._queue.put(work)
 
     def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
-            job, done = item
-            done(run_job(job))
+        while (work := self._queue.get()) is not None:
+            try:
+                work()
+            except Exception:  # pragma: no cover - run_job and summarise never raise
+                log.exception("endpoint worker failed")
 
     def shutdown(self) -> None:
         for _ in self._threads:
@@ -137,6 +139,10 @@ class EndpointServer:
         self._unauthenticated: dict[_Connection, None] = {}
         self._authenticated: dict[_Connection, None] = {}
         self._waiting: deque[_Connection] = deque()
+        # Answers written whose telemetry rows a worker is still computing, and the
+        # feedback held until there are none (EndpointApp's module docstring).
+        self.summaries_running = 0
+        self._held: list[Callable[[], object]] = []
         self._wake_scheduled = False
         self.stopping = False
         self.selector: selectors.BaseSelector = None  # type: ignore[assignment]  # set by start()
@@ -237,6 +243,9 @@ class EndpointServer:
     def call_soon_threadsafe(self, callback: Callable[[], object]) -> None:
         """Run ``callback`` on the loop thread soon (any thread)."""
         self._from_threads.append(callback)
+        self._wake()
+
+    def _wake(self) -> None:
         wake = self._wake_w
         if wake is None:
             return
@@ -245,9 +254,73 @@ class EndpointServer:
         except OSError:
             pass  # the wake-up socket is full (a wake-up is pending anyway) or closed
 
-    def offload(self, job: Job, done: Callable[[Outcome], None]) -> None:
-        """Run ``job`` on a worker thread; ``done(outcome)`` then runs on the loop thread."""
-        self._pool.submit(job, lambda outcome: self.call_soon_threadsafe(lambda: done(outcome)))
+    def offload(
+        self,
+        job: Job,
+        done: Callable[[Outcome], None],
+        answer: Callable[[Outcome, Callable[[], None]], None] | None = None,
+    ) -> None:
+        """Run ``job`` on a worker thread; ``done(outcome)`` then runs on the loop thread.
+
+        With ``answer``, the worker calls ``answer(outcome, post)`` instead of posting
+        ``done`` itself: the connection writes the answer from the worker (no wake-up of
+        the loop between the result and its bytes) and calls ``post`` before sending,
+        which queues ``done`` (the bookkeeping) for the loop; the loop is woken only
+        once the answer is sent, so the woken loop does not contend with the send.
+        """
+
+        def work() -> None:
+            outcome = run_job(job)
+            if answer is None:
+                self.call_soon_threadsafe(lambda: done(outcome))
+                return
+
+            posted = False
+
+            def post() -> None:
+                nonlocal posted
+                posted = True
+                self._from_threads.append(lambda: done(outcome))
+
+            try:
+                answer(outcome, post)
+            except Exception:  # a bug: the loop still answers (or closes) and frees the request
+                log.exception("writing an answer from a worker failed")
+                if not posted:
+                    post()
+            finally:
+                self._wake()
+
+        self._pool.submit(work)
+
+    def summarise_later(
+        self, outcome: Outcome, summarised: Callable[[Callable[[], None] | None], None]
+    ) -> None:
+        """Run ``outcome``'s summary on a worker thread, its answer being already written
+        (the loop does not share the interpreter with it while sending); what it returned
+        then goes to ``summarised`` on the loop thread."""
+
+        def work() -> None:
+            record = self.app.summarise(outcome)
+            self.call_soon_threadsafe(lambda: summarised(record))
+
+        self.summaries_running += 1
+        self._pool.submit(work)
+
+    # --- answered requests still being summarised (loop thread) -------------------------
+    def summary_finished(self) -> None:
+        self.summaries_running -= 1
+        if not self.summaries_running and self._held:
+            held, self._held = self._held, []
+            for callback in held:
+                self.call_soon(callback)
+
+    def after_summaries(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` once no answered request is being summarised (feedback)."""
+        if self.summaries_running:
+            self._held.append(callback)
+        else:
+            self.call_soon(callback)
 
     def _run(self) -> None:
         next_sweep = time.monotonic() + _SWEEP_INTERVAL_S
@@ -260,7 +333,13 @@ class EndpointServer:
                     timeout = 0.02
                 else:
                     timeout = max(0.0, next_sweep - now)
-                for key, mask in self.selector.select(timeout):
+                events = self.selector.select(timeout)
+                # Worker results first: the bookkeeping of an answer a worker wrote itself
+                # (the rest of its bytes, the budget, the summary feedback waits for) is done
+                # before anything its client sent after it is read
+                # (connection._answer_from_worker).
+                self._run_thread_callbacks()
+                for key, mask in events:
                     try:
                         key.data(mask)
                     except Exception:  # one connection's trouble never stops the loop
@@ -275,7 +354,10 @@ class EndpointServer:
                         conn.expire(now)
                 if self._stop_deadline is not None and (
                     now >= self._stop_deadline
-                    or not any(c.busy or c.flushing for c in self.connections)
+                    or not (
+                        self.summaries_running
+                        or any(c.busy or c.flushing for c in self.connections)
+                    )
                 ):
                     break
         finally:
@@ -290,13 +372,16 @@ class EndpointServer:
                     if sock is not None:
                         sock.close()
 
-    def _run_callbacks(self) -> None:
+    def _run_thread_callbacks(self) -> None:
         while self._from_threads:
             callback = self._from_threads.popleft()
             try:
                 callback()
             except Exception:
                 log.exception("endpoint callback failed")
+
+    def _run_callbacks(self) -> None:
+        self._run_thread_callbacks()
         soon, self._soon = self._soon, []
         for callback in soon:
             try:

@@ -12,7 +12,9 @@ carries a drift reference, a small fixed vector per sample instead of the
 input (:class:`~edgefleet.core.drift.tensor_summary.TensorDriftPlan`:
 per-channel mean/std/min/max of each input, output monitors), so the window
 never sees a pixel. Computed on the request's own thread (the worker for big
-bodies), not the event loop.
+bodies), not the event loop, and for big bodies after the answer was handed to
+the loop to be written (``Outcome.summary`` in :mod:`~edgefleet.agent.endpoint.app`):
+the client does not wait for its drift statistics.
 """
 
 from __future__ import annotations
