@@ -11,7 +11,9 @@ session settings:
   ``endpoint_p50_ms``: one request at a time over a keep-alive connection to
   the daemon, tritonclient's binary layout (JSON header + 602 KB of float32),
   binary outputs. Blocks alternate (raw, endpoint) so both see the same
-  noise; ``endpoint_p50_ratio`` is the median of the per-block ratios.
+  noise; ``endpoint_p50_ratio`` is the p50 of every endpoint request over the
+  p50 of every raw run (``endpoint_p50_ratio_per_block`` lists each block's
+  own ratio, to show how steady it was).
 - ``binary_rps`` vs ``json_rps``: closed loop on one connection, the same
   image as binary tensors and as OIP JSON; ``binary_vs_json_rps_ratio``.
 - ``rss_mb`` (daemon after the load) vs ``bare_rss_mb`` (a bare Python process
