@@ -68,7 +68,6 @@ from edgefleet.core.keys import generate_keypair
 from edgefleet.core.protocol import TelemetryRecord
 from edgefleet.core.testing.brokers import MosquittoBroker
 from edgefleet.core.testing.postgres import PostgresServer
-from edgefleet.hub.fleet.database import open_fleet_database
 from edgefleet.hub.fleet.ingest import DeviceInfo, FleetTelemetry
 from edgefleet.hub.rollout.engine import RolloutEngine
 from edgefleet.hub.store import (
@@ -173,29 +172,9 @@ class HubProcs:
                 proc.wait(10)
 
 
-def telemetry_count(location: Path | str) -> int:
-    store = open_store(location)
-    try:
-        return sum(1 for _ in store.telemetry_windows(hub_ingest.MODEL, [1], None, 0.0))
-    finally:
-        store.close()
-
-
-def fleet_count(location: Path | str) -> int:
-    if isinstance(location, Path) and not location.exists():
-        return 0
-    db = open_fleet_database(location)
-    try:
-        with db.read() as conn:
-            row = conn.execute("SELECT COUNT(*) FROM fleet_records WHERE kind = 'window'")
-            return int(row.fetchone()[0])
-    finally:
-        db.close()
-
-
-class StoredCount:
-    """Windows committed in the fleet tables (the one telemetry store), polled over one
-    plain read connection: opening the fleet tables would take their write lock each time."""
+class FleetCounts:
+    """Counts in the fleet tables (the one telemetry store) over one plain read connection,
+    so they can be polled: opening the fleet tables would take their write lock each time."""
 
     def __init__(self, location: Path | str) -> None:
         if isinstance(location, Path):
@@ -205,25 +184,29 @@ class StoredCount:
 
             self.conn = psycopg.connect(location, autocommit=True)
 
-    def __call__(self) -> int:
-        row = self.conn.execute("SELECT COUNT(*) FROM fleet_records WHERE kind = 'window'")
-        return int(row.fetchone()[0])
+    def windows(self) -> int:
+        """Window rows stored (one per (device, seq): the key is unique)."""
+        return self._one("SELECT COUNT(*) FROM fleet_records WHERE kind = 'window'")
+
+    def rolled_up(self) -> int:
+        """Windows folded into the device rollups (a window folded twice counts twice)."""
+        return self._one("SELECT COALESCE(SUM(windows), 0) FROM fleet_rollups WHERE device != ''")
+
+    def _one(self, sql: str) -> int:
+        return int(self.conn.execute(sql).fetchone()[0])
 
     def close(self) -> None:
         self.conn.close()
 
 
-def rolled_up_count(location: Path | str) -> int:
-    """Windows folded into the device rollups (a window folded twice counts twice)."""
-    db = open_fleet_database(location)
+def fleet_count(location: Path | str) -> int:
+    if isinstance(location, Path) and not location.exists():
+        return 0
+    counts = FleetCounts(location)
     try:
-        with db.read() as conn:
-            row = conn.execute(
-                "SELECT COALESCE(SUM(windows), 0) FROM fleet_rollups WHERE device != ''"
-            ).fetchone()
-            return int(row[0])
+        return counts.windows()
     finally:
-        db.close()
+        counts.close()
 
 
 def enroll(location: Path | str, devices: list[str]) -> None:
@@ -264,9 +247,9 @@ def ingest_run(
             "throughput", broker.port, reference, devices=devices, windows=windows
         )
         deadline = time.monotonic() + 900
-        stored = StoredCount(location)
+        stored = FleetCounts(location)
         try:
-            while (n := stored()) < total:
+            while (n := stored.windows()) < total:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{engine}_{hubs}: only {n} stored")
                 time.sleep(0.05)
@@ -393,16 +376,15 @@ def storm(root: Path, server: PostgresServer, reference: Path, quick: bool) -> d
         )
         report = hub_ingest.finish(proc, 900)
         deadline = time.monotonic() + 60
-        stored = StoredCount(location)
+        counts = FleetCounts(location)
         try:
-            while stored() < total and time.monotonic() < deadline:
+            while counts.windows() < total and time.monotonic() < deadline:
                 time.sleep(0.1)
+            stored_at = time.time()
+            time.sleep(2.0)
+            distinct, folded = counts.windows(), counts.rolled_up()
         finally:
-            stored.close()
-        stored_at = time.time()
-        time.sleep(2.0)
-        distinct = telemetry_count(location)
-        folded = rolled_up_count(location)
+            counts.close()
     finally:
         procs.stop()
         broker.kill()
