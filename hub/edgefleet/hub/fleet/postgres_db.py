@@ -29,7 +29,12 @@ from typing import Any
 from edgefleet.hub.errors import HubStoreError
 from edgefleet.hub.fleet.database import FleetConnection, FleetCursor, FleetDatabase
 from edgefleet.hub.fleet.dialect import postgres_ddl
-from edgefleet.hub.store.postgres import CONNECT_TIMEOUT_S, placeholders, redact_url
+from edgefleet.hub.store.postgres import (
+    CONNECT_TIMEOUT_S,
+    placeholders,
+    psycopg_missing,
+    redact_url,
+)
 from edgefleet.hub.store.schema import POSTGRES
 
 #: The advisory lock every fleet write transaction holds (the hub store's schema lock is
@@ -71,10 +76,7 @@ class PostgresFleetDatabase(FleetDatabase):
         try:
             import psycopg
         except ImportError as e:
-            raise HubStoreError(
-                f"[store] url is PostgreSQL but psycopg is not installed ({e.name});"
-                " install edgefleet[postgres]"
-            ) from e
+            raise psycopg_missing(e) from e
         super().__init__()
         self._psycopg = psycopg
         self.url = url

@@ -50,6 +50,15 @@ def is_postgres_url(location: str) -> bool:
     return urlsplit(location).scheme in ("postgresql", "postgres")
 
 
+def psycopg_missing(e: ImportError) -> HubStoreError:
+    """What a hub on a PostgreSQL store says when the ``postgres`` extra is not installed
+    (the hub store and the fleet tables both open the database)."""
+    return HubStoreError(
+        f"[store] url is PostgreSQL but psycopg is not installed ({e.name});"
+        " install edgefleet[postgres]"
+    )
+
+
 class PostgresHubStore(SqlHubStore):
     """The hub store on a PostgreSQL server, shared by any number of hub processes."""
 
@@ -68,10 +77,7 @@ class PostgresHubStore(SqlHubStore):
             from psycopg.rows import dict_row
             from psycopg_pool import ConnectionPool
         except ImportError as e:
-            raise HubStoreError(
-                f"[store] url is PostgreSQL but psycopg is not installed ({e.name});"
-                " install edgefleet[postgres]"
-            ) from e
+            raise psycopg_missing(e) from e
         self._psycopg_error: type[Exception] = psycopg.Error
         self._connection_error: type[Exception] = psycopg.OperationalError
         self.url = url
